@@ -1,0 +1,19 @@
+//! Enrichment settings (`[enrich]`).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Settings of the enrich stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichConfig {
+    /// Consumer group shared by every enrich instance; partitions are split
+    /// among its members.
+    pub group_id: String,
+    /// Most records per batch: one produce round trip and one commit each.
+    pub batch_max_records: usize,
+    /// How long a batch may wait to fill once its first record arrived.
+    #[serde(with = "humantime_serde")]
+    pub batch_max_wait: Duration,
+}

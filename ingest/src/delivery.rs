@@ -1,0 +1,167 @@
+//! Durable hand-off of accepted events and dead letters to Kafka.
+//!
+//! A batch is produced in one go and awaited as a whole: the caller learns
+//! that every record is acknowledged, or that the batch is not, never
+//! something in between. In-flight events are bounded by a semaphore so a
+//! slow broker turns into RESOURCE_EXHAUSTED for new callers rather than
+//! memory growth.
+
+use std::sync::Arc;
+
+use rdkafka::producer::FutureProducer;
+use tokio::sync::Semaphore;
+use xoflow_common::kafka::{ErrorClass, KafkaConfig, Outgoing, produce_all};
+use xoflow_proto::{Message, v1::DeadLetter};
+
+use crate::{IngestError, telemetry};
+
+/// Which topic a batch goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Live traffic from the APIs.
+    Live,
+    /// Bulk imports of history.
+    Backfill,
+}
+
+/// The collectors' Kafka side.
+#[derive(Clone)]
+pub struct Delivery {
+    producer: FutureProducer,
+    events_topic: Arc<str>,
+    backfill_topic: Arc<str>,
+    dead_letter_topic: Arc<str>,
+    /// Permits = events that may await acknowledgement at once.
+    in_flight: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("events_topic", &self.events_topic)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One accepted event, encoded.
+#[derive(Debug)]
+pub struct Encoded {
+    pub key: String,
+    pub bytes: Vec<u8>,
+}
+
+impl Delivery {
+    pub fn new(
+        kafka: &KafkaConfig,
+        max_in_flight: usize,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        Ok(Self {
+            producer: kafka.producer()?,
+            events_topic: kafka.topics.events.as_str().into(),
+            backfill_topic: kafka.topics.backfill.as_str().into(),
+            dead_letter_topic: kafka.topics.dead_letters.as_str().into(),
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            capacity: max_in_flight,
+        })
+    }
+
+    /// Produces the batch and returns once Kafka acknowledged every record.
+    pub async fn deliver(&self, batch: &[Encoded], lane: Lane) -> Result<(), IngestError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let n = u32::try_from(batch.len()).map_err(|_| IngestError::BatchTooLarge {
+            got: batch.len(),
+            max: u32::MAX as usize,
+        })?;
+        let _permit = self
+            .in_flight
+            .try_acquire_many(n)
+            .map_err(|_| IngestError::Overloaded {
+                requested: batch.len(),
+            })?;
+        telemetry::in_flight(self.capacity - self.in_flight.available_permits());
+        let topic = match lane {
+            Lane::Live => &*self.events_topic,
+            Lane::Backfill => &*self.backfill_topic,
+        };
+        let results = produce_all(
+            &self.producer,
+            topic,
+            batch
+                .iter()
+                .map(|e| Outgoing {
+                    key: e.key.as_bytes(),
+                    payload: &e.bytes,
+                    headers: None,
+                })
+                .collect(),
+        )
+        .await;
+        telemetry::in_flight(self.capacity - self.in_flight.available_permits() - batch.len());
+        let mut failed = 0u64;
+        let mut first = None;
+        for r in results {
+            if let Err(e) = r {
+                failed += 1;
+                first.get_or_insert(e);
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some(e) => {
+                let class = ErrorClass::of(&e);
+                telemetry::KafkaDeliveryFailed {
+                    error_code: class.as_str(),
+                    failed,
+                    error: &e.to_string(),
+                }
+                .emit();
+                if class.is_transient() || class == ErrorClass::Other {
+                    Err(IngestError::Unavailable {
+                        class: class.as_str(),
+                    })
+                } else {
+                    Err(IngestError::Internal(format!(
+                        "kafka refused the batch: {e}"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Writes dead letters. Failures are logged and counted: the caller has
+    /// already been told why each record was refused.
+    pub async fn dead_letters(&self, letters: &[DeadLetter]) {
+        if letters.is_empty() {
+            return;
+        }
+        let encoded: Vec<(Vec<u8>, &[u8])> = letters
+            .iter()
+            .map(|d| (d.encode_to_vec(), d.tenant.as_bytes()))
+            .collect();
+        let results = produce_all(
+            &self.producer,
+            &self.dead_letter_topic,
+            encoded
+                .iter()
+                .map(|(bytes, key)| Outgoing {
+                    key,
+                    payload: bytes,
+                    headers: None,
+                })
+                .collect(),
+        )
+        .await;
+        let failed: Vec<_> = results.into_iter().filter_map(Result::err).collect();
+        if let Some(e) = failed.first() {
+            telemetry::DeadLetterFailed {
+                failed: failed.len() as u64,
+                error: &e.to_string(),
+            }
+            .emit();
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Versioned schema migrations, recorded in a ledger table.
+//!
+//! Migrations are SQL files embedded at build time (`sink/migrations/`),
+//! applied in version order, each exactly once per database: the ledger
+//! `schema_migrations` holds the version, name and checksum of every applied
+//! file. Statements are written with `IF NOT EXISTS` so that two sinks
+//! starting at once both succeed. A changed checksum of an applied version is
+//! refused: history is never rewritten in place.
+
+use clickhouse::{Client, Row};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{ClickHouseConfig, SinkError};
+
+/// One embedded migration.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in order.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "events",
+    sql: include_str!("../../migrations/0001_events.sql"),
+}];
+
+impl Migration {
+    /// SHA-256 of the file, hex.
+    pub fn checksum(&self) -> String {
+        hex::encode(Sha256::digest(self.sql.as_bytes()))
+    }
+
+    /// The statements with the database name filled in. Comments are
+    /// stripped; statements end with `;` at the end of a line.
+    pub fn statements(&self, db: &str) -> Vec<String> {
+        let body: String = self
+            .sql
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        body.split(";\n")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.replace("{db}", db))
+            .collect()
+    }
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct Applied {
+    version: u32,
+    checksum: String,
+}
+
+/// What [`migrate`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Versions applied by this call.
+    pub applied: Vec<u32>,
+    /// Versions that were already there.
+    pub present: Vec<u32>,
+}
+
+/// Brings the database up to the latest version.
+pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, SinkError> {
+    cfg.validate().map_err(SinkError::Config)?;
+    let db = &cfg.database;
+    // The database may not exist yet, so this client names none.
+    let root = cfg.client().with_database("default");
+    exec(&root, &format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
+    exec(
+        &root,
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
+             (version UInt32, name String, checksum String, applied_at DateTime DEFAULT now()) \
+             ENGINE = MergeTree() ORDER BY version"
+        ),
+    )
+    .await?;
+    let applied: Vec<Applied> = root
+        .query(&format!(
+            "SELECT version, any(checksum) AS checksum FROM {db}.schema_migrations GROUP BY version ORDER BY version"
+        ))
+        .fetch_all()
+        .await
+        .map_err(SinkError::clickhouse)?;
+    let mut report = MigrationReport::default();
+    for m in MIGRATIONS {
+        if let Some(a) = applied.iter().find(|a| a.version == m.version) {
+            if a.checksum != m.checksum() {
+                return Err(SinkError::Config(format!(
+                    "migration {} ({}) was changed after it was applied to {db}; add a new migration instead",
+                    m.version, m.name
+                )));
+            }
+            report.present.push(m.version);
+            continue;
+        }
+        for stmt in m.statements(db) {
+            exec(&root, &stmt).await?;
+        }
+        exec(
+            &root,
+            &format!(
+                "INSERT INTO {db}.schema_migrations (version, name, checksum) VALUES ({}, '{}', '{}')",
+                m.version,
+                m.name,
+                m.checksum()
+            ),
+        )
+        .await?;
+        tracing::info!(version = m.version, name = m.name, database = %db, "migration applied");
+        report.applied.push(m.version);
+    }
+    Ok(report)
+}
+
+async fn exec(client: &Client, sql: &str) -> Result<(), SinkError> {
+    client
+        .query(sql)
+        .execute()
+        .await
+        .map_err(SinkError::clickhouse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_increasing_and_statements_split() {
+        for w in MIGRATIONS.windows(2) {
+            assert!(w[0].version < w[1].version);
+        }
+        let stmts = MIGRATIONS[0].statements("xo_test");
+        assert_eq!(stmts.len(), 2);
+        assert!(stmts[0].starts_with("CREATE TABLE IF NOT EXISTS xo_test.events"));
+        assert!(
+            stmts
+                .iter()
+                .all(|s| !s.contains("{db}") && !s.contains("--"))
+        );
+    }
+}

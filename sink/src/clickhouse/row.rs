@@ -1,0 +1,299 @@
+//! The ClickHouse rows and their construction from protobuf records.
+//!
+//! Field order and types mirror the migrations exactly: with validation off
+//! (needed for ClickHouse 18.16) RowBinary is positional, so the
+//! `row_layout_matches_the_schema` integration test pins this against the
+//! live table. Strings are moved out of the decoded protobuf, not copied.
+
+use clickhouse::Row;
+use serde::Serialize;
+use xoflow_proto::{
+    Message,
+    v1::{DeadLetter, EnrichedEvent, event::Payload},
+};
+
+/// One row of `events`.
+#[derive(Debug, Clone, Default, PartialEq, Row, Serialize)]
+pub struct EventRow {
+    pub event_id: String,
+    pub tenant: String,
+    pub source: String,
+    pub kind: i8,
+    pub occurred_at: u32,
+    pub occurred_ms: i64,
+    pub received_at: u32,
+    pub enriched_at: u32,
+
+    pub customer_id: String,
+    pub resolution: i8,
+    pub email_hash: String,
+    pub phone_hash: String,
+    pub social_handle_hash: String,
+    pub device_id_hash: String,
+
+    pub journey: String,
+    pub stage: String,
+    pub touchpoint: String,
+    pub channel: i8,
+    pub store_id: String,
+    pub region: String,
+    pub owner_department: String,
+    pub attr_keys: Vec<String>,
+    pub attr_values: Vec<String>,
+
+    pub survey_id: String,
+    pub nps_score: Option<i8>,
+    pub nps_category: i8,
+    pub csat_score: Option<f64>,
+    pub csat_normalised: Option<f64>,
+    pub csat_top2: u8,
+    pub ces_score: Option<f64>,
+    pub ces_normalised: Option<f64>,
+    pub sentiment: Option<f64>,
+    pub sentiment_label: i8,
+    pub topics: Vec<String>,
+    pub language: String,
+    pub text: String,
+    pub trigger_order_id: String,
+    pub trigger_call_id: String,
+    pub call_id: String,
+    pub call_agent_id: String,
+    pub call_queue: String,
+    pub call_duration_s: u32,
+    pub call_disposition: String,
+    pub social_platform: String,
+    pub social_post_id: String,
+    pub social_url: String,
+    pub social_likes: u32,
+    pub social_shares: u32,
+
+    pub order_id: String,
+    pub order_status: i8,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub item_count: u32,
+    pub promised_delivery_ms: Option<i64>,
+    pub delivered_ms: Option<i64>,
+    pub session_id: String,
+    pub url: String,
+    pub path: String,
+    pub click_action: i8,
+    pub duration_ms: u32,
+
+    pub ctx_order_id: String,
+    pub ctx_order_status: i8,
+    pub ctx_order_amount_minor: i64,
+    pub ctx_delivery_late_s: Option<i64>,
+    pub ctx_session_id: String,
+    pub ctx_session_errors: u32,
+    pub ctx_orders_90d: u32,
+    pub ctx_value_90d_minor: i64,
+    pub ctx_support_contacts_30d: u32,
+
+    pub event_proto: Vec<u8>,
+
+    pub kafka_topic: String,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+}
+
+/// Where a record came from, for the lineage columns.
+#[derive(Debug, Clone, Copy)]
+pub struct Lineage<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+fn secs(ts: &Option<xoflow_proto::Timestamp>) -> u32 {
+    ts.as_ref()
+        .map(|t| t.seconds.clamp(0, i64::from(u32::MAX)) as u32)
+        .unwrap_or(0)
+}
+
+fn millis(ts: &Option<xoflow_proto::Timestamp>) -> Option<i64> {
+    ts.as_ref().map(xoflow_proto::to_unix_millis)
+}
+
+/// Narrows a protobuf enum value to the Enum8 code; unknown values become 0.
+fn enum8(v: i32) -> i8 {
+    i8::try_from(v).unwrap_or(0)
+}
+
+impl EventRow {
+    /// Builds the row, consuming the record. Returns `None` for a record
+    /// without an event, which the caller dead-letters.
+    pub fn from_enriched(mut en: EnrichedEvent, lineage: Lineage<'_>) -> Option<EventRow> {
+        let mut e = en.event.take()?;
+        let kind = e.kind()? as i8 + 1;
+        let event_proto = e.encode_to_vec();
+        let mut r = EventRow {
+            kind,
+            occurred_at: secs(&e.occurred_at),
+            occurred_ms: millis(&e.occurred_at).unwrap_or(0),
+            received_at: secs(&e.received_at),
+            enriched_at: secs(&en.enriched_at),
+            resolution: enum8(en.resolution),
+            customer_id: std::mem::take(&mut en.resolved_customer_id),
+            owner_department: std::mem::take(&mut en.owner_department),
+            event_proto,
+            kafka_topic: lineage.topic.to_owned(),
+            kafka_partition: lineage.partition,
+            kafka_offset: lineage.offset,
+            ..Default::default()
+        };
+        r.event_id = std::mem::take(&mut e.event_id);
+        r.tenant = std::mem::take(&mut e.tenant);
+        r.source = std::mem::take(&mut e.source);
+        if let Some(c) = e.customer.take() {
+            r.email_hash = c.email_hash;
+            r.phone_hash = c.phone_hash;
+            r.social_handle_hash = c.social_handle_hash;
+            r.device_id_hash = c.device_id_hash;
+            if r.customer_id.is_empty() {
+                r.customer_id = c.customer_id;
+            }
+        }
+        if let Some(tp) = e.touchpoint.take() {
+            r.journey = tp.journey;
+            r.stage = tp.stage;
+            r.touchpoint = tp.touchpoint;
+            r.channel = enum8(tp.channel);
+        }
+        if let Some(loc) = e.location.take() {
+            r.store_id = loc.store_id;
+            r.region = loc.region;
+        }
+        let mut attrs: Vec<(String, String)> =
+            std::mem::take(&mut e.attributes).into_iter().collect();
+        // Map order is unspecified; sorted keys make the row deterministic.
+        attrs.sort_unstable();
+        (r.attr_keys, r.attr_values) = attrs.into_iter().unzip();
+
+        match e.payload.take() {
+            Some(Payload::Survey(s)) => {
+                r.survey_id = s.survey_id;
+                r.language = s.language;
+                r.text = s.comment;
+                if let Some(t) = s.trigger.and_then(|t| t.r#ref) {
+                    use xoflow_proto::v1::survey_trigger::Ref;
+                    match t {
+                        Ref::OrderId(id) => r.trigger_order_id = id,
+                        Ref::CallId(id) => r.trigger_call_id = id,
+                        Ref::VisitId(id) => r.session_id = id,
+                    }
+                }
+            }
+            Some(Payload::Call(c)) => {
+                r.call_duration_s = match (millis(&c.started_at), millis(&c.ended_at)) {
+                    (Some(s), Some(e)) if e >= s => {
+                        u32::try_from((e - s) / 1000).unwrap_or(u32::MAX)
+                    }
+                    _ => 0,
+                };
+                r.call_id = c.call_id;
+                r.call_agent_id = c.agent_id;
+                r.call_queue = c.queue;
+                r.call_disposition = c.disposition;
+                r.language = c.language;
+                let mut text = String::new();
+                for s in c.segments {
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    text.push_str(&s.text);
+                }
+                r.text = text;
+            }
+            Some(Payload::Social(s)) => {
+                r.social_platform = s.platform;
+                r.social_post_id = s.post_id;
+                r.social_url = s.url;
+                r.language = s.language;
+                r.text = s.text;
+                if let Some(re) = s.reactions {
+                    r.social_likes = re.likes;
+                    r.social_shares = re.shares;
+                }
+            }
+            Some(Payload::Order(o)) => {
+                r.order_status = enum8(o.status);
+                r.amount_minor = o.amount_minor;
+                r.item_count = o.items.iter().map(|i| i.quantity).sum();
+                r.promised_delivery_ms = millis(&o.promised_delivery_at);
+                r.delivered_ms = millis(&o.delivered_at);
+                r.order_id = o.order_id;
+                r.currency = o.currency;
+            }
+            Some(Payload::Click(c)) => {
+                r.session_id = c.session_id;
+                r.url = c.url;
+                r.path = c.path;
+                r.click_action = enum8(c.action);
+                r.duration_ms = c.duration_ms;
+            }
+            None => return None,
+        }
+
+        if let Some(cx) = en.cx.take() {
+            r.nps_score = cx.nps_score.and_then(|s| i8::try_from(s).ok());
+            r.nps_category = enum8(cx.nps_category);
+            r.csat_score = cx.csat_score;
+            r.csat_normalised = cx.csat_normalised;
+            r.csat_top2 = u8::from(cx.csat_top2);
+            r.ces_score = cx.ces_score;
+            r.ces_normalised = cx.ces_normalised;
+            r.sentiment = cx.sentiment;
+            r.sentiment_label = enum8(cx.sentiment_label);
+            r.topics = cx.topics;
+        }
+        if let Some(o) = en.order.take() {
+            r.ctx_order_status = enum8(o.status);
+            r.ctx_order_amount_minor = o.amount_minor;
+            r.ctx_delivery_late_s = o.delivery_late_seconds;
+            r.ctx_order_id = o.order_id;
+        }
+        if let Some(s) = en.session.take() {
+            r.ctx_session_id = s.session_id;
+            r.ctx_session_errors = s.error_pages;
+        }
+        if let Some(c) = en.customer.take() {
+            r.ctx_orders_90d = c.orders_90d;
+            r.ctx_value_90d_minor = c.value_90d_minor;
+            r.ctx_support_contacts_30d = c.support_contacts_30d;
+        }
+        Some(r)
+    }
+}
+
+/// One row of `dead_letters`.
+#[derive(Debug, Clone, Default, PartialEq, Row, Serialize)]
+pub struct DeadLetterRow {
+    pub at: u32,
+    pub stage: String,
+    pub reason: String,
+    pub field: String,
+    pub description: String,
+    pub tenant: String,
+    pub source: String,
+    pub event_id: String,
+    pub content_type: String,
+    pub payload: Vec<u8>,
+}
+
+impl From<DeadLetter> for DeadLetterRow {
+    fn from(d: DeadLetter) -> Self {
+        DeadLetterRow {
+            at: secs(&d.at),
+            stage: d.stage,
+            reason: d.reason,
+            field: d.field,
+            description: d.description,
+            tenant: d.tenant,
+            source: d.source,
+            event_id: d.event_id,
+            content_type: d.content_type,
+            payload: d.payload,
+        }
+    }
+}

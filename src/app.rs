@@ -1,0 +1,218 @@
+//! Starting stages in one process and stopping them cleanly.
+//!
+//! Each stage runs as a task on the shared [`TaskTracker`]. A stage that
+//! fails records its error and cancels the root token, so the process stops
+//! as a whole rather than limping on without, say, its sink. On shutdown
+//! readiness turns 503 first, then the stages drain within the budget.
+//!
+//! [`TaskTracker`]: tokio_util::task::TaskTracker
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context;
+use xoflow_common::{
+    admin::{self, Health},
+    shutdown::Shutdown,
+    telemetry,
+};
+
+use crate::Config;
+
+/// Which stages this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stages {
+    pub ingest: bool,
+    pub enrich: bool,
+    pub sink: bool,
+}
+
+impl Stages {
+    pub const ALL: Stages = Stages {
+        ingest: true,
+        enrich: true,
+        sink: true,
+    };
+    pub const INGEST: Stages = Stages {
+        ingest: true,
+        enrich: false,
+        sink: false,
+    };
+    pub const ENRICH: Stages = Stages {
+        ingest: false,
+        enrich: true,
+        sink: false,
+    };
+    pub const SINK: Stages = Stages {
+        ingest: false,
+        enrich: false,
+        sink: true,
+    };
+}
+
+/// How long draining may take in total; below the consumer session timeout
+/// so a drained instance's partitions move on without waiting for expiry.
+pub const DRAIN_BUDGET: Duration = Duration::from_secs(8);
+
+/// A started process.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the collector listens, when ingest runs.
+    pub grpc_addr: Option<SocketAddr>,
+    /// Where /metrics and /health/* are served.
+    pub admin_addr: SocketAddr,
+    pub health: Health,
+    pub shutdown: Shutdown,
+    /// The first error of a stage that stopped on its own.
+    failure: Arc<Mutex<Option<anyhow::Error>>>,
+}
+
+impl Running {
+    /// Asks every stage to stop.
+    pub fn stop(&self) {
+        self.shutdown.token.cancel();
+    }
+
+    /// Waits until the process is asked to stop (or a stage fails), drains,
+    /// and returns the first stage error, if any.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.shutdown.token.cancelled().await;
+        self.health.start_draining();
+        if !self.shutdown.wait(DRAIN_BUDGET).await {
+            tracing::warn!(budget = ?DRAIN_BUDGET, "drain budget exceeded; exiting with work in flight (it stays in Kafka)");
+        }
+        match self.failure.lock().ok().and_then(|mut f| f.take()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Starts the admin server and the chosen stages. Returns once every
+/// listener is bound; the stages become ready on their own.
+pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::Result<Running> {
+    let health = Health::new();
+    let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
+    let token = shutdown.token.clone();
+    let tracker = shutdown.tracker.clone();
+    let cfg = Arc::new(cfg);
+
+    // Runs a stage future; its error stops the whole process.
+    let spawn_stage = |name: &'static str,
+                       fut: std::pin::Pin<
+        Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>,
+    >| {
+        let failure = failure.clone();
+        let token = token.clone();
+        tracker.spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::error!(
+                    stage = name,
+                    error = format!("{e:#}"),
+                    "stage failed; stopping"
+                );
+                if let Ok(mut f) = failure.lock() {
+                    f.get_or_insert(e.context(format!("{name} stage failed")));
+                }
+            }
+            token.cancel();
+        });
+    };
+
+    let admin_listener = admin::bind(cfg.admin.addr)
+        .await
+        .with_context(|| format!("binding the admin server to {}", cfg.admin.addr))?;
+    let admin_addr = admin_listener.local_addr()?;
+    {
+        let health = health.clone();
+        let stop = token.clone();
+        tracker.spawn(async move {
+            if let Err(e) =
+                admin::serve(admin_listener, health, telemetry::prometheus(), stop).await
+            {
+                tracing::error!(error = %e, "admin server failed");
+            }
+        });
+    }
+
+    let mut grpc_addr = None;
+    if stages.ingest {
+        let listener = tokio::net::TcpListener::bind(cfg.ingest.grpc_addr)
+            .await
+            .with_context(|| format!("binding the collector to {}", cfg.ingest.grpc_addr))?;
+        grpc_addr = Some(listener.local_addr()?);
+        if cfg.ingest.hash_secret == xoflow_ingest::config::DEV_HASH_SECRET {
+            tracing::warn!(
+                "ingest.hash_secret is the development default; set XOFLOW_INGEST__HASH_SECRET in production"
+            );
+        }
+        let normaliser = xoflow_ingest::validate::Normaliser::new(
+            cfg.ingest.hash_secret.as_bytes(),
+            cfg.ingest.max_future_skew,
+            cfg.ingest.max_age,
+        )
+        .map_err(|_| anyhow::anyhow!("ingest.hash_secret must not be empty"))?;
+        let delivery = xoflow_ingest::Delivery::new(&cfg.kafka, cfg.ingest.max_in_flight_events)?;
+        let service = xoflow_ingest::grpc::CollectorService::new(
+            normaliser,
+            delivery,
+            cfg.ingest.max_batch_events,
+        );
+        let readiness = health.register("ingest");
+        let stop = token.clone();
+        let cfg = cfg.clone();
+        spawn_stage(
+            "ingest",
+            Box::pin(async move {
+                let t = &cfg.kafka.topics;
+                cfg.kafka
+                    .ensure_topics(&[&t.events, &t.backfill, &t.dead_letters])
+                    .await
+                    .context("creating ingest topics")?;
+                xoflow_ingest::grpc::serve(
+                    listener,
+                    service,
+                    cfg.ingest.max_message_bytes,
+                    readiness,
+                    stop,
+                )
+                .await?;
+                Ok(())
+            }),
+        );
+    }
+    if stages.enrich {
+        let readiness = health.register("enrich");
+        let stop = token.clone();
+        let cfg = cfg.clone();
+        spawn_stage(
+            "enrich",
+            Box::pin(async move {
+                xoflow_enrich::run(&cfg.kafka, &cfg.enrich, readiness, stop).await?;
+                Ok(())
+            }),
+        );
+    }
+    if stages.sink {
+        let readiness = health.register("sink");
+        let stop = token.clone();
+        let cfg = cfg.clone();
+        spawn_stage(
+            "sink",
+            Box::pin(async move {
+                xoflow_sink::run(&cfg.kafka, &cfg.clickhouse, &cfg.sink, readiness, stop).await?;
+                Ok(())
+            }),
+        );
+    }
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        health,
+        shutdown,
+        failure,
+    })
+}
