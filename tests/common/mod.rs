@@ -1,0 +1,127 @@
+//! Shared harness for the integration and end-to-end tests.
+//!
+//! These tests talk to a real Kafka-protocol broker and a real ClickHouse
+//! server, started by `deploy/local/up.sh` (which `deploy/local/test.sh`
+//! runs first). They find them through `XOFLOW_TEST_KAFKA` and
+//! `XOFLOW_TEST_CLICKHOUSE`. Every test uses its own random topic names,
+//! consumer groups and database, and port 0, so tests run in parallel.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use xoflow::{Config, Running, Stages};
+use xoflow_common::shutdown::Shutdown;
+
+/// Broker and ClickHouse addresses from the environment.
+pub fn servers() -> (String, String) {
+    let kafka = std::env::var("XOFLOW_TEST_KAFKA").unwrap_or_default();
+    let ch = std::env::var("XOFLOW_TEST_CLICKHOUSE").unwrap_or_default();
+    assert!(
+        !kafka.is_empty() && !ch.is_empty(),
+        "XOFLOW_TEST_KAFKA and XOFLOW_TEST_CLICKHOUSE must point at a running broker and \
+         ClickHouse: run the suite with deploy/local/test.sh (or source target/xoflow-local/env \
+         after deploy/local/up.sh)"
+    );
+    (kafka, ch)
+}
+
+/// A random lower-case suffix for names.
+pub fn unique() -> String {
+    let mut rng = rand::rng();
+    (0..10)
+        .map(|_| (b'a' + rng.random_range(0..26u8)) as char)
+        .collect()
+}
+
+/// A config for one test: its own topics, groups and database; ports 0.
+pub fn config(extra: &str) -> (Config, String) {
+    let (kafka, ch) = servers();
+    let id = unique();
+    let overlay = format!(
+        r#"
+[log]
+filter = "warn"
+[admin]
+addr = "127.0.0.1:0"
+[kafka]
+brokers = "{kafka}"
+partitions = 4
+message_timeout = "10s"
+[kafka.topics]
+events = "t-{id}.events"
+backfill = "t-{id}.backfill"
+enriched = "t-{id}.enriched"
+dead_letters = "t-{id}.dead-letters"
+[ingest]
+grpc_addr = "127.0.0.1:0"
+[enrich]
+group_id = "g-{id}-enrich"
+batch_max_wait = "20ms"
+[sink]
+group_id = "g-{id}-sink"
+batch_max_wait = "200ms"
+[clickhouse]
+url = "{ch}"
+database = "xo_test_{id}"
+{extra}
+"#
+    );
+    (Config::from_toml(&overlay).expect("test config"), id)
+}
+
+/// Starts stages in this process and waits until they are ready.
+pub async fn start(cfg: &Config, stages: Stages) -> Running {
+    let running = xoflow::start(cfg.clone(), stages, Shutdown::new())
+        .await
+        .expect("start");
+    wait_for("the pipeline to be ready", Duration::from_secs(60), || {
+        let ok = running.health.check().is_ok();
+        async move { ok }
+    })
+    .await;
+    running
+}
+
+/// Polls `check` every 50 ms until it is true, failing the test at the
+/// deadline. Deadlines, not sleeps: the test is as fast as the system.
+pub async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// Drops the test database (best effort).
+pub async fn drop_database(cfg: &Config) {
+    let _ = cfg
+        .clickhouse
+        .client()
+        .with_database("default")
+        .query(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            cfg.clickhouse.database
+        ))
+        .execute()
+        .await;
+}
