@@ -114,10 +114,10 @@ impl Normaliser {
     /// time in Unix milliseconds.
     pub fn normalise(&self, e: &mut Event, now_ms: i64) -> Result<(), Vec<Violation>> {
         let mut v = Vec::new();
-        if e.event_id.is_empty() {
-            if let Some(id) = natural_id(e) {
-                e.event_id = id;
-            }
+        if e.event_id.is_empty()
+            && let Some(id) = natural_id(e)
+        {
+            e.event_id = id;
         }
         check_id(&mut v, "event_id", &e.event_id, true);
         check_name(&mut v, "tenant", &e.tenant, true);
@@ -375,14 +375,14 @@ fn check_payload(v: &mut Vec<Violation>, p: &Payload, now_ms: i64, n: &Normalise
             if let Some(ts) = &c.started_at {
                 n.check_time(v, "call.started_at", ts, now_ms);
             }
-            if let (Some(s), Some(e)) = (&c.started_at, &c.ended_at) {
-                if xoflow_proto::to_unix_millis(e) < xoflow_proto::to_unix_millis(s) {
-                    v.push(Violation::new(
-                        "call.ended_at",
-                        Reason::OutOfRange,
-                        "ended before it started",
-                    ));
-                }
+            if let (Some(s), Some(e)) = (&c.started_at, &c.ended_at)
+                && xoflow_proto::to_unix_millis(e) < xoflow_proto::to_unix_millis(s)
+            {
+                v.push(Violation::new(
+                    "call.ended_at",
+                    Reason::OutOfRange,
+                    "ended before it started",
+                ));
             }
             if c.segments.len() > MAX_SEGMENTS {
                 v.push(Violation::new(

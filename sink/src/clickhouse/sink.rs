@@ -203,14 +203,14 @@ async fn flush(
     Ok(())
 }
 
-async fn insert_with_retry<T: Row + Serialize>(
+async fn insert_with_retry<T>(
     client: &Client,
     table: &'static str,
     rows: &[T],
     cfg: &SinkConfig,
 ) -> Result<(), SinkError>
 where
-    for<'a> T: Row<Value<'a> = T>,
+    T: Serialize + for<'a> Row<Value<'a> = T>,
 {
     if rows.is_empty() {
         return Ok(());
@@ -244,8 +244,7 @@ where
 
 async fn insert_once<T>(client: &Client, table: &str, rows: &[T]) -> Result<(), SinkError>
 where
-    T: Row + Serialize,
-    for<'a> T: Row<Value<'a> = T>,
+    T: Serialize + for<'a> Row<Value<'a> = T>,
 {
     let mut insert = client
         .insert::<T>(table)
