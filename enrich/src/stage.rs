@@ -91,12 +91,19 @@ pub async fn run(
                 }
             };
         let now = now_ms();
-        let mut outputs: Vec<(Vec<u8>, usize)> = Vec::with_capacity(batch.len());
+        // (event_id, encoded EnrichedEvent). The enriched topic is keyed by
+        // event id: every copy of an event, however often it is redelivered
+        // or re-resolved, lands in the same partition, where the sink
+        // deduplicates it.
+        let mut outputs: Vec<(String, Vec<u8>)> = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
-        for (i, m) in batch.iter().enumerate() {
+        for m in batch.iter() {
             let payload = m.payload().unwrap_or_default();
             match Event::decode(payload) {
-                Ok(e) => outputs.push((derive::enrich(e, now).encode_to_vec(), i)),
+                Ok(e) => {
+                    let id = e.event_id.clone();
+                    outputs.push((id, derive::enrich(e, now).encode_to_vec()));
+                }
                 Err(err) => dead.push(DeadLetter {
                     payload: payload.to_vec(),
                     content_type: "application/x-protobuf".into(),
@@ -127,8 +134,8 @@ pub async fn run(
                     &topics.enriched,
                     outputs
                         .iter()
-                        .map(|(bytes, i)| Outgoing {
-                            key: batch[*i].key().unwrap_or_default(),
+                        .map(|(id, bytes)| Outgoing {
+                            key: id.as_bytes(),
                             payload: bytes,
                             headers: None,
                         })
