@@ -1,37 +1,118 @@
-//! `xoflow demo`: runs the whole pipeline in this process against the
-//! configured broker and ClickHouse, sends sample events through the gRPC
-//! collector, and prints what BI would see, read back from ClickHouse.
+//! `xoflow demo`: what xoflow is for, in one command.
 //!
-//! It uses its own topics (suffixed per run) and a fresh `xoflow_demo`
-//! database, so it never mixes with other data and can be re-run.
+//! Generates a week of realistic customer-experience data (`xoflow gen`),
+//! runs the whole pipeline in this process against the configured broker and
+//! ClickHouse, sends the data through the gRPC collector, and prints what BI
+//! would see — read back from ClickHouse — with the generator's ground truth
+//! beside every figure. It uses its own topics (suffixed per run) and a
+//! fresh `xoflow_demo` database, so it never mixes with other data.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, bail};
 use clickhouse::Row;
 use serde::Deserialize;
 use xoflow_common::shutdown::Shutdown;
-use xoflow_proto::v1::{IngestRequest, collector_client::CollectorClient};
 
-use crate::{Config, Stages, sample};
+use crate::{
+    Config, Stages,
+    datagen::{
+        self, GenConfig, Truth,
+        load::{self, LoadOptions},
+        truth::NpsCounts,
+    },
+};
 
-/// What the demo sends.
+/// What the demo generates and how it sends it.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    pub events: usize,
-    pub seed: u64,
+    pub generator: GenConfig,
+    /// Events per gRPC request.
     pub batch: usize,
 }
 
-#[derive(Debug, Row, Deserialize)]
-struct KindCount {
-    kind: String,
-    rows: u64,
-    distinct_events: u64,
+/// Figures read back from ClickHouse.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BiReport {
+    pub events_by_kind: BTreeMap<String, u64>,
+    pub touchpoints: Vec<TouchpointFigures>,
+    pub stores: Vec<StoreFigures>,
+    pub negative_topics: BTreeMap<String, u64>,
+    pub dead_letters: BTreeMap<String, u64>,
+    pub at_risk: Vec<RiskFigure>,
 }
 
-/// Runs the demo end to end.
+#[derive(Debug, Clone, PartialEq, Row, Deserialize)]
+pub struct TouchpointFigures {
+    pub tenant: String,
+    pub journey: String,
+    pub touchpoint: String,
+    pub promoters: u64,
+    pub passives: u64,
+    pub detractors: u64,
+    pub csat_responses: u64,
+    pub csat_top2: u64,
+    pub ces_responses: u64,
+    pub ces_sum: u64,
+}
+
+impl TouchpointFigures {
+    pub fn nps(&self) -> NpsCounts {
+        NpsCounts {
+            promoters: self.promoters,
+            passives: self.passives,
+            detractors: self.detractors,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Row, Deserialize)]
+pub struct StoreFigures {
+    pub tenant: String,
+    pub touchpoint: String,
+    pub store: String,
+    pub promoters: u64,
+    pub passives: u64,
+    pub detractors: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Row, Deserialize)]
+pub struct RiskFigure {
+    pub tenant: String,
+    pub customer_id: String,
+    pub churn_risk: f64,
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct Count {
+    key: String,
+    n: u64,
+}
+
+/// Runs the demo end to end and prints the report.
 pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<()> {
+    // The demo drops and recreates its database: never the configured one.
+    cfg.clickhouse.database = "xoflow_demo".into();
+    let (truth, report) = run_pipeline(cfg, &opts, true).await?;
+    print_report(&truth, &report);
+    Ok(())
+}
+
+/// Generates, runs the pipeline, waits until ClickHouse holds everything,
+/// and returns the truth with the figures read back. `verbose` narrates.
+pub async fn run_pipeline(
+    mut cfg: Config,
+    opts: &DemoOptions,
+    verbose: bool,
+) -> anyhow::Result<(Truth, BiReport)> {
+    let say = |msg: &str| {
+        if verbose {
+            println!("[xoflow demo] {msg}");
+        }
+    };
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
@@ -43,16 +124,34 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<()> {
     ] {
         t.push_str(&format!(".demo-{run_id}"));
     }
-    cfg.clickhouse.database = "xoflow_demo".into();
     cfg.ingest.grpc_addr = "127.0.0.1:0".parse()?;
     cfg.admin.addr = "127.0.0.1:0".parse()?;
-    let ch = cfg.clickhouse.client().with_database("default");
+
+    let t0 = Instant::now();
+    let generated = datagen::generate(&opts.generator);
+    let truth = generated.truth;
+    say(&format!(
+        "generated {} days of data for 3 brands: {} events ({} malformed on purpose) in {:.1} s",
+        opts.generator.days,
+        generated.events.len(),
+        truth.invalid.values().sum::<u64>(),
+        t0.elapsed().as_secs_f64()
+    ));
+    for p in &truth.problems {
+        say(&format!("  planted: {p}"));
+    }
 
     say(&format!(
-        "broker {} · ClickHouse {} · database xoflow_demo (recreated)",
-        cfg.kafka.brokers, cfg.clickhouse.url
+        "broker {} · ClickHouse {} · database {} (recreated)",
+        cfg.kafka.brokers, cfg.clickhouse.url, cfg.clickhouse.database
     ));
-    ch.query("DROP DATABASE IF EXISTS xoflow_demo")
+    cfg.clickhouse
+        .client()
+        .with_database("default")
+        .query(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            cfg.clickhouse.database
+        ))
         .execute()
         .await
         .context("is ClickHouse running? (deploy/local/up.sh starts it)")?;
@@ -62,101 +161,299 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<()> {
     let running = crate::start(cfg.clone(), Stages::ALL, shutdown).await?;
     let started = Instant::now();
     while running.health.check().is_err() {
-        if started.elapsed() > Duration::from_secs(60) {
+        if running.shutdown.token.is_cancelled() || started.elapsed() > Duration::from_secs(60) {
             running.stop();
-            bail!(
-                "the pipeline did not become ready in 60 s: {:?}",
-                running.health.check()
-            );
-        }
-        if running.shutdown.token.is_cancelled() {
-            return running.wait().await;
+            running.wait().await?;
+            bail!("the pipeline did not become ready");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     say(&format!(
-        "pipeline ready in {:.1} s: collector on {}, metrics on http://{}/metrics",
-        started.elapsed().as_secs_f64(),
-        running.grpc_addr.map(|a| a.to_string()).unwrap_or_default(),
+        "pipeline ready (ingest → Kafka → enrich → Kafka → sink → ClickHouse); metrics on http://{}/metrics",
         running.admin_addr
     ));
 
-    let result = send_and_report(&cfg, &running, &opts).await;
+    let result = async {
+        let addr = format!("http://{}", running.grpc_addr.context("ingest is not running")?);
+        say(&format!("sending {} events to the gRPC collector at {addr} ...", generated.events.len()));
+        let sent = load::send(
+            &addr,
+            generated.events,
+            &LoadOptions {
+                batch: opts.batch,
+                rate: None,
+                concurrency: 4,
+            },
+        )
+        .await?;
+        say(&format!(
+            "  {} accepted (durable in Kafka), {} rejected with field-level reasons, {:.0} events/s, ack latency p50 {:.1} ms p99 {:.1} ms",
+            sent.accepted,
+            sent.rejected,
+            sent.events_per_second(),
+            sent.p50_us as f64 / 1000.0,
+            sent.p99_us as f64 / 1000.0
+        ));
+        if sent.failed_requests > 0 {
+            bail!("{} requests failed", sent.failed_requests);
+        }
+        say("waiting for every event to be enriched and visible in ClickHouse ...");
+        let ch = cfg.clickhouse.client();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let (events, dead): (u64, u64) = ch
+                .query("SELECT (SELECT uniqExact(event_id) FROM events), (SELECT count() FROM dead_letters)")
+                .fetch_one()
+                .await?;
+            if events >= sent.accepted && dead >= sent.rejected {
+                say(&format!(
+                    "  all {events} events and {dead} dead letters visible {:.1} s after the first was sent",
+                    t0.elapsed().as_secs_f64()
+                ));
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("only {events} of {} events reached ClickHouse in 300 s", sent.accepted);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        query_report(&ch).await
+    }
+    .await;
     running.stop();
     let stopped = running.wait().await;
-    result.and(stopped)
+    let report = result?;
+    stopped?;
+    Ok((truth, report))
 }
 
-async fn send_and_report(
-    cfg: &Config,
-    running: &crate::Running,
-    opts: &DemoOptions,
-) -> anyhow::Result<()> {
-    let addr = running.grpc_addr.context("ingest is not running")?;
-    let mut client = CollectorClient::connect(format!("http://{addr}")).await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64;
-    let events = sample::events(opts.seed, opts.events, "demo-retail", "demo", now);
-    let t0 = Instant::now();
-    let mut accepted = 0u64;
-    for chunk in events.chunks(opts.batch.max(1)) {
-        let r = client
-            .ingest(IngestRequest {
-                events: chunk.to_vec(),
-            })
-            .await?
-            .into_inner();
-        accepted += u64::from(r.accepted);
-    }
-    say(&format!(
-        "sent {} events over gRPC in {:.2} s; {} accepted (durable in Kafka)",
-        events.len(),
-        t0.elapsed().as_secs_f64(),
-        accepted
-    ));
-
-    let ch = cfg.clickhouse.client();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let n: u64 = ch
-            .query("SELECT count() FROM (SELECT DISTINCT event_id FROM events)")
-            .fetch_one()
-            .await?;
-        if n >= accepted {
-            say(&format!(
-                "all {n} events visible in ClickHouse {:.2} s after the first was sent",
-                t0.elapsed().as_secs_f64()
-            ));
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {n} of {accepted} events reached ClickHouse in 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let counts: Vec<KindCount> = ch
+/// Reads the BI figures from ClickHouse.
+pub async fn query_report(ch: &clickhouse::Client) -> anyhow::Result<BiReport> {
+    let counts = |rows: Vec<Count>| {
+        rows.into_iter()
+            .map(|c| (c.key, c.n))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let events_by_kind = counts(
+        ch.query("SELECT toString(kind) AS key, count() AS n FROM events FINAL GROUP BY key ORDER BY key")
+            .fetch_all()
+            .await?,
+    );
+    let touchpoints = ch
         .query(
-            "SELECT toString(kind) AS kind, count() AS rows, uniqExact(event_id) AS distinct_events \
-             FROM events FINAL GROUP BY kind ORDER BY kind",
+            "SELECT tenant, journey, touchpoint, \
+               countIf(nps_category = 'promoter') AS promoters, \
+               countIf(nps_category = 'passive') AS passives, \
+               countIf(nps_category = 'detractor') AS detractors, \
+               countIf(isNotNull(csat_score)) AS csat_responses, \
+               countIf(csat_top2 = 1) AS csat_top2, \
+               countIf(isNotNull(ces_score)) AS ces_responses, \
+               toUInt64(sum(ifNull(ces_score, 0))) AS ces_sum \
+             FROM events FINAL WHERE kind = 'survey' \
+             GROUP BY tenant, journey, touchpoint ORDER BY tenant, journey, touchpoint",
         )
         .fetch_all()
         .await?;
-    println!();
-    println!(
-        "  Rows per kind in ClickHouse ({}.events)",
-        cfg.clickhouse.database
+    let stores = ch
+        .query(
+            "SELECT tenant, touchpoint, store_id AS store, \
+               countIf(nps_category = 'promoter') AS promoters, \
+               countIf(nps_category = 'passive') AS passives, \
+               countIf(nps_category = 'detractor') AS detractors \
+             FROM events FINAL WHERE kind = 'survey' AND nps_category != 'none' \
+             GROUP BY tenant, touchpoint, store ORDER BY tenant, touchpoint, store",
+        )
+        .fetch_all()
+        .await?;
+    let negative_topics = counts(
+        ch.query(
+            "SELECT topic AS key, count() AS n FROM events FINAL ARRAY JOIN topics AS topic \
+             WHERE sentiment_label = 'negative' GROUP BY key ORDER BY n DESC, key",
+        )
+        .fetch_all()
+        .await?,
     );
-    println!("  {:<8} {:>8} {:>16}", "kind", "rows", "distinct events");
-    for c in &counts {
-        println!("  {:<8} {:>8} {:>16}", c.kind, c.rows, c.distinct_events);
-    }
-    let total: u64 = counts.iter().map(|c| c.rows).sum();
-    println!("  {:<8} {:>8}", "total", total);
-    println!();
-    Ok(())
+    let dead_letters = counts(
+        ch.query("SELECT reason AS key, count() AS n FROM dead_letters GROUP BY key ORDER BY key")
+            .fetch_all()
+            .await?,
+    );
+    let at_risk = ch
+        .query(
+            "SELECT tenant, customer_id, max(ifNull(ctx_churn_risk, 0)) AS churn_risk FROM events FINAL \
+             WHERE customer_id != '' GROUP BY tenant, customer_id HAVING churn_risk > 0 \
+             ORDER BY churn_risk DESC, customer_id LIMIT 20",
+        )
+        .fetch_all()
+        .await
+        // Older schemas have no churn-risk column yet: no ranking to show.
+        .unwrap_or_default();
+    Ok(BiReport {
+        events_by_kind,
+        touchpoints,
+        stores,
+        negative_topics,
+        dead_letters,
+        at_risk,
+    })
 }
 
-fn say(msg: &str) {
-    println!("[xoflow demo] {msg}");
+fn nps_text(n: &NpsCounts) -> String {
+    n.score()
+        .map(|s| format!("{s:+.1}"))
+        .unwrap_or_else(|| "—".into())
+}
+
+fn check(ok: bool) -> &'static str {
+    if ok { "✓" } else { "✗" }
+}
+
+/// Prints the report with the truth beside each figure.
+pub fn print_report(truth: &Truth, r: &BiReport) {
+    println!();
+    println!("══ What BI sees in ClickHouse (truth from the generator in brackets) ══");
+    println!();
+    println!("Events by kind");
+    for (kind, n) in &r.events_by_kind {
+        let t = truth.by_kind.get(kind).copied().unwrap_or(0);
+        println!("  {kind:<8} {n:>8}  [{t}] {}", check(*n == t));
+    }
+
+    println!();
+    println!("NPS, CSAT and CES per touchpoint");
+    println!(
+        "  {:<16} {:<16} {:<20} {:>6}  {:>16}  {:>15}  {:>13}",
+        "tenant", "journey", "touchpoint", "resp.", "NPS", "CSAT top-2", "CES mean"
+    );
+    for tp in &r.touchpoints {
+        let t = truth.touchpoints.iter().find(|t| {
+            t.tenant == tp.tenant && t.journey == tp.journey && t.touchpoint == tp.touchpoint
+        });
+        let nps = tp.nps();
+        let csat = if tp.csat_responses > 0 {
+            format!(
+                "{:.1}%",
+                100.0 * tp.csat_top2 as f64 / tp.csat_responses as f64
+            )
+        } else {
+            "—".into()
+        };
+        let ces = if tp.ces_responses > 0 {
+            format!("{:.2}", tp.ces_sum as f64 / tp.ces_responses as f64)
+        } else {
+            "—".into()
+        };
+        let exact = t.is_some_and(|t| {
+            t.nps == nps
+                && t.csat_top2 == tp.csat_top2
+                && t.csat_responses == tp.csat_responses
+                && t.ces_sum == tp.ces_sum
+        });
+        println!(
+            "  {:<16} {:<16} {:<20} {:>6}  {:>7} [{:>6}]  {:>15}  {:>13}  {}",
+            tp.tenant,
+            tp.journey,
+            tp.touchpoint,
+            nps.responses(),
+            nps_text(&nps),
+            t.map(|t| nps_text(&t.nps)).unwrap_or_default(),
+            csat,
+            ces,
+            check(exact)
+        );
+    }
+
+    println!();
+    println!("Same touchpoint, worst store against best (stores with 30+ answers)");
+    for c in &truth.worst_vs_best {
+        let score = |store: &str| {
+            r.stores
+                .iter()
+                .find(|s| s.tenant == c.tenant && s.touchpoint == c.touchpoint && s.store == store)
+                .map(|s| {
+                    nps_text(&NpsCounts {
+                        promoters: s.promoters,
+                        passives: s.passives,
+                        detractors: s.detractors,
+                    })
+                })
+                .unwrap_or_else(|| "—".into())
+        };
+        let candidates: Vec<&StoreFigures> = r
+            .stores
+            .iter()
+            .filter(|s| {
+                s.tenant == c.tenant
+                    && s.touchpoint == c.touchpoint
+                    && s.promoters + s.passives + s.detractors >= 30
+            })
+            .collect();
+        let value = |s: &StoreFigures| {
+            100.0 * (s.promoters as f64 - s.detractors as f64)
+                / (s.promoters + s.passives + s.detractors) as f64
+        };
+        let worst = candidates
+            .iter()
+            .min_by(|a, b| value(a).total_cmp(&value(b)));
+        let best = candidates
+            .iter()
+            .max_by(|a, b| value(a).total_cmp(&value(b)));
+        let same = worst.is_some_and(|w| w.store == c.worst_store)
+            && best.is_some_and(|b| b.store == c.best_store);
+        println!(
+            "  {:<16} {:<20} worst {:<9} NPS {:>6}   best {:<9} NPS {:>6}   [{} / {}] {}",
+            c.tenant,
+            c.touchpoint,
+            worst.map(|w| w.store.as_str()).unwrap_or("—"),
+            worst.map(|w| score(&w.store)).unwrap_or_default(),
+            best.map(|b| b.store.as_str()).unwrap_or("—"),
+            best.map(|b| score(&b.store)).unwrap_or_default(),
+            c.worst_store,
+            c.best_store,
+            check(same)
+        );
+    }
+
+    println!();
+    println!("Top negative topics in comments, calls and posts");
+    if r.negative_topics.is_empty() {
+        println!("  (no sentiment and topic tags in this build's enrichment)");
+    }
+    let mut topics: Vec<_> = r.negative_topics.iter().collect();
+    topics.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (topic, n) in topics.iter().take(6) {
+        let t = truth.negative_topics.get(*topic).copied().unwrap_or(0);
+        println!("  {topic:<10} {n:>6}  [{t} written negative]");
+    }
+
+    println!();
+    println!("Customers at highest churn risk");
+    if r.at_risk.is_empty() {
+        println!("  (no churn-risk scores in this build's enrichment)");
+    }
+    for c in r.at_risk.iter().take(10) {
+        let planted = truth.at_risk.iter().any(|t| t.customer_id == c.customer_id);
+        println!(
+            "  {:<16} {:<14} risk {:.2}  {}",
+            c.tenant,
+            c.customer_id,
+            c.churn_risk,
+            if planted {
+                "[among the generator's top 20 leavers]"
+            } else {
+                ""
+            }
+        );
+    }
+
+    println!();
+    println!("Dead letters by reason (malformed on purpose)");
+    let reasons: std::collections::BTreeSet<&String> =
+        r.dead_letters.keys().chain(truth.invalid.keys()).collect();
+    for reason in reasons {
+        let n = r.dead_letters.get(reason).copied().unwrap_or(0);
+        let t = truth.invalid.get(reason).copied().unwrap_or(0);
+        println!("  {reason:<14} {n:>6}  [{t}] {}", check(n == t));
+    }
+    println!();
 }

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod config;
+pub mod datagen;
 pub mod demo;
 pub mod sample;
 

@@ -34,18 +34,78 @@ enum Command {
     Run,
     /// Create or upgrade the ClickHouse schema, then exit.
     Migrate,
-    /// Run the pipeline on sample data and print what BI would see.
+    /// Generate a week of data, run the whole pipeline on it, and print
+    /// what BI sees in ClickHouse beside the generator's ground truth.
     Demo {
-        /// How many events to send.
-        #[arg(long, default_value_t = 5_000)]
-        events: usize,
-        /// Seed of the sample data.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
+        #[command(flatten)]
+        generator: GenArgs,
         /// Events per gRPC request.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 1_000)]
         batch: usize,
     },
+    /// Generate realistic customer-experience data with its ground truth:
+    /// to NDJSON files, or straight to a collector at a target rate.
+    Gen {
+        #[command(flatten)]
+        generator: GenArgs,
+        /// Directory for events.ndjson and truth.json.
+        #[arg(long, default_value = "xoflow-gen")]
+        out: PathBuf,
+        /// Send to this gRPC collector (http://host:port) instead of files.
+        #[arg(long)]
+        grpc: Option<String>,
+        /// Target events per second when sending (open loop); unlimited if unset.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Events per request when sending.
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        /// Requests in flight when sending.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+}
+
+/// What to generate.
+#[derive(Debug, clap::Args)]
+struct GenArgs {
+    /// Seed: the same seed gives byte-identical output.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Days to simulate.
+    #[arg(long, default_value_t = 7)]
+    days: u32,
+    /// First day (YYYY-MM-DD, UTC); default: `days` days before today.
+    #[arg(long)]
+    start: Option<String>,
+    /// Multiplies the number of customers (1.0 is about 150k events a week).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Share of records made malformed on purpose.
+    #[arg(long, default_value_t = 0.005)]
+    invalid_share: f64,
+}
+
+impl GenArgs {
+    fn config(&self) -> anyhow::Result<xoflow::datagen::GenConfig> {
+        const DAY: i64 = 86_400_000;
+        let start_ms = match &self.start {
+            Some(date) => xoflow::datagen::parse_date(date)?,
+            None => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis() as i64;
+                now - now.rem_euclid(DAY) - i64::from(self.days) * DAY
+            }
+        };
+        Ok(xoflow::datagen::GenConfig {
+            seed: self.seed,
+            start_ms,
+            days: self.days,
+            scale: self.scale,
+            invalid_share: self.invalid_share,
+        })
+    }
 }
 
 #[tokio::main]
@@ -66,20 +126,24 @@ async fn main() -> anyhow::Result<()> {
             );
             return Ok(());
         }
-        Command::Demo {
-            events,
-            seed,
+        Command::Demo { generator, batch } => {
+            let generator = generator.config()?;
+            return demo::run(cfg, demo::DemoOptions { generator, batch }).await;
+        }
+        Command::Gen {
+            generator,
+            out,
+            grpc,
+            rate,
             batch,
+            concurrency,
         } => {
-            return demo::run(
-                cfg,
-                demo::DemoOptions {
-                    events,
-                    seed,
-                    batch,
-                },
-            )
-            .await;
+            let opts = xoflow::datagen::load::LoadOptions {
+                batch,
+                rate,
+                concurrency,
+            };
+            return xoflow::datagen::cli(generator.config()?, &out, grpc.as_deref(), &opts).await;
         }
     };
     let shutdown = Shutdown::new();

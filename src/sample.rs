@@ -8,29 +8,7 @@ use xoflow_proto::v1::{
     SurveyTrigger, Touchpoint, TranscriptSegment, event::Payload, survey_trigger::Ref,
 };
 
-/// SplitMix64: a tiny, fixed PRNG so the same seed gives the same events on
-/// every platform and version.
-#[derive(Debug, Clone)]
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
+pub use crate::datagen::SplitMix;
 
 const STORES: [(&str, &str); 4] = [
     ("sz-01", "south-china"),

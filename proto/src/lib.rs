@@ -10,6 +10,7 @@ pub mod v1 {
     //! Generated from `proto/xoflow/v1/*.proto`.
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("xoflow.v1");
+    include!(concat!(env!("OUT_DIR"), "/xoflow.v1.serde.rs"));
 
     /// Encoded `FileDescriptorSet` of the v1 protos, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -19,5 +20,5 @@ pub mod v1 {
 mod event;
 
 pub use event::{EventKind, from_unix_millis, to_unix_millis};
+pub use pbjson_types::Timestamp;
 pub use prost::Message;
-pub use prost_types::Timestamp;
