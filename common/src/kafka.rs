@@ -284,50 +284,6 @@ impl ErrorClass {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn errors_fold_into_bounded_classes() {
-        let table = [
-            (
-                RDKafkaErrorCode::MessageTimedOut,
-                ErrorClass::Unavailable,
-                true,
-            ),
-            (
-                RDKafkaErrorCode::AllBrokersDown,
-                ErrorClass::Unavailable,
-                true,
-            ),
-            (RDKafkaErrorCode::QueueFull, ErrorClass::QueueFull, true),
-            (
-                RDKafkaErrorCode::MessageSizeTooLarge,
-                ErrorClass::TooLarge,
-                false,
-            ),
-            (
-                RDKafkaErrorCode::UnknownTopicOrPartition,
-                ErrorClass::UnknownTopic,
-                false,
-            ),
-            (
-                RDKafkaErrorCode::TopicAuthorizationFailed,
-                ErrorClass::Auth,
-                false,
-            ),
-            (RDKafkaErrorCode::InvalidConfig, ErrorClass::Other, false),
-        ];
-        for (code, class, transient) in table {
-            let e = KafkaError::MessageProduction(code);
-            assert_eq!(ErrorClass::of(&e), class, "{code:?}");
-            assert_eq!(ErrorClass::of(&e).is_transient(), transient, "{code:?}");
-        }
-        assert_eq!(ErrorClass::of(&KafkaError::Canceled), ErrorClass::Other);
-    }
-}
-
 /// Waits for the first message (or `stop`), then gathers more until `max`
 /// messages or `max_wait` after the first. Messages stay borrowed from the
 /// consumer: no copy per record.
@@ -378,4 +334,48 @@ pub fn next_offsets<'a, M: Message + 'a>(
         tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1))?;
     }
     Ok(tpl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_fold_into_bounded_classes() {
+        let table = [
+            (
+                RDKafkaErrorCode::MessageTimedOut,
+                ErrorClass::Unavailable,
+                true,
+            ),
+            (
+                RDKafkaErrorCode::AllBrokersDown,
+                ErrorClass::Unavailable,
+                true,
+            ),
+            (RDKafkaErrorCode::QueueFull, ErrorClass::QueueFull, true),
+            (
+                RDKafkaErrorCode::MessageSizeTooLarge,
+                ErrorClass::TooLarge,
+                false,
+            ),
+            (
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+                ErrorClass::UnknownTopic,
+                false,
+            ),
+            (
+                RDKafkaErrorCode::TopicAuthorizationFailed,
+                ErrorClass::Auth,
+                false,
+            ),
+            (RDKafkaErrorCode::InvalidConfig, ErrorClass::Other, false),
+        ];
+        for (code, class, transient) in table {
+            let e = KafkaError::MessageProduction(code);
+            assert_eq!(ErrorClass::of(&e), class, "{code:?}");
+            assert_eq!(ErrorClass::of(&e).is_transient(), transient, "{code:?}");
+        }
+        assert_eq!(ErrorClass::of(&KafkaError::Canceled), ErrorClass::Other);
+    }
 }

@@ -137,7 +137,9 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(e.partition_key(), "m");
-        e.customer.as_mut().map(|c| c.customer_id = "c42".into());
+        if let Some(c) = e.customer.as_mut() {
+            c.customer_id = "c42".into();
+        }
         assert_eq!(e.partition_key(), "c42");
         assert_eq!(e.kind(), Some(EventKind::Order));
     }
