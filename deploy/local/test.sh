@@ -31,8 +31,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "doc tests"
+cargo test --workspace --doc --quiet
+
+# Last, so that its summary closes the output.
 step "tests (unit, integration, end-to-end) against $XOFLOW_TEST_KAFKA and $XOFLOW_TEST_CLICKHOUSE"
 cargo nextest run --workspace --no-fail-fast
-
-step "doc tests"
-cargo test --workspace --doc
