@@ -6,18 +6,27 @@
 //! Kafka-protocol brokers (Tansu) do not auto-create them and silently drop
 //! records sent to a missing topic.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::ClientContext,
     client::DefaultClientContext,
     consumer::{ConsumerContext, StreamConsumer},
     error::{KafkaError, RDKafkaErrorCode},
     message::{BorrowedMessage, OwnedHeaders},
-    producer::{DeliveryFuture, FutureProducer, FutureRecord},
+    producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer},
 };
 use serde::Deserialize;
+use tokio::sync::Notify;
 
 /// Broker connection and topic layout.
 #[derive(Debug, Clone, Deserialize)]
@@ -73,8 +82,15 @@ impl KafkaConfig {
         c
     }
 
-    /// An idempotent, `acks=all` producer that batches for throughput.
-    pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
+    /// An idempotent, `acks=all` producer that batches for throughput and
+    /// acknowledges per batch ([`BatchProducer`]).
+    pub fn batch_producer(&self) -> Result<BatchProducer, KafkaError> {
+        Ok(BatchProducer {
+            inner: self.producer_config().create_with_context(AckContext)?,
+        })
+    }
+
+    fn producer_config(&self) -> ClientConfig {
         let mut c = self.base();
         c.set("enable.idempotence", "true")
             .set("acks", "all")
@@ -86,7 +102,7 @@ impl KafkaConfig {
                 "message.timeout.ms",
                 self.message_timeout.as_millis().to_string(),
             );
-        self.with_options(c).create()
+        self.with_options(c)
     }
 
     /// A consumer-group member that never commits or stores offsets on its
@@ -143,77 +159,137 @@ pub struct Outgoing<'a> {
     pub headers: Option<OwnedHeaders>,
 }
 
-/// Produces `records` to `topic` and waits for every delivery report.
+/// A producer whose deliveries are acknowledged per batch, not per record.
 ///
-/// Returns one result per record, in order. A full local queue is
-/// backpressure: the call waits for the oldest outstanding delivery and
-/// retries, it does not fail.
-pub async fn produce_all<'a>(
-    producer: &FutureProducer,
-    topic: &str,
-    records: Vec<Outgoing<'a>>,
-) -> Vec<Result<(i32, i64), KafkaError>> {
-    // Taking a Vec (not an iterator) keeps closures out of the future, which
-    // would otherwise make callers' futures not `Send` (rust#64552).
-    let mut slots: Vec<Slot> = Vec::with_capacity(records.len());
-    // Slots before this index are all `Done`.
-    let mut settled = 0usize;
-    for rec in records {
-        let mut fr = FutureRecord::to(topic).key(rec.key).payload(rec.payload);
-        if let Some(h) = rec.headers {
-            fr = fr.headers(h);
+/// `FutureProducer` allocates a oneshot channel and wakes a task for every
+/// record. Here every record of a batch carries a clone of one `Arc` as its
+/// delivery opaque; librdkafka's delivery callback (on the producer's own
+/// polling thread) counts it down, and the waiting task is woken once, when
+/// the last record of the batch is settled.
+pub struct BatchProducer {
+    inner: ThreadedProducer<AckContext>,
+}
+
+impl std::fmt::Debug for BatchProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchProducer").finish_non_exhaustive()
+    }
+}
+
+/// Delivery bookkeeping of one batch.
+#[derive(Debug)]
+pub struct BatchAck {
+    /// Records not settled yet, plus one while records are still being sent.
+    remaining: AtomicUsize,
+    failed: AtomicUsize,
+    first_error: Mutex<Option<KafkaError>>,
+    done: Notify,
+}
+
+impl BatchAck {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            remaining: AtomicUsize::new(1),
+            failed: AtomicUsize::new(0),
+            first_error: Mutex::new(None),
+            done: Notify::new(),
+        })
+    }
+
+    fn settle(&self, error: Option<&KafkaError>) {
+        if let Some(e) = error {
+            self.failed.fetch_add(1, Ordering::AcqRel);
+            if let Ok(mut first) = self.first_error.lock() {
+                first.get_or_insert_with(|| e.clone());
+            }
         }
-        loop {
-            match producer.send_result(fr) {
-                Ok(fut) => {
-                    slots.push(Slot::Pending(fut));
-                    break;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    fr = back;
-                    if !settle_oldest(&mut slots, &mut settled).await {
-                        // Nothing of ours is in flight: others fill the queue.
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_one();
+        }
+    }
+}
+
+/// The context that routes delivery reports to their batch.
+#[derive(Debug, Default)]
+pub struct AckContext;
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Arc<BatchAck>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Arc<BatchAck>) {
+        ack.settle(result.as_ref().err().map(|(e, _)| e));
+    }
+}
+
+/// Some records of a batch were not acknowledged.
+#[derive(Debug, thiserror::Error)]
+#[error("{failed} of {total} records not acknowledged: {first}")]
+pub struct BatchError {
+    pub failed: usize,
+    pub total: usize,
+    /// The first failure reported, for classification.
+    pub first: KafkaError,
+}
+
+impl BatchProducer {
+    /// Sends every record to `topic` and returns once all are settled: Ok
+    /// when every one was acknowledged. A full local queue is backpressure:
+    /// sending pauses until the queue drains, it does not fail.
+    pub async fn send_all(&self, topic: &str, records: &[Outgoing<'_>]) -> Result<(), BatchError> {
+        let ack = BatchAck::new();
+        for rec in records {
+            let mut record = BaseRecord::with_opaque_to(topic, ack.clone())
+                .key(rec.key)
+                .payload(rec.payload);
+            if let Some(h) = &rec.headers {
+                record = record.headers(h.clone());
+            }
+            ack.remaining.fetch_add(1, Ordering::AcqRel);
+            loop {
+                match self.inner.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
-                }
-                Err((e, _)) => {
-                    slots.push(Slot::Done(Err(e)));
-                    break;
+                    Err((e, back)) => {
+                        // The record never entered the queue: settle it here.
+                        drop(back);
+                        ack.settle(Some(&e));
+                        break;
+                    }
                 }
             }
         }
-    }
-    while settle_oldest(&mut slots, &mut settled).await {}
-    slots
-        .into_iter()
-        .map(|s| match s {
-            Slot::Done(r) => r,
-            Slot::Pending(_) => Err(KafkaError::Canceled),
-        })
-        .collect()
-}
-
-enum Slot {
-    Pending(DeliveryFuture),
-    Done(Result<(i32, i64), KafkaError>),
-}
-
-/// Awaits the oldest pending delivery; false when none is pending.
-async fn settle_oldest(slots: &mut [Slot], settled: &mut usize) -> bool {
-    while *settled < slots.len() {
-        let i = *settled;
-        *settled += 1;
-        if let Slot::Pending(fut) = &mut slots[i] {
-            let r = match fut.await {
-                Ok(Ok(d)) => Ok((d.partition, d.offset)),
-                Ok(Err((e, _))) => Err(e),
-                Err(_) => Err(KafkaError::Canceled),
-            };
-            slots[i] = Slot::Done(r);
-            return true;
+        // Drop the sending guard; wait for the rest.
+        ack.settle(None);
+        while ack.remaining.load(Ordering::Acquire) > 0 {
+            ack.done.notified().await;
         }
+        let failed = ack.failed.load(Ordering::Acquire);
+        if failed == 0 {
+            return Ok(());
+        }
+        let first = ack
+            .first_error
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take())
+            .unwrap_or(KafkaError::Canceled);
+        Err(BatchError {
+            failed,
+            total: records.len(),
+            first,
+        })
     }
-    false
+
+    /// Waits up to `timeout` for queued records to be delivered, e.g. at
+    /// shutdown.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.flush(timeout)
+    }
 }
 
 /// A bounded classification of Kafka errors, for metric tags and retry

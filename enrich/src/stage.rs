@@ -15,7 +15,7 @@ use rdkafka::{
 use tokio_util::sync::CancellationToken;
 use xoflow_common::{
     admin::Readiness,
-    kafka::{ErrorClass, KafkaConfig, Outgoing, next_offsets, produce_all, recv_batch},
+    kafka::{ErrorClass, KafkaConfig, Outgoing, next_offsets, recv_batch},
 };
 use xoflow_proto::{
     Message as _,
@@ -75,7 +75,7 @@ pub async fn run(
     consumer
         .subscribe(&[&topics.events, &topics.backfill])
         .map_err(EnrichError::Setup)?;
-    let producer = kafka.producer().map_err(EnrichError::Setup)?;
+    let producer = kafka.batch_producer().map_err(EnrichError::Setup)?;
     readiness.set(true);
     tracing::info!(group = %cfg.group_id, input = %topics.events, output = %topics.enriched, "enrich started");
 
@@ -123,48 +123,42 @@ pub async fn run(
         }
         let dead_bytes: Vec<Vec<u8>> = dead.iter().map(|d| d.encode_to_vec()).collect();
 
+        let enriched: Vec<Outgoing<'_>> = outputs
+            .iter()
+            .map(|(id, bytes)| Outgoing {
+                key: id.as_bytes(),
+                payload: bytes,
+                headers: None,
+            })
+            .collect();
+        let dead_letters: Vec<Outgoing<'_>> = dead_bytes
+            .iter()
+            .map(|b| Outgoing {
+                key: &[],
+                payload: b,
+                headers: None,
+            })
+            .collect();
         let mut attempt = 0;
         loop {
             attempt += 1;
             // Retrying re-sends already acknowledged outputs too; they carry
             // the same event ids, which the sink deduplicates.
             let (r1, r2) = tokio::join!(
-                produce_all(
-                    &producer,
-                    &topics.enriched,
-                    outputs
-                        .iter()
-                        .map(|(id, bytes)| Outgoing {
-                            key: id.as_bytes(),
-                            payload: bytes,
-                            headers: None,
-                        })
-                        .collect(),
-                ),
-                produce_all(
-                    &producer,
-                    &topics.dead_letters,
-                    dead_bytes
-                        .iter()
-                        .map(|b| Outgoing {
-                            key: &[],
-                            payload: b,
-                            headers: None,
-                        })
-                        .collect(),
-                ),
+                producer.send_all(&topics.enriched, &enriched),
+                producer.send_all(&topics.dead_letters, &dead_letters),
             );
-            match r1.into_iter().chain(r2).find_map(Result::err) {
-                None => break,
-                Some(e) if attempt < PRODUCE_ATTEMPTS && ErrorClass::of(&e).is_transient() => {
+            match r1.and(r2) {
+                Ok(()) => break,
+                Err(e) if attempt < PRODUCE_ATTEMPTS && ErrorClass::of(&e.first).is_transient() => {
                     tracing::warn!(error = %e, attempt, "produce failed; retrying the batch");
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                 }
-                Some(e) => {
+                Err(e) => {
                     readiness.set(false);
                     return Err(EnrichError::Produce {
                         attempts: attempt,
-                        source: e,
+                        source: e.first,
                     });
                 }
             }

@@ -8,9 +8,8 @@
 
 use std::sync::Arc;
 
-use rdkafka::producer::FutureProducer;
 use tokio::sync::Semaphore;
-use xoflow_common::kafka::{ErrorClass, KafkaConfig, Outgoing, produce_all};
+use xoflow_common::kafka::{BatchProducer, ErrorClass, KafkaConfig, Outgoing};
 use xoflow_proto::{Message, v1::DeadLetter};
 
 use crate::{IngestError, telemetry};
@@ -27,7 +26,7 @@ pub enum Lane {
 /// The collectors' Kafka side.
 #[derive(Clone)]
 pub struct Delivery {
-    producer: FutureProducer,
+    producer: Arc<BatchProducer>,
     events_topic: Arc<str>,
     backfill_topic: Arc<str>,
     dead_letter_topic: Arc<str>,
@@ -58,7 +57,7 @@ impl Delivery {
         max_in_flight: usize,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         Ok(Self {
-            producer: kafka.producer()?,
+            producer: Arc::new(kafka.batch_producer()?),
             events_topic: kafka.topics.events.as_str().into(),
             backfill_topic: kafka.topics.backfill.as_str().into(),
             dead_letter_topic: kafka.topics.dead_letters.as_str().into(),
@@ -87,35 +86,23 @@ impl Delivery {
             Lane::Live => &*self.events_topic,
             Lane::Backfill => &*self.backfill_topic,
         };
-        let results = produce_all(
-            &self.producer,
-            topic,
-            batch
-                .iter()
-                .map(|e| Outgoing {
-                    key: e.key.as_bytes(),
-                    payload: &e.bytes,
-                    headers: None,
-                })
-                .collect(),
-        )
-        .await;
+        let records: Vec<Outgoing<'_>> = batch
+            .iter()
+            .map(|e| Outgoing {
+                key: e.key.as_bytes(),
+                payload: &e.bytes,
+                headers: None,
+            })
+            .collect();
+        let result = self.producer.send_all(topic, &records).await;
         telemetry::in_flight(self.capacity - self.in_flight.available_permits() - batch.len());
-        let mut failed = 0u64;
-        let mut first = None;
-        for r in results {
-            if let Err(e) = r {
-                failed += 1;
-                first.get_or_insert(e);
-            }
-        }
-        match first {
-            None => Ok(()),
-            Some(e) => {
-                let class = ErrorClass::of(&e);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let class = ErrorClass::of(&e.first);
                 telemetry::KafkaDeliveryFailed {
                     error_code: class.as_str(),
-                    failed,
+                    failed: e.failed as u64,
                     error: &e.to_string(),
                 }
                 .emit();
@@ -142,23 +129,21 @@ impl Delivery {
             .iter()
             .map(|d| (d.encode_to_vec(), d.tenant.as_bytes()))
             .collect();
-        let results = produce_all(
-            &self.producer,
-            &self.dead_letter_topic,
-            encoded
-                .iter()
-                .map(|(bytes, key)| Outgoing {
-                    key,
-                    payload: bytes,
-                    headers: None,
-                })
-                .collect(),
-        )
-        .await;
-        let failed: Vec<_> = results.into_iter().filter_map(Result::err).collect();
-        if let Some(e) = failed.first() {
+        let records: Vec<Outgoing<'_>> = encoded
+            .iter()
+            .map(|(bytes, key)| Outgoing {
+                key,
+                payload: bytes,
+                headers: None,
+            })
+            .collect();
+        if let Err(e) = self
+            .producer
+            .send_all(&self.dead_letter_topic, &records)
+            .await
+        {
             telemetry::DeadLetterFailed {
-                failed: failed.len() as u64,
+                failed: e.failed as u64,
                 error: &e.to_string(),
             }
             .emit();
