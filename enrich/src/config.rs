@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::join::JoinConfig;
+
 /// Settings of the enrich stage.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,4 +18,6 @@ pub struct EnrichConfig {
     /// How long a batch may wait to fill once its first record arrived.
     #[serde(with = "humantime_serde")]
     pub batch_max_wait: Duration,
+    /// Windows and bounds of the per-customer join state.
+    pub join: JoinConfig,
 }

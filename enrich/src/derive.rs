@@ -4,8 +4,7 @@
 //! (NPS category, CSAT normalised and top-two-box, CES normalised).
 
 use xoflow_proto::v1::{
-    CxFields, EnrichedEvent, Event, IdentityResolution, MetricKind, NpsCategory, OrderContext,
-    OrderMatch, event::Payload,
+    CxFields, Event, MetricKind, NpsCategory, OrderContext, OrderMatch, event::Payload,
 };
 
 /// NPS bucket of a 0-10 score: promoters 9-10, passives 7-8, detractors 0-6.
@@ -56,7 +55,7 @@ pub fn cx_fields(e: &Event) -> CxFields {
 }
 
 /// The order context an order event carries about itself.
-fn own_order(e: &Event) -> Option<OrderContext> {
+pub fn own_order(e: &Event) -> Option<OrderContext> {
     let Some(Payload::Order(o)) = &e.payload else {
         return None;
     };
@@ -77,29 +76,6 @@ fn own_order(e: &Event) -> Option<OrderContext> {
         delivered_at: o.delivered_at,
         delivery_late_seconds: late,
     })
-}
-
-/// Wraps an event with what can be derived from it alone.
-pub fn enrich(e: Event, now_ms: i64) -> EnrichedEvent {
-    let customer_id = e
-        .customer
-        .as_ref()
-        .map(|c| c.customer_id.clone())
-        .unwrap_or_default();
-    let resolution = if customer_id.is_empty() {
-        IdentityResolution::Unresolved
-    } else {
-        IdentityResolution::Direct
-    };
-    EnrichedEvent {
-        cx: Some(cx_fields(&e)),
-        order: own_order(&e),
-        resolved_customer_id: customer_id,
-        resolution: resolution as i32,
-        enriched_at: Some(xoflow_proto::from_unix_millis(now_ms)),
-        event: Some(e),
-        ..Default::default()
-    }
 }
 
 #[cfg(test)]

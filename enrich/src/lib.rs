@@ -3,7 +3,7 @@
 //! `EnrichedEvent`s for the sink.
 //!
 //! ```text
-//! events topic ──► recv_batch ──► decode ──► derive::enrich ──► enriched topic
+//! events topic ──► recv_batch ──► decode ──► join::Join ──► enriched topic
 //!                                   │ undecodable                  │ acked
 //!                                   └──► dead-letter topic         └──► commit offsets
 //! ```
@@ -14,6 +14,8 @@
 
 pub mod config;
 pub mod derive;
+pub mod join;
+pub mod sentiment;
 pub mod stage;
 mod telemetry;
 

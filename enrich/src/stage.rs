@@ -22,7 +22,7 @@ use xoflow_proto::{
     v1::{DeadLetter, Event},
 };
 
-use crate::{EnrichConfig, derive, telemetry};
+use crate::{EnrichConfig, join::Join, telemetry};
 
 /// Why the enrich stage stopped.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +76,7 @@ pub async fn run(
         .subscribe(&[&topics.events, &topics.backfill])
         .map_err(EnrichError::Setup)?;
     let producer = kafka.batch_producer().map_err(EnrichError::Setup)?;
+    let mut join = Join::new(cfg.join.clone());
     readiness.set(true);
     tracing::info!(group = %cfg.group_id, input = %topics.events, output = %topics.enriched, "enrich started");
 
@@ -102,7 +103,7 @@ pub async fn run(
             match Event::decode(payload) {
                 Ok(e) => {
                     let id = e.event_id.clone();
-                    outputs.push((id, derive::enrich(e, now).encode_to_vec()));
+                    outputs.push((id, join.process(e, now).encode_to_vec()));
                 }
                 Err(err) => dead.push(DeadLetter {
                     payload: payload.to_vec(),
