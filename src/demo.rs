@@ -284,8 +284,8 @@ pub async fn query_report(ch: &clickhouse::Client) -> anyhow::Result<BiReport> {
     );
     let at_risk = ch
         .query(
-            "SELECT tenant, customer_id, max(ifNull(ctx_churn_risk, 0)) AS churn_risk FROM events FINAL \
-             WHERE customer_id != '' GROUP BY tenant, customer_id HAVING churn_risk > 0 \
+            "SELECT tenant, customer_id, argMax(ifNull(ctx_churn_risk, 0), occurred_ms) AS churn_risk \
+             FROM events FINAL WHERE customer_id != '' GROUP BY tenant, customer_id HAVING churn_risk > 0 \
              ORDER BY churn_risk DESC, customer_id LIMIT 20",
         )
         .fetch_all()
@@ -431,22 +431,27 @@ pub fn print_report(truth: &Truth, r: &BiReport) {
     }
 
     println!();
-    println!("Customers at highest churn risk");
+    println!("Customers at highest churn risk (joined X + O signals)");
     if r.at_risk.is_empty() {
         println!("  (no churn-risk scores in this build's enrichment)");
     }
+    let drifting = |id: &str| truth.at_risk.iter().any(|t| t.customer_id == id);
     for c in r.at_risk.iter().take(10) {
-        let planted = truth.at_risk.iter().any(|t| t.customer_id == c.customer_id);
         println!(
             "  {:<16} {:<14} risk {:.2}  {}",
             c.tenant,
             c.customer_id,
             c.churn_risk,
-            if planted {
-                "[among the generator's top 20 leavers]"
-            } else {
-                ""
-            }
+            if drifting(&c.customer_id) { "[drifting away in the simulation ✓]" } else { "[not drifting]" }
+        );
+    }
+    if !r.at_risk.is_empty() {
+        let hits = r.at_risk.iter().filter(|c| drifting(&c.customer_id)).count();
+        println!(
+            "  precision of the top {}: {:.0}% are truly drifting away (random pick: {:.0}%)",
+            r.at_risk.len(),
+            100.0 * hits as f64 / r.at_risk.len() as f64,
+            100.0 * truth.at_risk_base_rate
         );
     }
 

@@ -78,8 +78,12 @@ struct CustomerState {
     session: SessionState,
     support: VecDeque<i64>,
     last_nps: Option<i32>,
+    nps_sum: i64,
+    nps_answers: u32,
     detractors: u32,
+    texts: u32,
     negative_texts: u32,
+    delivered: u32,
     late_deliveries: u32,
     returns: u32,
     last_seen_ms: i64,
@@ -219,6 +223,9 @@ pub fn experience_text(e: &Event) -> String {
 impl CustomerState {
     fn update(&mut self, e: &Event, cx: &xoflow_proto::v1::CxFields, at: i64, cfg: &JoinConfig) {
         self.last_seen_ms = self.last_seen_ms.max(at);
+        if cx.sentiment.is_some() {
+            self.texts += 1;
+        }
         if cx.sentiment_label == SentimentLabel::Negative as i32 {
             self.negative_texts += 1;
         }
@@ -260,8 +267,9 @@ impl CustomerState {
                 if let (Some(p), Some(d)) = (&s.ctx.promised_delivery_at, &s.ctx.delivered_at) {
                     let late =
                         (xoflow_proto::to_unix_millis(d) - xoflow_proto::to_unix_millis(p)) / 1000;
-                    if s.ctx.delivery_late_seconds.is_none() && late > 0 {
-                        self.late_deliveries += 1;
+                    if s.ctx.delivery_late_seconds.is_none() {
+                        self.delivered += 1;
+                        self.late_deliveries += u32::from(late > 0);
                     }
                     s.ctx.delivery_late_seconds = Some(late);
                 }
@@ -303,6 +311,8 @@ impl CustomerState {
             Some(Payload::Survey(_)) => {
                 if let Some(n) = cx.nps_score {
                     self.last_nps = Some(n);
+                    self.nps_sum += i64::from(n);
+                    self.nps_answers += 1;
                 }
                 if cx.nps_category == NpsCategory::Detractor as i32 {
                     self.detractors += 1;
@@ -375,14 +385,26 @@ impl CustomerState {
         }
     }
 
-    /// Churn risk in [0, 1] from the signals that predict leaving: detractor
-    /// answers, support contacts, negative texts, late deliveries, returns.
+    /// Churn risk in [0, 1] from the signals that predict leaving. Shares,
+    /// not counts, so a busy loyal customer does not look riskier than a
+    /// quiet unhappy one: how low their NPS runs (weighted by how many
+    /// answers back it), the share of their words that are negative, support
+    /// contacts, and the share of their deliveries that came late or went
+    /// back.
     fn churn_risk(&self) -> f64 {
-        let x = 0.5 * f64::from(self.detractors)
-            + 0.35 * self.support.len() as f64
-            + 0.5 * f64::from(self.negative_texts)
-            + 0.3 * f64::from(self.late_deliveries)
-            + 0.4 * f64::from(self.returns);
+        let share = |num: u32, den: u32| if den == 0 { 0.0 } else { f64::from(num) / f64::from(den) };
+        let nps = if self.nps_answers == 0 {
+            0.0
+        } else {
+            let avg = self.nps_sum as f64 / f64::from(self.nps_answers);
+            let confidence = f64::from(self.nps_answers) / f64::from(self.nps_answers + 1);
+            ((8.0 - avg) / 4.0).clamp(0.0, 1.5) * confidence
+        };
+        let x = 2.0 * nps
+            + 1.0 * share(self.negative_texts, self.texts)
+            + 0.25 * self.support.len() as f64
+            + 0.4 * share(self.late_deliveries, self.delivered)
+            + 0.6 * share(self.returns, self.delivered.max(self.returns));
         1.0 - (-x).exp()
     }
 }

@@ -23,9 +23,6 @@ const MINUTE: i64 = 60_000;
 const HOUR: i64 = 60 * MINUTE;
 const DAY: i64 = 24 * HOUR;
 
-/// How many at-risk customers the truth lists.
-const AT_RISK_LISTED: usize = 20;
-
 /// Who an event is attributed to, as the source would know them.
 #[derive(Clone, Copy)]
 enum Ident {
@@ -96,7 +93,7 @@ pub fn generate(cfg: &GenConfig) -> Generated {
     sim.events
         .sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.event_id.cmp(&b.1.event_id)));
     let events: Vec<Event> = sim.events.into_iter().map(|(_, e)| e).collect();
-    let mut truth = sim.truth.finish(AT_RISK_LISTED);
+    let mut truth = sim.truth.finish();
     truth.planted_pii.sort();
     truth.planted_pii.dedup();
     Generated { events, truth }
@@ -185,8 +182,13 @@ impl Sim<'_> {
     }
 
     fn text(&mut self, t: &Tenant, topic: Topic, polarity: Polarity) -> Text {
-        let txt = text::write(&mut self.rng, topic, polarity, t.zh_share, 0.08);
-        if polarity == Polarity::Negative {
+        text::write(&mut self.rng, topic, polarity, t.zh_share, 0.08)
+    }
+
+    /// Records what an emitted text carries: planted personal data, and its
+    /// topic when it was written negative.
+    fn record_text(&mut self, txt: Text) {
+        if let (Polarity::Negative, Some(topic)) = (txt.polarity, txt.topic) {
             *self
                 .truth
                 .truth
@@ -194,7 +196,7 @@ impl Sim<'_> {
                 .entry(topic.as_str().into())
                 .or_default() += 1;
         }
-        txt
+        self.truth.truth.planted_pii.extend(txt.planted);
     }
 
     /// A survey at a moment of truth. `nps` drives the comment's polarity;
@@ -256,9 +258,9 @@ impl Sim<'_> {
         } else {
             Ident::Email
         };
-        let (text, language, planted) = match comment {
-            Some(x) => (x.text, x.language, x.planted),
-            None => (String::new(), "", Vec::new()),
+        let (text, language) = match &comment {
+            Some(x) => (x.text.clone(), x.language),
+            None => (String::new(), ""),
         };
         let payload = Payload::Survey(SurveyResponse {
             survey_id: survey_id.into(),
@@ -268,7 +270,9 @@ impl Sim<'_> {
             trigger: trigger.map(|r| SurveyTrigger { r#ref: Some(r) }),
         });
         if self.emit(t, c, how, tp, store, at, payload) {
-            self.truth.truth.planted_pii.extend(planted);
+            if let Some(x) = comment {
+                self.record_text(x);
+            }
             let tt = self.truth.touchpoint(t.name, tp.journey, tp.touchpoint);
             tt.nps.add(nps);
             tt.csat_responses += 1;
@@ -391,7 +395,7 @@ impl Sim<'_> {
                     speaker: Speaker::Customer as i32,
                     start_ms: 0,
                     end_ms: 15_000,
-                    text: complaint.text,
+                    text: complaint.text.clone(),
                 },
                 TranscriptSegment {
                     speaker: Speaker::Agent as i32,
@@ -414,7 +418,7 @@ impl Sim<'_> {
             Ident::Full
         };
         if self.emit(t, c, how, tp, store, at + length, payload) {
-            self.truth.truth.planted_pii.extend(complaint.planted);
+            self.record_text(complaint);
             self.truth.customer(t.name, &c.id, c.churn).support_calls += 1;
         }
         call_id
@@ -439,7 +443,7 @@ impl Sim<'_> {
             url: format!("https://{platform}.example.com/{post_id}"),
             post_id,
             author_handle: c.handle.clone(),
-            text: post.text,
+            text: post.text.clone(),
             reply_to: String::new(),
             reactions: Some(Reactions {
                 likes: self.rng.below(300) as u32,
@@ -449,7 +453,7 @@ impl Sim<'_> {
             language: String::new(),
         });
         if self.emit(t, c, Ident::Handle, tp, store, at, payload) {
-            self.truth.truth.planted_pii.extend(post.planted);
+            self.record_text(post);
             if polarity == Polarity::Negative {
                 self.truth.customer(t.name, &c.id, c.churn).negative_posts += 1;
             }

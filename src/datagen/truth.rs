@@ -100,13 +100,21 @@ pub struct Truth {
     pub worst_vs_best: Vec<Comparison>,
     /// Texts written negative, by topic.
     pub negative_topics: BTreeMap<String, u64>,
-    /// The most likely leavers, most likely first.
+    /// Customers the simulation made likely to leave (latent propensity of
+    /// 0.6 or more) among those who gave any feedback, the ones showing the
+    /// most unhappy signals first.
     pub at_risk: Vec<AtRisk>,
+    /// Share of customers with feedback who are in `at_risk`: what picking
+    /// customers at random would find.
+    pub at_risk_base_rate: f64,
     /// Personal data planted in free text; none may reach storage unmasked.
     pub planted_pii: Vec<String>,
     /// The problems the simulation planted, in words.
     pub problems: Vec<String>,
 }
+
+/// Latent propensity from which a customer counts as drifting away.
+pub const AT_RISK_PROPENSITY: f64 = 0.6;
 
 /// Accumulates the truth while the simulation runs.
 #[derive(Debug, Default)]
@@ -165,7 +173,7 @@ impl TruthBuilder {
             })
     }
 
-    pub fn finish(mut self, at_risk: usize) -> Truth {
+    pub fn finish(mut self) -> Truth {
         let mut t = std::mem::take(&mut self.truth);
         t.touchpoints = self.touchpoints.into_values().collect();
         t.stores = self.stores.into_values().collect();
@@ -202,13 +210,20 @@ impl TruthBuilder {
                 });
             }
         }
-        let mut customers: Vec<AtRisk> = self.customers.into_values().collect();
+        let with_feedback = self.customers.len().max(1);
+        let mut customers: Vec<AtRisk> = self
+            .customers
+            .into_values()
+            .filter(|c| c.propensity >= AT_RISK_PROPENSITY)
+            .collect();
+        let signals = |c: &AtRisk| c.detractor_answers + c.support_calls + c.negative_posts;
         customers.sort_by(|a, b| {
-            b.propensity
-                .total_cmp(&a.propensity)
+            signals(b)
+                .cmp(&signals(a))
+                .then_with(|| b.propensity.total_cmp(&a.propensity))
                 .then_with(|| a.customer_id.cmp(&b.customer_id))
         });
-        customers.truncate(at_risk);
+        t.at_risk_base_rate = customers.len() as f64 / with_feedback as f64;
         t.at_risk = customers;
         t
     }

@@ -22,11 +22,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "events",
-    sql: include_str!("../../migrations/0001_events.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events",
+        sql: include_str!("../../migrations/0001_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "customer_context",
+        sql: include_str!("../../migrations/0002_customer_context.sql"),
+    },
+];
 
 impl Migration {
     /// SHA-256 of the file, hex.

@@ -1,9 +1,10 @@
 //! The ClickHouse rows and their construction from protobuf records.
 //!
-//! Field order and types mirror the migrations exactly: with validation off
-//! (needed for ClickHouse 18.16) RowBinary is positional, so the
-//! `row_layout_matches_the_schema` integration test pins this against the
-//! live table. Strings are moved out of the decoded protobuf, not copied.
+//! Field names and types mirror the migrations: the insert names its columns
+//! (`INSERT INTO events (<fields>) FORMAT RowBinary`), so order need not
+//! match the table, but with validation off (needed for ClickHouse 18.16)
+//! types are not checked by the client; the end-to-end tests read every
+//! field back. Strings are moved out of the decoded protobuf, not copied.
 
 use clickhouse::Row;
 use serde::Serialize;
@@ -89,6 +90,10 @@ pub struct EventRow {
     pub ctx_orders_90d: u32,
     pub ctx_value_90d_minor: i64,
     pub ctx_support_contacts_30d: u32,
+    pub ctx_lifetime_value_minor: i64,
+    pub ctx_days_since_last_order: Option<u32>,
+    pub ctx_last_nps: Option<i8>,
+    pub ctx_churn_risk: Option<f64>,
 
     pub event_proto: Vec<u8>,
 
@@ -261,6 +266,10 @@ impl EventRow {
             r.ctx_orders_90d = c.orders_90d;
             r.ctx_value_90d_minor = c.value_90d_minor;
             r.ctx_support_contacts_30d = c.support_contacts_30d;
+            r.ctx_lifetime_value_minor = c.lifetime_value_minor;
+            r.ctx_days_since_last_order = c.days_since_last_order;
+            r.ctx_last_nps = c.last_nps.and_then(|n| i8::try_from(n).ok());
+            r.ctx_churn_risk = c.churn_risk;
         }
         Some(r)
     }
