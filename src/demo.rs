@@ -442,11 +442,19 @@ pub fn print_report(truth: &Truth, r: &BiReport) {
             c.tenant,
             c.customer_id,
             c.churn_risk,
-            if drifting(&c.customer_id) { "[drifting away in the simulation ✓]" } else { "[not drifting]" }
+            if drifting(&c.customer_id) {
+                "[drifting away in the simulation ✓]"
+            } else {
+                "[not drifting]"
+            }
         );
     }
     if !r.at_risk.is_empty() {
-        let hits = r.at_risk.iter().filter(|c| drifting(&c.customer_id)).count();
+        let hits = r
+            .at_risk
+            .iter()
+            .filter(|c| drifting(&c.customer_id))
+            .count();
         println!(
             "  precision of the top {}: {:.0}% are truly drifting away (random pick: {:.0}%)",
             r.at_risk.len(),

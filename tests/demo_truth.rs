@@ -16,9 +16,9 @@ async fn the_demo_figures_equal_the_ground_truth() {
     let opts = DemoOptions {
         generator: GenConfig {
             seed: 7,
-            scale: 0.25,
-            days: 3,
-            start_ms: now - now.rem_euclid(86_400_000) - 3 * 86_400_000,
+            scale: 0.3,
+            days: 6,
+            start_ms: now - now.rem_euclid(86_400_000) - 6 * 86_400_000,
             ..GenConfig::default()
         },
         batch: 1_000,
@@ -53,6 +53,38 @@ async fn the_demo_figures_equal_the_ground_truth() {
             t.touchpoint
         );
     }
+    // Sentiment-derived figures, within a stated tolerance: texts can carry
+    // more than one topic (a crushed parcel is delivery and quality), so a
+    // topic's count of negative texts may exceed the texts written about it,
+    // but never by more than half, and never falls below 80%.
+    for (topic, &written) in &truth.negative_topics {
+        if written < 20 {
+            continue;
+        }
+        let found = report.negative_topics.get(topic).copied().unwrap_or(0);
+        assert!(
+            found as f64 >= 0.8 * written as f64 && found as f64 <= 1.5 * written as f64,
+            "negative {topic}: {found} found, {written} written"
+        );
+    }
+    // Churn risk: the top of the ranking is far richer in customers who are
+    // drifting away than a random pick.
+    let drifting = report
+        .at_risk
+        .iter()
+        .filter(|c| truth.at_risk.iter().any(|t| t.customer_id == c.customer_id))
+        .count();
+    let precision = drifting as f64 / report.at_risk.len().max(1) as f64;
+    assert!(
+        precision >= 2.0 * truth.at_risk_base_rate,
+        "precision {precision:.2} vs base rate {:.2}",
+        truth.at_risk_base_rate
+    );
+    eprintln!(
+        "negative topics {:?} vs written {:?}; at-risk precision {precision:.2} (base {:.2})",
+        report.negative_topics, truth.negative_topics, truth.at_risk_base_rate
+    );
+
     for s in &truth.stores {
         let r = report
             .stores

@@ -392,7 +392,13 @@ impl CustomerState {
     /// contacts, and the share of their deliveries that came late or went
     /// back.
     fn churn_risk(&self) -> f64 {
-        let share = |num: u32, den: u32| if den == 0 { 0.0 } else { f64::from(num) / f64::from(den) };
+        let share = |num: u32, den: u32| {
+            if den == 0 {
+                0.0
+            } else {
+                f64::from(num) / f64::from(den)
+            }
+        };
         let nps = if self.nps_answers == 0 {
             0.0
         } else {
@@ -535,7 +541,11 @@ mod tests {
         assert!(c.churn_risk.expect("risk") > 0.8);
         let cx = out.cx.expect("cx");
         assert_eq!(cx.sentiment_label, SentimentLabel::Negative as i32);
-        assert!(cx.topics.contains(&"delivery".to_string()), "{:?}", cx.topics);
+        assert!(
+            cx.topics.contains(&"delivery".to_string()),
+            "{:?}",
+            cx.topics
+        );
     }
 
     #[test]
