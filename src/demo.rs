@@ -37,6 +37,8 @@ pub struct DemoOptions {
 /// Figures read back from ClickHouse.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BiReport {
+    /// Planted personal data found verbatim in stored text.
+    pub unmasked_pii: u64,
     pub events_by_kind: BTreeMap<String, u64>,
     pub touchpoints: Vec<TouchpointFigures>,
     pub stores: Vec<StoreFigures>,
@@ -221,7 +223,9 @@ pub async fn run_pipeline(
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        query_report(&ch).await
+        let mut report = query_report(&ch).await?;
+        report.unmasked_pii = count_unmasked(&ch, &truth.planted_pii).await?;
+        Ok(report)
     }
     .await;
     running.stop();
@@ -229,6 +233,18 @@ pub async fn run_pipeline(
     let report = result?;
     stopped?;
     Ok((truth, report))
+}
+
+/// How many of `planted` appear verbatim in any stored text.
+pub async fn count_unmasked(ch: &clickhouse::Client, planted: &[String]) -> anyhow::Result<u64> {
+    let texts: Vec<String> = ch
+        .query("SELECT text FROM events WHERE text != ''")
+        .fetch_all()
+        .await?;
+    Ok(planted
+        .iter()
+        .filter(|p| texts.iter().any(|t| t.contains(p.as_str())))
+        .count() as u64)
 }
 
 /// Reads the BI figures from ClickHouse.
@@ -293,6 +309,7 @@ pub async fn query_report(ch: &clickhouse::Client) -> anyhow::Result<BiReport> {
         // Older schemas have no churn-risk column yet: no ranking to show.
         .unwrap_or_default();
     Ok(BiReport {
+        unmasked_pii: 0,
         events_by_kind,
         touchpoints,
         stores,
@@ -462,6 +479,15 @@ pub fn print_report(truth: &Truth, r: &BiReport) {
             100.0 * truth.at_risk_base_rate
         );
     }
+
+    println!();
+    println!("Personal data planted in comments, calls and posts");
+    println!(
+        "  {} planted (phones, e-mails, card and ID numbers); {} found unmasked in ClickHouse {}",
+        truth.planted_pii.len(),
+        r.unmasked_pii,
+        check(r.unmasked_pii == 0)
+    );
 
     println!();
     println!("Dead letters by reason (malformed on purpose)");

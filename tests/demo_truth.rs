@@ -29,6 +29,11 @@ async fn the_demo_figures_equal_the_ground_truth() {
     common::drop_database(&cfg).await;
 
     assert_eq!(report.events_by_kind, truth.by_kind);
+    assert!(!truth.planted_pii.is_empty());
+    assert_eq!(
+        report.unmasked_pii, 0,
+        "planted personal data reached ClickHouse unmasked"
+    );
     assert_eq!(report.dead_letters, truth.invalid);
     assert_eq!(report.touchpoints.len(), truth.touchpoints.len());
     for t in &truth.touchpoints {

@@ -2,7 +2,8 @@
 //!
 //! Input is an `Event` as a source sent it; output is either the event
 //! normalised in place (UTC timestamps checked, weak identifiers replaced by
-//! their keyed hashes, `received_at` stamped) or the list of every field at
+//! their keyed hashes, personal data in free text masked, `received_at`
+//! stamped) or the list of every field at
 //! fault with a stable reason code, so a caller can fix all of them at once.
 
 use std::time::Duration;
@@ -183,6 +184,7 @@ impl Normaliser {
         if !v.is_empty() {
             return Err(v);
         }
+        crate::pii::mask_event(e);
         e.received_at = Some(xoflow_proto::from_unix_millis(now_ms));
         Ok(())
     }
