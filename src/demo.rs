@@ -259,29 +259,26 @@ pub async fn query_report(ch: &clickhouse::Client) -> anyhow::Result<BiReport> {
             .fetch_all()
             .await?,
     );
+    // CX figures come from the aggregate states (hourly, per store) rolled
+    // up at query time: if they equal the truth, the roll-up is exact.
     let touchpoints = ch
         .query(
             "SELECT tenant, journey, touchpoint, \
-               countIf(nps_category = 'promoter') AS promoters, \
-               countIf(nps_category = 'passive') AS passives, \
-               countIf(nps_category = 'detractor') AS detractors, \
-               countIf(isNotNull(csat_score)) AS csat_responses, \
-               countIf(csat_top2 = 1) AS csat_top2, \
-               countIf(isNotNull(ces_score)) AS ces_responses, \
-               toUInt64(sum(ifNull(ces_score, 0))) AS ces_sum \
-             FROM events FINAL WHERE kind = 'survey' \
-             GROUP BY tenant, journey, touchpoint ORDER BY tenant, journey, touchpoint",
+               sum(promoters) AS promoters, sum(passives) AS passives, sum(detractors) AS detractors, \
+               sum(csat_responses) AS csat_responses, sum(csat_top2) AS csat_top2, \
+               sum(ces_responses) AS ces_responses, toUInt64(sum(ces_sum)) AS ces_sum \
+             FROM cx_by_touchpoint_day \
+             GROUP BY tenant, journey, touchpoint \
+             HAVING promoters + passives + detractors + csat_responses + ces_responses > 0 \
+             ORDER BY tenant, journey, touchpoint",
         )
         .fetch_all()
         .await?;
     let stores = ch
         .query(
-            "SELECT tenant, touchpoint, store_id AS store, \
-               countIf(nps_category = 'promoter') AS promoters, \
-               countIf(nps_category = 'passive') AS passives, \
-               countIf(nps_category = 'detractor') AS detractors \
-             FROM events FINAL WHERE kind = 'survey' AND nps_category != 'none' \
-             GROUP BY tenant, touchpoint, store ORDER BY tenant, touchpoint, store",
+            "SELECT tenant, touchpoint, store_id AS store, promoters, passives, detractors \
+             FROM touchpoint_store_comparison WHERE nps_responses > 0 \
+             ORDER BY tenant, touchpoint, store",
         )
         .fetch_all()
         .await?;

@@ -4,6 +4,8 @@
 
 mod common;
 
+use clickhouse::Row;
+use serde::Deserialize;
 use xoflow::{
     datagen::GenConfig,
     demo::{self, DemoOptions},
@@ -104,4 +106,44 @@ async fn the_demo_figures_equal_the_ground_truth() {
             s.store
         );
     }
+}
+
+#[derive(Debug, PartialEq, Row, Deserialize)]
+struct RegionMonth {
+    tenant: String,
+    region: String,
+    month: u16,
+    promoters: u64,
+    passives: u64,
+    detractors: u64,
+    csat_top2: u64,
+    ces_sum: f64,
+}
+
+/// Store/day aggregates rolled up to region/month equal the same figures
+/// recomputed from the raw events.
+async fn rollups_equal_a_recomputation_from_events(ch: &clickhouse::Client) {
+    let rolled: Vec<RegionMonth> = ch
+        .query(
+            "SELECT tenant, region, toUInt16(toYYYYMM(day) % 10000) AS month, \
+               sum(promoters) AS promoters, sum(passives) AS passives, sum(detractors) AS detractors, \
+               sum(csat_top2) AS csat_top2, sum(ces_sum) AS ces_sum \
+             FROM cx_by_store_day GROUP BY tenant, region, month ORDER BY tenant, region, month",
+        )
+        .fetch_all()
+        .await
+        .expect("roll-up");
+    let recomputed: Vec<RegionMonth> = ch
+        .query(
+            "SELECT tenant, region, toUInt16(toYYYYMM(occurred_at) % 10000) AS month, \
+               countIf(nps_category = 'promoter') AS promoters, countIf(nps_category = 'passive') AS passives, \
+               countIf(nps_category = 'detractor') AS detractors, toUInt64(sum(csat_top2)) AS csat_top2, \
+               sum(ifNull(ces_score, 0)) AS ces_sum \
+             FROM events FINAL GROUP BY tenant, region, month ORDER BY tenant, region, month",
+        )
+        .fetch_all()
+        .await
+        .expect("recompute");
+    assert!(!rolled.is_empty());
+    assert_eq!(rolled, recomputed);
 }

@@ -33,6 +33,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "customer_context",
         sql: include_str!("../../migrations/0002_customer_context.sql"),
     },
+    Migration {
+        version: 3,
+        name: "touchpoint_metrics",
+        sql: include_str!("../../migrations/0003_touchpoint_metrics.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "bi_views",
+        sql: include_str!("../../migrations/0004_bi_views.sql"),
+    },
 ];
 
 impl Migration {
