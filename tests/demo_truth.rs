@@ -28,6 +28,7 @@ async fn the_demo_figures_equal_the_ground_truth() {
     let (truth, report) = demo::run_pipeline(cfg.clone(), &opts, false)
         .await
         .expect("demo");
+    rollups_equal_a_recomputation_from_events(&cfg.clickhouse.client()).await;
     common::drop_database(&cfg).await;
 
     assert_eq!(report.events_by_kind, truth.by_kind);
