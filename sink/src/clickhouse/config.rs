@@ -25,6 +25,10 @@ pub struct SinkConfig {
     /// First back-off between retries; doubles each time.
     #[serde(with = "humantime_serde")]
     pub retry_backoff: Duration,
+    /// How many offsets back, per partition, written event ids are
+    /// remembered to drop redelivered copies of an event (enrich retries,
+    /// clients re-sending). Bounds the dedup memory.
+    pub dedup_window: i64,
 }
 
 /// Where ClickHouse is.

@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "bi_views",
         sql: include_str!("../../migrations/0004_bi_views.sql"),
     },
+    Migration {
+        version: 5,
+        name: "dead_letter_lineage",
+        sql: include_str!("../../migrations/0005_dead_letter_lineage.sql"),
+    },
 ];
 
 impl Migration {

@@ -8,6 +8,7 @@
 
 mod config;
 pub mod migrate;
+pub mod position;
 pub mod row;
 mod sink;
 

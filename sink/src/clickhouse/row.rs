@@ -288,11 +288,18 @@ pub struct DeadLetterRow {
     pub event_id: String,
     pub content_type: String,
     pub payload: Vec<u8>,
+    pub kafka_topic: String,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
 }
 
-impl From<DeadLetter> for DeadLetterRow {
-    fn from(d: DeadLetter) -> Self {
+impl DeadLetterRow {
+    /// The row of a dead letter read from Kafka at `lineage`.
+    pub fn from_dead_letter(d: DeadLetter, lineage: Lineage<'_>) -> Self {
         DeadLetterRow {
+            kafka_topic: lineage.topic.to_owned(),
+            kafka_partition: lineage.partition,
+            kafka_offset: lineage.offset,
             at: secs(&d.at),
             stage: d.stage,
             reason: d.reason,

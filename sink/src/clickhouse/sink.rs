@@ -1,17 +1,20 @@
 //! The sink loop: fill a batch from Kafka, insert it, commit it.
 //!
 //! A batch flushes on whichever comes first of `batch_rows`, `batch_bytes`
-//! or `batch_max_wait` since its first record. Its offsets are committed only
-//! after ClickHouse acknowledged every insert of the batch; a failing insert
-//! is retried with back-off and, if it keeps failing, stops the sink without
-//! committing, so nothing is skipped.
+//! or `batch_max_wait` since its first record, as one INSERT per table.
+//! Records already stored (by offset) or already written (by event id) are
+//! skipped, using the positions read from ClickHouse itself
+//! ([`super::position`]), so that after any crash, restart or rebalance no
+//! event is written twice. A failing insert is retried with back-off — after
+//! checking whether the failed attempt did in fact land — and, if it keeps
+//! failing, stops the sink without committing, so nothing is skipped.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use clickhouse::{Client, Row};
 use rdkafka::{
     Offset, TopicPartitionList,
-    consumer::{CommitMode, Consumer, DefaultConsumerContext},
+    consumer::{CommitMode, Consumer, StreamConsumer},
     message::Message,
 };
 use serde::Serialize;
@@ -25,6 +28,7 @@ use xoflow_proto::{
 
 use super::{
     ClickHouseConfig, SinkConfig, SinkError, migrate,
+    position::{self, Positions, SinkContext},
     row::{DeadLetterRow, EventRow, Lineage},
 };
 use crate::telemetry;
@@ -36,10 +40,40 @@ struct Batch {
     dead_letters: Vec<DeadLetterRow>,
     /// Encoded bytes taken in, for the memory bound.
     bytes: usize,
-    /// Highest offset per (topic, partition) in the batch.
-    offsets: BTreeMap<(bool, i32), i64>,
+    /// Highest offset seen per (topic, partition), skipped records included.
+    offsets: BTreeMap<(String, i32), i64>,
     records: usize,
+    skipped_stored: u64,
+    skipped_duplicates: u64,
     started: Option<Instant>,
+}
+
+impl Batch {
+    /// Forgets everything read from a partition this sink no longer owns.
+    fn drop_partition(&mut self, topic: &str, partition: i32) {
+        self.events
+            .retain(|r| !(r.kafka_topic == topic && r.kafka_partition == partition));
+        self.dead_letters
+            .retain(|r| !(r.kafka_topic == topic && r.kafka_partition == partition));
+        self.offsets.remove(&(topic.to_string(), partition));
+    }
+}
+
+/// A row's lineage, for the already-stored check on retry.
+trait Lineaged {
+    fn position(&self) -> (&str, i32, i64);
+}
+
+impl Lineaged for EventRow {
+    fn position(&self) -> (&str, i32, i64) {
+        (&self.kafka_topic, self.kafka_partition, self.kafka_offset)
+    }
+}
+
+impl Lineaged for DeadLetterRow {
+    fn position(&self) -> (&str, i32, i64) {
+        (&self.kafka_topic, self.kafka_partition, self.kafka_offset)
+    }
 }
 
 /// Runs the sink until `stop` is cancelled: migrates, then consumes.
@@ -57,8 +91,8 @@ pub async fn run(
         .await
         .map_err(SinkError::Kafka)?;
     let client = ch.client();
-    let consumer = kafka
-        .consumer(&cfg.group_id, DefaultConsumerContext)
+    let consumer: StreamConsumer<SinkContext> = kafka
+        .consumer(&cfg.group_id, SinkContext::default())
         .map_err(SinkError::Kafka)?;
     consumer
         .subscribe(&[&topics.enriched, &topics.dead_letters])
@@ -66,6 +100,7 @@ pub async fn run(
     readiness.set(true);
     tracing::info!(group = %cfg.group_id, database = %ch.database, "sink started");
 
+    let mut positions = Positions::new();
     let mut batch = Batch::default();
     loop {
         let deadline = batch.started.map(|s| s + cfg.batch_max_wait);
@@ -75,38 +110,66 @@ pub async fn run(
             _ = sleep_until(deadline) => None,
             m = consumer.recv() => Some(m),
         };
+        // Revocations arrive inside recv(): handle them before the record
+        // it returned, which may already come from a new assignment.
+        for (topic, partition) in consumer.context().take_revoked() {
+            positions.remove(&(topic.clone(), partition));
+            batch.drop_partition(&topic, partition);
+        }
         match msg {
             Some(Ok(m)) => {
-                let is_dl = m.topic() == topics.dead_letters;
-                let payload = m.payload().unwrap_or_default();
-                batch.bytes += payload.len();
-                batch.records += 1;
-                batch.started.get_or_insert_with(Instant::now);
-                let o = batch
-                    .offsets
-                    .entry((is_dl, m.partition()))
-                    .or_insert(m.offset());
-                *o = (*o).max(m.offset());
-                let lineage = Lineage {
-                    topic: m.topic(),
-                    partition: m.partition(),
-                    offset: m.offset(),
+                let key = (m.topic().to_string(), m.partition());
+                if !positions.contains_key(&key) {
+                    let state =
+                        position::load(&client, m.topic(), m.partition(), cfg.dedup_window).await?;
+                    tracing::info!(
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        stored = state.stored,
+                        recent_ids = state.recent.len(),
+                        "partition position read from ClickHouse"
+                    );
+                    positions.insert(key.clone(), state);
+                }
+                let Some(state) = positions.get_mut(&key) else {
+                    continue;
                 };
-                if is_dl {
-                    batch
-                        .dead_letters
-                        .push(decode_dead_letter(payload, lineage));
+                batch.started.get_or_insert_with(Instant::now);
+                let o = batch.offsets.entry(key).or_insert(m.offset());
+                *o = (*o).max(m.offset());
+                batch.records += 1;
+                if m.offset() <= state.stored {
+                    batch.skipped_stored += 1;
                 } else {
-                    match EnrichedEvent::decode(payload)
-                        .ok()
-                        .and_then(|en| EventRow::from_enriched(en, lineage))
-                    {
-                        Some(row) => batch.events.push(row),
-                        None => batch.dead_letters.push(undecodable(
-                            payload,
-                            lineage,
-                            "xoflow.v1.EnrichedEvent with an event and a payload",
-                        )),
+                    let payload = m.payload().unwrap_or_default();
+                    batch.bytes += payload.len();
+                    let lineage = Lineage {
+                        topic: m.topic(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    };
+                    if m.topic() == topics.dead_letters {
+                        batch
+                            .dead_letters
+                            .push(decode_dead_letter(payload, lineage));
+                    } else {
+                        match EnrichedEvent::decode(payload)
+                            .ok()
+                            .and_then(|en| EventRow::from_enriched(en, lineage))
+                        {
+                            Some(row) if state.recent.contains(&row.event_id) => {
+                                batch.skipped_duplicates += 1;
+                            }
+                            Some(row) => {
+                                state.recent.insert(row.event_id.clone());
+                                batch.events.push(row);
+                            }
+                            None => batch.dead_letters.push(undecodable(
+                                payload,
+                                lineage,
+                                "xoflow.v1.EnrichedEvent with an event and a payload",
+                            )),
+                        }
                     }
                 }
                 if batch.records < cfg.batch_rows && batch.bytes < cfg.batch_bytes {
@@ -119,11 +182,14 @@ pub async fn run(
             }
             None => {}
         }
-        flush(&client, &consumer, topics, cfg, &mut batch).await?;
+        flush(&client, &consumer, cfg, &mut batch, &mut positions).await?;
     }
     // Draining: write what is buffered and commit it before returning.
     readiness.set(false);
-    flush(&client, &consumer, topics, cfg, &mut batch).await?;
+    for (topic, partition) in consumer.context().take_revoked() {
+        batch.drop_partition(&topic, partition);
+    }
+    flush(&client, &consumer, cfg, &mut batch, &mut positions).await?;
     tracing::info!("sink stopped");
     Ok(())
 }
@@ -137,7 +203,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 fn decode_dead_letter(payload: &[u8], lineage: Lineage<'_>) -> DeadLetterRow {
     match DeadLetter::decode(payload) {
-        Ok(d) => d.into(),
+        Ok(d) => DeadLetterRow::from_dead_letter(d, lineage),
         Err(_) => undecodable(payload, lineage, "xoflow.v1.DeadLetter"),
     }
 }
@@ -153,6 +219,9 @@ fn undecodable(payload: &[u8], l: Lineage<'_>, expected: &str) -> DeadLetterRow 
         ),
         content_type: "application/x-protobuf".into(),
         payload: payload.to_vec(),
+        kafka_topic: l.topic.to_owned(),
+        kafka_partition: l.partition,
+        kafka_offset: l.offset,
         ..Default::default()
     }
 }
@@ -166,35 +235,41 @@ fn now_secs() -> u32 {
 
 async fn flush(
     client: &Client,
-    consumer: &rdkafka::consumer::StreamConsumer,
-    topics: &xoflow_common::kafka::Topics,
+    consumer: &StreamConsumer<SinkContext>,
     cfg: &SinkConfig,
     batch: &mut Batch,
+    positions: &mut Positions,
 ) -> Result<(), SinkError> {
     if batch.records == 0 {
+        *batch = Batch::default();
         return Ok(());
     }
     let started = Instant::now();
     insert_with_retry(client, "events", &batch.events, cfg).await?;
     insert_with_retry(client, "dead_letters", &batch.dead_letters, cfg).await?;
     let mut tpl = TopicPartitionList::with_capacity(batch.offsets.len());
-    for ((is_dl, partition), offset) in &batch.offsets {
-        let topic = if *is_dl {
-            &topics.dead_letters
-        } else {
-            &topics.enriched
-        };
+    for ((topic, partition), offset) in &batch.offsets {
         tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
             .map_err(SinkError::Kafka)?;
+        if let Some(state) = positions.get_mut(&(topic.clone(), *partition)) {
+            state.stored = state.stored.max(*offset);
+        }
     }
-    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-        // The rows are in ClickHouse; a lost commit only means they may be
-        // delivered again, and the events table collapses duplicates.
+    // Bound the dedup memory: a partition whose id set outgrew the window
+    // is reloaded (with just the window) when its next record arrives.
+    let window = usize::try_from(cfg.dedup_window).unwrap_or(usize::MAX);
+    positions.retain(|_, s| s.recent.len() <= window.saturating_mul(2));
+    if !tpl.elements().is_empty()
+        && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
+    {
+        // Positions live in ClickHouse; the commit only bounds re-reading.
         tracing::warn!(error = %e, "offset commit failed");
     }
     telemetry::BatchWritten {
         events: batch.events.len() as u64,
         dead_letters: batch.dead_letters.len() as u64,
+        skipped_stored: batch.skipped_stored,
+        skipped_duplicates: batch.skipped_duplicates,
         bytes: batch.bytes as u64,
         seconds: started.elapsed().as_secs_f64(),
     }
@@ -210,7 +285,7 @@ async fn insert_with_retry<T>(
     cfg: &SinkConfig,
 ) -> Result<(), SinkError>
 where
-    T: Serialize + for<'a> Row<Value<'a> = T>,
+    T: Serialize + Lineaged + for<'a> Row<Value<'a> = T>,
 {
     if rows.is_empty() {
         return Ok(());
@@ -230,6 +305,11 @@ where
                 .emit();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
+                // The failed attempt may have landed (the answer was lost):
+                // an insert is one block, so one stored row means all are.
+                if landed(client, table, rows).await.unwrap_or(false) {
+                    return Ok(());
+                }
             }
             Err(e) => {
                 return Err(SinkError::InsertFailed {
@@ -240,6 +320,25 @@ where
             }
         }
     }
+}
+
+/// Whether the highest-offset row of `rows` is already in `table`.
+async fn landed<T: Lineaged>(client: &Client, table: &str, rows: &[T]) -> Result<bool, SinkError> {
+    let Some((topic, partition, offset)) = rows.iter().map(Lineaged::position).max_by_key(|p| p.2)
+    else {
+        return Ok(false);
+    };
+    let n: u64 = client
+        .query(&format!(
+            "SELECT count() FROM {table} WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset = ?"
+        ))
+        .bind(topic)
+        .bind(partition)
+        .bind(offset)
+        .fetch_one()
+        .await
+        .map_err(SinkError::clickhouse)?;
+    Ok(n > 0)
 }
 
 async fn insert_once<T>(client: &Client, table: &str, rows: &[T]) -> Result<(), SinkError>
