@@ -62,6 +62,8 @@ pub const DRAIN_BUDGET: Duration = Duration::from_secs(8);
 pub struct Running {
     /// Where the collector listens, when ingest runs.
     pub grpc_addr: Option<SocketAddr>,
+    /// Where the HTTP/JSON collector listens, when ingest runs.
+    pub http_addr: Option<SocketAddr>,
     /// Where /metrics and /health/* are served.
     pub admin_addr: SocketAddr,
     pub health: Health,
@@ -139,6 +141,7 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
     }
 
     let mut grpc_addr = None;
+    let mut http_addr = None;
     if stages.ingest {
         let listener = tokio::net::TcpListener::bind(cfg.ingest.grpc_addr)
             .await
@@ -161,6 +164,24 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
             delivery,
             cfg.ingest.max_batch_events,
         );
+        let http_listener = tokio::net::TcpListener::bind(cfg.ingest.http_addr)
+            .await
+            .with_context(|| format!("binding the HTTP collector to {}", cfg.ingest.http_addr))?;
+        http_addr = Some(http_listener.local_addr()?);
+        {
+            let readiness = health.register("ingest-http");
+            let stop = token.clone();
+            let service = service.clone();
+            let max = cfg.ingest.max_message_bytes;
+            spawn_stage(
+                "ingest-http",
+                Box::pin(async move {
+                    xoflow_ingest::http::serve(http_listener, service, max, readiness, stop)
+                        .await?;
+                    Ok(())
+                }),
+            );
+        }
         let readiness = health.register("ingest");
         let stop = token.clone();
         let cfg = cfg.clone();
@@ -210,6 +231,7 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
     }
     Ok(Running {
         grpc_addr,
+        http_addr,
         admin_addr,
         health,
         shutdown,

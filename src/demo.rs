@@ -131,6 +131,7 @@ pub async fn run_pipeline(
         t.push_str(&format!(".demo-{run_id}"));
     }
     cfg.ingest.grpc_addr = "127.0.0.1:0".parse()?;
+    cfg.ingest.http_addr = "127.0.0.1:0".parse()?;
     cfg.admin.addr = "127.0.0.1:0".parse()?;
 
     let t0 = Instant::now();

@@ -149,6 +149,6 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.cancel_on_signal();
     let running = xoflow::start(cfg, stages, shutdown).await?;
-    tracing::info!(admin = %running.admin_addr, grpc = ?running.grpc_addr, "xoflow started");
+    tracing::info!(admin = %running.admin_addr, grpc = ?running.grpc_addr, http = ?running.http_addr, "xoflow started");
     running.wait().await
 }

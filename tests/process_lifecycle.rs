@@ -65,6 +65,7 @@ async fn run_serves_health_and_metrics_and_drains_on_sigterm() {
         .env("XOFLOW_SINK__BATCH_MAX_WAIT", "100ms")
         .env("XOFLOW_ADMIN__ADDR", "127.0.0.1:0")
         .env("XOFLOW_INGEST__GRPC_ADDR", "127.0.0.1:0")
+        .env("XOFLOW_INGEST__HTTP_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())

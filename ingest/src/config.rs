@@ -10,6 +10,9 @@ use serde::Deserialize;
 pub struct IngestConfig {
     /// Address of the gRPC collector API; port 0 picks a free port.
     pub grpc_addr: SocketAddr,
+    /// Address of the HTTP/JSON collector (`POST /v1/events`); port 0 picks
+    /// a free port.
+    pub http_addr: SocketAddr,
     /// Most events in one request, so one caller cannot hold the whole
     /// in-flight budget.
     pub max_batch_events: usize,

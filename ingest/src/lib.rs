@@ -18,6 +18,7 @@ pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod pii;
 mod telemetry;
 pub mod validate;

@@ -36,7 +36,9 @@ impl CollectorService {
         }
     }
 
-    async fn ingest_batch(
+    /// Validates, delivers and dead-letters one batch; shared by every
+    /// entry point. Results are indexed from `first_index`.
+    pub async fn ingest_batch(
         &self,
         events: Vec<Event>,
         first_index: u32,
@@ -59,6 +61,21 @@ impl CollectorService {
         }
         self.delivery.dead_letters(&verdict.dead_letters).await;
         Ok(verdict.results)
+    }
+}
+
+impl CollectorService {
+    /// Writes dead letters for records refused before validation (bytes
+    /// that are not an event at all).
+    pub async fn dead_letters(&self, letters: &[DeadLetter]) {
+        if !letters.is_empty() {
+            telemetry::EventsRejected {
+                reason: Reason::Decode.as_str(),
+                count: letters.len() as u64,
+            }
+            .emit();
+        }
+        self.delivery.dead_letters(letters).await;
     }
 }
 
