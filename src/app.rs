@@ -93,6 +93,27 @@ impl Running {
     }
 }
 
+/// The collector service the APIs and bulk import share.
+pub fn collector(cfg: &Config) -> anyhow::Result<xoflow_ingest::grpc::CollectorService> {
+    if cfg.ingest.hash_secret == xoflow_ingest::config::DEV_HASH_SECRET {
+        tracing::warn!(
+            "ingest.hash_secret is the development default; set XOFLOW_INGEST__HASH_SECRET in production"
+        );
+    }
+    let normaliser = xoflow_ingest::validate::Normaliser::new(
+        cfg.ingest.hash_secret.as_bytes(),
+        cfg.ingest.max_future_skew,
+        cfg.ingest.max_age,
+    )
+    .map_err(|_| anyhow::anyhow!("ingest.hash_secret must not be empty"))?;
+    let delivery = xoflow_ingest::Delivery::new(&cfg.kafka, cfg.ingest.max_in_flight_events)?;
+    Ok(xoflow_ingest::grpc::CollectorService::new(
+        normaliser,
+        delivery,
+        cfg.ingest.max_batch_events,
+    ))
+}
+
 /// Starts the admin server and the chosen stages. Returns once every
 /// listener is bound; the stages become ready on their own.
 pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::Result<Running> {
@@ -147,23 +168,7 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
             .await
             .with_context(|| format!("binding the collector to {}", cfg.ingest.grpc_addr))?;
         grpc_addr = Some(listener.local_addr()?);
-        if cfg.ingest.hash_secret == xoflow_ingest::config::DEV_HASH_SECRET {
-            tracing::warn!(
-                "ingest.hash_secret is the development default; set XOFLOW_INGEST__HASH_SECRET in production"
-            );
-        }
-        let normaliser = xoflow_ingest::validate::Normaliser::new(
-            cfg.ingest.hash_secret.as_bytes(),
-            cfg.ingest.max_future_skew,
-            cfg.ingest.max_age,
-        )
-        .map_err(|_| anyhow::anyhow!("ingest.hash_secret must not be empty"))?;
-        let delivery = xoflow_ingest::Delivery::new(&cfg.kafka, cfg.ingest.max_in_flight_events)?;
-        let service = xoflow_ingest::grpc::CollectorService::new(
-            normaliser,
-            delivery,
-            cfg.ingest.max_batch_events,
-        );
+        let service = collector(&cfg)?;
         let http_listener = tokio::net::TcpListener::bind(cfg.ingest.http_addr)
             .await
             .with_context(|| format!("binding the HTTP collector to {}", cfg.ingest.http_addr))?;

@@ -19,6 +19,7 @@ pub mod delivery;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod import;
 pub mod pii;
 mod telemetry;
 pub mod validate;
