@@ -5,6 +5,7 @@
 //! binary starts, in-process, with port 0 and random names.
 
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod datagen;
 pub mod demo;

@@ -43,6 +43,16 @@ enum Command {
         #[arg(long, default_value_t = 1_000)]
         batch: usize,
     },
+    /// Measure every stage against its raw baseline on the configured broker
+    /// and ClickHouse; prints a table, writes JSON and Markdown.
+    Bench {
+        /// Events per measurement.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Where to write results.json and results.md.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
     /// Bulk-import NDJSON events (a backfill) on the backfill lane.
     Import {
         /// The NDJSON file (one xoflow.v1.Event in canonical JSON per line).
@@ -143,6 +153,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo { generator, batch } => {
             let generator = generator.config()?;
             return demo::run(cfg, demo::DemoOptions { generator, batch }).await;
+        }
+        Command::Bench { events, out } => {
+            xoflow::bench::run(cfg, events, &out).await?;
+            return Ok(());
         }
         Command::Import {
             file,

@@ -1,28 +1,49 @@
 #!/usr/bin/env bash
-# Stops the broker and ClickHouse started by up.sh. `--purge` also deletes
-# their data.
+# Stops the broker and ClickHouse started by up.sh: SIGTERM, then SIGKILL if
+# one has not exited within XOFLOW_DOWN_TIMEOUT seconds (20). Removes the pid
+# files. `--purge` also deletes the scratch directory ($XOFLOW_SCRATCH: data,
+# logs, env). Only processes recorded in the pid files are touched.
 set -euo pipefail
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-scratch=${XOFLOW_SCRATCH:-$repo/target/xoflow-local}
+# shellcheck source=deploy/local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+purge=false
+case "${1:-}" in
+  --purge) purge=true ;;
+  "") ;;
+  *) echo "usage: $0 [--purge]" >&2; exit 2 ;;
+esac
+down_timeout=${XOFLOW_DOWN_TIMEOUT:-20}
+
+say() { printf '[down] %s\n' "$*"; }
+
+# signal PID SIG: the server runs in its own session (setsid), so signal its
+# whole process group; fall back to the process alone.
+signal() { kill "-$2" -- "-$1" 2>/dev/null || kill "-$2" "$1" 2>/dev/null || true; }
 
 stop() {
-  local pidfile=$scratch/$1.pid
-  [ -f "$pidfile" ] || return 0
-  local pid
-  pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + 20))
-    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
-    kill -KILL "$pid" 2>/dev/null || true
-    printf '[down] stopped %s (pid %s)\n' "$1" "$pid"
+  local name=$1 sig=$2 pid deadline
+  if pid=$(pid_of "$name" "$sig"); then
+    signal "$pid" TERM
+    deadline=$((SECONDS + down_timeout))
+    while running "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    if running "$pid"; then
+      say "$name (pid $pid) ignored SIGTERM for $down_timeout s; killing it"
+      signal "$pid" KILL
+      while running "$pid"; do sleep 0.1; done
+    fi
+    say "stopped $name (pid $pid)"
+  elif [ -f "$scratch/$name.pid" ]; then
+    say "$name was not running (stale pid file)"
   fi
-  rm -f "$pidfile"
+  rm -f "$scratch/$name.pid"
 }
 
-stop tansu
-stop clickhouse
-if [ "${1:-}" = "--purge" ]; then
+if [ -d "$scratch" ]; then
+  stop tansu "$tansu_sig"
+  stop clickhouse "$ch_sig"
+fi
+if $purge; then
   rm -rf "$scratch"
-  printf '[down] removed %s\n' "$scratch"
+  say "removed $scratch"
 fi

@@ -1,62 +1,155 @@
 #!/usr/bin/env bash
 # Installs what is missing and starts a Kafka-protocol broker (Tansu) and a
-# ClickHouse server on loopback, with data under a scratch directory; waits
-# until both answer; writes the addresses to "$XOFLOW_SCRATCH/env".
+# ClickHouse server on loopback, with their data under a scratch directory;
+# waits until both answer; writes their addresses to "$XOFLOW_SCRATCH/env".
 #
-# Idempotent: a second run reuses running servers and is instant. Used by
-# demo.sh, test.sh and CI. Stop them with down.sh.
+# Idempotent: a second run reuses the running servers and takes well under a
+# second. Used by demo.sh, test.sh and CI; other scripts run it and then
+# `source "$XOFLOW_SCRATCH/env"`. Stop the servers with down.sh.
 #
-# Settings (environment):
-#   XOFLOW_SCRATCH               data, logs, pid files   (<repo>/target/xoflow-local)
-#   XOFLOW_CACHE                 where Tansu is built    ($HOME/.cache/xoflow)
-#   XOFLOW_KAFKA_PORT            broker port             (19092)
-#   XOFLOW_CLICKHOUSE_HTTP_PORT  ClickHouse HTTP port    (18123)
-#   XOFLOW_CLICKHOUSE_TCP_PORT   ClickHouse native port  (19000)
-#   XOFLOW_CLICKHOUSE_INTERSERVER_PORT                   (19009)
+# Settings (environment, all optional):
+#   XOFLOW_SCRATCH                      data, logs, pid files, env  (<repo>/target/xoflow-local)
+#   XOFLOW_CACHE                        where Tansu is built         ($HOME/.cache/xoflow)
+#   XOFLOW_KAFKA_PORT                   broker                       (19092)
+#   XOFLOW_CLICKHOUSE_HTTP_PORT         ClickHouse HTTP              (18123)
+#   XOFLOW_CLICKHOUSE_TCP_PORT          ClickHouse native            (19000)
+#   XOFLOW_CLICKHOUSE_INTERSERVER_PORT  ClickHouse interserver       (19009)
+#   XOFLOW_UP_TIMEOUT                   seconds to wait per server   (60)
 set -euo pipefail
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-scratch=${XOFLOW_SCRATCH:-$repo/target/xoflow-local}
-cache=${XOFLOW_CACHE:-$HOME/.cache/xoflow}
-kafka_port=${XOFLOW_KAFKA_PORT:-19092}
-ch_http=${XOFLOW_CLICKHOUSE_HTTP_PORT:-18123}
-ch_tcp=${XOFLOW_CLICKHOUSE_TCP_PORT:-19000}
-ch_inter=${XOFLOW_CLICKHOUSE_INTERSERVER_PORT:-19009}
-tansu_version=0.6.0
-tansu=$cache/tansu-$tansu_version/bin/tansu
+# shellcheck source=deploy/local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 say() { printf '[up] %s\n' "$*"; }
+die() { printf '[up] error: %s\n' "$*" >&2; exit 1; }
 
 # --- packages -----------------------------------------------------------------
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 missing=()
 for pkg in clickhouse-server clickhouse-client protobuf-compiler cmake libcurl4-openssl-dev curl; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} (apt)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# --- the broker ---------------------------------------------------------------
-if [ ! -x "$tansu" ]; then
-  say "building the Tansu $tansu_version broker into $cache (once per machine; 10-20 min on 2 cores)"
-  cargo install tansu --version "$tansu_version" --locked --quiet \
-    --features dynostore,libsql --root "$cache/tansu-$tansu_version"
+# --- the broker binary ----------------------------------------------------------
+tansu_ok() {
+  [ -x "$tansu" ] && "$tansu" --version 2>/dev/null | grep -qx "tansu $tansu_version" &&
+    "$tansu" --help 2>/dev/null | grep -q 'Storage engines:.*dynostore'
+}
+if ! tansu_ok; then
+  command -v cargo >/dev/null || die "cargo is needed to build Tansu (install Rust with rustup)"
+  mkdir -p "$cache"
+  # One build at a time per cache, even when several up.sh run at once.
+  exec 8>"$cache/tansu.build.lock"
+  flock 8
+  if ! tansu_ok; then
+    say "building the Tansu $tansu_version broker into $tansu_root"
+    say "  (once per machine; takes 10-20 min on 2 cores; log: $cache/tansu-build.log)"
+    started=$SECONDS
+    if ! cargo install tansu --version "$tansu_version" --locked \
+      --features "$tansu_features" --root "$tansu_root" >"$cache/tansu-build.log" 2>&1; then
+      tail -n 30 "$cache/tansu-build.log" >&2
+      die "building Tansu failed (full log: $cache/tansu-build.log)"
+    fi
+    say "  built in $((SECONDS - started)) s"
+  fi
+  exec 8>&-
 fi
 
-mkdir -p "$scratch/clickhouse/tmp" "$scratch/logs"
+# --- start (or reuse) the servers -----------------------------------------------
+mkdir -p "$scratch/logs" "$scratch/clickhouse/tmp"
+# One up.sh at a time per scratch directory.
+exec 9>"$scratch/up.lock"
+flock 9
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+tansu_log=$scratch/logs/tansu.log
+ch_log=$scratch/logs/clickhouse.err.log
 
-# wait_for NAME LOG CHECK...: polls CHECK every 0.2 s for up to 60 s.
+tansu_ready() {
+  port_open "$kafka_port" &&
+    timeout 5 "$tansu" topic list --broker "tcp://127.0.0.1:$kafka_port" >/dev/null 2>&1
+}
+ch_ready() {
+  [ "$(curl -sf --max-time 2 "http://127.0.0.1:$ch_http/ping")" = "Ok." ] &&
+    [ "$(curl -sf --max-time 2 --data-binary 'SELECT 1' "http://127.0.0.1:$ch_http/")" = "1" ]
+}
+
+# ensure_free NAME PORT...: fail clearly if another process holds a port.
+ensure_free() {
+  local name=$1 port; shift
+  for port in "$@"; do
+    if port_open "$port"; then
+      ss -ltnp "sport = :$port" 2>/dev/null | tail -n +2 >&2 || true
+      die "port $port, needed by $name, is taken by another process (set XOFLOW_*_PORT, or run down.sh if it is an older up.sh's server)"
+    fi
+  done
+}
+
+# check_same NAME PID WANT: a running server of ours was started with other
+# settings (ports or scratch dir) than this run asks for.
+check_same() {
+  tr '\0' ' ' <"/proc/$2/cmdline" | grep -qF -- "$3" ||
+    die "$1 (pid $2) runs with other settings than asked for; run deploy/local/down.sh first"
+}
+
+start_tansu() {
+  ensure_free Tansu "$kafka_port"
+  say "starting Tansu on 127.0.0.1:$kafka_port (memory storage)"
+  # Tansu also reads its settings from the environment (CLUSTER_ID,
+  # STORAGE_ENGINE, OTEL_EXPORTER_OTLP_ENDPOINT, ...): give it a clean one.
+  env -u CLUSTER_ID -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u STORAGE_ENGINE \
+    -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT RUST_LOG=warn \
+    setsid nohup "$tansu" broker \
+    --listener-url "tcp://127.0.0.1:$kafka_port" \
+    --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
+    --storage-engine memory://tansu/ \
+    >"$tansu_log" 2>&1 </dev/null &
+  echo $! >"$scratch/tansu.pid"
+}
+
+start_clickhouse() {
+  ensure_free ClickHouse "$ch_http" "$ch_tcp" "$ch_inter"
+  say "starting ClickHouse on 127.0.0.1:$ch_http (HTTP), :$ch_tcp (native)"
+  local d=$scratch/clickhouse
+  # A copy of the packaged config (with users.xml beside it) whose paths point
+  # into the scratch dir: the server writes its preprocessed config under the
+  # config file's own <path> before command-line overrides apply, so with
+  # /etc's file it would write to /var/lib/clickhouse. Nothing under /etc is
+  # edited. Settings after `--` override the file.
+  rm -rf "$d/etc"
+  mkdir -p "$d/etc"
+  cp -r "$ch_etc/." "$d/etc/"
+  sed -i -e "s|/var/lib/clickhouse/|$d/|g" -e "s|/var/log/clickhouse-server/|$scratch/logs/|g" \
+    "$d/etc/config.xml"
+  setsid nohup clickhouse-server --config-file="$d/etc/config.xml" -- \
+    --path="$d/" \
+    --tmp_path="$d/tmp/" \
+    --user_files_path="$d/user_files/" \
+    --format_schema_path="$d/format_schemas/" \
+    --listen_host=127.0.0.1 \
+    --http_port="$ch_http" --tcp_port="$ch_tcp" --interserver_http_port="$ch_inter" \
+    --logger.log="$scratch/logs/clickhouse.log" \
+    --logger.errorlog="$ch_log" \
+    >"$scratch/logs/clickhouse.out" 2>&1 </dev/null &
+  echo $! >"$scratch/clickhouse.pid"
+}
+
+# wait_for NAME LOG CHECK: polls CHECK every 0.2 s until the deadline; on
+# timeout prints the end of LOG and fails.
 wait_for() {
-  local name=$1 log=$2; shift 2
-  local deadline=$((SECONDS + 60))
-  until "$@" >/dev/null 2>&1; do
+  local name=$1 log=$2 check=$3 deadline=$((SECONDS + up_timeout)) pidname=$4 sig=$5
+  until $check; do
+    if ! pid_of "$pidname" "$sig" >/dev/null; then
+      say "$name exited during start-up; last lines of $log:" >&2
+      tail -n 30 "$log" >&2 || true
+      exit 1
+    fi
     if [ $SECONDS -ge $deadline ]; then
-      say "$name did not answer within 60 s; last lines of $log:"
+      say "$name did not answer within $up_timeout s; last lines of $log:" >&2
       tail -n 30 "$log" >&2 || true
       exit 1
     fi
@@ -64,47 +157,29 @@ wait_for() {
   done
 }
 
-start_tansu() {
-  say "starting Tansu on 127.0.0.1:$kafka_port (memory storage)"
-  setsid nohup "$tansu" broker \
-    --listener-url "tcp://127.0.0.1:$kafka_port" \
-    --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
-    --storage-engine memory://tansu/ \
-    >"$scratch/logs/tansu.log" 2>&1 </dev/null &
-  echo $! >"$scratch/tansu.pid"
-}
-
-start_clickhouse() {
-  say "starting ClickHouse on 127.0.0.1:$ch_http (HTTP) and :$ch_tcp (native)"
-  setsid nohup clickhouse-server --config-file=/etc/clickhouse-server/config.xml -- \
-    --path="$scratch/clickhouse/" \
-    --tmp_path="$scratch/clickhouse/tmp/" \
-    --user_files_path="$scratch/clickhouse/user_files/" \
-    --format_schema_path="$scratch/clickhouse/format_schemas/" \
-    --http_port="$ch_http" --tcp_port="$ch_tcp" --interserver_http_port="$ch_inter" \
-    --listen_host=127.0.0.1 \
-    --logger.log="$scratch/logs/clickhouse.log" \
-    --logger.errorlog="$scratch/logs/clickhouse.err.log" \
-    >"$scratch/logs/clickhouse.out" 2>&1 </dev/null &
-  echo $! >"$scratch/clickhouse.pid"
-}
-
-ch_ready() { [ "$(curl -sf "http://127.0.0.1:$ch_http/?query=SELECT%201")" = "1" ]; }
-
-if alive "$scratch/tansu.pid" && port_open "$kafka_port"; then
-  say "Tansu already running on 127.0.0.1:$kafka_port"
+t0=${EPOCHREALTIME//[!0-9]/}
+if pid=$(pid_of tansu "$tansu_sig"); then
+  check_same Tansu "$pid" "--listener-url tcp://127.0.0.1:$kafka_port "
+  say "Tansu already running (pid $pid)"
 else
+  rm -f "$scratch/tansu.pid"
   start_tansu
 fi
-if alive "$scratch/clickhouse.pid" && ch_ready; then
-  say "ClickHouse already running on 127.0.0.1:$ch_http"
+if pid=$(pid_of clickhouse "$ch_sig"); then
+  check_same ClickHouse "$pid" "--path=$scratch/clickhouse/ "
+  check_same ClickHouse "$pid" "--http_port=$ch_http "
+  say "ClickHouse already running (pid $pid)"
 else
+  rm -f "$scratch/clickhouse.pid"
   start_clickhouse
 fi
-wait_for Tansu "$scratch/logs/tansu.log" port_open "$kafka_port"
-wait_for ClickHouse "$scratch/logs/clickhouse.err.log" ch_ready
+wait_for Tansu "$tansu_log" tansu_ready tansu "$tansu_sig"
+wait_for ClickHouse "$ch_log" ch_ready clickhouse "$ch_sig"
+ms=$(((${EPOCHREALTIME//[!0-9]/} - t0) / 1000))
+elapsed=$((ms / 1000)).$(((ms % 1000) / 100))
 
-cat >"$scratch/env" <<ENV
+tmp=$(mktemp "$scratch/env.XXXXXX")
+cat >"$tmp" <<ENV
 export XOFLOW_KAFKA__BROKERS=127.0.0.1:$kafka_port
 export XOFLOW_CLICKHOUSE__URL=http://127.0.0.1:$ch_http
 export XOFLOW_TEST_KAFKA=127.0.0.1:$kafka_port
@@ -112,6 +187,8 @@ export XOFLOW_TEST_CLICKHOUSE=http://127.0.0.1:$ch_http
 export XOFLOW_CLICKHOUSE_TCP_PORT=$ch_tcp
 export XOFLOW_TANSU_BIN=$tansu
 ENV
-say "broker     127.0.0.1:$kafka_port  (Tansu $tansu_version)"
-say "clickhouse http://127.0.0.1:$ch_http  ($(curl -sf "http://127.0.0.1:$ch_http/?query=SELECT%20version()"))"
-say "addresses written to $scratch/env"
+mv -f "$tmp" "$scratch/env"
+
+ch_version=$(curl -sf --max-time 2 --data-binary 'SELECT version()' "http://127.0.0.1:$ch_http/")
+say "broker     127.0.0.1:$kafka_port (Tansu $tansu_version)   clickhouse http://127.0.0.1:$ch_http, native :$ch_tcp ($ch_version)   ready in ${elapsed}s"
+say "addresses in $scratch/env (source it); logs in $scratch/logs; stop with deploy/local/down.sh"

@@ -1,0 +1,471 @@
+//! `xoflow bench`: every stage against its raw baseline, in one run, on the
+//! same broker and ClickHouse, so that the ratios hold on a noisy machine.
+//!
+//! - B1: raw rdkafka produce → consume of the same encoded events;
+//! - B3: the sink (Kafka → ClickHouse) against `clickhouse-client` inserting
+//!   the same rows as RowBinary;
+//! - P: the whole pipeline in this process (gRPC → ingest → Kafka → enrich →
+//!   Kafka → sink → ClickHouse), events/s until every row is visible, CPU
+//!   seconds per event of this process, the broker and ClickHouse, and peak
+//!   RSS.
+//!
+//! Results are printed as a table and written as JSON and Markdown.
+
+use std::{
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use rdkafka::{
+    consumer::{Consumer, StreamConsumer},
+    message::Message,
+};
+use serde::Serialize;
+use xoflow_common::{kafka::Outgoing, shutdown::Shutdown};
+use xoflow_proto::{
+    Message as _,
+    v1::{CxFields, EnrichedEvent, Event},
+};
+
+use crate::{
+    Config, Stages,
+    datagen::{self, GenConfig, load},
+};
+
+/// One measured line of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub name: String,
+    pub value: f64,
+    pub unit: String,
+    /// The baseline's value, when this row is compared to one.
+    pub baseline: Option<f64>,
+    pub ratio: Option<f64>,
+    /// The goal for the ratio (or the absolute), and whether it is met.
+    pub goal: Option<String>,
+    pub met: Option<bool>,
+}
+
+fn row(name: &str, value: f64, unit: &str) -> Row {
+    Row {
+        name: name.into(),
+        value,
+        unit: unit.into(),
+        baseline: None,
+        ratio: None,
+        goal: None,
+        met: None,
+    }
+}
+
+fn compared(name: &str, value: f64, unit: &str, baseline: f64, goal: f64) -> Row {
+    let ratio = value / baseline.max(1e-9);
+    Row {
+        baseline: Some(baseline),
+        ratio: Some(ratio),
+        goal: Some(format!("≥ {goal:.2}×")),
+        met: Some(ratio >= goal),
+        ..row(name, value, unit)
+    }
+}
+
+/// Runs the benchmark with `n` events and writes results under `out`.
+pub async fn run(mut cfg: Config, n: usize, out: &Path) -> anyhow::Result<Vec<Row>> {
+    let id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    for t in [
+        &mut cfg.kafka.topics.events,
+        &mut cfg.kafka.topics.backfill,
+        &mut cfg.kafka.topics.enriched,
+        &mut cfg.kafka.topics.dead_letters,
+    ] {
+        t.push_str(&format!(".bench-{id}"));
+    }
+    cfg.enrich.group_id = format!("bench-{id}-enrich");
+    cfg.sink.group_id = format!("bench-{id}-sink");
+    cfg.clickhouse.database = format!("xoflow_bench_{id}");
+    cfg.ingest.grpc_addr = "127.0.0.1:0".parse()?;
+    cfg.ingest.http_addr = "127.0.0.1:0".parse()?;
+    cfg.admin.addr = "127.0.0.1:0".parse()?;
+    cfg.ingest.hash_secret = "xoflow-bench-hash-secret".into();
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let g = datagen::generate(&GenConfig {
+        start_ms: now - now.rem_euclid(86_400_000) - 7 * 86_400_000,
+        invalid_share: 0.0,
+        scale: (n as f64 / 146_000.0).max(0.01),
+        ..GenConfig::default()
+    });
+    let mut events = g.events;
+    events.truncate(n);
+    let n = events.len();
+    let encoded: Vec<Vec<u8>> = events.iter().map(|e| e.encode_to_vec()).collect();
+    let avg = encoded.iter().map(Vec::len).sum::<usize>() / n.max(1);
+    println!("[bench] {n} generated events, {avg} bytes each on average (protobuf)");
+
+    let mut rows = Vec::new();
+    let b1 = raw_kafka(&cfg, &format!("bench-{id}-raw"), &encoded).await?;
+    rows.push(row("B1 raw rdkafka produce→consume", b1, "msg/s"));
+
+    let (sink_rate, client_rate) = sink_vs_client(&cfg, &events).await?;
+    rows.push(compared(
+        "B3 sink Kafka→ClickHouse",
+        sink_rate,
+        "rows/s",
+        client_rate,
+        0.95,
+    ));
+    rows.push(row(
+        "B3 baseline clickhouse-client RowBinary insert",
+        client_rate,
+        "rows/s",
+    ));
+
+    let p = pipeline(&cfg, events).await?;
+    rows.push(compared(
+        "P whole pipeline gRPC→ClickHouse",
+        p.rate,
+        "events/s",
+        b1,
+        0.33,
+    ));
+    let mut abs = row("P whole pipeline (absolute)", p.rate, "events/s");
+    abs.goal = Some("≥ 50000 events/s".into());
+    abs.met = Some(p.rate >= 50_000.0);
+    rows.push(abs);
+    rows.push(row("P ack latency p50 (closed loop)", p.p50_ms, "ms"));
+    rows.push(row("P ack latency p99 (closed loop)", p.p99_ms, "ms"));
+    rows.push(row("P CPU per event, xoflow", p.cpu_us_self, "µs"));
+    rows.push(row(
+        "P CPU per event, broker + ClickHouse",
+        p.cpu_us_servers,
+        "µs",
+    ));
+    rows.push(row("P peak RSS, xoflow", p.rss_mib, "MiB"));
+
+    let _ = cfg
+        .clickhouse
+        .client()
+        .with_database("default")
+        .query(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            cfg.clickhouse.database
+        ))
+        .execute()
+        .await;
+    write(out, &rows)?;
+    Ok(rows)
+}
+
+async fn raw_kafka(cfg: &Config, topic: &str, encoded: &[Vec<u8>]) -> anyhow::Result<f64> {
+    cfg.kafka.ensure_topics(&[topic]).await?;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.brokers)
+        .set("group.id", format!("{topic}-g"))
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let producer = cfg.kafka.batch_producer()?;
+    let start = Instant::now();
+    let n = encoded.len();
+    let consume = async {
+        let mut got = 0usize;
+        while got < n {
+            let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+                .await
+                .context("B1: consumer stalled")??;
+            got += usize::from(m.payload().is_some());
+        }
+        anyhow::Ok(())
+    };
+    let produce = async {
+        for chunk in encoded.chunks(10_000) {
+            let records: Vec<Outgoing<'_>> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, b)| Outgoing {
+                    key: if i % 2 == 0 { b"a" } else { b"b" },
+                    payload: b,
+                    headers: None,
+                })
+                .collect();
+            producer.send_all(topic, &records).await?;
+        }
+        anyhow::Ok(())
+    };
+    let (c, p) = tokio::join!(consume, produce);
+    c?;
+    p?;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn count(ch: &clickhouse::Client, table: &str) -> u64 {
+    ch.query(&format!("SELECT count() FROM {table}"))
+        .fetch_one::<u64>()
+        .await
+        .unwrap_or(0)
+}
+
+async fn wait_rows(
+    ch: &clickhouse::Client,
+    table: &str,
+    n: u64,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + limit;
+    while count(ch, table).await < n {
+        if Instant::now() > until {
+            bail!("{table}: fewer than {n} rows after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// The sink alone from a pre-filled enriched topic, against
+/// `clickhouse-client` inserting the rows the sink wrote, as RowBinary.
+async fn sink_vs_client(cfg: &Config, events: &[Event]) -> anyhow::Result<(f64, f64)> {
+    let t = &cfg.kafka.topics;
+    cfg.kafka
+        .ensure_topics(&[&t.enriched, &t.dead_letters])
+        .await?;
+    let producer = cfg.kafka.batch_producer()?;
+    let encoded: Vec<(Vec<u8>, &str)> = events
+        .iter()
+        .map(|e| {
+            let en = EnrichedEvent {
+                resolved_customer_id: e
+                    .customer
+                    .as_ref()
+                    .map(|c| c.customer_id.clone())
+                    .unwrap_or_default(),
+                cx: Some(CxFields::default()),
+                event: Some(e.clone()),
+                ..Default::default()
+            };
+            (en.encode_to_vec(), e.event_id.as_str())
+        })
+        .collect();
+    for chunk in encoded.chunks(10_000) {
+        let records: Vec<Outgoing<'_>> = chunk
+            .iter()
+            .map(|(b, k)| Outgoing {
+                key: k.as_bytes(),
+                payload: b,
+                headers: None,
+            })
+            .collect();
+        producer.send_all(&t.enriched, &records).await?;
+    }
+    xoflow_sink::migrate(&cfg.clickhouse).await?;
+    let ch = cfg.clickhouse.client();
+    let n = events.len() as u64;
+    let running = crate::start(cfg.clone(), Stages::SINK, Shutdown::new()).await?;
+    let start = Instant::now();
+    wait_rows(&ch, "events", n, Duration::from_secs(600)).await?;
+    let sink_rate = n as f64 / start.elapsed().as_secs_f64();
+    running.stop();
+    running.wait().await?;
+
+    // The same rows, exported as RowBinary and inserted by clickhouse-client
+    // into an empty copy of the table.
+    let port = std::env::var("XOFLOW_CLICKHOUSE_TCP_PORT").unwrap_or_else(|_| "9000".into());
+    let db = &cfg.clickhouse.database;
+    let dir = std::env::temp_dir().join(format!("{db}-rowbinary"));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("events.rowbinary");
+    let client = |query: &str| {
+        let mut c = std::process::Command::new("clickhouse-client");
+        c.args(["--port", &port, "--database", db, "--query", query]);
+        c
+    };
+    // system.columns lists columns in table order (18.16 has no `position`
+    // column to sort by, nor SELECT * EXCEPT).
+    let cols: Vec<String> = ch
+        .query(
+            "SELECT name FROM system.columns \
+             WHERE database = currentDatabase() AND table = 'events' AND name != 'inserted_at'",
+        )
+        .fetch_all()
+        .await?;
+    let cols = cols.join(", ");
+    let ok = client(&format!("SELECT {cols} FROM events FORMAT RowBinary"))
+        .stdout(std::fs::File::create(&file)?)
+        .status()?
+        .success();
+    if !ok {
+        bail!("clickhouse-client export failed");
+    }
+    // Into the same schema (materialized view included) in a second
+    // database, so both sides pay for the aggregates.
+    let mut copy_cfg = cfg.clickhouse.clone();
+    copy_cfg.database = format!("{db}_copy");
+    xoflow_sink::migrate(&copy_cfg).await?;
+    let start = Instant::now();
+    let ok = client(&format!(
+        "INSERT INTO {}.events ({cols}) FORMAT RowBinary",
+        copy_cfg.database
+    ))
+    .stdin(std::fs::File::open(&file)?)
+    .stdout(Stdio::null())
+    .status()?
+    .success();
+    let secs = start.elapsed().as_secs_f64();
+    if !ok {
+        bail!("clickhouse-client insert failed");
+    }
+    let copied = count(&ch, &format!("{}.events", copy_cfg.database)).await;
+    let _ = ch
+        .query(&format!("DROP DATABASE IF EXISTS {}", copy_cfg.database))
+        .execute()
+        .await;
+    if copied != n {
+        bail!("clickhouse-client inserted {copied} rows, expected {n}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((sink_rate, n as f64 / secs))
+}
+
+struct PipelineResult {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_us_self: f64,
+    cpu_us_servers: f64,
+    rss_mib: f64,
+}
+
+/// CPU seconds (user + system) of a process so far.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn server_pids() -> Vec<String> {
+    let scratch = std::env::var("XOFLOW_SCRATCH").unwrap_or_else(|_| "target/xoflow-local".into());
+    ["tansu", "clickhouse"]
+        .iter()
+        .filter_map(|s| std::fs::read_to_string(format!("{scratch}/{s}.pid")).ok())
+        .map(|p| p.trim().to_string())
+        .collect()
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+async fn pipeline(cfg: &Config, events: Vec<Event>) -> anyhow::Result<PipelineResult> {
+    let mut cfg = cfg.clone();
+    cfg.clickhouse.database.push_str("_p");
+    for t in [
+        &mut cfg.kafka.topics.events,
+        &mut cfg.kafka.topics.enriched,
+        &mut cfg.kafka.topics.dead_letters,
+    ] {
+        t.push_str(".p");
+    }
+    let ch = cfg.clickhouse.client();
+    let running = crate::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
+    let ready = Instant::now();
+    while running.health.check().is_err() {
+        if ready.elapsed() > Duration::from_secs(60) {
+            bail!("pipeline not ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let servers = server_pids();
+    let cpu0: f64 = cpu_seconds("self").unwrap_or(0.0);
+    let srv0: f64 = servers.iter().filter_map(|p| cpu_seconds(p)).sum();
+    let n = events.len() as u64;
+    let addr = format!("http://{}", running.grpc_addr.context("no collector")?);
+    let start = Instant::now();
+    let sent = load::send(
+        &addr,
+        events,
+        &load::LoadOptions {
+            batch: 1_000,
+            rate: None,
+            concurrency: 4,
+        },
+    )
+    .await?;
+    wait_rows(
+        &ch,
+        "events",
+        sent.accepted.min(n),
+        Duration::from_secs(600),
+    )
+    .await?;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds("self").unwrap_or(0.0) - cpu0;
+    let srv: f64 = servers.iter().filter_map(|p| cpu_seconds(p)).sum::<f64>() - srv0;
+    running.stop();
+    running.wait().await?;
+    let _ = cfg
+        .clickhouse
+        .client()
+        .with_database("default")
+        .query(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            cfg.clickhouse.database
+        ))
+        .execute()
+        .await;
+    Ok(PipelineResult {
+        rate: n as f64 / secs,
+        p50_ms: sent.p50_us as f64 / 1000.0,
+        p99_ms: sent.p99_us as f64 / 1000.0,
+        cpu_us_self: cpu * 1e6 / n as f64,
+        cpu_us_servers: srv * 1e6 / n as f64,
+        rss_mib: peak_rss_mib(),
+    })
+}
+
+/// Prints the table and writes `results.json` and `results.md` under `out`.
+fn write(out: &Path, rows: &[Row]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let mut md = String::from(
+        "| measurement | value | baseline | ratio | goal | met |\n| --- | ---: | ---: | ---: | --- | --- |\n",
+    );
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {:.1} {} | {} | {} | {} | {} |\n",
+            r.name,
+            r.value,
+            r.unit,
+            r.baseline.map(|b| format!("{b:.1}")).unwrap_or_default(),
+            r.ratio.map(|x| format!("{x:.2}×")).unwrap_or_default(),
+            r.goal.clone().unwrap_or_default(),
+            match r.met {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "",
+            }
+        ));
+    }
+    println!("\n{md}");
+    std::fs::write(out.join("results.md"), &md)?;
+    std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(rows)?)?;
+    println!("[bench] written to {}", out.display());
+    Ok(())
+}
