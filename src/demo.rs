@@ -208,8 +208,10 @@ pub async fn run_pipeline(
         let ch = cfg.clickhouse.client();
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
+            // The aggregates, not the raw table: materialized views are
+            // written just after the raw rows become visible.
             let (events, dead): (u64, u64) = ch
-                .query("SELECT (SELECT uniqExact(event_id) FROM events), (SELECT count() FROM dead_letters)")
+                .query("SELECT (SELECT sumMerge(events) FROM touchpoint_metrics), (SELECT count() FROM dead_letters)")
                 .fetch_one()
                 .await?;
             if events >= sent.accepted && dead >= sent.rejected {
@@ -298,14 +300,12 @@ pub async fn query_report(ch: &clickhouse::Client) -> anyhow::Result<BiReport> {
     );
     let at_risk = ch
         .query(
-            "SELECT tenant, customer_id, argMax(ifNull(ctx_churn_risk, 0), occurred_ms) AS churn_risk \
-             FROM events FINAL WHERE customer_id != '' GROUP BY tenant, customer_id HAVING churn_risk > 0 \
+            "SELECT tenant, customer_id, ifNull(churn_risk, 0) AS churn_risk \
+             FROM customer_profile FINAL WHERE churn_risk > 0 \
              ORDER BY churn_risk DESC, customer_id LIMIT 20",
         )
         .fetch_all()
-        .await
-        // Older schemas have no churn-risk column yet: no ranking to show.
-        .unwrap_or_default();
+        .await?;
     Ok(BiReport {
         unmasked_pii: 0,
         events_by_kind,

@@ -123,15 +123,21 @@ async fn view_metrics_equal_the_standard_definitions() {
 
     let running = common::start(&cfg, Stages::SINK).await;
     let ch = cfg.clickhouse.client();
-    common::wait_for("the fixture in ClickHouse", Duration::from_secs(60), || {
-        let ch = ch.clone();
-        async move {
-            ch.query("SELECT count() FROM events")
-                .fetch_one::<u64>()
-                .await
-                .is_ok_and(|n| n >= ANSWERS.len() as u64)
-        }
-    })
+    // Materialized views are written after the raw rows become visible:
+    // wait for the aggregates themselves.
+    common::wait_for(
+        "the fixture in the aggregates",
+        Duration::from_secs(60),
+        || {
+            let ch = ch.clone();
+            async move {
+                ch.query("SELECT sumMerge(events) FROM touchpoint_metrics")
+                    .fetch_one::<u64>()
+                    .await
+                    .is_ok_and(|n| n >= ANSWERS.len() as u64)
+            }
+        },
+    )
     .await;
     let f: Figures = ch
         .query(

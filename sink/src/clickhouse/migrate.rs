@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dead_letter_lineage",
         sql: include_str!("../../migrations/0005_dead_letter_lineage.sql"),
     },
+    Migration {
+        version: 6,
+        name: "customer_profile",
+        sql: include_str!("../../migrations/0006_customer_profile.sql"),
+    },
 ];
 
 impl Migration {

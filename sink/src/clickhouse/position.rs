@@ -4,7 +4,8 @@
 //! Every row carries its lineage (topic, partition, offset). When the sink
 //! meets a partition it has no state for (start-up, or a partition moved to
 //! it in a rebalance), it reads the highest offset already stored for that
-//! partition — over `events` and `dead_letters` — and the event ids written
+//! partition — in `events` for the enriched topic, in `dead_letters` for the
+//! dead-letter topic — and the event ids written
 //! in a recent window. Records at or below that offset are already stored
 //! and are skipped; records whose event id was already written (an upstream
 //! redelivery: enrich retried, or a client re-sent) are skipped too. Kafka's
@@ -77,39 +78,40 @@ struct Stored {
     max_offset: i64,
 }
 
-/// The highest offset of `topic`/`partition` stored in either table; -1 when
-/// none is.
-pub async fn stored_offset(client: &Client, topic: &str, partition: i32) -> Result<i64, SinkError> {
-    let mut best = -1;
-    for table in ["events", "dead_letters"] {
-        let s: Stored = client
-            .query(&format!(
-                "SELECT count() AS rows, toInt64(max(kafka_offset)) AS max_offset FROM {table} \
-                 WHERE kafka_topic = ? AND kafka_partition = ?"
-            ))
-            .bind(topic)
-            .bind(partition)
-            .fetch_one()
-            .await
-            .map_err(SinkError::clickhouse)?;
-        if s.rows > 0 {
-            best = best.max(s.max_offset);
-        }
-    }
-    Ok(best)
+/// The highest offset of `topic`/`partition` stored in `table` (the table
+/// that topic's records go to: `events` for the enriched topic,
+/// `dead_letters` for the dead-letter topic); -1 when none is.
+pub async fn stored_offset(
+    client: &Client,
+    table: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<i64, SinkError> {
+    let s: Stored = client
+        .query(&format!(
+            "SELECT count() AS rows, toInt64(max(kafka_offset)) AS max_offset FROM {table} \
+             WHERE kafka_topic = ? AND kafka_partition = ?"
+        ))
+        .bind(topic)
+        .bind(partition)
+        .fetch_one()
+        .await
+        .map_err(SinkError::clickhouse)?;
+    Ok(if s.rows > 0 { s.max_offset } else { -1 })
 }
 
-/// Loads the state of a partition: its stored offset and the event ids
-/// written within `window` offsets below it.
+/// Loads the state of a partition: its stored offset in `table` and the
+/// event ids written within `window` offsets below it.
 pub async fn load(
     client: &Client,
+    table: &str,
     topic: &str,
     partition: i32,
     window: i64,
 ) -> Result<PartitionState, SinkError> {
-    let stored = stored_offset(client, topic, partition).await?;
+    let stored = stored_offset(client, table, topic, partition).await?;
     let mut recent = HashSet::new();
-    if stored >= 0 {
+    if stored >= 0 && table == "events" {
         let ids: Vec<String> = client
             .query(
                 "SELECT event_id FROM events \

@@ -120,8 +120,14 @@ pub async fn run(
             Some(Ok(m)) => {
                 let key = (m.topic().to_string(), m.partition());
                 if !positions.contains_key(&key) {
+                    let table = if m.topic() == topics.dead_letters {
+                        "dead_letters"
+                    } else {
+                        "events"
+                    };
                     let state =
-                        position::load(&client, m.topic(), m.partition(), cfg.dedup_window).await?;
+                        position::load(&client, table, m.topic(), m.partition(), cfg.dedup_window)
+                            .await?;
                     tracing::info!(
                         topic = m.topic(),
                         partition = m.partition(),
@@ -245,8 +251,11 @@ async fn flush(
         return Ok(());
     }
     let started = Instant::now();
-    insert_with_retry(client, "events", &batch.events, cfg).await?;
+    // Dead letters first: the enriched topic's position is read from
+    // `events` alone, so a crash between the two inserts re-delivers (and
+    // may repeat) dead letters, never skips events.
     insert_with_retry(client, "dead_letters", &batch.dead_letters, cfg).await?;
+    insert_with_retry(client, "events", &batch.events, cfg).await?;
     let mut tpl = TopicPartitionList::with_capacity(batch.offsets.len());
     for ((topic, partition), offset) in &batch.offsets {
         tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
