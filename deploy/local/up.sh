@@ -45,7 +45,7 @@ if ! tansu_ok; then
   mkdir -p "$cache"
   # One build at a time per cache, even when several up.sh run at once.
   exec 8>"$cache/tansu.build.lock"
-  flock 8
+  flock -w 3600 8 || die "another up.sh has been building Tansu for an hour ($cache/tansu.build.lock)"
   if ! tansu_ok; then
     say "building the Tansu $tansu_version broker into $tansu_root"
     say "  (once per machine; takes 10-20 min on 2 cores; log: $cache/tansu-build.log)"
@@ -62,9 +62,10 @@ fi
 
 # --- start (or reuse) the servers -----------------------------------------------
 mkdir -p "$scratch/logs" "$scratch/clickhouse/tmp"
-# One up.sh at a time per scratch directory.
+# One up.sh at a time per scratch directory. The servers must not inherit
+# the lock's descriptors (8, 9), or they would hold the lock for ever.
 exec 9>"$scratch/up.lock"
-flock 9
+flock -w $((up_timeout * 3)) 9 || die "another up.sh holds $scratch/up.lock"
 
 tansu_log=$scratch/logs/tansu.log
 ch_log=$scratch/logs/clickhouse.err.log
@@ -107,7 +108,7 @@ start_tansu() {
     --listener-url "tcp://127.0.0.1:$kafka_port" \
     --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
     --storage-engine memory://tansu/ \
-    >"$tansu_log" 2>&1 </dev/null &
+    >"$tansu_log" 2>&1 </dev/null 8>&- 9>&- &
   echo $! >"$scratch/tansu.pid"
 }
 
@@ -134,7 +135,7 @@ start_clickhouse() {
     --http_port="$ch_http" --tcp_port="$ch_tcp" --interserver_http_port="$ch_inter" \
     --logger.log="$scratch/logs/clickhouse.log" \
     --logger.errorlog="$ch_log" \
-    >"$scratch/logs/clickhouse.out" 2>&1 </dev/null &
+    >"$scratch/logs/clickhouse.out" 2>&1 </dev/null 8>&- 9>&- &
   echo $! >"$scratch/clickhouse.pid"
 }
 
