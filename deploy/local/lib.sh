@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Shared by up.sh and down.sh (sourced, not run): settings, paths and small
 # helpers. Every setting can be overridden from the environment.
 

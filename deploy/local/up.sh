@@ -32,7 +32,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} (apt)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # --- the broker binary ----------------------------------------------------------
@@ -121,7 +121,7 @@ start_clickhouse() {
   # config file's own <path> before command-line overrides apply, so with
   # /etc's file it would write to /var/lib/clickhouse. Nothing under /etc is
   # edited. Settings after `--` override the file.
-  rm -rf "$d/etc"
+  rm -rf "${d:?}/etc"
   mkdir -p "$d/etc"
   cp -r "$ch_etc/." "$d/etc/"
   sed -i -e "s|/var/lib/clickhouse/|$d/|g" -e "s|/var/log/clickhouse-server/|$scratch/logs/|g" \
