@@ -109,6 +109,7 @@ pub async fn load(
     partition: i32,
     window: i64,
 ) -> Result<PartitionState, SinkError> {
+    wait_for_running_inserts(client, table).await?;
     let stored = stored_offset(client, table, topic, partition).await?;
     let mut recent = HashSet::new();
     if stored >= 0 && table == "events" {
@@ -126,6 +127,37 @@ pub async fn load(
         recent.extend(ids);
     }
     Ok(PartitionState { stored, recent })
+}
+
+/// Longest wait for inserts still running on the server.
+const INSERT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until no insert into `table` is running on the server (at most
+/// [`INSERT_WAIT`]). A previous owner killed while its last insert was in
+/// flight leaves that insert running; it may still land, and the position
+/// must be read after it does, or its rows would be written twice.
+async fn wait_for_running_inserts(client: &Client, table: &str) -> Result<(), SinkError> {
+    let until = tokio::time::Instant::now() + INSERT_WAIT;
+    loop {
+        let running: u64 = client
+            .query("SELECT count() FROM system.processes WHERE query LIKE ?")
+            .bind(format!("INSERT INTO `{table}`%"))
+            .fetch_one()
+            .await
+            .map_err(SinkError::clickhouse)?;
+        if running == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= until {
+            tracing::warn!(
+                table,
+                running,
+                "inserts still running after the wait; reading the position anyway"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Per-partition state, keyed by (topic, partition).
