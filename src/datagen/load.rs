@@ -68,12 +68,18 @@ pub async fn send(
     let mut k = 0u64;
     while it.peek().is_some() {
         let chunk: Vec<Event> = it.by_ref().take(batch).collect();
+        // Sleep only on a schedule: a timer wait, even for "now", rounds up
+        // to the next millisecond tick and would cap the client at ~1k
+        // requests/s.
         let due = match opts.rate {
-            Some(rate) => start + Duration::from_secs_f64(k as f64 * batch as f64 / rate),
+            Some(rate) => {
+                let due = start + Duration::from_secs_f64(k as f64 * batch as f64 / rate);
+                tokio::time::sleep_until(due).await;
+                due
+            }
             None => Instant::now(),
         };
         k += 1;
-        tokio::time::sleep_until(due).await;
         let permit = permits.clone().acquire_owned().await?;
         let mut client = client.clone();
         tasks.spawn(async move {
