@@ -34,6 +34,10 @@ enum Command {
     Run,
     /// Create or upgrade the ClickHouse schema, then exit.
     Migrate,
+    /// Print, per partition of the sink's input topics, Kafka's high
+    /// watermark, the sink group's committed offset and what ClickHouse
+    /// stores (reconciliation); exits 1 if a committed offset is not stored.
+    SinkStatus,
     /// Generate a week of data, run the whole pipeline on it, and print
     /// what BI sees in ClickHouse beside the generator's ground truth.
     Demo {
@@ -147,6 +151,35 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "database {}: applied {:?}, already present {:?}",
                 cfg.clickhouse.database, report.applied, report.present
+            );
+            return Ok(());
+        }
+        Command::SinkStatus => {
+            let rows =
+                xoflow_sink::sink_status(&cfg.kafka, &cfg.clickhouse, &cfg.sink.group_id).await?;
+            println!(
+                "{:<36} {:>4} {:>12} {:>12} {:>12} {:>10} {:>12} {:>6}",
+                "topic", "part", "high", "committed", "stored_next", "lag", "rows", "gap"
+            );
+            let mut gaps = 0;
+            for r in &rows {
+                let committed = r.committed.map_or_else(|| "-".into(), |c| c.to_string());
+                gaps += r.gap();
+                println!(
+                    "{:<36} {:>4} {:>12} {:>12} {:>12} {:>10} {:>12} {:>6}",
+                    r.topic,
+                    r.partition,
+                    r.high_watermark,
+                    committed,
+                    r.stored_next,
+                    r.lag(),
+                    r.rows_stored,
+                    r.gap()
+                );
+            }
+            anyhow::ensure!(
+                gaps == 0,
+                "{gaps} committed offsets are not stored in ClickHouse"
             );
             return Ok(());
         }

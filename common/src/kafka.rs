@@ -124,6 +124,20 @@ impl KafkaConfig {
         self.with_options(c).create_with_context(context)
     }
 
+    /// A group client that never subscribes: for reading the group's
+    /// committed offsets and the topics' watermarks.
+    pub fn base_consumer(
+        &self,
+        group: &str,
+    ) -> Result<
+        rdkafka::consumer::BaseConsumer<rdkafka::consumer::DefaultConsumerContext>,
+        KafkaError,
+    > {
+        let mut c = self.base();
+        c.set("group.id", group).set("enable.auto.commit", "false");
+        self.with_options(c).create()
+    }
+
     /// Creates the named topics if they do not exist yet.
     pub async fn ensure_topics(&self, names: &[&str]) -> Result<(), KafkaError> {
         let admin: AdminClient<DefaultClientContext> = self.with_options(self.base()).create()?;

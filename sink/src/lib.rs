@@ -15,4 +15,6 @@
 pub mod clickhouse;
 mod telemetry;
 
-pub use clickhouse::{ClickHouseConfig, SinkConfig, SinkError, migrate, run};
+pub use clickhouse::{
+    ClickHouseConfig, PartitionStatus, SinkConfig, SinkError, migrate, run, sink_status,
+};

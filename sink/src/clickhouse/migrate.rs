@@ -11,7 +11,7 @@ use clickhouse::{Client, Row};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{ClickHouseConfig, SinkError};
+use super::{ClickHouseConfig, SinkError, server_code};
 
 /// One embedded migration.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "customer_profile",
         sql: include_str!("../../migrations/0006_customer_profile.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "dead_letter_refused",
+        sql: include_str!("../../migrations/0007_dead_letter_refused.sql"),
     },
 ];
 
@@ -129,7 +134,12 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, SinkErro
             continue;
         }
         for stmt in m.statements(db) {
-            exec(&root, &stmt).await?;
+            match exec(&root, &stmt).await {
+                // 18.16 has no `ADD COLUMN IF NOT EXISTS`: a sink starting at
+                // the same moment may have added the column first.
+                Err(e) if stmt.contains("ADD COLUMN") && server_code(&e) == Some(15) => {}
+                r => r?,
+            }
         }
         exec(
             &root,

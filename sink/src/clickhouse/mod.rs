@@ -11,10 +11,12 @@ pub mod migrate;
 pub mod position;
 pub mod row;
 mod sink;
+pub mod status;
 
 pub use config::{ClickHouseConfig, SinkConfig};
 pub use migrate::{MIGRATIONS, MigrationReport, migrate};
 pub use sink::run;
+pub use status::{PartitionStatus, sink_status};
 
 use rdkafka::error::KafkaError;
 
@@ -24,25 +26,34 @@ pub enum SinkError {
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("clickhouse: {message}")]
-    ClickHouse { message: String, transient: bool },
+    ClickHouse {
+        message: String,
+        code: Option<u32>,
+        transient: bool,
+    },
     #[error("kafka: {0}")]
     Kafka(#[source] KafkaError),
-    #[error("insert into {table} failed after {attempts} attempts: {message}")]
+    #[error("insert into {table} failed after {attempts} attempts: {source}")]
     InsertFailed {
         table: &'static str,
         attempts: u32,
-        message: String,
+        source: Box<SinkError>,
     },
 }
 
 impl SinkError {
     /// Folds a client error into the sink's error, deciding whether a retry
-    /// can help: network trouble and server overload can, a bad query can't.
+    /// can help: network trouble and server overload can, a bad query or a
+    /// bad row can't.
     pub fn clickhouse(e: clickhouse::error::Error) -> Self {
         use clickhouse::error::Error as E;
-        let transient = matches!(e, E::Network(_) | E::TimedOut);
+        let message = e.to_string();
+        let code = code_in(&message);
+        let transient = matches!(e, E::Network(_) | E::TimedOut)
+            || code.is_some_and(|c| TRANSIENT_CODES.contains(&c));
         SinkError::ClickHouse {
-            message: e.to_string(),
+            message,
+            code,
             transient,
         }
     }
@@ -53,5 +64,65 @@ impl SinkError {
             SinkError::Kafka(e) => xoflow_common::kafka::ErrorClass::of(e).is_transient(),
             SinkError::Config(_) | SinkError::InsertFailed { .. } => false,
         }
+    }
+
+    /// Whether ClickHouse refused the data itself (a value it cannot parse
+    /// or store, a constraint): a smaller insert without the offending row
+    /// would succeed. Schema, permission and server errors are not refusals
+    /// of data; for those the sink stops rather than dead-letter every row.
+    pub fn is_refused_data(&self) -> bool {
+        server_code(self).is_some_and(|c| REFUSED_DATA_CODES.contains(&c))
+    }
+}
+
+/// The server's error code (`Code: N` in its answer), when there is one.
+pub fn server_code(e: &SinkError) -> Option<u32> {
+    match e {
+        SinkError::ClickHouse { code, .. } => *code,
+        _ => None,
+    }
+}
+
+fn code_in(message: &str) -> Option<u32> {
+    let rest = &message[message.find("Code: ")? + 6..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Server errors that pass: timeouts, overload, memory, too many parts,
+/// read-only replicas, an insert of unknown status.
+const TRANSIENT_CODES: &[u32] = &[159, 202, 203, 209, 210, 241, 242, 252, 285, 319, 425, 999];
+
+/// Server errors about the inserted values: parse failures, out-of-range
+/// values, unknown enum elements, failed `throwIf` defaults and CHECK
+/// constraints.
+const REFUSED_DATA_CODES: &[u32] = &[
+    6, 27, 33, 36, 38, 41, 53, 69, 70, 72, 117, 131, 321, 395, 469, 691,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_codes_are_read_from_the_answer() {
+        let e = |m: &str| SinkError::ClickHouse {
+            message: m.into(),
+            code: code_in(m),
+            transient: false,
+        };
+        let refused = e(
+            "bad response: Code: 395, e.displayText() = DB::Exception: Value passed to 'throwIf' function is non zero",
+        );
+        assert_eq!(server_code(&refused), Some(395));
+        assert!(refused.is_refused_data());
+        let missing = e(
+            "bad response: Code: 60, e.displayText() = DB::Exception: Table x.events doesn't exist.",
+        );
+        assert_eq!(server_code(&missing), Some(60));
+        assert!(!missing.is_refused_data());
+        assert_eq!(server_code(&e("connection reset")), None);
     }
 }

@@ -4,9 +4,10 @@
 //! Every row carries its lineage (topic, partition, offset). When the sink
 //! meets a partition it has no state for (start-up, or a partition moved to
 //! it in a rebalance), it reads the highest offset already stored for that
-//! partition — in `events` for the enriched topic, in `dead_letters` for the
-//! dead-letter topic — and the event ids written
-//! in a recent window. Records at or below that offset are already stored
+//! partition — for the enriched topic in `events` and among the rows
+//! ClickHouse refused (kept in `dead_letters` with `refused = 1`), for the
+//! dead-letter topic in `dead_letters` — and the event ids written in a
+//! recent window. Records at or below that offset are already stored
 //! and are skipped; records whose event id was already written (an upstream
 //! redelivery: enrich retried, or a client re-sent) are skipped too. Kafka's
 //! committed offsets only bound how much is re-read; they decide nothing.
@@ -37,8 +38,58 @@ pub struct PartitionState {
     /// Highest offset stored in ClickHouse (or written by this sink since);
     /// -1 when nothing is.
     pub stored: i64,
+    /// Rows stored from this partition (ClickHouse's count at load, plus
+    /// rows written since): the reconciliation figure.
+    pub rows: u64,
     /// Event ids written from this partition within the dedup window.
     pub recent: HashSet<String>,
+    /// Whether a record at or before `stored + 1` has been read since the
+    /// position was loaded, i.e. nothing between can have been skipped.
+    pub contiguous: bool,
+    /// How far back the last rewind went (0: none yet).
+    pub rewound: i64,
+}
+
+/// How far back the sink first rewinds when the broker answered from past
+/// its position; doubled on each further try.
+pub const REWIND: i64 = 16_384;
+
+/// What to do with the first records of a partition after its position was
+/// loaded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// The record is at or before the position: read on.
+    Read,
+    /// The broker answered from past the position (Tansu 0.6 does when a
+    /// fetch starts inside a record batch): drop the record and seek here.
+    SeekTo(i64),
+    /// Already rewound to offset 0 and still past the position: the records
+    /// between are gone from the log (retention); read on and say so.
+    Gap { from: i64, to: i64 },
+}
+
+impl PartitionState {
+    /// Checks `offset`, the next record read from this partition. Pure.
+    pub fn resume(&mut self, offset: i64) -> Resume {
+        let next = self.stored + 1;
+        if self.contiguous || offset <= next {
+            self.contiguous = true;
+            return Resume::Read;
+        }
+        if self.rewound > 0 && next - self.rewound <= 0 {
+            self.contiguous = true;
+            return Resume::Gap {
+                from: next,
+                to: offset,
+            };
+        }
+        self.rewound = if self.rewound == 0 {
+            REWIND
+        } else {
+            self.rewound.saturating_mul(2)
+        };
+        Resume::SeekTo((next - self.rewound).max(0))
+    }
 }
 
 /// Partitions revoked since the loop last looked, collected by the rebalance
@@ -72,61 +123,114 @@ impl ConsumerContext for SinkContext {
     }
 }
 
+/// Which of the sink's two inputs a partition belongs to; each has its own
+/// idea of "stored".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// The enriched topic: stored as rows of `events`, or as rows
+    /// ClickHouse refused, kept in `dead_letters` with `refused = 1`.
+    Enriched,
+    /// The dead-letter topic: stored in `dead_letters` (`refused = 0`).
+    DeadLetters,
+}
+
+impl Input {
+    /// Rows of `topic`/`partition` already stored for this input, as one
+    /// `kafka_offset`/`event_id` relation with two `?` (topic, partition)
+    /// per branch.
+    fn stored_rows(self) -> &'static str {
+        match self {
+            Input::Enriched => {
+                "(SELECT kafka_offset, event_id FROM events \
+                  WHERE kafka_topic = ? AND kafka_partition = ? \
+                  UNION ALL SELECT kafka_offset, event_id FROM dead_letters \
+                  WHERE refused = 1 AND kafka_topic = ? AND kafka_partition = ?)"
+            }
+            Input::DeadLetters => {
+                "(SELECT kafka_offset, event_id FROM dead_letters \
+                  WHERE refused = 0 AND kafka_topic = ? AND kafka_partition = ?)"
+            }
+        }
+    }
+
+    fn branches(self) -> usize {
+        match self {
+            Input::Enriched => 2,
+            Input::DeadLetters => 1,
+        }
+    }
+}
+
 #[derive(Debug, Row, Deserialize)]
 struct Stored {
     rows: u64,
     max_offset: i64,
 }
 
-/// The highest offset of `topic`/`partition` stored in `table` (the table
-/// that topic's records go to: `events` for the enriched topic,
-/// `dead_letters` for the dead-letter topic); -1 when none is.
-pub async fn stored_offset(
-    client: &Client,
-    table: &str,
-    topic: &str,
-    partition: i32,
-) -> Result<i64, SinkError> {
-    let s: Stored = client
-        .query(&format!(
-            "SELECT count() AS rows, toInt64(max(kafka_offset)) AS max_offset FROM {table} \
-             WHERE kafka_topic = ? AND kafka_partition = ?"
-        ))
-        .bind(topic)
-        .bind(partition)
-        .fetch_one()
-        .await
-        .map_err(SinkError::clickhouse)?;
-    Ok(if s.rows > 0 { s.max_offset } else { -1 })
+/// How much of a partition ClickHouse holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredRange {
+    /// Rows stored from the partition (redelivered copies dropped, so this
+    /// may be less than the offsets covered).
+    pub rows: u64,
+    /// Highest offset stored; -1 when none is.
+    pub max_offset: i64,
 }
 
-/// Loads the state of a partition: its stored offset in `table` and the
-/// event ids written within `window` offsets below it.
+/// How much of `topic`/`partition` ClickHouse holds for `input`.
+pub async fn stored(
+    client: &Client,
+    input: Input,
+    topic: &str,
+    partition: i32,
+) -> Result<StoredRange, SinkError> {
+    let mut q = client.query(&format!(
+        "SELECT count() AS rows, toInt64(max(kafka_offset)) AS max_offset FROM {}",
+        input.stored_rows()
+    ));
+    for _ in 0..input.branches() {
+        q = q.bind(topic).bind(partition);
+    }
+    let s: Stored = q.fetch_one().await.map_err(SinkError::clickhouse)?;
+    Ok(StoredRange {
+        rows: s.rows,
+        max_offset: if s.rows > 0 { s.max_offset } else { -1 },
+    })
+}
+
+/// Loads the state of a partition: its stored offset and the event ids
+/// written within `window` offsets below it.
 pub async fn load(
     client: &Client,
-    table: &str,
+    input: Input,
     topic: &str,
     partition: i32,
     window: i64,
 ) -> Result<PartitionState, SinkError> {
-    wait_for_running_inserts(client, table).await?;
-    let stored = stored_offset(client, table, topic, partition).await?;
+    wait_for_running_inserts(client).await?;
+    let range = stored(client, input, topic, partition).await?;
     let mut recent = HashSet::new();
-    if stored >= 0 && table == "events" {
-        let ids: Vec<String> = client
-            .query(
-                "SELECT event_id FROM events \
-                 WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset > ?",
-            )
-            .bind(topic)
-            .bind(partition)
-            .bind(stored - window)
+    if range.max_offset >= 0 && input == Input::Enriched {
+        let mut q = client.query(&format!(
+            "SELECT event_id FROM {} WHERE kafka_offset > ?",
+            input.stored_rows()
+        ));
+        for _ in 0..input.branches() {
+            q = q.bind(topic).bind(partition);
+        }
+        let ids: Vec<String> = q
+            .bind(range.max_offset - window)
             .fetch_all()
             .await
             .map_err(SinkError::clickhouse)?;
         recent.extend(ids);
     }
-    Ok(PartitionState { stored, recent })
+    Ok(PartitionState {
+        stored: range.max_offset,
+        rows: range.rows,
+        recent,
+        ..Default::default()
+    })
 }
 
 /// Longest wait for inserts still running on the server.
@@ -136,12 +240,14 @@ const INSERT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// [`INSERT_WAIT`]). A previous owner killed while its last insert was in
 /// flight leaves that insert running; it may still land, and the position
 /// must be read after it does, or its rows would be written twice.
-async fn wait_for_running_inserts(client: &Client, table: &str) -> Result<(), SinkError> {
+async fn wait_for_running_inserts(client: &Client) -> Result<(), SinkError> {
     let until = tokio::time::Instant::now() + INSERT_WAIT;
     loop {
+        // Both tables: a refused row's dead letter is part of the position.
         let running: u64 = client
-            .query("SELECT count() FROM system.processes WHERE query LIKE ?")
-            .bind(format!("INSERT INTO `{table}`%"))
+            .query("SELECT count() FROM system.processes WHERE query LIKE ? OR query LIKE ?")
+            .bind("INSERT INTO `events`%")
+            .bind("INSERT INTO `dead_letters`%")
             .fetch_one()
             .await
             .map_err(SinkError::clickhouse)?;
@@ -150,7 +256,6 @@ async fn wait_for_running_inserts(client: &Client, table: &str) -> Result<(), Si
         }
         if tokio::time::Instant::now() >= until {
             tracing::warn!(
-                table,
                 running,
                 "inserts still running after the wait; reading the position anyway"
             );
@@ -162,3 +267,49 @@ async fn wait_for_running_inserts(client: &Client, table: &str) -> Result<(), Si
 
 /// Per-partition state, keyed by (topic, partition).
 pub type Positions = HashMap<(String, i32), PartitionState>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(stored: i64) -> PartitionState {
+        PartitionState {
+            stored,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_record_at_the_position_reads_on() {
+        let mut s = at(99);
+        assert_eq!(s.resume(100), Resume::Read);
+        assert_eq!(s.resume(500), Resume::Read, "contiguity is proven once");
+        assert_eq!(
+            at(99).resume(42),
+            Resume::Read,
+            "re-reads are skipped later"
+        );
+    }
+
+    #[test]
+    fn a_broker_answering_past_the_position_is_rewound_further_each_time() {
+        let mut s = at(40_000);
+        assert_eq!(s.resume(40_100), Resume::SeekTo(40_001 - REWIND));
+        assert_eq!(s.resume(40_050), Resume::SeekTo(40_001 - 2 * REWIND));
+        assert_eq!(s.resume(40_001 - REWIND), Resume::Read);
+    }
+
+    #[test]
+    fn records_gone_from_the_log_are_reported_once_rewound_to_zero() {
+        let mut s = at(10);
+        assert_eq!(s.resume(5_000), Resume::SeekTo(0));
+        assert_eq!(
+            s.resume(5_000),
+            Resume::Gap {
+                from: 11,
+                to: 5_000
+            }
+        );
+        assert_eq!(s.resume(5_001), Resume::Read);
+    }
+}

@@ -291,9 +291,34 @@ pub struct DeadLetterRow {
     pub kafka_topic: String,
     pub kafka_partition: i32,
     pub kafka_offset: i64,
+    /// 1 when this is a row of `events` that ClickHouse refused: its
+    /// lineage then counts towards the enriched topic's stored position.
+    pub refused: u8,
 }
 
 impl DeadLetterRow {
+    /// The dead letter for an `events` row ClickHouse refused: the event as
+    /// protobuf (replayable through `xoflow import`), the server's reason,
+    /// and the row's own lineage.
+    pub fn refused(row: &EventRow, at: u32, error: String) -> Self {
+        DeadLetterRow {
+            at,
+            stage: "sink".into(),
+            reason: "CLICKHOUSE_REFUSED".into(),
+            field: String::new(),
+            description: error,
+            tenant: row.tenant.clone(),
+            source: row.source.clone(),
+            event_id: row.event_id.clone(),
+            content_type: "application/x-protobuf; messageType=xoflow.v1.Event".into(),
+            payload: row.event_proto.clone(),
+            kafka_topic: row.kafka_topic.clone(),
+            kafka_partition: row.kafka_partition,
+            kafka_offset: row.kafka_offset,
+            refused: 1,
+        }
+    }
+
     /// The row of a dead letter read from Kafka at `lineage`.
     pub fn from_dead_letter(d: DeadLetter, lineage: Lineage<'_>) -> Self {
         DeadLetterRow {
@@ -310,6 +335,7 @@ impl DeadLetterRow {
             event_id: d.event_id,
             content_type: d.content_type,
             payload: d.payload,
+            refused: 0,
         }
     }
 }

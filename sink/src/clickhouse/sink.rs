@@ -28,10 +28,13 @@ use xoflow_proto::{
 
 use super::{
     ClickHouseConfig, SinkConfig, SinkError, migrate,
-    position::{self, Positions, SinkContext},
+    position::{self, Input, Positions, Resume, SinkContext},
     row::{DeadLetterRow, EventRow, Lineage},
 };
 use crate::telemetry;
+
+/// How long a seek may wait for the consumer's fetcher.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Rows waiting to be written, and the offsets they cover.
 #[derive(Default)]
@@ -40,8 +43,9 @@ struct Batch {
     dead_letters: Vec<DeadLetterRow>,
     /// Encoded bytes taken in, for the memory bound.
     bytes: usize,
-    /// Highest offset seen per (topic, partition), skipped records included.
-    offsets: BTreeMap<(String, i32), i64>,
+    /// Per (topic, partition): highest offset seen (skipped records
+    /// included) and rows taken for writing.
+    offsets: BTreeMap<(String, i32), (i64, u64)>,
     records: usize,
     skipped_stored: u64,
     skipped_duplicates: u64,
@@ -120,13 +124,13 @@ pub async fn run(
             Some(Ok(m)) => {
                 let key = (m.topic().to_string(), m.partition());
                 if !positions.contains_key(&key) {
-                    let table = if m.topic() == topics.dead_letters {
-                        "dead_letters"
+                    let input = if m.topic() == topics.dead_letters {
+                        Input::DeadLetters
                     } else {
-                        "events"
+                        Input::Enriched
                     };
                     let state =
-                        position::load(&client, table, m.topic(), m.partition(), cfg.dedup_window)
+                        position::load(&client, input, m.topic(), m.partition(), cfg.dedup_window)
                             .await?;
                     tracing::info!(
                         topic = m.topic(),
@@ -140,9 +144,36 @@ pub async fn run(
                 let Some(state) = positions.get_mut(&key) else {
                     continue;
                 };
+                match state.resume(m.offset()) {
+                    Resume::Read => {}
+                    Resume::SeekTo(to) => {
+                        tracing::info!(
+                            topic = m.topic(),
+                            partition = m.partition(),
+                            stored = state.stored,
+                            got = m.offset(),
+                            seek = to,
+                            "broker answered past the stored position; reading from earlier"
+                        );
+                        consumer
+                            .seek(m.topic(), m.partition(), Offset::Offset(to), SEEK_TIMEOUT)
+                            .map_err(SinkError::Kafka)?;
+                        continue;
+                    }
+                    Resume::Gap { from, to } => {
+                        tracing::error!(
+                            topic = m.topic(),
+                            partition = m.partition(),
+                            from,
+                            to,
+                            "records missing from the log (deleted by retention before they were stored)"
+                        );
+                        telemetry::log_gap(m.topic(), m.partition(), to - from);
+                    }
+                }
                 batch.started.get_or_insert_with(Instant::now);
-                let o = batch.offsets.entry(key).or_insert(m.offset());
-                *o = (*o).max(m.offset());
+                let (max_offset, rows) = batch.offsets.entry(key).or_insert((m.offset(), 0));
+                *max_offset = (*max_offset).max(m.offset());
                 batch.records += 1;
                 if m.offset() <= state.stored {
                     batch.skipped_stored += 1;
@@ -155,6 +186,7 @@ pub async fn run(
                         offset: m.offset(),
                     };
                     if m.topic() == topics.dead_letters {
+                        *rows += 1;
                         batch
                             .dead_letters
                             .push(decode_dead_letter(payload, lineage));
@@ -167,6 +199,7 @@ pub async fn run(
                                 batch.skipped_duplicates += 1;
                             }
                             Some(row) => {
+                                *rows += 1;
                                 state.recent.insert(row.event_id.clone());
                                 batch.events.push(row);
                             }
@@ -251,17 +284,25 @@ async fn flush(
         return Ok(());
     }
     let started = Instant::now();
-    // Dead letters first: the enriched topic's position is read from
-    // `events` alone, so a crash between the two inserts re-delivers (and
-    // may repeat) dead letters, never skips events.
+    // Dead letters first: they are not part of the enriched topic's
+    // position, so a crash between the two inserts re-delivers (and may
+    // repeat) dead letters, never skips events.
     insert_with_retry(client, "dead_letters", &batch.dead_letters, cfg).await?;
-    insert_with_retry(client, "events", &batch.events, cfg).await?;
+    let refused = insert_events(client, &batch.events, cfg).await?;
     let mut tpl = TopicPartitionList::with_capacity(batch.offsets.len());
-    for ((topic, partition), offset) in &batch.offsets {
+    for ((topic, partition), (offset, rows)) in &batch.offsets {
         tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
             .map_err(SinkError::Kafka)?;
         if let Some(state) = positions.get_mut(&(topic.clone(), *partition)) {
             state.stored = state.stored.max(*offset);
+            state.rows += rows;
+            telemetry::PartitionPosition {
+                topic,
+                partition: *partition,
+                next_offset: offset + 1,
+                rows_stored: state.rows,
+            }
+            .emit();
         }
     }
     // Bound the dedup memory: a partition whose id set outgrew the window
@@ -275,8 +316,9 @@ async fn flush(
         tracing::warn!(error = %e, "offset commit failed");
     }
     telemetry::BatchWritten {
-        events: batch.events.len() as u64,
+        events: batch.events.len() as u64 - refused,
         dead_letters: batch.dead_letters.len() as u64,
+        refused,
         skipped_stored: batch.skipped_stored,
         skipped_duplicates: batch.skipped_duplicates,
         bytes: batch.bytes as u64,
@@ -285,6 +327,41 @@ async fn flush(
     .emit();
     *batch = Batch::default();
     Ok(())
+}
+
+/// Inserts `rows` into `events`. When ClickHouse refuses the data itself,
+/// the rows are split in halves, in offset order, down to the single rows
+/// it refuses; each goes to `dead_letters` (`refused = 1`) before any later
+/// row is inserted, so that every offset below the stored position is
+/// accounted for whenever the sink stops. Returns how many were refused.
+async fn insert_events(
+    client: &Client,
+    rows: &[EventRow],
+    cfg: &SinkConfig,
+) -> Result<u64, SinkError> {
+    let mut refused = 0;
+    // Ranges still to insert, the next one last.
+    let mut todo = vec![(0, rows.len())];
+    while let Some((lo, hi)) = todo.pop() {
+        let chunk = &rows[lo..hi];
+        let e = match insert_with_retry(client, "events", chunk, cfg).await {
+            Ok(()) => continue,
+            Err(SinkError::InsertFailed { source, .. }) if source.is_refused_data() => source,
+            Err(e) => return Err(e),
+        };
+        if let [row] = chunk {
+            let dead = DeadLetterRow::refused(row, now_secs(), e.to_string());
+            tracing::warn!(event_id = %row.event_id, error = %e, "row refused by ClickHouse; dead-lettered");
+            insert_with_retry(client, "dead_letters", std::slice::from_ref(&dead), cfg).await?;
+            refused += 1;
+        } else {
+            tracing::warn!(rows = chunk.len(), error = %e, "insert refused; bisecting");
+            let mid = lo + chunk.len() / 2;
+            todo.push((mid, hi));
+            todo.push((lo, mid));
+        }
+    }
+    Ok(refused)
 }
 
 async fn insert_with_retry<T>(
@@ -324,7 +401,7 @@ where
                 return Err(SinkError::InsertFailed {
                     table,
                     attempts: attempt,
-                    message: e.to_string(),
+                    source: Box::new(e),
                 });
             }
         }
