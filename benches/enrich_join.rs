@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use xoflow::datagen::{self, GenConfig};
-use xoflow_enrich::join::{Join, JoinConfig};
+use xoflow_enrich::{
+    identity::Links,
+    join::{Join, JoinConfig},
+};
 use xoflow_ingest::validate::Normaliser;
 
 fn bench(c: &mut Criterion) {
@@ -35,6 +38,7 @@ fn bench(c: &mut Criterion) {
         value_window: Duration::from_secs(90 * 86_400),
         max_orders_per_customer: 16,
         max_customers: 2_000_000,
+        lateness: Duration::from_secs(2),
         departments: [("delivery".to_string(), "logistics".to_string())].into(),
     };
     let mut group = c.benchmark_group("enrich_join");
@@ -49,6 +53,33 @@ fn bench(c: &mut Criterion) {
                     n += join.process(e, now).cx.map(|c| c.topics.len()).unwrap_or(0);
                 }
                 n
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    // As the stage drives it: resolved upstream, through the lateness
+    // buffer, released in event-time order.
+    let mut links = Links::default();
+    for e in &events {
+        links.learn(e, |_, _| {});
+    }
+    let resolved: Vec<_> = events.iter().map(|e| links.resolve(e)).collect();
+    group.bench_function("mixed_x_and_o_through_lateness_buffer", |b| {
+        b.iter_batched(
+            || (Join::new(cfg.clone()), events.clone(), resolved.clone()),
+            |(mut join, events, resolved)| {
+                let mut out = Vec::with_capacity(4096);
+                let mut n = 0usize;
+                for (i, (e, who)) in events.into_iter().zip(resolved).enumerate() {
+                    join.offer(e, who, i as i64, now);
+                    if i % 1024 == 1023 {
+                        join.release(now, &mut out);
+                        n += out.len();
+                        out.clear();
+                    }
+                }
+                join.drain(now, &mut out);
+                n + out.len()
             },
             criterion::BatchSize::LargeInput,
         )

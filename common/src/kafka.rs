@@ -252,11 +252,34 @@ impl BatchProducer {
     /// when every one was acknowledged. A full local queue is backpressure:
     /// sending pauses until the queue drains, it does not fail.
     pub async fn send_all(&self, topic: &str, records: &[Outgoing<'_>]) -> Result<(), BatchError> {
+        self.send(topic, None, records).await
+    }
+
+    /// [`BatchProducer::send_all`] to one chosen partition (for changelogs,
+    /// whose partitions mirror their input's).
+    pub async fn send_all_to_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: &[Outgoing<'_>],
+    ) -> Result<(), BatchError> {
+        self.send(topic, Some(partition), records).await
+    }
+
+    async fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        records: &[Outgoing<'_>],
+    ) -> Result<(), BatchError> {
         let ack = BatchAck::new();
         for rec in records {
             let mut record = BaseRecord::with_opaque_to(topic, ack.clone())
                 .key(rec.key)
                 .payload(rec.payload);
+            if let Some(p) = partition {
+                record = record.partition(p);
+            }
             if let Some(h) = &rec.headers {
                 record = record.headers(h.clone());
             }

@@ -3,29 +3,42 @@
 //! calls".
 //!
 //! A pure, synchronous operator: events in, `EnrichedEvent`s out, one per
-//! input, in input order; no I/O, so the stage decides batching and the
-//! tests drive it directly. State per customer is bounded (most recent
-//! orders only) and expires by event time (configurable windows).
+//! input; no I/O, so the stage decides batching and the tests drive it
+//! directly. State per customer is bounded (most recent orders only) and
+//! expires by event time (configurable windows).
 //!
-//! Identity: events that carry a customer id and weak identifiers (hashed
-//! e-mail, phone, handle, device) teach links; events with only weak
-//! identifiers are resolved through them. Links and state live in this
-//! instance's memory: with several instances, a customer's events must
-//! reach the same one (the events topic is keyed by the strongest key).
+//! Lateness rule: events are held in a buffer ordered by event time and
+//! applied in that order once the partition's watermark (the latest event
+//! time seen) is `lateness` past them, or once they have waited `lateness`
+//! in wall-clock time. A survey that arrives before its order, within the
+//! bound, therefore meets the order; any interleaving of the same events
+//! within the bound gives the same outputs. An event later than the bound
+//! is applied on arrival, with the state as it is then.
+//!
+//! Replays: each customer's state remembers the ids of the events last
+//! applied to it, and travels with them through the changelog
+//! ([`Join::take_changes`], [`Join::restore`]); an event replayed after a
+//! crash is emitted again but not applied twice.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     time::Duration,
 };
 
 use serde::Deserialize;
 use xoflow_proto::v1::{
-    ClickAction, CustomerContext, EnrichedEvent, Event, IdentityResolution, NpsCategory,
-    OrderContext, OrderMatch, OrderStatus, SentimentLabel, SessionContext, Speaker, event::Payload,
-    survey_trigger::Ref,
+    ClickAction, CustomerContext, EnrichedEvent, Event, NpsCategory, OrderContext, OrderMatch,
+    OrderStatus, SentimentLabel, SessionContext, Speaker, event::Payload, survey_trigger::Ref,
 };
 
-use crate::{derive, sentiment};
+use crate::{
+    derive,
+    identity::{Links, Resolved},
+    sentiment,
+};
+
+/// Event ids remembered per customer against replays.
+const APPLIED_IDS: usize = 64;
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -47,6 +60,10 @@ pub struct JoinConfig {
     /// Most customers kept; beyond it, customers idle longer than the value
     /// window are dropped.
     pub max_customers: usize,
+    /// How long an event waits for events that belong before it (event
+    /// time, and at most as long in wall-clock time).
+    #[serde(with = "humantime_serde")]
+    pub lateness: Duration,
     /// Department owning each journey stage, for alert routing.
     #[serde(default)]
     pub departments: HashMap<String, String>,
@@ -87,6 +104,23 @@ struct CustomerState {
     late_deliveries: u32,
     returns: u32,
     last_seen_ms: i64,
+    applied: VecDeque<String>,
+}
+
+/// An event waiting in the lateness buffer.
+#[derive(Debug)]
+struct Held {
+    event: Event,
+    who: Resolved,
+    offset: i64,
+    arrived_ms: i64,
+}
+
+/// An output and the input offset it came from.
+#[derive(Debug)]
+pub struct Released {
+    pub offset: i64,
+    pub enriched: EnrichedEvent,
 }
 
 /// The join operator's state.
@@ -94,8 +128,15 @@ struct CustomerState {
 pub struct Join {
     cfg: JoinConfig,
     customers: HashMap<String, CustomerState>,
-    /// Hashed weak identifier → customer id.
-    links: HashMap<String, String>,
+    /// Links for [`Join::process`], which resolves by itself; the stage
+    /// resolves upstream against the global link table instead.
+    links: Links,
+    /// Events not applied yet, by (event time, event id).
+    held: BTreeMap<(i64, String), Held>,
+    /// The latest event time offered.
+    watermark: i64,
+    /// Customers changed (or dropped) since [`Join::take_changes`].
+    dirty: HashSet<String>,
 }
 
 impl Join {
@@ -103,7 +144,10 @@ impl Join {
         Self {
             cfg,
             customers: HashMap::new(),
-            links: HashMap::new(),
+            links: Links::default(),
+            held: BTreeMap::new(),
+            watermark: i64::MIN,
+            dirty: HashSet::new(),
         }
     }
 
@@ -112,14 +156,112 @@ impl Join {
         self.customers.len()
     }
 
-    /// Enriches one event and updates the state with it.
+    /// Events waiting in the lateness buffer.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The lowest input offset still held: input offsets may be committed
+    /// only below it.
+    pub fn lowest_held_offset(&self) -> Option<i64> {
+        self.held.values().map(|h| h.offset).min()
+    }
+
+    /// Resolves with this operator's own links, then enriches at once (no
+    /// lateness buffer): for callers that see every event of a customer in
+    /// order, such as benchmarks and single-process tools.
     pub fn process(&mut self, e: Event, now_ms: i64) -> EnrichedEvent {
-        let at = e
-            .occurred_at
-            .as_ref()
-            .map(xoflow_proto::to_unix_millis)
-            .unwrap_or(now_ms);
-        let (customer_id, resolution) = self.resolve(&e);
+        self.links.learn(&e, |_, _| {});
+        let who = self.links.resolve(&e);
+        self.enrich(e, who, now_ms)
+    }
+
+    /// Puts an event resolved upstream into the lateness buffer.
+    pub fn offer(&mut self, e: Event, who: Resolved, offset: i64, now_ms: i64) {
+        let at = event_ms(&e, now_ms);
+        self.watermark = self.watermark.max(at);
+        let key = (at, e.event_id.clone());
+        self.held.insert(
+            key,
+            Held {
+                event: e,
+                who,
+                offset,
+                arrived_ms: now_ms,
+            },
+        );
+    }
+
+    /// Applies and emits, in event-time order, the held events that are
+    /// due: `lateness` behind the watermark, or held `lateness` long.
+    pub fn release(&mut self, now_ms: i64, out: &mut Vec<Released>) {
+        let bound = self.cfg.lateness.as_millis() as i64;
+        while let Some(entry) = self.held.first_entry() {
+            let (at, _) = *entry.key();
+            let due = at <= self.watermark.saturating_sub(bound)
+                || entry.get().arrived_ms <= now_ms - bound;
+            if !due {
+                break;
+            }
+            let h = entry.remove();
+            out.push(Released {
+                offset: h.offset,
+                enriched: self.enrich(h.event, h.who, now_ms),
+            });
+        }
+    }
+
+    /// Applies and emits everything held, in event-time order.
+    pub fn drain(&mut self, now_ms: i64, out: &mut Vec<Released>) {
+        while let Some((_, h)) = self.held.pop_first() {
+            out.push(Released {
+                offset: h.offset,
+                enriched: self.enrich(h.event, h.who, now_ms),
+            });
+        }
+    }
+
+    /// The state of every customer changed since the last call, for the
+    /// changelog: `None` for a customer dropped from memory.
+    pub fn take_changes(&mut self) -> Vec<(String, Option<xoflow_proto::v1::JoinCustomerState>)> {
+        let mut out: Vec<_> = self
+            .dirty
+            .drain()
+            .map(|id| {
+                let state = self.customers.get(&id).map(CustomerState::to_proto);
+                (id, state)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Restores one customer's state read from the changelog (`None`
+    /// removes it).
+    pub fn restore(
+        &mut self,
+        customer_id: String,
+        state: Option<xoflow_proto::v1::JoinCustomerState>,
+    ) {
+        match state {
+            Some(s) => {
+                self.customers
+                    .insert(customer_id, CustomerState::from_proto(s));
+            }
+            None => {
+                self.customers.remove(&customer_id);
+            }
+        }
+    }
+
+    /// Enriches one resolved event and applies it to its customer's state
+    /// (unless it was applied before).
+    pub fn enrich(&mut self, e: Event, who: Resolved, now_ms: i64) -> EnrichedEvent {
+        let at = event_ms(&e, now_ms);
+        let Resolved {
+            customer_id,
+            resolution,
+        } = who;
         let mut cx = derive::cx_fields(&e);
         let text = experience_text(&e);
         if !text.is_empty() {
@@ -144,17 +286,24 @@ impl Join {
         };
         if let Some(id) = customer_id {
             self.evict_if_full(at);
-            let cfg = self.cfg.clone();
-            let state = self.customers.entry(id).or_default();
-            state.update(&e, &cx, at, &cfg);
-            out.order = state.order_context(&e, at, &cfg);
+            let cfg = &self.cfg;
+            let state = self.customers.entry(id.clone()).or_default();
+            if !state.applied.contains(&e.event_id) {
+                state.update(&e, &cx, at, cfg);
+                if state.applied.len() >= APPLIED_IDS {
+                    state.applied.pop_front();
+                }
+                state.applied.push_back(e.event_id.clone());
+                self.dirty.insert(id);
+            }
+            out.order = state.order_context(&e, at, cfg);
             out.session = (!state.session.id.is_empty()).then(|| SessionContext {
                 session_id: state.session.id.clone(),
                 page_views: state.session.page_views,
                 error_pages: state.session.errors,
                 abandoned_checkout: state.session.checkout && !state.session.purchased,
             });
-            out.customer = Some(state.context(at, &cfg));
+            out.customer = Some(state.context(at, cfg));
         } else {
             out.order = derive::own_order(&e);
         }
@@ -163,41 +312,29 @@ impl Join {
         out
     }
 
-    fn resolve(&mut self, e: &Event) -> (Option<String>, IdentityResolution) {
-        let Some(c) = &e.customer else {
-            return (None, IdentityResolution::Unresolved);
-        };
-        let weak = [
-            &c.email_hash,
-            &c.phone_hash,
-            &c.social_handle_hash,
-            &c.device_id_hash,
-        ];
-        if !c.customer_id.is_empty() {
-            for h in weak.into_iter().filter(|h| !h.is_empty()) {
-                if self.links.get(h.as_str()) != Some(&c.customer_id) {
-                    self.links.insert(h.clone(), c.customer_id.clone());
-                }
-            }
-            return (Some(c.customer_id.clone()), IdentityResolution::Direct);
-        }
-        match weak.into_iter().find_map(|h| self.links.get(h.as_str())) {
-            Some(id) => (Some(id.clone()), IdentityResolution::Linked),
-            None => (None, IdentityResolution::Unresolved),
-        }
-    }
-
     fn evict_if_full(&mut self, now: i64) {
         if self.customers.len() < self.cfg.max_customers {
             return;
         }
         let idle = self.cfg.value_window.as_millis() as i64;
-        self.customers.retain(|_, c| now - c.last_seen_ms < idle);
+        let dirty = &mut self.dirty;
+        self.customers.retain(|id, c| {
+            let keep = now - c.last_seen_ms < idle;
+            if !keep {
+                dirty.insert(id.clone());
+            }
+            keep
+        });
     }
 }
 
-/// The customer's own words in an event: survey comment and free-text
-/// answers, what the customer said on a call (not the agent), a post.
+fn event_ms(e: &Event, now_ms: i64) -> i64 {
+    e.occurred_at
+        .as_ref()
+        .map(xoflow_proto::to_unix_millis)
+        .unwrap_or(now_ms)
+}
+
 pub fn experience_text(e: &Event) -> String {
     match &e.payload {
         Some(Payload::Survey(s)) => {
@@ -221,6 +358,91 @@ pub fn experience_text(e: &Event) -> String {
 }
 
 impl CustomerState {
+    fn to_proto(&self) -> xoflow_proto::v1::JoinCustomerState {
+        use xoflow_proto::v1::{JoinOrderState, JoinPaidOrder, JoinSessionState};
+        xoflow_proto::v1::JoinCustomerState {
+            orders: self
+                .orders
+                .iter()
+                .map(|o| JoinOrderState {
+                    ctx: Some(o.ctx.clone()),
+                    placed_ms: o.placed_ms,
+                    last_ms: o.last_ms,
+                    counted_value: o.counted_value,
+                })
+                .collect(),
+            paid: self
+                .paid
+                .iter()
+                .map(|(at_ms, amount_minor)| JoinPaidOrder {
+                    at_ms: *at_ms,
+                    amount_minor: *amount_minor,
+                })
+                .collect(),
+            lifetime_value_minor: self.lifetime_value,
+            session: Some(JoinSessionState {
+                id: self.session.id.clone(),
+                page_views: self.session.page_views,
+                errors: self.session.errors,
+                checkout: self.session.checkout,
+                purchased: self.session.purchased,
+            }),
+            support_at_ms: self.support.iter().copied().collect(),
+            last_nps: self.last_nps,
+            nps_sum: self.nps_sum,
+            nps_answers: self.nps_answers,
+            detractors: self.detractors,
+            texts: self.texts,
+            negative_texts: self.negative_texts,
+            delivered: self.delivered,
+            late_deliveries: self.late_deliveries,
+            returns: self.returns,
+            last_seen_ms: self.last_seen_ms,
+            applied: self.applied.iter().cloned().collect(),
+        }
+    }
+
+    fn from_proto(p: xoflow_proto::v1::JoinCustomerState) -> Self {
+        let session = p.session.unwrap_or_default();
+        CustomerState {
+            orders: p
+                .orders
+                .into_iter()
+                .map(|o| OrderState {
+                    ctx: o.ctx.unwrap_or_default(),
+                    placed_ms: o.placed_ms,
+                    last_ms: o.last_ms,
+                    counted_value: o.counted_value,
+                })
+                .collect(),
+            paid: p
+                .paid
+                .into_iter()
+                .map(|o| (o.at_ms, o.amount_minor))
+                .collect(),
+            lifetime_value: p.lifetime_value_minor,
+            session: SessionState {
+                id: session.id,
+                page_views: session.page_views,
+                errors: session.errors,
+                checkout: session.checkout,
+                purchased: session.purchased,
+            },
+            support: p.support_at_ms.into(),
+            last_nps: p.last_nps,
+            nps_sum: p.nps_sum,
+            nps_answers: p.nps_answers,
+            detractors: p.detractors,
+            texts: p.texts,
+            negative_texts: p.negative_texts,
+            delivered: p.delivered,
+            late_deliveries: p.late_deliveries,
+            returns: p.returns,
+            last_seen_ms: p.last_seen_ms,
+            applied: p.applied.into(),
+        }
+    }
+
     fn update(&mut self, e: &Event, cx: &xoflow_proto::v1::CxFields, at: i64, cfg: &JoinConfig) {
         self.last_seen_ms = self.last_seen_ms.max(at);
         if cx.sentiment.is_some() {
@@ -418,6 +640,8 @@ impl CustomerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::Links;
+    use xoflow_proto::v1::IdentityResolution;
     use xoflow_proto::v1::{
         CallTranscript, CustomerIdentity, MetricKind, Order, SurveyAnswer, SurveyResponse,
         SurveyTrigger, TranscriptSegment,
@@ -430,6 +654,7 @@ mod tests {
             value_window: Duration::from_secs(90 * 86_400),
             max_orders_per_customer: 8,
             max_customers: 1000,
+            lateness: Duration::from_secs(5),
             departments: [("delivery".to_string(), "logistics".to_string())].into(),
         }
     }
@@ -569,5 +794,34 @@ mod tests {
         assert_eq!(out.resolution, IdentityResolution::Unresolved as i32);
         assert!(out.customer.is_none());
         assert_eq!(j.customers(), 0);
+    }
+
+    #[test]
+    fn state_survives_the_changelog_and_replays_are_not_applied_twice() {
+        let events = crate::scenario::journeys(5, 3, 1_800_000_000_000);
+        let mut links = Links::default();
+        for e in &events {
+            links.learn(e, |_, _| {});
+        }
+        let now = 1_900_000_000_000;
+        let half = events.len() / 2;
+        let mut a = Join::new(cfg());
+        for e in &events[..half] {
+            a.enrich(e.clone(), links.resolve(e), now);
+        }
+        // A new owner restores the changelog, then re-reads the last few
+        // events the old owner applied but did not commit.
+        let mut b = Join::new(cfg());
+        for (id, state) in a.take_changes() {
+            b.restore(id, state);
+        }
+        for e in &events[half - 3..half] {
+            b.enrich(e.clone(), links.resolve(e), now);
+        }
+        for e in &events[half..] {
+            let want = a.enrich(e.clone(), links.resolve(e), now);
+            let got = b.enrich(e.clone(), links.resolve(e), now);
+            assert_eq!(got, want, "{}", e.event_id);
+        }
     }
 }

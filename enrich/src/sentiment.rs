@@ -409,7 +409,8 @@ const TOPICS: &[(&str, &[&str], &[&str])] = &[
         &[
             "app", "website", "crashing", "crash", "error", "checkout", "login",
         ],
-        &["APP", "app", "闪退", "网站", "报错", "下单", "付款"],
+        // Latin words are matched as words (above), never inside others.
+        &["闪退", "网站", "报错", "下单", "付款"],
     ),
     (
         "food",
@@ -440,6 +441,7 @@ pub fn topics(text: &str) -> Vec<String> {
         .filter(|(_, en, zh)| {
             en.iter().any(|k| words.contains(k)) || zh.iter().any(|k| text.contains(k))
         })
+        // "APP" in Chinese text is found by the word split: it is ASCII.
         .map(|(t, _, _)| (*t).to_string())
         .collect()
 }
@@ -470,6 +472,8 @@ mod tests {
         );
         assert_eq!(topics("快递太慢，服务员态度差"), vec!["delivery", "staff"]);
         assert!(topics("nothing to see").is_empty());
+        assert!(topics("disappointed").is_empty(), "no topic inside a word");
+        assert_eq!(topics("APP总是闪退"), vec!["app"]);
     }
 
     /// A labelled set written for this test: realistic customer phrases,
