@@ -39,6 +39,7 @@ fn bench(c: &mut Criterion) {
         max_orders_per_customer: 16,
         max_customers: 2_000_000,
         lateness: Duration::from_secs(2),
+        max_hold: Duration::from_secs(2),
         departments: [("delivery".to_string(), "logistics".to_string())].into(),
     };
     let mut group = c.benchmark_group("enrich_join");

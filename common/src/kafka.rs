@@ -138,6 +138,31 @@ impl KafkaConfig {
         self.with_options(c).create()
     }
 
+    /// [`KafkaConfig::consumer`] as a static member (`group.instance.id`):
+    /// an instance restarted under the same id takes back its partitions
+    /// at once, without waiting for the group to notice the old one died.
+    pub fn static_consumer<C: ConsumerContext + 'static>(
+        &self,
+        group: &str,
+        instance: Option<&str>,
+        context: C,
+    ) -> Result<StreamConsumer<C>, KafkaError> {
+        let Some(instance) = instance else {
+            return self.consumer(group, context);
+        };
+        let mut c = self.base();
+        c.set("group.id", group)
+            .set("group.instance.id", instance)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("fetch.wait.max.ms", "50")
+            .set("partition.assignment.strategy", "range");
+        self.with_options(c).create_with_context(context)
+    }
+
     /// Creates the named topics if they do not exist yet.
     pub async fn ensure_topics(&self, names: &[&str]) -> Result<(), KafkaError> {
         let admin: AdminClient<DefaultClientContext> = self.with_options(self.base()).create()?;

@@ -13,6 +13,11 @@ pub struct EnrichConfig {
     /// Consumer group shared by every enrich instance; partitions are split
     /// among its members.
     pub group_id: String,
+    /// This instance's stable name in the group (`group.instance.id`), e.g.
+    /// the pod name of a StatefulSet: restarted under the same name, it
+    /// takes back its partitions (and restores their state) at once.
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// Most records per batch: one produce round trip and one commit each.
     pub batch_max_records: usize,
     /// How long a batch may wait to fill once its first record arrived.

@@ -9,7 +9,7 @@
 //!
 //! Lateness rule: events are held in a buffer ordered by event time and
 //! applied in that order once the partition's watermark (the latest event
-//! time seen) is `lateness` past them, or once they have waited `lateness`
+//! time seen) is `lateness` past them, or once they have waited `max_hold`
 //! in wall-clock time. A survey that arrives before its order, within the
 //! bound, therefore meets the order; any interleaving of the same events
 //! within the bound gives the same outputs. An event later than the bound
@@ -60,10 +60,14 @@ pub struct JoinConfig {
     /// Most customers kept; beyond it, customers idle longer than the value
     /// window are dropped.
     pub max_customers: usize,
-    /// How long an event waits for events that belong before it (event
-    /// time, and at most as long in wall-clock time).
+    /// How far behind the latest event time seen an event may arrive and
+    /// still be applied in event-time order.
     #[serde(with = "humantime_serde")]
     pub lateness: Duration,
+    /// The longest an event waits in wall-clock time for that, whatever the
+    /// event times say (so a quiet partition still emits).
+    #[serde(with = "humantime_serde")]
+    pub max_hold: Duration,
     /// Department owning each journey stage, for alert routing.
     #[serde(default)]
     pub departments: HashMap<String, String>,
@@ -193,13 +197,14 @@ impl Join {
     }
 
     /// Applies and emits, in event-time order, the held events that are
-    /// due: `lateness` behind the watermark, or held `lateness` long.
+    /// due: `lateness` behind the watermark, or held `max_hold` long.
     pub fn release(&mut self, now_ms: i64, out: &mut Vec<Released>) {
         let bound = self.cfg.lateness.as_millis() as i64;
+        let hold = self.cfg.max_hold.as_millis() as i64;
         while let Some(entry) = self.held.first_entry() {
             let (at, _) = *entry.key();
             let due = at <= self.watermark.saturating_sub(bound)
-                || entry.get().arrived_ms <= now_ms - bound;
+                || entry.get().arrived_ms <= now_ms - hold;
             if !due {
                 break;
             }
@@ -655,6 +660,7 @@ mod tests {
             max_orders_per_customer: 8,
             max_customers: 1000,
             lateness: Duration::from_secs(5),
+            max_hold: Duration::from_secs(5),
             departments: [("delivery".to_string(), "logistics".to_string())].into(),
         }
     }
@@ -798,7 +804,7 @@ mod tests {
 
     #[test]
     fn state_survives_the_changelog_and_replays_are_not_applied_twice() {
-        let events = crate::scenario::journeys(5, 3, 1_800_000_000_000);
+        let events = crate::scenario::journeys(5, 0..3, 1_800_000_000_000);
         let mut links = Links::default();
         for e in &events {
             links.learn(e, |_, _| {});

@@ -49,12 +49,23 @@ fn event(id: String, at: i64, who: CustomerIdentity, stage: &str, payload: Paylo
     }
 }
 
-/// `customers` customers' journeys starting at `start_ms`, sorted by event
-/// time (ties by id). Same seed, same events.
-pub fn journeys(seed: u64, customers: usize, start_ms: i64) -> Vec<Event> {
+/// The journeys of customers `c<n>` for n in `customers`, starting at
+/// `start_ms`, sorted by event time (ties by id). Same seed, same events.
+pub fn journeys(seed: u64, customers: std::ops::Range<usize>, start_ms: i64) -> Vec<Event> {
+    journeys_tagged(seed, customers, start_ms, "")
+}
+
+/// [`journeys`] whose event, order, session and call ids start with `tag`,
+/// so that the same customers can have several journeys.
+pub fn journeys_tagged(
+    seed: u64,
+    customers: std::ops::Range<usize>,
+    start_ms: i64,
+    tag: &str,
+) -> Vec<Event> {
     let mut rng = Rng(seed);
     let mut out = Vec::new();
-    for c in 0..customers {
+    for c in customers {
         let cid = format!("c{c}");
         let email = format!("eh-{c}");
         let known = CustomerIdentity {
@@ -67,7 +78,7 @@ pub fn journeys(seed: u64, customers: usize, start_ms: i64) -> Vec<Event> {
             ..Default::default()
         };
         let mut t = start_ms + rng.below(20) as i64 * MIN;
-        let id = |n: &str| format!("{cid}-{n}");
+        let id = |n: &str| format!("{tag}{cid}-{n}");
         let session = id("s");
         for (n, action) in [
             ClickAction::View,

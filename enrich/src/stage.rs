@@ -94,6 +94,8 @@ impl EnrichError {
 const PRODUCE_ATTEMPTS: u32 = 5;
 /// How long reading a topic back may wait for each fetch.
 const READ_BACK_POLL: Duration = Duration::from_secs(10);
+/// How long a read-back waits for more once past the high watermark.
+const READ_BACK_QUIET: Duration = Duration::from_millis(300);
 /// Key prefix of events no customer was found for.
 const UNRESOLVED: u8 = 0;
 
@@ -155,14 +157,23 @@ pub async fn run(
     })?;
     tracing::info!(links = links.len(), "link table read");
 
+    let resolve_instance = cfg.instance_id.as_ref().map(|i| format!("{i}.resolve"));
     let resolve_consumer: StreamConsumer = kafka
-        .consumer(&format!("{}.resolve", cfg.group_id), Default::default())
+        .static_consumer(
+            &format!("{}.resolve", cfg.group_id),
+            resolve_instance.as_deref(),
+            Default::default(),
+        )
         .map_err(EnrichError::Setup)?;
     resolve_consumer
         .subscribe(&[&t.events, &t.backfill])
         .map_err(EnrichError::Setup)?;
     let join_consumer: StreamConsumer<JoinContext> = kafka
-        .consumer(&cfg.group_id, JoinContext::default())
+        .static_consumer(
+            &cfg.group_id,
+            cfg.instance_id.as_deref(),
+            JoinContext::default(),
+        )
         .map_err(EnrichError::Setup)?;
     join_consumer
         .subscribe(&[&internal.repartition])
@@ -247,11 +258,19 @@ async fn read_back<T: Send + 'static>(
         }
         consumer.assign(&tpl).map_err(&err)?;
         let mut out = Vec::new();
-        while !remaining.is_empty() {
-            let Some(m) = consumer.poll(READ_BACK_POLL) else {
-                // Nothing more to read although the watermark said so: a
-                // broker whose watermarks run ahead. What was read stands.
-                tracing::warn!(topic, "read-back ended before the high watermark");
+        loop {
+            // The watermark is a lower bound only (Tansu 0.6 reports it
+            // behind what it acknowledged): past it, read on until the
+            // partitions stay quiet for a moment.
+            let wait = if remaining.is_empty() {
+                READ_BACK_QUIET
+            } else {
+                READ_BACK_POLL
+            };
+            let Some(m) = consumer.poll(wait) else {
+                if !remaining.is_empty() {
+                    tracing::warn!(topic, "read-back ended before the high watermark");
+                }
                 break;
             };
             let m = m.map_err(&err)?;
@@ -537,7 +556,7 @@ struct Joiner<'a> {
 
 impl Joiner<'_> {
     async fn run(mut self, stop: &CancellationToken) -> Result<(), EnrichError> {
-        let tick = self.cfg.join.lateness.max(Duration::from_millis(50));
+        let tick = (self.cfg.join.max_hold / 4).max(Duration::from_millis(50));
         loop {
             let holding = self.joins.values().any(|j| j.held() > 0);
             let batch = tokio::select! {
@@ -702,6 +721,7 @@ impl Joiner<'_> {
                 Assignment::Revoked(p) => {
                     // Held events were not committed: the next owner reads
                     // them again.
+                    tracing::info!(partition = p, "join partition revoked");
                     self.joins.remove(&p);
                 }
                 Assignment::Assigned(p) => {

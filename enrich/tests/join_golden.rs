@@ -21,7 +21,7 @@ const GOLDEN: &str = concat!(
 
 #[test]
 fn the_fixed_scenario_enriches_as_recorded() {
-    let events = scenario::journeys(7, 4, join_support::START);
+    let events = scenario::journeys(7, 0..4, join_support::START);
     let outputs = join_support::run(&events, Duration::from_secs(120));
     assert_eq!(outputs.len(), events.len(), "one output per input");
     let mut text = String::new();

@@ -25,6 +25,7 @@ pub fn config(lateness: Duration) -> JoinConfig {
         max_orders_per_customer: 8,
         max_customers: 100_000,
         lateness,
+        max_hold: lateness,
         departments: [
             ("delivery".to_string(), "logistics".to_string()),
             ("checkout".to_string(), "e-commerce".to_string()),

@@ -1,0 +1,242 @@
+//! Two enrich instances share the work; one is SIGKILLed mid-stream and
+//! comes back under its instance name (static membership), takes back its
+//! partitions, restores their join state from the changelog and continues.
+//! (On Kafka the survivor would take them after `session.timeout.ms`; Tansu
+//! 0.6, the local broker, never reassigns a SIGKILLed member's partitions
+//! to another member, so the test restarts the instance instead.) The enriched output (first copy of each event,
+//! which is what the sink keeps) equals a single-instance run on the same
+//! input. Real broker, `xoflow enrich` processes.
+//!
+//! The input comes in two waves; the second has new journeys of the first
+//! wave's customers (whose state moves with their partitions) and new
+//! customers. The lateness rule
+//! is set wide in event time (`lateness = 30days`) so that each wave is
+//! applied in event-time order once held `max_hold` (3 s) — the order does
+//! not then depend on how the broker interleaves partitions, and the two
+//! runs are comparable event by event.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use rand::Rng;
+use rdkafka::{
+    consumer::{Consumer, StreamConsumer},
+    message::Message as _,
+};
+use tokio::process::{Child, Command};
+use xoflow_common::kafka::Outgoing;
+use xoflow_enrich::scenario;
+use xoflow_proto::{
+    Message,
+    v1::{EnrichedEvent, Event},
+};
+
+const START: i64 = 1_800_000_000_000;
+
+struct Topics {
+    events: String,
+    enriched: String,
+    dead_letters: String,
+    group: String,
+}
+
+impl Topics {
+    fn new(tag: &str) -> Self {
+        let id = common::unique();
+        Topics {
+            events: format!("t-{id}-{tag}.events"),
+            enriched: format!("t-{id}-{tag}.enriched"),
+            dead_letters: format!("t-{id}-{tag}.dead-letters"),
+            group: format!("g-{id}-{tag}-enrich"),
+        }
+    }
+}
+
+fn spawn_enrich(kafka: &str, t: &Topics, instance: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_xoflow"))
+        .arg("enrich")
+        .env("XOFLOW_ENRICH__INSTANCE_ID", instance)
+        .env("XOFLOW_KAFKA__BROKERS", kafka)
+        .env("XOFLOW_KAFKA__PARTITIONS", "4")
+        .env("XOFLOW_KAFKA__TOPICS__EVENTS", &t.events)
+        .env(
+            "XOFLOW_KAFKA__TOPICS__BACKFILL",
+            format!("{}.backfill", t.events),
+        )
+        .env("XOFLOW_KAFKA__TOPICS__ENRICHED", &t.enriched)
+        .env("XOFLOW_KAFKA__TOPICS__DEAD_LETTERS", &t.dead_letters)
+        .env("XOFLOW_ENRICH__GROUP_ID", &t.group)
+        .env("XOFLOW_ENRICH__BATCH_MAX_WAIT", "20ms")
+        .env("XOFLOW_ENRICH__JOIN__LATENESS", "30days")
+        .env("XOFLOW_ENRICH__JOIN__MAX_HOLD", "3s")
+        .env("XOFLOW_ADMIN__ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn xoflow enrich")
+}
+
+/// Keyed by the strongest key the event carries, as ingest keys them.
+async fn produce(cfg: &xoflow::Config, topic: &str, events: &[Event]) {
+    let encoded: Vec<(String, Vec<u8>)> = events
+        .iter()
+        .map(|e| {
+            let c = e.customer.clone().unwrap_or_default();
+            let key = [c.customer_id, c.email_hash, c.social_handle_hash]
+                .into_iter()
+                .find(|k| !k.is_empty())
+                .unwrap_or_default();
+            (key, e.encode_to_vec())
+        })
+        .collect();
+    let records: Vec<Outgoing<'_>> = encoded
+        .iter()
+        .map(|(k, b)| Outgoing {
+            key: k.as_bytes(),
+            payload: b,
+            headers: None,
+        })
+        .collect();
+    cfg.kafka
+        .batch_producer()
+        .expect("producer")
+        .send_all(topic, &records)
+        .await
+        .expect("produce");
+}
+
+/// Reads `topic` from the start, keeping the first copy of each event
+/// (without its wall-clock `enriched_at`), until `want` ids are seen.
+struct Reader {
+    consumer: StreamConsumer,
+    first: BTreeMap<String, EnrichedEvent>,
+    copies: usize,
+}
+
+impl Reader {
+    fn new(cfg: &xoflow::Config, topic: &str) -> Self {
+        let consumer: StreamConsumer = cfg
+            .kafka
+            .consumer(
+                &format!("g-{}-reader", common::unique()),
+                Default::default(),
+            )
+            .expect("consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        Reader {
+            consumer,
+            first: BTreeMap::new(),
+            copies: 0,
+        }
+    }
+
+    async fn until(&mut self, want: &BTreeSet<String>, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        while !want.iter().all(|id| self.first.contains_key(id)) {
+            let left = until.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out: {} of {} events enriched",
+                want.iter()
+                    .filter(|id| self.first.contains_key(*id))
+                    .count(),
+                want.len()
+            );
+            let Ok(m) = tokio::time::timeout(left, self.consumer.recv()).await else {
+                continue;
+            };
+            let m = m.expect("read enriched");
+            let mut e = EnrichedEvent::decode(m.payload().unwrap_or_default()).expect("decode");
+            e.enriched_at = None;
+            let id = e
+                .event
+                .as_ref()
+                .map(|e| e.event_id.clone())
+                .unwrap_or_default();
+            self.copies += 1;
+            self.first.entry(id).or_insert(e);
+        }
+    }
+}
+
+fn ids(events: &[Event]) -> BTreeSet<String> {
+    events.iter().map(|e| e.event_id.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_s_partitions_continue_elsewhere_with_the_same_output() {
+    let (cfg, _) = common::config("");
+    let kafka = cfg.kafka.brokers.clone();
+    let wave1 = scenario::journeys(11, 0..150, START);
+    // Wave 2: the same customers again (their state from wave 1 must be
+    // restored where a partition moved) and new ones.
+    let wave2 = scenario::journeys_tagged(12, 0..300, START + 3_600_000, "w2-");
+    let (all1, all2) = (ids(&wave1), ids(&wave2));
+    let mut all = all1.clone();
+    all.extend(all2.iter().cloned());
+
+    // The reference: one instance.
+    let single = Topics::new("single");
+    cfg.kafka
+        .ensure_topics(&[&single.events])
+        .await
+        .expect("topics");
+    let mut only = spawn_enrich(&kafka, &single, "only");
+    produce(&cfg, &single.events, &wave1).await;
+    let mut reference = Reader::new(&cfg, &single.enriched);
+    reference.until(&all1, Duration::from_secs(120)).await;
+    produce(&cfg, &single.events, &wave2).await;
+    reference.until(&all, Duration::from_secs(120)).await;
+    only.start_kill().expect("stop");
+
+    // Two instances; one killed while the second wave is in flight.
+    let pair = Topics::new("pair");
+    cfg.kafka
+        .ensure_topics(&[&pair.events])
+        .await
+        .expect("topics");
+    let mut a = spawn_enrich(&kafka, &pair, "a");
+    let mut b = spawn_enrich(&kafka, &pair, "b");
+    produce(&cfg, &pair.events, &wave1).await;
+    let mut out = Reader::new(&cfg, &pair.enriched);
+    out.until(&all1, Duration::from_secs(120)).await;
+    produce(&cfg, &pair.events, &wave2).await;
+    let delay = rand::rng().random_range(500..2_500);
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    a.start_kill().expect("SIGKILL");
+    a.wait().await.expect("reaped");
+    // The survivor goes on with its own partitions; the killed instance
+    // comes back under its name, takes back its partitions and restores
+    // their state from the changelog.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut a = spawn_enrich(&kafka, &pair, "a");
+    out.until(&all, Duration::from_secs(180)).await;
+    assert_eq!(out.first.len(), reference.first.len());
+    let mut differing = Vec::new();
+    for (id, want) in &reference.first {
+        if out.first.get(id) != Some(want) {
+            differing.push(id.clone());
+        }
+    }
+    assert!(
+        differing.is_empty(),
+        "{} of {} events enriched differently after the kill (killed {delay} ms into wave 2), e.g. {:?}",
+        differing.len(),
+        all.len(),
+        &differing[..differing.len().min(5)]
+    );
+    eprintln!(
+        "{} events, killed {delay} ms into wave 2; {} copies read in the two-instance run",
+        all.len(),
+        out.copies
+    );
+    let _ = a.start_kill();
+    let _ = b.start_kill();
+}
