@@ -1,16 +1,18 @@
-//! Enrichment: reads accepted events, attaches what xoflow knows about the
-//! customer and the moment, derives the CX fields, and writes
-//! `EnrichedEvent`s for the sink.
+//! Enrichment: reads accepted events, resolves whom each belongs to, joins
+//! experience events with what the customer did, derives the CX fields, and
+//! writes `EnrichedEvent`s for the sink.
 //!
 //! ```text
-//! events topic ──► recv_batch ──► decode ──► join::Join ──► enriched topic
-//!                                   │ undecodable                  │ acked
-//!                                   └──► dead-letter topic         └──► commit offsets
+//! events ──► stage (resolve) ──► repartition ──► stage (join: join::Join per partition) ──► enriched
+//!              │ identity::Links ◄── links topic         │ state ◄──► changelog topic
 //! ```
 //!
-//! Offsets are committed only after every output of a batch is acknowledged
-//! (at-least-once); outputs carry the input's `event_id`, which the sink's
-//! idempotent writes turn into an exactly-once effect.
+//! [`join`] and [`identity`] are pure operators (no I/O); [`stage`] owns the
+//! Kafka loops, the global link table, partition-local state and its
+//! changelog. Offsets are committed only after every output of a batch is
+//! acknowledged (at-least-once); outputs carry the input's `event_id`, which
+//! the sink's idempotent writes turn into an exactly-once effect. Design and
+//! guarantees: `docs/enrich.md`.
 
 pub mod config;
 pub mod derive;
