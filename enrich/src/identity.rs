@@ -29,7 +29,7 @@ impl Resolved {
 /// Hashed weak identifier → customer id.
 #[derive(Debug, Default)]
 pub struct Links {
-    map: HashMap<String, String>,
+    map: HashMap<String, String, foldhash::fast::RandomState>,
 }
 
 impl Links {
