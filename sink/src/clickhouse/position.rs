@@ -18,10 +18,7 @@
 //! partition's new owner reads the position only after the old owner's last
 //! insert finished.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Mutex,
-};
+use std::{collections::HashSet, sync::Mutex};
 
 use clickhouse::{Client, Row};
 use rdkafka::{
@@ -42,12 +39,15 @@ pub struct PartitionState {
     /// rows written since): the reconciliation figure.
     pub rows: u64,
     /// Event ids written from this partition within the dedup window.
-    pub recent: HashSet<String>,
+    pub recent: HashSet<String, foldhash::fast::RandomState>,
     /// Whether a record at or before `stored + 1` has been read since the
     /// position was loaded, i.e. nothing between can have been skipped.
     pub contiguous: bool,
     /// How far back the last rewind went (0: none yet).
     pub rewound: i64,
+    /// Records of the batch being filled: (highest offset seen, skipped
+    /// records included; rows taken for writing).
+    pub pending: Option<(i64, u64)>,
 }
 
 /// How far back the sink first rewinds when the broker answered from past
@@ -209,7 +209,7 @@ pub async fn load(
 ) -> Result<PartitionState, SinkError> {
     wait_for_running_inserts(client).await?;
     let range = stored(client, input, topic, partition).await?;
-    let mut recent = HashSet::new();
+    let mut recent = HashSet::default();
     if range.max_offset >= 0 && input == Input::Enriched {
         let mut q = client.query(&format!(
             "SELECT event_id FROM {} WHERE kafka_offset > ?",
@@ -265,8 +265,46 @@ async fn wait_for_running_inserts(client: &Client) -> Result<(), SinkError> {
     }
 }
 
-/// Per-partition state, keyed by (topic, partition).
-pub type Positions = HashMap<(String, i32), PartitionState>;
+/// The state of every partition this sink owns. A short list searched in
+/// place: a sink owns few partitions, and the per-record lookup must not
+/// allocate a key.
+#[derive(Debug, Default)]
+pub struct Positions {
+    parts: Vec<(String, i32, PartitionState)>,
+}
+
+impl Positions {
+    pub fn get_mut(&mut self, topic: &str, partition: i32) -> Option<&mut PartitionState> {
+        self.parts
+            .iter_mut()
+            .find(|(t, p, _)| *p == partition && t == topic)
+            .map(|(_, _, s)| s)
+    }
+
+    pub fn contains(&self, topic: &str, partition: i32) -> bool {
+        self.parts
+            .iter()
+            .any(|(t, p, _)| *p == partition && t == topic)
+    }
+
+    pub fn insert(&mut self, topic: &str, partition: i32, state: PartitionState) {
+        self.remove(topic, partition);
+        self.parts.push((topic.to_owned(), partition, state));
+    }
+
+    pub fn remove(&mut self, topic: &str, partition: i32) {
+        self.parts
+            .retain(|(t, p, _)| !(*p == partition && t == topic));
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&PartitionState) -> bool) {
+        self.parts.retain(|(_, _, s)| keep(s));
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, i32, &mut PartitionState)> {
+        self.parts.iter_mut().map(|(t, p, s)| (t.as_str(), *p, s))
+    }
+}
 
 #[cfg(test)]
 mod tests {

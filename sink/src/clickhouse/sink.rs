@@ -9,7 +9,7 @@
 //! checking whether the failed attempt did in fact land — and, if it keeps
 //! failing, stops the sink without committing, so nothing is skipped.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use clickhouse::{Client, Row};
 use rdkafka::{
@@ -43,9 +43,6 @@ struct Batch {
     dead_letters: Vec<DeadLetterRow>,
     /// Encoded bytes taken in, for the memory bound.
     bytes: usize,
-    /// Per (topic, partition): highest offset seen (skipped records
-    /// included) and rows taken for writing.
-    offsets: BTreeMap<(String, i32), (i64, u64)>,
     records: usize,
     skipped_stored: u64,
     skipped_duplicates: u64,
@@ -59,7 +56,6 @@ impl Batch {
             .retain(|r| !(r.kafka_topic == topic && r.kafka_partition == partition));
         self.dead_letters
             .retain(|r| !(r.kafka_topic == topic && r.kafka_partition == partition));
-        self.offsets.remove(&(topic.to_string(), partition));
     }
 }
 
@@ -104,7 +100,7 @@ pub async fn run(
     readiness.set(true);
     tracing::info!(group = %cfg.group_id, database = %ch.database, "sink started");
 
-    let mut positions = Positions::new();
+    let mut positions = Positions::default();
     let mut batch = Batch::default();
     loop {
         let deadline = batch.started.map(|s| s + cfg.batch_max_wait);
@@ -117,13 +113,12 @@ pub async fn run(
         // Revocations arrive inside recv(): handle them before the record
         // it returned, which may already come from a new assignment.
         for (topic, partition) in consumer.context().take_revoked() {
-            positions.remove(&(topic.clone(), partition));
+            positions.remove(&topic, partition);
             batch.drop_partition(&topic, partition);
         }
         match msg {
             Some(Ok(m)) => {
-                let key = (m.topic().to_string(), m.partition());
-                if !positions.contains_key(&key) {
+                if !positions.contains(m.topic(), m.partition()) {
                     let input = if m.topic() == topics.dead_letters {
                         Input::DeadLetters
                     } else {
@@ -139,9 +134,9 @@ pub async fn run(
                         recent_ids = state.recent.len(),
                         "partition position read from ClickHouse"
                     );
-                    positions.insert(key.clone(), state);
+                    positions.insert(m.topic(), m.partition(), state);
                 }
-                let Some(state) = positions.get_mut(&key) else {
+                let Some(state) = positions.get_mut(m.topic(), m.partition()) else {
                     continue;
                 };
                 match state.resume(m.offset()) {
@@ -172,7 +167,7 @@ pub async fn run(
                     }
                 }
                 batch.started.get_or_insert_with(Instant::now);
-                let (max_offset, rows) = batch.offsets.entry(key).or_insert((m.offset(), 0));
+                let (max_offset, rows) = state.pending.get_or_insert((m.offset(), 0));
                 *max_offset = (*max_offset).max(m.offset());
                 batch.records += 1;
                 if m.offset() <= state.stored {
@@ -226,6 +221,7 @@ pub async fn run(
     // Draining: write what is buffered and commit it before returning.
     readiness.set(false);
     for (topic, partition) in consumer.context().take_revoked() {
+        positions.remove(&topic, partition);
         batch.drop_partition(&topic, partition);
     }
     flush(&client, &consumer, cfg, &mut batch, &mut positions).await?;
@@ -289,26 +285,27 @@ async fn flush(
     // repeat) dead letters, never skips events.
     insert_with_retry(client, "dead_letters", &batch.dead_letters, cfg).await?;
     let refused = insert_events(client, &batch.events, cfg).await?;
-    let mut tpl = TopicPartitionList::with_capacity(batch.offsets.len());
-    for ((topic, partition), (offset, rows)) in &batch.offsets {
-        tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, state) in positions.iter_mut() {
+        let Some((offset, rows)) = state.pending.take() else {
+            continue;
+        };
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1))
             .map_err(SinkError::Kafka)?;
-        if let Some(state) = positions.get_mut(&(topic.clone(), *partition)) {
-            state.stored = state.stored.max(*offset);
-            state.rows += rows;
-            telemetry::PartitionPosition {
-                topic,
-                partition: *partition,
-                next_offset: offset + 1,
-                rows_stored: state.rows,
-            }
-            .emit();
+        state.stored = state.stored.max(offset);
+        state.rows += rows;
+        telemetry::PartitionPosition {
+            topic,
+            partition,
+            next_offset: offset + 1,
+            rows_stored: state.rows,
         }
+        .emit();
     }
     // Bound the dedup memory: a partition whose id set outgrew the window
     // is reloaded (with just the window) when its next record arrives.
     let window = usize::try_from(cfg.dedup_window).unwrap_or(usize::MAX);
-    positions.retain(|_, s| s.recent.len() <= window.saturating_mul(2));
+    positions.retain(|s| s.recent.len() <= window.saturating_mul(2));
     if !tpl.elements().is_empty()
         && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
     {
