@@ -165,14 +165,33 @@ impl KafkaConfig {
 
     /// Creates the named topics if they do not exist yet.
     pub async fn ensure_topics(&self, names: &[&str]) -> Result<(), KafkaError> {
+        self.create_topics(names, &[]).await
+    }
+
+    /// Creates the named topics, compacted (the latest record per key is
+    /// kept), if they do not exist yet: for tables kept as topics, such as
+    /// changelogs.
+    pub async fn ensure_compacted_topics(&self, names: &[&str]) -> Result<(), KafkaError> {
+        self.create_topics(names, &[("cleanup.policy", "compact")])
+            .await
+    }
+
+    async fn create_topics(
+        &self,
+        names: &[&str],
+        configs: &[(&str, &str)],
+    ) -> Result<(), KafkaError> {
         let admin: AdminClient<DefaultClientContext> = self.with_options(self.base()).create()?;
         let topics: Vec<NewTopic<'_>> = names
             .iter()
             .map(|n| {
-                NewTopic::new(
-                    n,
-                    self.partitions,
-                    TopicReplication::Fixed(self.replication_factor),
+                configs.iter().fold(
+                    NewTopic::new(
+                        n,
+                        self.partitions,
+                        TopicReplication::Fixed(self.replication_factor),
+                    ),
+                    |t, (k, v)| t.set(k, v),
                 )
             })
             .collect();

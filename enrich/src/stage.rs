@@ -132,10 +132,12 @@ pub async fn run(
             &t.backfill,
             &t.enriched,
             &t.dead_letters,
-            &internal.links,
             &internal.repartition,
-            &internal.changelog,
         ])
+        .await
+        .map_err(EnrichError::Setup)?;
+    kafka
+        .ensure_compacted_topics(&[&internal.links, &internal.changelog])
         .await
         .map_err(EnrichError::Setup)?;
     let producer = kafka.batch_producer().map_err(EnrichError::Setup)?;
