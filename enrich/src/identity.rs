@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use xoflow_proto::v1::{Event, IdentityResolution};
+use xoflow_proto::v1::{CustomerIdentity, Event, IdentityResolution};
 
 /// The customer an event was resolved to, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,8 +48,17 @@ impl Links {
 
     /// Learns the links `e` teaches; calls `new_link` for each link that is
     /// new or changed (to be published).
-    pub fn learn(&mut self, e: &Event, mut new_link: impl FnMut(&str, &str)) {
-        let Some(c) = &e.customer else { return };
+    pub fn learn(&mut self, e: &Event, new_link: impl FnMut(&str, &str)) {
+        self.learn_from(e.customer.as_ref(), new_link);
+    }
+
+    /// [`Links::learn`] from an event's identity alone.
+    pub fn learn_from(
+        &mut self,
+        customer: Option<&CustomerIdentity>,
+        mut new_link: impl FnMut(&str, &str),
+    ) {
+        let Some(c) = customer else { return };
         if c.customer_id.is_empty() {
             return;
         }
@@ -69,7 +78,12 @@ impl Links {
     /// The customer of `e`: its own id, else the first weak identifier
     /// linked to one.
     pub fn resolve(&self, e: &Event) -> Resolved {
-        let Some(c) = &e.customer else {
+        self.resolve_from(e.customer.as_ref())
+    }
+
+    /// [`Links::resolve`] from an event's identity alone.
+    pub fn resolve_from(&self, customer: Option<&CustomerIdentity>) -> Resolved {
+        let Some(c) = customer else {
             return Resolved::unresolved();
         };
         if !c.customer_id.is_empty() {

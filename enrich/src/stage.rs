@@ -49,7 +49,7 @@ use xoflow_common::{
 };
 use xoflow_proto::{
     Message as _,
-    v1::{DeadLetter, Event, IdentityResolution, JoinCustomerState},
+    v1::{DeadLetter, Event, EventIdentityView, IdentityResolution, JoinCustomerState},
 };
 
 use crate::{
@@ -409,7 +409,8 @@ impl Resolver<'_> {
             let mut dead = Vec::new();
             let mut events = Vec::with_capacity(batch.len());
             for m in &batch {
-                match Event::decode(m.payload().unwrap_or_default()) {
+                // Only the identity is needed here; the join decodes the rest.
+                match EventIdentityView::decode(m.payload().unwrap_or_default()) {
                     Ok(e) => events.push((m, e)),
                     Err(err) => dead.push(decode_failure(m, &err, now).encode_to_vec()),
                 }
@@ -419,20 +420,23 @@ impl Resolver<'_> {
             // partitions.
             let mut new_links: Vec<(String, String)> = Vec::new();
             for (_, e) in &events {
-                self.links
-                    .learn(e, |h, c| new_links.push((h.to_owned(), c.to_owned())));
+                self.links.learn_from(e.customer.as_ref(), |h, c| {
+                    new_links.push((h.to_owned(), c.to_owned()));
+                });
             }
             let keys: Vec<Vec<u8>> = events
                 .iter()
-                .map(|(_, e)| match self.links.resolve(e).customer_id {
-                    Some(c) => c.into_bytes(),
-                    None => {
-                        let mut k = Vec::with_capacity(e.event_id.len() + 1);
-                        k.push(UNRESOLVED);
-                        k.extend_from_slice(e.event_id.as_bytes());
-                        k
-                    }
-                })
+                .map(
+                    |(_, e)| match self.links.resolve_from(e.customer.as_ref()).customer_id {
+                        Some(c) => c.into_bytes(),
+                        None => {
+                            let mut k = Vec::with_capacity(e.event_id.len() + 1);
+                            k.push(UNRESOLVED);
+                            k.extend_from_slice(e.event_id.as_bytes());
+                            k
+                        }
+                    },
+                )
                 .collect();
             let forward: Vec<Outgoing<'_>> = events
                 .iter()
