@@ -50,6 +50,19 @@ struct Batch {
 }
 
 impl Batch {
+    /// Empties the batch for the next one, keeping the vectors' memory: a
+    /// fresh 50k-row vector per flush cost more in page faults (the kernel
+    /// zeroing new pages) than the inserts themselves.
+    fn reset(&mut self) {
+        self.events.clear();
+        self.dead_letters.clear();
+        self.bytes = 0;
+        self.records = 0;
+        self.skipped_stored = 0;
+        self.skipped_duplicates = 0;
+        self.started = None;
+    }
+
     /// Forgets everything read from a partition this sink no longer owns.
     fn drop_partition(&mut self, topic: &str, partition: i32) {
         self.events
@@ -276,7 +289,7 @@ async fn flush(
     positions: &mut Positions,
 ) -> Result<(), SinkError> {
     if batch.records == 0 {
-        *batch = Batch::default();
+        batch.reset();
         return Ok(());
     }
     let started = Instant::now();
@@ -322,7 +335,7 @@ async fn flush(
         seconds: started.elapsed().as_secs_f64(),
     }
     .emit();
-    *batch = Batch::default();
+    batch.reset();
     Ok(())
 }
 
