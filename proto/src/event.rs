@@ -95,15 +95,15 @@ impl v1::Event {
 }
 
 /// Milliseconds since the Unix epoch of a protobuf timestamp.
-pub fn to_unix_millis(ts: &prost_types::Timestamp) -> i64 {
+pub fn to_unix_millis(ts: &crate::Timestamp) -> i64 {
     ts.seconds
         .saturating_mul(1000)
         .saturating_add(i64::from(ts.nanos) / 1_000_000)
 }
 
 /// A protobuf timestamp from milliseconds since the Unix epoch.
-pub fn from_unix_millis(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
+pub fn from_unix_millis(ms: i64) -> crate::Timestamp {
+    crate::Timestamp {
         seconds: ms.div_euclid(1000),
         // The remainder is in 0..1000, so the product fits an i32.
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,

@@ -10,6 +10,8 @@ pub mod v1 {
     //! Generated from `proto/xoflow/v1/*.proto`.
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("xoflow.v1");
+    // The proto3 canonical JSON mapping (serde) of every v1 message.
+    include!(concat!(env!("OUT_DIR"), "/xoflow.v1.serde.rs"));
 
     /// Encoded `FileDescriptorSet` of the v1 protos, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -19,5 +21,8 @@ pub mod v1 {
 mod event;
 
 pub use event::{EventKind, from_unix_millis, to_unix_millis};
+/// The protobuf `google.protobuf.Timestamp` used by every v1 message: the
+/// pbjson flavour, identical on the wire to `prost_types::Timestamp`, with
+/// the RFC 3339 JSON form.
+pub use pbjson_types::Timestamp;
 pub use prost::Message;
-pub use prost_types::Timestamp;
