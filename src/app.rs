@@ -62,6 +62,8 @@ pub const DRAIN_BUDGET: Duration = Duration::from_secs(8);
 pub struct Running {
     /// Where the collector listens, when ingest runs.
     pub grpc_addr: Option<SocketAddr>,
+    /// Where the HTTP collector listens, when ingest runs.
+    pub http_addr: Option<SocketAddr>,
     /// Where /metrics and /health/* are served.
     pub admin_addr: SocketAddr,
     pub health: Health,
@@ -139,29 +141,21 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
     }
 
     let mut grpc_addr = None;
+    let mut http_addr = None;
     if stages.ingest {
         let listener = tokio::net::TcpListener::bind(cfg.ingest.grpc_addr)
             .await
             .with_context(|| format!("binding the collector to {}", cfg.ingest.grpc_addr))?;
         grpc_addr = Some(listener.local_addr()?);
-        if cfg.ingest.hash_secret == xoflow_ingest::config::DEV_HASH_SECRET {
-            tracing::warn!(
-                "ingest.hash_secret is the development default; set XOFLOW_INGEST__HASH_SECRET in production"
-            );
-        }
-        let normaliser = xoflow_ingest::validate::Normaliser::new(
-            cfg.ingest.hash_secret.as_bytes(),
-            cfg.ingest.max_future_skew,
-            cfg.ingest.max_age,
-        )
-        .map_err(|_| anyhow::anyhow!("ingest.hash_secret must not be empty"))?;
-        let delivery = xoflow_ingest::Delivery::new(&cfg.kafka, cfg.ingest.max_in_flight_events)?;
-        let service = xoflow_ingest::grpc::CollectorService::new(
-            normaliser,
-            delivery,
-            cfg.ingest.max_batch_events,
-        );
+        let http_listener = tokio::net::TcpListener::bind(cfg.ingest.http_addr)
+            .await
+            .with_context(|| format!("binding the HTTP collector to {}", cfg.ingest.http_addr))?;
+        http_addr = Some(http_listener.local_addr()?);
+        let ingestor = xoflow_ingest::batch::build(&cfg.ingest, &cfg.kafka)
+            .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
+        let service = xoflow_ingest::grpc::CollectorService::new(ingestor.clone());
         let readiness = health.register("ingest");
+        let http_readiness = health.register("ingest-http");
         let stop = token.clone();
         let cfg = cfg.clone();
         spawn_stage(
@@ -172,14 +166,23 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
                     .ensure_topics(&[&t.events, &t.backfill, &t.dead_letters])
                     .await
                     .context("creating ingest topics")?;
-                xoflow_ingest::grpc::serve(
+                let http = xoflow_ingest::http::serve(
+                    http_listener,
+                    ingestor,
+                    cfg.ingest.max_body_bytes,
+                    http_readiness,
+                    stop.clone(),
+                );
+                let grpc = xoflow_ingest::grpc::serve(
                     listener,
                     service,
                     cfg.ingest.max_message_bytes,
                     readiness,
                     stop,
-                )
-                .await?;
+                );
+                let (h, g) = tokio::join!(http, grpc);
+                h.context("HTTP collector")?;
+                g.context("gRPC collector")?;
                 Ok(())
             }),
         );
@@ -210,6 +213,7 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
     }
     Ok(Running {
         grpc_addr,
+        http_addr,
         admin_addr,
         health,
         shutdown,

@@ -45,6 +45,7 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<()> {
     }
     cfg.clickhouse.database = "xoflow_demo".into();
     cfg.ingest.grpc_addr = "127.0.0.1:0".parse()?;
+    cfg.ingest.http_addr = "127.0.0.1:0".parse()?;
     cfg.admin.addr = "127.0.0.1:0".parse()?;
     let ch = cfg.clickhouse.client().with_database("default");
 

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use xoflow_common::kafka::{ErrorClass, KafkaConfig, Outgoing, produce_all};
 use xoflow_proto::{Message, v1::DeadLetter};
 
-use crate::{IngestError, telemetry};
+use crate::{IngestError, batch::EncodedBatch, telemetry};
 
 /// Which topic a batch goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,13 +45,6 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
-/// One accepted event, encoded.
-#[derive(Debug)]
-pub struct Encoded {
-    pub key: String,
-    pub bytes: Vec<u8>,
-}
-
 impl Delivery {
     pub fn new(
         kafka: &KafkaConfig,
@@ -68,7 +61,7 @@ impl Delivery {
     }
 
     /// Produces the batch and returns once Kafka acknowledged every record.
-    pub async fn deliver(&self, batch: &[Encoded], lane: Lane) -> Result<(), IngestError> {
+    pub async fn deliver(&self, batch: &EncodedBatch, lane: Lane) -> Result<(), IngestError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -92,9 +85,9 @@ impl Delivery {
             topic,
             batch
                 .iter()
-                .map(|e| Outgoing {
-                    key: e.key.as_bytes(),
-                    payload: &e.bytes,
+                .map(|(key, payload)| Outgoing {
+                    key,
+                    payload,
                     headers: None,
                 })
                 .collect(),

@@ -56,6 +56,7 @@ enriched = "t-{id}.enriched"
 dead_letters = "t-{id}.dead-letters"
 [ingest]
 grpc_addr = "127.0.0.1:0"
+http_addr = "127.0.0.1:0"
 [enrich]
 group_id = "g-{id}-enrich"
 batch_max_wait = "20ms"
