@@ -53,7 +53,9 @@ pub fn decode(kind: EventKind, bytes: &[u8], origin: Origin<'_>) -> Record {
                 }
                 EventKind::Call => parse::<Transcript>(&mut de).and_then(Transcript::into_event),
                 EventKind::Social => parse::<Post>(&mut de).and_then(Post::into_event),
-                EventKind::Order => parse::<OrderRow>(&mut de).and_then(OrderRow::into_event),
+                EventKind::Order => parse::<Value>(&mut de)
+                    .and_then(order_row)
+                    .and_then(OrderRow::into_event),
                 EventKind::Click => parse::<TrackCall>(&mut de).and_then(TrackCall::into_event),
             }
         }
@@ -70,7 +72,7 @@ pub fn from_value(kind: EventKind, value: Value, origin: Origin<'_>) -> Record {
         }
         EventKind::Call => parse_value::<Transcript>(value).and_then(Transcript::into_event),
         EventKind::Social => parse_value::<Post>(value).and_then(Post::into_event),
-        EventKind::Order => parse_value::<OrderRow>(value).and_then(OrderRow::into_event),
+        EventKind::Order => order_row(value).and_then(OrderRow::into_event),
         EventKind::Click => parse_value::<TrackCall>(value).and_then(TrackCall::into_event),
     };
     from_converted(converted, original, origin)
@@ -114,16 +116,23 @@ fn parse_value<T: DeserializeOwned>(v: Value) -> Result<T, Violation> {
 /// classified from serde's own wording.
 pub fn path_violation(e: serde_path_to_error::Error<serde_json::Error>) -> Violation {
     let path = e.path().to_string();
-    let field = if path == "." || path == "?" {
-        String::new()
-    } else {
-        path
-    };
+    // serde_path_to_error writes `?` for a position it could not name (the
+    // value where the syntax broke): report the enclosing field.
+    let field = path
+        .split('.')
+        .filter(|p| *p != "?" && !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(".");
     let inner = e.into_inner();
     let msg = inner.to_string();
     let reason = if inner.is_syntax() || inner.is_eof() || inner.is_io() {
         Reason::Decode
-    } else if msg.starts_with("unknown variant") || msg.contains("unknown enum") {
+    } else if msg.starts_with("unknown field") {
+        Reason::Invalid
+    } else if msg.starts_with("unknown variant")
+        || msg.contains("unknown enum")
+        || msg.contains("expected one of")
+    {
         Reason::UnknownEnum
     } else if msg.starts_with("missing field") {
         Reason::Missing
@@ -484,13 +493,26 @@ impl Post {
 
 // ----------------------------------------------------------------- order --
 
-/// An order event, or a CDC row (Debezium-style `{"op", "after": row}`
-/// envelopes are unwrapped).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum OrderRow {
-    Envelope { after: Box<OrderFields> },
-    Plain(Box<OrderFields>),
+/// An order event, or a CDC row: a Debezium-style `{"op", "after": row}`
+/// envelope is unwrapped first, and errors then name the row's field as
+/// `after.amount_minor`.
+#[derive(Debug)]
+struct OrderRow(OrderFields);
+
+fn order_row(mut v: Value) -> Result<OrderRow, Violation> {
+    match v.get_mut("after").map(Value::take) {
+        Some(after) => parse_value::<OrderFields>(after)
+            .map(OrderRow)
+            .map_err(|mut e| {
+                e.field = if e.field.is_empty() {
+                    "after".into()
+                } else {
+                    format!("after.{}", e.field)
+                };
+                e
+            }),
+        None => parse_value::<OrderFields>(v).map(OrderRow),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -531,9 +553,7 @@ struct NativeItem {
 
 impl OrderRow {
     fn into_event(self) -> Result<(Event, Vec<String>), Violation> {
-        let o = match self {
-            OrderRow::Envelope { after } | OrderRow::Plain(after) => *after,
-        };
+        let o = self.0;
         let status = OrderStatus::from_str_name(&format!(
             "ORDER_STATUS_{}",
             o.status.trim().to_ascii_uppercase()
