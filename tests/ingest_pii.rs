@@ -89,9 +89,10 @@ async fn planted_pii_never_reaches_kafka_unmasked() {
     let (cfg, id) = common::config("");
     let running = common::start(&cfg, Stages::INGEST).await;
     let now = common::now_ms();
-    let mut client = CollectorClient::connect(format!("http://{}", running.grpc_addr.expect("grpc")))
-        .await
-        .expect("connect");
+    let mut client =
+        CollectorClient::connect(format!("http://{}", running.grpc_addr.expect("grpc")))
+            .await
+            .expect("connect");
     let mut sent = events(&id, now);
     // One refused record carrying PII: its dead letter must be masked too.
     let mut refused = sent[0].clone();
@@ -115,8 +116,19 @@ async fn planted_pii_never_reaches_kafka_unmasked() {
             "author": {"handle": "@planted", "display_name": "Zhang Wei"},
             "text": format!("Zhang Wei says: {t}"),
         });
-        let r = support::http(http, "/v1/sources/social/listening?tenant=acme", &[], Some(body.to_string().as_bytes())).await;
-        assert_eq!(r.json()["accepted"], 1, "{}", String::from_utf8_lossy(&r.body));
+        let r = support::http(
+            http,
+            "/v1/sources/social/listening?tenant=acme",
+            &[],
+            Some(body.to_string().as_bytes()),
+        )
+        .await;
+        assert_eq!(
+            r.json()["accepted"],
+            1,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
     }
 
     let events = support::read_topic(&cfg.kafka.brokers, &cfg.kafka.topics.events, n - 1 + 5).await;
@@ -132,7 +144,10 @@ async fn planted_pii_never_reaches_kafka_unmasked() {
     assert!(masked > 0, "masking placeholders expected");
     let dl = support::dead_letters(&letters);
     assert_eq!(dl[0].field, "occurred_at");
-    assert!(String::from_utf8_lossy(&dl[0].payload).contains("[ID_NUMBER]") || String::from_utf8_lossy(&dl[0].payload).contains("[EMAIL]"));
+    assert!(
+        String::from_utf8_lossy(&dl[0].payload).contains("[ID_NUMBER]")
+            || String::from_utf8_lossy(&dl[0].payload).contains("[EMAIL]")
+    );
 
     running.stop();
     running.wait().await.expect("clean shutdown");

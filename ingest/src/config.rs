@@ -53,9 +53,6 @@ pub struct IngestConfig {
     /// The tenants, by name.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
-    /// TLS for both collector APIs; plaintext when absent.
-    #[serde(default)]
-    pub tls: Option<TlsConfig>,
 }
 
 /// How the collector authenticates callers.
@@ -69,16 +66,6 @@ pub enum AuthMode {
     /// Every request carries `x-api-key` (or `authorization: Bearer ...`)
     /// matching a configured key.
     ApiKey,
-}
-
-/// PEM files for the collector's TLS listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// Certificate chain, PEM.
-    pub cert_path: std::path::PathBuf,
-    /// Private key, PEM.
-    pub key_path: std::path::PathBuf,
 }
 
 /// One tenant: a brand or business unit.
@@ -383,7 +370,6 @@ mod tests {
             hash_secret: Secret::new("0123456789abcdef"),
             auth: AuthMode::None,
             tenants: BTreeMap::new(),
-            tls: None,
         }
     }
 

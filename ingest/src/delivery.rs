@@ -27,7 +27,12 @@ pub enum Lane {
 /// The collectors' Kafka side.
 #[derive(Clone)]
 pub struct Delivery {
-    producer: FutureProducer,
+    /// The producer, replaced after the broker stopped acknowledging: an
+    /// idempotent producer whose records timed out may wait forever for an
+    /// epoch bump that a restarted broker (or one without KIP-360) never
+    /// grants. A lock per batch, never per event.
+    producer: Arc<std::sync::Mutex<(FutureProducer, std::time::Instant)>>,
+    kafka: Arc<KafkaConfig>,
     events_topic: Arc<str>,
     backfill_topic: Arc<str>,
     dead_letter_topic: Arc<str>,
@@ -51,7 +56,11 @@ impl Delivery {
         max_in_flight: usize,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         Ok(Self {
-            producer: kafka.producer()?,
+            producer: Arc::new(std::sync::Mutex::new((
+                kafka.producer()?,
+                std::time::Instant::now(),
+            ))),
+            kafka: Arc::new(kafka.clone()),
             events_topic: kafka.topics.events.as_str().into(),
             backfill_topic: kafka.topics.backfill.as_str().into(),
             dead_letter_topic: kafka.topics.dead_letters.as_str().into(),
@@ -80,8 +89,9 @@ impl Delivery {
             Lane::Live => &*self.events_topic,
             Lane::Backfill => &*self.backfill_topic,
         };
+        let producer = self.current();
         let results = produce_all(
-            &self.producer,
+            &producer,
             topic,
             batch
                 .iter()
@@ -112,6 +122,9 @@ impl Delivery {
                     error: &e.to_string(),
                 }
                 .emit();
+                if class == ErrorClass::Unavailable {
+                    self.renew_producer();
+                }
                 if class.is_transient() || class == ErrorClass::Other {
                     Err(IngestError::Unavailable {
                         class: class.as_str(),
@@ -125,6 +138,31 @@ impl Delivery {
         }
     }
 
+    fn current(&self) -> FutureProducer {
+        match self.producer.lock() {
+            Ok(p) => p.0.clone(),
+            Err(poisoned) => poisoned.into_inner().0.clone(),
+        }
+    }
+
+    /// Replaces the producer, at most once per message timeout, so a
+    /// stalled one does not outlive the outage.
+    fn renew_producer(&self) {
+        let Ok(mut p) = self.producer.lock() else {
+            return;
+        };
+        if p.1.elapsed() < self.kafka.message_timeout {
+            return;
+        }
+        match self.kafka.producer() {
+            Ok(fresh) => {
+                *p = (fresh, std::time::Instant::now());
+                tracing::info!("kafka producer renewed after delivery timeouts");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew the kafka producer"),
+        }
+    }
+
     /// Writes dead letters. Failures are logged and counted: the caller has
     /// already been told why each record was refused.
     pub async fn dead_letters(&self, letters: &[DeadLetter]) {
@@ -135,8 +173,9 @@ impl Delivery {
             .iter()
             .map(|d| (d.encode_to_vec(), d.tenant.as_bytes()))
             .collect();
+        let producer = self.current();
         let results = produce_all(
-            &self.producer,
+            &producer,
             &self.dead_letter_topic,
             encoded
                 .iter()
