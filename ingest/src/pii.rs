@@ -239,8 +239,11 @@ fn find_emails(b: &[u8], spans: &mut Vec<(usize, usize, PiiKind)>) {
 /// groups, an optional leading `+`, and a trailing `X` for ID numbers) and
 /// classifies each.
 fn find_numbers(b: &[u8], spans: &mut Vec<(usize, usize, PiiKind)>) {
+    const MAX_GROUPS: usize = 16;
     let mut i = 0;
-    let mut digits = [0u8; 24];
+    let mut digits = [0u8; 64];
+    // Per digit group: byte start, byte end, digit start, digit end.
+    let mut groups = [(0usize, 0usize, 0usize, 0usize); MAX_GROUPS];
     while i < b.len() {
         let plus = b[i] == b'+' && b.get(i + 1).is_some_and(u8::is_ascii_digit);
         let open = b[i] == b'(' && b.get(i + 1).is_some_and(u8::is_ascii_digit);
@@ -251,40 +254,94 @@ fn find_numbers(b: &[u8], spans: &mut Vec<(usize, usize, PiiKind)>) {
         let start = i;
         let mut j = if plus || open { i + 1 } else { i };
         let mut n = 0usize;
-        let mut separators = 0usize;
+        let mut g = 0usize;
         let mut end = j;
         let mut last_was_sep = false;
-        while j < b.len() {
+        let mut in_group = false;
+        while j < b.len() && n < digits.len() {
             let c = b[j];
             if c.is_ascii_digit() {
-                if n < digits.len() {
-                    digits[n] = c - b'0';
+                if !in_group {
+                    if g == MAX_GROUPS {
+                        break;
+                    }
+                    groups[g] = (j, j, n, n);
+                    g += 1;
+                    in_group = true;
                 }
+                digits[n] = c - b'0';
                 n += 1;
                 last_was_sep = false;
                 j += 1;
                 end = j;
+                groups[g - 1].1 = j;
+                groups[g - 1].3 = n;
             } else if matches!(c, b' ' | b'-' | b'(' | b')') && !last_was_sep && n > 0 {
                 // A closing bracket may be followed by a space: "(555) 123".
                 last_was_sep = c != b')';
-                separators += 1;
+                in_group = false;
                 j += 1;
-            } else if (c == b'X' || c == b'x') && n == 17 {
+            } else if (c == b'X' || c == b'x') && in_group && groups[g - 1].3 - groups[0].2 >= 17 {
                 // The checksum digit of a resident ID may be X (10).
                 digits[n] = 10;
                 n += 1;
                 j += 1;
                 end = j;
+                groups[g - 1].1 = j;
+                groups[g - 1].3 = n;
                 break;
             } else {
                 break;
             }
         }
+        if g == 0 {
+            i = start + 1;
+            continue;
+        }
         let followed_by_word = b.get(end).is_some_and(u8::is_ascii_alphanumeric);
-        if !followed_by_word
-            && let Some(kind) = classify(&digits[..n.min(digits.len())], n, plus, separators)
-        {
+        let whole = (!followed_by_word)
+            .then(|| classify(&digits[..n], n, plus, g - 1))
+            .flatten();
+        if let Some(kind) = whole {
             spans.push((start, end, kind));
+        } else {
+            // Adjacent numbers run together ("订单 12 13800138000"): try
+            // the runs of whole groups inside, longest first.
+            let mut a = 0;
+            while a < g {
+                let mut found = None;
+                for z in (a..g).rev() {
+                    if a == 0 && z == g - 1 {
+                        continue;
+                    }
+                    let (bs, _, ds, _) = groups[a];
+                    let (_, be, _, de) = groups[z];
+                    if z == g - 1 && followed_by_word {
+                        continue;
+                    }
+                    let with_plus = plus && a == 0;
+                    if let Some(kind) = classify(&digits[ds..de], de - ds, with_plus, z - a) {
+                        found = Some((
+                            if with_plus || (open && a == 0) {
+                                start
+                            } else {
+                                bs
+                            },
+                            be,
+                            kind,
+                            z,
+                        ));
+                        break;
+                    }
+                }
+                match found {
+                    Some((s0, e0, kind, z)) => {
+                        spans.push((s0, e0, kind));
+                        a = z + 1;
+                    }
+                    None => a += 1,
+                }
+            }
         }
         i = end.max(start + 1);
     }
@@ -426,6 +483,9 @@ mod tests {
             ("订单号 20251114001 已发货", "订单号 20251114001 已发货"),
             ("SKU a13800138000", "SKU a13800138000"),
             ("no pii here", "no pii here"),
+            // Numbers that run into each other are split at group borders.
+            ("订单 12 13800138000 到了", "订单 12 [PHONE] 到了"),
+            ("13800138000 13900139000", "[PHONE] [PHONE]"),
         ];
         for (input, want) in table {
             assert_eq!(m(input), want, "{input}");
