@@ -1,56 +1,127 @@
-//! Ingest's per-event work, per source kind: decode the protobuf a client
-//! sent, validate, hash identifiers, mask personal data, encode for Kafka.
-//! Events are a generated day of realistic data. Reported as events/s on
-//! one core.
+//! Decode + normalise throughput per kind, on one core: canonical JSON
+//! (`/v1/events`) and source-native JSON (`/v1/sources/{kind}/...`) through
+//! `handle_batch` (validation, keyed hashes, PII masking, language, journey
+//! rules, dedup, protobuf encoding). Kafka is not involved.
+//!
+//! `cargo bench --bench ingest_normalise`; criterion reports elements/s,
+//! i.e. events per second per core.
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use xoflow::datagen::{self, GenConfig};
-use xoflow_ingest::validate::Normaliser;
-use xoflow_proto::{EventKind, Message, v1::Event};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use xoflow_ingest::{
+    batch::handle_batch,
+    http::decode_events,
+    sources::{self, Origin},
+    tenant::Tenants,
+    validate::Normaliser,
+};
+use xoflow_proto::EventKind;
+
+const BATCH: usize = 1_000;
+
+fn normaliser() -> Normaliser {
+    let cfg = xoflow::Config::from_toml("").expect("defaults");
+    let tenants = Tenants::from_config(&cfg.ingest).expect("tenants");
+    Normaliser::with_tenants(
+        Arc::new(tenants),
+        cfg.ingest.max_future_skew,
+        cfg.ingest.max_age,
+    )
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn sample(name: &str, i: usize, yesterday: &str) -> String {
+    let path = format!("{}/ingest/samples/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path).expect("sample");
+    let v: serde_json::Value =
+        serde_json::from_str(&text.replace("2025-11-14", yesterday)).expect("json");
+    // Distinct natural ids so no record is a duplicate.
+    v.to_string()
+        .replace("r-20251114-0001", &format!("r-{i}"))
+        .replace("cc-7f3a91", &format!("cc-{i}"))
+        .replace("4987654321", &format!("49{i}"))
+        .replace("o-88231", &format!("o-{i}"))
+        .replace("ajs-next-1763126400-4f1d", &format!("m-{i}"))
+}
 
 fn bench(c: &mut Criterion) {
-    let now = 1_794_787_200_000 + 86_400_000;
-    let g = datagen::generate(&GenConfig {
-        days: 7,
-        scale: 1.0,
-        invalid_share: 0.0,
-        ..GenConfig::default()
-    });
-    let normaliser = Normaliser::new(
-        b"bench-secret-0123456789",
-        Duration::from_secs(300),
-        Duration::from_secs(400 * 86_400),
-    )
-    .expect("key");
-    let mut group = c.benchmark_group("ingest_decode_normalise");
-    for kind in EventKind::ALL {
-        let encoded: Vec<Vec<u8>> = g
-            .events
-            .iter()
-            .filter(|e| e.kind() == Some(kind))
-            .take(1_000)
-            .map(|e| e.encode_to_vec())
-            .collect();
-        group.throughput(Throughput::Elements(encoded.len() as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(kind), &encoded, |b, encoded| {
+    let n = normaliser();
+    let now = now_ms();
+    let yesterday = {
+        let days = now / 86_400_000 - 1;
+        // Civil date from days since the epoch.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        format!("{:04}-{m:02}-{d:02}", yoe + era * 400 + i64::from(m <= 2))
+    };
+
+    let mut g = c.benchmark_group("native");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for (kind, file) in [
+        (EventKind::Survey, "survey.zh.json"),
+        (EventKind::Call, "call.zh.json"),
+        (EventKind::Social, "social.zh.json"),
+        (EventKind::Order, "order.cdc.json"),
+        (EventKind::Click, "click.track.json"),
+    ] {
+        let lines: Vec<String> = (0..BATCH).map(|i| sample(file, i, &yesterday)).collect();
+        g.bench_function(kind.as_str(), |b| {
             b.iter(|| {
-                let mut out = 0usize;
-                for bytes in encoded {
-                    let Ok(mut e) = Event::decode(bytes.as_slice()) else {
-                        continue;
-                    };
-                    if normaliser.normalise(&mut e, now).is_ok() {
-                        out += e.encoded_len();
-                    }
-                }
-                out
+                let origin = Origin {
+                    tenant: "acme",
+                    source: "bench",
+                };
+                let records = lines
+                    .iter()
+                    .map(|l| sources::decode(kind, l.as_bytes(), origin))
+                    .collect();
+                let v = handle_batch(&n, records, 0, None, now);
+                assert_eq!(v.accepted.len(), BATCH);
+                v
             })
         });
     }
-    group.finish();
+    g.finish();
+
+    let mut g = c.benchmark_group("canonical_json");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let events = xoflow::sample::events(11, BATCH * 5, "acme", "b", now);
+    for kind in EventKind::ALL {
+        let body: String = events
+            .iter()
+            .filter(|e| e.kind() == Some(kind))
+            .map(|e| serde_json::to_string(e).expect("json") + "\n")
+            .collect();
+        g.bench_function(kind.as_str(), |b| {
+            b.iter(|| {
+                let v = handle_batch(&n, decode_events(body.as_bytes(), true), 0, None, now);
+                assert_eq!(v.accepted.len(), BATCH);
+                v
+            })
+        });
+    }
+    g.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .measurement_time(std::time::Duration::from_secs(3))
+        .warm_up_time(std::time::Duration::from_secs(1));
+    targets = bench
+}
 criterion_main!(benches);

@@ -62,7 +62,7 @@ pub const DRAIN_BUDGET: Duration = Duration::from_secs(8);
 pub struct Running {
     /// Where the collector listens, when ingest runs.
     pub grpc_addr: Option<SocketAddr>,
-    /// Where the HTTP/JSON collector listens, when ingest runs.
+    /// Where the HTTP collector listens, when ingest runs.
     pub http_addr: Option<SocketAddr>,
     /// Where /metrics and /health/* are served.
     pub admin_addr: SocketAddr,
@@ -91,27 +91,6 @@ impl Running {
             None => Ok(()),
         }
     }
-}
-
-/// The collector service the APIs and bulk import share.
-pub fn collector(cfg: &Config) -> anyhow::Result<xoflow_ingest::grpc::CollectorService> {
-    if cfg.ingest.hash_secret == xoflow_ingest::config::DEV_HASH_SECRET {
-        tracing::warn!(
-            "ingest.hash_secret is the development default; set XOFLOW_INGEST__HASH_SECRET in production"
-        );
-    }
-    let normaliser = xoflow_ingest::validate::Normaliser::new(
-        cfg.ingest.hash_secret.as_bytes(),
-        cfg.ingest.max_future_skew,
-        cfg.ingest.max_age,
-    )
-    .map_err(|_| anyhow::anyhow!("ingest.hash_secret must not be empty"))?;
-    let delivery = xoflow_ingest::Delivery::new(&cfg.kafka, cfg.ingest.max_in_flight_events)?;
-    Ok(xoflow_ingest::grpc::CollectorService::new(
-        normaliser,
-        delivery,
-        cfg.ingest.max_batch_events,
-    ))
 }
 
 /// Starts the admin server and the chosen stages. Returns once every
@@ -168,26 +147,15 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
             .await
             .with_context(|| format!("binding the collector to {}", cfg.ingest.grpc_addr))?;
         grpc_addr = Some(listener.local_addr()?);
-        let service = collector(&cfg)?;
         let http_listener = tokio::net::TcpListener::bind(cfg.ingest.http_addr)
             .await
             .with_context(|| format!("binding the HTTP collector to {}", cfg.ingest.http_addr))?;
         http_addr = Some(http_listener.local_addr()?);
-        {
-            let readiness = health.register("ingest-http");
-            let stop = token.clone();
-            let service = service.clone();
-            let max = cfg.ingest.max_message_bytes;
-            spawn_stage(
-                "ingest-http",
-                Box::pin(async move {
-                    xoflow_ingest::http::serve(http_listener, service, max, readiness, stop)
-                        .await?;
-                    Ok(())
-                }),
-            );
-        }
+        let ingestor = xoflow_ingest::batch::build(&cfg.ingest, &cfg.kafka)
+            .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
+        let service = xoflow_ingest::grpc::CollectorService::new(ingestor.clone());
         let readiness = health.register("ingest");
+        let http_readiness = health.register("ingest-http");
         let stop = token.clone();
         let cfg = cfg.clone();
         spawn_stage(
@@ -198,14 +166,23 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
                     .ensure_topics(&[&t.events, &t.backfill, &t.dead_letters])
                     .await
                     .context("creating ingest topics")?;
-                xoflow_ingest::grpc::serve(
+                let http = xoflow_ingest::http::serve(
+                    http_listener,
+                    ingestor,
+                    cfg.ingest.max_body_bytes,
+                    http_readiness,
+                    stop.clone(),
+                );
+                let grpc = xoflow_ingest::grpc::serve(
                     listener,
                     service,
                     cfg.ingest.max_message_bytes,
                     readiness,
                     stop,
-                )
-                .await?;
+                );
+                let (h, g) = tokio::join!(http, grpc);
+                h.context("HTTP collector")?;
+                g.context("gRPC collector")?;
                 Ok(())
             }),
         );

@@ -94,7 +94,7 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path) -> anyhow::Result<Vec<Ro
     cfg.ingest.grpc_addr = "127.0.0.1:0".parse()?;
     cfg.ingest.http_addr = "127.0.0.1:0".parse()?;
     cfg.admin.addr = "127.0.0.1:0".parse()?;
-    cfg.ingest.hash_secret = "xoflow-bench-hash-secret".into();
+    cfg.ingest.hash_secret = xoflow_ingest::config::Secret::new("xoflow-bench-hash-secret");
 
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

@@ -98,9 +98,9 @@ struct Count {
 pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<()> {
     // The demo drops and recreates its database: never the configured one.
     cfg.clickhouse.database = "xoflow_demo".into();
-    if cfg.ingest.hash_secret == xoflow_ingest::config::DEV_HASH_SECRET {
+    if cfg.ingest.hash_secret.expose() == xoflow_ingest::config::DEV_HASH_SECRET {
         // Demo data only; production must set its own (start-up warns).
-        cfg.ingest.hash_secret = "xoflow-demo-only-hash-secret".into();
+        cfg.ingest.hash_secret = xoflow_ingest::config::Secret::new("xoflow-demo-only-hash-secret");
     }
     let (truth, report) = run_pipeline(cfg, &opts, true).await?;
     print_report(&truth, &report);

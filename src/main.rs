@@ -63,19 +63,27 @@ enum Command {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
-    /// Bulk-import NDJSON events (a backfill) on the backfill lane.
+    /// Bulk-import history from a file onto the backfill lane; idempotent on
+    /// re-run (event ids derive from natural ids).
     Import {
-        /// The NDJSON file (one xoflow.v1.Event in canonical JSON per line).
+        /// The file to import.
         file: PathBuf,
-        /// Input format; only ndjson for now.
-        #[arg(long, default_value = "ndjson", value_parser = ["ndjson"])]
+        /// ndjson or csv.
+        #[arg(long, default_value = "ndjson", value_parser = ["ndjson", "csv"])]
         format: String,
-        /// Lines per batch.
-        #[arg(long, default_value_t = 1_000)]
-        batch: usize,
-        /// Lines to skip: resume an interrupted import.
-        #[arg(long, default_value_t = 0)]
-        skip_lines: u64,
+        /// Native records of this source kind (survey, call, social, order,
+        /// click); canonical Event JSON when absent (ndjson only).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Tenant of native records.
+        #[arg(long, default_value = "")]
+        tenant: String,
+        /// Source name recorded on native records.
+        #[arg(long, default_value = "import")]
+        source: String,
+        /// Records per Kafka batch.
+        #[arg(long, default_value_t = 5_000)]
+        chunk: usize,
     },
     /// Generate realistic customer-experience data with its ground truth:
     /// to NDJSON files, or straight to a collector at a target rate.
@@ -199,10 +207,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Import {
             file,
-            format: _,
-            batch,
-            skip_lines,
-        } => return import(&cfg, &file, batch, skip_lines).await,
+            format,
+            kind,
+            tenant,
+            source,
+            chunk,
+        } => {
+            return run_import(&cfg, &file, &format, kind.as_deref(), tenant, source, chunk).await;
+        }
         Command::Gen {
             generator,
             out,
@@ -226,43 +238,54 @@ async fn main() -> anyhow::Result<()> {
     running.wait().await
 }
 
-async fn import(
+/// `xoflow import`: the logic lives in `xoflow_ingest::import`.
+async fn run_import(
     cfg: &Config,
     file: &std::path::Path,
-    batch: usize,
-    skip_lines: u64,
+    format: &str,
+    kind: Option<&str>,
+    tenant: String,
+    source: String,
+    chunk: usize,
 ) -> anyhow::Result<()> {
+    use xoflow_ingest::import::{Format, ImportOptions};
+    let kind = kind
+        .map(|k| {
+            xoflow_proto::EventKind::parse(k).with_context(|| {
+                format!("unknown --kind {k:?}: survey, call, social, order, click")
+            })
+        })
+        .transpose()?;
     let t = &cfg.kafka.topics;
     cfg.kafka
-        .ensure_topics(&[&t.events, &t.backfill, &t.dead_letters])
+        .ensure_topics(&[&t.backfill, &t.dead_letters])
         .await
-        .context("creating topics")?;
-    let service = xoflow::app::collector(cfg)?;
-    let size = std::fs::metadata(file)
-        .with_context(|| format!("reading {}", file.display()))?
-        .len();
-    let input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(file)?);
-    let bar = indicatif::ProgressBar::new(size);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {msg} [{elapsed_precise}, eta {eta}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let started = std::time::Instant::now();
-    let report = xoflow_ingest::import::import_ndjson(&service, input, batch, skip_lines, |r| {
-        bar.set_position(r.bytes);
-        bar.set_message(format!("{} accepted, {} rejected", r.accepted, r.rejected));
-    })
-    .await?;
-    bar.finish();
+        .context("creating the backfill and dead-letter topics")?;
+    let ingestor =
+        xoflow_ingest::batch::build(&cfg.ingest, &cfg.kafka).map_err(anyhow::Error::msg)?;
+    let opts = ImportOptions {
+        format: if format == "csv" {
+            Format::Csv
+        } else {
+            Format::Ndjson
+        },
+        kind,
+        tenant,
+        source,
+        chunk,
+        progress: true,
+    };
+    let report = xoflow_ingest::import::run(&ingestor, file, &opts).await?;
     println!(
-        "imported {} lines in {:.1} s: {} accepted on the backfill lane ({}), {} rejected (dead-lettered)",
-        report.lines,
-        started.elapsed().as_secs_f64(),
+        "{}: {} accepted onto {}, {} rejected (in {})",
+        file.display(),
         report.accepted,
         t.backfill,
-        report.rejected
+        report.rejected,
+        t.dead_letters
     );
+    for (n, field, reason, text) in &report.first_rejections {
+        println!("  record {n}: {field} {reason}: {text}");
+    }
     Ok(())
 }

@@ -48,7 +48,7 @@ async fn post(addr: &str, body: &[u8], extra_headers: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_batches_get_per_record_verdicts_and_dead_letters() {
     let (mut cfg, id) = common::config("");
-    cfg.ingest.max_message_bytes = 200_000;
+    cfg.ingest.max_body_bytes = 200_000;
     let running = common::start(&cfg, Stages::INGEST).await;
     let addr = running.http_addr.expect("http").to_string();
 
@@ -69,7 +69,7 @@ async fn webhook_batches_get_per_record_verdicts_and_dead_letters() {
     let r: IngestResponse = serde_json::from_str(&text).expect("response json");
     assert_eq!((r.accepted, r.rejected), (3, 2), "{text}");
     assert!(!r.results[1].accepted);
-    assert_eq!(r.results[1].violations[0].reason, "DECODE");
+    assert_eq!(r.results[1].violations[0].reason, "INVALID");
     assert_eq!(r.results[1].violations[0].field, "tenantz");
     assert_eq!(r.results[4].violations[0].field, "tenant");
     assert_eq!(r.results[4].violations[0].reason, "MISSING");
@@ -125,12 +125,13 @@ async fn webhook_batches_get_per_record_verdicts_and_dead_letters() {
     assert_eq!(
         reasons,
         vec![
-            ("DECODE".into(), "tenantz".into(), "application/json".into()),
             (
-                "MISSING".into(),
-                "tenant".into(),
-                "application/x-protobuf".into()
+                "INVALID".into(),
+                "tenantz".into(),
+                "application/json".into()
             ),
+            // The original payload, as the caller sent it.
+            ("MISSING".into(), "tenant".into(), "application/json".into()),
         ]
     );
 

@@ -13,7 +13,7 @@ use xoflow::{
 
 fn import(cfg: &xoflow::Config, file: &std::path::Path) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_xoflow"))
-        .args(["import", "--batch", "500"])
+        .args(["import", "--chunk", "500"])
         .arg(file)
         .env("XOFLOW_KAFKA__BROKERS", &cfg.kafka.brokers)
         .env("XOFLOW_KAFKA__TOPICS__EVENTS", &cfg.kafka.topics.events)

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use xoflow_common::kafka::{BatchProducer, ErrorClass, KafkaConfig, Outgoing};
 use xoflow_proto::{Message, v1::DeadLetter};
 
-use crate::{IngestError, telemetry};
+use crate::{IngestError, batch::EncodedBatch, telemetry};
 
 /// Which topic a batch goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +26,12 @@ pub enum Lane {
 /// The collectors' Kafka side.
 #[derive(Clone)]
 pub struct Delivery {
-    producer: Arc<BatchProducer>,
+    /// The producer, replaced after the broker stopped acknowledging: an
+    /// idempotent producer whose records timed out may wait forever for an
+    /// epoch bump that a restarted broker (or one without KIP-360) never
+    /// grants. A lock per batch, never per event.
+    producer: Arc<std::sync::Mutex<(Arc<BatchProducer>, std::time::Instant)>>,
+    kafka: Arc<KafkaConfig>,
     events_topic: Arc<str>,
     backfill_topic: Arc<str>,
     dead_letter_topic: Arc<str>,
@@ -44,20 +49,17 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
-/// One accepted event, encoded.
-#[derive(Debug)]
-pub struct Encoded {
-    pub key: String,
-    pub bytes: Vec<u8>,
-}
-
 impl Delivery {
     pub fn new(
         kafka: &KafkaConfig,
         max_in_flight: usize,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         Ok(Self {
-            producer: Arc::new(kafka.batch_producer()?),
+            producer: Arc::new(std::sync::Mutex::new((
+                Arc::new(kafka.batch_producer()?),
+                std::time::Instant::now(),
+            ))),
+            kafka: Arc::new(kafka.clone()),
             events_topic: kafka.topics.events.as_str().into(),
             backfill_topic: kafka.topics.backfill.as_str().into(),
             dead_letter_topic: kafka.topics.dead_letters.as_str().into(),
@@ -67,7 +69,7 @@ impl Delivery {
     }
 
     /// Produces the batch and returns once Kafka acknowledged every record.
-    pub async fn deliver(&self, batch: &[Encoded], lane: Lane) -> Result<(), IngestError> {
+    pub async fn deliver(&self, batch: &EncodedBatch, lane: Lane) -> Result<(), IngestError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -88,13 +90,13 @@ impl Delivery {
         };
         let records: Vec<Outgoing<'_>> = batch
             .iter()
-            .map(|e| Outgoing {
-                key: e.key.as_bytes(),
-                payload: &e.bytes,
+            .map(|(key, payload)| Outgoing {
+                key,
+                payload,
                 headers: None,
             })
             .collect();
-        let result = self.producer.send_all(topic, &records).await;
+        let result = self.current().send_all(topic, &records).await;
         telemetry::in_flight(self.capacity - self.in_flight.available_permits() - batch.len());
         match result {
             Ok(()) => Ok(()),
@@ -106,6 +108,9 @@ impl Delivery {
                     error: &e.to_string(),
                 }
                 .emit();
+                if class == ErrorClass::Unavailable {
+                    self.renew_producer();
+                }
                 if class.is_transient() || class == ErrorClass::Other {
                     Err(IngestError::Unavailable {
                         class: class.as_str(),
@@ -116,6 +121,32 @@ impl Delivery {
                     )))
                 }
             }
+        }
+    }
+
+    /// The producer in use; batches in flight keep theirs alive.
+    fn current(&self) -> Arc<BatchProducer> {
+        match self.producer.lock() {
+            Ok(p) => p.0.clone(),
+            Err(poisoned) => poisoned.into_inner().0.clone(),
+        }
+    }
+
+    /// Replaces the producer, at most once per message timeout, so a
+    /// stalled one does not outlive the outage.
+    fn renew_producer(&self) {
+        let Ok(mut p) = self.producer.lock() else {
+            return;
+        };
+        if p.1.elapsed() < self.kafka.message_timeout {
+            return;
+        }
+        match self.kafka.batch_producer() {
+            Ok(fresh) => {
+                *p = (Arc::new(fresh), std::time::Instant::now());
+                tracing::info!("kafka producer renewed after delivery timeouts");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew the kafka producer"),
         }
     }
 
@@ -138,7 +169,7 @@ impl Delivery {
             })
             .collect();
         if let Err(e) = self
-            .producer
+            .current()
             .send_all(&self.dead_letter_topic, &records)
             .await
         {

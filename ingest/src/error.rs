@@ -1,7 +1,12 @@
-//! Failures of the collector API, and the one place they become gRPC
-//! statuses.
+//! Failures of the collector APIs, and the one place they become gRPC
+//! statuses and HTTP responses.
+
+use std::time::Duration;
 
 use tonic::{Code, Status};
+
+/// How long a client should wait before retrying a transient failure.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a whole request could not be handled. Per-record problems are not
 /// errors: they are `RecordResult`s with field violations.
@@ -13,6 +18,15 @@ pub enum IngestError {
     /// The batch exceeds the configured maximum.
     #[error("batch of {got} events exceeds the maximum of {max}")]
     BatchTooLarge { got: usize, max: usize },
+    /// The request body exceeds the configured maximum (after gzip).
+    #[error("request body exceeds the maximum of {max} bytes")]
+    BodyTooLarge { max: usize },
+    /// The request as a whole cannot be read (bad gzip, unknown source kind).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// No key, or a key that is not configured.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
     /// Kafka did not acknowledge accepted records in time.
     #[error("the event log is unavailable ({class}); nothing in this request is acknowledged")]
     Unavailable { class: &'static str },
@@ -36,34 +50,137 @@ impl IngestError {
         )
     }
 
-    /// The bounded `reason` metric tag.
+    /// The bounded `outcome` metric tag.
     pub const fn code(&self) -> &'static str {
         match self {
             IngestError::Overloaded { .. } => "overloaded",
             IngestError::BatchTooLarge { .. } => "batch_too_large",
+            IngestError::BodyTooLarge { .. } => "body_too_large",
+            IngestError::BadRequest(_) => "bad_request",
+            IngestError::Unauthenticated(_) => "unauthenticated",
             IngestError::Unavailable { .. } => "unavailable",
             IngestError::Internal(_) => "internal",
             IngestError::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The gRPC code.
+    pub const fn grpc_code(&self) -> Code {
+        match self {
+            IngestError::Overloaded { .. } => Code::ResourceExhausted,
+            IngestError::BatchTooLarge { .. }
+            | IngestError::BodyTooLarge { .. }
+            | IngestError::BadRequest(_) => Code::InvalidArgument,
+            IngestError::Unauthenticated(_) => Code::Unauthenticated,
+            IngestError::Unavailable { .. } | IngestError::ShuttingDown => Code::Unavailable,
+            IngestError::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The HTTP status code.
+    pub const fn http_status(&self) -> u16 {
+        match self {
+            IngestError::Overloaded { .. } => 429,
+            IngestError::BatchTooLarge { .. } | IngestError::BodyTooLarge { .. } => 413,
+            IngestError::BadRequest(_) => 400,
+            IngestError::Unauthenticated(_) => 401,
+            IngestError::Unavailable { .. } | IngestError::ShuttingDown => 503,
+            IngestError::Internal(_) => 500,
         }
     }
 }
 
 impl From<IngestError> for Status {
     fn from(e: IngestError) -> Self {
-        let code = match &e {
-            IngestError::Overloaded { .. } => Code::ResourceExhausted,
-            IngestError::BatchTooLarge { .. } => Code::InvalidArgument,
-            IngestError::Unavailable { .. } | IngestError::ShuttingDown => Code::Unavailable,
-            IngestError::Internal(_) => Code::Internal,
-        };
         let mut details = tonic_types::ErrorDetails::new();
         if let IngestError::BatchTooLarge { .. } = &e {
             details.add_bad_request_violation("events", e.to_string());
         }
         if e.is_transient() {
-            details.set_retry_info(Some(std::time::Duration::from_secs(1)));
+            details.set_retry_info(Some(RETRY_AFTER));
         }
         use tonic_types::StatusExt;
-        Status::with_error_details(code, e.to_string(), details)
+        Status::with_error_details(e.grpc_code(), e.to_string(), details)
+    }
+}
+
+impl axum::response::IntoResponse for IngestError {
+    fn into_response(self) -> axum::response::Response {
+        use axum::http::{HeaderValue, StatusCode, header};
+        let status =
+            StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({
+            "code": self.code(),
+            "message": self.to_string(),
+        });
+        let mut resp = (status, axum::Json(body)).into_response();
+        if self.is_transient() {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(RETRY_AFTER.as_secs()),
+            );
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_table_maps_every_error() {
+        let table = [
+            (
+                IngestError::Overloaded { requested: 1 },
+                Code::ResourceExhausted,
+                429,
+                true,
+            ),
+            (
+                IngestError::BatchTooLarge { got: 2, max: 1 },
+                Code::InvalidArgument,
+                413,
+                false,
+            ),
+            (
+                IngestError::BodyTooLarge { max: 1 },
+                Code::InvalidArgument,
+                413,
+                false,
+            ),
+            (
+                IngestError::BadRequest("x".into()),
+                Code::InvalidArgument,
+                400,
+                false,
+            ),
+            (
+                IngestError::Unauthenticated("x"),
+                Code::Unauthenticated,
+                401,
+                false,
+            ),
+            (
+                IngestError::Unavailable {
+                    class: "unavailable",
+                },
+                Code::Unavailable,
+                503,
+                true,
+            ),
+            (
+                IngestError::Internal("x".into()),
+                Code::Internal,
+                500,
+                false,
+            ),
+            (IngestError::ShuttingDown, Code::Unavailable, 503, true),
+        ];
+        for (e, code, http, transient) in table {
+            assert_eq!(e.grpc_code(), code, "{e}");
+            assert_eq!(e.http_status(), http, "{e}");
+            assert_eq!(e.is_transient(), transient, "{e}");
+        }
     }
 }

@@ -1,101 +1,286 @@
-//! Bulk import for backfills: NDJSON files of `xoflow.v1.Event` (proto3
-//! canonical JSON, one per line, as `xoflow gen` writes them) sent on the
-//! backfill lane, so a historical load never delays live data.
+//! Bulk import of history: `xoflow import FILE --format ndjson|csv
+//! [--kind KIND]`.
 //!
-//! The file is read in batches; each batch goes through the same
-//! validation, delivery and dead-lettering as the live APIs. Re-running an
-//! import is idempotent: events keep their ids, and the sink drops copies.
-//! A line that is not an event is dead-lettered with its line number and the
-//! import goes on; a batch the broker does not acknowledge stops the import
-//! with the line to resume from.
+//! Reads the file in chunks, judges each chunk exactly like a live request
+//! (same validation, masking and dead letters, with the backfill age bound)
+//! and produces it to the backfill topic, so a historical load never
+//! queues in front of live data. Event ids are derived from natural ids, so
+//! re-running an import after a failure sends the same keys again and
+//! nothing is counted twice downstream.
+//!
+//! Formats: NDJSON of canonical `Event` JSON (no `--kind`), NDJSON of a
+//! source's native records (`--kind`), or CSV with a header row (`--kind`
+//! required): dotted column names nest (`respondent.id`), and for surveys
+//! the columns `nps`, `csat` and `ces` become typed answers.
 
-use std::io::BufRead;
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+};
 
-use xoflow_proto::v1::{DeadLetter, Event};
+use serde_json::{Map, Value};
+use xoflow_proto::EventKind;
 
-use crate::{IngestError, delivery::Lane, grpc::CollectorService, validate::Reason};
+use crate::{
+    IngestError,
+    batch::{Ingestor, Record},
+    delivery::Lane,
+    http::decode_events,
+    sources::{self, Origin},
+    telemetry,
+};
 
-/// What an import did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// Input format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Ndjson,
+    Csv,
+}
+
+/// What to import and how.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub format: Format,
+    /// Native records of this kind; canonical events when `None`.
+    pub kind: Option<EventKind>,
+    /// Tenant of native records.
+    pub tenant: String,
+    /// Source name of native records.
+    pub source: String,
+    /// Records per chunk handed to Kafka.
+    pub chunk: usize,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// The outcome of an import.
+#[derive(Debug, Default, Clone)]
 pub struct ImportReport {
-    pub lines: u64,
     pub accepted: u64,
     pub rejected: u64,
-    pub bytes: u64,
+    /// The first refusals: (1-based record number, field, reason, text).
+    pub first_rejections: Vec<(u64, String, String, String)>,
 }
 
-/// Why an import stopped early.
+/// Why an import stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("reading the input: {0}")]
-    Io(#[from] std::io::Error),
-    #[error(
-        "batch starting at line {line} not acknowledged: {source}; resume with --skip-lines {skip}"
-    )]
-    Delivery {
-        line: u64,
-        skip: u64,
-        #[source]
-        source: IngestError,
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
     },
+    #[error("CSV: {0}")]
+    Csv(#[from] csv::Error),
+    #[error("{0}")]
+    Usage(String),
+    /// Kafka refused a chunk; everything before it is durable and a re-run
+    /// is idempotent.
+    #[error("after {done} records: {source}; re-run the import: it is idempotent")]
+    Ingest { done: u64, source: IngestError },
 }
 
-/// Imports NDJSON from `input`, `batch` lines at a time, calling `progress`
-/// with the bytes read so far after each batch. `skip_lines` resumes an
-/// interrupted import.
-pub async fn import_ndjson<R: BufRead>(
-    service: &CollectorService,
-    mut input: R,
-    batch: usize,
-    skip_lines: u64,
-    mut progress: impl FnMut(&ImportReport),
+impl ImportError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ImportError::Ingest { source, .. } if source.is_transient())
+    }
+}
+
+const NUMERIC_COLUMNS: [&str; 9] = [
+    "amount_minor",
+    "likes",
+    "shares",
+    "comments",
+    "quantity",
+    "unit_price_minor",
+    "properties.duration_ms",
+    "start",
+    "end",
+];
+
+/// Imports `path` through `ingestor` on the backfill lane.
+pub async fn run(
+    ingestor: &Ingestor,
+    path: &Path,
+    opts: &ImportOptions,
 ) -> Result<ImportReport, ImportError> {
+    if opts.format == Format::Csv && opts.kind.is_none() {
+        return Err(ImportError::Usage(
+            "CSV import needs --kind (survey, social, order, click)".into(),
+        ));
+    }
+    if opts.format == Format::Csv && opts.kind == Some(EventKind::Call) {
+        return Err(ImportError::Usage(
+            "call transcripts have nested segments: import them as NDJSON".into(),
+        ));
+    }
+    let read_err = |source| ImportError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new(total);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
+        ) {
+            b.set_style(style);
+        }
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let reader = bar.wrap_read(file);
+    let origin = Origin {
+        tenant: &opts.tenant,
+        source: &opts.source,
+    };
+    let chunk = opts.chunk.clamp(1, ingestor.max_batch_events());
     let mut report = ImportReport::default();
-    let mut line = String::new();
-    loop {
-        let first_line = report.lines + 1;
-        let mut events = Vec::with_capacity(batch);
-        let mut dead = Vec::new();
-        while events.len() + dead.len() < batch.max(1) {
-            line.clear();
-            let n = input.read_line(&mut line)?;
-            if n == 0 {
+    let mut pending: Vec<Record> = Vec::with_capacity(chunk);
+    match opts.format {
+        Format::Ndjson => {
+            let mut lines = BufReader::new(reader);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                let n = lines.read_until(b'\n', &mut line).map_err(read_err)?;
+                if n == 0 {
+                    break;
+                }
+                let l = line.trim_ascii();
+                if l.is_empty() {
+                    continue;
+                }
+                let record = match opts.kind {
+                    Some(kind) => sources::decode(kind, l, origin),
+                    None => decode_events(l, true).pop().unwrap_or_default(),
+                };
+                pending.push(record);
+                if pending.len() >= chunk {
+                    send(ingestor, &mut pending, &mut report, &bar).await?;
+                }
+            }
+        }
+        Format::Csv => {
+            let kind = opts.kind.unwrap_or(EventKind::Order);
+            let mut csv = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
+            let headers = csv.headers()?.clone();
+            for row in csv.records() {
+                let row = row?;
+                let value = csv_row(kind, &headers, &row);
+                pending.push(sources::from_value(kind, value, origin));
+                if pending.len() >= chunk {
+                    send(ingestor, &mut pending, &mut report, &bar).await?;
+                }
+            }
+        }
+    }
+    send(ingestor, &mut pending, &mut report, &bar).await?;
+    bar.finish_with_message(format!(
+        "{} accepted, {} rejected",
+        report.accepted, report.rejected
+    ));
+    Ok(report)
+}
+
+async fn send(
+    ingestor: &Ingestor,
+    pending: &mut Vec<Record>,
+    report: &mut ImportReport,
+    bar: &indicatif::ProgressBar,
+) -> Result<(), ImportError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let done = report.accepted + report.rejected;
+    let first = u32::try_from(done).unwrap_or(u32::MAX);
+    let records = std::mem::take(pending);
+    let results = ingestor
+        .ingest(records, first, None, Lane::Backfill)
+        .await
+        .map_err(|source| ImportError::Ingest { done, source })?;
+    let (mut ok, mut bad) = (0u64, 0u64);
+    for r in results {
+        if r.accepted {
+            ok += 1;
+        } else {
+            bad += 1;
+            if report.first_rejections.len() < 10
+                && let Some(v) = r.violations.first()
+            {
+                report.first_rejections.push((
+                    u64::from(r.index) + 1,
+                    v.field.clone(),
+                    v.reason.clone(),
+                    v.description.clone(),
+                ));
+            }
+        }
+    }
+    report.accepted += ok;
+    report.rejected += bad;
+    telemetry::ImportChunk {
+        accepted: ok,
+        rejected: bad,
+    }
+    .emit();
+    bar.set_message(format!(
+        "{} accepted, {} rejected",
+        report.accepted, report.rejected
+    ));
+    Ok(())
+}
+
+/// A CSV row as the native JSON of `kind`: dotted names nest, numeric
+/// columns are numbers, empty cells are absent, survey score columns become
+/// answers.
+fn csv_row(kind: EventKind, headers: &csv::StringRecord, row: &csv::StringRecord) -> Value {
+    let mut root = Map::new();
+    let mut answers = Vec::new();
+    for (h, cell) in headers.iter().zip(row.iter()) {
+        let cell = cell.trim();
+        if cell.is_empty() {
+            continue;
+        }
+        if kind == EventKind::Survey && matches!(h, "nps" | "csat" | "ces") {
+            let value = cell
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map_or_else(|| Value::String(cell.to_owned()), Value::Number);
+            answers.push(serde_json::json!({"question_id": h, "type": h, "value": value}));
+            continue;
+        }
+        let value = if NUMERIC_COLUMNS.contains(&h) {
+            cell.parse::<i64>()
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::String(cell.to_owned()))
+        } else {
+            Value::String(cell.to_owned())
+        };
+        let mut parts = h.split('.').peekable();
+        let mut obj = &mut root;
+        while let Some(p) = parts.next() {
+            if parts.peek().is_none() {
+                obj.insert(p.to_owned(), value);
                 break;
             }
-            report.bytes += n as u64;
-            report.lines += 1;
-            if report.lines <= skip_lines || line.trim().is_empty() {
-                continue;
+            let entry = obj
+                .entry(p.to_owned())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !entry.is_object() {
+                *entry = Value::Object(Map::new());
             }
-            match serde_json::from_str::<Event>(line.trim_end()) {
-                Ok(e) => events.push(e),
-                Err(err) => dead.push(DeadLetter {
-                    payload: line.trim_end().as_bytes().to_vec(),
-                    content_type: "application/json".into(),
-                    stage: "ingest".into(),
-                    reason: Reason::Decode.as_str().into(),
-                    description: format!("line {}: {err}", report.lines),
-                    source: "import".into(),
-                    ..Default::default()
-                }),
+            match entry {
+                Value::Object(m) => obj = m,
+                _ => break,
             }
         }
-        if events.is_empty() && dead.is_empty() {
-            break;
-        }
-        let results = service
-            .ingest_batch(events, 0, Lane::Backfill)
-            .await
-            .map_err(|source| ImportError::Delivery {
-                line: first_line,
-                skip: first_line.saturating_sub(1),
-                source,
-            })?;
-        service.dead_letters(&dead).await;
-        let accepted = results.iter().filter(|r| r.accepted).count() as u64;
-        report.accepted += accepted;
-        report.rejected += results.len() as u64 - accepted + dead.len() as u64;
-        progress(&report);
     }
-    Ok(report)
+    if !answers.is_empty() {
+        root.insert("answers".into(), Value::Array(answers));
+    }
+    Value::Object(root)
 }

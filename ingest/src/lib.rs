@@ -14,16 +14,22 @@
 //!                       └──► RecordResult { field, reason }
 //! ```
 
+pub mod auth;
+pub mod batch;
 pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod import;
+pub mod lang;
 pub mod pii;
+pub mod sources;
 mod telemetry;
+pub mod tenant;
 pub mod validate;
 
+pub use batch::{Ingestor, Record};
 pub use config::IngestConfig;
 pub use delivery::Delivery;
 pub use error::IngestError;

@@ -12,6 +12,36 @@ pub(crate) const REQUEST_DURATION: &str = "xoflow_ingest_request_duration_second
 pub(crate) const KAFKA_ERRORS: &str = "xoflow_ingest_kafka_errors_total";
 pub(crate) const DEAD_LETTER_ERRORS: &str = "xoflow_ingest_dead_letter_errors_total";
 pub(crate) const IN_FLIGHT: &str = "xoflow_ingest_in_flight_events";
+pub(crate) const PII_MASKED: &str = "xoflow_ingest_pii_masked_total";
+pub(crate) const IMPORT_RECORDS: &str = "xoflow_ingest_import_records_total";
+
+/// PII spans masked in one batch, per kind.
+pub(crate) struct PiiMasked<'a> {
+    pub per_kind: &'a crate::pii::MaskCounts,
+}
+
+impl PiiMasked<'_> {
+    pub fn emit(&self) {
+        for (kind, n) in crate::pii::PiiKind::ALL.iter().zip(self.per_kind) {
+            if *n > 0 {
+                counter!(PII_MASKED, "kind" => kind.as_str()).increment(*n);
+            }
+        }
+    }
+}
+
+/// One chunk of a bulk import handed to the backfill lane.
+pub(crate) struct ImportChunk {
+    pub accepted: u64,
+    pub rejected: u64,
+}
+
+impl ImportChunk {
+    pub fn emit(&self) {
+        counter!(IMPORT_RECORDS, "outcome" => "accepted").increment(self.accepted);
+        counter!(IMPORT_RECORDS, "outcome" => "rejected").increment(self.rejected);
+    }
+}
 
 /// Events made durable, counted per kind for one batch.
 pub(crate) struct EventsAccepted<'a> {

@@ -2,17 +2,23 @@
 //!
 //! Input is an `Event` as a source sent it; output is either the event
 //! normalised in place (UTC timestamps checked, weak identifiers replaced by
-//! their keyed hashes, personal data in free text masked, `received_at`
-//! stamped) or the list of every field at
-//! fault with a stable reason code, so a caller can fix all of them at once.
+//! their tenant's keyed hashes, PII masked in every free-text field,
+//! language detected, touchpoint resolved from the tenant's journey rules,
+//! `received_at` stamped) or the list of every field at fault with a stable
+//! reason code, so a caller can fix all of them at once.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 use xoflow_proto::{
     Timestamp,
     v1::{Channel, ClickAction, Event, MetricKind, OrderStatus, Speaker, event::Payload},
+};
+
+use crate::{
+    lang,
+    pii::{self, MaskCounts},
+    tenant::{Tenant, Tenants},
 };
 
 /// Stable machine-readable reasons, used in responses, dead letters and
@@ -33,6 +39,8 @@ pub enum Reason {
     Duplicate,
     /// The bytes could not be decoded at all.
     Decode,
+    /// The caller's key may not write this value (another tenant's events).
+    Forbidden,
 }
 
 impl Reason {
@@ -45,8 +53,21 @@ impl Reason {
             Reason::UnknownEnum => "UNKNOWN_ENUM",
             Reason::Duplicate => "DUPLICATE",
             Reason::Decode => "DECODE",
+            Reason::Forbidden => "PERMISSION_DENIED",
         }
     }
+
+    /// Every reason, for bounded metric tags.
+    pub const ALL: [Reason; 8] = [
+        Reason::Missing,
+        Reason::Invalid,
+        Reason::OutOfRange,
+        Reason::TooLong,
+        Reason::UnknownEnum,
+        Reason::Duplicate,
+        Reason::Decode,
+        Reason::Forbidden,
+    ];
 }
 
 /// One thing wrong with one field.
@@ -59,7 +80,7 @@ pub struct Violation {
 }
 
 impl Violation {
-    fn new(field: impl Into<String>, reason: Reason, description: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, reason: Reason, description: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             reason,
@@ -74,12 +95,13 @@ const MAX_TEXT_LEN: usize = 64 * 1024;
 const MAX_ATTRIBUTES: usize = 64;
 const MAX_SEGMENTS: usize = 10_000;
 
-/// Validates and normalises events against fixed rules and a hashing key.
+/// Validates and normalises events against fixed rules and the tenants'
+/// keys and journey maps.
 #[derive(Clone)]
 pub struct Normaliser {
-    /// Keyed hash of weak identifiers, pre-initialised with the secret so a
-    /// hash costs no key set-up.
-    mac: Hmac<Sha256>,
+    /// Per-tenant keyed hashes (pre-initialised with each secret so a hash
+    /// costs no key set-up) and journey rules.
+    tenants: Arc<Tenants>,
     max_future_skew_ms: i64,
     max_age_ms: i64,
 }
@@ -95,25 +117,62 @@ impl std::fmt::Debug for Normaliser {
 }
 
 impl Normaliser {
-    /// Fails only for an empty key (HMAC itself accepts any length).
+    /// One secret for every tenant and no journey rules. Fails only for an
+    /// empty key (HMAC itself accepts any length).
     pub fn new(
         hash_secret: &[u8],
         max_future_skew: Duration,
         max_age: Duration,
-    ) -> Result<Self, hmac::digest::InvalidLength> {
-        if hash_secret.is_empty() {
-            return Err(hmac::digest::InvalidLength);
-        }
-        Ok(Self {
-            mac: <Hmac<Sha256> as Mac>::new_from_slice(hash_secret)?,
+    ) -> Result<Self, String> {
+        Ok(Self::with_tenants(
+            Arc::new(Tenants::single(hash_secret)?),
+            max_future_skew,
+            max_age,
+        ))
+    }
+
+    /// With compiled tenants.
+    pub fn with_tenants(
+        tenants: Arc<Tenants>,
+        max_future_skew: Duration,
+        max_age: Duration,
+    ) -> Self {
+        Self {
+            tenants,
             max_future_skew_ms: max_future_skew.as_millis() as i64,
             max_age_ms: max_age.as_millis() as i64,
-        })
+        }
+    }
+
+    /// The same rules with another bound on age (the backfill lane loads
+    /// history).
+    pub fn with_max_age(&self, max_age: Duration) -> Self {
+        Self {
+            max_age_ms: max_age.as_millis() as i64,
+            ..self.clone()
+        }
+    }
+
+    /// The tenants this normaliser knows.
+    pub fn tenants(&self) -> &Tenants {
+        &self.tenants
     }
 
     /// Validates `e` and normalises it in place. `now_ms` is the receive
     /// time in Unix milliseconds.
     pub fn normalise(&self, e: &mut Event, now_ms: i64) -> Result<(), Vec<Violation>> {
+        self.normalise_record(e, now_ms, &[], &mut MaskCounts::default())
+    }
+
+    /// [`Self::normalise`] with the personal names the source marked for
+    /// this record, and masked-span counts accumulated for the batch.
+    pub fn normalise_record(
+        &self,
+        e: &mut Event,
+        now_ms: i64,
+        names: &[String],
+        masked: &mut MaskCounts,
+    ) -> Result<(), Vec<Violation>> {
         let mut v = Vec::new();
         if e.event_id.is_empty()
             && let Some(id) = natural_id(e)
@@ -180,11 +239,21 @@ impl Normaliser {
         if !v.is_empty() {
             return Err(v);
         }
-        self.hash_identity(e, &mut v);
+        if let Some(Payload::Social(s)) = &e.payload
+            && !s.author_handle.is_empty()
+        {
+            let c = e.customer.get_or_insert_with(Default::default);
+            if c.social_handle.is_empty() && c.social_handle_hash.is_empty() {
+                c.social_handle = s.author_handle.clone();
+            }
+        }
+        let tenant = self.tenants.get(&e.tenant);
+        self.hash_identity(tenant, e, &mut v);
         if !v.is_empty() {
             return Err(v);
         }
-        crate::pii::mask_event(e);
+        mask_free_text(e, names, masked);
+        tenant.resolve_touchpoint(e);
         e.received_at = Some(xoflow_proto::from_unix_millis(now_ms));
         Ok(())
     }
@@ -219,7 +288,7 @@ impl Normaliser {
 
     /// Replaces raw weak identifiers by their keyed hashes. Checks every
     /// identifier before changing any, so a refused event is left as sent.
-    fn hash_identity(&self, e: &mut Event, v: &mut Vec<Violation>) {
+    fn hash_identity(&self, t: &Tenant, e: &mut Event, v: &mut Vec<Violation>) {
         let Some(c) = e.customer.as_mut() else { return };
         check_id(v, "customer.customer_id", &c.customer_id, false);
         let email = (!c.email.is_empty()).then(|| normalise_email(&c.email));
@@ -242,12 +311,13 @@ impl Normaliser {
             return;
         }
         let tenant = e.tenant.as_str();
+        let hash = |kind: &str, value: &str| keyed_hash(t, tenant, kind, value);
         if let Some(Some(email)) = email {
-            c.email_hash = self.hash(tenant, "email", &email);
+            c.email_hash = hash("email", &email);
             c.email.clear();
         }
         if let Some(Some(phone)) = phone {
-            c.phone_hash = self.hash(tenant, "phone", &phone);
+            c.phone_hash = hash("phone", &phone);
             c.phone.clear();
         }
         if !c.social_handle.is_empty() {
@@ -256,25 +326,128 @@ impl Normaliser {
                 .trim()
                 .trim_start_matches('@')
                 .to_lowercase();
-            c.social_handle_hash = self.hash(tenant, "handle", &h);
+            c.social_handle_hash = hash("handle", &h);
             c.social_handle.clear();
         }
         if !c.device_id.is_empty() {
-            c.device_id_hash = self.hash(tenant, "device", c.device_id.trim());
+            c.device_id_hash = hash("device", c.device_id.trim());
             c.device_id.clear();
         }
     }
 
-    /// Hex HMAC-SHA256 over tenant, identifier kind and value, so the same
-    /// address in two tenants never joins.
+    /// Hex HMAC-SHA256 under the tenant's key over tenant, identifier kind
+    /// and value, so the same address in two tenants never joins.
     pub fn hash(&self, tenant: &str, kind: &str, value: &str) -> String {
-        let mut mac = self.mac.clone();
-        mac.update(tenant.as_bytes());
-        mac.update(&[0]);
-        mac.update(kind.as_bytes());
-        mac.update(&[0]);
-        mac.update(value.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        keyed_hash(self.tenants.get(tenant), tenant, kind, value)
+    }
+}
+
+fn keyed_hash(t: &Tenant, tenant: &str, kind: &str, value: &str) -> String {
+    let mut mac = t.mac.clone();
+    mac.update(tenant.as_bytes());
+    mac.update(&[0]);
+    mac.update(kind.as_bytes());
+    mac.update(&[0]);
+    mac.update(value.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Makes a refused event fit for the dead-letter topic: free text masked and
+/// raw identifiers that look personal replaced by placeholders (a value that
+/// is not an address or number stays, so the reader sees why it failed).
+pub fn redact_rejected(e: &mut Event, names: &[String], masked: &mut MaskCounts) {
+    mask_free_text(e, names, masked);
+    if let Some(c) = e.customer.as_mut() {
+        for f in [
+            &mut c.email,
+            &mut c.phone,
+            &mut c.social_handle,
+            &mut c.device_id,
+        ] {
+            pii::mask_in_place(f, names, masked);
+        }
+        if !c.social_handle.is_empty() {
+            c.social_handle = "[HANDLE]".into();
+        }
+    }
+}
+
+/// Masks PII in every free-text field and fills in the language of the
+/// text when the source did not give it.
+fn mask_free_text(e: &mut Event, names: &[String], masked: &mut MaskCounts) {
+    for v in e.attributes.values_mut() {
+        pii::mask_in_place(v, names, masked);
+    }
+    match e.payload.as_mut() {
+        Some(Payload::Survey(s)) => {
+            pii::mask_in_place(&mut s.comment, names, masked);
+            for a in &mut s.answers {
+                pii::mask_in_place(&mut a.text, names, masked);
+            }
+            if s.language.is_empty() {
+                let text = if s.comment.is_empty() {
+                    s.answers
+                        .iter()
+                        .map(|a| a.text.as_str())
+                        .find(|t| !t.is_empty())
+                } else {
+                    Some(s.comment.as_str())
+                };
+                if let Some(lang) = text.and_then(lang::detect) {
+                    s.language = lang.into();
+                }
+            }
+        }
+        Some(Payload::Call(c)) => {
+            for seg in &mut c.segments {
+                pii::mask_in_place(&mut seg.text, names, masked);
+            }
+            if c.language.is_empty()
+                && let Some(lang) = c
+                    .segments
+                    .iter()
+                    .find(|s| s.speaker == Speaker::Customer as i32 && !s.text.is_empty())
+                    .or_else(|| c.segments.first())
+                    .and_then(|s| lang::detect(&s.text))
+            {
+                c.language = lang.into();
+            }
+        }
+        Some(Payload::Social(s)) => {
+            pii::mask_in_place(&mut s.text, names, masked);
+            if let Some(u) = pii::mask_url(&s.url, masked) {
+                s.url = u;
+            }
+            // The handle is hashed into the identity; the post keeps a hint
+            // only, enough to read a thread, not to find the person.
+            if !s.author_handle.is_empty() {
+                let hint: String = s
+                    .author_handle
+                    .trim_start_matches('@')
+                    .chars()
+                    .take(1)
+                    .collect();
+                s.author_handle = format!("@{hint}***");
+            }
+            if s.language.is_empty()
+                && let Some(lang) = lang::detect(&s.text)
+            {
+                s.language = lang.into();
+            }
+        }
+        Some(Payload::Click(c)) => {
+            for u in [&mut c.url, &mut c.referrer] {
+                if let Some(m) = pii::mask_url(u, masked) {
+                    *u = m;
+                }
+            }
+        }
+        Some(Payload::Order(o)) => {
+            for item in &mut o.items {
+                pii::mask_in_place(&mut item.name, names, masked);
+            }
+        }
+        None => {}
     }
 }
 

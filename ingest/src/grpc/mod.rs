@@ -9,7 +9,7 @@
 
 mod service;
 
-pub use service::{CollectorService, handle_batch};
+pub use service::{CollectorService, response};
 
 use std::time::Duration;
 
