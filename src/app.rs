@@ -153,6 +153,13 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
         http_addr = Some(http_listener.local_addr()?);
         let ingestor = xoflow_ingest::batch::build(&cfg.ingest, &cfg.kafka)
             .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
+        let tls = cfg
+            .ingest
+            .tls
+            .as_ref()
+            .map(xoflow_ingest::tls::Identity::load)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
         let service = xoflow_ingest::grpc::CollectorService::new(ingestor.clone());
         let readiness = health.register("ingest");
         let http_readiness = health.register("ingest-http");
@@ -170,6 +177,7 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
                     http_listener,
                     ingestor,
                     cfg.ingest.max_body_bytes,
+                    tls.as_ref(),
                     http_readiness,
                     stop.clone(),
                 );
@@ -177,6 +185,7 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
                     listener,
                     service,
                     cfg.ingest.max_message_bytes,
+                    tls.as_ref(),
                     readiness,
                     stop,
                 );

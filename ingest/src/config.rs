@@ -53,6 +53,20 @@ pub struct IngestConfig {
     /// The tenants, by name.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// TLS on both collector APIs; plaintext when absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// Where the collectors' certificate and key are (PEM). Both APIs serve the
+/// same identity; the files are read and checked at start-up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
 }
 
 /// How the collector authenticates callers.
@@ -370,6 +384,7 @@ mod tests {
             hash_secret: Secret::new("0123456789abcdef"),
             auth: AuthMode::None,
             tenants: BTreeMap::new(),
+            tls: None,
         }
     }
 

@@ -27,6 +27,7 @@ pub mod pii;
 pub mod sources;
 mod telemetry;
 pub mod tenant;
+pub mod tls;
 pub mod validate;
 
 pub use batch::{Ingestor, Record};

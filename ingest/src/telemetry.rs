@@ -14,6 +14,7 @@ pub(crate) const DEAD_LETTER_ERRORS: &str = "xoflow_ingest_dead_letter_errors_to
 pub(crate) const IN_FLIGHT: &str = "xoflow_ingest_in_flight_events";
 pub(crate) const PII_MASKED: &str = "xoflow_ingest_pii_masked_total";
 pub(crate) const IMPORT_RECORDS: &str = "xoflow_ingest_import_records_total";
+pub(crate) const TLS_HANDSHAKE_FAILURES: &str = "xoflow_ingest_tls_handshake_failures_total";
 
 /// PII spans masked in one batch, per kind.
 pub(crate) struct PiiMasked<'a> {
@@ -124,4 +125,10 @@ impl DeadLetterFailed<'_> {
 /// Events currently awaiting Kafka acknowledgement.
 pub(crate) fn in_flight(n: usize) {
     gauge!(IN_FLIGHT).set(n as f64);
+}
+
+/// An HTTPS client that failed or abandoned its handshake (probes, wrong
+/// certificates, plaintext sent to the TLS port).
+pub(crate) fn tls_handshake_failed() {
+    counter!(TLS_HANDSHAKE_FAILURES).increment(1);
 }

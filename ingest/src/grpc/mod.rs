@@ -19,12 +19,13 @@ use tokio_util::sync::CancellationToken;
 use xoflow_common::admin::Readiness;
 use xoflow_proto::v1::collector_server::CollectorServer;
 
-/// Serves the collector, health and reflection on `listener` until `stop`
-/// is cancelled; in-flight requests finish first.
+/// Serves the collector, health and reflection on `listener` (over TLS when
+/// `tls` is given) until `stop` is cancelled; in-flight requests finish first.
 pub async fn serve(
     listener: TcpListener,
     service: CollectorService,
     max_message_bytes: usize,
+    tls: Option<&crate::tls::Identity>,
     readiness: Readiness,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
@@ -43,7 +44,11 @@ pub async fn serve(
     let collector = CollectorServer::new(service)
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
-    let mut router = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(identity) = tls {
+        server = server.tls_config(identity.grpc())?;
+    }
+    let mut router = server
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(collector);

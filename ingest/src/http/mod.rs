@@ -61,21 +61,37 @@ pub fn router(ingestor: Ingestor, max_body_bytes: usize) -> Router {
         })
 }
 
-/// Serves the HTTP collector on `listener` until `stop` is cancelled.
+/// Serves the HTTP collector on `listener` (HTTPS when `tls` is given)
+/// until `stop` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     ingestor: Ingestor,
     max_body_bytes: usize,
+    tls: Option<&crate::tls::Identity>,
     readiness: Readiness,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    readiness.set(true);
-    axum::serve(listener, router(ingestor, max_body_bytes))
-        .with_graceful_shutdown(async move {
-            stop.cancelled().await;
-            readiness.set(false);
-        })
-        .await
+    let app = router(ingestor, max_body_bytes);
+    let ready = readiness.clone();
+    let stopping = async move {
+        stop.cancelled().await;
+        ready.set(false);
+    };
+    match tls {
+        Some(identity) => {
+            let listener = identity.http(listener)?;
+            readiness.set(true);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopping)
+                .await
+        }
+        None => {
+            readiness.set(true);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopping)
+                .await
+        }
+    }
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -1,0 +1,158 @@
+//! TLS for the collector APIs.
+//!
+//! Both APIs serve one identity, read from PEM files at start-up so that a
+//! missing or unreadable file stops the process with its path rather than
+//! failing the first handshake. gRPC gets it as tonic's server TLS config;
+//! the HTTP collector gets a [`TlsListener`] that hands axum connections
+//! whose handshake already finished.
+
+use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        self,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    },
+    server::TlsStream,
+};
+
+use crate::config::TlsConfig;
+
+/// A client that opens a connection and never finishes the handshake holds
+/// only its own task, and only this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The collectors' certificate chain and key, checked.
+#[derive(Clone)]
+pub struct Identity {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Identity").finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Reads and checks the files named by `ingest.tls`.
+    pub fn load(cfg: &TlsConfig) -> Result<Self, String> {
+        let read = |setting: &str, path: &Path| {
+            std::fs::read(path).map_err(|e| format!("ingest.tls.{setting} {}: {e}", path.display()))
+        };
+        let cert_pem = read("cert_file", &cfg.cert_file)?;
+        let key_pem = read("key_file", &cfg.key_file)?;
+        let certs = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("ingest.tls.cert_file {}: {e}", cfg.cert_file.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "ingest.tls.cert_file {}: no certificate in the file",
+                cfg.cert_file.display()
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| format!("ingest.tls.key_file {}: {e}", cfg.key_file.display()))?;
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("ingest.tls: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("ingest.tls: the key does not fit the certificate: {e}"))?;
+        // The HTTP collector speaks HTTP/1.1 only.
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            cert_pem,
+            key_pem,
+            server: Arc::new(server),
+        })
+    }
+
+    /// The same identity for the gRPC server (HTTP/2 over tonic's rustls).
+    pub fn grpc(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
+            &self.cert_pem,
+            &self.key_pem,
+        ))
+    }
+
+    /// Wraps the HTTP collector's listener.
+    pub fn http(&self, listener: TcpListener) -> io::Result<TlsListener> {
+        TlsListener::new(listener, TlsAcceptor::from(self.server.clone()))
+    }
+}
+
+/// Accepts TCP connections and runs each handshake on its own task, so a
+/// slow or hostile client never holds up the accept loop; axum receives
+/// only connections that completed the handshake.
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<tokio::net::TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    fn new(listener: TcpListener, acceptor: TlsAcceptor) -> io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (tx, ready) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    // axum dropped the listener: the server stopped.
+                    () = tx.closed() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off
+                            // instead of spinning.
+                            tracing::warn!(error = %e, "accepting an HTTPS connection");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            crate::telemetry::tls_handshake_failed();
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            crate::telemetry::tls_handshake_failed();
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self { ready, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(c) => c,
+            // The accept task only ends once this listener is gone.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
