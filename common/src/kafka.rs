@@ -441,20 +441,28 @@ impl ErrorClass {
     }
 }
 
-/// Waits for the first message (or `stop`), then gathers more until `max`
-/// messages or `max_wait` after the first. Messages stay borrowed from the
-/// consumer: no copy per record.
+/// Waits for the first message (or `stop`, or `idle` without one), then
+/// gathers more until `max` messages or `max_wait` after the first. Messages
+/// stay borrowed from the consumer: no copy per record.
 ///
-/// Returns an empty batch once `stop` is cancelled.
+/// Returns an empty batch once `stop` is cancelled or `idle` passed with no
+/// message. Callers that need to wake up without input (timers) pass `idle`
+/// rather than racing this future against a timer: dropped while filling,
+/// it would drop the messages already taken from the consumer.
 pub async fn recv_batch<'c, C: ConsumerContext + 'static>(
     consumer: &'c StreamConsumer<C>,
     max: usize,
     max_wait: Duration,
+    idle: Option<Duration>,
     stop: &tokio_util::sync::CancellationToken,
 ) -> Result<Vec<BorrowedMessage<'c>>, KafkaError> {
+    // `recv` itself is cancel-safe: a message is only taken when returned.
     let first = tokio::select! {
         biased;
         _ = stop.cancelled() => return Ok(Vec::new()),
+        _ = tokio::time::sleep(idle.unwrap_or(Duration::MAX)), if idle.is_some() => {
+            return Ok(Vec::new());
+        }
         m = consumer.recv() => m?,
     };
     let mut batch = Vec::with_capacity(max.min(1024));

@@ -392,6 +392,7 @@ impl Resolver<'_> {
                 self.consumer,
                 self.cfg.batch_max_records,
                 self.cfg.batch_max_wait,
+                None,
                 stop,
             )
             .await
@@ -564,13 +565,17 @@ impl Joiner<'_> {
     async fn run(mut self, stop: &CancellationToken) -> Result<(), EnrichError> {
         let tick = (self.cfg.join.max_hold / 4).max(Duration::from_millis(50));
         loop {
+            // Held events are due by wall-clock time even when no input
+            // arrives: wake up after `tick` without a message then.
             let holding = self.joins.values().any(|j| j.held() > 0);
-            let batch = tokio::select! {
-                r = recv_batch(self.consumer, self.cfg.batch_max_records, self.cfg.batch_max_wait, stop) => r,
-                // Held events are due by wall-clock time even when no input
-                // arrives.
-                _ = tokio::time::sleep(tick), if holding => Ok(Vec::new()),
-            };
+            let batch = recv_batch(
+                self.consumer,
+                self.cfg.batch_max_records,
+                self.cfg.batch_max_wait,
+                holding.then_some(tick),
+                stop,
+            )
+            .await;
             let batch = match batch {
                 Ok(b) => b,
                 Err(e) => {

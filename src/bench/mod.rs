@@ -2,6 +2,9 @@
 //! same broker and ClickHouse, so that the ratios hold on a noisy machine.
 //!
 //! - B1: raw rdkafka produce → consume of the same encoded events;
+//! - B2: the gRPC collector against a bare tonic server of the same service
+//!   that accepts everything at once (batched, streaming, one event per
+//!   request);
 //! - B3: the sink (Kafka → ClickHouse) against `clickhouse-client` inserting
 //!   the same rows as RowBinary;
 //! - B5: the enrich stage (resolve, repartition, join) against a
@@ -11,7 +14,12 @@
 //! - P: the whole pipeline in this process (gRPC → ingest → Kafka → enrich →
 //!   Kafka → sink → ClickHouse), events/s until every row is visible, CPU
 //!   seconds per event of this process, the broker and ClickHouse, and peak
-//!   RSS.
+//!   RSS;
+//! - P open loop: a fresh pipeline fed on a schedule at half the peak just
+//!   measured, latency from each request's acknowledgement to its rows being
+//!   counted in ClickHouse; then twice the peak, with the resident memory of
+//!   this process sampled throughout (it should stay flat: the collector
+//!   sheds what it cannot persist, the other stages work in bounded batches).
 //!
 //! Results are printed as a table and written as JSON and Markdown.
 
@@ -37,6 +45,8 @@ use crate::{
     Config, Stages,
     datagen::{self, GenConfig, load},
 };
+
+mod grpc;
 
 /// One measured line of the table.
 #[derive(Debug, Clone, Serialize)]
@@ -116,6 +126,8 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path) -> anyhow::Result<Vec<Ro
     let b1 = raw_kafka(&cfg, &format!("bench-{id}-raw"), &encoded).await?;
     rows.push(row("B1 raw rdkafka produce→consume", b1, "msg/s"));
 
+    rows.extend(collector_vs_echo(&cfg, &events).await?);
+
     let (enrich_rate, passthrough_rate) = enrich_vs_passthrough(&cfg, &events, id).await?;
     rows.push(compared(
         "B5 enrich stage (resolve + join)",
@@ -144,7 +156,7 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path) -> anyhow::Result<Vec<Ro
         "rows/s",
     ));
 
-    let p = pipeline(&cfg, events).await?;
+    let p = pipeline(&cfg, events.clone()).await?;
     rows.push(compared(
         "P whole pipeline gRPC→ClickHouse",
         p.rate,
@@ -165,6 +177,37 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path) -> anyhow::Result<Vec<Ro
         "µs",
     ));
     rows.push(row("P peak RSS, xoflow", p.rss_mib, "MiB"));
+
+    let o = open_loop(&cfg, &events, p.rate).await?;
+    let mut half = row("P open loop at half peak, rate sent", o.rate, "events/s");
+    half.goal = Some(format!("{:.0} events/s", p.rate / 2.0));
+    rows.push(half);
+    rows.push(row("P ack→visible latency p50 (half peak)", o.p50_ms, "ms"));
+    let mut p99 = row("P ack→visible latency p99 (half peak)", o.p99_ms, "ms");
+    p99.goal = Some("≤ 2000 ms".into());
+    p99.met = Some(o.p99_ms <= 2_000.0);
+    rows.push(p99);
+    rows.push(row(
+        "P twice the peak: events offered",
+        o.overload_offered as f64,
+        "events",
+    ));
+    rows.push(row(
+        "P twice the peak: events accepted",
+        o.overload_accepted as f64,
+        "events",
+    ));
+    let mut flat = row(
+        "P twice the peak: RSS growth, last vs second quarter",
+        o.rss_growth * 100.0,
+        "%",
+    );
+    flat.goal = Some(format!(
+        "≤ 10% ({:.0} → {:.0} MiB)",
+        o.rss_second_quarter_mib, o.rss_last_quarter_mib
+    ));
+    flat.met = Some(o.rss_growth <= 0.10);
+    rows.push(flat);
 
     let _ = cfg
         .clickhouse
@@ -337,7 +380,8 @@ async fn enrich_vs_passthrough(
             consumer.subscribe(&[&input])?;
             let producer = kafka.batch_producer()?;
             loop {
-                let batch = xoflow_common::kafka::recv_batch(&consumer, max, wait, &stop).await?;
+                let batch =
+                    xoflow_common::kafka::recv_batch(&consumer, max, wait, None, &stop).await?;
                 if batch.is_empty() {
                     return anyhow::Ok(());
                 }
@@ -607,6 +651,293 @@ async fn pipeline(cfg: &Config, events: Vec<Event>) -> anyhow::Result<PipelineRe
         cpu_us_self: cpu * 1e6 / n as f64,
         cpu_us_servers: srv * 1e6 / n as f64,
         rss_mib: peak_rss_mib(),
+    })
+}
+
+/// B2: the collector (in this process, on its own topics) and a bare
+/// tonic server of the same service, driven by the same client with the
+/// same events: batches of 1000 (8 in flight), 4 client streams, and one
+/// event per request (64 in flight).
+async fn collector_vs_echo(cfg: &Config, events: &[Event]) -> anyhow::Result<Vec<Row>> {
+    const BATCH: usize = 1_000;
+    const CONCURRENCY: usize = 8;
+    const STREAMS: usize = 4;
+    const UNARY_CONCURRENCY: usize = 64;
+    let mut cfg = cfg.clone();
+    for t in [
+        &mut cfg.kafka.topics.events,
+        &mut cfg.kafka.topics.backfill,
+        &mut cfg.kafka.topics.dead_letters,
+    ] {
+        t.push_str(".b2");
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let echo = grpc::serve_echo(stop.clone()).await?;
+    grpc::wait_listening(echo).await?;
+    let running = crate::start(cfg.clone(), Stages::INGEST, Shutdown::new()).await?;
+    let ready = Instant::now();
+    while running.health.check().is_err() {
+        if ready.elapsed() > Duration::from_secs(60) {
+            bail!("collector not ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let collector = running.grpc_addr.context("no collector")?;
+    let warm: Vec<Event> = events.iter().take(2_000).cloned().collect();
+    grpc::unary(echo, warm.clone(), BATCH, 2).await?;
+    grpc::unary(collector, warm, BATCH, 2).await?;
+    let single: Vec<Event> = events.iter().take(20_000).cloned().collect();
+    let all = events.to_vec();
+
+    let e_b = grpc::unary(echo, all.clone(), BATCH, CONCURRENCY).await?;
+    let c_b = grpc::unary(collector, all.clone(), BATCH, CONCURRENCY).await?;
+    let e_s = grpc::streaming(echo, all.clone(), BATCH, STREAMS).await?;
+    let c_s = grpc::streaming(collector, all, BATCH, STREAMS).await?;
+    let e_u = grpc::unary(echo, single.clone(), 1, UNARY_CONCURRENCY).await?;
+    let c_u = grpc::unary(collector, single, 1, UNARY_CONCURRENCY).await?;
+    running.stop();
+    running.wait().await?;
+    stop.cancel();
+    for (what, r) in [("batched", &c_b), ("streaming", &c_s), ("unary", &c_u)] {
+        if !r.all_accepted {
+            println!("[bench] B2 {what}: the collector did not accept every event");
+        }
+    }
+    Ok(vec![
+        compared(
+            "B2 collector, batched (1000/request)",
+            c_b.per_second,
+            "events/s",
+            e_b.per_second,
+            0.85,
+        ),
+        compared(
+            "B2 collector, client streaming",
+            c_s.per_second,
+            "events/s",
+            e_s.per_second,
+            0.85,
+        ),
+        compared(
+            "B2 collector, unary (1 event/request)",
+            c_u.per_second,
+            "events/s",
+            e_u.per_second,
+            0.85,
+        ),
+        compared(
+            "B2 collector batched vs its unary",
+            c_b.per_second,
+            "events/s",
+            c_u.per_second,
+            10.0,
+        ),
+        compared(
+            "B2 collector streaming vs its unary",
+            c_s.per_second,
+            "events/s",
+            c_u.per_second,
+            10.0,
+        ),
+        row("B2 baseline echo, batched", e_b.per_second, "events/s"),
+        row("B2 baseline echo, streaming", e_s.per_second, "events/s"),
+        row("B2 baseline echo, unary", e_u.per_second, "events/s"),
+    ])
+}
+
+struct OpenLoopResult {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    overload_offered: u64,
+    overload_accepted: u64,
+    rss_second_quarter_mib: f64,
+    rss_last_quarter_mib: f64,
+    rss_growth: f64,
+}
+
+/// Resident memory of this process now (not the high-water mark).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// `events` with every id suffixed, so a round is new to the pipeline.
+fn round_of(events: &[Event], round: usize, n: usize) -> Vec<Event> {
+    events
+        .iter()
+        .cycle()
+        .take(n)
+        .enumerate()
+        .map(|(i, e)| {
+            let mut e = e.clone();
+            e.event_id = format!("{}-r{round}-{i}", e.event_id);
+            e
+        })
+        .collect()
+}
+
+/// A fresh pipeline fed open loop: first at half of `peak` for about 20 s,
+/// measuring when each acknowledged request's rows are visible; then at
+/// twice `peak` for about 20 s, sampling this process's resident memory.
+///
+/// Visibility is read from `count()` of the events table every 10 ms: the
+/// k-th acknowledged event counts as visible when the table holds k rows.
+/// Rows overtake each other across partitions, so this is the latency of
+/// the pipeline as a queue, not of one particular event.
+async fn open_loop(cfg: &Config, events: &[Event], peak: f64) -> anyhow::Result<OpenLoopResult> {
+    const BATCH: usize = 100;
+    const SECONDS: f64 = 20.0;
+    let mut cfg = cfg.clone();
+    cfg.clickhouse.database.push_str("_ol");
+    for t in [
+        &mut cfg.kafka.topics.events,
+        &mut cfg.kafka.topics.enriched,
+        &mut cfg.kafka.topics.dead_letters,
+    ] {
+        t.push_str(".ol");
+    }
+    let ch = cfg.clickhouse.client();
+    let running = crate::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
+    let ready = Instant::now();
+    while running.health.check().is_err() {
+        if ready.elapsed() > Duration::from_secs(60) {
+            bail!("pipeline not ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addr = format!("http://{}", running.grpc_addr.context("no collector")?);
+
+    // Half the peak, with the visibility timeline polled alongside.
+    let half = (peak / 2.0).max(100.0);
+    let n = ((half * SECONDS) as usize).max(BATCH);
+    let batch = round_of(events, 0, n);
+    let stop_polling = tokio_util::sync::CancellationToken::new();
+    let poller = {
+        let ch = ch.clone();
+        let stop = stop_polling.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<(tokio::time::Instant, u64)> = Vec::new();
+            while !stop.is_cancelled() {
+                let c = count(&ch, "events").await;
+                seen.push((tokio::time::Instant::now(), c));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen
+        })
+    };
+    let sent = load::send(
+        &addr,
+        batch,
+        &load::LoadOptions {
+            batch: BATCH,
+            rate: Some(half),
+            concurrency: 256,
+        },
+    )
+    .await?;
+    wait_rows(&ch, "events", sent.accepted, Duration::from_secs(600)).await?;
+    stop_polling.cancel();
+    let seen = poller.await?;
+    let mut acks = sent.acks.clone();
+    acks.sort_by_key(|(at, _)| *at);
+    let mut latencies = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut cumulative = 0u64;
+    let mut v = 0usize;
+    for (at, accepted) in acks {
+        if accepted == 0 {
+            continue;
+        }
+        cumulative += u64::from(accepted);
+        while v < seen.len() && seen[v].1 < cumulative {
+            v += 1;
+        }
+        let Some((visible, _)) = seen.get(v) else {
+            break;
+        };
+        let us = visible.saturating_duration_since(at).as_micros() as u64;
+        latencies.record_n(us.max(1), u64::from(accepted))?;
+    }
+
+    // Twice the peak, in rounds of about 2 s, memory sampled every 250 ms.
+    let twice = peak * 2.0;
+    let per_round = ((twice * 2.0) as usize).max(BATCH);
+    let rounds = (SECONDS / 2.0) as usize;
+    let stop_sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = {
+        let stop = stop_sampling.clone();
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !stop.is_cancelled() {
+                samples.push(rss_mib());
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            samples
+        })
+    };
+    let mut offered = 0u64;
+    let mut accepted = 0u64;
+    for round in 1..=rounds {
+        let batch = round_of(events, round, per_round);
+        let r = load::send(
+            &addr,
+            batch,
+            &load::LoadOptions {
+                batch: BATCH,
+                rate: Some(twice),
+                concurrency: 256,
+            },
+        )
+        .await?;
+        offered += r.sent;
+        accepted += r.accepted;
+    }
+    stop_sampling.cancel();
+    let samples = sampler.await?;
+    running.stop();
+    running.wait().await?;
+    let _ = cfg
+        .clickhouse
+        .client()
+        .with_database("default")
+        .query(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            cfg.clickhouse.database
+        ))
+        .execute()
+        .await;
+    let quarter = |q: usize| {
+        let len = samples.len();
+        let part = &samples[len * q / 4..(len * (q + 1) / 4).max(len * q / 4 + 1).min(len)];
+        part.iter().sum::<f64>() / part.len().max(1) as f64
+    };
+    let (second, last) = if samples.len() >= 4 {
+        (quarter(1), quarter(3))
+    } else {
+        (0.0, 0.0)
+    };
+    Ok(OpenLoopResult {
+        rate: sent.events_per_second(),
+        p50_ms: latencies.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: latencies.value_at_quantile(0.99) as f64 / 1000.0,
+        overload_offered: offered,
+        overload_accepted: accepted,
+        rss_second_quarter_mib: second,
+        rss_last_quarter_mib: last,
+        rss_growth: if second > 0.0 {
+            (last - second) / second
+        } else {
+            0.0
+        },
     })
 }
 
