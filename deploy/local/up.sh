@@ -187,6 +187,7 @@ export XOFLOW_TEST_KAFKA=127.0.0.1:$kafka_port
 export XOFLOW_TEST_CLICKHOUSE=http://127.0.0.1:$ch_http
 export XOFLOW_CLICKHOUSE_TCP_PORT=$ch_tcp
 export XOFLOW_TANSU_BIN=$tansu
+export XOFLOW_SCRATCH=$scratch
 ENV
 mv -f "$tmp" "$scratch/env"
 

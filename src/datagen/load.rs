@@ -40,6 +40,10 @@ pub struct LoadReport {
     pub p90_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
+    /// When each request was answered and how many of its events were
+    /// accepted, in answer order: the acknowledgement timeline that
+    /// visibility latency is measured from.
+    pub acks: Vec<(Instant, u32)>,
 }
 
 impl LoadReport {
@@ -86,7 +90,7 @@ pub async fn send(
             let n = chunk.len() as u64;
             let r = client.ingest(IngestRequest { events: chunk }).await;
             drop(permit);
-            (n, r.map(|r| r.into_inner()), due.elapsed())
+            (n, r.map(|r| r.into_inner()), due.elapsed(), Instant::now())
         });
         // Collect finished requests as we go so memory stays flat.
         while let Some(done) = tasks.try_join_next() {
@@ -105,10 +109,11 @@ pub async fn send(
 }
 
 fn record(
-    (n, result, latency): (
+    (n, result, latency, answered): (
         u64,
         Result<xoflow_proto::v1::IngestResponse, tonic::Status>,
         Duration,
+        Instant,
     ),
     report: &mut LoadReport,
     hist: &mut Histogram<u64>,
@@ -118,6 +123,7 @@ fn record(
         Ok(r) => {
             report.accepted += u64::from(r.accepted);
             report.rejected += u64::from(r.rejected);
+            report.acks.push((answered, r.accepted));
         }
         Err(status) => {
             report.failed_requests += 1;

@@ -14,7 +14,6 @@ pub use service::{CollectorService, response};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use xoflow_common::admin::Readiness;
 use xoflow_proto::v1::collector_server::CollectorServer;
@@ -67,6 +66,12 @@ pub async fn serve(
         }
     };
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
+        // Nagle would hold small answers back until the client's delayed
+        // ACK: tens of milliseconds per unary call. `Server::serve` sets
+        // this by default; a listener of our own must ask.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopping,
+        )
         .await
 }

@@ -87,6 +87,13 @@ pub async fn serve(
         }
         None => {
             readiness.set(true);
+            // Small answers go out at once rather than after the client's
+            // delayed ACK.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY");
+                }
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(stopping)
                 .await
