@@ -45,20 +45,15 @@ pub fn decode(kind: EventKind, bytes: &[u8], origin: Origin<'_>) -> Record {
             Reason::Decode,
             format!("invalid UTF-8 at byte {}", e.valid_up_to()),
         )),
-        Ok(_) => {
-            let mut de = serde_json::Deserializer::from_slice(bytes);
-            match kind {
-                EventKind::Survey => {
-                    parse::<SurveyWebhook>(&mut de).and_then(SurveyWebhook::into_event)
-                }
-                EventKind::Call => parse::<Transcript>(&mut de).and_then(Transcript::into_event),
-                EventKind::Social => parse::<Post>(&mut de).and_then(Post::into_event),
-                EventKind::Order => parse::<Value>(&mut de)
-                    .and_then(order_row)
-                    .and_then(OrderRow::into_event),
-                EventKind::Click => parse::<TrackCall>(&mut de).and_then(TrackCall::into_event),
-            }
-        }
+        Ok(_) => match kind {
+            EventKind::Survey => parse::<SurveyWebhook>(bytes).and_then(SurveyWebhook::into_event),
+            EventKind::Call => parse::<Transcript>(bytes).and_then(Transcript::into_event),
+            EventKind::Social => parse::<Post>(bytes).and_then(Post::into_event),
+            EventKind::Order => parse::<Value>(bytes)
+                .and_then(order_row)
+                .and_then(OrderRow::into_event),
+            EventKind::Click => parse::<TrackCall>(bytes).and_then(TrackCall::into_event),
+        },
     };
     from_converted(converted, bytes.to_vec(), origin)
 }
@@ -99,10 +94,15 @@ fn from_converted(
     }
 }
 
-fn parse<'de, T: Deserialize<'de>>(
-    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
-) -> Result<T, Violation> {
-    let t = serde_path_to_error::deserialize(&mut *de).map_err(path_violation)?;
+/// Parses one JSON record. Only a record that fails pays for the path
+/// tracking that names its field at fault (two thirds of decoding time
+/// when every record paid for it).
+pub(crate) fn parse<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, Violation> {
+    if let Ok(t) = serde_json::from_slice(bytes) {
+        return Ok(t);
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let t = serde_path_to_error::deserialize(&mut de).map_err(path_violation)?;
     de.end()
         .map_err(|e| Violation::new("", Reason::Decode, e.to_string()))?;
     Ok(t)

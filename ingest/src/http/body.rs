@@ -13,7 +13,6 @@ use xoflow_proto::v1::Event;
 use crate::{
     IngestError,
     batch::{JSON, Record},
-    sources::path_violation,
     validate::{Reason, Violation},
 };
 
@@ -152,15 +151,7 @@ pub fn decode_event(slice: &[u8]) -> Record {
             ),
         );
     }
-    let mut de = serde_json::Deserializer::from_slice(slice);
-    let decoded = serde_path_to_error::deserialize::<_, Event>(&mut de)
-        .map_err(path_violation)
-        .and_then(|e| {
-            de.end()
-                .map(|()| e)
-                .map_err(|e| Violation::new("", Reason::Decode, e.to_string()))
-        });
-    match decoded {
+    match crate::sources::parse::<Event>(slice) {
         Ok(e) => Record {
             event: Some(e),
             decode_error: None,
