@@ -209,16 +209,7 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path) -> anyhow::Result<Vec<Ro
     flat.met = Some(o.rss_growth <= 0.10);
     rows.push(flat);
 
-    let _ = cfg
-        .clickhouse
-        .client()
-        .with_database("default")
-        .query(&format!(
-            "DROP DATABASE IF EXISTS {}",
-            cfg.clickhouse.database
-        ))
-        .execute()
-        .await;
+    drop_database(&cfg).await;
     write(out, &rows)?;
     Ok(rows)
 }
@@ -573,39 +564,69 @@ fn server_pids() -> Vec<String> {
         .collect()
 }
 
-fn peak_rss_mib() -> f64 {
+/// A `/proc/self/status` memory figure (`VmHWM`, `VmRSS`) in MiB.
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
 }
 
-async fn pipeline(cfg: &Config, events: Vec<Event>) -> anyhow::Result<PipelineResult> {
+fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// A whole pipeline of its own: the database and topics get `tag`.
+fn own_pipeline(cfg: &Config, tag: &str) -> Config {
     let mut cfg = cfg.clone();
-    cfg.clickhouse.database.push_str("_p");
+    cfg.clickhouse.database.push_str(&format!("_{tag}"));
     for t in [
         &mut cfg.kafka.topics.events,
         &mut cfg.kafka.topics.enriched,
         &mut cfg.kafka.topics.dead_letters,
     ] {
-        t.push_str(".p");
+        t.push_str(&format!(".{tag}"));
     }
-    let ch = cfg.clickhouse.client();
-    let running = crate::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
-    let ready = Instant::now();
+    cfg
+}
+
+/// Waits until every started stage reports ready.
+async fn ready(running: &crate::Running) -> anyhow::Result<()> {
+    let since = Instant::now();
     while running.health.check().is_err() {
-        if ready.elapsed() > Duration::from_secs(60) {
-            bail!("pipeline not ready");
+        if since.elapsed() > Duration::from_secs(60) {
+            bail!("stages not ready after 60 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
+}
+
+/// Drops the run's database; the benchmark keeps nothing.
+async fn drop_database(cfg: &Config) {
+    let _ = cfg
+        .clickhouse
+        .client()
+        .with_database("default")
+        .query(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            cfg.clickhouse.database
+        ))
+        .execute()
+        .await;
+}
+
+async fn pipeline(cfg: &Config, events: Vec<Event>) -> anyhow::Result<PipelineResult> {
+    let cfg = own_pipeline(cfg, "p");
+    let ch = cfg.clickhouse.client();
+    let running = crate::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
+    ready(&running).await?;
     let servers = server_pids();
     let cpu0: f64 = cpu_seconds("self").unwrap_or(0.0);
     let srv0: f64 = servers.iter().filter_map(|p| cpu_seconds(p)).sum();
@@ -634,16 +655,7 @@ async fn pipeline(cfg: &Config, events: Vec<Event>) -> anyhow::Result<PipelineRe
     let srv: f64 = servers.iter().filter_map(|p| cpu_seconds(p)).sum::<f64>() - srv0;
     running.stop();
     running.wait().await?;
-    let _ = cfg
-        .clickhouse
-        .client()
-        .with_database("default")
-        .query(&format!(
-            "DROP DATABASE IF EXISTS {}",
-            cfg.clickhouse.database
-        ))
-        .execute()
-        .await;
+    drop_database(&cfg).await;
     Ok(PipelineResult {
         rate: n as f64 / secs,
         p50_ms: sent.p50_us as f64 / 1000.0,
@@ -675,13 +687,7 @@ async fn collector_vs_echo(cfg: &Config, events: &[Event]) -> anyhow::Result<Vec
     let echo = grpc::serve_echo(stop.clone()).await?;
     grpc::wait_listening(echo).await?;
     let running = crate::start(cfg.clone(), Stages::INGEST, Shutdown::new()).await?;
-    let ready = Instant::now();
-    while running.health.check().is_err() {
-        if ready.elapsed() > Duration::from_secs(60) {
-            bail!("collector not ready");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ready(&running).await?;
     let collector = running.grpc_addr.context("no collector")?;
     let warm: Vec<Event> = events.iter().take(2_000).cloned().collect();
     grpc::unary(echo, warm.clone(), BATCH, 2).await?;
@@ -758,17 +764,7 @@ struct OpenLoopResult {
 
 /// Resident memory of this process now (not the high-water mark).
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+    status_mib("VmRSS:")
 }
 
 /// `events` with every id suffixed, so a round is new to the pipeline.
@@ -797,24 +793,10 @@ fn round_of(events: &[Event], round: usize, n: usize) -> Vec<Event> {
 async fn open_loop(cfg: &Config, events: &[Event], peak: f64) -> anyhow::Result<OpenLoopResult> {
     const BATCH: usize = 100;
     const SECONDS: f64 = 20.0;
-    let mut cfg = cfg.clone();
-    cfg.clickhouse.database.push_str("_ol");
-    for t in [
-        &mut cfg.kafka.topics.events,
-        &mut cfg.kafka.topics.enriched,
-        &mut cfg.kafka.topics.dead_letters,
-    ] {
-        t.push_str(".ol");
-    }
+    let cfg = own_pipeline(cfg, "ol");
     let ch = cfg.clickhouse.client();
     let running = crate::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
-    let ready = Instant::now();
-    while running.health.check().is_err() {
-        if ready.elapsed() > Duration::from_secs(60) {
-            bail!("pipeline not ready");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ready(&running).await?;
     let addr = format!("http://{}", running.grpc_addr.context("no collector")?);
 
     // Warm-up, so that consumer-group joins (seconds on the local broker)
@@ -926,16 +908,7 @@ async fn open_loop(cfg: &Config, events: &[Event], peak: f64) -> anyhow::Result<
     let samples = sampler.await?;
     running.stop();
     running.wait().await?;
-    let _ = cfg
-        .clickhouse
-        .client()
-        .with_database("default")
-        .query(&format!(
-            "DROP DATABASE IF EXISTS {}",
-            cfg.clickhouse.database
-        ))
-        .execute()
-        .await;
+    drop_database(&cfg).await;
     let quarter = |q: usize| {
         let len = samples.len();
         let part = &samples[len * q / 4..(len * (q + 1) / 4).max(len * q / 4 + 1).min(len)];
