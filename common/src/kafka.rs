@@ -83,19 +83,29 @@ impl KafkaConfig {
     }
 
     /// An idempotent, `acks=all` producer that batches for throughput and
-    /// acknowledges per batch ([`BatchProducer`]).
+    /// acknowledges per batch ([`BatchProducer`]), waiting up to 5 ms for a
+    /// batch to fill: right for stages that send whole consumed batches.
     pub fn batch_producer(&self) -> Result<BatchProducer, KafkaError> {
+        self.batch_producer_lingering(Duration::from_millis(5))
+    }
+
+    /// [`Self::batch_producer`] with its own `linger.ms`: a caller waiting
+    /// for the acknowledgement of a few records pays the linger on every
+    /// request.
+    pub fn batch_producer_lingering(&self, linger: Duration) -> Result<BatchProducer, KafkaError> {
         Ok(BatchProducer {
-            inner: self.producer_config().create_with_context(AckContext)?,
+            inner: self
+                .producer_config(linger)
+                .create_with_context(AckContext)?,
         })
     }
 
-    fn producer_config(&self) -> ClientConfig {
+    fn producer_config(&self, linger: Duration) -> ClientConfig {
         let mut c = self.base();
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", &self.compression)
-            .set("linger.ms", "5")
+            .set("linger.ms", (linger.as_secs_f64() * 1e3).to_string())
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "200000")
             .set(

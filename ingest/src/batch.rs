@@ -415,7 +415,8 @@ pub fn build(
     let tenants = std::sync::Arc::new(crate::tenant::Tenants::from_config(cfg)?);
     let live = Normaliser::with_tenants(tenants, cfg.max_future_skew, cfg.max_age);
     let backfill = live.with_max_age(cfg.max_backfill_age);
-    let delivery = Delivery::new(kafka, cfg.max_in_flight_events).map_err(|e| e.to_string())?;
+    let delivery =
+        Delivery::new(kafka, cfg.max_in_flight_events, cfg.linger).map_err(|e| e.to_string())?;
     Ok(Ingestor::new(
         live,
         backfill,

@@ -42,6 +42,11 @@ pub struct IngestConfig {
     /// backfill lane), which exist to load history.
     #[serde(with = "humantime_serde", default = "default_max_backfill_age")]
     pub max_backfill_age: Duration,
+    /// How long the producer waits for more records before sending a
+    /// batch (`linger.ms`). Every request waits for its acknowledgement, so
+    /// a caller sending one event per request pays this each time.
+    #[serde(with = "humantime_serde", default = "default_linger")]
+    pub linger: Duration,
     /// Key for the HMAC-SHA256 of weak identifiers of tenants that have no
     /// secret of their own. Must stay stable: changing it breaks joins.
     #[serde(default = "default_hash_secret")]
@@ -205,6 +210,10 @@ fn default_http_addr() -> SocketAddr {
 
 const fn default_max_body_bytes() -> usize {
     16 * 1024 * 1024
+}
+
+const fn default_linger() -> Duration {
+    Duration::from_millis(1)
 }
 
 const fn default_max_backfill_age() -> Duration {
@@ -381,6 +390,7 @@ mod tests {
             max_future_skew: Duration::from_secs(60),
             max_age: Duration::from_secs(86_400),
             max_backfill_age: Duration::from_secs(86_400 * 3650),
+            linger: Duration::from_millis(1),
             hash_secret: Secret::new("0123456789abcdef"),
             auth: AuthMode::None,
             tenants: BTreeMap::new(),

@@ -38,6 +38,7 @@ pub struct Delivery {
     /// Permits = events that may await acknowledgement at once.
     in_flight: Arc<Semaphore>,
     capacity: usize,
+    linger: std::time::Duration,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -53,10 +54,11 @@ impl Delivery {
     pub fn new(
         kafka: &KafkaConfig,
         max_in_flight: usize,
+        linger: std::time::Duration,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         Ok(Self {
             producer: Arc::new(std::sync::Mutex::new((
-                Arc::new(kafka.batch_producer()?),
+                Arc::new(kafka.batch_producer_lingering(linger)?),
                 std::time::Instant::now(),
             ))),
             kafka: Arc::new(kafka.clone()),
@@ -65,6 +67,7 @@ impl Delivery {
             dead_letter_topic: kafka.topics.dead_letters.as_str().into(),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             capacity: max_in_flight,
+            linger,
         })
     }
 
@@ -141,7 +144,7 @@ impl Delivery {
         if p.1.elapsed() < self.kafka.message_timeout {
             return;
         }
-        match self.kafka.batch_producer() {
+        match self.kafka.batch_producer_lingering(self.linger) {
             Ok(fresh) => {
                 *p = (Arc::new(fresh), std::time::Instant::now());
                 tracing::info!("kafka producer renewed after delivery timeouts");
