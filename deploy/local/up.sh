@@ -139,6 +139,20 @@ start_clickhouse() {
   echo $! >"$scratch/clickhouse.pid"
 }
 
+# Servers this run started, stopped again if the other one cannot start,
+# so a failed start leaves nothing behind holding its port.
+started=()
+stop_started() {
+  local name pid
+  for name in "${started[@]}"; do
+    if pid=$(cat "$scratch/$name.pid" 2>/dev/null); then
+      kill "$pid" 2>/dev/null || true
+      rm -f "$scratch/$name.pid"
+    fi
+  done
+}
+trap '[ $? -eq 0 ] || stop_started' EXIT
+
 # wait_for NAME LOG CHECK: polls CHECK every 0.2 s until the deadline; on
 # timeout prints the end of LOG and fails.
 wait_for() {
@@ -165,6 +179,7 @@ if pid=$(pid_of tansu "$tansu_sig"); then
 else
   rm -f "$scratch/tansu.pid"
   start_tansu
+  started+=(tansu)
 fi
 if pid=$(pid_of clickhouse "$ch_sig"); then
   check_same ClickHouse "$pid" "--path=$scratch/clickhouse/ "
@@ -173,6 +188,7 @@ if pid=$(pid_of clickhouse "$ch_sig"); then
 else
   rm -f "$scratch/clickhouse.pid"
   start_clickhouse
+  started+=(clickhouse)
 fi
 wait_for Tansu "$tansu_log" tansu_ready tansu "$tansu_sig"
 wait_for ClickHouse "$ch_log" ch_ready clickhouse "$ch_sig"
