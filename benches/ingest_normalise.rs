@@ -18,6 +18,10 @@ use xoflow_ingest::{
 };
 use xoflow_proto::EventKind;
 
+// The allocator the `xoflow` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BATCH: usize = 1_000;
 
 fn normaliser() -> Normaliser {

@@ -12,6 +12,10 @@ use xoflow_proto::{
 };
 use xoflow_sink::clickhouse::row::{EventRow, Lineage};
 
+// The allocator the `xoflow` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn bench(c: &mut Criterion) {
     let g = datagen::generate(&GenConfig {
         days: 1,
