@@ -115,13 +115,32 @@ pub async fn run(
 
     let mut positions = Positions::default();
     let mut batch = Batch::default();
+    // One stop future and one timer for the whole run, polled only when no
+    // record is ready: polling either takes a lock (a fresh timer registers
+    // with the driver), which a record must not pay. Under load the batch
+    // age is read from the clock instead, and stop is checked per flush.
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
+    let timer = tokio::time::sleep(cfg.batch_max_wait);
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     loop {
         let deadline = batch.started.map(|s| s + cfg.batch_max_wait);
-        let msg = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            _ = sleep_until(deadline) => None,
-            m = consumer.recv() => Some(m),
+        let msg = if deadline.is_some_and(|d| Instant::now() >= d) {
+            None
+        } else {
+            if deadline != armed {
+                if let Some(d) = deadline {
+                    timer.as_mut().reset(d);
+                }
+                armed = deadline;
+            }
+            tokio::select! {
+                biased;
+                m = consumer.recv() => Some(m),
+                _ = &mut cancelled => break,
+                _ = &mut timer, if deadline.is_some() => None,
+            }
         };
         // Revocations arrive inside recv(): handle them before the record
         // it returned, which may already come from a new assignment.
@@ -230,6 +249,9 @@ pub async fn run(
             None => {}
         }
         flush(&client, &consumer, cfg, &mut batch, &mut positions).await?;
+        if stop.is_cancelled() {
+            break;
+        }
     }
     // Draining: write what is buffered and commit it before returning.
     readiness.set(false);
@@ -240,13 +262,6 @@ pub async fn run(
     flush(&client, &consumer, cfg, &mut batch, &mut positions).await?;
     tracing::info!("sink stopped");
     Ok(())
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn decode_dead_letter(payload: &[u8], lineage: Lineage<'_>) -> DeadLetterRow {
