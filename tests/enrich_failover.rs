@@ -184,7 +184,7 @@ fn ids(events: &[Event]) -> BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_instance_s_partitions_continue_elsewhere_with_the_same_output() {
+async fn a_killed_instance_restarted_restores_its_partitions_with_the_same_output() {
     let (cfg, _) = common::config("");
     let kafka = cfg.kafka.brokers.clone();
     let wave1 = scenario::journeys(11, 0..150, START);
