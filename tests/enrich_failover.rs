@@ -22,12 +22,17 @@
 //! is set wide in event time (`lateness = 30days`) so that each wave is
 //! applied in event-time order once held `max_hold` (3 s) — the order does
 //! not then depend on how the broker interleaves partitions, and the two
-//! runs are comparable event by event.
+//! runs are comparable event by event. The first wave is produced only once
+//! every instance logged its assignment: a rebalance while it is read
+//! could hold back one side of a customer's events longer than `max_hold`
+//! (seen once in ten runs before this wait: 34 events enriched without
+//! their order).
 
 mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -67,33 +72,74 @@ impl Topics {
 }
 
 /// `instance`: a static member's name, or a dynamic member when `None`.
-fn spawn_enrich(kafka: &str, t: &Topics, instance: Option<&str>) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_xoflow"));
-    if let Some(name) = instance {
-        command.env("XOFLOW_ENRICH__INSTANCE_ID", name);
+/// Each process logs to its own file (named on the test's output), so a
+/// failure can be read back: group joins, assignments, restores.
+fn spawn_enrich(kafka: &str, t: &Topics, instance: Option<&str>) -> (Child, PathBuf) {
+    let path = std::env::temp_dir().join(format!(
+        "{}-{}-{}.log",
+        t.group,
+        instance.unwrap_or("dynamic"),
+        common::unique()
+    ));
+    eprintln!("enrich instance {instance:?} logs to {}", path.display());
+    let log = std::fs::File::create(&path).expect("log file");
+    let child = {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xoflow"));
+        if let Some(name) = instance {
+            command.env("XOFLOW_ENRICH__INSTANCE_ID", name);
+        }
+        command
+            .arg("enrich")
+            .env("XOFLOW_KAFKA__BROKERS", kafka)
+            .env("XOFLOW_KAFKA__PARTITIONS", "4")
+            .env("XOFLOW_KAFKA__TOPICS__EVENTS", &t.events)
+            .env(
+                "XOFLOW_KAFKA__TOPICS__BACKFILL",
+                format!("{}.backfill", t.events),
+            )
+            .env("XOFLOW_KAFKA__TOPICS__ENRICHED", &t.enriched)
+            .env("XOFLOW_KAFKA__TOPICS__DEAD_LETTERS", &t.dead_letters)
+            .env("XOFLOW_ENRICH__GROUP_ID", &t.group)
+            .env("XOFLOW_ENRICH__BATCH_MAX_WAIT", "20ms")
+            .env("XOFLOW_ENRICH__JOIN__LATENESS", "30days")
+            .env("XOFLOW_ENRICH__JOIN__MAX_HOLD", "3s")
+            .env("XOFLOW_ADMIN__ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn xoflow enrich")
+    };
+    (child, path)
+}
+
+/// Waits until every instance logged input partitions of `t.events` for
+/// its resolve consumer and at least one join partition: with two
+/// members that is the group's settled assignment. Input produced before
+/// would meet a rebalance that can delay one side of a customer's events
+/// past `max_hold`, and the output would then depend on timing.
+async fn settled(t: &Topics, logs: &[&PathBuf]) {
+    let until = Instant::now() + Duration::from_secs(120);
+    let inputs = format!("{}/", t.events);
+    loop {
+        let ready = logs.iter().all(|path| {
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            log.lines()
+                .any(|l| l.contains("resolve partitions assigned") && l.contains(&inputs))
+                && log
+                    .lines()
+                    .any(|l| l.contains("join partitions assigned") && !l.contains("[]"))
+        });
+        if ready {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "enrich instances not assigned within 120 s: {logs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    command
-        .arg("enrich")
-        .env("XOFLOW_KAFKA__BROKERS", kafka)
-        .env("XOFLOW_KAFKA__PARTITIONS", "4")
-        .env("XOFLOW_KAFKA__TOPICS__EVENTS", &t.events)
-        .env(
-            "XOFLOW_KAFKA__TOPICS__BACKFILL",
-            format!("{}.backfill", t.events),
-        )
-        .env("XOFLOW_KAFKA__TOPICS__ENRICHED", &t.enriched)
-        .env("XOFLOW_KAFKA__TOPICS__DEAD_LETTERS", &t.dead_letters)
-        .env("XOFLOW_ENRICH__GROUP_ID", &t.group)
-        .env("XOFLOW_ENRICH__BATCH_MAX_WAIT", "20ms")
-        .env("XOFLOW_ENRICH__JOIN__LATENESS", "30days")
-        .env("XOFLOW_ENRICH__JOIN__MAX_HOLD", "3s")
-        .env("XOFLOW_ADMIN__ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn xoflow enrich")
 }
 
 /// Keyed by the strongest key the event carries, as ingest keys them.
@@ -206,7 +252,8 @@ async fn a_killed_instance_restarted_restores_its_partitions_with_the_same_outpu
         .ensure_topics(&[&single.events])
         .await
         .expect("topics");
-    let mut only = spawn_enrich(&kafka, &single, Some("only"));
+    let (mut only, only_log) = spawn_enrich(&kafka, &single, Some("only"));
+    settled(&single, &[&only_log]).await;
     produce(&cfg, &single.events, &wave1).await;
     let mut reference = Reader::new(&cfg, &single.enriched);
     reference.until(&all1, Duration::from_secs(120)).await;
@@ -222,8 +269,9 @@ async fn a_killed_instance_restarted_restores_its_partitions_with_the_same_outpu
         .ensure_topics(&[&pair.events])
         .await
         .expect("topics");
-    let mut a = spawn_enrich(&kafka, &pair, Some("a"));
-    let mut b = spawn_enrich(&kafka, &pair, Some("b"));
+    let (mut a, a_log) = spawn_enrich(&kafka, &pair, Some("a"));
+    let (mut b, b_log) = spawn_enrich(&kafka, &pair, Some("b"));
+    settled(&pair, &[&a_log, &b_log]).await;
     produce(&cfg, &pair.events, &wave1).await;
     let mut out = Reader::new(&cfg, &pair.enriched);
     out.until(&all1, Duration::from_secs(120)).await;
@@ -236,7 +284,7 @@ async fn a_killed_instance_restarted_restores_its_partitions_with_the_same_outpu
     // comes back under its name, takes back its partitions and restores
     // their state from the changelog.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut a = spawn_enrich(&kafka, &pair, Some("a"));
+    let (mut a, _) = spawn_enrich(&kafka, &pair, Some("a"));
     out.until(&all, Duration::from_secs(180)).await;
     produce(&cfg, &pair.events, &wave3).await;
     out.until(&every, Duration::from_secs(180)).await;

@@ -160,11 +160,11 @@ pub async fn run(
     tracing::info!(links = links.len(), "link table read");
 
     let resolve_instance = cfg.instance_id.as_ref().map(|i| format!("{i}.resolve"));
-    let resolve_consumer: StreamConsumer = kafka
+    let resolve_consumer: StreamConsumer<ResolveContext> = kafka
         .static_consumer(
             &format!("{}.resolve", cfg.group_id),
             resolve_instance.as_deref(),
-            Default::default(),
+            ResolveContext,
         )
         .map_err(EnrichError::Setup)?;
     resolve_consumer
@@ -375,7 +375,7 @@ fn decode_failure(m: &BorrowedMessage<'_>, err: &dyn std::fmt::Display, now: i64
 
 /// The resolve loop: events → customer-keyed repartition topic.
 struct Resolver<'a> {
-    consumer: &'a StreamConsumer,
+    consumer: &'a StreamConsumer<ResolveContext>,
     /// Assigned to every links partition, positioned after the read-back.
     follower: BaseConsumer,
     links: Links,
@@ -504,6 +504,26 @@ impl Resolver<'_> {
     }
 }
 
+/// The resolve consumer's rebalances, logged: which instance reads which
+/// input partitions is what ops look for when a group is being rebalanced.
+#[derive(Debug, Default)]
+pub struct ResolveContext;
+
+impl ClientContext for ResolveContext {}
+
+impl ConsumerContext for ResolveContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let partitions: Vec<String> = tpl
+                .elements()
+                .iter()
+                .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                .collect();
+            tracing::info!(partitions = %partitions.join(","), "resolve partitions assigned");
+        }
+    }
+}
+
 /// Partitions assigned and revoked since the join loop last looked, recorded
 /// by the rebalance callbacks.
 #[derive(Debug, Default)]
@@ -525,6 +545,10 @@ impl ConsumerContext for JoinContext {
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(?partitions, "join partitions assigned");
+        }
         self.record(rebalance, Assignment::Assigned, false);
     }
 }
