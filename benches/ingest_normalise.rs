@@ -58,19 +58,10 @@ fn sample(name: &str, i: usize, yesterday: &str) -> String {
 fn bench(c: &mut Criterion) {
     let n = normaliser();
     let now = now_ms();
-    let yesterday = {
-        let days = now / 86_400_000 - 1;
-        // Civil date from days since the epoch.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        format!("{:04}-{m:02}-{d:02}", yoe + era * 400 + i64::from(m <= 2))
-    };
+    let yesterday = chrono::DateTime::from_timestamp_millis(now - 86_400_000)
+        .expect("a clock in range")
+        .format("%Y-%m-%d")
+        .to_string();
 
     let mut g = c.benchmark_group("native");
     g.throughput(Throughput::Elements(BATCH as u64));

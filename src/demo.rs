@@ -122,14 +122,7 @@ pub async fn run_pipeline(
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
-    for t in [
-        &mut cfg.kafka.topics.events,
-        &mut cfg.kafka.topics.backfill,
-        &mut cfg.kafka.topics.enriched,
-        &mut cfg.kafka.topics.dead_letters,
-    ] {
-        t.push_str(&format!(".demo-{run_id}"));
-    }
+    cfg.kafka.topics.suffix(&format!(".demo-{run_id}"));
     cfg.ingest.grpc_addr = "127.0.0.1:0".parse()?;
     cfg.ingest.http_addr = "127.0.0.1:0".parse()?;
     cfg.admin.addr = "127.0.0.1:0".parse()?;
@@ -153,13 +146,7 @@ pub async fn run_pipeline(
         cfg.kafka.brokers, cfg.clickhouse.url, cfg.clickhouse.database
     ));
     cfg.clickhouse
-        .client()
-        .with_database("default")
-        .query(&format!(
-            "DROP DATABASE IF EXISTS {}",
-            cfg.clickhouse.database
-        ))
-        .execute()
+        .drop_database()
         .await
         .context("is ClickHouse running? (deploy/local/up.sh starts it)")?;
 

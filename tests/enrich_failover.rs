@@ -157,11 +157,7 @@ async fn produce(cfg: &xoflow::Config, topic: &str, events: &[Event]) {
         .collect();
     let records: Vec<Outgoing<'_>> = encoded
         .iter()
-        .map(|(k, b)| Outgoing {
-            key: k.as_bytes(),
-            payload: b,
-            headers: None,
-        })
+        .map(|(k, b)| Outgoing::keyed(k.as_bytes(), b))
         .collect();
     cfg.kafka
         .batch_producer()

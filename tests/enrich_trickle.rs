@@ -38,22 +38,16 @@ async fn every_event_of_a_trickle_is_enriched() {
         producer
             .send_all(
                 &cfg.kafka.topics.events,
-                &[Outgoing {
-                    key: e.partition_key().as_bytes(),
-                    payload: &bytes,
-                    headers: None,
-                }],
+                &[Outgoing::keyed(e.partition_key().as_bytes(), &bytes)],
             )
             .await
             .expect("produce");
         tokio::time::sleep(Duration::from_millis(7)).await;
     }
 
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &cfg.kafka.brokers)
-        .set("group.id", format!("g-{id}-check"))
-        .set("auto.offset.reset", "earliest")
-        .create()
+    let consumer: StreamConsumer = cfg
+        .kafka
+        .consumer(&format!("g-{id}-check"), Default::default())
         .expect("consumer");
     consumer
         .subscribe(&[&cfg.kafka.topics.enriched])

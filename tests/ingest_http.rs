@@ -4,45 +4,24 @@
 //! dead-letter topic; gzip NDJSON works; an oversized body gets 413.
 
 mod common;
+#[path = "ingest_support/mod.rs"]
+mod ingest_support;
 
-use std::{io::Write, time::Duration};
+use std::io::Write;
 
-use rdkafka::{
-    consumer::{Consumer, StreamConsumer},
-    message::Message,
-};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
 use xoflow::{Stages, sample};
-use xoflow_proto::{
-    Message as _,
-    v1::{DeadLetter, IngestResponse},
-};
+use xoflow_proto::v1::IngestResponse;
 
-async fn post(addr: &str, body: &[u8], extra_headers: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let head = format!(
-        "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.expect("head");
-    // The server may answer (413) before reading the whole body.
-    let _ = s.write_all(body).await;
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+/// POSTs to `/v1/events`: the status and the body as text.
+async fn post(addr: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
+    let r = ingest_support::http(
+        addr.parse().expect("collector address"),
+        "/v1/events",
+        headers,
+        Some(body),
+    )
+    .await;
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +43,7 @@ async fn webhook_batches_get_per_record_verdicts_and_dead_letters() {
     records.push(serde_json::to_string(&missing).expect("json"));
     let body = format!("[{}]", records.join(","));
 
-    let (code, text) = post(&addr, body.as_bytes(), "").await;
+    let (code, text) = post(&addr, body.as_bytes(), &[]).await;
     assert_eq!(code, 200, "{text}");
     let r: IngestResponse = serde_json::from_str(&text).expect("response json");
     assert_eq!((r.accepted, r.rejected), (3, 2), "{text}");
@@ -91,7 +70,7 @@ async fn webhook_batches_get_per_record_verdicts_and_dead_letters() {
     let (code, text) = post(
         &addr,
         &gz.finish().expect("gzip"),
-        "Content-Encoding: gzip\r\n",
+        &[("content-encoding", "gzip")],
     )
     .await;
     assert_eq!(code, 200, "{text}");
@@ -99,28 +78,16 @@ async fn webhook_batches_get_per_record_verdicts_and_dead_letters() {
     assert_eq!(r.accepted, 4, "{text}");
 
     // Oversized.
-    let (code, _) = post(&addr, &vec![b' '; 300_000], "").await;
+    let (code, _) = post(&addr, &vec![b' '; 300_000], &[]).await;
     assert_eq!(code, 413);
 
     // The two refused records are on the dead-letter topic.
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &cfg.kafka.brokers)
-        .set("group.id", format!("g-{id}-check"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer
-        .subscribe(&[&cfg.kafka.topics.dead_letters])
-        .expect("subscribe");
-    let mut reasons = Vec::new();
-    while reasons.len() < 2 {
-        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .expect("dead letters within 30 s")
-            .expect("message");
-        let d = DeadLetter::decode(m.payload().unwrap_or_default()).expect("dead letter");
-        reasons.push((d.reason, d.field, d.content_type));
-    }
+    let mut reasons: Vec<_> = ingest_support::dead_letters(
+        &ingest_support::read_topic(&cfg.kafka.brokers, &cfg.kafka.topics.dead_letters, 2).await,
+    )
+    .into_iter()
+    .map(|d| (d.reason, d.field, d.content_type))
+    .collect();
     reasons.sort();
     assert_eq!(
         reasons,
@@ -135,16 +102,15 @@ async fn webhook_batches_get_per_record_verdicts_and_dead_letters() {
         ]
     );
 
-    let (code, text) = {
-        let mut s = TcpStream::connect(&addr).await.expect("connect");
-        s.write_all(b"GET /openapi.yaml HTTP/1.0\r\n\r\n")
-            .await
-            .expect("write");
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.expect("read");
-        (buf.split_whitespace().nth(1).map(str::to_string), buf)
-    };
-    assert_eq!(code.as_deref(), Some("200"));
+    let openapi = ingest_support::http(
+        addr.parse().expect("collector address"),
+        "/openapi.yaml",
+        &[],
+        None,
+    )
+    .await;
+    let (code, text) = (openapi.status, String::from_utf8_lossy(&openapi.body));
+    assert_eq!(code, 200);
     assert!(text.contains("/v1/events"));
 
     running.stop();

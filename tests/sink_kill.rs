@@ -93,11 +93,7 @@ async fn killed_ten_times_under_load_every_event_is_stored_exactly_once() {
     for chunk in encoded.chunks(5_000) {
         let records: Vec<Outgoing<'_>> = chunk
             .iter()
-            .map(|(bytes, key)| Outgoing {
-                key: key.as_bytes(),
-                payload: bytes,
-                headers: None,
-            })
+            .map(|(bytes, key)| Outgoing::keyed(key.as_bytes(), bytes))
             .collect();
         producer
             .send_all(&t.enriched, &records)

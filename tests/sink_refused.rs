@@ -61,11 +61,7 @@ fn enriched(id: &str, i: usize, tenant: &str) -> (Vec<u8>, String) {
 async fn produce(cfg: &xoflow::Config, records: &[(Vec<u8>, String)]) {
     let out: Vec<Outgoing<'_>> = records
         .iter()
-        .map(|(b, k)| Outgoing {
-            key: k.as_bytes(),
-            payload: b,
-            headers: None,
-        })
+        .map(|(b, k)| Outgoing::keyed(k.as_bytes(), b))
         .collect();
     cfg.kafka
         .batch_producer()

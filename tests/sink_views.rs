@@ -108,11 +108,7 @@ async fn view_metrics_equal_the_standard_definitions() {
         .expect("topics");
     let records: Vec<Outgoing<'_>> = encoded
         .iter()
-        .map(|(b, k)| Outgoing {
-            key: k.as_bytes(),
-            payload: b,
-            headers: None,
-        })
+        .map(|(b, k)| Outgoing::keyed(k.as_bytes(), b))
         .collect();
     cfg.kafka
         .batch_producer()

@@ -68,6 +68,21 @@ pub struct Topics {
     pub dead_letters: String,
 }
 
+impl Topics {
+    /// Appends `suffix` to every topic name: a run of its own (demo,
+    /// benchmark) beside whatever else uses the broker.
+    pub fn suffix(&mut self, suffix: &str) {
+        for t in [
+            &mut self.events,
+            &mut self.backfill,
+            &mut self.enriched,
+            &mut self.dead_letters,
+        ] {
+            t.push_str(suffix);
+        }
+    }
+}
+
 impl KafkaConfig {
     fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
@@ -233,6 +248,17 @@ pub struct Outgoing<'a> {
     pub key: &'a [u8],
     pub payload: &'a [u8],
     pub headers: Option<OwnedHeaders>,
+}
+
+impl<'a> Outgoing<'a> {
+    /// A record without headers.
+    pub fn keyed(key: &'a [u8], payload: &'a [u8]) -> Self {
+        Outgoing {
+            key,
+            payload,
+            headers: None,
+        }
+    }
 }
 
 /// A producer whose deliveries are acknowledged per batch, not per record.

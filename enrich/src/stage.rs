@@ -442,28 +442,14 @@ impl Resolver<'_> {
             let forward: Vec<Outgoing<'_>> = events
                 .iter()
                 .zip(&keys)
-                .map(|((m, _), k)| Outgoing {
-                    key: k,
-                    payload: m.payload().unwrap_or_default(),
-                    headers: None,
-                })
+                .map(|((m, _), k)| Outgoing::keyed(k, m.payload().unwrap_or_default()))
                 .collect();
             let links_out: Vec<Outgoing<'_>> = new_links
                 .iter()
-                .map(|(h, c)| Outgoing {
-                    key: h.as_bytes(),
-                    payload: c.as_bytes(),
-                    headers: None,
-                })
+                .map(|(h, c)| Outgoing::keyed(h.as_bytes(), c.as_bytes()))
                 .collect();
-            let dead_out: Vec<Outgoing<'_>> = dead
-                .iter()
-                .map(|b| Outgoing {
-                    key: &[],
-                    payload: b,
-                    headers: None,
-                })
-                .collect();
+            let dead_out: Vec<Outgoing<'_>> =
+                dead.iter().map(|b| Outgoing::keyed(&[], b)).collect();
             // Links before the events they resolve, so that another instance
             // following the links topic knows them as early as possible.
             produce_batch(
@@ -687,31 +673,16 @@ impl Joiner<'_> {
             .collect();
         let enriched: Vec<Outgoing<'_>> = encoded
             .iter()
-            .map(|(id, b)| Outgoing {
-                key: id.as_bytes(),
-                payload: b,
-                headers: None,
-            })
+            .map(|(id, b)| Outgoing::keyed(id.as_bytes(), b))
             .collect();
-        let dead_out: Vec<Outgoing<'_>> = dead
-            .iter()
-            .map(|b| Outgoing {
-                key: &[],
-                payload: b,
-                headers: None,
-            })
-            .collect();
+        let dead_out: Vec<Outgoing<'_>> = dead.iter().map(|b| Outgoing::keyed(&[], b)).collect();
         let changelog: Vec<(i32, Vec<Outgoing<'_>>)> = changes
             .iter()
             .map(|(p, c)| {
                 (
                     *p,
                     c.iter()
-                        .map(|(id, b)| Outgoing {
-                            key: id.as_bytes(),
-                            payload: b,
-                            headers: None,
-                        })
+                        .map(|(id, b)| Outgoing::keyed(id.as_bytes(), b))
                         .collect(),
                 )
             })

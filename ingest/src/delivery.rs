@@ -93,11 +93,7 @@ impl Delivery {
         };
         let records: Vec<Outgoing<'_>> = batch
             .iter()
-            .map(|(key, payload)| Outgoing {
-                key,
-                payload,
-                headers: None,
-            })
+            .map(|(key, payload)| Outgoing::keyed(key, payload))
             .collect();
         let result = self.current().send_all(topic, &records).await;
         telemetry::in_flight(self.capacity - self.in_flight.available_permits() - batch.len());
@@ -165,11 +161,7 @@ impl Delivery {
             .collect();
         let records: Vec<Outgoing<'_>> = encoded
             .iter()
-            .map(|(bytes, key)| Outgoing {
-                key,
-                payload: bytes,
-                headers: None,
-            })
+            .map(|(bytes, key)| Outgoing::keyed(key, bytes))
             .collect();
         if let Err(e) = self
             .current()

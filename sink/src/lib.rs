@@ -1,7 +1,7 @@
 //! The sink: enriched events from Kafka into ClickHouse.
 //!
 //! ```text
-//! enriched topic ──► recv_batch ──► decode ──► EventRow (RowBinary) ──► INSERT events
+//! enriched topic ──► recv ──► decode ──► EventRow (RowBinary) ──► INSERT events
 //!                                      │ undecodable                      │ acknowledged
 //!                                      └──► dead-letter topic             └──► commit offsets
 //! ```

@@ -90,14 +90,7 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path) -> anyhow::Result<Vec<Ro
     let id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
-    for t in [
-        &mut cfg.kafka.topics.events,
-        &mut cfg.kafka.topics.backfill,
-        &mut cfg.kafka.topics.enriched,
-        &mut cfg.kafka.topics.dead_letters,
-    ] {
-        t.push_str(&format!(".bench-{id}"));
-    }
+    cfg.kafka.topics.suffix(&format!(".bench-{id}"));
     cfg.enrich.group_id = format!("bench-{id}-enrich");
     cfg.sink.group_id = format!("bench-{id}-sink");
     cfg.clickhouse.database = format!("xoflow_bench_{id}");
@@ -209,7 +202,7 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path) -> anyhow::Result<Vec<Ro
     flat.met = Some(o.rss_growth <= 0.10);
     rows.push(flat);
 
-    drop_database(&cfg).await;
+    let _ = cfg.clickhouse.drop_database().await;
     write(out, &rows)?;
     Ok(rows)
 }
@@ -241,11 +234,7 @@ async fn raw_kafka(cfg: &Config, topic: &str, encoded: &[Vec<u8>]) -> anyhow::Re
             let records: Vec<Outgoing<'_>> = chunk
                 .iter()
                 .enumerate()
-                .map(|(i, b)| Outgoing {
-                    key: if i % 2 == 0 { b"a" } else { b"b" },
-                    payload: b,
-                    headers: None,
-                })
+                .map(|(i, b)| Outgoing::keyed(if i % 2 == 0 { b"a" } else { b"b" }, b))
                 .collect();
             producer.send_all(topic, &records).await?;
         }
@@ -335,15 +324,7 @@ async fn enrich_vs_passthrough(
             cfg.kafka.ensure_topics(&[&topic]).await?;
             let producer = cfg.kafka.batch_producer()?;
             for chunk in encoded.chunks(10_000) {
-                let records: Vec<Outgoing<'_>> = chunk
-                    .iter()
-                    .map(|(b, k)| Outgoing {
-                        key: k.as_bytes(),
-                        payload: b,
-                        headers: None,
-                    })
-                    .collect();
-                producer.send_all(&topic, &records).await?;
+                send_keyed(&producer, &topic, chunk).await?;
             }
             anyhow::Ok(())
         }
@@ -378,10 +359,11 @@ async fn enrich_vs_passthrough(
                 }
                 let records: Vec<Outgoing<'_>> = batch
                     .iter()
-                    .map(|m| Outgoing {
-                        key: m.key().unwrap_or_default(),
-                        payload: m.payload().unwrap_or_default(),
-                        headers: None,
+                    .map(|m| {
+                        Outgoing::keyed(
+                            m.key().unwrap_or_default(),
+                            m.payload().unwrap_or_default(),
+                        )
                     })
                     .collect();
                 producer.send_all(&output, &records).await?;
@@ -440,11 +422,7 @@ async fn send_keyed(
 ) -> anyhow::Result<()> {
     let out: Vec<Outgoing<'_>> = records
         .iter()
-        .map(|(b, k)| Outgoing {
-            key: k.as_bytes(),
-            payload: b,
-            headers: None,
-        })
+        .map(|(b, k)| Outgoing::keyed(k.as_bytes(), b))
         .collect();
     producer.send_all(topic, &out).await?;
     Ok(())
@@ -542,10 +520,7 @@ async fn sink_vs_client(cfg: &Config, events: &[Event]) -> anyhow::Result<(f64, 
         bail!("clickhouse-client insert failed");
     }
     let copied = count(&ch, &format!("{}.events", copy_cfg.database)).await;
-    let _ = ch
-        .query(&format!("DROP DATABASE IF EXISTS {}", copy_cfg.database))
-        .execute()
-        .await;
+    let _ = copy_cfg.drop_database().await;
     if copied != n {
         bail!("clickhouse-client inserted {copied} rows, expected {n}");
     }
@@ -603,13 +578,7 @@ fn peak_rss_mib() -> f64 {
 fn own_pipeline(cfg: &Config, tag: &str) -> Config {
     let mut cfg = cfg.clone();
     cfg.clickhouse.database.push_str(&format!("_{tag}"));
-    for t in [
-        &mut cfg.kafka.topics.events,
-        &mut cfg.kafka.topics.enriched,
-        &mut cfg.kafka.topics.dead_letters,
-    ] {
-        t.push_str(&format!(".{tag}"));
-    }
+    cfg.kafka.topics.suffix(&format!(".{tag}"));
     cfg
 }
 
@@ -623,20 +592,6 @@ async fn ready(running: &crate::Running) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
-}
-
-/// Drops the run's database; the benchmark keeps nothing.
-async fn drop_database(cfg: &Config) {
-    let _ = cfg
-        .clickhouse
-        .client()
-        .with_database("default")
-        .query(&format!(
-            "DROP DATABASE IF EXISTS {}",
-            cfg.clickhouse.database
-        ))
-        .execute()
-        .await;
 }
 
 async fn pipeline(cfg: &Config, events: Vec<Event>) -> anyhow::Result<PipelineResult> {
@@ -672,7 +627,7 @@ async fn pipeline(cfg: &Config, events: Vec<Event>) -> anyhow::Result<PipelineRe
     let srv: f64 = servers.iter().filter_map(|p| cpu_seconds(p)).sum::<f64>() - srv0;
     running.stop();
     running.wait().await?;
-    drop_database(&cfg).await;
+    let _ = cfg.clickhouse.drop_database().await;
     Ok(PipelineResult {
         rate: n as f64 / secs,
         p50_ms: sent.p50_us as f64 / 1000.0,
@@ -925,7 +880,7 @@ async fn open_loop(cfg: &Config, events: &[Event], peak: f64) -> anyhow::Result<
     let samples = sampler.await?;
     running.stop();
     running.wait().await?;
-    drop_database(&cfg).await;
+    let _ = cfg.clickhouse.drop_database().await;
     let quarter = |q: usize| {
         let len = samples.len();
         let part = &samples[len * q / 4..(len * (q + 1) / 4).max(len * q / 4 + 1).min(len)];

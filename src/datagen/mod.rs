@@ -101,23 +101,12 @@ pub struct Generated {
 
 /// Parses a `YYYY-MM-DD` date (UTC midnight) into Unix milliseconds.
 pub fn parse_date(s: &str) -> anyhow::Result<i64> {
-    let parts: Vec<&str> = s.split('-').collect();
-    let [y, m, d] = parts.as_slice() else {
-        anyhow::bail!("--start {s:?}: expected YYYY-MM-DD");
-    };
-    let (y, m, d): (i64, i64, i64) = (y.parse()?, m.parse()?, d.parse()?);
-    anyhow::ensure!(
-        (1..=12).contains(&m) && (1..=31).contains(&d),
-        "--start {s:?}: no such date"
-    );
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Ok((era * 146_097 + doe - 719_468) * 86_400_000)
+    let date = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|e| anyhow::anyhow!("--start {s:?}: expected a date as YYYY-MM-DD ({e})"))?;
+    Ok(date
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc()
+        .timestamp_millis())
 }
 
 /// `xoflow gen`: writes files, or sends to a collector.

@@ -115,14 +115,5 @@ pub fn now_ms() -> i64 {
 
 /// Drops the test database (best effort).
 pub async fn drop_database(cfg: &Config) {
-    let _ = cfg
-        .clickhouse
-        .client()
-        .with_database("default")
-        .query(&format!(
-            "DROP DATABASE IF EXISTS {}",
-            cfg.clickhouse.database
-        ))
-        .execute()
-        .await;
+    let _ = cfg.clickhouse.drop_database().await;
 }

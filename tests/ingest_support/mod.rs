@@ -1,5 +1,5 @@
-//! Helpers for the collector tests: a minimal HTTP/1.1 client (one request
-//! per connection, so no client crate is needed), reading a topic back from
+//! Helpers for the collector tests: one HTTP exchange (hyper's client),
+//! reading a topic back from
 //! the real broker, the committed sample payloads with their dates moved to
 //! yesterday, and an API-key config.
 
@@ -11,7 +11,6 @@ use rdkafka::{
     ClientConfig, Message,
     consumer::{Consumer, StreamConsumer},
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The API key of tenant `acme`'s `survey-tool` source in [`API_KEY_TOML`].
 pub const ACME_KEY: &str = "acme-survey-tool-test-key-0001";
@@ -68,67 +67,46 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> HttpResponse {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!(
-        "{} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n",
-        if body.is_some() { "POST" } else { "GET" }
-    );
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut builder = http::Request::builder()
+        .method(if body.is_some() { "POST" } else { "GET" })
+        .uri(format!("http://{addr}{path}"));
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        builder = builder.header(*k, *v);
     }
-    if let Some(b) = body {
-        if !headers
+    if body.is_some()
+        && !headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        {
-            req.push_str("Content-Type: application/json\r\n");
-        }
-        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.expect("write head");
-    if let Some(b) = body {
-        // The server may answer 413 and close before reading it all.
-        let _ = s.write_all(b).await;
-    }
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw).await;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response head");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let mut body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
     {
-        body = dechunk(&body);
+        builder = builder.header("content-type", "application/json");
     }
+    let request = builder
+        .body(Full::new(bytes::Bytes::copy_from_slice(
+            body.unwrap_or_default(),
+        )))
+        .expect("request");
+    let response = client.request(request).await.expect("HTTP exchange");
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\r\n", v.to_str().unwrap_or_default()))
+        .collect();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("response body")
+        .to_bytes()
+        .to_vec();
     HttpResponse {
         status,
-        headers: head,
+        headers,
         body,
-    }
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..nl]).trim(), 16).unwrap_or(0);
-        if n == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[nl + 2..nl + 2 + n]);
-        b = &b[nl + 2 + n + 2..];
     }
 }
 
@@ -167,27 +145,16 @@ fn super_unique() -> String {
         .collect()
 }
 
-/// Days since the epoch to a civil date (Howard Hinnant's algorithm).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 /// `YYYY-MM-DD` of `days_ago` days before today (UTC).
 pub fn date_days_ago(days_ago: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
-        .as_secs() as i64;
-    let (y, m, d) = civil(now.div_euclid(86_400) - days_ago);
-    format!("{y:04}-{m:02}-{d:02}")
+        .as_millis() as i64;
+    chrono::DateTime::from_timestamp_millis(now - days_ago * 86_400_000)
+        .expect("a clock in range")
+        .format("%Y-%m-%d")
+        .to_string()
 }
 
 /// A committed sample (`ingest/samples/NAME`) with its dates moved to two

@@ -57,6 +57,16 @@ impl ClickHouseConfig {
             .with_validation(false)
     }
 
+    /// Drops the database and everything in it: what a benchmark, the demo
+    /// or a test does with a database of its own when it is done.
+    pub async fn drop_database(&self) -> Result<(), clickhouse::error::Error> {
+        self.client()
+            .with_database("default")
+            .query(&format!("DROP DATABASE IF EXISTS {}", self.database))
+            .execute()
+            .await
+    }
+
     /// Checks the database name can be spliced into DDL safely. Pure.
     pub fn validate(&self) -> Result<(), String> {
         let ok = !self.database.is_empty()
