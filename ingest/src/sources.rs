@@ -108,7 +108,11 @@ pub(crate) fn parse<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, Vio
     Ok(t)
 }
 
+/// [`parse`] of a record already read as a JSON value (order rows, CSV).
 fn parse_value<T: DeserializeOwned>(v: Value) -> Result<T, Violation> {
+    if let Ok(t) = T::deserialize(&v) {
+        return Ok(t);
+    }
     serde_path_to_error::deserialize(v).map_err(path_violation)
 }
 
