@@ -6,9 +6,17 @@
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 //! - [`admin`]: the `/metrics`, `/health/live`, `/health/ready` server.
 //! - [`kafka`]: client settings, topic creation and error classification.
+//! - [`rebalance`]: consumer-group changes recorded for a stage's loop.
+//! - [`dead_letter`]: the reason vocabulary and the dead-letter builder.
+//! - [`retry`]: the backoff policy every retry loop follows.
+//! - [`clock`]: the wall clock, in named units.
 
 pub mod admin;
+pub mod clock;
 pub mod config;
+pub mod dead_letter;
 pub mod kafka;
+pub mod rebalance;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
