@@ -8,6 +8,7 @@
 //! - [`kafka`]: client settings, topic creation and error classification.
 //! - [`rebalance`]: consumer-group changes recorded for a stage's loop.
 //! - [`dead_letter`]: the reason vocabulary and the dead-letter builder.
+//! - [`resume`]: resuming a partition at a position, whatever the broker answers.
 //! - [`retry`]: the backoff policy every retry loop follows.
 //! - [`clock`]: the wall clock, in named units.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod kafka;
 pub mod rebalance;
+pub mod resume;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
