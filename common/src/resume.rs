@@ -91,7 +91,11 @@ mod tests {
         assert_eq!(s.check(100), Resume::Read);
         assert_eq!(s.check(500), Resume::Read, "contiguity is proven once");
         let mut s = ResumeCheck::at(Some(100));
-        assert_eq!(s.check(42), Resume::Read, "re-reads are the caller's to skip");
+        assert_eq!(
+            s.check(42),
+            Resume::Read,
+            "re-reads are the caller's to skip"
+        );
         assert_eq!(s.next(), 100);
     }
 
