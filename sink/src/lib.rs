@@ -16,5 +16,6 @@ pub mod clickhouse;
 mod telemetry;
 
 pub use clickhouse::{
-    ClickHouseConfig, PartitionStatus, SinkConfig, SinkError, migrate, run, sink_status,
+    ClickHouseConfig, ConfigError, PartitionStatus, SinkConfig, SinkError, migrate, run,
+    sink_status,
 };
