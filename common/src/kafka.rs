@@ -23,7 +23,7 @@ use rdkafka::{
     consumer::{ConsumerContext, StreamConsumer},
     error::{KafkaError, RDKafkaErrorCode},
     message::{BorrowedMessage, OwnedHeaders},
-    producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer},
+    producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer},
 };
 use serde::Deserialize;
 use tokio::sync::Notify;
@@ -137,20 +137,7 @@ impl KafkaConfig {
         group: &str,
         context: C,
     ) -> Result<StreamConsumer<C>, KafkaError> {
-        let mut c = self.base();
-        c.set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("fetch.wait.max.ms", "50")
-            // Prefetch bound: librdkafka's 64 MiB default per consumer let
-            // resident memory climb for as long as a stage lagged; 16 MiB
-            // is still ~50k events ahead of the stage.
-            .set("queued.max.messages.kbytes", "16384")
-            .set("partition.assignment.strategy", "range");
-        self.with_options(c).create_with_context(context)
+        self.static_consumer(group, None, context)
     }
 
     /// A group client that never subscribes: for reading the group's
@@ -167,21 +154,18 @@ impl KafkaConfig {
         self.with_options(c).create()
     }
 
-    /// [`KafkaConfig::consumer`] as a static member (`group.instance.id`):
-    /// an instance restarted under the same id takes back its partitions
-    /// at once, without waiting for the group to notice the old one died.
+    /// [`KafkaConfig::consumer`], as a static member (`group.instance.id`)
+    /// when `instance` is given: an instance restarted under the same id
+    /// takes back its partitions at once, without waiting for the group to
+    /// notice the old one died.
     pub fn static_consumer<C: ConsumerContext + 'static>(
         &self,
         group: &str,
         instance: Option<&str>,
         context: C,
     ) -> Result<StreamConsumer<C>, KafkaError> {
-        let Some(instance) = instance else {
-            return self.consumer(group, context);
-        };
         let mut c = self.base();
         c.set("group.id", group)
-            .set("group.instance.id", instance)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -193,6 +177,9 @@ impl KafkaConfig {
             // is still ~50k events ahead of the stage.
             .set("queued.max.messages.kbytes", "16384")
             .set("partition.assignment.strategy", "range");
+        if let Some(instance) = instance {
+            c.set("group.instance.id", instance);
+        }
         self.with_options(c).create_with_context(context)
     }
 
@@ -280,7 +267,7 @@ impl std::fmt::Debug for BatchProducer {
 
 /// Delivery bookkeeping of one batch.
 #[derive(Debug)]
-pub struct BatchAck {
+struct BatchAck {
     /// Records not settled yet, plus one while records are still being sent.
     remaining: AtomicUsize,
     failed: AtomicUsize,
@@ -313,7 +300,7 @@ impl BatchAck {
 
 /// The context that routes delivery reports to their batch.
 #[derive(Debug, Default)]
-pub struct AckContext;
+struct AckContext;
 
 impl ClientContext for AckContext {}
 
@@ -408,12 +395,6 @@ impl BatchProducer {
             total: records.len(),
             first,
         })
-    }
-
-    /// Waits up to `timeout` for queued records to be delivered, e.g. at
-    /// shutdown.
-    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.inner.flush(timeout)
     }
 }
 

@@ -3,8 +3,9 @@
 //! Logs go to stderr through `tracing` (text or JSON, filter from `RUST_LOG`
 //! or the config). Metrics go through the `metrics` facade into a Prometheus
 //! recorder whose text rendering the admin server exposes on `/metrics`.
-//! Metric names follow `xoflow_<stage>_<name>_<unit>[_total]` and are defined
-//! as constants next to the component that emits them.
+//! Metric names follow `xoflow_<stage>_<name>_<unit>[_total]`; each stage
+//! names its metrics in one place, its own `telemetry` module, next to the
+//! events that emit them.
 
 use std::sync::OnceLock;
 
@@ -60,4 +61,18 @@ pub fn prometheus() -> Option<PrometheusHandle> {
     metrics::set_global_recorder(recorder).ok()?;
     let _ = PROMETHEUS.set(handle.clone());
     PROMETHEUS.get().cloned()
+}
+
+/// A failure a stage goes on from (a consumer error, a failed commit, a
+/// retried produce): logged at `warn` and counted in `metric` under the
+/// bounded `error` tag `kind`, so that an error path is never only a log
+/// line.
+pub fn error_logged(
+    metric: &'static str,
+    kind: &'static str,
+    error: &dyn std::fmt::Display,
+    message: &'static str,
+) {
+    tracing::warn!(error = %error, kind, "{message}");
+    metrics::counter!(metric, "error" => kind).increment(1);
 }

@@ -72,6 +72,16 @@ pub(crate) enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Logs `error` at `warn` and counts it under this kind.
+    pub(crate) fn emit(self, error: &dyn std::fmt::Display, message: &'static str) {
+        xoflow_common::telemetry::error_logged(
+            Metric::Errors.name(),
+            self.as_str(),
+            error,
+            message,
+        );
+    }
+
     pub(crate) const fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Consume => "consume",
@@ -79,19 +89,6 @@ impl ErrorKind {
             ErrorKind::Commit => "commit",
             ErrorKind::LinksRead => "links_read",
         }
-    }
-}
-
-/// A failure the stage goes on from: logged at `warn` and counted.
-pub(crate) struct ErrorLogged<'a> {
-    pub kind: ErrorKind,
-    pub error: &'a dyn std::fmt::Display,
-}
-
-impl ErrorLogged<'_> {
-    pub fn emit(&self, message: &'static str) {
-        tracing::warn!(error = %self.error, kind = self.kind.as_str(), "{message}");
-        counter!(Metric::Errors.name(), "error" => self.kind.as_str()).increment(1);
     }
 }
 

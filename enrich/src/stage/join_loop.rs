@@ -74,11 +74,7 @@ impl Joiner<'_> {
             let batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
-                    telemetry::ErrorLogged {
-                        kind: ErrorKind::Consume,
-                        error: &e,
-                    }
-                    .emit("kafka consumer error");
+                    ErrorKind::Consume.emit(&e, "kafka consumer error");
                     tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
                     continue;
                 }

@@ -25,7 +25,7 @@ use xoflow_common::{
 use xoflow_proto::Message as _;
 
 use super::EnrichError;
-use crate::telemetry::{self, ErrorKind};
+use crate::telemetry::ErrorKind;
 
 /// Produce retries: 5 attempts in all, waiting 400, 800, 1600 and 3200 ms
 /// between them — about 6 s, longer than a broker's leader election.
@@ -69,11 +69,7 @@ pub(super) async fn produce_batch(
                 if PRODUCE_RETRY.retries_after(attempt)
                     && ErrorClass::of(&e.first).is_transient() =>
             {
-                telemetry::ErrorLogged {
-                    kind: ErrorKind::Produce,
-                    error: &e,
-                }
-                .emit("produce failed; retrying the batch");
+                ErrorKind::Produce.emit(&e, "produce failed; retrying the batch");
                 tokio::time::sleep(PRODUCE_RETRY.delay(attempt)).await;
             }
             Err(e) => {
@@ -104,11 +100,7 @@ pub(super) fn commit<C: ConsumerContext>(
     if let Err(e) = consumer.commit(offsets, mode) {
         // A failed commit only means these records are handled again after
         // a restart; outputs carry event ids the sink deduplicates.
-        telemetry::ErrorLogged {
-            kind: ErrorKind::Commit,
-            error: &e,
-        }
-        .emit("offset commit failed");
+        ErrorKind::Commit.emit(&e, "offset commit failed");
     }
 }
 

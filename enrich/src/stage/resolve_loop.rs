@@ -57,11 +57,7 @@ impl Resolver<'_> {
                 Ok(b) if b.is_empty() => return Ok(()),
                 Ok(b) => b,
                 Err(e) => {
-                    telemetry::ErrorLogged {
-                        kind: ErrorKind::Consume,
-                        error: &e,
-                    }
-                    .emit("kafka consumer error");
+                    ErrorKind::Consume.emit(&e, "kafka consumer error");
                     tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
                     continue;
                 }
@@ -142,11 +138,7 @@ impl Resolver<'_> {
                     }
                 }
                 Err(e) => {
-                    telemetry::ErrorLogged {
-                        kind: ErrorKind::LinksRead,
-                        error: &e,
-                    }
-                    .emit("links topic read failed");
+                    ErrorKind::LinksRead.emit(&e, "links topic read failed");
                     break;
                 }
             }

@@ -238,11 +238,7 @@ pub async fn run(
                 }
             }
             Some(Err(e)) => {
-                telemetry::ErrorLogged {
-                    kind: ErrorKind::Consume,
-                    error: &e,
-                }
-                .emit("kafka consumer error");
+                ErrorKind::Consume.emit(&e, "kafka consumer error");
                 continue;
             }
             None => {}

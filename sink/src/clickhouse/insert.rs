@@ -98,11 +98,7 @@ pub(super) async fn flush(
         && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
     {
         // Positions live in ClickHouse; the commit only bounds re-reading.
-        telemetry::ErrorLogged {
-            kind: ErrorKind::Commit,
-            error: &e,
-        }
-        .emit("offset commit failed");
+        ErrorKind::Commit.emit(&e, "offset commit failed");
     }
     telemetry::BatchWritten {
         events: batch.events.len() as u64 - refused,
