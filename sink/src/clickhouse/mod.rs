@@ -3,8 +3,14 @@
 //!
 //! Wire format: `INSERT INTO events (<columns>) FORMAT RowBinary`, one insert
 //! per flushed batch per table. Row layout: [`row::EventRow`] and
-//! [`row::DeadLetterRow`], positional against the migrations in
+//! [`row::DeadLetterRow`], named against the migrations in
 //! `sink/migrations/`.
+//!
+//! Modules: `config` (`[sink]`, `[clickhouse]`), `consume` (the loop: fill a
+//! batch from Kafka, its `run`), `insert` (write a batch, retry, bisect
+//! refused rows, commit), [`position`] (where each partition stands, read
+//! from ClickHouse), [`row`] (the rows), [`migrate`](mod@migrate) (the schema),
+//! [`status`] (`xoflow sink-status`). This module owns [`SinkError`].
 
 mod config;
 mod consume;
