@@ -63,16 +63,35 @@ pub fn prometheus() -> Option<PrometheusHandle> {
     PROMETHEUS.get().cloned()
 }
 
-/// A failure a stage goes on from (a consumer error, a failed commit, a
-/// retried produce): logged at `warn` and counted in `metric` under the
-/// bounded `error` tag `kind`, so that an error path is never only a log
-/// line.
-pub fn error_logged(
-    metric: &'static str,
-    kind: &'static str,
-    error: &dyn std::fmt::Display,
-    message: &'static str,
-) {
-    tracing::warn!(error = %error, kind, "{message}");
-    metrics::counter!(metric, "error" => kind).increment(1);
+/// What failed, for the bounded `error` tag of a stage's errors counter
+/// (`xoflow_<stage>_errors_total`): a failure the stage goes on from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The consumer answered an error instead of a record.
+    Consume,
+    /// A produce failed transiently (the batch is retried).
+    Produce,
+    /// An offset commit failed (the records are only read again).
+    Commit,
+    /// Following a table kept as a topic (enrich's links) failed; retried
+    /// before the next batch.
+    Follow,
+}
+
+impl ErrorKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Consume => "consume",
+            ErrorKind::Produce => "produce",
+            ErrorKind::Commit => "commit",
+            ErrorKind::Follow => "follow",
+        }
+    }
+
+    /// Logs `error` at `warn` with `message`, and counts it in `metric`
+    /// under this kind, so that an error path is never only a log line.
+    pub fn emit(self, metric: &'static str, error: &dyn std::fmt::Display, message: &'static str) {
+        tracing::warn!(error = %error, kind = self.as_str(), "{message}");
+        metrics::counter!(metric, "error" => self.as_str()).increment(1);
+    }
 }

@@ -25,7 +25,8 @@ pub(crate) enum Metric {
     StateChanges,
     /// Events waiting in the lateness buffers (gauge).
     EventsHeld,
-    /// Failures the stage logged and went on from, by `error`.
+    /// Failures the stage logged and went on from, by `error`
+    /// ([`ErrorKind`](xoflow_common::telemetry::ErrorKind)).
     Errors,
 }
 
@@ -54,40 +55,6 @@ impl Metric {
             Metric::StateChanges => "xoflow_enrich_state_changes_total",
             Metric::EventsHeld => "xoflow_enrich_events_held",
             Metric::Errors => "xoflow_enrich_errors_total",
-        }
-    }
-}
-
-/// What failed, for the bounded `error` tag of [`Metric::Errors`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ErrorKind {
-    /// The consumer answered an error instead of a record.
-    Consume,
-    /// A produce failed transiently (the batch is retried).
-    Produce,
-    /// An offset commit failed (the records are handled again later).
-    Commit,
-    /// Following the links topic failed (retried before the next batch).
-    LinksRead,
-}
-
-impl ErrorKind {
-    /// Logs `error` at `warn` and counts it under this kind.
-    pub(crate) fn emit(self, error: &dyn std::fmt::Display, message: &'static str) {
-        xoflow_common::telemetry::error_logged(
-            Metric::Errors.name(),
-            self.as_str(),
-            error,
-            message,
-        );
-    }
-
-    pub(crate) const fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Consume => "consume",
-            ErrorKind::Produce => "produce",
-            ErrorKind::Commit => "commit",
-            ErrorKind::LinksRead => "links_read",
         }
     }
 }

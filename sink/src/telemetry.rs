@@ -27,7 +27,8 @@ pub(crate) enum Metric {
     PartitionRowsStored,
     /// Offsets gone from a partition's log before they were stored.
     LogGapOffsets,
-    /// Failures the sink logged and went on from, by `error`.
+    /// Failures the sink logged and went on from, by `error`
+    /// ([`ErrorKind`](xoflow_common::telemetry::ErrorKind)).
     Errors,
 }
 
@@ -58,35 +59,6 @@ impl Metric {
             Metric::PartitionRowsStored => "xoflow_sink_partition_rows_stored",
             Metric::LogGapOffsets => "xoflow_sink_log_gap_offsets_total",
             Metric::Errors => "xoflow_sink_errors_total",
-        }
-    }
-}
-
-/// What failed, for the bounded `error` tag of [`Metric::Errors`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ErrorKind {
-    /// The consumer answered an error instead of a record.
-    Consume,
-    /// An offset commit failed (positions live in ClickHouse; the records
-    /// are only read again).
-    Commit,
-}
-
-impl ErrorKind {
-    /// Logs `error` at `warn` and counts it under this kind.
-    pub(crate) fn emit(self, error: &dyn std::fmt::Display, message: &'static str) {
-        xoflow_common::telemetry::error_logged(
-            Metric::Errors.name(),
-            self.as_str(),
-            error,
-            message,
-        );
-    }
-
-    pub(crate) const fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Consume => "consume",
-            ErrorKind::Commit => "commit",
         }
     }
 }

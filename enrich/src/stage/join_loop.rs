@@ -24,6 +24,7 @@ use xoflow_common::{
     clock,
     kafka::{BatchProducer, KafkaConfig, Outgoing, recv_batch},
     rebalance::{Change, RebalanceLog},
+    telemetry::ErrorKind,
 };
 use xoflow_proto::{
     Message as _,
@@ -39,7 +40,7 @@ use crate::{
     EnrichConfig,
     identity::Resolved,
     join::{Join, Released},
-    telemetry::{self, ErrorKind},
+    telemetry::{self, Metric},
 };
 
 /// Encoded changelog records (customer id, state; empty deletes).
@@ -74,7 +75,7 @@ impl Joiner<'_> {
             let batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
-                    ErrorKind::Consume.emit(&e, "kafka consumer error");
+                    ErrorKind::Consume.emit(Metric::Errors.name(), &e, "kafka consumer error");
                     tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
                     continue;
                 }

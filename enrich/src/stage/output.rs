@@ -21,11 +21,12 @@ use xoflow_common::{
     dead_letter::{self, Stage},
     kafka::{BatchProducer, ErrorClass, Outgoing},
     retry::RetryPolicy,
+    telemetry::ErrorKind,
 };
 use xoflow_proto::Message as _;
 
 use super::EnrichError;
-use crate::telemetry::ErrorKind;
+use crate::telemetry::Metric;
 
 /// Produce retries: 5 attempts in all, waiting 400, 800, 1600 and 3200 ms
 /// between them — about 6 s, longer than a broker's leader election.
@@ -69,7 +70,11 @@ pub(super) async fn produce_batch(
                 if PRODUCE_RETRY.retries_after(attempt)
                     && ErrorClass::of(&e.first).is_transient() =>
             {
-                ErrorKind::Produce.emit(&e, "produce failed; retrying the batch");
+                ErrorKind::Produce.emit(
+                    Metric::Errors.name(),
+                    &e,
+                    "produce failed; retrying the batch",
+                );
                 tokio::time::sleep(PRODUCE_RETRY.delay(attempt)).await;
             }
             Err(e) => {
@@ -100,7 +105,7 @@ pub(super) fn commit<C: ConsumerContext>(
     if let Err(e) = consumer.commit(offsets, mode) {
         // A failed commit only means these records are handled again after
         // a restart; outputs carry event ids the sink deduplicates.
-        ErrorKind::Commit.emit(&e, "offset commit failed");
+        ErrorKind::Commit.emit(Metric::Errors.name(), &e, "offset commit failed");
     }
 }
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use xoflow_common::{
     kafka::{BatchProducer, KafkaConfig, Outgoing, next_offsets, recv_batch},
     rebalance::RebalanceLog,
+    telemetry::ErrorKind,
 };
 use xoflow_proto::{Message as _, v1::EventIdentityView};
 
@@ -28,7 +29,7 @@ use super::{
 use crate::{
     EnrichConfig,
     identity::Links,
-    telemetry::{self, ErrorKind},
+    telemetry::{self, Metric},
 };
 
 pub(super) struct Resolver<'a> {
@@ -57,7 +58,7 @@ impl Resolver<'_> {
                 Ok(b) if b.is_empty() => return Ok(()),
                 Ok(b) => b,
                 Err(e) => {
-                    ErrorKind::Consume.emit(&e, "kafka consumer error");
+                    ErrorKind::Consume.emit(Metric::Errors.name(), &e, "kafka consumer error");
                     tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
                     continue;
                 }
@@ -138,7 +139,7 @@ impl Resolver<'_> {
                     }
                 }
                 Err(e) => {
-                    ErrorKind::LinksRead.emit(&e, "links topic read failed");
+                    ErrorKind::Follow.emit(Metric::Errors.name(), &e, "links topic read failed");
                     break;
                 }
             }

@@ -26,6 +26,7 @@ use xoflow_common::{
     dead_letter::{self, Stage},
     kafka::KafkaConfig,
     rebalance::{Change, Keep, RebalanceLog},
+    telemetry::ErrorKind,
 };
 use xoflow_proto::{
     Message as _,
@@ -39,7 +40,7 @@ use super::{
     position::{self, Input, Positions, Resume},
     row::{DeadLetterRow, EventRow, Lineage},
 };
-use crate::telemetry::{self, ErrorKind};
+use crate::telemetry::{self, Metric};
 
 /// How long a seek may wait for the consumer's fetcher.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -238,7 +239,7 @@ pub async fn run(
                 }
             }
             Some(Err(e)) => {
-                ErrorKind::Consume.emit(&e, "kafka consumer error");
+                ErrorKind::Consume.emit(Metric::Errors.name(), &e, "kafka consumer error");
                 continue;
             }
             None => {}

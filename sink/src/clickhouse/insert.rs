@@ -17,7 +17,7 @@ use rdkafka::{
 };
 use serde::Serialize;
 use tokio::time::Instant;
-use xoflow_common::{clock, rebalance::RebalanceLog, retry::RetryPolicy};
+use xoflow_common::{clock, rebalance::RebalanceLog, retry::RetryPolicy, telemetry::ErrorKind};
 
 use super::{
     SinkConfig, SinkError,
@@ -25,7 +25,7 @@ use super::{
     position::Positions,
     row::{DeadLetterRow, EventRow},
 };
-use crate::telemetry::{self, ErrorKind};
+use crate::telemetry::{self, Metric};
 
 /// No wait between insert attempts is longer than this.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -98,7 +98,7 @@ pub(super) async fn flush(
         && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
     {
         // Positions live in ClickHouse; the commit only bounds re-reading.
-        ErrorKind::Commit.emit(&e, "offset commit failed");
+        ErrorKind::Commit.emit(Metric::Errors.name(), &e, "offset commit failed");
     }
     telemetry::BatchWritten {
         events: batch.events.len() as u64 - refused,
