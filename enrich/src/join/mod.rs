@@ -19,6 +19,10 @@
 //! applied to it, and travels with them through the changelog
 //! ([`Join::take_changes`], [`Join::restore`]); an event replayed after a
 //! crash is emitted again but not applied twice.
+//!
+//! This module is the operator and its lateness buffer; `config` holds its
+//! settings (`[enrich.join]`, [`JoinConfig::new`] for tests and tools),
+//! `state` what it keeps per customer.
 
 mod config;
 mod state;
