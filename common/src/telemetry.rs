@@ -76,6 +76,10 @@ pub enum ErrorKind {
     /// Following a table kept as a topic (enrich's links) failed; retried
     /// before the next batch.
     Follow,
+    /// Reading state back (a changelog, the link table, the sink's
+    /// position) stopped short of where it should and went on with what it
+    /// had.
+    ReadBack,
 }
 
 impl ErrorKind {
@@ -85,6 +89,7 @@ impl ErrorKind {
             ErrorKind::Produce => "produce",
             ErrorKind::Commit => "commit",
             ErrorKind::Follow => "follow",
+            ErrorKind::ReadBack => "read_back",
         }
     }
 

@@ -14,11 +14,11 @@ use rdkafka::{
     error::KafkaError,
     message::Message,
 };
-use xoflow_common::kafka::KafkaConfig;
+use xoflow_common::{kafka::KafkaConfig, telemetry::ErrorKind};
 use xoflow_proto::{Message as _, v1::JoinCustomerState};
 
 use super::{EnrichError, InternalTopics};
-use crate::{EnrichConfig, identity::Links, join::Join};
+use crate::{EnrichConfig, identity::Links, join::Join, telemetry::Metric};
 
 /// How long reading a topic back may wait for each fetch.
 const READ_BACK_POLL: Duration = Duration::from_secs(10);
@@ -147,7 +147,11 @@ async fn read_back<T: Send + 'static>(
             };
             let Some(m) = consumer.poll(wait) else {
                 if !remaining.is_empty() {
-                    tracing::warn!(topic, "read-back ended before the high watermark");
+                    ErrorKind::ReadBack.emit(
+                        Metric::Errors.name(),
+                        &format!("{topic}: no record within {READ_BACK_POLL:?}"),
+                        "read-back ended before the high watermark",
+                    );
                 }
                 break;
             };

@@ -24,7 +24,10 @@ use std::collections::HashSet;
 use clickhouse::{Client, Row};
 use serde::Deserialize;
 
+use xoflow_common::telemetry::ErrorKind;
+
 use super::SinkError;
+use crate::telemetry::Metric;
 
 /// What the sink knows about one partition it owns.
 #[derive(Debug, Default)]
@@ -221,9 +224,10 @@ async fn wait_for_running_inserts(client: &Client) -> Result<(), SinkError> {
             return Ok(());
         }
         if tokio::time::Instant::now() >= until {
-            tracing::warn!(
-                running,
-                "inserts still running after the wait; reading the position anyway"
+            ErrorKind::ReadBack.emit(
+                Metric::Errors.name(),
+                &format!("{running} inserts still running after {INSERT_WAIT:?}"),
+                "inserts still running after the wait; reading the position anyway",
             );
             return Ok(());
         }
