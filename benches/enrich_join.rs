@@ -36,16 +36,8 @@ fn bench(c: &mut Criterion) {
         .into_iter()
         .filter_map(|mut e| normaliser.normalise(&mut e, now).ok().map(|()| e))
         .collect();
-    let cfg = JoinConfig {
-        order_window: Duration::from_secs(30 * 86_400),
-        support_window: Duration::from_secs(30 * 86_400),
-        value_window: Duration::from_secs(90 * 86_400),
-        max_orders_per_customer: 16,
-        max_customers: 2_000_000,
-        lateness: Duration::from_secs(2),
-        max_hold: Duration::from_secs(2),
-        departments: [("delivery".to_string(), "logistics".to_string())].into(),
-    };
+    let cfg =
+        JoinConfig::new(Duration::from_secs(2)).with_departments(&[("delivery", "logistics")]);
     let mut group = c.benchmark_group("enrich_join");
     group.throughput(Throughput::Elements(events.len() as u64));
     group.sample_size(10);

@@ -3,8 +3,9 @@
 //! Logs go to stderr through `tracing` (text or JSON, filter from `RUST_LOG`
 //! or the config). Metrics go through the `metrics` facade into a Prometheus
 //! recorder whose text rendering the admin server exposes on `/metrics`.
-//! Metric names follow `xoflow_<stage>_<name>_<unit>[_total]` and are defined
-//! as constants next to the component that emits them.
+//! Metric names follow `xoflow_<stage>_<name>_<unit>[_total]`; each stage
+//! names its metrics in one place, its own `telemetry` module, next to the
+//! events that emit them.
 
 use std::sync::OnceLock;
 
@@ -60,4 +61,42 @@ pub fn prometheus() -> Option<PrometheusHandle> {
     metrics::set_global_recorder(recorder).ok()?;
     let _ = PROMETHEUS.set(handle.clone());
     PROMETHEUS.get().cloned()
+}
+
+/// What failed, for the bounded `error` tag of a stage's errors counter
+/// (`xoflow_<stage>_errors_total`): a failure the stage goes on from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The consumer answered an error instead of a record.
+    Consume,
+    /// A produce failed transiently (the batch is retried).
+    Produce,
+    /// An offset commit failed (the records are only read again).
+    Commit,
+    /// Following a table kept as a topic (enrich's links) failed; retried
+    /// before the next batch.
+    Follow,
+    /// Reading state back (a changelog, the link table, the sink's
+    /// position) stopped short of where it should and went on with what it
+    /// had.
+    ReadBack,
+}
+
+impl ErrorKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Consume => "consume",
+            ErrorKind::Produce => "produce",
+            ErrorKind::Commit => "commit",
+            ErrorKind::Follow => "follow",
+            ErrorKind::ReadBack => "read_back",
+        }
+    }
+
+    /// Logs `error` at `warn` with `message`, and counts it in `metric`
+    /// under this kind, so that an error path is never only a log line.
+    pub fn emit(self, metric: &'static str, error: &dyn std::fmt::Display, message: &'static str) {
+        tracing::warn!(error = %error, kind = self.as_str(), "{message}");
+        metrics::counter!(metric, "error" => self.as_str()).increment(1);
+    }
 }

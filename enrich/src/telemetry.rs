@@ -1,19 +1,68 @@
-//! The enrich stage's internal events; emitted once per batch.
+//! The enrich stage's internal events and the one list of its metric names.
+//!
+//! Each event writes its log line and bumps its counters with the same
+//! bounded tags; the names follow `xoflow_enrich_<what>_<unit>[_total]` and
+//! are listed in `docs/enrich.md`.
 
 use metrics::{counter, gauge};
 
-pub(crate) const EVENTS_ENRICHED: &str = "xoflow_enrich_events_total";
-pub(crate) const DEAD_LETTERS: &str = "xoflow_enrich_dead_letters_total";
-pub(crate) const BATCHES: &str = "xoflow_enrich_batches_total";
-pub(crate) const EVENTS_RESOLVED: &str = "xoflow_enrich_events_resolved_total";
-pub(crate) const LINKS_LEARNT: &str = "xoflow_enrich_links_learnt_total";
-pub(crate) const LINKS: &str = "xoflow_enrich_links";
-pub(crate) const STATE_CHANGES: &str = "xoflow_enrich_state_changes_total";
-pub(crate) const HELD: &str = "xoflow_enrich_events_held";
+/// Every metric the enrich stage reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Metric {
+    /// Events the resolve loop forwarded to the repartition topic.
+    EventsResolved,
+    /// Events the join loop enriched and produced.
+    EventsEnriched,
+    /// Join batches produced and committed.
+    Batches,
+    /// Records refused, by `reason`.
+    DeadLetters,
+    /// Links learnt from events and published.
+    LinksLearnt,
+    /// Links in this instance's link table (gauge).
+    LinksKnown,
+    /// Customer states written to the changelog.
+    StateChanges,
+    /// Events waiting in the lateness buffers (gauge).
+    EventsHeld,
+    /// Failures the stage logged and went on from, by `error`
+    /// ([`ErrorKind`](xoflow_common::telemetry::ErrorKind)).
+    Errors,
+}
+
+impl Metric {
+    #[cfg(test)]
+    pub(crate) const ALL: [Metric; 9] = [
+        Metric::EventsResolved,
+        Metric::EventsEnriched,
+        Metric::Batches,
+        Metric::DeadLetters,
+        Metric::LinksLearnt,
+        Metric::LinksKnown,
+        Metric::StateChanges,
+        Metric::EventsHeld,
+        Metric::Errors,
+    ];
+
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Metric::EventsResolved => "xoflow_enrich_events_resolved_total",
+            Metric::EventsEnriched => "xoflow_enrich_events_enriched_total",
+            Metric::Batches => "xoflow_enrich_batches_total",
+            Metric::DeadLetters => "xoflow_enrich_dead_letters_total",
+            Metric::LinksLearnt => "xoflow_enrich_links_learnt_total",
+            Metric::LinksKnown => "xoflow_enrich_links_known",
+            Metric::StateChanges => "xoflow_enrich_state_changes_total",
+            Metric::EventsHeld => "xoflow_enrich_events_held",
+            Metric::Errors => "xoflow_enrich_errors_total",
+        }
+    }
+}
 
 /// One batch resolved and forwarded to the repartition topic.
 pub(crate) struct BatchResolved {
     pub records: u64,
+    pub dead_letters: u64,
     pub links_learnt: u64,
     /// Links in the table now.
     pub links: u64,
@@ -21,9 +70,10 @@ pub(crate) struct BatchResolved {
 
 impl BatchResolved {
     pub fn emit(&self) {
-        counter!(EVENTS_RESOLVED).increment(self.records);
-        counter!(LINKS_LEARNT).increment(self.links_learnt);
-        gauge!(LINKS).set(self.links as f64);
+        counter!(Metric::EventsResolved.name()).increment(self.records);
+        counter!(Metric::LinksLearnt.name()).increment(self.links_learnt);
+        gauge!(Metric::LinksKnown.name()).set(self.links as f64);
+        dead_letters(self.dead_letters);
     }
 }
 
@@ -46,12 +96,40 @@ impl BatchEnriched {
             held = self.held,
             "batch enriched"
         );
-        counter!(EVENTS_ENRICHED).increment(self.records);
-        counter!(BATCHES).increment(1);
-        counter!(STATE_CHANGES).increment(self.state_changes);
-        gauge!(HELD).set(self.held as f64);
-        if self.dead_letters > 0 {
-            counter!(DEAD_LETTERS, "reason" => "DECODE").increment(self.dead_letters);
+        counter!(Metric::EventsEnriched.name()).increment(self.records);
+        counter!(Metric::Batches.name()).increment(1);
+        counter!(Metric::StateChanges.name()).increment(self.state_changes);
+        gauge!(Metric::EventsHeld.name()).set(self.held as f64);
+        dead_letters(self.dead_letters);
+    }
+}
+
+/// Records that did not decode: the only reason enrich refuses one.
+fn dead_letters(n: u64) {
+    if n > 0 {
+        counter!(
+            Metric::DeadLetters.name(),
+            "reason" => xoflow_common::dead_letter::Reason::Decode.as_str()
+        )
+        .increment(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_convention() {
+        for m in Metric::ALL {
+            let n = m.name();
+            assert!(n.starts_with("xoflow_enrich_"), "{n}");
+            // Counters end in _total; gauges name what they count.
+            assert_eq!(
+                n.ends_with("_total"),
+                !matches!(m, Metric::LinksKnown | Metric::EventsHeld),
+                "{n}"
+            );
         }
     }
 }

@@ -1,20 +1,23 @@
-//! The sink: enriched events from Kafka into ClickHouse.
+//! The sink: enriched events and dead letters from Kafka into ClickHouse.
 //!
 //! ```text
-//! enriched topic ──► recv ──► decode ──► EventRow (RowBinary) ──► INSERT events
-//!                                      │ undecodable                      │ acknowledged
-//!                                      └──► dead-letter topic             └──► commit offsets
+//! enriched, dead-letter topics ──► consume: decode ──► EventRow / DeadLetterRow ──► insert: INSERT events, dead_letters
+//!                                          │ undecodable                                  │ acknowledged
+//!                                          └──► a DECODE row of dead_letters              └──► commit offsets
 //! ```
 //!
 //! The schema is created and evolved by versioned migrations
-//! ([`clickhouse::migrate`]) recorded in a ledger table. Offsets are
+//! ([`clickhouse::migrate`](mod@clickhouse::migrate)) recorded in a ledger table. Offsets are
 //! committed only after ClickHouse acknowledged the insert of every row of a
-//! batch, so a crash re-delivers rows rather than losing them; the `events`
-//! table deduplicates on `event_id`.
+//! batch, so a crash re-delivers rows rather than losing them; the sink then
+//! skips what ClickHouse already holds, by offset and by event id
+//! ([`clickhouse::position`]), so that each event is written once
+//! (`docs/clickhouse.md`, "Exactly once").
 
 pub mod clickhouse;
 mod telemetry;
 
 pub use clickhouse::{
-    ClickHouseConfig, PartitionStatus, SinkConfig, SinkError, migrate, run, sink_status,
+    ClickHouseConfig, ConfigError, PartitionStatus, SinkConfig, SinkError, migrate, run,
+    sink_status,
 };

@@ -1,16 +1,67 @@
-//! The sink's internal events; emitted once per batch or retry.
+//! The sink's internal events and the one list of its metric names.
+//!
+//! Each event writes its log line and bumps its counters with the same
+//! bounded tags; the names follow `xoflow_sink_<what>_<unit>[_total]` and
+//! are listed in `docs/clickhouse.md`.
 
 use metrics::{counter, gauge, histogram};
 
-pub(crate) const ROWS_WRITTEN: &str = "xoflow_sink_rows_written_total";
-pub(crate) const BYTES_IN: &str = "xoflow_sink_input_bytes_total";
-pub(crate) const FLUSH_DURATION: &str = "xoflow_sink_flush_duration_seconds";
-pub(crate) const INSERT_RETRIES: &str = "xoflow_sink_insert_retries_total";
-pub(crate) const RECORDS_SKIPPED: &str = "xoflow_sink_records_skipped_total";
-pub(crate) const ROWS_REFUSED: &str = "xoflow_sink_rows_refused_total";
-pub(crate) const NEXT_OFFSET: &str = "xoflow_sink_partition_next_offset";
-pub(crate) const ROWS_STORED: &str = "xoflow_sink_partition_rows_stored";
-pub(crate) const LOG_GAP: &str = "xoflow_sink_log_gap_offsets_total";
+/// Every metric the sink reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Metric {
+    /// Rows inserted, by `table`.
+    RowsWritten,
+    /// Encoded bytes of the records taken in.
+    InputBytes,
+    /// How long writing and committing one batch took.
+    FlushDuration,
+    /// Insert attempts that failed transiently, by `table`.
+    InsertRetries,
+    /// Records not written again, by `reason`.
+    RecordsSkipped,
+    /// Rows ClickHouse refused, written to `dead_letters` instead.
+    RowsRefused,
+    /// The offset committed per partition (gauge).
+    PartitionNextOffset,
+    /// Rows stored per partition (gauge).
+    PartitionRowsStored,
+    /// Offsets gone from a partition's log before they were stored.
+    LogGapOffsets,
+    /// Failures the sink logged and went on from, by `error`
+    /// ([`ErrorKind`](xoflow_common::telemetry::ErrorKind)).
+    Errors,
+}
+
+impl Metric {
+    #[cfg(test)]
+    pub(crate) const ALL: [Metric; 10] = [
+        Metric::RowsWritten,
+        Metric::InputBytes,
+        Metric::FlushDuration,
+        Metric::InsertRetries,
+        Metric::RecordsSkipped,
+        Metric::RowsRefused,
+        Metric::PartitionNextOffset,
+        Metric::PartitionRowsStored,
+        Metric::LogGapOffsets,
+        Metric::Errors,
+    ];
+
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Metric::RowsWritten => "xoflow_sink_rows_written_total",
+            Metric::InputBytes => "xoflow_sink_input_bytes_total",
+            Metric::FlushDuration => "xoflow_sink_flush_duration_seconds",
+            Metric::InsertRetries => "xoflow_sink_insert_retries_total",
+            Metric::RecordsSkipped => "xoflow_sink_records_skipped_total",
+            Metric::RowsRefused => "xoflow_sink_rows_refused_total",
+            Metric::PartitionNextOffset => "xoflow_sink_partition_next_offset",
+            Metric::PartitionRowsStored => "xoflow_sink_partition_rows_stored",
+            Metric::LogGapOffsets => "xoflow_sink_log_gap_offsets_total",
+            Metric::Errors => "xoflow_sink_errors_total",
+        }
+    }
+}
 
 /// A batch was inserted and its offsets committed.
 pub(crate) struct BatchWritten {
@@ -34,15 +85,15 @@ impl BatchWritten {
             seconds = self.seconds,
             "batch written"
         );
-        counter!(ROWS_WRITTEN, "table" => "events").increment(self.events);
-        counter!(ROWS_WRITTEN, "table" => "dead_letters").increment(self.dead_letters);
-        counter!(ROWS_WRITTEN, "table" => "dead_letters").increment(self.refused);
-        counter!(ROWS_REFUSED).increment(self.refused);
-        counter!(BYTES_IN).increment(self.bytes);
-        counter!(RECORDS_SKIPPED, "reason" => "already_stored").increment(self.skipped_stored);
-        counter!(RECORDS_SKIPPED, "reason" => "duplicate_event_id")
-            .increment(self.skipped_duplicates);
-        histogram!(FLUSH_DURATION).record(self.seconds);
+        let rows = Metric::RowsWritten.name();
+        counter!(rows, "table" => "events").increment(self.events);
+        counter!(rows, "table" => "dead_letters").increment(self.dead_letters + self.refused);
+        counter!(Metric::RowsRefused.name()).increment(self.refused);
+        counter!(Metric::InputBytes.name()).increment(self.bytes);
+        let skipped = Metric::RecordsSkipped.name();
+        counter!(skipped, "reason" => "already_stored").increment(self.skipped_stored);
+        counter!(skipped, "reason" => "duplicate_event_id").increment(self.skipped_duplicates);
+        histogram!(Metric::FlushDuration.name()).record(self.seconds);
     }
 }
 
@@ -61,7 +112,7 @@ impl InsertRetried<'_> {
             error = self.error,
             "insert failed; retrying"
         );
-        counter!(INSERT_RETRIES, "table" => self.table).increment(1);
+        counter!(Metric::InsertRetries.name(), "table" => self.table).increment(1);
     }
 }
 
@@ -79,18 +130,41 @@ pub(crate) struct PartitionPosition<'a> {
 
 impl PartitionPosition<'_> {
     pub fn emit(&self) {
-        let labels = [
-            ("topic", self.topic.to_owned()),
-            ("partition", self.partition.to_string()),
-        ];
-        gauge!(NEXT_OFFSET, &labels).set(self.next_offset as f64);
-        gauge!(ROWS_STORED, &labels).set(self.rows_stored as f64);
+        let labels = partition_labels(self.topic, self.partition);
+        gauge!(Metric::PartitionNextOffset.name(), &labels).set(self.next_offset as f64);
+        gauge!(Metric::PartitionRowsStored.name(), &labels).set(self.rows_stored as f64);
     }
 }
 
 /// Offsets that were gone from a partition's log before the sink stored
 /// them (retention ran ahead of the sink): data the sink could not read.
 pub(crate) fn log_gap(topic: &str, partition: i32, offsets: i64) {
-    counter!(LOG_GAP, "topic" => topic.to_owned(), "partition" => partition.to_string())
-        .increment(offsets.max(0) as u64);
+    let labels = partition_labels(topic, partition);
+    counter!(Metric::LogGapOffsets.name(), &labels).increment(offsets.max(0) as u64);
+}
+
+/// Per-partition tags: bounded by the topics' partition counts.
+fn partition_labels(topic: &str, partition: i32) -> [(&'static str, String); 2] {
+    [
+        ("topic", topic.to_owned()),
+        ("partition", partition.to_string()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_convention() {
+        for m in Metric::ALL {
+            let n = m.name();
+            assert!(n.starts_with("xoflow_sink_"), "{n}");
+            let gauge_or_histogram = matches!(
+                m,
+                Metric::PartitionNextOffset | Metric::PartitionRowsStored | Metric::FlushDuration
+            );
+            assert_eq!(n.ends_with("_total"), !gauge_or_histogram, "{n}");
+        }
+    }
 }

@@ -9,7 +9,7 @@ use xoflow_enrich::{
     identity::Links,
     join::{Join, JoinConfig, Released},
 };
-use xoflow_proto::{Message, v1::Event};
+use xoflow_proto::v1::Event;
 
 /// Wall-clock "now" of every test call: fixed, so that only event time
 /// decides what is released.
@@ -19,18 +19,10 @@ pub const START: i64 = 1_800_000_000_000;
 
 pub fn config(lateness: Duration) -> JoinConfig {
     JoinConfig {
-        order_window: Duration::from_secs(30 * 86_400),
-        support_window: Duration::from_secs(30 * 86_400),
-        value_window: Duration::from_secs(90 * 86_400),
         max_orders_per_customer: 8,
         max_customers: 100_000,
-        lateness,
-        max_hold: lateness,
-        departments: [
-            ("delivery".to_string(), "logistics".to_string()),
-            ("checkout".to_string(), "e-commerce".to_string()),
-        ]
-        .into(),
+        ..JoinConfig::new(lateness)
+            .with_departments(&[("delivery", "logistics"), ("checkout", "e-commerce")])
     }
 }
 
@@ -50,18 +42,8 @@ pub fn run(arrivals: &[Event], lateness: Duration) -> Vec<(String, Vec<u8>)> {
         join.release(NOW, &mut out);
     }
     join.drain(NOW, &mut out);
-    let mut outputs: Vec<(String, Vec<u8>)> = out
-        .into_iter()
-        .map(|r| {
-            let id = r
-                .enriched
-                .event
-                .as_ref()
-                .map(|e| e.event_id.clone())
-                .unwrap_or_default();
-            (id, r.enriched.encode_to_vec())
-        })
-        .collect();
+    // The stage's own output encoding: the golden file pins what it writes.
+    let mut outputs: Vec<(String, Vec<u8>)> = out.into_iter().map(Released::into_record).collect();
     outputs.sort();
     outputs
 }

@@ -4,6 +4,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// A setting the sink cannot work with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The database name is spliced into DDL, so it is held to a safe
+    /// alphabet.
+    #[error("clickhouse.database {0:?} must be 1-64 characters of [A-Za-z0-9_]")]
+    DatabaseName(String),
+}
+
 /// How the sink batches and retries.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,7 +77,7 @@ impl ClickHouseConfig {
     }
 
     /// Checks the database name can be spliced into DDL safely. Pure.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let ok = !self.database.is_empty()
             && self.database.len() <= 64
             && self
@@ -78,10 +87,30 @@ impl ClickHouseConfig {
         if ok {
             Ok(())
         } else {
-            Err(format!(
-                "clickhouse.database {:?} must be 1-64 characters of [A-Za-z0-9_]",
-                self.database
-            ))
+            Err(ConfigError::DatabaseName(self.database.clone()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_safe_database_names_pass() {
+        let cfg = |database: &str| ClickHouseConfig {
+            url: "http://127.0.0.1:8123".into(),
+            database: database.into(),
+            user: "default".into(),
+            password: String::new(),
+        };
+        assert_eq!(cfg("xoflow_test_1").validate(), Ok(()));
+        for bad in ["", "x;DROP", "a-b", &"x".repeat(65)] {
+            assert_eq!(
+                cfg(bad).validate(),
+                Err(ConfigError::DatabaseName(bad.to_owned())),
+                "{bad}"
+            );
         }
     }
 }

@@ -100,7 +100,7 @@ pub struct MigrationReport {
 
 /// Brings the database up to the latest version.
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, SinkError> {
-    cfg.validate().map_err(SinkError::Config)?;
+    cfg.validate()?;
     let db = &cfg.database;
     // The database may not exist yet, so this client names none.
     let root = cfg.client().with_database("default");
@@ -125,10 +125,11 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, SinkErro
     for m in MIGRATIONS {
         if let Some(a) = applied.iter().find(|a| a.version == m.version) {
             if a.checksum != m.checksum() {
-                return Err(SinkError::Config(format!(
-                    "migration {} ({}) was changed after it was applied to {db}; add a new migration instead",
-                    m.version, m.name
-                )));
+                return Err(SinkError::MigrationChanged {
+                    version: m.version,
+                    name: m.name,
+                    database: db.clone(),
+                });
             }
             report.present.push(m.version);
             continue;

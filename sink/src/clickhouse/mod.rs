@@ -3,19 +3,26 @@
 //!
 //! Wire format: `INSERT INTO events (<columns>) FORMAT RowBinary`, one insert
 //! per flushed batch per table. Row layout: [`row::EventRow`] and
-//! [`row::DeadLetterRow`], positional against the migrations in
+//! [`row::DeadLetterRow`], named against the migrations in
 //! `sink/migrations/`.
+//!
+//! Modules: `config` (`[sink]`, `[clickhouse]`), `consume` (the loop: fill a
+//! batch from Kafka, its `run`), `insert` (write a batch, retry, bisect
+//! refused rows, commit), [`position`] (where each partition stands, read
+//! from ClickHouse), [`row`] (the rows), [`migrate`](mod@migrate) (the schema),
+//! [`status`] (`xoflow sink-status`). This module owns [`SinkError`].
 
 mod config;
+mod consume;
+mod insert;
 pub mod migrate;
 pub mod position;
 pub mod row;
-mod sink;
 pub mod status;
 
-pub use config::{ClickHouseConfig, SinkConfig};
+pub use config::{ClickHouseConfig, ConfigError, SinkConfig};
+pub use consume::run;
 pub use migrate::{MIGRATIONS, MigrationReport, migrate};
-pub use sink::run;
 pub use status::{PartitionStatus, sink_status};
 
 use rdkafka::error::KafkaError;
@@ -24,7 +31,17 @@ use rdkafka::error::KafkaError;
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
+    #[error(
+        "migration {version} ({name}) was changed after it was applied to {database}; add a new migration instead"
+    )]
+    MigrationChanged {
+        version: u32,
+        name: &'static str,
+        database: String,
+    },
+    #[error("status task: {0}")]
+    Task(#[source] tokio::task::JoinError),
     #[error("clickhouse: {message}")]
     ClickHouse {
         message: String,
@@ -48,7 +65,7 @@ impl SinkError {
     pub fn clickhouse(e: clickhouse::error::Error) -> Self {
         use clickhouse::error::Error as E;
         let message = e.to_string();
-        let code = code_in(&message);
+        let code = code_in_message(&message);
         let transient = matches!(e, E::Network(_) | E::TimedOut)
             || code.is_some_and(|c| TRANSIENT_CODES.contains(&c));
         SinkError::ClickHouse {
@@ -62,7 +79,10 @@ impl SinkError {
         match self {
             SinkError::ClickHouse { transient, .. } => *transient,
             SinkError::Kafka(e) => xoflow_common::kafka::ErrorClass::of(e).is_transient(),
-            SinkError::Config(_) | SinkError::InsertFailed { .. } => false,
+            SinkError::Config(_)
+            | SinkError::MigrationChanged { .. }
+            | SinkError::Task(_)
+            | SinkError::InsertFailed { .. } => false,
         }
     }
 
@@ -83,7 +103,16 @@ pub fn server_code(e: &SinkError) -> Option<u32> {
     }
 }
 
-fn code_in(message: &str) -> Option<u32> {
+/// The server's error code, read out of the client error's text.
+///
+/// The `clickhouse` crate (0.15) has no structured code: its
+/// `Error::BadResponse(String)` holds the server's answer body, which starts
+/// `Code: N. DB::Exception: …` (or, on servers as old as 18.16, carries
+/// `Code: N, e.displayText() = …`), and only when the body is empty or
+/// unreadable does it fall back to the `X-ClickHouse-Exception-Code` header
+/// — formatted into the same `Code: N` text. Every path thus puts the code
+/// behind `Code: `, and this is the one place that reads it back.
+fn code_in_message(message: &str) -> Option<u32> {
     let rest = &message[message.find("Code: ")? + 6..];
     let end = rest
         .find(|c: char| !c.is_ascii_digit())
@@ -110,7 +139,7 @@ mod tests {
     fn server_codes_are_read_from_the_answer() {
         let e = |m: &str| SinkError::ClickHouse {
             message: m.into(),
-            code: code_in(m),
+            code: code_in_message(m),
             transient: false,
         };
         let refused = e(
@@ -124,5 +153,30 @@ mod tests {
         assert_eq!(server_code(&missing), Some(60));
         assert!(!missing.is_refused_data());
         assert_eq!(server_code(&e("connection reset")), None);
+    }
+
+    #[test]
+    fn the_code_is_found_in_every_form_of_answer() {
+        let table = [
+            // A current server's body.
+            (
+                "bad response: Code: 395. DB::Exception: Value passed to 'throwIf' function is non zero. (FUNCTION_THROW_IF_VALUE_IS_NON_ZERO)",
+                Some(395),
+            ),
+            // ClickHouse 18.16's body.
+            (
+                "bad response: Code: 60, e.displayText() = DB::Exception: Table x.events doesn't exist.",
+                Some(60),
+            ),
+            // An empty body: the client formats the header.
+            ("bad response: Code: 241", Some(241)),
+            // No code at all.
+            ("bad response: 502 Bad Gateway", None),
+            ("network error: connection reset", None),
+            ("bad response: Code: ", None),
+        ];
+        for (message, code) in table {
+            assert_eq!(code_in_message(message), code, "{message}");
+        }
     }
 }

@@ -12,22 +12,22 @@
 //! redelivery: enrich retried, or a client re-sent) are skipped too. Kafka's
 //! committed offsets only bound how much is re-read; they decide nothing.
 //!
-//! The partition map is cleared for revoked partitions by [`SinkContext`],
+//! The partition map is cleared for revoked partitions recorded by the
+//! consumer's [`RebalanceLog`](xoflow_common::rebalance::RebalanceLog),
 //! whose callbacks rdkafka runs inside `recv()` on the sink's own task: a
 //! revoke is therefore seen between flushes, never during one, so a
 //! partition's new owner reads the position only after the old owner's last
 //! insert finished.
 
-use std::{collections::HashSet, sync::Mutex};
+use std::collections::HashSet;
 
 use clickhouse::{Client, Row};
-use rdkafka::{
-    ClientContext,
-    consumer::{BaseConsumer, ConsumerContext, Rebalance},
-};
 use serde::Deserialize;
 
+use xoflow_common::telemetry::ErrorKind;
+
 use super::SinkError;
+use crate::telemetry::Metric;
 
 /// What the sink knows about one partition it owns.
 #[derive(Debug, Default)]
@@ -89,37 +89,6 @@ impl PartitionState {
             self.rewound.saturating_mul(2)
         };
         Resume::SeekTo((next - self.rewound).max(0))
-    }
-}
-
-/// Partitions revoked since the loop last looked, collected by the rebalance
-/// callback.
-#[derive(Debug, Default)]
-pub struct SinkContext {
-    revoked: Mutex<Vec<(String, i32)>>,
-}
-
-impl SinkContext {
-    /// Takes the partitions revoked since the last call.
-    pub fn take_revoked(&self) -> Vec<(String, i32)> {
-        self.revoked
-            .lock()
-            .map(|mut r| std::mem::take(&mut *r))
-            .unwrap_or_default()
-    }
-}
-
-impl ClientContext for SinkContext {}
-
-impl ConsumerContext for SinkContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance
-            && let Ok(mut revoked) = self.revoked.lock()
-        {
-            for e in tpl.elements() {
-                revoked.push((e.topic().to_string(), e.partition()));
-            }
-        }
     }
 }
 
@@ -255,9 +224,10 @@ async fn wait_for_running_inserts(client: &Client) -> Result<(), SinkError> {
             return Ok(());
         }
         if tokio::time::Instant::now() >= until {
-            tracing::warn!(
-                running,
-                "inserts still running after the wait; reading the position anyway"
+            ErrorKind::ReadBack.emit(
+                Metric::Errors.name(),
+                &format!("{running} inserts still running after {INSERT_WAIT:?}"),
+                "inserts still running after the wait; reading the position anyway",
             );
             return Ok(());
         }

@@ -8,6 +8,7 @@
 
 use clickhouse::Row;
 use serde::Serialize;
+use xoflow_common::dead_letter::{Builder, PROTOBUF_EVENT, Reason, Stage};
 use xoflow_proto::{
     Message,
     v1::{DeadLetter, EnrichedEvent, event::Payload},
@@ -300,22 +301,20 @@ impl DeadLetterRow {
     /// The dead letter for an `events` row ClickHouse refused: the event as
     /// protobuf (replayable through `xoflow import`), the server's reason,
     /// and the row's own lineage.
-    pub fn refused(row: &EventRow, at: u32, error: String) -> Self {
+    pub fn refused(row: &EventRow, at_unix_millis: i64, error: String) -> Self {
+        let d = Builder::new(Stage::Sink, Reason::ClickHouseRefused, at_unix_millis)
+            .payload(row.event_proto.clone(), PROTOBUF_EVENT)
+            .description(error)
+            .origin(&row.tenant, &row.source, &row.event_id)
+            .build();
+        let lineage = Lineage {
+            topic: &row.kafka_topic,
+            partition: row.kafka_partition,
+            offset: row.kafka_offset,
+        };
         DeadLetterRow {
-            at,
-            stage: "sink".into(),
-            reason: "CLICKHOUSE_REFUSED".into(),
-            field: String::new(),
-            description: error,
-            tenant: row.tenant.clone(),
-            source: row.source.clone(),
-            event_id: row.event_id.clone(),
-            content_type: "application/x-protobuf; messageType=xoflow.v1.Event".into(),
-            payload: row.event_proto.clone(),
-            kafka_topic: row.kafka_topic.clone(),
-            kafka_partition: row.kafka_partition,
-            kafka_offset: row.kafka_offset,
             refused: 1,
+            ..DeadLetterRow::from_dead_letter(d, lineage)
         }
     }
 

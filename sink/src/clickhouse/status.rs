@@ -64,7 +64,7 @@ pub async fn sink_status(
     // librdkafka's metadata calls block: keep them off the async workers.
     let partitions = tokio::task::spawn_blocking(move || kafka_side(&kafka_cfg, &group, &names))
         .await
-        .map_err(|e| SinkError::Config(format!("status task: {e}")))??;
+        .map_err(SinkError::Task)??;
     let client = ch.client();
     let mut out = Vec::with_capacity(partitions.len());
     for (topic, partition, high_watermark, committed) in partitions {

@@ -1,0 +1,228 @@
+//! Kafka client helpers shared by the stages.
+//!
+//! Producers are idempotent with `acks=all`; consumers never auto-commit and
+//! never auto-store offsets: a stage stores an offset only after the record's
+//! effect is durable downstream. Topics are created up front because some
+//! Kafka-protocol brokers (Tansu) do not auto-create them and silently drop
+//! records sent to a missing topic.
+//!
+//! This module holds the settings ([`KafkaConfig`], [`Topics`]), the clients
+//! built from them and topic creation; `producer` the [`BatchProducer`],
+//! `batch` how a consumed batch is gathered and committed ([`recv_batch`],
+//! [`next_offsets`]), `error` the bounded [`ErrorClass`].
+
+mod batch;
+mod error;
+mod producer;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use rdkafka::{
+    ClientConfig,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{ConsumerContext, StreamConsumer},
+    error::{KafkaError, RDKafkaErrorCode},
+};
+use serde::Deserialize;
+
+pub use batch::{next_offsets, recv_batch};
+pub use error::ErrorClass;
+pub use producer::{BatchError, BatchProducer, Outgoing};
+
+/// Broker connection and topic layout.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated bootstrap servers.
+    pub brokers: String,
+    /// The topics the pipeline uses.
+    pub topics: Topics,
+    /// Partitions for topics xoflow creates; bounds the parallelism of enrich
+    /// and sink instances.
+    pub partitions: i32,
+    /// Replication factor for topics xoflow creates.
+    pub replication_factor: i32,
+    /// Producer compression codec (none, gzip, snappy, lz4, zstd).
+    pub compression: String,
+    /// How long the producer retries a record before reporting it failed; a
+    /// request that waits on it is answered UNAVAILABLE after this.
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
+    /// Extra librdkafka properties (security.protocol, sasl.*, ...), applied
+    /// last so operators can override anything.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Topic names. Versioned so that a v2 contract can run beside v1.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topics {
+    /// Accepted live events from the collectors (protobuf `Event`).
+    pub events: String,
+    /// Accepted backfill events from bulk import, so history never delays
+    /// live data.
+    pub backfill: String,
+    /// Enriched events (protobuf `EnrichedEvent`) for the sink.
+    pub enriched: String,
+    /// Refused records (protobuf `DeadLetter`) from every stage.
+    pub dead_letters: String,
+}
+
+impl Topics {
+    /// Appends `suffix` to every topic name: a run of its own (demo,
+    /// benchmark) beside whatever else uses the broker.
+    pub fn suffix(&mut self, suffix: &str) {
+        for t in [
+            &mut self.events,
+            &mut self.backfill,
+            &mut self.enriched,
+            &mut self.dead_letters,
+        ] {
+            t.push_str(suffix);
+        }
+    }
+}
+
+impl KafkaConfig {
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        c
+    }
+
+    fn with_options(&self, mut c: ClientConfig) -> ClientConfig {
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// An idempotent, `acks=all` producer that batches for throughput and
+    /// acknowledges per batch ([`BatchProducer`]), waiting up to 5 ms for a
+    /// batch to fill: right for stages that send whole consumed batches.
+    pub fn batch_producer(&self) -> Result<BatchProducer, KafkaError> {
+        self.batch_producer_lingering(Duration::from_millis(5))
+    }
+
+    /// [`Self::batch_producer`] with its own `linger.ms`: a caller waiting
+    /// for the acknowledgement of a few records pays the linger on every
+    /// request.
+    pub fn batch_producer_lingering(&self, linger: Duration) -> Result<BatchProducer, KafkaError> {
+        BatchProducer::new(&self.producer_config(linger))
+    }
+
+    fn producer_config(&self, linger: Duration) -> ClientConfig {
+        let mut c = self.base();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", &self.compression)
+            .set("linger.ms", (linger.as_secs_f64() * 1e3).to_string())
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "200000")
+            .set(
+                "message.timeout.ms",
+                self.message_timeout.as_millis().to_string(),
+            );
+        self.with_options(c)
+    }
+
+    /// A consumer-group member that never commits or stores offsets on its
+    /// own.
+    pub fn consumer<C: ConsumerContext + 'static>(
+        &self,
+        group: &str,
+        context: C,
+    ) -> Result<StreamConsumer<C>, KafkaError> {
+        self.static_consumer(group, None, context)
+    }
+
+    /// A group client that never subscribes: for reading the group's
+    /// committed offsets and the topics' watermarks.
+    pub fn base_consumer(
+        &self,
+        group: &str,
+    ) -> Result<
+        rdkafka::consumer::BaseConsumer<rdkafka::consumer::DefaultConsumerContext>,
+        KafkaError,
+    > {
+        let mut c = self.base();
+        c.set("group.id", group).set("enable.auto.commit", "false");
+        self.with_options(c).create()
+    }
+
+    /// [`KafkaConfig::consumer`], as a static member (`group.instance.id`)
+    /// when `instance` is given: an instance restarted under the same id
+    /// takes back its partitions at once, without waiting for the group to
+    /// notice the old one died.
+    pub fn static_consumer<C: ConsumerContext + 'static>(
+        &self,
+        group: &str,
+        instance: Option<&str>,
+        context: C,
+    ) -> Result<StreamConsumer<C>, KafkaError> {
+        let mut c = self.base();
+        c.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("fetch.wait.max.ms", "50")
+            // Prefetch bound: librdkafka's 64 MiB default per consumer let
+            // resident memory climb for as long as a stage lagged; 16 MiB
+            // is still ~50k events ahead of the stage.
+            .set("queued.max.messages.kbytes", "16384")
+            .set("partition.assignment.strategy", "range");
+        if let Some(instance) = instance {
+            c.set("group.instance.id", instance);
+        }
+        self.with_options(c).create_with_context(context)
+    }
+
+    /// Creates the named topics if they do not exist yet.
+    pub async fn ensure_topics(&self, names: &[&str]) -> Result<(), KafkaError> {
+        self.create_topics(names, &[]).await
+    }
+
+    /// Creates the named topics, compacted (the latest record per key is
+    /// kept), if they do not exist yet: for tables kept as topics, such as
+    /// changelogs.
+    pub async fn ensure_compacted_topics(&self, names: &[&str]) -> Result<(), KafkaError> {
+        self.create_topics(names, &[("cleanup.policy", "compact")])
+            .await
+    }
+
+    async fn create_topics(
+        &self,
+        names: &[&str],
+        configs: &[(&str, &str)],
+    ) -> Result<(), KafkaError> {
+        let admin: AdminClient<DefaultClientContext> = self.with_options(self.base()).create()?;
+        let topics: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|n| {
+                configs.iter().fold(
+                    NewTopic::new(
+                        n,
+                        self.partitions,
+                        TopicReplication::Fixed(self.replication_factor),
+                    ),
+                    |t, (k, v)| t.set(k, v),
+                )
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in admin.create_topics(&topics, &opts).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    tracing::error!(topic = %name, error = %code, "cannot create topic");
+                    return Err(KafkaError::AdminOp(code));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,380 @@
+//! What the join remembers per customer, and what it derives from it.
+//!
+//! [`CustomerState`] is the unit of the changelog: the join keeps one per
+//! resolved customer, applies each event to it once ([`CustomerState::apply`]
+//! remembers the ids applied), reads the order, session and customer context
+//! of an event off it, and converts it to and from
+//! `xoflow.v1.JoinCustomerState` for the changelog. Nothing here does I/O or
+//! knows about partitions or the lateness buffer; those are the operator's
+//! ([`super::Join`]).
+
+use std::collections::VecDeque;
+
+use xoflow_proto::v1::{
+    ClickAction, CustomerContext, CxFields, Event, JoinCustomerState, NpsCategory, OrderContext,
+    OrderMatch, OrderStatus, SentimentLabel, SessionContext, event::Payload, survey_trigger::Ref,
+};
+
+use super::JoinConfig;
+
+/// Event ids remembered per customer against replays.
+const APPLIED_IDS: usize = 64;
+
+const DAY_MS: i64 = 86_400_000;
+
+#[derive(Debug, Clone, Default)]
+struct OrderState {
+    ctx: OrderContext,
+    placed_ms: i64,
+    last_ms: i64,
+    counted_value: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct SessionState {
+    id: String,
+    page_views: u32,
+    errors: u32,
+    checkout: bool,
+    purchased: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct CustomerState {
+    orders: VecDeque<OrderState>,
+    /// (time, amount) of paid orders, for the 90-day figures.
+    paid: VecDeque<(i64, i64)>,
+    lifetime_value: i64,
+    session: SessionState,
+    support: VecDeque<i64>,
+    last_nps: Option<i32>,
+    nps_sum: i64,
+    nps_answers: u32,
+    detractors: u32,
+    texts: u32,
+    negative_texts: u32,
+    delivered: u32,
+    late_deliveries: u32,
+    returns: u32,
+    pub(super) last_seen_ms: i64,
+    /// [`fingerprint`]s of the last events applied.
+    applied: VecDeque<u64>,
+}
+
+impl CustomerState {
+    pub(super) fn to_proto(&self) -> JoinCustomerState {
+        use xoflow_proto::v1::{JoinOrderState, JoinPaidOrder, JoinSessionState};
+        JoinCustomerState {
+            orders: self
+                .orders
+                .iter()
+                .map(|o| JoinOrderState {
+                    ctx: Some(o.ctx.clone()),
+                    placed_ms: o.placed_ms,
+                    last_ms: o.last_ms,
+                    counted_value: o.counted_value,
+                })
+                .collect(),
+            paid: self
+                .paid
+                .iter()
+                .map(|(at_ms, amount_minor)| JoinPaidOrder {
+                    at_ms: *at_ms,
+                    amount_minor: *amount_minor,
+                })
+                .collect(),
+            lifetime_value_minor: self.lifetime_value,
+            session: Some(JoinSessionState {
+                id: self.session.id.clone(),
+                page_views: self.session.page_views,
+                errors: self.session.errors,
+                checkout: self.session.checkout,
+                purchased: self.session.purchased,
+            }),
+            support_at_ms: self.support.iter().copied().collect(),
+            last_nps: self.last_nps,
+            nps_sum: self.nps_sum,
+            nps_answers: self.nps_answers,
+            detractors: self.detractors,
+            texts: self.texts,
+            negative_texts: self.negative_texts,
+            delivered: self.delivered,
+            late_deliveries: self.late_deliveries,
+            returns: self.returns,
+            last_seen_ms: self.last_seen_ms,
+            applied: self.applied.iter().copied().collect(),
+        }
+    }
+
+    pub(super) fn from_proto(p: JoinCustomerState) -> Self {
+        let session = p.session.unwrap_or_default();
+        CustomerState {
+            orders: p
+                .orders
+                .into_iter()
+                .map(|o| OrderState {
+                    ctx: o.ctx.unwrap_or_default(),
+                    placed_ms: o.placed_ms,
+                    last_ms: o.last_ms,
+                    counted_value: o.counted_value,
+                })
+                .collect(),
+            paid: p
+                .paid
+                .into_iter()
+                .map(|o| (o.at_ms, o.amount_minor))
+                .collect(),
+            lifetime_value: p.lifetime_value_minor,
+            session: SessionState {
+                id: session.id,
+                page_views: session.page_views,
+                errors: session.errors,
+                checkout: session.checkout,
+                purchased: session.purchased,
+            },
+            support: p.support_at_ms.into(),
+            last_nps: p.last_nps,
+            nps_sum: p.nps_sum,
+            nps_answers: p.nps_answers,
+            detractors: p.detractors,
+            texts: p.texts,
+            negative_texts: p.negative_texts,
+            delivered: p.delivered,
+            late_deliveries: p.late_deliveries,
+            returns: p.returns,
+            last_seen_ms: p.last_seen_ms,
+            applied: p.applied.into(),
+        }
+    }
+
+    /// Applies `e` unless it was applied before (a replay after a crash);
+    /// returns whether it changed the state.
+    pub(super) fn apply(&mut self, e: &Event, cx: &CxFields, at: i64, cfg: &JoinConfig) -> bool {
+        let print = fingerprint(&e.event_id);
+        if self.applied.contains(&print) {
+            return false;
+        }
+        self.update(e, cx, at, cfg);
+        if self.applied.len() >= APPLIED_IDS {
+            self.applied.pop_front();
+        }
+        self.applied.push_back(print);
+        true
+    }
+
+    fn update(&mut self, e: &Event, cx: &CxFields, at: i64, cfg: &JoinConfig) {
+        self.last_seen_ms = self.last_seen_ms.max(at);
+        if cx.sentiment.is_some() {
+            self.texts += 1;
+        }
+        if cx.sentiment_label == SentimentLabel::Negative as i32 {
+            self.negative_texts += 1;
+        }
+        match &e.payload {
+            Some(Payload::Order(o)) => {
+                let idx = match self
+                    .orders
+                    .iter()
+                    .position(|s| s.ctx.order_id == o.order_id)
+                {
+                    Some(i) => i,
+                    None => {
+                        if self.orders.len() >= cfg.max_orders_per_customer.max(1) {
+                            self.orders.pop_front();
+                        }
+                        self.orders.push_back(OrderState {
+                            ctx: OrderContext {
+                                order_id: o.order_id.clone(),
+                                currency: o.currency.clone(),
+                                ..Default::default()
+                            },
+                            placed_ms: at,
+                            ..Default::default()
+                        });
+                        self.orders.len() - 1
+                    }
+                };
+                let s = &mut self.orders[idx];
+                s.last_ms = at;
+                s.ctx.status = o.status;
+                s.ctx.amount_minor = o.amount_minor;
+                s.ctx.placed_at = Some(xoflow_proto::from_unix_millis(s.placed_ms));
+                if o.promised_delivery_at.is_some() {
+                    s.ctx.promised_delivery_at = o.promised_delivery_at;
+                }
+                if o.delivered_at.is_some() {
+                    s.ctx.delivered_at = o.delivered_at;
+                }
+                if let (Some(p), Some(d)) = (&s.ctx.promised_delivery_at, &s.ctx.delivered_at) {
+                    let late =
+                        (xoflow_proto::to_unix_millis(d) - xoflow_proto::to_unix_millis(p)) / 1000;
+                    if s.ctx.delivery_late_seconds.is_none() {
+                        self.delivered += 1;
+                        self.late_deliveries += u32::from(late > 0);
+                    }
+                    s.ctx.delivery_late_seconds = Some(late);
+                }
+                let status = OrderStatus::try_from(o.status).unwrap_or_default();
+                if matches!(status, OrderStatus::Paid | OrderStatus::Delivered) && !s.counted_value
+                {
+                    s.counted_value = true;
+                    self.lifetime_value += o.amount_minor;
+                    self.paid.push_back((at, o.amount_minor));
+                }
+                if matches!(status, OrderStatus::Returned | OrderStatus::Cancelled)
+                    && s.counted_value
+                {
+                    s.counted_value = false;
+                    self.lifetime_value -= o.amount_minor;
+                    self.returns += u32::from(status == OrderStatus::Returned);
+                    if let Some(pos) = self.paid.iter().rposition(|(_, a)| *a == o.amount_minor) {
+                        self.paid.remove(pos);
+                    }
+                }
+            }
+            Some(Payload::Click(c)) => {
+                if self.session.id != c.session_id {
+                    self.session = SessionState {
+                        id: c.session_id.clone(),
+                        ..Default::default()
+                    };
+                }
+                let s = &mut self.session;
+                match ClickAction::try_from(c.action).unwrap_or_default() {
+                    ClickAction::Error => s.errors += 1,
+                    ClickAction::Checkout => s.checkout = true,
+                    ClickAction::Purchase => s.purchased = true,
+                    _ => {}
+                }
+                s.page_views += 1;
+            }
+            Some(Payload::Call(_)) => self.support.push_back(at),
+            Some(Payload::Survey(_)) => {
+                if let Some(n) = cx.nps_score {
+                    self.last_nps = Some(n);
+                    self.nps_sum += i64::from(n);
+                    self.nps_answers += 1;
+                }
+                if cx.nps_category == NpsCategory::Detractor as i32 {
+                    self.detractors += 1;
+                }
+            }
+            _ => {}
+        }
+        let support_from = at - cfg.support_window.as_millis() as i64;
+        while self.support.front().is_some_and(|t| *t < support_from) {
+            self.support.pop_front();
+        }
+        let value_from = at - cfg.value_window.as_millis() as i64;
+        while self.paid.front().is_some_and(|(t, _)| *t < value_from) {
+            self.paid.pop_front();
+        }
+    }
+
+    /// The order an event is about: the one it names, else the customer's
+    /// most recent order within the window (for experience events).
+    pub(super) fn order_context(
+        &self,
+        e: &Event,
+        at: i64,
+        cfg: &JoinConfig,
+    ) -> Option<OrderContext> {
+        let referenced = match &e.payload {
+            Some(Payload::Order(o)) => Some(o.order_id.as_str()),
+            Some(Payload::Survey(s)) => match s.trigger.as_ref().and_then(|t| t.r#ref.as_ref()) {
+                Some(Ref::OrderId(id)) => Some(id.as_str()),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(id) = referenced
+            && let Some(o) = self.orders.iter().find(|o| o.ctx.order_id == id)
+        {
+            let mut ctx = o.ctx.clone();
+            ctx.r#match = OrderMatch::Referenced as i32;
+            return Some(ctx);
+        }
+        let experience = matches!(
+            e.payload,
+            Some(Payload::Survey(_) | Payload::Call(_) | Payload::Social(_))
+        );
+        if !experience {
+            return None;
+        }
+        let from = at - cfg.order_window.as_millis() as i64;
+        self.orders
+            .iter()
+            .filter(|o| o.last_ms >= from && o.last_ms <= at)
+            .max_by_key(|o| o.last_ms)
+            .map(|o| {
+                let mut ctx = o.ctx.clone();
+                ctx.r#match = OrderMatch::Recent as i32;
+                ctx
+            })
+    }
+
+    pub(super) fn context(&self, at: i64, _cfg: &JoinConfig) -> CustomerContext {
+        let last_order = self
+            .orders
+            .iter()
+            .map(|o| o.placed_ms)
+            .filter(|t| *t <= at)
+            .max();
+        CustomerContext {
+            orders_90d: self.paid.len() as u32,
+            value_90d_minor: self.paid.iter().map(|(_, a)| a).sum(),
+            lifetime_value_minor: self.lifetime_value,
+            support_contacts_30d: self.support.len() as u32,
+            days_since_last_order: last_order.map(|t| ((at - t).max(0) / DAY_MS) as u32),
+            last_nps: self.last_nps,
+            churn_risk: Some(self.churn_risk()),
+        }
+    }
+
+    /// The session context, once the customer has a session.
+    pub(super) fn session_context(&self) -> Option<SessionContext> {
+        (!self.session.id.is_empty()).then(|| SessionContext {
+            session_id: self.session.id.clone(),
+            page_views: self.session.page_views,
+            error_pages: self.session.errors,
+            abandoned_checkout: self.session.checkout && !self.session.purchased,
+        })
+    }
+
+    /// Churn risk in [0, 1] from the signals that predict leaving. Shares,
+    /// not counts, so a busy loyal customer does not look riskier than a
+    /// quiet unhappy one: how low their NPS runs (weighted by how many
+    /// answers back it), the share of their words that are negative, support
+    /// contacts, and the share of their deliveries that came late or went
+    /// back.
+    fn churn_risk(&self) -> f64 {
+        let share = |num: u32, den: u32| {
+            if den == 0 {
+                0.0
+            } else {
+                f64::from(num) / f64::from(den)
+            }
+        };
+        let nps = if self.nps_answers == 0 {
+            0.0
+        } else {
+            let avg = self.nps_sum as f64 / f64::from(self.nps_answers);
+            let confidence = f64::from(self.nps_answers) / f64::from(self.nps_answers + 1);
+            ((8.0 - avg) / 4.0).clamp(0.0, 1.5) * confidence
+        };
+        let x = 2.0 * nps
+            + 1.0 * share(self.negative_texts, self.texts)
+            + 0.25 * self.support.len() as f64
+            + 0.4 * share(self.late_deliveries, self.delivered)
+            + 0.6 * share(self.returns, self.delivered.max(self.returns));
+        1.0 - (-x).exp()
+    }
+}
+
+/// 64-bit FNV-1a of an event id: what a customer's state remembers of the
+/// events applied to it (a collision among its last 64 is negligible).
+fn fingerprint(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}

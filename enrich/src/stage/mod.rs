@@ -1,0 +1,190 @@
+//! The enrich stage: two consumer-group loops in one process.
+//!
+//! ```text
+//! events, backfill ──► resolve ──► repartition topic (key = customer) ──► join ──► enriched (key = event id)
+//!                       │  ▲                                              │  ▲
+//!                       ▼  │ read whole at start-up, then followed        ▼  │ read back when a partition is assigned
+//!                     links topic (global table)                     changelog topic (partition = join partition)
+//! ```
+//!
+//! Resolve (group `<group_id>.resolve`): decodes each event, learns links
+//! from events that carry a customer id and weak identifiers, resolves the
+//! rest through the link table, and forwards the original bytes keyed by
+//! customer id, so that every event of a customer reaches the same join
+//! partition (unresolved events are keyed `\0<event id>`). Links it learns
+//! go to the links topic, which every instance reads whole at start-up and
+//! then follows: a global table.
+//!
+//! Join (group `<group_id>`): one [`Join`](crate::join::Join) per assigned
+//! partition, so a customer's state lives with its partition. The rebalance callbacks only
+//! record assignments (they run inside `recv()`); between batches a revoked
+//! partition's state is dropped and an assigned one is restored from its
+//! changelog partition (the latest record per customer wins).
+//!
+//! Per batch, in both loops: outputs (and, in join, the changed customers'
+//! state to the changelog) are produced and acknowledged, then input
+//! offsets are committed — in join, only below the lowest event still held
+//! by the lateness buffer. A crash replays uncommitted input: outputs are
+//! emitted again with the same event ids (the sink drops the copies), and
+//! state restored from the changelog remembers which events it already
+//! applied. Internal topics are named after the group: `<group_id>.links`,
+//! `<group_id>.repartition`, `<group_id>.changelog`.
+//!
+//! Modules: `resolve_loop` and `join_loop` are the two loops, `restore`
+//! reads the link table and a partition's state back, `output` is what both
+//! do with a handled batch (produce with retries,
+//! commit, dead-letter). This module wires them and owns the errors.
+
+use std::collections::HashMap;
+
+use rdkafka::{consumer::Consumer, error::KafkaError};
+use tokio_util::sync::CancellationToken;
+use xoflow_common::{
+    admin::Readiness,
+    kafka::{ErrorClass, KafkaConfig},
+    rebalance::{Keep, RebalanceLog},
+};
+
+use crate::EnrichConfig;
+
+mod join_loop;
+mod output;
+mod resolve_loop;
+mod restore;
+
+/// Why the enrich stage stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichError {
+    #[error("kafka client set-up failed: {0}")]
+    Setup(#[source] KafkaError),
+    #[error("records were not acknowledged after {attempts} attempts: {source}")]
+    Produce {
+        attempts: u32,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("committing offsets failed: {0}")]
+    Commit(#[source] KafkaError),
+    #[error("reading {topic} back failed: {source}")]
+    Restore {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+impl EnrichError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EnrichError::Setup(_) => false,
+            EnrichError::Produce { source, .. }
+            | EnrichError::Commit(source)
+            | EnrichError::Restore { source, .. } => ErrorClass::of(source).is_transient(),
+        }
+    }
+}
+
+/// Key prefix of events no customer was found for.
+const UNRESOLVED: u8 = 0;
+
+/// The stage's internal topics, named after its consumer group.
+#[derive(Debug, Clone)]
+pub struct InternalTopics {
+    pub links: String,
+    pub repartition: String,
+    pub changelog: String,
+}
+
+impl InternalTopics {
+    pub fn of(group_id: &str) -> Self {
+        InternalTopics {
+            links: format!("{group_id}.links"),
+            repartition: format!("{group_id}.repartition"),
+            changelog: format!("{group_id}.changelog"),
+        }
+    }
+}
+
+/// Runs the enrich stage until `stop` is cancelled.
+pub async fn run(
+    kafka: &KafkaConfig,
+    cfg: &EnrichConfig,
+    readiness: Readiness,
+    stop: CancellationToken,
+) -> Result<(), EnrichError> {
+    let t = &kafka.topics;
+    let internal = InternalTopics::of(&cfg.group_id);
+    kafka
+        .ensure_topics(&[
+            &t.events,
+            &t.backfill,
+            &t.enriched,
+            &t.dead_letters,
+            &internal.repartition,
+        ])
+        .await
+        .map_err(EnrichError::Setup)?;
+    kafka
+        .ensure_compacted_topics(&[&internal.links, &internal.changelog])
+        .await
+        .map_err(EnrichError::Setup)?;
+    let producer = kafka.batch_producer().map_err(EnrichError::Setup)?;
+
+    // The global link table: read whole before resolving anything.
+    let (follower, links) = restore::link_table(kafka, cfg, &internal).await?;
+    tracing::info!(links = links.len(), "link table read");
+
+    // The resolve loop holds no per-partition state: its rebalances are
+    // only logged. The join loop restores an assigned partition's state and
+    // drops a revoked one's.
+    let resolve_instance = cfg.instance_id.as_ref().map(|i| format!("{i}.resolve"));
+    let resolve_consumer = kafka
+        .static_consumer(
+            &format!("{}.resolve", cfg.group_id),
+            resolve_instance.as_deref(),
+            RebalanceLog::new("resolve", Keep::Nothing),
+        )
+        .map_err(EnrichError::Setup)?;
+    resolve_consumer
+        .subscribe(&[&t.events, &t.backfill])
+        .map_err(EnrichError::Setup)?;
+    let join_consumer = kafka
+        .static_consumer(
+            &cfg.group_id,
+            cfg.instance_id.as_deref(),
+            RebalanceLog::new("join", Keep::Both),
+        )
+        .map_err(EnrichError::Setup)?;
+    join_consumer
+        .subscribe(&[&internal.repartition])
+        .map_err(EnrichError::Setup)?;
+    readiness.set(true);
+    tracing::info!(group = %cfg.group_id, input = %t.events, output = %t.enriched, "enrich started");
+
+    let resolve = resolve_loop::Resolver {
+        consumer: &resolve_consumer,
+        follower,
+        links,
+        producer: &producer,
+        kafka,
+        cfg,
+        internal: &internal,
+    };
+    let join = join_loop::Joiner {
+        consumer: &join_consumer,
+        producer: &producer,
+        kafka,
+        cfg,
+        internal: &internal,
+        joins: HashMap::new(),
+    };
+    let result = tokio::try_join!(resolve.run(&stop), join.run(&stop));
+    readiness.set(false);
+    if result.is_err() {
+        // One loop failed: stop the other too.
+        stop.cancel();
+    }
+    result?;
+    tracing::info!("enrich stopped");
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! What both loops do with a handled batch: produce its records (retrying
+//! transient failures), commit its input offsets, and dead-letter the
+//! records that did not decode.
+//!
+//! In: the encoded records of one batch per topic (and partition, for the
+//! changelog), and the offsets to commit once they are acknowledged. Out:
+//! `Ok` once every record is acknowledged, or [`EnrichError::Produce`] once
+//! the retry policy gives up; commit failures are only logged and counted,
+//! because a missed commit only means records are handled again.
+
+use std::time::Duration;
+
+use rdkafka::{
+    TopicPartitionList,
+    consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer},
+    message::{BorrowedMessage, Message},
+};
+use tokio_util::sync::CancellationToken;
+use xoflow_common::{
+    clock,
+    dead_letter::{self, Stage},
+    kafka::{BatchProducer, ErrorClass, Outgoing},
+    retry::RetryPolicy,
+    telemetry::ErrorKind,
+};
+use xoflow_proto::Message as _;
+
+use super::EnrichError;
+use crate::telemetry::Metric;
+
+/// Produce retries: 5 attempts in all, waiting 400, 800, 1600 and 3200 ms
+/// between them — about 6 s, longer than a broker's leader election.
+pub(super) const PRODUCE_RETRY: RetryPolicy =
+    RetryPolicy::exponential(Duration::from_millis(400), Duration::from_millis(3200))
+        .with_max_attempts(5);
+
+/// How long a loop waits after a consumer error before polling again.
+pub(super) const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
+
+/// One topic's (or one changelog partition's) records of a batch.
+pub(super) type Send<'a> = (&'a str, Option<i32>, &'a [Outgoing<'a>]);
+
+/// Produces several topics' records of one batch, retrying transient
+/// failures (a retry re-sends acknowledged records too; their consumers
+/// drop copies by event id or by key).
+pub(super) async fn produce_batch(
+    producer: &BatchProducer,
+    sends: &[Send<'_>],
+) -> Result<(), EnrichError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut result = Ok(());
+        for (topic, partition, records) in sends {
+            if records.is_empty() {
+                continue;
+            }
+            let r = match partition {
+                Some(p) => producer.send_all_to_partition(topic, *p, records).await,
+                None => producer.send_all(topic, records).await,
+            };
+            if let Err(e) = r {
+                result = Err(e);
+                break;
+            }
+        }
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if PRODUCE_RETRY.retries_after(attempt)
+                    && ErrorClass::of(&e.first).is_transient() =>
+            {
+                ErrorKind::Produce.emit(
+                    Metric::Errors.name(),
+                    &e,
+                    "produce failed; retrying the batch",
+                );
+                tokio::time::sleep(PRODUCE_RETRY.delay(attempt)).await;
+            }
+            Err(e) => {
+                return Err(EnrichError::Produce {
+                    attempts: attempt,
+                    source: e.first,
+                });
+            }
+        }
+    }
+}
+
+/// Commits `offsets`: asynchronously while running, synchronously once
+/// stopping (the process is about to exit).
+pub(super) fn commit<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    offsets: &TopicPartitionList,
+    stop: &CancellationToken,
+) {
+    if offsets.elements().is_empty() {
+        return;
+    }
+    let mode = if stop.is_cancelled() {
+        CommitMode::Sync
+    } else {
+        CommitMode::Async
+    };
+    if let Err(e) = consumer.commit(offsets, mode) {
+        // A failed commit only means these records are handled again after
+        // a restart; outputs carry event ids the sink deduplicates.
+        ErrorKind::Commit.emit(Metric::Errors.name(), &e, "offset commit failed");
+    }
+}
+
+/// The encoded dead letter for a record that is not a `xoflow.v1.Event`.
+pub(super) fn undecodable(m: &BorrowedMessage<'_>, err: &dyn std::fmt::Display) -> Vec<u8> {
+    dead_letter::undecodable(
+        Stage::Enrich,
+        m.payload().unwrap_or_default(),
+        (m.topic(), m.partition(), m.offset()),
+        "xoflow.v1.Event",
+        err,
+        clock::now_unix_millis(),
+    )
+    .encode_to_vec()
+}
+
+/// Dead letters as records: unkeyed.
+pub(super) fn dead_letter_records(dead: &[Vec<u8>]) -> Vec<Outgoing<'_>> {
+    dead.iter().map(|b| Outgoing::keyed(&[], b)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn produce_retries_wait_as_before() {
+        let waits: Vec<u128> = (1..5).map(|a| PRODUCE_RETRY.delay(a).as_millis()).collect();
+        assert_eq!(waits, [400, 800, 1600, 3200]);
+        assert!(PRODUCE_RETRY.retries_after(4));
+        assert!(!PRODUCE_RETRY.retries_after(5));
+    }
+}

@@ -1,0 +1,176 @@
+//! Reading a compacted topic back: the link table at start-up, a join
+//! partition's state when it is assigned.
+//!
+//! In: a topic (one partition, or all) and a decoder of its records. Out:
+//! the decoded records, latest last, read from the beginning up to the high
+//! watermarks — on a blocking thread, since rdkafka's `BaseConsumer` polls
+//! synchronously. Failures are [`EnrichError::Restore`].
+
+use std::{collections::BTreeMap, time::Duration};
+
+use rdkafka::{
+    Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+    error::KafkaError,
+    message::Message,
+};
+use xoflow_common::{kafka::KafkaConfig, telemetry::ErrorKind};
+use xoflow_proto::{Message as _, v1::JoinCustomerState};
+
+use super::{EnrichError, InternalTopics};
+use crate::{EnrichConfig, identity::Links, join::Join, telemetry::Metric};
+
+/// How long reading a topic back may wait for each fetch.
+const READ_BACK_POLL: Duration = Duration::from_secs(10);
+/// How long a read-back waits for more once past the high watermark.
+const READ_BACK_QUIET: Duration = Duration::from_millis(300);
+
+/// A record of the links topic: hashed identifier → customer id (an empty
+/// value is no link).
+pub(super) fn links_record(key: Option<&[u8]>, value: Option<&[u8]>) -> Option<(String, String)> {
+    let k = std::str::from_utf8(key?).ok()?;
+    let v = std::str::from_utf8(value?).ok()?;
+    (!v.is_empty()).then(|| (k.to_owned(), v.to_owned()))
+}
+
+/// The whole link table. Returns the consumer that read it, assigned to
+/// every links partition and positioned after what it read, so that the
+/// resolve loop can follow what other instances publish.
+pub(super) async fn link_table(
+    kafka: &KafkaConfig,
+    cfg: &EnrichConfig,
+    internal: &InternalTopics,
+) -> Result<(BaseConsumer, Links), EnrichError> {
+    let reader = kafka
+        .base_consumer(&format!("{}.links-reader", cfg.group_id))
+        .map_err(EnrichError::Setup)?;
+    let (follower, records) = read_back(reader, internal.links.clone(), None, links_record).await?;
+    let mut links = Links::default();
+    for (k, v) in records {
+        links.insert(k, v);
+    }
+    Ok((follower, links))
+}
+
+/// A join partition's state, read back from its changelog partition (the
+/// latest record per customer wins; an empty value deletes).
+pub(super) async fn join_state(
+    kafka: &KafkaConfig,
+    cfg: &EnrichConfig,
+    internal: &InternalTopics,
+    partition: i32,
+) -> Result<Join, EnrichError> {
+    let started = std::time::Instant::now();
+    let reader = kafka
+        .base_consumer(&format!("{}.changelog-reader", cfg.group_id))
+        .map_err(EnrichError::Setup)?;
+    let (_, records) = read_back(
+        reader,
+        internal.changelog.clone(),
+        Some(partition),
+        |k, v| {
+            let id = String::from_utf8(k?.to_vec()).ok()?;
+            let state = match v {
+                Some(v) if !v.is_empty() => Some(JoinCustomerState::decode(v).ok()?),
+                _ => None,
+            };
+            Some((id, state))
+        },
+    )
+    .await?;
+    let mut join = Join::new(cfg.join.clone());
+    let n = records.len();
+    for (id, state) in records {
+        join.restore(id, state);
+    }
+    tracing::info!(
+        partition,
+        records = n,
+        customers = join.customers(),
+        seconds = started.elapsed().as_secs_f64(),
+        "join state restored from the changelog"
+    );
+    Ok(join)
+}
+
+/// Reads `topic` (one partition, or all) from the beginning up to its high
+/// watermarks on a blocking thread, turning each record into `T`. Returns
+/// the consumer, left assigned and positioned after what it read, so the
+/// caller can keep following.
+async fn read_back<T: Send + 'static>(
+    consumer: BaseConsumer,
+    topic: String,
+    partition: Option<i32>,
+    decode: impl Fn(Option<&[u8]>, Option<&[u8]>) -> Option<T> + Send + 'static,
+) -> Result<(BaseConsumer, Vec<T>), EnrichError> {
+    let restore_err = {
+        let topic = topic.clone();
+        move |source| EnrichError::Restore {
+            topic: topic.clone(),
+            source,
+        }
+    };
+    let err = restore_err.clone();
+    tokio::task::spawn_blocking(move || {
+        let partitions: Vec<i32> = match partition {
+            Some(p) => vec![p],
+            None => consumer
+                .fetch_metadata(Some(&topic), READ_BACK_POLL)
+                .map_err(&err)?
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect(),
+        };
+        let mut tpl = TopicPartitionList::new();
+        let mut remaining = BTreeMap::new();
+        for p in &partitions {
+            tpl.add_partition_offset(&topic, *p, Offset::Beginning)
+                .map_err(&err)?;
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, *p, READ_BACK_POLL)
+                .map_err(&err)?;
+            if high > low {
+                remaining.insert(*p, high);
+            }
+        }
+        consumer.assign(&tpl).map_err(&err)?;
+        let mut out = Vec::new();
+        loop {
+            // The watermark is a lower bound only (Tansu 0.6 reports it
+            // behind what it acknowledged): past it, read on until the
+            // partitions stay quiet for a moment.
+            let wait = if remaining.is_empty() {
+                READ_BACK_QUIET
+            } else {
+                READ_BACK_POLL
+            };
+            let Some(m) = consumer.poll(wait) else {
+                if !remaining.is_empty() {
+                    ErrorKind::ReadBack.emit(
+                        Metric::Errors.name(),
+                        &format!("{topic}: no record within {READ_BACK_POLL:?}"),
+                        "read-back ended before the high watermark",
+                    );
+                }
+                break;
+            };
+            let m = m.map_err(&err)?;
+            if let Some(v) = decode(m.key(), m.payload()) {
+                out.push(v);
+            }
+            if remaining
+                .get(&m.partition())
+                .is_some_and(|high| m.offset() + 1 >= *high)
+            {
+                remaining.remove(&m.partition());
+            }
+        }
+        Ok((consumer, out))
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "read-back task failed");
+        restore_err(KafkaError::Canceled)
+    })?
+}

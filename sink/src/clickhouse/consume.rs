@@ -1,0 +1,299 @@
+//! The consume half of the sink loop: fill a batch from Kafka, hand it to
+//! [`insert::flush`](super::insert) to write and commit.
+//!
+//! In: records of the enriched and dead-letter topics, and the revocations
+//! the consumer's [`RebalanceLog`] recorded. Out: [`Batch`]es of rows with
+//! their lineage. A batch flushes on whichever comes first of `batch_rows`, `batch_bytes`
+//! or `batch_max_wait` since its first record, as one INSERT per table.
+//! Records already stored (by offset) or already written (by event id) are
+//! skipped, using the positions read from ClickHouse itself
+//! ([`super::position`]), so that after any crash, restart or rebalance no
+//! event is written twice. Undecodable records become `DECODE` dead letters
+//! in the same batch.
+
+use std::time::Duration;
+
+use rdkafka::{
+    Offset,
+    consumer::{Consumer, StreamConsumer},
+    message::Message,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use xoflow_common::{
+    admin::Readiness,
+    clock,
+    dead_letter::{self, Stage},
+    kafka::KafkaConfig,
+    rebalance::{Change, Keep, RebalanceLog},
+    telemetry::ErrorKind,
+};
+use xoflow_proto::{
+    Message as _,
+    v1::{DeadLetter, EnrichedEvent},
+};
+
+use super::{
+    ClickHouseConfig, SinkConfig, SinkError,
+    insert::flush,
+    migrate,
+    position::{self, Input, Positions, Resume},
+    row::{DeadLetterRow, EventRow, Lineage},
+};
+use crate::telemetry::{self, Metric};
+
+/// How long a seek may wait for the consumer's fetcher.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Rows waiting to be written, and the offsets they cover.
+#[derive(Default)]
+pub(super) struct Batch {
+    pub events: Vec<EventRow>,
+    pub dead_letters: Vec<DeadLetterRow>,
+    /// Encoded bytes taken in, for the memory bound.
+    pub bytes: usize,
+    pub records: usize,
+    pub skipped_stored: u64,
+    pub skipped_duplicates: u64,
+    pub started: Option<Instant>,
+}
+
+impl Batch {
+    /// Empties the batch for the next one, keeping the vectors' memory: a
+    /// fresh 50k-row vector per flush cost more in page faults (the kernel
+    /// zeroing new pages) than the inserts themselves.
+    pub fn reset(&mut self) {
+        self.events.clear();
+        self.dead_letters.clear();
+        self.bytes = 0;
+        self.records = 0;
+        self.skipped_stored = 0;
+        self.skipped_duplicates = 0;
+        self.started = None;
+    }
+
+    /// Forgets everything read from a partition this sink no longer owns.
+    fn drop_partition(&mut self, topic: &str, partition: i32) {
+        self.events
+            .retain(|r| !(r.kafka_topic == topic && r.kafka_partition == partition));
+        self.dead_letters
+            .retain(|r| !(r.kafka_topic == topic && r.kafka_partition == partition));
+    }
+}
+
+/// Runs the sink until `stop` is cancelled: migrates, then consumes.
+pub async fn run(
+    kafka: &KafkaConfig,
+    ch: &ClickHouseConfig,
+    cfg: &SinkConfig,
+    readiness: Readiness,
+    stop: CancellationToken,
+) -> Result<(), SinkError> {
+    migrate(ch).await?;
+    let topics = &kafka.topics;
+    kafka
+        .ensure_topics(&[&topics.enriched, &topics.dead_letters])
+        .await
+        .map_err(SinkError::Kafka)?;
+    let client = ch.client();
+    // Keeps revocations only: an assigned partition's position is read on
+    // its first record.
+    let consumer: StreamConsumer<RebalanceLog> = kafka
+        .consumer(&cfg.group_id, RebalanceLog::new("sink", Keep::Revoked))
+        .map_err(SinkError::Kafka)?;
+    consumer
+        .subscribe(&[&topics.enriched, &topics.dead_letters])
+        .map_err(SinkError::Kafka)?;
+    readiness.set(true);
+    tracing::info!(group = %cfg.group_id, database = %ch.database, "sink started");
+
+    let mut positions = Positions::default();
+    let mut batch = Batch::default();
+    // One stop future and one timer for the whole run, polled only when no
+    // record is ready: polling either takes a lock (a fresh timer registers
+    // with the driver), which a record must not pay. Under load the batch
+    // age is read from the clock instead, and stop is checked per flush.
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
+    let timer = tokio::time::sleep(cfg.batch_max_wait);
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
+    loop {
+        let deadline = batch.started.map(|s| s + cfg.batch_max_wait);
+        let msg = if deadline.is_some_and(|d| Instant::now() >= d) {
+            None
+        } else {
+            if deadline != armed {
+                if let Some(d) = deadline {
+                    timer.as_mut().reset(d);
+                }
+                armed = deadline;
+            }
+            tokio::select! {
+                biased;
+                m = consumer.recv() => Some(m),
+                _ = &mut cancelled => break,
+                _ = &mut timer, if deadline.is_some() => None,
+            }
+        };
+        // Revocations arrive inside recv(): handle them before the record
+        // it returned, which may already come from a new assignment.
+        drop_revoked(&consumer, &mut positions, &mut batch);
+        match msg {
+            Some(Ok(m)) => {
+                if !positions.contains(m.topic(), m.partition()) {
+                    let input = if m.topic() == topics.dead_letters {
+                        Input::DeadLetters
+                    } else {
+                        Input::Enriched
+                    };
+                    let state =
+                        position::load(&client, input, m.topic(), m.partition(), cfg.dedup_window)
+                            .await?;
+                    tracing::info!(
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        stored = state.stored,
+                        recent_ids = state.recent.len(),
+                        "partition position read from ClickHouse"
+                    );
+                    positions.insert(m.topic(), m.partition(), state);
+                }
+                let Some(state) = positions.get_mut(m.topic(), m.partition()) else {
+                    continue;
+                };
+                match state.resume(m.offset()) {
+                    Resume::Read => {}
+                    Resume::SeekTo(to) => {
+                        tracing::info!(
+                            topic = m.topic(),
+                            partition = m.partition(),
+                            stored = state.stored,
+                            got = m.offset(),
+                            seek = to,
+                            "broker answered past the stored position; reading from earlier"
+                        );
+                        consumer
+                            .seek(m.topic(), m.partition(), Offset::Offset(to), SEEK_TIMEOUT)
+                            .map_err(SinkError::Kafka)?;
+                        continue;
+                    }
+                    Resume::Gap { from, to } => {
+                        tracing::error!(
+                            topic = m.topic(),
+                            partition = m.partition(),
+                            from,
+                            to,
+                            "records missing from the log (deleted by retention before they were stored)"
+                        );
+                        telemetry::log_gap(m.topic(), m.partition(), to - from);
+                    }
+                }
+                batch.started.get_or_insert_with(Instant::now);
+                let (max_offset, rows) = state.pending.get_or_insert((m.offset(), 0));
+                *max_offset = (*max_offset).max(m.offset());
+                batch.records += 1;
+                if m.offset() <= state.stored {
+                    batch.skipped_stored += 1;
+                } else {
+                    let payload = m.payload().unwrap_or_default();
+                    batch.bytes += payload.len();
+                    let lineage = Lineage {
+                        topic: m.topic(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    };
+                    if m.topic() == topics.dead_letters {
+                        *rows += 1;
+                        batch
+                            .dead_letters
+                            .push(decode_dead_letter(payload, lineage));
+                    } else {
+                        let row = EnrichedEvent::decode(payload)
+                            .map_err(|e| e.to_string())
+                            .and_then(|en| {
+                                EventRow::from_enriched(en, lineage).ok_or_else(|| {
+                                    "no event, or an event without a payload".to_owned()
+                                })
+                            });
+                        match row {
+                            Ok(row) if state.recent.contains(&row.event_id) => {
+                                batch.skipped_duplicates += 1;
+                            }
+                            Ok(row) => {
+                                *rows += 1;
+                                state.recent.insert(row.event_id.clone());
+                                batch.events.push(row);
+                            }
+                            Err(why) => batch.dead_letters.push(undecodable(
+                                payload,
+                                lineage,
+                                "xoflow.v1.EnrichedEvent with an event and a payload",
+                                &why,
+                            )),
+                        }
+                    }
+                }
+                if batch.records < cfg.batch_rows && batch.bytes < cfg.batch_bytes {
+                    continue;
+                }
+            }
+            Some(Err(e)) => {
+                ErrorKind::Consume.emit(Metric::Errors.name(), &e, "kafka consumer error");
+                continue;
+            }
+            None => {}
+        }
+        flush(&client, &consumer, cfg, &mut batch, &mut positions).await?;
+        if stop.is_cancelled() {
+            break;
+        }
+    }
+    // Draining: write what is buffered and commit it before returning.
+    readiness.set(false);
+    drop_revoked(&consumer, &mut positions, &mut batch);
+    flush(&client, &consumer, cfg, &mut batch, &mut positions).await?;
+    tracing::info!("sink stopped");
+    Ok(())
+}
+
+/// Forgets the partitions revoked since the last call: their positions and
+/// their rows not yet written (the new owner reads them again).
+fn drop_revoked(
+    consumer: &StreamConsumer<RebalanceLog>,
+    positions: &mut Positions,
+    batch: &mut Batch,
+) {
+    for change in consumer.context().take() {
+        if let Change::Revoked { topic, partition } = change {
+            positions.remove(&topic, partition);
+            batch.drop_partition(&topic, partition);
+        }
+    }
+}
+
+fn decode_dead_letter(payload: &[u8], lineage: Lineage<'_>) -> DeadLetterRow {
+    match DeadLetter::decode(payload) {
+        Ok(d) => DeadLetterRow::from_dead_letter(d, lineage),
+        Err(e) => undecodable(payload, lineage, "xoflow.v1.DeadLetter", &e),
+    }
+}
+
+/// The `DECODE` dead letter of a record the sink cannot read, with the
+/// record's own lineage.
+fn undecodable(
+    payload: &[u8],
+    l: Lineage<'_>,
+    expected: &str,
+    error: &dyn std::fmt::Display,
+) -> DeadLetterRow {
+    let d = dead_letter::undecodable(
+        Stage::Sink,
+        payload,
+        (l.topic, l.partition, l.offset),
+        expected,
+        error,
+        clock::now_unix_millis(),
+    );
+    DeadLetterRow::from_dead_letter(d, l)
+}
