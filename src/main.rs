@@ -134,9 +134,7 @@ impl GenArgs {
         let start_ms = match &self.start {
             Some(date) => xoflow::datagen::parse_date(date)?,
             None => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)?
-                    .as_millis() as i64;
+                let now = xoflow_common::clock::now_unix_millis();
                 now - now.rem_euclid(DAY) - i64::from(self.days) * DAY
             }
         };

@@ -41,10 +41,9 @@ use xoflow_proto::{
     v1::{CxFields, EnrichedEvent, Event},
 };
 
-use crate::{
-    Config, Stages,
-    datagen::{self, GenConfig, load},
-};
+use xoflow_app::{Config, Stages};
+
+use crate::datagen::{self, GenConfig, load};
 
 mod grpc;
 
@@ -87,9 +86,7 @@ fn compared(name: &str, value: f64, unit: &str, baseline: f64, goal: f64) -> Row
 
 /// Runs the benchmark with `n` events and writes results under `out`.
 pub async fn run(mut cfg: Config, n: usize, out: &Path) -> anyhow::Result<Vec<Row>> {
-    let id = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis();
+    let id = xoflow_common::clock::now_unix_millis();
     cfg.kafka.topics.suffix(&format!(".bench-{id}"));
     cfg.enrich.group_id = format!("bench-{id}-enrich");
     cfg.sink.group_id = format!("bench-{id}-sink");
@@ -99,9 +96,7 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path) -> anyhow::Result<Vec<Ro
     cfg.admin.addr = "127.0.0.1:0".parse()?;
     cfg.ingest.hash_secret = xoflow_ingest::config::Secret::new("xoflow-bench-hash-secret");
 
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64;
+    let now = xoflow_common::clock::now_unix_millis();
     let g = datagen::generate(&GenConfig {
         start_ms: now - now.rem_euclid(86_400_000) - 7 * 86_400_000,
         invalid_share: 0.0,
@@ -312,7 +307,7 @@ impl OutputReader {
 async fn enrich_vs_passthrough(
     cfg: &Config,
     events: &[Event],
-    id: u128,
+    id: i64,
 ) -> anyhow::Result<(f64, f64)> {
     let encoded: Vec<(Vec<u8>, &str)> = events
         .iter()
@@ -384,7 +379,7 @@ async fn enrich_vs_passthrough(
     ecfg.enrich.group_id = format!("bench-{id}-b5-enrich");
     fill(ecfg.kafka.topics.events.clone()).await?;
     let reader = OutputReader::join(&ecfg, &ecfg.kafka.topics.enriched).await?;
-    let running = crate::start(ecfg.clone(), Stages::ENRICH, Shutdown::new()).await?;
+    let running = xoflow_app::start(ecfg.clone(), Stages::ENRICH, Shutdown::new()).await?;
     let enrich_rate = reader.steady_rate(n).await?;
     running.stop();
     running.wait().await?;
@@ -460,7 +455,7 @@ async fn sink_vs_client(cfg: &Config, events: &[Event]) -> anyhow::Result<(f64, 
     // the local broker): one record, until it is visible. Then the rest is
     // timed from its first produce to its last row visible: the sink
     // drains it while it arrives, as it would in service.
-    let running = crate::start(cfg.clone(), Stages::SINK, Shutdown::new()).await?;
+    let running = xoflow_app::start(cfg.clone(), Stages::SINK, Shutdown::new()).await?;
     send_keyed(&producer, &t.enriched, &encoded[..1]).await?;
     wait_rows(&ch, "events", 1, Duration::from_secs(600)).await?;
     let start = Instant::now();
@@ -583,7 +578,7 @@ fn own_pipeline(cfg: &Config, tag: &str) -> Config {
 }
 
 /// Waits until every started stage reports ready.
-async fn ready(running: &crate::Running) -> anyhow::Result<()> {
+async fn ready(running: &xoflow_app::Running) -> anyhow::Result<()> {
     let since = Instant::now();
     while running.health.check().is_err() {
         if since.elapsed() > Duration::from_secs(60) {
@@ -597,7 +592,7 @@ async fn ready(running: &crate::Running) -> anyhow::Result<()> {
 async fn pipeline(cfg: &Config, events: Vec<Event>) -> anyhow::Result<PipelineResult> {
     let cfg = own_pipeline(cfg, "p");
     let ch = cfg.clickhouse.client();
-    let running = crate::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
+    let running = xoflow_app::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
     ready(&running).await?;
     let servers = server_pids();
     let cpu0: f64 = cpu_seconds("self").unwrap_or(0.0);
@@ -658,7 +653,7 @@ async fn collector_vs_echo(cfg: &Config, events: &[Event]) -> anyhow::Result<Vec
     let stop = tokio_util::sync::CancellationToken::new();
     let echo = grpc::serve_echo(stop.clone()).await?;
     grpc::wait_listening(echo).await?;
-    let running = crate::start(cfg.clone(), Stages::INGEST, Shutdown::new()).await?;
+    let running = xoflow_app::start(cfg.clone(), Stages::INGEST, Shutdown::new()).await?;
     ready(&running).await?;
     let collector = running.grpc_addr.context("no collector")?;
     let warm: Vec<Event> = events.iter().take(2_000).cloned().collect();
@@ -767,7 +762,7 @@ async fn open_loop(cfg: &Config, events: &[Event], peak: f64) -> anyhow::Result<
     const SECONDS: f64 = 20.0;
     let cfg = own_pipeline(cfg, "ol");
     let ch = cfg.clickhouse.client();
-    let running = crate::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
+    let running = xoflow_app::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
     ready(&running).await?;
     let addr = format!("http://{}", running.grpc_addr.context("no collector")?);
 
