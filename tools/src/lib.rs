@@ -1,5 +1,5 @@
 //! What xoflow runs besides its stages: `xoflow gen` ([`datagen`]),
-//! `xoflow demo` ([`demo`]) and `xoflow bench` ([`bench`]), plus the small
+//! `xoflow demo` ([`demo`]) and `xoflow bench` ([`bench`](mod@bench)), plus the small
 //! fixed inputs the tests share ([`sample`] events of every kind and the
 //! join's [`scenario`]).
 //!

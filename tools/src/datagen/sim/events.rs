@@ -42,32 +42,11 @@ impl Sim<'_> {
         };
         let comment = self.rng.chance(0.6).then(|| self.text(t, topic, polarity));
         let mut answers = vec![
-            SurveyAnswer {
-                question_id: "likely-to-recommend".into(),
-                kind: MetricKind::Nps as i32,
-                score: Some(f64::from(nps)),
-                scale_min: 0,
-                scale_max: 10,
-                text: String::new(),
-            },
-            SurveyAnswer {
-                question_id: "satisfaction".into(),
-                kind: MetricKind::Csat as i32,
-                score: Some(f64::from(csat)),
-                scale_min: 1,
-                scale_max: 5,
-                text: String::new(),
-            },
+            answer("likely-to-recommend", MetricKind::Nps, nps, 0, 10),
+            answer("satisfaction", MetricKind::Csat, csat, 1, 5),
         ];
         if let Some(ces) = ces {
-            answers.push(SurveyAnswer {
-                question_id: "easy-to-resolve".into(),
-                kind: MetricKind::Ces as i32,
-                score: Some(f64::from(ces)),
-                scale_min: 1,
-                scale_max: 7,
-                text: String::new(),
-            });
+            answers.push(answer("easy-to-resolve", MetricKind::Ces, ces, 1, 7));
         }
         let how = if self.rng.chance(0.6) {
             Ident::Full
@@ -274,5 +253,17 @@ impl Sim<'_> {
                 self.truth.customer(t.name, &c.id, c.churn).negative_posts += 1;
             }
         }
+    }
+}
+
+/// A scored answer on its native scale, without free text.
+fn answer(question: &str, kind: MetricKind, score: i32, min: i32, max: i32) -> SurveyAnswer {
+    SurveyAnswer {
+        question_id: question.into(),
+        kind: kind as i32,
+        score: Some(f64::from(score)),
+        scale_min: min,
+        scale_max: max,
+        text: String::new(),
     }
 }
