@@ -1,15 +1,10 @@
-//! The `xoflow` binary's library half: the composed configuration, the
-//! wiring that starts stages in one process, the demo and the sample data.
+//! The `xoflow` binary's library half: what the end-to-end tests and the
+//! criterion benches start and feed, under the names they have always used.
 //!
-//! Kept apart from `main.rs` so the end-to-end tests start exactly what the
-//! binary starts, in-process, with port 0 and random names.
+//! The wiring (configuration, [`start`]) lives in `xoflow-app` and the
+//! generator, demo, benchmark and sample data in `xoflow-tools`; this crate
+//! only re-exports them, so the tests start exactly what the binary starts,
+//! in-process, with port 0 and random names.
 
-pub mod app;
-pub mod bench;
-pub mod config;
-pub mod datagen;
-pub mod demo;
-pub mod sample;
-
-pub use app::{Running, Stages, start};
-pub use config::Config;
+pub use xoflow_app::{Config, Running, Stages, config, start};
+pub use xoflow_tools::{bench, datagen, demo, sample, scenario};

@@ -134,9 +134,7 @@ impl GenArgs {
         let start_ms = match &self.start {
             Some(date) => xoflow::datagen::parse_date(date)?,
             None => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)?
-                    .as_millis() as i64;
+                let now = xoflow_common::clock::now_unix_millis();
                 now - now.rem_euclid(DAY) - i64::from(self.days) * DAY
             }
         };
@@ -168,35 +166,7 @@ async fn main() -> anyhow::Result<()> {
             );
             return Ok(());
         }
-        Command::SinkStatus => {
-            let rows =
-                xoflow_sink::sink_status(&cfg.kafka, &cfg.clickhouse, &cfg.sink.group_id).await?;
-            println!(
-                "{:<36} {:>4} {:>12} {:>12} {:>12} {:>10} {:>12} {:>6}",
-                "topic", "part", "high", "committed", "stored_next", "lag", "rows", "gap"
-            );
-            let mut gaps = 0;
-            for r in &rows {
-                let committed = r.committed.map_or_else(|| "-".into(), |c| c.to_string());
-                gaps += r.gap();
-                println!(
-                    "{:<36} {:>4} {:>12} {:>12} {:>12} {:>10} {:>12} {:>6}",
-                    r.topic,
-                    r.partition,
-                    r.high_watermark,
-                    committed,
-                    r.stored_next,
-                    r.lag(),
-                    r.rows_stored,
-                    r.gap()
-                );
-            }
-            anyhow::ensure!(
-                gaps == 0,
-                "{gaps} committed offsets are not stored in ClickHouse"
-            );
-            return Ok(());
-        }
+        Command::SinkStatus => return sink_status(&cfg).await,
         Command::Demo { generator, batch } => {
             let generator = generator.config()?;
             return demo::run(cfg, demo::DemoOptions { generator, batch }).await;
@@ -236,6 +206,37 @@ async fn main() -> anyhow::Result<()> {
     let running = xoflow::start(cfg, stages, shutdown).await?;
     tracing::info!(admin = %running.admin_addr, grpc = ?running.grpc_addr, http = ?running.http_addr, "xoflow started");
     running.wait().await
+}
+
+/// `xoflow sink-status`: the reconciliation lives in `xoflow_sink`; this
+/// prints it as a table and fails when a committed offset is not stored.
+async fn sink_status(cfg: &Config) -> anyhow::Result<()> {
+    let rows = xoflow_sink::sink_status(&cfg.kafka, &cfg.clickhouse, &cfg.sink.group_id).await?;
+    println!(
+        "{:<36} {:>4} {:>12} {:>12} {:>12} {:>10} {:>12} {:>6}",
+        "topic", "part", "high", "committed", "stored_next", "lag", "rows", "gap"
+    );
+    let mut gaps = 0;
+    for r in &rows {
+        let committed = r.committed.map_or_else(|| "-".into(), |c| c.to_string());
+        gaps += r.gap();
+        println!(
+            "{:<36} {:>4} {:>12} {:>12} {:>12} {:>10} {:>12} {:>6}",
+            r.topic,
+            r.partition,
+            r.high_watermark,
+            committed,
+            r.stored_next,
+            r.lag(),
+            r.rows_stored,
+            r.gap()
+        );
+    }
+    anyhow::ensure!(
+        gaps == 0,
+        "{gaps} committed offsets are not stored in ClickHouse"
+    );
+    Ok(())
 }
 
 /// `xoflow import`: the logic lives in `xoflow_ingest::import`.

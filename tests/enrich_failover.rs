@@ -44,11 +44,11 @@ use rdkafka::{
 };
 use tokio::process::{Child, Command};
 use xoflow_common::kafka::Outgoing;
-use xoflow_enrich::scenario;
 use xoflow_proto::{
     Message,
     v1::{EnrichedEvent, Event},
 };
+use xoflow_tools::scenario;
 
 const START: i64 = 1_800_000_000_000;
 

@@ -18,7 +18,6 @@ pub mod config;
 pub mod derive;
 pub mod identity;
 pub mod join;
-pub mod scenario;
 pub mod sentiment;
 pub mod stage;
 mod telemetry;

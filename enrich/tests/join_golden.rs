@@ -11,8 +11,8 @@ mod join_support;
 
 use std::time::Duration;
 
-use xoflow_enrich::scenario;
 use xoflow_proto::{Message, v1::EnrichedEvent};
+use xoflow_tools::scenario;
 
 const GOLDEN: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

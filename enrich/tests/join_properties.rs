@@ -10,8 +10,8 @@ mod join_support;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use xoflow_enrich::scenario;
 use xoflow_proto::v1::Event;
+use xoflow_tools::scenario;
 
 const BOUND: Duration = Duration::from_secs(30 * 60);
 

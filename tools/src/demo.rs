@@ -17,13 +17,12 @@ use clickhouse::Row;
 use serde::Deserialize;
 use xoflow_common::shutdown::Shutdown;
 
-use crate::{
-    Config, Stages,
-    datagen::{
-        self, GenConfig, Truth,
-        load::{self, LoadOptions},
-        truth::NpsCounts,
-    },
+use xoflow_app::{Config, Stages};
+
+use crate::datagen::{
+    self, GenConfig, Truth,
+    load::{self, LoadOptions},
+    truth::NpsCounts,
 };
 
 /// What the demo generates and how it sends it.
@@ -119,9 +118,7 @@ pub async fn run_pipeline(
             println!("[xoflow demo] {msg}");
         }
     };
-    let run_id = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis();
+    let run_id = xoflow_common::clock::now_unix_millis();
     cfg.kafka.topics.suffix(&format!(".demo-{run_id}"));
     cfg.ingest.grpc_addr = "127.0.0.1:0".parse()?;
     cfg.ingest.http_addr = "127.0.0.1:0".parse()?;
@@ -152,7 +149,7 @@ pub async fn run_pipeline(
 
     let shutdown = Shutdown::new();
     shutdown.cancel_on_signal();
-    let running = crate::start(cfg.clone(), Stages::ALL, shutdown).await?;
+    let running = xoflow_app::start(cfg.clone(), Stages::ALL, shutdown).await?;
     let started = Instant::now();
     while running.health.check().is_err() {
         if running.shutdown.token.is_cancelled() || started.elapsed() > Duration::from_secs(60) {

@@ -1,6 +1,9 @@
-//! Small, deterministic sample events of all five kinds, for the walking
-//! skeleton's demo and the end-to-end tests. (The realistic day-of-data
-//! generator is `xoflow gen`.)
+//! Small, deterministic sample events of all five kinds (survey, call,
+//! social post, order, click), valid as the collectors require, for the
+//! end-to-end tests and the ingest normalisation bench that need a batch of
+//! well-formed events without a story behind them. Realistic data with a
+//! ground truth is the generator's job ([`crate::datagen`], `xoflow gen`);
+//! the join's seeded journeys are [`crate::scenario`].
 
 use xoflow_proto::v1::{
     CallTranscript, Channel, ClickAction, ClickEvent, CustomerIdentity, Event, LineItem, Location,

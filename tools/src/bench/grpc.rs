@@ -1,4 +1,6 @@
-//! B2: the collector against a bare tonic server of the same service.
+//! B2's baseline and its client: a bare tonic server of the collector's
+//! service, and the unary and client-streaming drivers that send the same
+//! events to it and to the real collector ([`super::collector`]).
 //!
 //! The echo server implements `xoflow.v1.Collector` with handlers that
 //! answer at once, building the same response the collector builds (one

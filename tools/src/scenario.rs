@@ -3,8 +3,11 @@
 //! browse, call support, answer surveys known only by their e-mail hash and
 //! post on social media under a handle nobody linked.
 //!
-//! Not the demo generator (`xoflow gen`): this one is tiny, dependency-free
-//! and exercises every branch of the join in a few dozen events.
+//! Not the demo generator (`xoflow gen`): this one is tiny, depends only on
+//! the proto types (and the generator's [`SplitMix`] for its seeded
+//! choices), and exercises every branch of the join in a few dozen events.
+//! It lives here, not in `xoflow-enrich`, so the stage's library ships no
+//! test code; enrich's tests reach it through a dev-dependency.
 
 use xoflow_proto::v1::{
     CallTranscript, ClickAction, ClickEvent, CustomerIdentity, Event, MetricKind, Order,
@@ -12,24 +15,9 @@ use xoflow_proto::v1::{
     TranscriptSegment, event::Payload, survey_trigger::Ref,
 };
 
+use crate::datagen::SplitMix;
+
 const MIN: i64 = 60_000;
-
-/// SplitMix64: a seeded, portable sequence.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 fn event(id: String, at: i64, who: CustomerIdentity, stage: &str, payload: Payload) -> Event {
     Event {
@@ -63,7 +51,7 @@ pub fn journeys_tagged(
     start_ms: i64,
     tag: &str,
 ) -> Vec<Event> {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix::new(seed);
     let mut out = Vec::new();
     for c in customers {
         let cid = format!("c{c}");

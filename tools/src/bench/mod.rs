@@ -1,0 +1,168 @@
+//! `xoflow bench`: every stage against its raw baseline, in one run, on the
+//! same broker and ClickHouse, so that the ratios hold on a noisy machine.
+//!
+//! - B1: raw rdkafka produce → consume of the same encoded events;
+//! - B2: the gRPC collector against a bare tonic server of the same service
+//!   that accepts everything at once (batched, streaming, one event per
+//!   request);
+//! - B3: the sink (Kafka → ClickHouse) against `clickhouse-client` inserting
+//!   the same rows as RowBinary;
+//! - B5: the enrich stage (resolve, repartition, join) against a
+//!   consume → produce passthrough of the same events on the same broker,
+//!   both as steady-state rates (outputs between 10% and 90% of the input,
+//!   read back from the output topic);
+//! - P: the whole pipeline in this process (gRPC → ingest → Kafka → enrich →
+//!   Kafka → sink → ClickHouse), events/s until every row is visible, CPU
+//!   seconds per event of this process, the broker and ClickHouse, and peak
+//!   RSS;
+//! - P open loop: a fresh pipeline fed on a schedule at half the peak just
+//!   measured, latency from each request's acknowledgement to its rows being
+//!   counted in ClickHouse; then twice the peak, with the resident memory of
+//!   this process sampled throughout (it should stay flat: the collector
+//!   sheds what it cannot persist, the other stages work in bounded batches).
+//!
+//! One module per measurement — `kafka` (B1), `collector` and its echo
+//! server `grpc` (B2), `sink` (B3), `enrich` (B5), `pipeline` and
+//! `open_loop` (P) — each starting what it measures through `xoflow-app`
+//! exactly as `xoflow run` would; `process` reads CPU time and memory from
+//! `/proc`, `support` holds what several share. Results are printed as a
+//! table and written as JSON and Markdown (`report`).
+
+use std::path::Path;
+
+use xoflow_app::Config;
+use xoflow_proto::Message as _;
+
+use crate::datagen::{self, GenConfig};
+
+mod collector;
+mod enrich;
+mod grpc;
+mod kafka;
+mod open_loop;
+mod pipeline;
+mod process;
+mod report;
+mod sink;
+mod support;
+
+pub use report::Row;
+use report::{compared, row, write};
+
+/// Runs the benchmark with `n` events and writes results under `out`.
+pub async fn run(mut cfg: Config, n: usize, out: &Path) -> anyhow::Result<Vec<Row>> {
+    let id = xoflow_common::clock::now_unix_millis();
+    cfg.kafka.topics.suffix(&format!(".bench-{id}"));
+    cfg.enrich.group_id = format!("bench-{id}-enrich");
+    cfg.sink.group_id = format!("bench-{id}-sink");
+    cfg.clickhouse.database = format!("xoflow_bench_{id}");
+    cfg.ingest.grpc_addr = "127.0.0.1:0".parse()?;
+    cfg.ingest.http_addr = "127.0.0.1:0".parse()?;
+    cfg.admin.addr = "127.0.0.1:0".parse()?;
+    cfg.ingest.hash_secret = xoflow_ingest::config::Secret::new("xoflow-bench-hash-secret");
+
+    let now = xoflow_common::clock::now_unix_millis();
+    let g = datagen::generate(&GenConfig {
+        start_ms: now - now.rem_euclid(86_400_000) - 7 * 86_400_000,
+        invalid_share: 0.0,
+        scale: (n as f64 / 146_000.0).max(0.01),
+        ..GenConfig::default()
+    });
+    let mut events = g.events;
+    events.truncate(n);
+    let n = events.len();
+    let encoded: Vec<Vec<u8>> = events.iter().map(|e| e.encode_to_vec()).collect();
+    let avg = encoded.iter().map(Vec::len).sum::<usize>() / n.max(1);
+    println!("[bench] {n} generated events, {avg} bytes each on average (protobuf)");
+
+    let mut rows = Vec::new();
+    let b1 = kafka::measure(&cfg, &format!("bench-{id}-raw"), &encoded).await?;
+    rows.push(row("B1 raw rdkafka produce→consume", b1, "msg/s"));
+
+    rows.extend(collector::measure(&cfg, &events).await?);
+
+    let (enrich_rate, passthrough_rate) = enrich::measure(&cfg, &events, id).await?;
+    rows.push(compared(
+        "B5 enrich stage (resolve + join)",
+        enrich_rate,
+        "events/s",
+        passthrough_rate,
+        0.8,
+    ));
+    rows.push(row(
+        "B5 baseline consume→produce passthrough",
+        passthrough_rate,
+        "events/s",
+    ));
+
+    let (sink_rate, client_rate) = sink::measure(&cfg, &events).await?;
+    rows.push(compared(
+        "B3 sink Kafka→ClickHouse",
+        sink_rate,
+        "rows/s",
+        client_rate,
+        0.95,
+    ));
+    rows.push(row(
+        "B3 baseline clickhouse-client RowBinary insert",
+        client_rate,
+        "rows/s",
+    ));
+
+    let p = pipeline::measure(&cfg, events.clone()).await?;
+    rows.push(compared(
+        "P whole pipeline gRPC→ClickHouse",
+        p.rate,
+        "events/s",
+        b1,
+        0.33,
+    ));
+    let mut abs = row("P whole pipeline (absolute)", p.rate, "events/s");
+    abs.goal = Some("≥ 50000 events/s".into());
+    abs.met = Some(p.rate >= 50_000.0);
+    rows.push(abs);
+    rows.push(row("P ack latency p50 (closed loop)", p.p50_ms, "ms"));
+    rows.push(row("P ack latency p99 (closed loop)", p.p99_ms, "ms"));
+    rows.push(row("P CPU per event, xoflow", p.cpu_us_self, "µs"));
+    rows.push(row(
+        "P CPU per event, broker + ClickHouse",
+        p.cpu_us_servers,
+        "µs",
+    ));
+    rows.push(row("P peak RSS, xoflow", p.rss_mib, "MiB"));
+
+    let o = open_loop::measure(&cfg, &events, p.rate).await?;
+    let mut half = row("P open loop at half peak, rate sent", o.rate, "events/s");
+    half.goal = Some(format!("{:.0} events/s", p.rate / 2.0));
+    rows.push(half);
+    rows.push(row("P ack→visible latency p50 (half peak)", o.p50_ms, "ms"));
+    let mut p99 = row("P ack→visible latency p99 (half peak)", o.p99_ms, "ms");
+    p99.goal = Some("≤ 2000 ms".into());
+    p99.met = Some(o.p99_ms <= 2_000.0);
+    rows.push(p99);
+    rows.push(row(
+        "P twice the peak: events offered",
+        o.overload_offered as f64,
+        "events",
+    ));
+    rows.push(row(
+        "P twice the peak: events accepted",
+        o.overload_accepted as f64,
+        "events",
+    ));
+    let mut flat = row(
+        "P twice the peak: RSS growth, last vs second quarter",
+        o.rss_growth * 100.0,
+        "%",
+    );
+    flat.goal = Some(format!(
+        "≤ 10% ({:.0} → {:.0} MiB)",
+        o.rss_second_quarter_mib, o.rss_last_quarter_mib
+    ));
+    flat.met = Some(o.rss_growth <= 0.10);
+    rows.push(flat);
+
+    let _ = cfg.clickhouse.drop_database().await;
+    write(out, &rows)?;
+    Ok(rows)
+}

@@ -1,0 +1,200 @@
+//! P, open loop: a fresh pipeline fed on a schedule at half the peak the
+//! closed loop measured (ack → visible latency), then at twice the peak
+//! with this process's resident memory sampled throughout (it should stay
+//! flat: the collector sheds what it cannot persist).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use xoflow_app::{Config, Stages};
+use xoflow_common::shutdown::Shutdown;
+use xoflow_proto::v1::Event;
+
+use super::{
+    process::rss_mib,
+    support::{count, own_pipeline, ready, wait_rows},
+};
+use crate::datagen::load;
+
+pub(super) struct OpenLoopResult {
+    pub(super) rate: f64,
+    pub(super) p50_ms: f64,
+    pub(super) p99_ms: f64,
+    pub(super) overload_offered: u64,
+    pub(super) overload_accepted: u64,
+    pub(super) rss_second_quarter_mib: f64,
+    pub(super) rss_last_quarter_mib: f64,
+    pub(super) rss_growth: f64,
+}
+
+/// `events` with every id suffixed, so a round is new to the pipeline.
+fn round_of(events: &[Event], round: usize, n: usize) -> Vec<Event> {
+    events
+        .iter()
+        .cycle()
+        .take(n)
+        .enumerate()
+        .map(|(i, e)| {
+            let mut e = e.clone();
+            e.event_id = format!("{}-r{round}-{i}", e.event_id);
+            e
+        })
+        .collect()
+}
+
+/// A fresh pipeline fed open loop: first at half of `peak` for about 20 s,
+/// measuring when each acknowledged request's rows are visible; then at
+/// twice `peak` for about 20 s, sampling this process's resident memory.
+///
+/// Visibility is read from `count()` of the events table every 10 ms: the
+/// k-th acknowledged event counts as visible when the table holds k rows.
+/// Rows overtake each other across partitions, so this is the latency of
+/// the pipeline as a queue, not of one particular event.
+pub(super) async fn measure(
+    cfg: &Config,
+    events: &[Event],
+    peak: f64,
+) -> anyhow::Result<OpenLoopResult> {
+    const BATCH: usize = 100;
+    const SECONDS: f64 = 20.0;
+    let cfg = own_pipeline(cfg, "ol");
+    let ch = cfg.clickhouse.client();
+    let running = xoflow_app::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
+    ready(&running).await?;
+    let addr = format!("http://{}", running.grpc_addr.context("no collector")?);
+
+    // Warm-up, so that consumer-group joins (seconds on the local broker)
+    // are not counted as latency: a small round, until it is visible.
+    let warm = load::send(
+        &addr,
+        round_of(events, 0, 1_000),
+        &load::LoadOptions {
+            batch: BATCH,
+            rate: None,
+            concurrency: 4,
+        },
+    )
+    .await?;
+    wait_rows(&ch, "events", warm.accepted, Duration::from_secs(600)).await?;
+    let base = count(&ch, "events").await;
+
+    // Half the peak, with the visibility timeline polled alongside.
+    let half = (peak / 2.0).max(100.0);
+    let n = ((half * SECONDS) as usize).max(BATCH);
+    let batch = round_of(events, 1, n);
+    let stop_polling = tokio_util::sync::CancellationToken::new();
+    let poller = {
+        let ch = ch.clone();
+        let stop = stop_polling.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<(tokio::time::Instant, u64)> = Vec::new();
+            while !stop.is_cancelled() {
+                let c = count(&ch, "events").await.saturating_sub(base);
+                seen.push((tokio::time::Instant::now(), c));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen
+        })
+    };
+    let sent = load::send(
+        &addr,
+        batch,
+        &load::LoadOptions {
+            batch: BATCH,
+            rate: Some(half),
+            concurrency: 256,
+        },
+    )
+    .await?;
+    wait_rows(
+        &ch,
+        "events",
+        base + sent.accepted,
+        Duration::from_secs(600),
+    )
+    .await?;
+    stop_polling.cancel();
+    let seen = poller.await?;
+    let mut acks = sent.acks.clone();
+    acks.sort_by_key(|(at, _)| *at);
+    let mut latencies = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut cumulative = 0u64;
+    let mut v = 0usize;
+    for (at, accepted) in acks {
+        if accepted == 0 {
+            continue;
+        }
+        cumulative += u64::from(accepted);
+        while v < seen.len() && seen[v].1 < cumulative {
+            v += 1;
+        }
+        let Some((visible, _)) = seen.get(v) else {
+            break;
+        };
+        let us = visible.saturating_duration_since(at).as_micros() as u64;
+        latencies.record_n(us.max(1), u64::from(accepted))?;
+    }
+
+    // Twice the peak, in rounds of about 2 s, memory sampled every 250 ms.
+    let twice = peak * 2.0;
+    let per_round = ((twice * 2.0) as usize).max(BATCH);
+    let rounds = (SECONDS / 2.0) as usize;
+    let stop_sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = {
+        let stop = stop_sampling.clone();
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !stop.is_cancelled() {
+                samples.push(rss_mib());
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            samples
+        })
+    };
+    let mut offered = 0u64;
+    let mut accepted = 0u64;
+    for round in 2..rounds + 2 {
+        let batch = round_of(events, round, per_round);
+        let r = load::send(
+            &addr,
+            batch,
+            &load::LoadOptions {
+                batch: BATCH,
+                rate: Some(twice),
+                concurrency: 256,
+            },
+        )
+        .await?;
+        offered += r.sent;
+        accepted += r.accepted;
+    }
+    stop_sampling.cancel();
+    let samples = sampler.await?;
+    running.stop();
+    running.wait().await?;
+    let _ = cfg.clickhouse.drop_database().await;
+    let quarter = |q: usize| {
+        let len = samples.len();
+        let part = &samples[len * q / 4..(len * (q + 1) / 4).max(len * q / 4 + 1).min(len)];
+        part.iter().sum::<f64>() / part.len().max(1) as f64
+    };
+    let (second, last) = if samples.len() >= 4 {
+        (quarter(1), quarter(3))
+    } else {
+        (0.0, 0.0)
+    };
+    Ok(OpenLoopResult {
+        rate: sent.events_per_second(),
+        p50_ms: latencies.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: latencies.value_at_quantile(0.99) as f64 / 1000.0,
+        overload_offered: offered,
+        overload_accepted: accepted,
+        rss_second_quarter_mib: second,
+        rss_last_quarter_mib: last,
+        rss_growth: if second > 0.0 {
+            (last - second) / second
+        } else {
+            0.0
+        },
+    })
+}

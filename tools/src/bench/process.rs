@@ -1,0 +1,63 @@
+//! CPU time and memory of this process and of the local broker and
+//! ClickHouse, read from `/proc` through the `procfs` crate.
+//!
+//! The servers are found by the pid files `deploy/local/up.sh` leaves in
+//! `$XOFLOW_SCRATCH` (default `target/xoflow-local`); a figure that cannot
+//! be read counts as zero rather than failing the run.
+
+use procfs::process::Process;
+
+/// CPU seconds (user + system) of a process so far; `None` if it is gone.
+pub(super) fn cpu_seconds(process: &Process) -> Option<f64> {
+    let stat = process.stat().ok()?;
+    Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
+}
+
+/// This process, for [`cpu_seconds`].
+pub(super) fn myself() -> Option<Process> {
+    Process::myself().ok()
+}
+
+/// The local broker's and ClickHouse's processes, when their pid files say
+/// where they are.
+pub(super) fn servers() -> Vec<Process> {
+    let scratch = std::env::var("XOFLOW_SCRATCH").unwrap_or_else(|_| "target/xoflow-local".into());
+    ["tansu", "clickhouse"]
+        .iter()
+        .filter_map(|s| std::fs::read_to_string(format!("{scratch}/{s}.pid")).ok())
+        .filter_map(|p| p.trim().parse::<i32>().ok())
+        .filter_map(|pid| Process::new(pid).ok())
+        .collect()
+}
+
+/// Peak resident memory of this process (`VmHWM`) in MiB.
+pub(super) fn peak_rss_mib() -> f64 {
+    status_kib(|s| s.vmhwm) / 1024.0
+}
+
+/// Resident memory of this process now (`VmRSS`, not the high-water mark)
+/// in MiB.
+pub(super) fn rss_mib() -> f64 {
+    status_kib(|s| s.vmrss) / 1024.0
+}
+
+fn status_kib(field: impl Fn(&procfs::process::Status) -> Option<u64>) -> f64 {
+    Process::myself()
+        .and_then(|p| p.status())
+        .ok()
+        .and_then(|s| field(&s))
+        .map_or(0.0, |kib| kib as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_cpu_time_and_memory() {
+        let me = myself().expect("/proc/self");
+        assert!(cpu_seconds(&me).is_some_and(|s| s >= 0.0));
+        let (now, peak) = (rss_mib(), peak_rss_mib());
+        assert!(now > 0.0 && peak >= now, "rss {now} MiB, peak {peak} MiB");
+    }
+}
