@@ -297,7 +297,7 @@ async fn bulk_import_goes_to_the_backfill_lane_with_stable_ids() {
         .ensure_topics(&[&t.events, &t.backfill, &t.dead_letters])
         .await
         .expect("topics");
-    let ingestor = xoflow_ingest::batch::build(&cfg.ingest, &cfg.kafka).expect("ingestor");
+    let ingestor = xoflow_ingest::build(&cfg.ingest, &cfg.kafka).expect("ingestor");
     let dir = std::env::temp_dir().join(format!("xoflow-import-{id}"));
     std::fs::create_dir_all(&dir).expect("dir");
 

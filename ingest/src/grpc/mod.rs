@@ -9,7 +9,7 @@
 
 mod service;
 
-pub use service::{CollectorService, response};
+pub use service::CollectorService;
 
 use std::time::Duration;
 
