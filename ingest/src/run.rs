@@ -84,34 +84,50 @@ pub fn build(cfg: &IngestConfig, kafka: &KafkaConfig) -> Result<Ingestor, RunErr
 /// Both collectors, checked and bound, not yet serving.
 #[derive(Debug)]
 pub struct Collectors {
-    cfg: IngestConfig,
-    kafka: KafkaConfig,
     ingestor: Ingestor,
     tls: Option<Identity>,
     grpc: TcpListener,
     http: TcpListener,
+    max_message_bytes: usize,
+    max_body_bytes: usize,
+    /// The topics to create before serving; `None` when delivery is not
+    /// Kafka.
+    topics: Option<KafkaConfig>,
 }
 
 impl Collectors {
     /// Everything that can fail because of the config: listeners, tenants,
-    /// producer, TLS files.
+    /// Kafka producer, TLS files.
     pub async fn bind(cfg: &IngestConfig, kafka: &KafkaConfig) -> Result<Self, RunError> {
-        let bind = |api: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| RunError::Bind { api, addr, source })
-        };
-        let grpc = bind("gRPC", cfg.grpc_addr).await?;
-        let http = bind("HTTP", cfg.http_addr).await?;
+        let (grpc, http) = listen(cfg).await?;
         let ingestor = build(cfg, kafka)?;
-        let tls = cfg.tls.as_ref().map(Identity::load).transpose()?;
+        let mut c = Self::with(cfg, ingestor, grpc, http)?;
+        c.topics = Some(kafka.clone());
+        Ok(c)
+    }
+
+    /// [`Collectors::bind`] over an ingestor of the caller's (in-process
+    /// tests: [`MemoryDelivery`](crate::MemoryDelivery)); no topics are
+    /// created.
+    pub async fn bind_with(cfg: &IngestConfig, ingestor: Ingestor) -> Result<Self, RunError> {
+        let (grpc, http) = listen(cfg).await?;
+        Self::with(cfg, ingestor, grpc, http)
+    }
+
+    fn with(
+        cfg: &IngestConfig,
+        ingestor: Ingestor,
+        grpc: TcpListener,
+        http: TcpListener,
+    ) -> Result<Self, RunError> {
         Ok(Self {
-            cfg: cfg.clone(),
-            kafka: kafka.clone(),
             ingestor,
-            tls,
+            tls: cfg.tls.as_ref().map(Identity::load).transpose()?,
             grpc,
             http,
+            max_message_bytes: cfg.max_message_bytes,
+            max_body_bytes: cfg.max_body_bytes,
+            topics: None,
         })
     }
 
@@ -133,15 +149,17 @@ impl Collectors {
         http_readiness: Readiness,
         stop: CancellationToken,
     ) -> Result<(), RunError> {
-        let t = &self.kafka.topics;
-        self.kafka
-            .ensure_topics(&[&t.events, &t.backfill, &t.dead_letters])
-            .await
-            .map_err(RunError::Topics)?;
+        if let Some(kafka) = &self.topics {
+            let t = &kafka.topics;
+            kafka
+                .ensure_topics(&[&t.events, &t.backfill, &t.dead_letters])
+                .await
+                .map_err(RunError::Topics)?;
+        }
         let http = http::serve(
             self.http,
             self.ingestor.clone(),
-            self.cfg.max_body_bytes,
+            self.max_body_bytes,
             self.tls.as_ref(),
             http_readiness,
             stop.clone(),
@@ -149,7 +167,7 @@ impl Collectors {
         let grpc = grpc::serve(
             self.grpc,
             CollectorService::new(self.ingestor),
-            self.cfg.max_message_bytes,
+            self.max_message_bytes,
             self.tls.as_ref(),
             grpc_readiness,
             stop,
@@ -159,6 +177,19 @@ impl Collectors {
         g?;
         Ok(())
     }
+}
+
+/// Binds both listeners: the gRPC one first, as the process always did.
+async fn listen(cfg: &IngestConfig) -> Result<(TcpListener, TcpListener), RunError> {
+    let bind = |api: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind { api, addr, source })
+    };
+    Ok((
+        bind("gRPC", cfg.grpc_addr).await?,
+        bind("HTTP", cfg.http_addr).await?,
+    ))
 }
 
 /// Checks, binds and runs both collectors until `stop`: what the process

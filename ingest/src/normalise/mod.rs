@@ -10,7 +10,7 @@
 //! `received_at` stamped) or the list of every field at fault with a stable
 //! reason code, so a caller can fix all of them at once.
 //!
-//! - [`checks`]: the field rules and limits.
+//! - `checks`: the field rules and limits.
 //! - [`identity`]: natural event ids, e-mail and phone forms, keyed hashes.
 //! - [`text`]: PII masking of free text and language detection.
 //! - [`pii`], [`lang`]: the scanners `text` uses.

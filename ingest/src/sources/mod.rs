@@ -13,8 +13,7 @@
 //!
 //! Pure: no I/O. The HTTP routes (`POST /v1/sources/{kind}/{source}`) and
 //! `xoflow import --kind` both call [`decode`] (CSV rows: [`from_value`]);
-//! one file per kind: [`survey`], [`call`], [`social`], [`order`],
-//! [`click`].
+//! one file per kind: `survey`, `call`, `social`, `order`, `click`.
 
 mod call;
 mod click;
