@@ -2,11 +2,13 @@
 //! happen in.
 //!
 //! [`Collectors::bind`] does everything that can fail because of the
-//! config, before the process reports started: it warns about development
-//! settings, compiles the tenants, creates the Kafka producer, loads TLS and
-//! binds both listeners. [`Collectors::run`] then creates the topics and
-//! serves gRPC and HTTP until `stop`, each turning its readiness off as it
-//! starts draining. [`run`] is both in one call.
+//! config, before the process reports started: it binds both listeners,
+//! warns about development settings, compiles the tenants, creates the
+//! Kafka producer and loads TLS. [`Collectors::run`] then creates the
+//! topics and serves gRPC and HTTP until `stop`, each turning its readiness
+//! off as it starts draining. [`run`] is both in one call.
+//! [`Collectors::bind_with`] takes a ready [`Ingestor`] instead (in-process
+//! tests over [`MemoryDelivery`](crate::MemoryDelivery): no topics).
 
 use std::{net::SocketAddr, sync::Arc};
 
