@@ -127,11 +127,6 @@ impl Tenants {
     pub fn get(&self, name: &str) -> &Tenant {
         self.by_name.get(name).unwrap_or(&self.fallback)
     }
-
-    /// Whether the tenant is configured.
-    pub fn contains(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
-    }
 }
 
 fn mac(secret: &[u8]) -> Result<Hmac<Sha256>, TenantError> {

@@ -113,11 +113,6 @@ impl Normaliser {
         }
     }
 
-    /// The tenants this normaliser knows.
-    pub fn tenants(&self) -> &Tenants {
-        &self.tenants
-    }
-
     /// Validates `e` and normalises it in place. `now_ms` is the receive
     /// time in Unix milliseconds.
     pub fn normalise(&self, e: &mut Event, now_ms: i64) -> Result<(), Vec<Violation>> {
