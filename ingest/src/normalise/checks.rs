@@ -55,7 +55,27 @@ pub(super) fn unknown_enum(field: &str, value: i32) -> Violation {
     Violation::new(field, Reason::UnknownEnum, format!("unknown value {value}"))
 }
 
-pub(super) fn check_id(v: &mut Vec<Violation>, field: &str, s: &str, required: bool) {
+/// What a short string field may hold: identifiers are printable ASCII
+/// without spaces, names anything but control characters.
+struct Form {
+    max_len: usize,
+    ok: fn(&str) -> bool,
+    rule: &'static str,
+}
+
+const ID: Form = Form {
+    max_len: MAX_ID_LEN,
+    ok: |s| s.bytes().all(|b| b.is_ascii_graphic()),
+    rule: "printable ASCII without spaces only",
+};
+
+const NAME: Form = Form {
+    max_len: MAX_NAME_LEN,
+    ok: |s| !s.chars().any(char::is_control),
+    rule: "control characters are not allowed",
+};
+
+fn check_str(v: &mut Vec<Violation>, field: &str, s: &str, required: bool, form: &Form) {
     if s.is_empty() {
         if required {
             v.push(Violation::new(
@@ -64,43 +84,23 @@ pub(super) fn check_id(v: &mut Vec<Violation>, field: &str, s: &str, required: b
                 format!("{field} is required"),
             ));
         }
-    } else if s.len() > MAX_ID_LEN {
+    } else if s.len() > form.max_len {
         v.push(Violation::new(
             field,
             Reason::TooLong,
-            format!("at most {MAX_ID_LEN} bytes"),
+            format!("at most {} bytes", form.max_len),
         ));
-    } else if !s.bytes().all(|b| b.is_ascii_graphic()) {
-        v.push(Violation::new(
-            field,
-            Reason::Invalid,
-            "printable ASCII without spaces only",
-        ));
+    } else if !(form.ok)(s) {
+        v.push(Violation::new(field, Reason::Invalid, form.rule));
     }
 }
 
+pub(super) fn check_id(v: &mut Vec<Violation>, field: &str, s: &str, required: bool) {
+    check_str(v, field, s, required, &ID);
+}
+
 pub(super) fn check_name(v: &mut Vec<Violation>, field: &str, s: &str, required: bool) {
-    if s.is_empty() {
-        if required {
-            v.push(Violation::new(
-                field,
-                Reason::Missing,
-                format!("{field} is required"),
-            ));
-        }
-    } else if s.len() > MAX_NAME_LEN {
-        v.push(Violation::new(
-            field,
-            Reason::TooLong,
-            format!("at most {MAX_NAME_LEN} bytes"),
-        ));
-    } else if s.chars().any(char::is_control) {
-        v.push(Violation::new(
-            field,
-            Reason::Invalid,
-            "control characters are not allowed",
-        ));
-    }
+    check_str(v, field, s, required, &NAME);
 }
 
 fn check_text(v: &mut Vec<Violation>, field: &str, s: &str) {
