@@ -42,10 +42,13 @@ pub fn split_records(body: &[u8], ndjson: bool) -> Vec<Result<&[u8], Record>> {
 /// at the first error, cannot do.
 fn split_array(body: &[u8]) -> Vec<Result<&[u8], Record>> {
     match serde_json::from_slice::<Vec<&RawValue>>(body) {
-        Ok(elements) => elements
-            .into_iter()
-            .map(|e| Ok(e.get().as_bytes()))
-            .collect(),
+        Ok(elements) => {
+            let mut out = Vec::with_capacity(elements.len());
+            for e in elements {
+                out.push(Ok(e.get().as_bytes()));
+            }
+            out
+        }
         Err(_) => scan_array(body),
     }
 }
