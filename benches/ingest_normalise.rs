@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use xoflow_ingest::{
-    batch::handle_batch,
-    http::decode_events,
+    core::handle_batch,
+    framing::decode_events,
+    normalise::Normaliser,
     sources::{self, Origin},
     tenant::Tenants,
-    validate::Normaliser,
 };
 use xoflow_proto::EventKind;
 

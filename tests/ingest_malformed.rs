@@ -1,703 +1,77 @@
-//! The table of malformed input, through the real broker with API keys on:
-//! every case is refused with its exact field and reason, gets a dead
-//! letter (read back from the dead-letter topic), and the valid records
-//! sent in the same batch around it are accepted and readable from the
-//! events topic. Whole-request faults (no key, unknown key, oversized body)
-//! get their HTTP status.
+//! A malformed record end to end, through the real broker: it is refused
+//! with its field and reason, its dead letter (PII-masked original bytes,
+//! stage, time, tenant) is readable from the dead-letter topic, and the valid records around it are readable from the
+//! events topic. The full table of malformed input (55 kinds) runs in
+//! process: `ingest/tests/malformed.rs`.
 
 mod common;
 #[path = "ingest_support/mod.rs"]
 mod support;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use xoflow::Stages;
-use xoflow_ingest::config::AuthMode;
 
-/// One malformed record: its bytes, and the first violation expected.
-struct Case {
-    name: &'static str,
-    line: Vec<u8>,
-    field: &'static str,
-    reason: &'static str,
-}
-
-fn iso(ms: i64) -> String {
-    let ts = xoflow_proto::from_unix_millis(ms);
-    serde_json::to_value(ts)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .expect("timestamp JSON")
-}
-
-fn base(kind: &str, id: &str, now: i64) -> Value {
-    let payload = match kind {
-        "order" => json!({"orderId": format!("o-{id}"), "status": "ORDER_STATUS_PAID",
-                          "amountMinor": "5600", "currency": "CNY",
-                          "items": [{"sku": "s1", "name": "套餐", "quantity": 1, "unitPriceMinor": "5600"}]}),
-        "survey" => json!({"surveyId": "post-delivery", "comment": "还不错",
-                           "answers": [{"questionId": "nps", "kind": "METRIC_KIND_NPS", "score": 8, "scaleMin": 0, "scaleMax": 10}]}),
-        "call" => json!({"callId": format!("c-{id}"), "queue": "after-sales",
-                         "startedAt": iso(now - 600_000), "endedAt": iso(now - 300_000),
-                         "segments": [{"speaker": "SPEAKER_CUSTOMER", "startMs": 0, "endMs": 1000, "text": "hello"}]}),
-        "social" => json!({"platform": "weibo", "postId": format!("p-{id}"), "text": "好评"}),
-        _ => {
-            json!({"sessionId": "s-1", "path": "/p/1", "url": "https://shop.example/p/1", "action": "CLICK_ACTION_VIEW"})
-        }
-    };
-    let mut v = json!({"eventId": id, "tenant": "acme", "source": "survey-tool",
-                       "occurredAt": iso(now - 60_000)});
-    v[kind] = payload;
-    v
-}
-
-fn case(name: &'static str, field: &'static str, reason: &'static str, v: Value) -> Case {
-    Case {
-        name,
-        line: v.to_string().into_bytes(),
-        field,
-        reason,
-    }
-}
-
-fn with(mut v: Value, f: impl FnOnce(&mut Value)) -> Value {
-    f(&mut v);
-    v
-}
-
-fn canonical_cases(now: i64) -> Vec<Case> {
-    let b = |kind: &str, n: &str| base(kind, &format!("bad-{n}"), now);
-    let long = "x".repeat(65 * 1024);
-    vec![
-        case(
-            "event id of the wrong type",
-            "eventId",
-            "INVALID",
-            with(b("order", "1"), |v| v["eventId"] = json!(5)),
-        ),
-        case(
-            "key for the wrong tenant",
-            "tenant",
-            "PERMISSION_DENIED",
-            with(b("order", "2"), |v| v["tenant"] = json!("other")),
-        ),
-        case(
-            "key for another source",
-            "source",
-            "PERMISSION_DENIED",
-            with(b("order", "3"), |v| v["source"] = json!("pos")),
-        ),
-        case(
-            "missing occurred_at",
-            "occurred_at",
-            "MISSING",
-            with(b("order", "4"), |v| {
-                v.as_object_mut().map(|o| o.remove("occurredAt"));
-            }),
-        ),
-        case(
-            "unparseable timestamp",
-            "occurredAt",
-            "INVALID",
-            with(b("order", "5"), |v| v["occurredAt"] = json!("yesterday")),
-        ),
-        case(
-            "impossible date",
-            "occurredAt",
-            "INVALID",
-            with(b("order", "6"), |v| {
-                v["occurredAt"] = json!("2025-13-01T00:00:00Z")
-            }),
-        ),
-        case(
-            "far future",
-            "occurred_at",
-            "OUT_OF_RANGE",
-            with(b("order", "7"), |v| {
-                v["occurredAt"] = json!(iso(now + 86_400_000))
-            }),
-        ),
-        case(
-            "far past",
-            "occurred_at",
-            "OUT_OF_RANGE",
-            with(b("order", "8"), |v| {
-                v["occurredAt"] = json!("2001-01-01T00:00:00Z")
-            }),
-        ),
-        case(
-            "no payload",
-            "payload",
-            "MISSING",
-            with(b("order", "9"), |v| {
-                v.as_object_mut().map(|o| o.remove("order"));
-            }),
-        ),
-        case(
-            "unknown enum name",
-            "order.status",
-            "UNKNOWN_ENUM",
-            with(b("order", "10"), |v| {
-                v["order"]["status"] = json!("ORDER_STATUS_LOST")
-            }),
-        ),
-        case(
-            "unknown enum number",
-            "order.status",
-            "UNKNOWN_ENUM",
-            with(b("order", "11"), |v| v["order"]["status"] = json!(99)),
-        ),
-        case(
-            "missing enum",
-            "order.status",
-            "MISSING",
-            with(b("order", "12"), |v| {
-                v["order"].as_object_mut().map(|o| o.remove("status"));
-            }),
-        ),
-        case(
-            "negative amount",
-            "order.amount_minor",
-            "OUT_OF_RANGE",
-            with(b("order", "13"), |v| {
-                v["order"]["amountMinor"] = json!("-5")
-            }),
-        ),
-        case(
-            "amount not a number",
-            "order.amountMinor",
-            "INVALID",
-            with(b("order", "14"), |v| {
-                v["order"]["amountMinor"] = json!("abc")
-            }),
-        ),
-        case(
-            "lower-case currency",
-            "order.currency",
-            "INVALID",
-            with(b("order", "15"), |v| v["order"]["currency"] = json!("cny")),
-        ),
-        case(
-            "zero quantity",
-            "order.items[0].quantity",
-            "OUT_OF_RANGE",
-            with(b("order", "16"), |v| {
-                v["order"]["items"][0]["quantity"] = json!(0)
-            }),
-        ),
-        case(
-            "missing order id",
-            "order.order_id",
-            "MISSING",
-            with(b("order", "17"), |v| {
-                v["order"].as_object_mut().map(|o| o.remove("orderId"));
-            }),
-        ),
-        case(
-            "event id too long",
-            "event_id",
-            "TOO_LONG",
-            with(b("order", "18"), |v| v["eventId"] = json!("e".repeat(200))),
-        ),
-        case(
-            "event id with a space",
-            "event_id",
-            "INVALID",
-            with(b("order", "19"), |v| v["eventId"] = json!("bad 19")),
-        ),
-        case(
-            "unknown field",
-            "colour",
-            "INVALID",
-            with(b("order", "20"), |v| v["colour"] = json!("red")),
-        ),
-        case(
-            "NPS above 10",
-            "survey.answers[0].score",
-            "OUT_OF_RANGE",
-            with(b("survey", "21"), |v| {
-                v["survey"]["answers"][0]["score"] = json!(11)
-            }),
-        ),
-        case(
-            "CSAT on a 1-4 scale",
-            "survey.answers[0].scale_max",
-            "INVALID",
-            with(b("survey", "22"), |v| {
-                v["survey"]["answers"][0] = json!({"questionId": "c", "kind": "METRIC_KIND_CSAT", "score": 3, "scaleMin": 1, "scaleMax": 4});
-            }),
-        ),
-        case(
-            "fractional NPS",
-            "survey.answers[0].score",
-            "INVALID",
-            with(b("survey", "23"), |v| {
-                v["survey"]["answers"][0]["score"] = json!(7.5)
-            }),
-        ),
-        case(
-            "CES below its scale",
-            "survey.answers[0].score",
-            "OUT_OF_RANGE",
-            with(b("survey", "24"), |v| {
-                v["survey"]["answers"][0] = json!({"questionId": "c", "kind": "METRIC_KIND_CES", "score": 0, "scaleMin": 1, "scaleMax": 7});
-            }),
-        ),
-        case(
-            "unknown metric kind",
-            "survey.answers[0].kind",
-            "UNKNOWN_ENUM",
-            with(b("survey", "25"), |v| {
-                v["survey"]["answers"][0]["kind"] = json!("METRIC_KIND_STARS")
-            }),
-        ),
-        case(
-            "no answers and no comment",
-            "survey.answers",
-            "MISSING",
-            with(b("survey", "26"), |v| {
-                v["survey"] = json!({"surveyId": "s"})
-            }),
-        ),
-        case(
-            "oversized comment",
-            "survey.comment",
-            "TOO_LONG",
-            with(b("survey", "27"), |v| v["survey"]["comment"] = json!(long)),
-        ),
-        case(
-            "score of the wrong type",
-            "survey.answers[0].score",
-            "INVALID",
-            with(b("survey", "28"), |v| {
-                v["survey"]["answers"][0]["score"] = json!("x")
-            }),
-        ),
-        case(
-            "segment ends before it starts",
-            "call.segments[0].end_ms",
-            "OUT_OF_RANGE",
-            with(b("call", "29"), |v| {
-                v["call"]["segments"][0]["endMs"] = json!(0)
-            }),
-        )
-        .with_start(&mut |v| v["call"]["segments"][0]["startMs"] = json!(500)),
-        case(
-            "unknown speaker",
-            "call.segments[0].speaker",
-            "UNKNOWN_ENUM",
-            with(b("call", "30"), |v| {
-                v["call"]["segments"][0]["speaker"] = json!("SPEAKER_ROBOT")
-            }),
-        ),
-        case(
-            "call ends before it starts",
-            "call.ended_at",
-            "OUT_OF_RANGE",
-            with(b("call", "31"), |v| {
-                v["call"]["endedAt"] = json!(iso(now - 900_000))
-            }),
-        ),
-        case(
-            "negative offset",
-            "call.segments[0].startMs",
-            "INVALID",
-            with(b("call", "32"), |v| {
-                v["call"]["segments"][0]["startMs"] = json!(-1)
-            }),
-        ),
-        case(
-            "missing post id",
-            "social.post_id",
-            "MISSING",
-            with(b("social", "33"), |v| {
-                v["social"].as_object_mut().map(|o| o.remove("postId"));
-            }),
-        ),
-        case(
-            "missing click action",
-            "click.action",
-            "MISSING",
-            with(b("click", "34"), |v| {
-                v["click"].as_object_mut().map(|o| o.remove("action"));
-            }),
-        ),
-        case(
-            "relative click path",
-            "click.path",
-            "INVALID",
-            with(b("click", "35"), |v| v["click"]["path"] = json!("checkout")),
-        ),
-        case(
-            "unknown click action",
-            "click.action",
-            "UNKNOWN_ENUM",
-            with(b("click", "36"), |v| v["click"]["action"] = json!(42)),
-        ),
-        case(
-            "unknown channel",
-            "touchpoint.channel",
-            "UNKNOWN_ENUM",
-            with(b("order", "37"), |v| {
-                v["touchpoint"] = json!({"channel": "CHANNEL_FAX"})
-            }),
-        ),
-        case(
-            "not an e-mail",
-            "customer.email",
-            "INVALID",
-            with(b("order", "38"), |v| {
-                v["customer"] = json!({"email": "not-an-email"})
-            }),
-        ),
-        case(
-            "not a phone",
-            "customer.phone",
-            "INVALID",
-            with(b("order", "39"), |v| {
-                v["customer"] = json!({"phone": "call me"})
-            }),
-        ),
-        case(
-            "empty attribute key",
-            "attributes[\"\"]",
-            "INVALID",
-            with(b("order", "40"), |v| v["attributes"] = json!({"": "x"})),
-        ),
-        case(
-            "control character in a store id",
-            "location.store_id",
-            "INVALID",
-            with(b("order", "41"), |v| {
-                v["location"] = json!({"storeId": "sz\u{7}01"})
-            }),
-        ),
-        case(
-            "duplicate id in the batch",
-            "event_id",
-            "DUPLICATE",
-            base("order", "ok-0", now),
-        ),
-        Case {
-            name: "invalid UTF-8",
-            line: b"{\"eventId\": \"\xff\xfe\"}".to_vec(),
-            field: "",
-            reason: "DECODE",
-        },
-        Case {
-            name: "truncated JSON",
-            line: b"{\"eventId\": \"t\", \"order\": {".to_vec(),
-            field: "order",
-            reason: "DECODE",
-        },
-        Case {
-            name: "not an object",
-            line: b"42".to_vec(),
-            field: "",
-            reason: "INVALID",
-        },
-    ]
-}
-
-trait WithStart {
-    fn with_start(self, f: &mut dyn FnMut(&mut Value)) -> Self;
-}
-
-impl WithStart for Case {
-    fn with_start(mut self, f: &mut dyn FnMut(&mut Value)) -> Self {
-        let mut v: Value = serde_json::from_slice(&self.line).expect("json");
-        f(&mut v);
-        self.line = v.to_string().into_bytes();
-        self
-    }
-}
-
-fn native_cases() -> Vec<(&'static str, Case)> {
-    let survey: Value = serde_json::from_str(&support::sample("survey.en.json")).expect("sample");
-    let call: Value = serde_json::from_str(&support::sample("call.en.json")).expect("sample");
-    let order: Value = serde_json::from_str(&support::sample("order.cdc.json")).expect("sample");
-    let click: Value = serde_json::from_str(&support::sample("click.track.json")).expect("sample");
-    vec![
-        (
-            "survey",
-            case(
-                "NPS as a word",
-                "answers[0].value",
-                "INVALID",
-                with(survey.clone(), |v| v["answers"][0]["value"] = json!("nine")),
-            ),
-        ),
-        (
-            "survey",
-            case(
-                "unknown answer type",
-                "answers[0].type",
-                "UNKNOWN_ENUM",
-                with(survey.clone(), |v| v["answers"][0]["type"] = json!("stars")),
-            ),
-        ),
-        (
-            "survey",
-            case(
-                "missing response id",
-                "response_id",
-                "MISSING",
-                with(survey.clone(), |v| {
-                    v.as_object_mut().map(|o| o.remove("response_id"));
-                }),
-            ),
-        ),
-        (
-            "survey",
-            case(
-                "local date format",
-                "submitted_at",
-                "INVALID",
-                with(survey.clone(), |v| v["submitted_at"] = json!("14/11/2025")),
-            ),
-        ),
-        (
-            "survey",
-            case(
-                "CES above 7",
-                "survey.answers[2].score",
-                "OUT_OF_RANGE",
-                with(survey, |v| v["answers"][2]["value"] = json!(9)),
-            ),
-        ),
-        (
-            "call",
-            case(
-                "unknown speaker label",
-                "segments[0].speaker",
-                "UNKNOWN_ENUM",
-                with(call.clone(), |v| {
-                    v["segments"][0]["speaker"] = json!("robot")
-                }),
-            ),
-        ),
-        (
-            "call",
-            case(
-                "negative segment start",
-                "segments[0].start",
-                "OUT_OF_RANGE",
-                with(call, |v| v["segments"][0]["start"] = json!(-3)),
-            ),
-        ),
-        (
-            "order",
-            case(
-                "unknown order status",
-                "status",
-                "UNKNOWN_ENUM",
-                with(order.clone(), |v| v["after"]["status"] = json!("lost")),
-            ),
-        ),
-        (
-            "order",
-            case(
-                "amount as text",
-                "after.amount_minor",
-                "INVALID",
-                with(order, |v| v["after"]["amount_minor"] = json!("5600.00")),
-            ),
-        ),
-        (
-            "click",
-            case(
-                "identify call",
-                "type",
-                "UNKNOWN_ENUM",
-                with(click.clone(), |v| v["type"] = json!("identify")),
-            ),
-        ),
-        (
-            "click",
-            case(
-                "missing message id",
-                "messageId",
-                "MISSING",
-                with(click.clone(), |v| {
-                    v.as_object_mut().map(|o| o.remove("messageId"));
-                }),
-            ),
-        ),
-        (
-            "click",
-            case(
-                "duration as text",
-                "properties.duration_ms",
-                "INVALID",
-                with(click, |v| v["properties"]["duration_ms"] = json!("long")),
-            ),
-        ),
-    ]
+fn valid(id: &str, now: i64) -> serde_json::Value {
+    let ts = serde_json::to_value(xoflow_proto::from_unix_millis(now - 60_000)).expect("ts");
+    json!({"eventId": id, "tenant": "acme", "source": "survey-tool", "occurredAt": ts,
+           "order": {"orderId": format!("o-{id}"), "status": "ORDER_STATUS_PAID",
+                     "amountMinor": "5600", "currency": "CNY"}})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_malformed_record_gets_its_field_reason_and_dead_letter() {
-    let (mut cfg, _) = common::config(&support::api_key_toml());
-    cfg.ingest.auth = AuthMode::ApiKey;
-    cfg.ingest.max_body_bytes = 1024 * 1024;
+async fn a_malformed_record_reaches_the_dead_letter_topic() {
+    let (cfg, _) = common::config("");
     let running = common::start(&cfg, Stages::INGEST).await;
     let http = running.http_addr.expect("http");
     let now = common::now_ms();
-    let key = [
-        ("x-api-key", support::ACME_KEY),
-        ("Content-Type", "application/x-ndjson"),
-    ];
+    let ndjson = [("Content-Type", "application/x-ndjson")];
 
-    // Canonical: valid records interleaved with the bad ones in one batch.
-    let cases = canonical_cases(now);
-    let mut body = Vec::new();
-    let mut expected_valid = 0;
-    let mut bad_at = Vec::new();
-    for (i, c) in cases.iter().enumerate() {
-        let ok = base(
-            ["order", "survey", "call", "social", "click"][i % 5],
-            &format!("ok-{i}"),
-            now,
-        );
-        body.extend_from_slice(ok.to_string().as_bytes());
-        body.push(b'\n');
-        expected_valid += 1;
-        bad_at.push(2 * i + 1);
-        body.extend_from_slice(&c.line);
-        body.push(b'\n');
-    }
-    let r = support::http(http, "/v1/events", &key, Some(&body)).await;
+    let mut bad_currency = valid("bad-1", now);
+    bad_currency["order"]["currency"] = json!("yuan");
+    bad_currency["attributes"] = json!({"note": "call me on 13800138000"});
+    let body = [valid("ok-1", now), bad_currency, valid("ok-2", now)]
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let r = support::http(http, "/v1/events", &ndjson, Some(body.as_bytes())).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let v = r.json();
-    let results = v["results"].as_array().expect("results");
-    assert_eq!(results.len(), 2 * cases.len());
-    let mut failures = Vec::new();
-    for (i, c) in cases.iter().enumerate() {
-        let good = &results[2 * i];
-        assert_eq!(
-            good["accepted"], true,
-            "valid record next to {:?}: {good}",
-            c.name
-        );
-        let bad = &results[bad_at[i]];
-        let got = (
-            bad["violations"][0]["field"].as_str().unwrap_or(""),
-            bad["violations"][0]["reason"].as_str().unwrap_or(""),
-        );
-        if bad["accepted"] == true || got != (c.field, c.reason) {
-            failures.push(format!(
-                "{}: want {:?} got {bad}",
-                c.name,
-                (c.field, c.reason)
-            ));
-        }
-    }
-
-    // Source-native: each kind's bad records between two good ones.
-    let natives = native_cases();
-    let mut native_valid = 0;
-    for (kind, c) in &natives {
-        let good = support::sample(match *kind {
-            "survey" => "survey.zh.json",
-            "call" => "call.zh.json",
-            "order" => "order.cdc.json",
-            _ => "click.track.json",
-        });
-        let body = [good.as_bytes(), &c.line].join(&b'\n');
-        let r = support::http(
-            http,
-            &format!("/v1/sources/{kind}/survey-tool"),
-            &key,
-            Some(&body),
-        )
-        .await;
-        let v = r.json();
-        assert_eq!(v["results"][0]["accepted"], true, "{}: {v}", c.name);
-        native_valid += 1;
-        let bad = &v["results"][1];
-        let got = (
-            bad["violations"][0]["field"].as_str().unwrap_or(""),
-            bad["violations"][0]["reason"].as_str().unwrap_or(""),
-        );
-        if bad["accepted"] == true || got != (c.field, c.reason) {
-            failures.push(format!(
-                "native {}: want {:?} got {bad}",
-                c.name,
-                (c.field, c.reason)
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} cases wrong:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-    let total_cases = cases.len() + natives.len();
-    assert!(total_cases >= 40, "only {total_cases} cases");
-
-    // Every refusal is on the dead-letter topic with its field and reason.
-    let letters = support::dead_letters(
-        &support::read_topic(
-            &cfg.kafka.brokers,
-            &cfg.kafka.topics.dead_letters,
-            total_cases,
-        )
-        .await,
-    );
-    let mut got: Vec<(String, String)> = letters
-        .iter()
-        .map(|d| (d.field.clone(), d.reason.clone()))
-        .collect();
-    let mut want: Vec<(String, String)> = cases
-        .iter()
-        .chain(natives.iter().map(|(_, c)| c))
-        .map(|c| (c.field.to_string(), c.reason.to_string()))
-        .collect();
-    got.sort();
-    want.sort();
-    assert_eq!(got, want);
-    assert!(
-        letters
-            .iter()
-            .all(|d| d.stage == "ingest" && d.at.is_some() && !d.payload.is_empty())
-    );
-    // Native records enter under the key's source: the wrong-tenant record
-    // kept its claimed tenant for attribution.
-    assert!(
-        letters
-            .iter()
-            .any(|d| d.reason == "PERMISSION_DENIED" && d.tenant == "other")
-    );
-
-    // The valid records of those batches are all in Kafka. (The duplicate
-    // case reuses ok-0's id, so it is the one refused.)
-    let events = support::read_topic(
-        &cfg.kafka.brokers,
-        &cfg.kafka.topics.events,
-        expected_valid + native_valid,
-    )
-    .await;
-    assert_eq!(events.len(), expected_valid + native_valid);
-
-    // Whole-request faults.
-    let ok = base("order", "auth-1", now).to_string();
-    let none = support::http(http, "/v1/events", &[], Some(ok.as_bytes())).await;
-    assert_eq!(none.status, 401);
-    let wrong = support::http(
-        http,
-        "/v1/events",
-        &[("x-api-key", "guess")],
-        Some(ok.as_bytes()),
-    )
-    .await;
-    assert_eq!(wrong.status, 401);
-    let big = vec![b'{'; 2 * 1024 * 1024];
     assert_eq!(
-        support::http(http, "/v1/events", &key, Some(&big))
-            .await
-            .status,
-        413
+        (v["accepted"].clone(), v["rejected"].clone()),
+        (2.into(), 1.into())
     );
+    let bad = &v["results"][1]["violations"][0];
+    assert_eq!(
+        (bad["field"].clone(), bad["reason"].clone()),
+        (json!("order.currency"), json!("INVALID"))
+    );
+
+    let letters = support::dead_letters(
+        &support::read_topic(&cfg.kafka.brokers, &cfg.kafka.topics.dead_letters, 1).await,
+    );
+    let d = &letters[0];
+    assert_eq!(
+        (
+            d.field.as_str(),
+            d.reason.as_str(),
+            d.stage.as_str(),
+            d.tenant.as_str()
+        ),
+        ("order.currency", "INVALID", "ingest", "acme")
+    );
+    assert!(d.at.is_some());
+    assert_eq!(d.content_type, "application/json");
+    let payload = String::from_utf8_lossy(&d.payload);
+    assert!(payload.contains("bad-1"), "{payload}");
+    assert!(!payload.contains("13800138000"), "{payload}");
+
+    let events = support::events(
+        &support::read_topic(&cfg.kafka.brokers, &cfg.kafka.topics.events, 2).await,
+    );
+    let mut ids: Vec<_> = events.iter().map(|e| e.event_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["ok-1", "ok-2"]);
 
     running.stop();
     running.wait().await.expect("clean shutdown");

@@ -8,12 +8,11 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use xoflow_ingest::{
-    batch::handle_batch,
-    http::decode_events,
-    pii,
+    core::handle_batch,
+    framing::decode_events,
+    normalise::{Normaliser, pii},
     sources::{self, Origin},
     tenant::Tenants,
-    validate::Normaliser,
 };
 use xoflow_proto::EventKind;
 

@@ -143,55 +143,16 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
     let mut grpc_addr = None;
     let mut http_addr = None;
     if stages.ingest {
-        let listener = tokio::net::TcpListener::bind(cfg.ingest.grpc_addr)
-            .await
-            .with_context(|| format!("binding the collector to {}", cfg.ingest.grpc_addr))?;
-        grpc_addr = Some(listener.local_addr()?);
-        let http_listener = tokio::net::TcpListener::bind(cfg.ingest.http_addr)
-            .await
-            .with_context(|| format!("binding the HTTP collector to {}", cfg.ingest.http_addr))?;
-        http_addr = Some(http_listener.local_addr()?);
-        let ingestor = xoflow_ingest::batch::build(&cfg.ingest, &cfg.kafka)
-            .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
-        let tls = cfg
-            .ingest
-            .tls
-            .as_ref()
-            .map(xoflow_ingest::tls::Identity::load)
-            .transpose()
-            .map_err(anyhow::Error::msg)?;
-        let service = xoflow_ingest::grpc::CollectorService::new(ingestor.clone());
+        let collectors = xoflow_ingest::Collectors::bind(&cfg.ingest, &cfg.kafka).await?;
+        grpc_addr = Some(collectors.grpc_addr()?);
+        http_addr = Some(collectors.http_addr()?);
         let readiness = health.register("ingest");
         let http_readiness = health.register("ingest-http");
         let stop = token.clone();
-        let cfg = cfg.clone();
         spawn_stage(
             "ingest",
             Box::pin(async move {
-                let t = &cfg.kafka.topics;
-                cfg.kafka
-                    .ensure_topics(&[&t.events, &t.backfill, &t.dead_letters])
-                    .await
-                    .context("creating ingest topics")?;
-                let http = xoflow_ingest::http::serve(
-                    http_listener,
-                    ingestor,
-                    cfg.ingest.max_body_bytes,
-                    tls.as_ref(),
-                    http_readiness,
-                    stop.clone(),
-                );
-                let grpc = xoflow_ingest::grpc::serve(
-                    listener,
-                    service,
-                    cfg.ingest.max_message_bytes,
-                    tls.as_ref(),
-                    readiness,
-                    stop,
-                );
-                let (h, g) = tokio::join!(http, grpc);
-                h.context("HTTP collector")?;
-                g.context("gRPC collector")?;
+                collectors.run(readiness, http_readiness, stop).await?;
                 Ok(())
             }),
         );

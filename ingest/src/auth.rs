@@ -63,18 +63,6 @@ impl Authenticator {
         }
     }
 
-    /// No authentication at all (tests, tools).
-    pub fn disabled() -> Self {
-        Self {
-            mode: AuthMode::None,
-            keys: Arc::default(),
-        }
-    }
-
-    pub fn mode(&self) -> AuthMode {
-        self.mode
-    }
-
     /// The principal for a presented key. No key is fine only in `none`
     /// mode; a key that is sent is always checked.
     pub fn authenticate(&self, key: Option<&str>) -> Result<Option<Principal>, IngestError> {

@@ -241,9 +241,19 @@ pub const CHANNELS: [&str; 7] = [
     "sms",
 ];
 
+/// A setting that deserialises but cannot work; the message starts with
+/// the setting's path (`ingest.tenants.acme.rules[0].touchpoint ...`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidConfig(pub String);
+
 impl IngestConfig {
     /// Checks values that deserialise but cannot work. Pure: no I/O.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        self.check().map_err(InvalidConfig)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.max_batch_events == 0 {
             return Err("ingest.max_batch_events must be at least 1".into());
         }
@@ -462,7 +472,7 @@ mod tests {
         ] {
             let mut c = base();
             c.tenants.insert("acme".into(), tenant(case));
-            let err = c.validate().expect_err(case);
+            let err = c.validate().expect_err(case).0;
             assert!(err.starts_with(expect), "{case}: {err}");
         }
         let mut c = base();
@@ -477,6 +487,7 @@ mod tests {
         assert!(
             c.validate()
                 .expect_err("no keys")
+                .0
                 .contains("no tenant has api_keys")
         );
         c.tenants.insert(
@@ -492,6 +503,7 @@ mod tests {
         assert!(
             c.validate()
                 .expect_err("bad hash")
+                .0
                 .contains("api_keys[0].sha256")
         );
     }

@@ -1,5 +1,7 @@
-//! Failures of the collector APIs, and the one place they become gRPC
-//! statuses and HTTP responses.
+//! Failures of whole collector requests, and the one place they become
+//! gRPC statuses (with `google.rpc` details) and HTTP responses (JSON with
+//! `Retry-After`). Per-record problems are not errors: they are
+//! `RecordResult`s with field violations, and dead letters.
 
 use std::time::Duration;
 
@@ -34,9 +36,6 @@ pub enum IngestError {
     /// reason retrying will not fix.
     #[error("internal error: {0}")]
     Internal(String),
-    /// The server is shutting down.
-    #[error("the collector is shutting down")]
-    ShuttingDown,
 }
 
 impl IngestError {
@@ -44,9 +43,7 @@ impl IngestError {
     pub const fn is_transient(&self) -> bool {
         matches!(
             self,
-            IngestError::Overloaded { .. }
-                | IngestError::Unavailable { .. }
-                | IngestError::ShuttingDown
+            IngestError::Overloaded { .. } | IngestError::Unavailable { .. }
         )
     }
 
@@ -60,7 +57,6 @@ impl IngestError {
             IngestError::Unauthenticated(_) => "unauthenticated",
             IngestError::Unavailable { .. } => "unavailable",
             IngestError::Internal(_) => "internal",
-            IngestError::ShuttingDown => "shutting_down",
         }
     }
 
@@ -72,7 +68,7 @@ impl IngestError {
             | IngestError::BodyTooLarge { .. }
             | IngestError::BadRequest(_) => Code::InvalidArgument,
             IngestError::Unauthenticated(_) => Code::Unauthenticated,
-            IngestError::Unavailable { .. } | IngestError::ShuttingDown => Code::Unavailable,
+            IngestError::Unavailable { .. } => Code::Unavailable,
             IngestError::Internal(_) => Code::Internal,
         }
     }
@@ -84,7 +80,7 @@ impl IngestError {
             IngestError::BatchTooLarge { .. } | IngestError::BodyTooLarge { .. } => 413,
             IngestError::BadRequest(_) => 400,
             IngestError::Unauthenticated(_) => 401,
-            IngestError::Unavailable { .. } | IngestError::ShuttingDown => 503,
+            IngestError::Unavailable { .. } => 503,
             IngestError::Internal(_) => 500,
         }
     }
@@ -175,7 +171,6 @@ mod tests {
                 500,
                 false,
             ),
-            (IngestError::ShuttingDown, Code::Unavailable, 503, true),
         ];
         for (e, code, http, transient) in table {
             assert_eq!(e.grpc_code(), code, "{e}");

@@ -23,9 +23,9 @@ use xoflow_proto::EventKind;
 
 use crate::{
     IngestError,
-    batch::{Ingestor, Record},
+    core::{Ingestor, Record},
     delivery::Lane,
-    http::decode_events,
+    framing::decode_events,
     sources::{self, Origin},
     telemetry,
 };

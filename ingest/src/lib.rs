@@ -1,36 +1,59 @@
 //! The collectors: the face of xoflow to the sources.
 //!
 //! Every submitted record gets its own verdict. A valid record is normalised
-//! (UTC timestamps, weak identifiers hashed with a keyed hash), encoded as a
-//! protobuf `xoflow.v1.Event` and produced to the events topic keyed by its
-//! strongest customer key; the caller is answered only once Kafka has
-//! acknowledged it. An invalid record is answered with the field at fault and
-//! a reason code, and a `DeadLetter` carrying the original bytes goes to the
-//! dead-letter topic.
+//! (UTC timestamps, weak identifiers hashed with a keyed hash, PII masked),
+//! encoded as a protobuf `xoflow.v1.Event` and produced to the events topic
+//! keyed by its strongest customer key; the caller is answered only once
+//! Kafka has acknowledged it. An invalid record is answered with the field
+//! at fault and a reason code, and a `DeadLetter` carrying the original
+//! bytes (PII-masked) goes to the dead-letter topic.
 //!
 //! ```text
-//! gRPC Ingest ──► validate::normalise ──► Delivery::deliver ──► Kafka events topic
-//!                       │ violations                 └────────► dead-letter topic
-//!                       └──► RecordResult { field, reason }
+//!  gRPC (grpc) ──────────────┐
+//!  HTTP /v1/events ── framing┤
+//!  HTTP /v1/sources ─ framing┼─► Vec<Record> ─► core::Ingestor ─► Deliver ─► events / backfill topic
+//!        └─ sources::decode  │     authorise, normalise, dedup,      └────► dead-letter topic
+//!  xoflow import ─── framing ┘     encode; per-record RecordResult
 //! ```
+//!
+//! Reading order: [`run`] (config → Kafka → listeners → serving until
+//! shutdown), [`config`], the hot path in [`core`] and [`normalise`], the
+//! entry points ([`grpc`], [`http`], [`framing`], [`sources`], [`import`]),
+//! [`delivery`] (Kafka, or memory for in-process tests), and [`error`], the
+//! one place request failures become gRPC statuses and HTTP answers.
 
 pub mod auth;
-pub mod batch;
 pub mod config;
+pub mod core;
 pub mod delivery;
 pub mod error;
+pub mod framing;
 pub mod grpc;
 pub mod http;
 pub mod import;
-pub mod lang;
-pub mod pii;
+pub mod normalise;
+mod run;
 pub mod sources;
-mod telemetry;
+pub mod telemetry;
 pub mod tenant;
 pub mod tls;
-pub mod validate;
 
-pub use batch::{Ingestor, Record};
+pub use crate::core::{Ingestor, Record};
 pub use config::IngestConfig;
-pub use delivery::Delivery;
+pub use delivery::{Deliver, KafkaDelivery, MemoryDelivery};
 pub use error::IngestError;
+pub use run::{Collectors, RunError, build, ingestor, run};
+
+/// Former path of [`build`], kept for the `xoflow import` command until the
+/// binary imports it from the crate root.
+#[doc(hidden)]
+pub mod batch {
+    pub use crate::run::build;
+}
+
+/// Former path of [`normalise`], kept for the benchmarks outside this
+/// crate until they import it from there.
+#[doc(hidden)]
+pub mod validate {
+    pub use crate::normalise::Normaliser;
+}

@@ -1,31 +1,82 @@
-//! The collector's internal events: each one writes at most one log line and
-//! bumps its counters with the same bounded tags. Emitted once per request or
-//! batch, never once per event.
+//! The collector's metric names ([`Metric`]) and internal events: each
+//! event writes at most one log line and bumps its counters with the same
+//! bounded tags. Emitted once per request or batch, never once per event.
 
 use metrics::{counter, gauge, histogram};
+use xoflow_common::dead_letter::Reason;
 use xoflow_proto::EventKind;
 
-pub(crate) const EVENTS_ACCEPTED: &str = "xoflow_ingest_events_accepted_total";
-pub(crate) const EVENTS_REJECTED: &str = "xoflow_ingest_events_rejected_total";
-pub(crate) const REQUESTS: &str = "xoflow_ingest_requests_total";
-pub(crate) const REQUEST_DURATION: &str = "xoflow_ingest_request_duration_seconds";
-pub(crate) const KAFKA_ERRORS: &str = "xoflow_ingest_kafka_errors_total";
-pub(crate) const DEAD_LETTER_ERRORS: &str = "xoflow_ingest_dead_letter_errors_total";
-pub(crate) const IN_FLIGHT: &str = "xoflow_ingest_in_flight_events";
-pub(crate) const PII_MASKED: &str = "xoflow_ingest_pii_masked_total";
-pub(crate) const IMPORT_RECORDS: &str = "xoflow_ingest_import_records_total";
-pub(crate) const TLS_HANDSHAKE_FAILURES: &str = "xoflow_ingest_tls_handshake_failures_total";
+/// Every metric the collectors export. Names follow
+/// `xoflow_ingest_<name>_<unit>[_total]` and are listed in
+/// `docs/collectors.md`; tags are bounded (kind, reason, rpc, outcome,
+/// error code), never a customer or tenant id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Counter, by `kind`: events made durable.
+    EventsAccepted,
+    /// Counter, by `reason`: records refused (first violation's reason).
+    EventsRejected,
+    /// Counter, by `rpc` and `outcome`.
+    Requests,
+    /// Histogram, by `rpc`: request duration in seconds.
+    RequestDuration,
+    /// Counter, by `error_code`: events Kafka did not acknowledge.
+    KafkaErrors,
+    /// Counter: dead letters that could not be written.
+    DeadLetterErrors,
+    /// Gauge: events awaiting Kafka acknowledgement.
+    InFlightEvents,
+    /// Counter, by `kind`: PII spans masked.
+    PiiMasked,
+    /// Counter, by `outcome`: records of bulk imports.
+    ImportRecords,
+    /// Counter: failed or abandoned TLS handshakes on the HTTP collector.
+    TlsHandshakeFailures,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 10] = [
+        Metric::EventsAccepted,
+        Metric::EventsRejected,
+        Metric::Requests,
+        Metric::RequestDuration,
+        Metric::KafkaErrors,
+        Metric::DeadLetterErrors,
+        Metric::InFlightEvents,
+        Metric::PiiMasked,
+        Metric::ImportRecords,
+        Metric::TlsHandshakeFailures,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Metric::EventsAccepted => "xoflow_ingest_events_accepted_total",
+            Metric::EventsRejected => "xoflow_ingest_events_rejected_total",
+            Metric::Requests => "xoflow_ingest_requests_total",
+            Metric::RequestDuration => "xoflow_ingest_request_duration_seconds",
+            Metric::KafkaErrors => "xoflow_ingest_kafka_errors_total",
+            Metric::DeadLetterErrors => "xoflow_ingest_dead_letter_errors_total",
+            Metric::InFlightEvents => "xoflow_ingest_in_flight_events",
+            Metric::PiiMasked => "xoflow_ingest_pii_masked_total",
+            Metric::ImportRecords => "xoflow_ingest_import_records_total",
+            Metric::TlsHandshakeFailures => "xoflow_ingest_tls_handshake_failures_total",
+        }
+    }
+}
 
 /// PII spans masked in one batch, per kind.
 pub(crate) struct PiiMasked<'a> {
-    pub per_kind: &'a crate::pii::MaskCounts,
+    pub per_kind: &'a crate::normalise::pii::MaskCounts,
 }
 
 impl PiiMasked<'_> {
     pub fn emit(&self) {
-        for (kind, n) in crate::pii::PiiKind::ALL.iter().zip(self.per_kind) {
+        for (kind, n) in crate::normalise::pii::PiiKind::ALL
+            .iter()
+            .zip(self.per_kind)
+        {
             if *n > 0 {
-                counter!(PII_MASKED, "kind" => kind.as_str()).increment(*n);
+                counter!(Metric::PiiMasked.name(), "kind" => kind.as_str()).increment(*n);
             }
         }
     }
@@ -39,8 +90,8 @@ pub(crate) struct ImportChunk {
 
 impl ImportChunk {
     pub fn emit(&self) {
-        counter!(IMPORT_RECORDS, "outcome" => "accepted").increment(self.accepted);
-        counter!(IMPORT_RECORDS, "outcome" => "rejected").increment(self.rejected);
+        counter!(Metric::ImportRecords.name(), "outcome" => "accepted").increment(self.accepted);
+        counter!(Metric::ImportRecords.name(), "outcome" => "rejected").increment(self.rejected);
     }
 }
 
@@ -53,7 +104,7 @@ impl EventsAccepted<'_> {
     pub fn emit(&self) {
         for (kind, n) in EventKind::ALL.iter().zip(self.per_kind) {
             if *n > 0 {
-                counter!(EVENTS_ACCEPTED, "kind" => kind.as_str()).increment(*n);
+                counter!(Metric::EventsAccepted.name(), "kind" => kind.as_str()).increment(*n);
             }
         }
     }
@@ -61,14 +112,15 @@ impl EventsAccepted<'_> {
 
 /// Records refused for one reason in one batch.
 pub(crate) struct EventsRejected {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub count: u64,
 }
 
 impl EventsRejected {
     pub fn emit(&self) {
-        tracing::debug!(reason = self.reason, count = self.count, "records rejected");
-        counter!(EVENTS_REJECTED, "reason" => self.reason).increment(self.count);
+        let reason = self.reason.as_str();
+        tracing::debug!(reason, count = self.count, "records rejected");
+        counter!(Metric::EventsRejected.name(), "reason" => reason).increment(self.count);
     }
 }
 
@@ -81,8 +133,9 @@ pub(crate) struct RequestFinished {
 
 impl RequestFinished {
     pub fn emit(&self) {
-        counter!(REQUESTS, "rpc" => self.rpc, "outcome" => self.outcome).increment(1);
-        histogram!(REQUEST_DURATION, "rpc" => self.rpc).record(self.seconds);
+        counter!(Metric::Requests.name(), "rpc" => self.rpc, "outcome" => self.outcome)
+            .increment(1);
+        histogram!(Metric::RequestDuration.name(), "rpc" => self.rpc).record(self.seconds);
     }
 }
 
@@ -101,7 +154,8 @@ impl KafkaDeliveryFailed<'_> {
             error = self.error,
             "kafka did not acknowledge events; answering UNAVAILABLE"
         );
-        counter!(KAFKA_ERRORS, "error_code" => self.error_code).increment(self.failed);
+        counter!(Metric::KafkaErrors.name(), "error_code" => self.error_code)
+            .increment(self.failed);
     }
 }
 
@@ -118,17 +172,34 @@ impl DeadLetterFailed<'_> {
             error = self.error,
             "dead letters not delivered"
         );
-        counter!(DEAD_LETTER_ERRORS).increment(self.failed);
+        counter!(Metric::DeadLetterErrors.name()).increment(self.failed);
     }
 }
 
 /// Events currently awaiting Kafka acknowledgement.
 pub(crate) fn in_flight(n: usize) {
-    gauge!(IN_FLIGHT).set(n as f64);
+    gauge!(Metric::InFlightEvents.name()).set(n as f64);
 }
 
 /// An HTTPS client that failed or abandoned its handshake (probes, wrong
 /// certificates, plaintext sent to the TLS port).
 pub(crate) fn tls_handshake_failed() {
-    counter!(TLS_HANDSHAKE_FAILURES).increment(1);
+    counter!(Metric::TlsHandshakeFailures.name()).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_carry_the_stage_and_a_unit() {
+        for m in Metric::ALL {
+            let n = m.name();
+            assert!(n.starts_with("xoflow_ingest_"), "{n}");
+            assert!(
+                n.ends_with("_total") || n.ends_with("_seconds") || n.ends_with("_events"),
+                "{n}"
+            );
+        }
+    }
 }

@@ -17,6 +17,14 @@ use crate::config::{IngestConfig, RuleConfig, TouchpointConfig};
 /// The attribute that carries the owning department of the touchpoint.
 pub const DEPARTMENT_ATTRIBUTE: &str = "department";
 
+/// Why tenants cannot be compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    /// HMAC accepts a key of any length but none.
+    #[error("a hash secret must not be empty")]
+    EmptySecret,
+}
+
 /// Every tenant, plus the fallback used for tenants not configured (in
 /// `auth = "none"` mode only: with API keys every writer has a tenant).
 #[derive(Clone)]
@@ -74,7 +82,7 @@ impl PathPattern {
 impl Tenants {
     /// Compiles the tenants of a validated config. Fails only for an empty
     /// key (HMAC accepts any other length).
-    pub fn from_config(cfg: &IngestConfig) -> Result<Self, String> {
+    pub fn from_config(cfg: &IngestConfig) -> Result<Self, TenantError> {
         let fallback_secret = cfg.hash_secret.expose().as_bytes();
         let mut by_name = HashMap::with_capacity(cfg.tenants.len());
         for (name, t) in &cfg.tenants {
@@ -105,7 +113,7 @@ impl Tenants {
     }
 
     /// A single anonymous tenant set with one secret, for tests and tools.
-    pub fn single(secret: &[u8]) -> Result<Self, String> {
+    pub fn single(secret: &[u8]) -> Result<Self, TenantError> {
         Ok(Self {
             by_name: HashMap::new(),
             fallback: Tenant {
@@ -119,18 +127,13 @@ impl Tenants {
     pub fn get(&self, name: &str) -> &Tenant {
         self.by_name.get(name).unwrap_or(&self.fallback)
     }
-
-    /// Whether the tenant is configured.
-    pub fn contains(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
-    }
 }
 
-fn mac(secret: &[u8]) -> Result<Hmac<Sha256>, String> {
+fn mac(secret: &[u8]) -> Result<Hmac<Sha256>, TenantError> {
     if secret.is_empty() {
-        return Err("a hash secret must not be empty".into());
+        return Err(TenantError::EmptySecret);
     }
-    <Hmac<Sha256> as Mac>::new_from_slice(secret).map_err(|e| e.to_string())
+    <Hmac<Sha256> as Mac>::new_from_slice(secret).map_err(|_| TenantError::EmptySecret)
 }
 
 fn compile(r: &RuleConfig, tp: &TouchpointConfig) -> Rule {

@@ -24,6 +24,30 @@ use crate::config::TlsConfig;
 /// only its own task, and only this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why the collectors' identity cannot be loaded; each names the setting
+/// and the file, so start-up stops with something to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("ingest.tls.{setting} {path}: {source}")]
+    Read {
+        setting: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    #[error("ingest.tls.{setting} {path}: {source}")]
+    Pem {
+        setting: &'static str,
+        path: String,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("ingest.tls.cert_file {path}: no certificate in the file")]
+    NoCertificate { path: String },
+    #[error("ingest.tls: {0}")]
+    Protocols(rustls::Error),
+    #[error("ingest.tls: the key does not fit the certificate: {0}")]
+    KeyMismatch(rustls::Error),
+}
+
 /// The collectors' certificate chain and key, checked.
 #[derive(Clone)]
 pub struct Identity {
@@ -41,31 +65,42 @@ impl std::fmt::Debug for Identity {
 
 impl Identity {
     /// Reads and checks the files named by `ingest.tls`.
-    pub fn load(cfg: &TlsConfig) -> Result<Self, String> {
-        let read = |setting: &str, path: &Path| {
-            std::fs::read(path).map_err(|e| format!("ingest.tls.{setting} {}: {e}", path.display()))
+    pub fn load(cfg: &TlsConfig) -> Result<Self, TlsError> {
+        let read = |setting: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|source| TlsError::Read {
+                setting,
+                path: path.display().to_string(),
+                source,
+            })
         };
         let cert_pem = read("cert_file", &cfg.cert_file)?;
         let key_pem = read("key_file", &cfg.key_file)?;
+        let pem = |setting: &'static str, path: &Path| {
+            let path = path.display().to_string();
+            move |source| TlsError::Pem {
+                setting,
+                path,
+                source,
+            }
+        };
         let certs = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("ingest.tls.cert_file {}: {e}", cfg.cert_file.display()))?;
+            .map_err(pem("cert_file", &cfg.cert_file))?;
         if certs.is_empty() {
-            return Err(format!(
-                "ingest.tls.cert_file {}: no certificate in the file",
-                cfg.cert_file.display()
-            ));
+            return Err(TlsError::NoCertificate {
+                path: cfg.cert_file.display().to_string(),
+            });
         }
-        let key = PrivateKeyDer::from_pem_slice(&key_pem)
-            .map_err(|e| format!("ingest.tls.key_file {}: {e}", cfg.key_file.display()))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&key_pem).map_err(pem("key_file", &cfg.key_file))?;
         let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("ingest.tls: {e}"))?
+        .map_err(TlsError::Protocols)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("ingest.tls: the key does not fit the certificate: {e}"))?;
+        .map_err(TlsError::KeyMismatch)?;
         // The HTTP collector speaks HTTP/1.1 only.
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {

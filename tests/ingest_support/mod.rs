@@ -1,7 +1,6 @@
-//! Helpers for the collector tests: one HTTP exchange (hyper's client),
-//! reading a topic back from
-//! the real broker, the committed sample payloads with their dates moved to
-//! yesterday, and an API-key config.
+//! Helpers for the collector tests that need the real broker: one HTTP
+//! exchange (hyper's client) and reading a topic back. The in-process
+//! collector tests have their own harness in `ingest/tests/support`.
 
 #![allow(dead_code)]
 
@@ -11,30 +10,6 @@ use rdkafka::{
     ClientConfig, Message,
     consumer::{Consumer, StreamConsumer},
 };
-
-/// The API key of tenant `acme`'s `survey-tool` source in [`API_KEY_TOML`].
-pub const ACME_KEY: &str = "acme-survey-tool-test-key-0001";
-/// The API key of tenant `other`'s `crm` source.
-pub const OTHER_KEY: &str = "other-crm-test-key-0002";
-
-/// Overlay giving two tenants API keys (set `ingest.auth` to `ApiKey` on
-/// the loaded config to require them).
-pub fn api_key_toml() -> String {
-    format!(
-        r#"
-[[ingest.tenants.acme.api_keys]]
-source = "survey-tool"
-sha256 = "{}"
-[ingest.tenants.other]
-hash_secret = "another-tenant-secret-0123456789"
-[[ingest.tenants.other.api_keys]]
-source = "crm"
-sha256 = "{}"
-"#,
-        xoflow_ingest::auth::key_hash(ACME_KEY),
-        xoflow_ingest::auth::key_hash(OTHER_KEY)
-    )
-}
 
 /// An HTTP response.
 #[derive(Debug)]
@@ -143,30 +118,6 @@ fn super_unique() -> String {
     (0..12)
         .map(|_| (b'a' + rng.random_range(0..26u8)) as char)
         .collect()
-}
-
-/// `YYYY-MM-DD` of `days_ago` days before today (UTC).
-pub fn date_days_ago(days_ago: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
-    chrono::DateTime::from_timestamp_millis(now - days_ago * 86_400_000)
-        .expect("a clock in range")
-        .format("%Y-%m-%d")
-        .to_string()
-}
-
-/// A committed sample (`ingest/samples/NAME`) with its dates moved to two
-/// days ago, as one compact JSON line.
-pub fn sample(name: &str) -> String {
-    let path = format!("{}/ingest/samples/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let text = text
-        .replace("2025-11-14", &date_days_ago(2))
-        .replace("2025-11-12", &date_days_ago(4));
-    let v: serde_json::Value = serde_json::from_str(&text).expect("sample JSON");
-    v.to_string()
 }
 
 /// Decodes `xoflow.v1.Event`s from topic payloads.

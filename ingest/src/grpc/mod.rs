@@ -4,12 +4,12 @@
 //! `Ingest` takes a batch and answers one `RecordResult` per event after the
 //! accepted ones are durable in Kafka. `IngestStream` takes a stream of
 //! batches, delivers each as it arrives, and answers once at the end. Whole-
-//! request failures (broker down, overload, shutdown) are `Status` codes with
-//! `google.rpc` details, mapped in [`crate::error`].
+//! request failures (broker down, overload, no key, oversized batch) are
+//! `Status` codes with `google.rpc` details, mapped in [`crate::error`].
 
 mod service;
 
-pub use service::{CollectorService, response};
+pub use service::CollectorService;
 
 use std::time::Duration;
 

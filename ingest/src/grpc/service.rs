@@ -3,16 +3,16 @@
 use std::time::Instant;
 
 use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
-use xoflow_proto::v1::{IngestRequest, IngestResponse, RecordResult, collector_server::Collector};
+use xoflow_proto::v1::{IngestRequest, IngestResponse, collector_server::Collector};
 
 use crate::{
     IngestError,
     auth::{Principal, key_from_headers},
-    batch::{Ingestor, Record, finish},
+    core::{Ingestor, Record, finish, response},
     delivery::Lane,
 };
 
-/// The collector service: stateless apart from its Kafka client.
+/// The collector service: stateless apart from the shared [`Ingestor`].
 #[derive(Clone, Debug)]
 pub struct CollectorService {
     ingestor: Ingestor,
@@ -28,16 +28,6 @@ impl CollectorService {
         self.ingestor
             .auth()
             .authenticate(key_from_headers(get("x-api-key"), get("authorization")))
-    }
-}
-
-/// Builds the response from per-record results.
-pub fn response(results: Vec<RecordResult>) -> IngestResponse {
-    let accepted = results.iter().filter(|r| r.accepted).count() as u32;
-    IngestResponse {
-        rejected: results.len() as u32 - accepted,
-        accepted,
-        results,
     }
 }
 

@@ -5,7 +5,7 @@
 //!   object, an array, or NDJSON; `Content-Encoding: gzip` accepted. Answers
 //!   `IngestResponse` as canonical JSON.
 //! - `POST /v1/sources/{kind}/{source}`: a source's native JSON (see
-//!   [`crate::sources`]), same framing and answer.
+//!   [`crate::sources`]), same framing ([`crate::framing`]) and answer.
 //! - `GET /openapi.yaml`: the committed OpenAPI document.
 //!
 //! Whole-request failures map through [`crate::IngestError`]: 413 for
@@ -13,8 +13,6 @@
 //! 429/503 with `Retry-After` when Kafka is overloaded or unavailable.
 
 mod body;
-
-pub use body::{decode_events, split_records};
 
 use std::time::Instant;
 
@@ -34,9 +32,9 @@ use xoflow_proto::EventKind;
 use crate::{
     IngestError,
     auth::{Principal, key_from_headers},
-    batch::{Ingestor, Record, finish},
+    core::{Ingestor, Record, finish, response},
     delivery::Lane,
-    grpc::response,
+    framing::{decode_events, split_records},
     sources::{self, Origin},
 };
 

@@ -1,9 +1,9 @@
-//! The collector's gRPC surface as a data engineer meets it: reflection
-//! lists the service, health reports SERVING, and a bad record gets its own
-//! verdict with the field at fault while the good ones in the same batch are
-//! accepted.
+//! The collector's gRPC surface as a data engineer meets it, in process:
+//! reflection lists the service, health reports SERVING, and a bad record
+//! gets its own verdict with the field at fault while the good ones in the
+//! same batch are accepted.
 
-mod common;
+mod support;
 
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -12,14 +12,13 @@ use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
-use xoflow::{Stages, sample};
-use xoflow_proto::v1::{IngestRequest, collector_client::CollectorClient};
+use xoflow_common::clock;
+use xoflow_proto::v1::IngestRequest;
 
 #[tokio::test]
 async fn reflection_lists_the_collector_and_health_reports_serving() {
-    let (cfg, _) = common::config("");
-    let running = common::start(&cfg, Stages::INGEST).await;
-    let url = format!("http://{}", running.grpc_addr.expect("ingest runs"));
+    let running = support::Served::start(&support::config("")).await;
+    let url = format!("http://{}", running.grpc_addr);
 
     let channel = tonic::transport::Endpoint::from_shared(url)
         .expect("url")
@@ -61,19 +60,14 @@ async fn reflection_lists_the_collector_and_health_reports_serving() {
         assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
     }
 
-    running.stop();
-    running.wait().await.expect("clean shutdown");
+    running.stop().await;
 }
 
 #[tokio::test]
 async fn a_bad_record_is_refused_alone_with_its_field() {
-    let (cfg, id) = common::config("");
-    let running = common::start(&cfg, Stages::INGEST).await;
-    let mut client =
-        CollectorClient::connect(format!("http://{}", running.grpc_addr.expect("ingest")))
-            .await
-            .expect("connect");
-    let mut events = sample::events(1, 5, "acme", &id, common::now_ms());
+    let h = support::Harness::new(&support::config(""));
+    let mut client = h.grpc().await;
+    let mut events = support::events(5, "grpc", clock::now_unix_millis());
     events[2].tenant.clear();
     let r = client
         .ingest(IngestRequest { events })
@@ -91,7 +85,11 @@ async fn a_bad_record_is_refused_alone_with_its_field() {
             .enumerate()
             .all(|(i, x)| x.accepted == (i != 2))
     );
-
-    running.stop();
-    running.wait().await.expect("clean shutdown");
+    assert_eq!(h.events().len(), 4);
+    let letters = h.dead_letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (letters[0].field.as_str(), letters[0].reason.as_str()),
+        ("tenant", "MISSING")
+    );
 }

@@ -1,4 +1,5 @@
-//! Durable hand-off of accepted events and dead letters to Kafka.
+//! [`Deliver`] to Kafka: the durable hand-off of accepted events and dead
+//! letters.
 //!
 //! A batch is produced in one go and awaited as a whole: the caller learns
 //! that every record is acknowledged, or that the batch is not, never
@@ -12,20 +13,12 @@ use tokio::sync::Semaphore;
 use xoflow_common::kafka::{BatchProducer, ErrorClass, KafkaConfig, Outgoing};
 use xoflow_proto::{Message, v1::DeadLetter};
 
-use crate::{IngestError, batch::EncodedBatch, telemetry};
-
-/// Which topic a batch goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
-    /// Live traffic from the APIs.
-    Live,
-    /// Bulk imports of history.
-    Backfill,
-}
+use super::{Deliver, DeliverFuture, EncodedBatch, Lane};
+use crate::{IngestError, telemetry};
 
 /// The collectors' Kafka side.
 #[derive(Clone)]
-pub struct Delivery {
+pub struct KafkaDelivery {
     /// The producer, replaced after the broker stopped acknowledging: an
     /// idempotent producer whose records timed out may wait forever for an
     /// epoch bump that a restarted broker (or one without KIP-360) never
@@ -41,16 +34,16 @@ pub struct Delivery {
     linger: std::time::Duration,
 }
 
-impl std::fmt::Debug for Delivery {
+impl std::fmt::Debug for KafkaDelivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery")
+        f.debug_struct("KafkaDelivery")
             .field("events_topic", &self.events_topic)
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
     }
 }
 
-impl Delivery {
+impl KafkaDelivery {
     pub fn new(
         kafka: &KafkaConfig,
         max_in_flight: usize,
@@ -72,7 +65,7 @@ impl Delivery {
     }
 
     /// Produces the batch and returns once Kafka acknowledged every record.
-    pub async fn deliver(&self, batch: &EncodedBatch, lane: Lane) -> Result<(), IngestError> {
+    async fn produce(&self, batch: &EncodedBatch, lane: Lane) -> Result<(), IngestError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -151,7 +144,7 @@ impl Delivery {
 
     /// Writes dead letters. Failures are logged and counted: the caller has
     /// already been told why each record was refused.
-    pub async fn dead_letters(&self, letters: &[DeadLetter]) {
+    async fn produce_dead_letters(&self, letters: &[DeadLetter]) {
         if letters.is_empty() {
             return;
         }
@@ -174,5 +167,19 @@ impl Delivery {
             }
             .emit();
         }
+    }
+}
+
+impl Deliver for KafkaDelivery {
+    fn deliver<'a>(
+        &'a self,
+        batch: &'a EncodedBatch,
+        lane: Lane,
+    ) -> DeliverFuture<'a, Result<(), IngestError>> {
+        Box::pin(self.produce(batch, lane))
+    }
+
+    fn dead_letters<'a>(&'a self, letters: &'a [DeadLetter]) -> DeliverFuture<'a, ()> {
+        Box::pin(self.produce_dead_letters(letters))
     }
 }

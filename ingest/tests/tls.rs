@@ -1,12 +1,13 @@
-//! TLS on the collector APIs against the real broker: with `[ingest.tls]`
-//! set, gRPC and HTTP both answer over TLS only (a plaintext client gets
-//! no answer), accepted records are durable as usual, and an unreadable
-//! certificate stops start-up naming the setting and the file.
+//! TLS on the collector APIs, in process (real sockets on 127.0.0.1, no
+//! broker): with `[ingest.tls]` set, gRPC and HTTP both answer over TLS
+//! only (a plaintext client gets no answer), accepted records are
+//! delivered as usual, and an unreadable certificate stops start-up naming
+//! the setting and the file.
 //!
-//! The certificates in `tests/fixtures/tls` are a test CA and a leaf for
-//! localhost/127.0.0.1 valid until 2125 (see its README).
+//! The certificates in `ingest/tests/fixtures/tls` are a test CA and a leaf
+//! for localhost/127.0.0.1 valid until 2125 (see its README).
 
-mod common;
+mod support;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -15,14 +16,22 @@ use tokio_rustls::{
     TlsConnector,
     rustls::{self, RootCertStore, pki_types::CertificateDer, pki_types::pem::PemObject},
 };
-use xoflow::{Stages, sample};
-use xoflow_common::shutdown::Shutdown;
+use xoflow_common::clock;
 use xoflow_proto::v1::{IngestRequest, IngestResponse, collector_client::CollectorClient};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/tls")
         .join(name)
+}
+
+/// Start-up as the process does it, over memory.
+async fn start(
+    cfg: &xoflow_ingest::IngestConfig,
+) -> Result<xoflow_ingest::Collectors, xoflow_ingest::RunError> {
+    let ingestor = xoflow_ingest::ingestor(cfg, Arc::new(xoflow_ingest::MemoryDelivery::new()))
+        .expect("ingestor");
+    xoflow_ingest::Collectors::bind_with(cfg, ingestor).await
 }
 
 fn tls_overlay(cert: &std::path::Path, key: &std::path::Path) -> String {
@@ -43,12 +52,12 @@ fn http_request(body: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_apis_speak_tls_only_when_configured() {
-    let (cfg, id) = common::config(&tls_overlay(&fixture("server.pem"), &fixture("server.key")));
-    let running = common::start(&cfg, Stages::INGEST).await;
+    let cfg = support::config(&tls_overlay(&fixture("server.pem"), &fixture("server.key")));
+    let running = support::Served::start(&cfg).await;
     let ca = std::fs::read(fixture("ca.pem")).expect("ca");
 
     // gRPC over TLS, verified against the test CA.
-    let grpc = running.grpc_addr.expect("grpc");
+    let grpc = running.grpc_addr;
     let channel =
         tonic::transport::Endpoint::from_shared(format!("https://localhost:{}", grpc.port()))
             .expect("url")
@@ -61,7 +70,7 @@ async fn both_apis_speak_tls_only_when_configured() {
             .connect()
             .await
             .expect("TLS connect");
-    let events = sample::events(7, 10, "acme", &format!("{id}-grpc"), common::now_ms());
+    let events = support::events(10, "grpc", clock::now_unix_millis());
     let answer = CollectorClient::new(channel)
         .ingest(IngestRequest {
             events: events.clone(),
@@ -86,7 +95,7 @@ async fn both_apis_speak_tls_only_when_configured() {
     }
 
     // HTTPS, verified against the same CA.
-    let http = running.http_addr.expect("http");
+    let http = running.http_addr;
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&ca) {
         roots.add(cert.expect("ca pem")).expect("ca cert");
@@ -103,7 +112,7 @@ async fn both_apis_speak_tls_only_when_configured() {
         .connect("localhost".try_into().expect("name"), tcp)
         .await
         .expect("TLS handshake");
-    let more = sample::events(8, 5, "acme", &format!("{id}-http"), common::now_ms());
+    let more = support::events(5, "http", clock::now_unix_millis());
     let body = format!(
         "[{}]",
         more.iter()
@@ -139,26 +148,22 @@ async fn both_apis_speak_tls_only_when_configured() {
         "plaintext was served"
     );
 
-    running.stop();
-    running.wait().await.expect("clean shutdown");
+    assert_eq!(running.delivery.events().len(), 15);
+    running.stop().await;
 }
 
 #[tokio::test]
 async fn an_unreadable_certificate_stops_start_up_with_its_path() {
     let missing = fixture("no-such-cert.pem");
-    let (cfg, _) = common::config(&tls_overlay(&missing, &fixture("server.key")));
-    let err = xoflow::start(cfg, Stages::INGEST, Shutdown::new())
-        .await
-        .expect_err("start must fail");
+    let cfg = support::config(&tls_overlay(&missing, &fixture("server.key")));
+    let err = start(&cfg).await.expect_err("start must fail");
     let text = format!("{err:#}");
     assert!(text.contains("ingest.tls.cert_file"), "{text}");
     assert!(text.contains("no-such-cert.pem"), "{text}");
 
     // A key that is not the certificate's.
-    let (cfg, _) = common::config(&tls_overlay(&fixture("server.pem"), &fixture("ca.pem")));
-    let err = xoflow::start(cfg, Stages::INGEST, Shutdown::new())
-        .await
-        .expect_err("start must fail");
+    let cfg = support::config(&tls_overlay(&fixture("server.pem"), &fixture("ca.pem")));
+    let err = start(&cfg).await.expect_err("start must fail");
     assert!(
         format!("{err:#}").contains("ingest.tls.key_file"),
         "{err:#}"

@@ -1,18 +1,16 @@
-//! The source-native collectors and the HTTP surface, through the real
-//! broker: every sample payload of docs/collectors.md (Chinese and English)
-//! is normalised, masked, attributed to its touchpoint and department, and
-//! readable from the events topic; canonical JSON arrives as one object, an
-//! array or gzip NDJSON; oversized bodies get 413; the OpenAPI document is
-//! served; bulk import lands on the backfill lane with the same ids on
-//! every run.
+//! The source-native collectors and the HTTP surface, in process: every
+//! sample payload of docs/collectors.md (Chinese and English) is
+//! normalised, masked, attributed to its touchpoint and department, and
+//! delivered; canonical JSON arrives as one object, an array or gzip
+//! NDJSON; oversized bodies get 413; the OpenAPI document is served; bulk
+//! import lands on the backfill lane with the same ids on every run.
 
-mod common;
-#[path = "ingest_support/mod.rs"]
 mod support;
 
 use std::io::Write;
 
-use xoflow::{Stages, sample};
+use xoflow_common::clock;
+use xoflow_ingest::delivery::Lane;
 use xoflow_proto::v1::{ClickAction, Event, MetricKind, event::Payload};
 
 fn payload_text(e: &Event) -> String {
@@ -21,9 +19,7 @@ fn payload_text(e: &Event) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sample_payload_is_normalised_masked_and_attributed() {
-    let (cfg, _) = common::config("");
-    let running = common::start(&cfg, Stages::INGEST).await;
-    let http = running.http_addr.expect("http");
+    let h = support::Harness::new(&support::config(""));
 
     let samples = [
         (
@@ -51,13 +47,13 @@ async fn every_sample_payload_is_normalised_masked_and_attributed() {
         let body = support::sample(file);
         // Twice: a replayed webhook carries the same idempotency key.
         for _ in 0..2 {
-            let r = support::http(
-                http,
-                &format!("/v1/sources/{kind}/webhook-test?tenant=acme"),
-                &[],
-                Some(body.as_bytes()),
-            )
-            .await;
+            let r = h
+                .http(
+                    &format!("/v1/sources/{kind}/webhook-test?tenant=acme"),
+                    &[],
+                    Some(body.as_bytes()),
+                )
+                .await;
             assert_eq!(
                 r.status,
                 200,
@@ -70,13 +66,13 @@ async fn every_sample_payload_is_normalised_masked_and_attributed() {
         }
     }
 
-    let records = support::read_topic(&cfg.kafka.brokers, &cfg.kafka.topics.events, 16).await;
-    let events = support::events(&records);
+    let events = h.events();
+    assert_eq!(events.len(), 16);
     let by_id = |id: &str| {
         events
             .iter()
             .find(|e| e.event_id == id)
-            .unwrap_or_else(|| panic!("{id} not in Kafka"))
+            .unwrap_or_else(|| panic!("{id} not delivered"))
     };
     for e in &events {
         let text = payload_text(e);
@@ -200,31 +196,27 @@ async fn every_sample_payload_is_normalised_masked_and_attributed() {
         "checkout"
     );
     assert_eq!(click.attributes["department"], "e-commerce");
-
-    running.stop();
-    running.wait().await.expect("clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canonical_json_as_object_array_and_gzip_ndjson_and_the_limits() {
-    let (mut cfg, id) = common::config("");
-    cfg.ingest.max_body_bytes = 256 * 1024;
-    let running = common::start(&cfg, Stages::INGEST).await;
-    let http = running.http_addr.expect("http");
-    let sent = sample::events(3, 30, "acme", &id, common::now_ms());
+    let mut cfg = support::config("");
+    cfg.max_body_bytes = 256 * 1024;
+    let h = support::Harness::new(&cfg);
+    let sent = support::events(30, "canonical", clock::now_unix_millis());
     let json: Vec<String> = sent
         .iter()
         .map(|e| serde_json::to_string(e).expect("canonical JSON"))
         .collect();
 
-    let one = support::http(http, "/v1/events", &[], Some(json[0].as_bytes())).await;
+    let one = h.http("/v1/events", &[], Some(json[0].as_bytes())).await;
     assert_eq!(
         (one.status, one.json()["accepted"].clone()),
         (200, 1.into())
     );
 
     let array = format!("[{}]", json[1..10].join(",\n"));
-    let arr = support::http(http, "/v1/events", &[], Some(array.as_bytes())).await;
+    let arr = h.http("/v1/events", &[], Some(array.as_bytes())).await;
     assert_eq!(
         arr.json()["accepted"],
         9,
@@ -236,23 +228,19 @@ async fn canonical_json_as_object_array_and_gzip_ndjson_and_the_limits() {
     gz.write_all(json[10..].join("\n").as_bytes())
         .expect("gzip");
     let body = gz.finish().expect("gzip");
-    let nd = support::http(
-        http,
-        "/v1/events",
-        &[
-            ("Content-Type", "application/x-ndjson"),
-            ("Content-Encoding", "gzip"),
-        ],
-        Some(&body),
-    )
-    .await;
+    let nd = h
+        .http(
+            "/v1/events",
+            &[
+                ("Content-Type", "application/x-ndjson"),
+                ("Content-Encoding", "gzip"),
+            ],
+            Some(&body),
+        )
+        .await;
     assert_eq!(nd.json()["accepted"], 20);
 
-    let records = support::read_topic(&cfg.kafka.brokers, &cfg.kafka.topics.events, 30).await;
-    let mut ids: Vec<_> = support::events(&records)
-        .into_iter()
-        .map(|e| e.event_id)
-        .collect();
+    let mut ids: Vec<_> = h.events().into_iter().map(|e| e.event_id).collect();
     ids.sort();
     let mut want: Vec<_> = sent.iter().map(|e| e.event_id.clone()).collect();
     want.sort();
@@ -260,44 +248,28 @@ async fn canonical_json_as_object_array_and_gzip_ndjson_and_the_limits() {
 
     // Over the limit, plain or as a gzip bomb: 413.
     let big = vec![b' '; 300 * 1024];
-    assert_eq!(
-        support::http(http, "/v1/events", &[], Some(&big))
-            .await
-            .status,
-        413
-    );
+    assert_eq!(h.http("/v1/events", &[], Some(&big)).await.status, 413);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&vec![b' '; 4 * 1024 * 1024]).expect("gzip");
     let bomb = gz.finish().expect("gzip");
-    let r = support::http(
-        http,
-        "/v1/events",
-        &[("Content-Encoding", "gzip")],
-        Some(&bomb),
-    )
-    .await;
+    let r = h
+        .http("/v1/events", &[("Content-Encoding", "gzip")], Some(&bomb))
+        .await;
     assert_eq!(r.status, 413);
 
-    let doc = support::http(http, "/openapi.yaml", &[], None).await;
+    let doc = h.http("/openapi.yaml", &[], None).await;
     assert_eq!(doc.status, 200);
     assert_eq!(doc.body, xoflow_ingest::http::OPENAPI_YAML.as_bytes());
 
-    let unknown = support::http(http, "/v1/sources/fax/x", &[], Some(b"{}")).await;
+    let unknown = h.http("/v1/sources/fax/x", &[], Some(b"{}")).await;
     assert_eq!(unknown.status, 400);
-
-    running.stop();
-    running.wait().await.expect("clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_import_goes_to_the_backfill_lane_with_stable_ids() {
-    let (cfg, id) = common::config("");
-    let t = &cfg.kafka.topics;
-    cfg.kafka
-        .ensure_topics(&[&t.events, &t.backfill, &t.dead_letters])
-        .await
-        .expect("topics");
-    let ingestor = xoflow_ingest::batch::build(&cfg.ingest, &cfg.kafka).expect("ingestor");
+    let h = support::Harness::new(&support::config(""));
+    let ingestor = &h.ingestor;
+    let id = format!("{}-{}", std::process::id(), clock::now_unix_millis());
     let dir = std::env::temp_dir().join(format!("xoflow-import-{id}"));
     std::fs::create_dir_all(&dir).expect("dir");
 
@@ -333,12 +305,12 @@ async fn bulk_import_goes_to_the_backfill_lane_with_stable_ids() {
     use xoflow_ingest::import::{Format, run};
     use xoflow_proto::EventKind;
     for _ in 0..2 {
-        let r = run(&ingestor, &nd, &opts(Format::Ndjson, EventKind::Survey))
+        let r = run(ingestor, &nd, &opts(Format::Ndjson, EventKind::Survey))
             .await
             .expect("ndjson import");
         assert_eq!((r.accepted, r.rejected), (2, 1), "{r:?}");
         assert_eq!(r.first_rejections[0].0, 3);
-        let r = run(&ingestor, &csv, &opts(Format::Csv, EventKind::Order))
+        let r = run(ingestor, &csv, &opts(Format::Csv, EventKind::Order))
             .await
             .expect("csv import");
         assert_eq!((r.accepted, r.rejected), (2, 1), "{r:?}");
@@ -350,11 +322,10 @@ async fn bulk_import_goes_to_the_backfill_lane_with_stable_ids() {
             ("status", "UNKNOWN_ENUM")
         );
     }
-    let records = support::read_topic(&cfg.kafka.brokers, &t.backfill, 8).await;
-    let mut ids: Vec<_> = support::events(&records)
-        .into_iter()
-        .map(|e| e.event_id)
-        .collect();
+    let delivered = h.delivery.events();
+    assert_eq!(delivered.len(), 8);
+    assert!(delivered.iter().all(|d| d.lane == Lane::Backfill));
+    let mut ids: Vec<_> = delivered.into_iter().map(|d| d.event.event_id).collect();
     ids.sort();
     ids.dedup();
     assert_eq!(

@@ -1,0 +1,224 @@
+//! The verdict on one batch, shared by every entry point: authorise each
+//! record against the caller's key, validate and normalise it, refuse
+//! duplicates within the batch, encode the accepted ones into one buffer,
+//! and build a dead letter (PII-masked) for each refused one.
+//!
+//! Pure apart from the clock value passed in: no I/O, no metrics. The
+//! [`Ingestor`](crate::Ingestor) adds delivery and telemetry.
+
+use std::collections::HashSet;
+
+use xoflow_common::dead_letter::{Builder, PROTOBUF, Reason, Stage};
+use xoflow_proto::{
+    Message,
+    v1::{DeadLetter, Event, FieldViolation, RecordResult},
+};
+
+use super::Record;
+use crate::{
+    auth::Principal,
+    delivery::EncodedBatch,
+    normalise::{
+        Normaliser, Violation,
+        pii::{self, MaskCounts},
+        redact_rejected,
+    },
+};
+
+/// What one batch came to before delivery.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// One per submitted record, in order.
+    pub results: Vec<RecordResult>,
+    /// The accepted events, encoded and keyed, in order.
+    pub accepted: EncodedBatch,
+    /// Accepted events per `EventKind`.
+    pub accepted_per_kind: [u64; 5],
+    /// One per refused record.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Refusals per reason (the first violation's), for bounded metric tags.
+    pub rejected_per_reason: Vec<(Reason, u64)>,
+    /// Spans of PII masked, per kind.
+    pub masked: MaskCounts,
+}
+
+impl Verdict {
+    fn count_rejection(&mut self, reason: Reason) {
+        match self
+            .rejected_per_reason
+            .iter_mut()
+            .find(|(r, _)| *r == reason)
+        {
+            Some((_, n)) => *n += 1,
+            None => self.rejected_per_reason.push((reason, 1)),
+        }
+    }
+}
+
+/// A record with its own verdict, before the batch-wide dedup.
+type Judged = (Record, Result<(), Vec<Violation>>);
+
+/// Checks the record against the key it was sent with: the tenant and
+/// source default to the key's and may not differ from them.
+fn authorise(e: &mut Event, p: &Principal, v: &mut Vec<Violation>) {
+    if e.tenant.is_empty() {
+        e.tenant = p.tenant.to_string();
+    } else if e.tenant != *p.tenant {
+        v.push(Violation::new(
+            "tenant",
+            Reason::Forbidden,
+            "the API key may not write events of this tenant",
+        ));
+    }
+    if e.source.is_empty() {
+        e.source = p.source.to_string();
+    } else if e.source != *p.source {
+        v.push(Violation::new(
+            "source",
+            Reason::Forbidden,
+            "the API key belongs to another source",
+        ));
+    }
+}
+
+/// Validates, normalises and encodes a batch.
+pub fn handle_batch(
+    n: &Normaliser,
+    records: Vec<Record>,
+    first_index: u32,
+    principal: Option<&Principal>,
+    now_ms: i64,
+) -> Verdict {
+    let mut v = Verdict {
+        results: Vec::with_capacity(records.len()),
+        ..Default::default()
+    };
+    // First pass: every record's own verdict.
+    let mut outcomes: Vec<Judged> = records
+        .into_iter()
+        .map(|mut r| {
+            let outcome = match (r.event.as_mut(), r.decode_error.take()) {
+                (Some(e), None) => {
+                    let mut auth = Vec::new();
+                    if let Some(p) = principal {
+                        authorise(e, p, &mut auth);
+                    }
+                    match n.normalise_record(e, now_ms, &r.names, &mut v.masked) {
+                        Ok(()) if auth.is_empty() => Ok(()),
+                        Ok(()) => Err(auth),
+                        Err(more) => {
+                            auth.extend(more);
+                            Err(auth)
+                        }
+                    }
+                }
+                (_, Some(violation)) => Err(vec![violation]),
+                (None, None) => Err(vec![Violation::new("", Reason::Decode, "empty record")]),
+            };
+            (r, outcome)
+        })
+        .collect();
+    // Second pass: an id seen earlier in the batch is a duplicate.
+    refuse_duplicates(&mut outcomes);
+    v.accepted = EncodedBatch::with_capacity(outcomes.len());
+    for (i, (r, outcome)) in outcomes.into_iter().enumerate() {
+        let index = first_index.saturating_add(i as u32);
+        match outcome {
+            Ok(()) => {
+                let Some(e) = r.event else { continue };
+                if let Some(kind) = e.kind() {
+                    v.accepted_per_kind[kind as usize] += 1;
+                }
+                v.accepted.push(&e);
+                v.results.push(RecordResult {
+                    index,
+                    event_id: e.event_id,
+                    accepted: true,
+                    violations: Vec::new(),
+                });
+            }
+            Err(violations) => {
+                let (tenant, source, event_id) = r
+                    .event
+                    .as_ref()
+                    .map(|e| (e.tenant.clone(), e.source.clone(), e.event_id.clone()))
+                    .unwrap_or_default();
+                let (payload, content_type) = dead_letter_payload(r, &mut v.masked);
+                let first = &violations[0];
+                v.count_rejection(first.reason);
+                v.dead_letters.push(
+                    Builder::new(Stage::Ingest, first.reason, now_ms)
+                        .payload(payload, content_type)
+                        .field(first.field.clone())
+                        .description(
+                            violations
+                                .iter()
+                                .map(|v| format!("{}: {}", v.field, v.description))
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                        )
+                        .origin(tenant, source, event_id.clone())
+                        .build(),
+                );
+                v.results.push(RecordResult {
+                    index,
+                    event_id,
+                    accepted: false,
+                    violations: violations
+                        .into_iter()
+                        .map(|v| FieldViolation {
+                            field: v.field,
+                            reason: v.reason.as_str().into(),
+                            description: v.description,
+                        })
+                        .collect(),
+                });
+            }
+        }
+    }
+    v
+}
+
+/// The bytes a dead letter keeps: the original as received, with PII
+/// masked, because the dead-letter topic is no less readable than the
+/// events topic. Bytes that are not UTF-8 cannot be scanned as text and are
+/// kept as they are.
+fn dead_letter_payload(r: Record, masked: &mut MaskCounts) -> (Vec<u8>, &'static str) {
+    match (r.original, r.event) {
+        (Some(bytes), _) => match std::str::from_utf8(&bytes) {
+            Ok(text) => match pii::mask(text, &r.names, masked) {
+                Some(m) => (m.into_bytes(), r.content_type),
+                None => (bytes, r.content_type),
+            },
+            Err(_) => (bytes, r.content_type),
+        },
+        (None, Some(mut e)) => {
+            redact_rejected(&mut e, &r.names, masked);
+            (e.encode_to_vec(), PROTOBUF)
+        }
+        (None, None) => (Vec::new(), r.content_type),
+    }
+}
+
+/// Refuses every accepted record whose event id appeared earlier in the
+/// batch. The set borrows the ids: no copy per event.
+fn refuse_duplicates(outcomes: &mut [Judged]) {
+    let mut seen: HashSet<&str> = HashSet::with_capacity(outcomes.len());
+    let mut dups = Vec::new();
+    for (i, (r, o)) in outcomes.iter().enumerate() {
+        if let (Some(e), Ok(())) = (&r.event, o)
+            && !seen.insert(e.event_id.as_str())
+        {
+            dups.push(i);
+        }
+    }
+    for i in dups {
+        let (r, o) = &mut outcomes[i];
+        let id = r.event.as_ref().map(|e| e.event_id.as_str()).unwrap_or("");
+        *o = Err(vec![Violation::new(
+            "event_id",
+            Reason::Duplicate,
+            format!("event_id {id:?} appears earlier in this request"),
+        )]);
+    }
+}
