@@ -10,7 +10,7 @@ use xoflow_enrich::{
     identity::Links,
     join::{Join, JoinConfig},
 };
-use xoflow_ingest::validate::Normaliser;
+use xoflow_ingest::normalise::Normaliser;
 
 // The allocator the `xoflow` binary runs with.
 #[global_allocator]

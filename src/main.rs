@@ -263,7 +263,7 @@ async fn run_import(
         .await
         .context("creating the backfill and dead-letter topics")?;
     let ingestor =
-        xoflow_ingest::batch::build(&cfg.ingest, &cfg.kafka).map_err(anyhow::Error::msg)?;
+        xoflow_ingest::build(&cfg.ingest, &cfg.kafka).map_err(anyhow::Error::msg)?;
     let opts = ImportOptions {
         format: if format == "csv" {
             Format::Csv

@@ -43,17 +43,3 @@ pub use config::IngestConfig;
 pub use delivery::{Deliver, KafkaDelivery, MemoryDelivery};
 pub use error::IngestError;
 pub use run::{Collectors, RunError, build, ingestor, run};
-
-/// Former path of [`build`], kept for the `xoflow import` command until the
-/// binary imports it from the crate root.
-#[doc(hidden)]
-pub mod batch {
-    pub use crate::run::build;
-}
-
-/// Former path of [`normalise`], kept for the benchmarks outside this
-/// crate until they import it from there.
-#[doc(hidden)]
-pub mod validate {
-    pub use crate::normalise::Normaliser;
-}

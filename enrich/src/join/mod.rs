@@ -463,7 +463,7 @@ mod tests {
 
     #[test]
     fn state_survives_the_changelog_and_replays_are_not_applied_twice() {
-        let events = crate::scenario::journeys(5, 0..3, 1_800_000_000_000);
+        let events = xoflow_tools::scenario::journeys(5, 0..3, 1_800_000_000_000);
         let mut links = Links::default();
         for e in &events {
             links.learn(e, |_, _| {});
