@@ -262,8 +262,7 @@ async fn run_import(
         .ensure_topics(&[&t.backfill, &t.dead_letters])
         .await
         .context("creating the backfill and dead-letter topics")?;
-    let ingestor =
-        xoflow_ingest::build(&cfg.ingest, &cfg.kafka).map_err(anyhow::Error::msg)?;
+    let ingestor = xoflow_ingest::build(&cfg.ingest, &cfg.kafka).map_err(anyhow::Error::msg)?;
     let opts = ImportOptions {
         format: if format == "csv" {
             Format::Csv

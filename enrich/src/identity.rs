@@ -107,3 +107,168 @@ impl Links {
         })
     }
 }
+
+/// An event known only by weak identifiers that no link resolves yet,
+/// waiting in the resolve loop for one (see [`Waiting`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiter {
+    /// Where it was read: its offset is not committed while it waits.
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub customer: CustomerIdentity,
+    /// The event as read, forwarded unchanged.
+    pub payload: Vec<u8>,
+    /// Wall-clock milliseconds when it started waiting.
+    pub since_ms: i64,
+}
+
+/// Events waiting for the link that resolves them, up to `max_hold` each.
+///
+/// The link that resolves an e-mail-only survey is taught by another event
+/// of the customer (an order, a logged-in click) which often travels on
+/// another partition — read in another fetch, or by another instance that
+/// publishes it on the links topic a moment later. Resolving at once would
+/// make the answer depend on which partition the consumer happened to read
+/// first. Waiting up to the join's `max_hold` applies the join's lateness
+/// rule to identity as well: within the bound, the outcome does not depend
+/// on arrival order. Pure; the resolve loop owns the I/O and commits each
+/// partition only below its lowest waiting event.
+#[derive(Debug, Default)]
+pub struct Waiting {
+    waiters: Vec<Waiter>,
+}
+
+impl Waiting {
+    pub fn len(&self) -> usize {
+        self.waiters.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiters.is_empty()
+    }
+
+    /// Whether an event with this identity, which `links` does not resolve,
+    /// should wait: it carries a weak identifier a link could still resolve
+    /// (and no customer id, which would have resolved it).
+    pub fn worth_waiting(customer: Option<&CustomerIdentity>) -> bool {
+        customer.is_some_and(|c| {
+            c.customer_id.is_empty()
+                && [
+                    &c.email_hash,
+                    &c.phone_hash,
+                    &c.social_handle_hash,
+                    &c.device_id_hash,
+                ]
+                .iter()
+                .any(|h| !h.is_empty())
+        })
+    }
+
+    pub fn hold(&mut self, waiter: Waiter) {
+        self.waiters.push(waiter);
+    }
+
+    /// Takes the waiters `links` now resolves, and those that waited
+    /// `max_hold_ms` (unresolved), in the order they arrived.
+    pub fn release(
+        &mut self,
+        links: &Links,
+        now_ms: i64,
+        max_hold_ms: i64,
+    ) -> Vec<(Waiter, Resolved)> {
+        let mut out = Vec::new();
+        let mut keep = Vec::with_capacity(self.waiters.len());
+        for w in self.waiters.drain(..) {
+            let r = links.resolve_from(Some(&w.customer));
+            if r.customer_id.is_some() || now_ms - w.since_ms >= max_hold_ms {
+                out.push((w, r));
+            } else {
+                keep.push(w);
+            }
+        }
+        self.waiters = keep;
+        out
+    }
+
+    /// The lowest offset still waiting on `topic[partition]`: the commit
+    /// bound.
+    pub fn lowest_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.waiters
+            .iter()
+            .filter(|w| w.partition == partition && w.topic == topic)
+            .map(|w| w.offset)
+            .min()
+    }
+
+    /// Forgets the waiters of a partition taken from this instance: their
+    /// offsets were not committed, so its next owner reads them again.
+    pub fn drop_partition(&mut self, topic: &str, partition: i32) {
+        self.waiters
+            .retain(|w| !(w.partition == partition && w.topic == topic));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by_email(email: &str) -> CustomerIdentity {
+        CustomerIdentity {
+            email_hash: email.into(),
+            ..Default::default()
+        }
+    }
+
+    fn waiter(partition: i32, offset: i64, email: &str, since_ms: i64) -> Waiter {
+        Waiter {
+            topic: "events".into(),
+            partition,
+            offset,
+            customer: by_email(email),
+            payload: Vec::new(),
+            since_ms,
+        }
+    }
+
+    #[test]
+    fn only_weak_identifiers_are_worth_waiting_for() {
+        assert!(Waiting::worth_waiting(Some(&by_email("e1"))));
+        let direct = CustomerIdentity {
+            customer_id: "c1".into(),
+            email_hash: "e1".into(),
+            ..Default::default()
+        };
+        assert!(!Waiting::worth_waiting(Some(&direct)));
+        assert!(!Waiting::worth_waiting(Some(&CustomerIdentity::default())));
+        assert!(!Waiting::worth_waiting(None));
+    }
+
+    #[test]
+    fn a_waiter_leaves_when_its_link_arrives_or_its_time_is_up() {
+        let mut w = Waiting::default();
+        w.hold(waiter(0, 10, "e1", 1_000));
+        w.hold(waiter(0, 12, "e2", 1_000));
+        w.hold(waiter(1, 5, "e3", 1_200));
+        let mut links = Links::default();
+        assert!(w.release(&links, 1_100, 500).is_empty());
+        assert_eq!(w.lowest_offset("events", 0), Some(10));
+
+        links.insert("e2".into(), "c2".into());
+        let out = w.release(&links, 1_200, 500);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0.offset, 12);
+        assert_eq!(out[0].1.customer_id.as_deref(), Some("c2"));
+        assert_eq!(out[0].1.resolution, IdentityResolution::Linked);
+
+        let out = w.release(&links, 1_500, 500);
+        assert_eq!(out.len(), 1, "e1 waited 500 ms");
+        assert_eq!(out[0].0.offset, 10);
+        assert_eq!(out[0].1, Resolved::unresolved());
+        assert_eq!(w.lowest_offset("events", 0), None);
+        assert_eq!(w.lowest_offset("events", 1), Some(5));
+
+        w.drop_partition("events", 1);
+        assert!(w.is_empty());
+    }
+}

@@ -25,6 +25,8 @@ pub(crate) enum Metric {
     StateChanges,
     /// Events waiting in the lateness buffers (gauge).
     EventsHeld,
+    /// Events waiting in the resolve loop for a link (gauge).
+    EventsWaiting,
     /// Failures the stage logged and went on from, by `error`
     /// ([`ErrorKind`](xoflow_common::telemetry::ErrorKind)).
     Errors,
@@ -32,7 +34,7 @@ pub(crate) enum Metric {
 
 impl Metric {
     #[cfg(test)]
-    pub(crate) const ALL: [Metric; 9] = [
+    pub(crate) const ALL: [Metric; 10] = [
         Metric::EventsResolved,
         Metric::EventsEnriched,
         Metric::Batches,
@@ -41,6 +43,7 @@ impl Metric {
         Metric::LinksKnown,
         Metric::StateChanges,
         Metric::EventsHeld,
+        Metric::EventsWaiting,
         Metric::Errors,
     ];
 
@@ -54,6 +57,7 @@ impl Metric {
             Metric::LinksKnown => "xoflow_enrich_links_known",
             Metric::StateChanges => "xoflow_enrich_state_changes_total",
             Metric::EventsHeld => "xoflow_enrich_events_held",
+            Metric::EventsWaiting => "xoflow_enrich_events_waiting",
             Metric::Errors => "xoflow_enrich_errors_total",
         }
     }
@@ -66,6 +70,8 @@ pub(crate) struct BatchResolved {
     pub links_learnt: u64,
     /// Links in the table now.
     pub links: u64,
+    /// Events waiting for a link afterwards.
+    pub waiting: u64,
 }
 
 impl BatchResolved {
@@ -73,6 +79,7 @@ impl BatchResolved {
         counter!(Metric::EventsResolved.name()).increment(self.records);
         counter!(Metric::LinksLearnt.name()).increment(self.links_learnt);
         gauge!(Metric::LinksKnown.name()).set(self.links as f64);
+        gauge!(Metric::EventsWaiting.name()).set(self.waiting as f64);
         dead_letters(self.dead_letters);
     }
 }
@@ -127,7 +134,10 @@ mod tests {
             // Counters end in _total; gauges name what they count.
             assert_eq!(
                 n.ends_with("_total"),
-                !matches!(m, Metric::LinksKnown | Metric::EventsHeld),
+                !matches!(
+                    m,
+                    Metric::LinksKnown | Metric::EventsHeld | Metric::EventsWaiting
+                ),
                 "{n}"
             );
         }

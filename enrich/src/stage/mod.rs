@@ -13,7 +13,9 @@
 //! customer id, so that every event of a customer reaches the same join
 //! partition (unresolved events are keyed `\0<event id>`). Links it learns
 //! go to the links topic, which every instance reads whole at start-up and
-//! then follows: a global table.
+//! then follows: a global table. An event known only by weak identifiers
+//! that no link resolves yet waits up to the join's `max_hold` for one
+//! ([`Waiting`]).
 //!
 //! Join (group `<group_id>`): one [`Join`](crate::join::Join) per assigned
 //! partition, so a customer's state lives with its partition. The rebalance callbacks only
@@ -23,8 +25,8 @@
 //!
 //! Per batch, in both loops: outputs (and, in join, the changed customers'
 //! state to the changelog) are produced and acknowledged, then input
-//! offsets are committed — in join, only below the lowest event still held
-//! by the lateness buffer. A crash replays uncommitted input: outputs are
+//! offsets are committed — only below the lowest event still held (in
+//! resolve, waiting for its link; in join, by the lateness buffer). A crash replays uncommitted input: outputs are
 //! emitted again with the same event ids (the sink drops the copies), and
 //! state restored from the changelog remembers which events it already
 //! applied. Internal topics are named after the group: `<group_id>.links`,
@@ -45,7 +47,7 @@ use xoflow_common::{
     rebalance::{Keep, RebalanceLog},
 };
 
-use crate::EnrichConfig;
+use crate::{EnrichConfig, identity::Waiting};
 
 mod join_loop;
 mod output;
@@ -134,15 +136,15 @@ pub async fn run(
     let (follower, links) = restore::link_table(kafka, cfg, &internal).await?;
     tracing::info!(links = links.len(), "link table read");
 
-    // The resolve loop holds no per-partition state: its rebalances are
-    // only logged. The join loop restores an assigned partition's state and
-    // drops a revoked one's.
+    // The resolve loop forgets a revoked partition's waiting events (its
+    // next owner reads them again). The join loop restores an assigned
+    // partition's state and drops a revoked one's.
     let resolve_instance = cfg.instance_id.as_ref().map(|i| format!("{i}.resolve"));
     let resolve_consumer = kafka
         .static_consumer(
             &format!("{}.resolve", cfg.group_id),
             resolve_instance.as_deref(),
-            RebalanceLog::new("resolve", Keep::Nothing),
+            RebalanceLog::new("resolve", Keep::Revoked),
         )
         .map_err(EnrichError::Setup)?;
     resolve_consumer
@@ -165,6 +167,8 @@ pub async fn run(
         consumer: &resolve_consumer,
         follower,
         links,
+        waiting: Waiting::default(),
+        read: HashMap::new(),
         producer: &producer,
         kafka,
         cfg,

@@ -6,17 +6,24 @@
 //! event bytes to `<group>.repartition` keyed by customer id (`\0<event id>`
 //! when none was found), undecodable records to the dead-letter topic; then
 //! the input offsets are committed.
+//!
+//! An event known only by weak identifiers that no link resolves yet waits
+//! (in [`Waiting`], up to the join's `max_hold`) for the link: it usually
+//! comes with another event of the customer read from another partition a
+//! moment later. Its partition is committed only below it meanwhile.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use rdkafka::{
-    consumer::{BaseConsumer, StreamConsumer},
+    Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer, StreamConsumer},
     message::Message,
 };
 use tokio_util::sync::CancellationToken;
 use xoflow_common::{
-    kafka::{BatchProducer, KafkaConfig, Outgoing, next_offsets, recv_batch},
-    rebalance::RebalanceLog,
+    clock,
+    kafka::{BatchProducer, KafkaConfig, Outgoing, recv_batch},
+    rebalance::{Change, RebalanceLog},
     telemetry::ErrorKind,
 };
 use xoflow_proto::{Message as _, v1::EventIdentityView};
@@ -28,7 +35,7 @@ use super::{
 };
 use crate::{
     EnrichConfig,
-    identity::Links,
+    identity::{Links, Waiter, Waiting},
     telemetry::{self, Metric},
 };
 
@@ -37,6 +44,11 @@ pub(super) struct Resolver<'a> {
     /// Assigned to every links partition, positioned after the read-back.
     pub follower: BaseConsumer,
     pub links: Links,
+    /// Events waiting for the link that resolves them.
+    pub waiting: Waiting,
+    /// Per input partition, the highest offset read: the commit position
+    /// of a partition once nothing of it waits.
+    pub read: HashMap<(String, i32), i64>,
     pub producer: &'a BatchProducer,
     pub kafka: &'a KafkaConfig,
     pub cfg: &'a EnrichConfig,
@@ -45,17 +57,24 @@ pub(super) struct Resolver<'a> {
 
 impl Resolver<'_> {
     pub async fn run(mut self, stop: &CancellationToken) -> Result<(), EnrichError> {
+        let max_hold_ms = self.cfg.join.max_hold.as_millis() as i64;
+        let tick = (self.cfg.join.max_hold / 4).max(Duration::from_millis(50));
         loop {
+            // Waiting events are due by wall-clock time even when no input
+            // arrives: wake up after `tick` without a message then.
+            let idle = (!self.waiting.is_empty()).then_some(tick);
             let batch = match recv_batch(
                 self.consumer,
                 self.cfg.batch_max_records,
                 self.cfg.batch_max_wait,
-                None,
+                idle,
                 stop,
             )
             .await
             {
-                Ok(b) if b.is_empty() => return Ok(()),
+                // Stopping: waiting events were not committed; whoever
+                // reads these partitions next reads them again.
+                Ok(_) if stop.is_cancelled() => return Ok(()),
                 Ok(b) => b,
                 Err(e) => {
                     ErrorKind::Consume.emit(Metric::Errors.name(), &e, "kafka consumer error");
@@ -63,10 +82,20 @@ impl Resolver<'_> {
                     continue;
                 }
             };
+            for change in self.consumer.context().take() {
+                if let Change::Revoked { topic, partition } = change {
+                    self.waiting.drop_partition(&topic, partition);
+                    self.read.remove(&(topic, partition));
+                }
+            }
             self.follow_links();
+            let now = clock::now_unix_millis();
             let mut dead = Vec::new();
             let mut events = Vec::with_capacity(batch.len());
             for m in &batch {
+                let key = (m.topic().to_owned(), m.partition());
+                let last = self.read.entry(key).or_insert(m.offset());
+                *last = (*last).max(m.offset());
                 // Only the identity is needed here; the join decodes the rest.
                 match EventIdentityView::decode(m.payload().unwrap_or_default()) {
                     Ok(e) => events.push((m, e)),
@@ -82,24 +111,40 @@ impl Resolver<'_> {
                     new_links.push((h.to_owned(), c.to_owned()));
                 });
             }
-            let keys: Vec<Vec<u8>> = events
-                .iter()
-                .map(
-                    |(_, e)| match self.links.resolve_from(e.customer.as_ref()).customer_id {
-                        Some(c) => c.into_bytes(),
-                        None => {
-                            let mut k = Vec::with_capacity(e.event_id.len() + 1);
-                            k.push(UNRESOLVED);
-                            k.extend_from_slice(e.event_id.as_bytes());
-                            k
-                        }
-                    },
-                )
-                .collect();
-            let forward: Vec<Outgoing<'_>> = events
+            let mut keys: Vec<Vec<u8>> = Vec::with_capacity(events.len());
+            let mut forward: Vec<&[u8]> = Vec::with_capacity(events.len());
+            for (m, e) in &events {
+                let payload = m.payload().unwrap_or_default();
+                let resolved = self.links.resolve_from(e.customer.as_ref());
+                match resolved.customer_id {
+                    Some(c) => keys.push(c.into_bytes()),
+                    None if max_hold_ms > 0 && Waiting::worth_waiting(e.customer.as_ref()) => {
+                        self.waiting.hold(Waiter {
+                            topic: m.topic().to_owned(),
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            customer: e.customer.clone().unwrap_or_default(),
+                            payload: payload.to_vec(),
+                            since_ms: now,
+                        });
+                        continue;
+                    }
+                    None => keys.push(unresolved_key(&e.event_id)),
+                }
+                forward.push(payload);
+            }
+            let released = self.waiting.release(&self.links, now, max_hold_ms);
+            for (w, r) in &released {
+                keys.push(match &r.customer_id {
+                    Some(c) => c.clone().into_bytes(),
+                    None => unresolved_key(&event_id_of(&w.payload)),
+                });
+                forward.push(&w.payload);
+            }
+            let forward: Vec<Outgoing<'_>> = forward
                 .iter()
                 .zip(&keys)
-                .map(|((m, _), k)| Outgoing::keyed(k, m.payload().unwrap_or_default()))
+                .map(|(p, k)| Outgoing::keyed(k, p))
                 .collect();
             let links_out: Vec<Outgoing<'_>> = new_links
                 .iter()
@@ -117,16 +162,51 @@ impl Resolver<'_> {
                 ],
             )
             .await?;
-            let offsets = next_offsets(batch.iter()).map_err(EnrichError::Commit)?;
+            let offsets = self.commit_positions(&batch, &released)?;
             output::commit(self.consumer, &offsets, stop);
             telemetry::BatchResolved {
                 records: forward.len() as u64,
                 dead_letters: dead_out.len() as u64,
                 links_learnt: links_out.len() as u64,
                 links: self.links.len() as u64,
+                waiting: self.waiting.len() as u64,
             }
             .emit();
         }
+    }
+
+    /// The offsets to commit for the partitions this round touched (read
+    /// from, or released from): after the highest offset read, but never
+    /// past an event still waiting.
+    fn commit_positions(
+        &self,
+        batch: &[rdkafka::message::BorrowedMessage<'_>],
+        released: &[(Waiter, crate::identity::Resolved)],
+    ) -> Result<TopicPartitionList, EnrichError> {
+        let mut touched: Vec<(&str, i32)> = batch
+            .iter()
+            .map(|m| (m.topic(), m.partition()))
+            .chain(
+                released
+                    .iter()
+                    .map(|(w, _)| (w.topic.as_str(), w.partition)),
+            )
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let mut tpl = TopicPartitionList::with_capacity(touched.len());
+        for (topic, partition) in touched {
+            let Some(last) = self.read.get(&(topic.to_owned(), partition)) else {
+                continue;
+            };
+            let next = self
+                .waiting
+                .lowest_offset(topic, partition)
+                .unwrap_or(last + 1);
+            tpl.add_partition_offset(topic, partition, Offset::Offset(next))
+                .map_err(EnrichError::Commit)?;
+        }
+        Ok(tpl)
     }
 
     /// Applies links other instances published since the last call.
@@ -145,4 +225,20 @@ impl Resolver<'_> {
             }
         }
     }
+}
+
+/// The repartition key of an event no customer was found for: spread by
+/// event id, marked so the join knows it is unresolved.
+fn unresolved_key(event_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(event_id.len() + 1);
+    k.push(UNRESOLVED);
+    k.extend_from_slice(event_id.as_bytes());
+    k
+}
+
+/// The event id of an event's bytes (they decoded once already).
+fn event_id_of(payload: &[u8]) -> String {
+    EventIdentityView::decode(payload)
+        .map(|e| e.event_id)
+        .unwrap_or_default()
 }
