@@ -7,13 +7,26 @@
 //! [`RebalanceLog`] is that record, and the consumer context that fills it;
 //! it also logs each assignment, which is what ops look for while a group
 //! rebalances.
+//!
+//! A stage that resumes at the group's committed offsets can also ask it to
+//! check where the broker resumes ([`RebalanceLog::resuming_at_commits`]):
+//! the committed offsets of an assigned partition are read in the callback,
+//! and [`RebalanceLog::admit`] holds each partition's first records against
+//! them ([`crate::resume`]), seeking back where the broker answered past.
 
-use std::sync::Mutex;
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use rdkafka::{
-    ClientContext,
-    consumer::{BaseConsumer, ConsumerContext, Rebalance},
+    ClientContext, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    message::{BorrowedMessage, Message},
 };
+
+use crate::resume::{Resume, ResumeCheck};
+
+/// How long the callback waits for the group's committed offsets, and a
+/// seek for the fetcher.
+const BROKER_WAIT: Duration = Duration::from_secs(10);
 
 /// One partition given to or taken from this consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +43,12 @@ pub struct RebalanceLog {
     /// Which changes the loop wants; the rest are only logged.
     keep: Keep,
     changes: Mutex<Vec<Change>>,
+    /// Whether assigned partitions are checked against their committed
+    /// offsets.
+    check_commits: bool,
+    /// Per assigned partition not yet proven contiguous with its committed
+    /// offset: its check. Empty in the steady state.
+    resuming: Mutex<HashMap<(String, i32), ResumeCheck>>,
 }
 
 /// Which changes a [`RebalanceLog`] keeps for its loop.
@@ -50,6 +69,107 @@ impl RebalanceLog {
             name,
             keep,
             changes: Mutex::new(Vec::new()),
+            check_commits: false,
+            resuming: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Checks each assigned partition's first records against the group's
+    /// committed offset (see [`crate::resume`]); the loop passes every batch
+    /// through [`RebalanceLog::admit`].
+    pub fn resuming_at_commits(self) -> Self {
+        RebalanceLog {
+            check_commits: true,
+            ..self
+        }
+    }
+
+    /// Keeps the records of `batch` the loop should handle: drops records
+    /// before a partition's committed offset (handled already), and where
+    /// the broker resumed a partition past it, drops the partition's records
+    /// and seeks back. One lock per batch; nothing to do once every
+    /// partition read on from its committed offset.
+    pub fn admit<'c>(
+        &self,
+        consumer: &StreamConsumer<RebalanceLog>,
+        batch: &mut Vec<BorrowedMessage<'c>>,
+    ) {
+        if !self.check_commits {
+            return;
+        }
+        let Ok(mut resuming) = self.resuming.lock() else {
+            return;
+        };
+        if resuming.is_empty() {
+            return;
+        }
+        let mut seeking: Vec<(String, i32)> = Vec::new();
+        batch.retain(|m| {
+            let key = (m.topic().to_owned(), m.partition());
+            if seeking.contains(&key) {
+                return false;
+            }
+            let Some(check) = resuming.get_mut(&key) else {
+                return true;
+            };
+            match check.check(m.offset()) {
+                Resume::Read if m.offset() < check.next() => false,
+                Resume::Read => {
+                    resuming.remove(&key);
+                    true
+                }
+                Resume::SeekTo(to) => {
+                    tracing::info!(
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        committed = check.next(),
+                        got = m.offset(),
+                        seek = to,
+                        "broker answered past the committed offset; reading from earlier"
+                    );
+                    if let Err(e) =
+                        consumer.seek(m.topic(), m.partition(), Offset::Offset(to), BROKER_WAIT)
+                    {
+                        tracing::warn!(error = %e, "seek failed");
+                    }
+                    seeking.push(key);
+                    false
+                }
+                Resume::Gap { from, to } => {
+                    tracing::error!(
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        from,
+                        to,
+                        "records missing from the log (deleted by retention before they were handled)"
+                    );
+                    resuming.remove(&key);
+                    true
+                }
+            }
+        });
+    }
+
+    /// Reads the committed offsets of newly assigned partitions.
+    fn note_committed(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let committed = match consumer.committed_offsets(tpl.clone(), BROKER_WAIT) {
+            Ok(c) => c,
+            Err(e) => {
+                // Without them nothing is checked: the broker's answer is
+                // taken as it comes, as before this check existed.
+                tracing::warn!(error = %e, "committed offsets not read; resuming unchecked");
+                return;
+            }
+        };
+        if let Ok(mut resuming) = self.resuming.lock() {
+            for e in committed.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    resuming.insert(
+                        (e.topic().to_owned(), e.partition()),
+                        ResumeCheck::at(Some(o)),
+                    );
+                }
+            }
         }
     }
 
@@ -73,6 +193,13 @@ impl ClientContext for RebalanceLog {}
 impl ConsumerContext for RebalanceLog {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance
+            && let Ok(mut resuming) = self.resuming.lock()
+        {
+            for e in tpl.elements() {
+                resuming.remove(&(e.topic().to_owned(), e.partition()));
+            }
+        }
+        if let Rebalance::Revoke(tpl) = rebalance
             && self.keep != Keep::Nothing
         {
             self.record(tpl.elements().iter().map(|e| Change::Revoked {
@@ -82,8 +209,11 @@ impl ConsumerContext for RebalanceLog {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            if self.check_commits {
+                self.note_committed(consumer, tpl);
+            }
             let partitions: Vec<String> = tpl
                 .elements()
                 .iter()

@@ -30,7 +30,7 @@ pub enum Resume {
 }
 
 /// Checks one partition's records against the position it resumed at.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResumeCheck {
     /// The first offset not yet handled.
     next: i64,

@@ -72,7 +72,7 @@ impl Joiner<'_> {
                 stop,
             )
             .await;
-            let batch = match batch {
+            let mut batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
                     ErrorKind::Consume.emit(Metric::Errors.name(), &e, "kafka consumer error");
@@ -80,6 +80,9 @@ impl Joiner<'_> {
                     continue;
                 }
             };
+            // Committed offsets sit below held events, inside record
+            // batches: check where the broker resumes such a partition.
+            self.consumer.context().admit(self.consumer, &mut batch);
             self.rebalance().await?;
             let now = clock::now_unix_millis();
             let mut dead = Vec::new();

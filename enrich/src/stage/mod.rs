@@ -144,7 +144,7 @@ pub async fn run(
         .static_consumer(
             &format!("{}.resolve", cfg.group_id),
             resolve_instance.as_deref(),
-            RebalanceLog::new("resolve", Keep::Revoked),
+            RebalanceLog::new("resolve", Keep::Revoked).resuming_at_commits(),
         )
         .map_err(EnrichError::Setup)?;
     resolve_consumer
@@ -154,7 +154,7 @@ pub async fn run(
         .static_consumer(
             &cfg.group_id,
             cfg.instance_id.as_deref(),
-            RebalanceLog::new("join", Keep::Both),
+            RebalanceLog::new("join", Keep::Both).resuming_at_commits(),
         )
         .map_err(EnrichError::Setup)?;
     join_consumer

@@ -63,7 +63,7 @@ impl Resolver<'_> {
             // Waiting events are due by wall-clock time even when no input
             // arrives: wake up after `tick` without a message then.
             let idle = (!self.waiting.is_empty()).then_some(tick);
-            let batch = match recv_batch(
+            let mut batch = match recv_batch(
                 self.consumer,
                 self.cfg.batch_max_records,
                 self.cfg.batch_max_wait,
@@ -82,6 +82,9 @@ impl Resolver<'_> {
                     continue;
                 }
             };
+            // Both loops commit below events still held, often inside a
+            // record batch: check where the broker resumes such a partition.
+            self.consumer.context().admit(self.consumer, &mut batch);
             for change in self.consumer.context().take() {
                 if let Change::Revoked { topic, partition } = change {
                     self.waiting.drop_partition(&topic, partition);

@@ -24,7 +24,8 @@ use std::collections::HashSet;
 use clickhouse::{Client, Row};
 use serde::Deserialize;
 
-use xoflow_common::telemetry::ErrorKind;
+pub use xoflow_common::resume::Resume;
+use xoflow_common::{resume::ResumeCheck, telemetry::ErrorKind};
 
 use super::SinkError;
 use crate::telemetry::Metric;
@@ -40,55 +41,20 @@ pub struct PartitionState {
     pub rows: u64,
     /// Event ids written from this partition within the dedup window.
     pub recent: HashSet<String, foldhash::fast::RandomState>,
-    /// Whether a record at or before `stored + 1` has been read since the
-    /// position was loaded, i.e. nothing between can have been skipped.
-    pub contiguous: bool,
-    /// How far back the last rewind went (0: none yet).
-    pub rewound: i64,
+    /// Whether the broker resumed this partition at `stored + 1` (or
+    /// before); see [`xoflow_common::resume`].
+    pub resume: ResumeCheck,
     /// Records of the batch being filled: (highest offset seen, skipped
     /// records included; rows taken for writing).
     pub pending: Option<(i64, u64)>,
 }
 
-/// How far back the sink first rewinds when the broker answered from past
-/// its position; doubled on each further try.
-pub const REWIND: i64 = 16_384;
-
-/// What to do with the first records of a partition after its position was
-/// loaded.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Resume {
-    /// The record is at or before the position: read on.
-    Read,
-    /// The broker answered from past the position (Tansu 0.6 does when a
-    /// fetch starts inside a record batch): drop the record and seek here.
-    SeekTo(i64),
-    /// Already rewound to offset 0 and still past the position: the records
-    /// between are gone from the log (retention); read on and say so.
-    Gap { from: i64, to: i64 },
-}
-
 impl PartitionState {
-    /// Checks `offset`, the next record read from this partition. Pure.
+    /// Checks `offset`, the next record read from this partition: whether
+    /// the broker answered past `stored + 1` (Tansu 0.6 does when a fetch
+    /// starts inside a record batch). Pure.
     pub fn resume(&mut self, offset: i64) -> Resume {
-        let next = self.stored + 1;
-        if self.contiguous || offset <= next {
-            self.contiguous = true;
-            return Resume::Read;
-        }
-        if self.rewound > 0 && next - self.rewound <= 0 {
-            self.contiguous = true;
-            return Resume::Gap {
-                from: next,
-                to: offset,
-            };
-        }
-        self.rewound = if self.rewound == 0 {
-            REWIND
-        } else {
-            self.rewound.saturating_mul(2)
-        };
-        Resume::SeekTo((next - self.rewound).max(0))
+        self.resume.check(offset)
     }
 }
 
@@ -198,6 +164,7 @@ pub async fn load(
         stored: range.max_offset,
         rows: range.rows,
         recent,
+        resume: ResumeCheck::at(Some(range.max_offset + 1)),
         ..Default::default()
     })
 }
@@ -280,44 +247,18 @@ impl Positions {
 mod tests {
     use super::*;
 
-    fn at(stored: i64) -> PartitionState {
-        PartitionState {
-            stored,
+    #[test]
+    fn a_loaded_position_resumes_after_what_is_stored() {
+        // The check itself is tested in xoflow_common::resume.
+        let mut s = PartitionState {
+            stored: 40_000,
+            resume: ResumeCheck::at(Some(40_001)),
             ..Default::default()
-        }
-    }
-
-    #[test]
-    fn a_record_at_the_position_reads_on() {
-        let mut s = at(99);
-        assert_eq!(s.resume(100), Resume::Read);
-        assert_eq!(s.resume(500), Resume::Read, "contiguity is proven once");
+        };
         assert_eq!(
-            at(99).resume(42),
-            Resume::Read,
-            "re-reads are skipped later"
+            s.resume(40_100),
+            Resume::SeekTo(40_001 - xoflow_common::resume::REWIND)
         );
-    }
-
-    #[test]
-    fn a_broker_answering_past_the_position_is_rewound_further_each_time() {
-        let mut s = at(40_000);
-        assert_eq!(s.resume(40_100), Resume::SeekTo(40_001 - REWIND));
-        assert_eq!(s.resume(40_050), Resume::SeekTo(40_001 - 2 * REWIND));
-        assert_eq!(s.resume(40_001 - REWIND), Resume::Read);
-    }
-
-    #[test]
-    fn records_gone_from_the_log_are_reported_once_rewound_to_zero() {
-        let mut s = at(10);
-        assert_eq!(s.resume(5_000), Resume::SeekTo(0));
-        assert_eq!(
-            s.resume(5_000),
-            Resume::Gap {
-                from: 11,
-                to: 5_000
-            }
-        );
-        assert_eq!(s.resume(5_001), Resume::Read);
+        assert_eq!(s.resume(40_001), Resume::Read);
     }
 }
