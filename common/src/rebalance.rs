@@ -22,7 +22,7 @@ use rdkafka::{
     message::{BorrowedMessage, Message},
 };
 
-use crate::resume::{Resume, ResumeCheck};
+use crate::resume::{self, Resume, ResumeCheck};
 
 /// How long the callback waits for the group's committed offsets, and a
 /// seek for the fetcher.
@@ -119,14 +119,7 @@ impl RebalanceLog {
                     true
                 }
                 Resume::SeekTo(to) => {
-                    tracing::info!(
-                        topic = m.topic(),
-                        partition = m.partition(),
-                        committed = check.next(),
-                        got = m.offset(),
-                        seek = to,
-                        "broker answered past the committed offset; reading from earlier"
-                    );
+                    resume::log_seek(m.topic(), m.partition(), check.next(), m.offset(), to);
                     if let Err(e) =
                         consumer.seek(m.topic(), m.partition(), Offset::Offset(to), BROKER_WAIT)
                     {
@@ -136,13 +129,7 @@ impl RebalanceLog {
                     false
                 }
                 Resume::Gap { from, to } => {
-                    tracing::error!(
-                        topic = m.topic(),
-                        partition = m.partition(),
-                        from,
-                        to,
-                        "records missing from the log (deleted by retention before they were handled)"
-                    );
+                    resume::log_gap(m.topic(), m.partition(), from, to);
                     resuming.remove(&key);
                     true
                 }

@@ -81,6 +81,30 @@ impl ResumeCheck {
     }
 }
 
+/// Logs a seek back after the broker answered `got` for a partition
+/// resumed at `next`.
+pub fn log_seek(topic: &str, partition: i32, next: i64, got: i64, seek: i64) {
+    tracing::info!(
+        topic,
+        partition,
+        next,
+        got,
+        seek,
+        "broker answered past the position the partition resumes at; reading from earlier"
+    );
+}
+
+/// Logs records gone from the log before they were handled.
+pub fn log_gap(topic: &str, partition: i32, from: i64, to: i64) {
+    tracing::error!(
+        topic,
+        partition,
+        from,
+        to,
+        "records missing from the log (deleted by retention before they were handled)"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,7 @@ use xoflow_common::{
     dead_letter::{self, Stage},
     kafka::KafkaConfig,
     rebalance::{Change, Keep, RebalanceLog},
+    resume,
     telemetry::ErrorKind,
 };
 use xoflow_proto::{
@@ -165,13 +166,12 @@ pub async fn run(
                 match state.resume(m.offset()) {
                     Resume::Read => {}
                     Resume::SeekTo(to) => {
-                        tracing::info!(
-                            topic = m.topic(),
-                            partition = m.partition(),
-                            stored = state.stored,
-                            got = m.offset(),
-                            seek = to,
-                            "broker answered past the stored position; reading from earlier"
+                        resume::log_seek(
+                            m.topic(),
+                            m.partition(),
+                            state.stored + 1,
+                            m.offset(),
+                            to,
                         );
                         consumer
                             .seek(m.topic(), m.partition(), Offset::Offset(to), SEEK_TIMEOUT)
@@ -179,13 +179,7 @@ pub async fn run(
                         continue;
                     }
                     Resume::Gap { from, to } => {
-                        tracing::error!(
-                            topic = m.topic(),
-                            partition = m.partition(),
-                            from,
-                            to,
-                            "records missing from the log (deleted by retention before they were stored)"
-                        );
+                        resume::log_gap(m.topic(), m.partition(), from, to);
                         telemetry::log_gap(m.topic(), m.partition(), to - from);
                     }
                 }
