@@ -8,18 +8,24 @@
 //! it also logs each assignment, which is what ops look for while a group
 //! rebalances.
 //!
-//! A stage that resumes at the group's committed offsets can also ask it to
-//! check where the broker resumes ([`RebalanceLog::resuming_at_commits`]):
-//! the committed offsets of an assigned partition are read in the callback,
-//! and [`RebalanceLog::admit`] holds each partition's first records against
-//! them ([`crate::resume`]), seeking back where the broker answered past.
+//! A stage that resumes at the group's committed offsets, which may lie
+//! inside a record batch, asks it to make sure no record after them is
+//! skipped ([`RebalanceLog::resuming_at_commits`]): the committed offsets of
+//! an assigned partition are read in the callback, the partition starts up
+//! to [`crate::resume::REWIND`] records earlier, and [`RebalanceLog::admit`]
+//! drops what comes before the committed offset, seeking further back where
+//! the broker still answered past it ([`crate::resume`]).
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use rdkafka::{
     ClientContext, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    consumer::{
+        BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer,
+    },
+    error::{KafkaError, RDKafkaErrorCode},
     message::{BorrowedMessage, Message},
+    types::RDKafkaRespErr,
 };
 
 use crate::resume::{self, Resume, ResumeCheck};
@@ -74,9 +80,9 @@ impl RebalanceLog {
         }
     }
 
-    /// Checks each assigned partition's first records against the group's
-    /// committed offset (see [`crate::resume`]); the loop passes every batch
-    /// through [`RebalanceLog::admit`].
+    /// Starts each assigned partition a little before the group's committed
+    /// offset and checks its first records against it (see the module doc);
+    /// the loop passes every batch through [`RebalanceLog::admit`].
     pub fn resuming_at_commits(self) -> Self {
         RebalanceLog {
             check_commits: true,
@@ -137,29 +143,6 @@ impl RebalanceLog {
         });
     }
 
-    /// Reads the committed offsets of newly assigned partitions.
-    fn note_committed(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let committed = match consumer.committed_offsets(tpl.clone(), BROKER_WAIT) {
-            Ok(c) => c,
-            Err(e) => {
-                // Without them nothing is checked: the broker's answer is
-                // taken as it comes, as before this check existed.
-                tracing::warn!(error = %e, "committed offsets not read; resuming unchecked");
-                return;
-            }
-        };
-        if let Ok(mut resuming) = self.resuming.lock() {
-            for e in committed.elements() {
-                if let Offset::Offset(o) = e.offset() {
-                    resuming.insert(
-                        (e.topic().to_owned(), e.partition()),
-                        ResumeCheck::at(Some(o)),
-                    );
-                }
-            }
-        }
-    }
-
     /// The changes recorded since the last call, oldest first.
     pub fn take(&self) -> Vec<Change> {
         self.changes
@@ -173,11 +156,81 @@ impl RebalanceLog {
             c.extend(changes);
         }
     }
+
+    /// Starts each newly assigned partition that has a committed offset
+    /// up to [`crate::resume::REWIND`] records before it (`tpl` is what
+    /// the consumer is then assigned), and remembers the offset so that
+    /// [`RebalanceLog::admit`] drops what was handled already.
+    fn rewind_to_commits(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let committed = match consumer.committed_offsets(tpl.clone(), BROKER_WAIT) {
+            Ok(c) => c,
+            Err(e) => {
+                // Without them nothing is checked: the partitions resume
+                // where the group committed them, as the broker answers.
+                tracing::warn!(error = %e, "committed offsets not read; resuming unchecked");
+                return;
+            }
+        };
+        let Ok(mut resuming) = self.resuming.lock() else {
+            return;
+        };
+        for e in committed.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                let (check, start) = ResumeCheck::rewound(o);
+                if let Err(err) =
+                    tpl.set_partition_offset(e.topic(), e.partition(), Offset::Offset(start))
+                {
+                    tracing::warn!(error = %err, "partition not rewound");
+                    continue;
+                }
+                resuming.insert((e.topic().to_owned(), e.partition()), check);
+            }
+        }
+    }
 }
 
 impl ClientContext for RebalanceLog {}
 
 impl ConsumerContext for RebalanceLog {
+    /// rdkafka's own rebalance, with the assignment's starting offsets
+    /// rewound first when the stage checks where partitions resume.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let assigning = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        let revoking = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS;
+        if assigning && self.check_commits {
+            self.rewind_to_commits(consumer, tpl);
+        }
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let rebalance = if assigning {
+            Rebalance::Assign(tpl)
+        } else if revoking {
+            Rebalance::Revoke(tpl)
+        } else {
+            let code: RDKafkaErrorCode = err.into();
+            tracing::error!(error = %code, "rebalance failed");
+            Rebalance::Error(KafkaError::Rebalance(code))
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        let result = match (assigning, cooperative) {
+            (true, true) => consumer.incremental_assign(tpl),
+            (true, false) => consumer.assign(tpl),
+            (false, true) => consumer.incremental_unassign(tpl),
+            (false, false) => consumer.unassign(),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "applying the rebalance failed");
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance
             && let Ok(mut resuming) = self.resuming.lock()
@@ -196,11 +249,8 @@ impl ConsumerContext for RebalanceLog {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            if self.check_commits {
-                self.note_committed(consumer, tpl);
-            }
             let partitions: Vec<String> = tpl
                 .elements()
                 .iter()

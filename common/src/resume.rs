@@ -53,6 +53,21 @@ impl ResumeCheck {
         }
     }
 
+    /// Resuming at `next` by first reading from up to [`REWIND`] records
+    /// earlier, without waiting to see where the broker answers: a position
+    /// inside the log's last record batch gets no answer at all from a broker
+    /// that skips to the next batch, until more records arrive. Returns the
+    /// check and the offset to start reading from.
+    pub fn rewound(next: i64) -> (Self, i64) {
+        let next = next.max(0);
+        let check = ResumeCheck {
+            next,
+            contiguous: next == 0,
+            rewound: REWIND,
+        };
+        (check, (next - REWIND).max(0))
+    }
+
     /// The first offset not yet handled when the partition was resumed.
     pub fn next(&self) -> i64 {
         self.next
@@ -136,6 +151,28 @@ mod tests {
         assert_eq!(s.check(40_100), Resume::SeekTo(40_001 - REWIND));
         assert_eq!(s.check(40_050), Resume::SeekTo(40_001 - 2 * REWIND));
         assert_eq!(s.check(40_001 - REWIND), Resume::Read);
+    }
+
+    #[test]
+    fn a_partition_rewound_up_front_reads_from_earlier_and_rewinds_further_if_needed() {
+        let (mut s, start) = ResumeCheck::rewound(40_001);
+        assert_eq!(start, 40_001 - REWIND);
+        assert_eq!(s.check(40_100), Resume::SeekTo(40_001 - 2 * REWIND));
+        assert_eq!(s.check(30_000), Resume::Read);
+        assert_eq!(s.next(), 40_001);
+
+        let (mut s, start) = ResumeCheck::rewound(100);
+        assert_eq!(start, 0);
+        assert_eq!(
+            s.check(7_000),
+            Resume::Gap {
+                from: 100,
+                to: 7_000
+            }
+        );
+        let (mut s, start) = ResumeCheck::rewound(0);
+        assert_eq!(start, 0);
+        assert_eq!(s.check(7_000), Resume::Read);
     }
 
     #[test]
