@@ -157,11 +157,11 @@ impl RebalanceLog {
         }
     }
 
-    /// Starts each newly assigned partition that has a committed offset
-    /// up to [`crate::resume::REWIND`] records before it (`tpl` is what
-    /// the consumer is then assigned), and remembers the offset so that
-    /// [`RebalanceLog::admit`] drops what was handled already.
-    fn rewind_to_commits(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+    /// Restarts each newly assigned partition that has a committed offset
+    /// up to [`crate::resume::REWIND`] records before it, and remembers the
+    /// offset so that [`RebalanceLog::admit`] drops what was handled
+    /// already.
+    fn rewind_to_commits(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let committed = match consumer.committed_offsets(tpl.clone(), BROKER_WAIT) {
             Ok(c) => c,
             Err(e) => {
@@ -171,20 +171,28 @@ impl RebalanceLog {
                 return;
             }
         };
-        let Ok(mut resuming) = self.resuming.lock() else {
-            return;
-        };
+        let mut rewound = tpl.clone();
+        let mut checks = Vec::new();
         for e in committed.elements() {
             if let Offset::Offset(o) = e.offset() {
                 let (check, start) = ResumeCheck::rewound(o);
-                if let Err(err) =
-                    tpl.set_partition_offset(e.topic(), e.partition(), Offset::Offset(start))
+                if rewound
+                    .set_partition_offset(e.topic(), e.partition(), Offset::Offset(start))
+                    .is_ok()
                 {
-                    tracing::warn!(error = %err, "partition not rewound");
-                    continue;
+                    checks.push(((e.topic().to_owned(), e.partition()), check));
                 }
-                resuming.insert((e.topic().to_owned(), e.partition()), check);
             }
+        }
+        if checks.is_empty() {
+            return;
+        }
+        if let Err(e) = consumer.assign(&rewound) {
+            tracing::warn!(error = %e, "assignment not rewound; resuming unchecked");
+            return;
+        }
+        if let Ok(mut resuming) = self.resuming.lock() {
+            resuming.extend(checks);
         }
     }
 }
@@ -202,9 +210,6 @@ impl ConsumerContext for RebalanceLog {
     ) {
         let assigning = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
         let revoking = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS;
-        if assigning && self.check_commits {
-            self.rewind_to_commits(consumer, tpl);
-        }
         let cooperative = matches!(
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
@@ -227,6 +232,12 @@ impl ConsumerContext for RebalanceLog {
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "applying the rebalance failed");
+        } else if assigning && !cooperative && self.check_commits {
+            // The group's committed offsets can only be read once the
+            // partitions are assigned (librdkafka holds the request back
+            // during the rebalance): read them now, then assign again,
+            // rewound.
+            self.rewind_to_commits(consumer, tpl);
         }
         self.post_rebalance(consumer, &rebalance);
     }
