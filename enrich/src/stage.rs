@@ -762,7 +762,7 @@ impl Joiner<'_> {
             },
         )
         .await?;
-        let mut join = Join::new(self.cfg.join.clone());
+        let mut join = Join::new(self.cfg.join.clone()).with_topics(self.cfg.topics.clone());
         let n = records.len();
         for (id, state) in records {
             join.restore(id, state);
