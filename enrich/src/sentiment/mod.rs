@@ -11,8 +11,8 @@
 //! land in one weight table. Three classes (positive, neutral, negative),
 //! temperature-calibrated on a validation split; the score is
 //! `P(positive) − P(negative)` in [-1, 1] and the label the most probable
-//! class after a neutral shift (chosen on validation) is added to the
-//! neutral logit. Accuracy, failure modes and retraining: `docs/text.md`.
+//! class after a neutral shift is added to the neutral logit, or neutral
+//! when |score| is below a band (shift and band chosen on validation). Accuracy, failure modes and retraining: `docs/text.md`.
 
 mod features;
 mod lexicon;
@@ -63,10 +63,10 @@ pub fn score(text: &str) -> Sentiment {
     let e = z.map(|v| (v - top).exp());
     let total = e[0] + e[1] + e[2];
     let (pos, neg) = (e[0] / total, e[2] / total);
-    // The most probable class once the neutral shift is applied; a tie
-    // goes to neutral.
+    // Neutral when the neutral class wins once shifted (a tie included) or
+    // when the score is too close to zero; else the likelier polarity.
     let neutral = z[1] + m.neutral_shift;
-    let label = if neutral >= z[0] && neutral >= z[2] {
+    let label = if (neutral >= z[0] && neutral >= z[2]) || (pos - neg).abs() < m.neutral_band {
         SentimentLabel::Neutral
     } else if z[0] > z[2] {
         SentimentLabel::Positive

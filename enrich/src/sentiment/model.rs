@@ -33,6 +33,9 @@ pub(crate) struct Model {
     /// Added to the calibrated neutral logit when choosing the label only
     /// (chosen on validation: how readily a text is called neutral).
     pub neutral_shift: f32,
+    /// A text whose |score| is below this is neutral whatever the logits
+    /// say (chosen on validation with the shift).
+    pub neutral_band: f32,
     /// Whether the lexicon features were trained (and so are extracted).
     pub lexicon: bool,
 }
@@ -85,7 +88,11 @@ impl Model {
         let neutral_shift: f32 = get("neutral_shift")?
             .parse()
             .map_err(|e| format!("neutral_shift: {e}"))?;
+        let neutral_band: f32 = get("neutral_band")?
+            .parse()
+            .map_err(|e| format!("neutral_band: {e}"))?;
         Ok(Self {
+            neutral_band,
             weights,
             shift: 64 - bits,
             bias,
