@@ -48,9 +48,19 @@ const NEGATION_SCOPE: u8 = 3;
 /// longer words are hashed on their first `WORD_MAX` bytes and their length.
 const WORD_MAX: usize = 24;
 
-/// Traditional → Simplified, common characters (`t2s.txt`: pairs "繁简").
-static T2S: LazyLock<Vec<(char, char)>> = LazyLock::new(|| {
-    let mut v: Vec<(char, char)> = include_str!("t2s.txt")
+/// Traditional → Simplified, common characters (`t2s.txt`: pairs "繁简"),
+/// with a bit per character of the main CJK block saying "in the table",
+/// so that the common case (a Simplified character) costs one bit test.
+struct Fold {
+    pairs: Vec<(char, char)>,
+    bits: Vec<u64>,
+}
+
+const FOLD_FROM: u32 = 0x4e00;
+const FOLD_TO: u32 = 0xa000;
+
+static T2S: LazyLock<Fold> = LazyLock::new(|| {
+    let mut pairs: Vec<(char, char)> = include_str!("t2s.txt")
         .lines()
         .filter(|l| !l.starts_with('#'))
         .flat_map(str::split_whitespace)
@@ -59,14 +69,38 @@ static T2S: LazyLock<Vec<(char, char)>> = LazyLock::new(|| {
             Some((c.next()?, c.next()?))
         })
         .collect();
-    v.sort_unstable();
-    v.dedup_by_key(|p| p.0);
-    v
+    pairs.sort_unstable();
+    pairs.dedup_by_key(|p| p.0);
+    let mut bits = vec![0u64; (FOLD_TO - FOLD_FROM).div_ceil(64) as usize];
+    for (t, _) in &pairs {
+        let i = (*t as u32).wrapping_sub(FOLD_FROM) as usize;
+        if let Some(w) = bits.get_mut(i / 64) {
+            *w |= 1 << (i % 64);
+        }
+    }
+    Fold { pairs, bits }
 });
+
+#[inline]
+fn simplified(c: char) -> char {
+    let t = &*T2S;
+    let i = (c as u32).wrapping_sub(FOLD_FROM) as usize;
+    let in_block = (c as u32) < FOLD_TO;
+    if in_block && t.bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) == 0) {
+        return c;
+    }
+    match t.pairs.binary_search_by_key(&c, |p| p.0) {
+        Ok(i) => t.pairs[i].1,
+        Err(_) => c,
+    }
+}
 
 /// Simplified → the Traditional forms folded into it (for topic keywords).
 pub(crate) fn traditional_forms(c: char) -> impl Iterator<Item = char> {
-    T2S.iter().filter(move |(_, s)| *s == c).map(|(t, _)| *t)
+    T2S.pairs
+        .iter()
+        .filter(move |(_, s)| *s == c)
+        .map(|(t, _)| *t)
 }
 
 #[inline]
@@ -119,10 +153,7 @@ pub(crate) fn fold(c: char) -> char {
             a.to_ascii_lowercase()
         }
         '\u{2019}' | '\u{2018}' | '`' => '\'',
-        c if is_han(c) => match T2S.binary_search_by_key(&c, |p| p.0) {
-            Ok(i) => T2S[i].1,
-            Err(_) => c,
-        },
+        c if is_han(c) => simplified(c),
         c => c,
     }
 }
