@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::join::JoinConfig;
+use crate::{join::JoinConfig, sentiment::TopicsConfig};
 
 /// Settings of the enrich stage.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,4 +25,7 @@ pub struct EnrichConfig {
     pub batch_max_wait: Duration,
     /// Windows and bounds of the per-customer join state.
     pub join: JoinConfig,
+    /// Topic rules per tenant, checked when the configuration is read.
+    #[serde(default)]
+    pub topics: TopicsConfig,
 }

@@ -88,6 +88,8 @@ pub struct Join {
     watermark: i64,
     /// Customers changed (or dropped) since [`Join::take_changes`].
     dirty: HashSet<String, foldhash::fast::RandomState>,
+    /// Topic rules per tenant (`[enrich.topics]`).
+    topics: sentiment::TopicsConfig,
 }
 
 /// Customer-keyed maps: foldhash, not SipHash (hashing was a tenth of the
@@ -96,6 +98,8 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl Join {
     pub fn new(cfg: JoinConfig) -> Self {
+        // Decodes the sentiment model now rather than on the first text.
+        sentiment::load();
         Self {
             cfg,
             customers: Map::default(),
@@ -103,7 +107,14 @@ impl Join {
             held: BTreeMap::new(),
             watermark: i64::MIN,
             dirty: HashSet::default(),
+            topics: sentiment::TopicsConfig::default(),
         }
+    }
+
+    /// Tags topics with these rules instead of the built-in set.
+    pub fn with_topics(mut self, topics: sentiment::TopicsConfig) -> Self {
+        self.topics = topics;
+        self
     }
 
     /// Customers currently held.
@@ -220,7 +231,7 @@ impl Join {
             let s = sentiment::score(&text);
             cx.sentiment = Some(s.score);
             cx.sentiment_label = s.label as i32;
-            cx.topics = sentiment::topics(&text);
+            cx.topics = sentiment::topics(self.topics.for_tenant(&e.tenant), &text);
         }
         let stage = e
             .touchpoint

@@ -78,7 +78,7 @@ pub(super) async fn join_state(
         },
     )
     .await?;
-    let mut join = Join::new(cfg.join.clone());
+    let mut join = Join::new(cfg.join.clone()).with_topics(cfg.topics.clone());
     let n = records.len();
     for (id, state) in records {
         join.restore(id, state);
