@@ -191,6 +191,16 @@ impl RebalanceLog {
             tracing::warn!(error = %e, "assignment not rewound; resuming unchecked");
             return;
         }
+        let resumed: Vec<String> = checks
+            .iter()
+            .map(|((t, p), c)| format!("{t}/{p}@{}", c.next()))
+            .collect();
+        tracing::info!(
+            consumer = self.name,
+            partitions = %format!("[{}]", resumed.join(",")),
+            "partitions resume at their committed offsets, read from up to {} records before",
+            crate::resume::REWIND
+        );
         if let Ok(mut resuming) = self.resuming.lock() {
             resuming.extend(checks);
         }
