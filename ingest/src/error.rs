@@ -23,6 +23,14 @@ pub enum IngestError {
     /// The request body exceeds the configured maximum (after gzip).
     #[error("request body exceeds the maximum of {max} bytes")]
     BodyTooLarge { max: usize },
+    /// The request has no body at all: nothing to judge, so no dead letter
+    /// either (like a body that cannot be gunzipped).
+    #[error("the request body is empty: send one JSON object, an array or NDJSON lines")]
+    EmptyBody,
+    /// The client went away (reset, closed) before its body was read; it is
+    /// not waiting for an answer, but the count tells aborts from refusals.
+    #[error("the client aborted the request before its body was read")]
+    ClientAborted,
     /// The request as a whole cannot be read (bad gzip, unknown source kind).
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -54,6 +62,8 @@ impl IngestError {
             IngestError::BatchTooLarge { .. } => "batch_too_large",
             IngestError::BodyTooLarge { .. } => "body_too_large",
             IngestError::BadRequest(_) => "bad_request",
+            IngestError::EmptyBody => "empty_body",
+            IngestError::ClientAborted => "client_aborted",
             IngestError::Unauthenticated(_) => "unauthenticated",
             IngestError::Unavailable { .. } => "unavailable",
             IngestError::Internal(_) => "internal",
@@ -66,7 +76,9 @@ impl IngestError {
             IngestError::Overloaded { .. } => Code::ResourceExhausted,
             IngestError::BatchTooLarge { .. }
             | IngestError::BodyTooLarge { .. }
-            | IngestError::BadRequest(_) => Code::InvalidArgument,
+            | IngestError::BadRequest(_)
+            | IngestError::EmptyBody => Code::InvalidArgument,
+            IngestError::ClientAborted => Code::Cancelled,
             IngestError::Unauthenticated(_) => Code::Unauthenticated,
             IngestError::Unavailable { .. } => Code::Unavailable,
             IngestError::Internal(_) => Code::Internal,
@@ -78,7 +90,7 @@ impl IngestError {
         match self {
             IngestError::Overloaded { .. } => 429,
             IngestError::BatchTooLarge { .. } | IngestError::BodyTooLarge { .. } => 413,
-            IngestError::BadRequest(_) => 400,
+            IngestError::BadRequest(_) | IngestError::EmptyBody | IngestError::ClientAborted => 400,
             IngestError::Unauthenticated(_) => 401,
             IngestError::Unavailable { .. } => 503,
             IngestError::Internal(_) => 500,
@@ -151,6 +163,8 @@ mod tests {
                 400,
                 false,
             ),
+            (IngestError::EmptyBody, Code::InvalidArgument, 400, false),
+            (IngestError::ClientAborted, Code::Cancelled, 400, false),
             (
                 IngestError::Unauthenticated("x"),
                 Code::Unauthenticated,

@@ -9,7 +9,7 @@
 //! - `GET /openapi.yaml`: the committed OpenAPI document.
 //!
 //! Whole-request failures map through [`crate::IngestError`]: 413 for
-//! bodies or batches over the limit, 401 for a missing or unknown key,
+//! bodies or batches over the limit, 400 for an empty body (`empty_body`), 401 for a missing or unknown key,
 //! 429/503 with `Retry-After` when Kafka is overloaded or unavailable.
 
 mod body;
@@ -115,7 +115,7 @@ async fn post_events(State(state): State<AppState>, headers: HeaderMap, body: Bo
     let started = Instant::now();
     let r = async {
         let principal = principal(&state, &headers)?;
-        let bytes = body::read(body, &headers, state.max_body_bytes).await?;
+        let bytes = body::non_empty(body::read(body, &headers, state.max_body_bytes).await?)?;
         let records = decode_events(&bytes, is_ndjson(&headers));
         ingest(&state, records, principal.as_ref()).await
     }
@@ -146,7 +146,7 @@ async fn post_source(
                 "unknown source kind {kind:?}: one of survey, call, social, order, click"
             ))
         })?;
-        let bytes = body::read(body, &headers, state.max_body_bytes).await?;
+        let bytes = body::non_empty(body::read(body, &headers, state.max_body_bytes).await?)?;
         let tenant = match (&principal, q.tenant.as_deref()) {
             (Some(p), _) => p.tenant.to_string(),
             (None, Some(t)) => t.to_owned(),
