@@ -40,6 +40,13 @@ pub enum IngestError {
     /// Kafka did not acknowledge accepted records in time.
     #[error("the event log is unavailable ({class}); nothing in this request is acknowledged")]
     Unavailable { class: &'static str },
+    /// Judging and delivering took longer than the request deadline;
+    /// nothing in the request is acknowledged.
+    #[error("the request was not acknowledged within {}s; nothing in it is acknowledged, retry with the same event ids", after.as_secs_f64())]
+    DeadlineExceeded { after: Duration },
+    /// A request body arrived slower than the body read timeout allows.
+    #[error("the request body was not received within {}s", after.as_secs_f64())]
+    BodyTimeout { after: Duration },
     /// A record that passed validation could not be encoded or produced for a
     /// reason retrying will not fix.
     #[error("internal error: {0}")]
@@ -51,7 +58,9 @@ impl IngestError {
     pub const fn is_transient(&self) -> bool {
         matches!(
             self,
-            IngestError::Overloaded { .. } | IngestError::Unavailable { .. }
+            IngestError::Overloaded { .. }
+                | IngestError::Unavailable { .. }
+                | IngestError::DeadlineExceeded { .. }
         )
     }
 
@@ -66,6 +75,8 @@ impl IngestError {
             IngestError::ClientAborted => "client_aborted",
             IngestError::Unauthenticated(_) => "unauthenticated",
             IngestError::Unavailable { .. } => "unavailable",
+            IngestError::DeadlineExceeded { .. } => "deadline_exceeded",
+            IngestError::BodyTimeout { .. } => "body_timeout",
             IngestError::Internal(_) => "internal",
         }
     }
@@ -81,6 +92,8 @@ impl IngestError {
             IngestError::ClientAborted => Code::Cancelled,
             IngestError::Unauthenticated(_) => Code::Unauthenticated,
             IngestError::Unavailable { .. } => Code::Unavailable,
+            IngestError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            IngestError::BodyTimeout { .. } => Code::DeadlineExceeded,
             IngestError::Internal(_) => Code::Internal,
         }
     }
@@ -93,6 +106,8 @@ impl IngestError {
             IngestError::BadRequest(_) | IngestError::EmptyBody | IngestError::ClientAborted => 400,
             IngestError::Unauthenticated(_) => 401,
             IngestError::Unavailable { .. } => 503,
+            IngestError::DeadlineExceeded { .. } => 503,
+            IngestError::BodyTimeout { .. } => 408,
             IngestError::Internal(_) => 500,
         }
     }
@@ -178,6 +193,22 @@ mod tests {
                 Code::Unavailable,
                 503,
                 true,
+            ),
+            (
+                IngestError::DeadlineExceeded {
+                    after: Duration::from_secs(1),
+                },
+                Code::DeadlineExceeded,
+                503,
+                true,
+            ),
+            (
+                IngestError::BodyTimeout {
+                    after: Duration::from_secs(1),
+                },
+                Code::DeadlineExceeded,
+                408,
+                false,
             ),
             (
                 IngestError::Internal("x".into()),

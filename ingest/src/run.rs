@@ -20,6 +20,7 @@ use crate::{
     IngestConfig, Ingestor,
     auth::Authenticator,
     config::AuthMode,
+    core::Admission,
     delivery::{Deliver, KafkaDelivery},
     grpc::{self, CollectorService},
     http,
@@ -73,13 +74,14 @@ pub fn ingestor(cfg: &IngestConfig, delivery: Arc<dyn Deliver>) -> Result<Ingest
         delivery,
         Authenticator::from_config(cfg),
         cfg.max_batch_events,
+        Admission::new(cfg.max_in_flight_events, cfg.max_in_flight_bytes),
+        cfg.request_timeout,
     ))
 }
 
 /// The shared core delivering to Kafka (the collectors and `xoflow import`).
 pub fn build(cfg: &IngestConfig, kafka: &KafkaConfig) -> Result<Ingestor, RunError> {
-    let delivery = KafkaDelivery::new(kafka, cfg.max_in_flight_events, cfg.linger)
-        .map_err(RunError::Producer)?;
+    let delivery = KafkaDelivery::new(kafka, cfg.linger).map_err(RunError::Producer)?;
     Ok(ingestor(cfg, Arc::new(delivery))?)
 }
 

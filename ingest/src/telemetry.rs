@@ -24,8 +24,10 @@ pub enum Metric {
     KafkaErrors,
     /// Counter: dead letters that could not be written.
     DeadLetterErrors,
-    /// Gauge: events awaiting Kafka acknowledgement.
+    /// Gauge: events of requests being judged or awaiting Kafka.
     InFlightEvents,
+    /// Gauge: request bytes admitted and not yet answered.
+    InFlightBytes,
     /// Counter, by `kind`: PII spans masked.
     PiiMasked,
     /// Counter, by `outcome`: records of bulk imports.
@@ -35,7 +37,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 11] = [
         Metric::EventsAccepted,
         Metric::EventsRejected,
         Metric::Requests,
@@ -43,6 +45,7 @@ impl Metric {
         Metric::KafkaErrors,
         Metric::DeadLetterErrors,
         Metric::InFlightEvents,
+        Metric::InFlightBytes,
         Metric::PiiMasked,
         Metric::ImportRecords,
         Metric::TlsHandshakeFailures,
@@ -57,6 +60,7 @@ impl Metric {
             Metric::KafkaErrors => "xoflow_ingest_kafka_errors_total",
             Metric::DeadLetterErrors => "xoflow_ingest_dead_letter_errors_total",
             Metric::InFlightEvents => "xoflow_ingest_in_flight_events",
+            Metric::InFlightBytes => "xoflow_ingest_in_flight_bytes",
             Metric::PiiMasked => "xoflow_ingest_pii_masked_total",
             Metric::ImportRecords => "xoflow_ingest_import_records_total",
             Metric::TlsHandshakeFailures => "xoflow_ingest_tls_handshake_failures_total",
@@ -176,9 +180,10 @@ impl DeadLetterFailed<'_> {
     }
 }
 
-/// Events currently awaiting Kafka acknowledgement.
-pub(crate) fn in_flight(n: usize) {
-    gauge!(Metric::InFlightEvents.name()).set(n as f64);
+/// Events and bytes of requests admitted and not yet answered.
+pub(crate) fn in_flight(events: usize, bytes: usize) {
+    gauge!(Metric::InFlightEvents.name()).set(events as f64);
+    gauge!(Metric::InFlightBytes.name()).set(bytes as f64);
 }
 
 /// An HTTPS client that failed or abandoned its handshake (probes, wrong
@@ -197,7 +202,11 @@ mod tests {
             let n = m.name();
             assert!(n.starts_with("xoflow_ingest_"), "{n}");
             assert!(
-                n.ends_with("_total") || n.ends_with("_seconds") || n.ends_with("_events"),
+                n.ends_with("_total")
+                    || n.ends_with("_seconds")
+                    || n.ends_with("_events")
+                    || n.ends_with("_bytes")
+                    || n.ends_with("_connections"),
                 "{n}"
             );
         }

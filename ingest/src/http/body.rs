@@ -11,12 +11,20 @@ use tokio_stream::StreamExt;
 
 use crate::IngestError;
 
-/// The body, gunzipped when it says so, refused beyond `max` bytes.
+/// The body, gunzipped when it says so, refused beyond `max` bytes or
+/// when it takes longer than `timeout` to arrive.
 pub(crate) async fn read(
     body: Body,
     headers: &HeaderMap,
     max: usize,
+    timeout: std::time::Duration,
 ) -> Result<Vec<u8>, IngestError> {
+    tokio::time::timeout(timeout, read_all(body, headers, max))
+        .await
+        .unwrap_or(Err(IngestError::BodyTimeout { after: timeout }))
+}
+
+async fn read_all(body: Body, headers: &HeaderMap, max: usize) -> Result<Vec<u8>, IngestError> {
     // A declared length over the limit is refused before reading a byte.
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -56,6 +64,16 @@ pub(crate) async fn read(
         return Err(IngestError::BodyTooLarge { max });
     }
     Ok(out)
+}
+
+/// The bytes a request is admitted for before its body is read: its
+/// declared length, or the most it may send.
+pub(crate) fn declared_or_max(headers: &HeaderMap, max: usize) -> usize {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(max, |n| n.min(max))
 }
 
 /// Refuses a body with nothing in it but whitespace: there is no record to

@@ -14,7 +14,7 @@
 
 mod body;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::{
     Router,
@@ -45,10 +45,21 @@ pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 struct AppState {
     ingestor: Ingestor,
     max_body_bytes: usize,
+    body_read_timeout: Duration,
 }
 
-/// The routes, for serving or for in-process tests.
+/// The routes, for serving or for in-process tests, with the default body
+/// read timeout.
 pub fn router(ingestor: Ingestor, max_body_bytes: usize) -> Router {
+    router_with(ingestor, max_body_bytes, Duration::from_secs(30))
+}
+
+/// The routes with a body read timeout of the caller's.
+pub fn router_with(
+    ingestor: Ingestor,
+    max_body_bytes: usize,
+    body_read_timeout: Duration,
+) -> Router {
     Router::new()
         .route("/v1/events", post(post_events))
         .route("/v1/sources/{kind}/{source}", post(post_source))
@@ -56,6 +67,7 @@ pub fn router(ingestor: Ingestor, max_body_bytes: usize) -> Router {
         .with_state(AppState {
             ingestor,
             max_body_bytes,
+            body_read_timeout,
         })
 }
 
@@ -115,7 +127,8 @@ async fn post_events(State(state): State<AppState>, headers: HeaderMap, body: Bo
     let started = Instant::now();
     let r = async {
         let principal = principal(&state, &headers)?;
-        let bytes = body::non_empty(body::read(body, &headers, state.max_body_bytes).await?)?;
+        let _bytes_held = admit(&state, &headers)?;
+        let bytes = read_body(&state, body, &headers).await?;
         let records = decode_events(&bytes, is_ndjson(&headers));
         ingest(&state, records, principal.as_ref()).await
     }
@@ -146,7 +159,8 @@ async fn post_source(
                 "unknown source kind {kind:?}: one of survey, call, social, order, click"
             ))
         })?;
-        let bytes = body::non_empty(body::read(body, &headers, state.max_body_bytes).await?)?;
+        let _bytes_held = admit(&state, &headers)?;
+        let bytes = read_body(&state, body, &headers).await?;
         let tenant = match (&principal, q.tenant.as_deref()) {
             (Some(p), _) => p.tenant.to_string(),
             (None, Some(t)) => t.to_owned(),
@@ -170,14 +184,30 @@ async fn post_source(
     respond(r)
 }
 
+/// Takes the request's bytes from the in-flight budget before its body is
+/// read, without waiting: 429 at once when they do not fit.
+fn admit(state: &AppState, headers: &HeaderMap) -> Result<crate::core::Ticket, IngestError> {
+    state
+        .ingestor
+        .admission()
+        .admit_bytes(body::declared_or_max(headers, state.max_body_bytes))
+}
+
+async fn read_body(
+    state: &AppState,
+    body: Body,
+    headers: &HeaderMap,
+) -> Result<Vec<u8>, IngestError> {
+    body::non_empty(body::read(body, headers, state.max_body_bytes, state.body_read_timeout).await?)
+}
+
 async fn ingest(
     state: &AppState,
     records: Vec<Record>,
     principal: Option<&Principal>,
 ) -> Result<xoflow_proto::v1::IngestResponse, IngestError> {
-    state
-        .ingestor
-        .ingest(records, 0, principal, Lane::Live)
+    let i = &state.ingestor;
+    i.within_deadline(i.ingest(records, 0, principal, Lane::Live))
         .await
         .map(response)
 }
