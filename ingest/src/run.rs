@@ -92,8 +92,8 @@ pub struct Collectors {
     tls: Option<Identity>,
     grpc: TcpListener,
     http: TcpListener,
-    max_message_bytes: usize,
-    max_body_bytes: usize,
+    /// The settings the servers read (limits, timeouts).
+    cfg: IngestConfig,
     /// The topics to create before serving; `None` when delivery is not
     /// Kafka.
     topics: Option<KafkaConfig>,
@@ -129,8 +129,7 @@ impl Collectors {
             tls: cfg.tls.as_ref().map(Identity::load).transpose()?,
             grpc,
             http,
-            max_message_bytes: cfg.max_message_bytes,
-            max_body_bytes: cfg.max_body_bytes,
+            cfg: cfg.clone(),
             topics: None,
         })
     }
@@ -163,7 +162,7 @@ impl Collectors {
         let http = http::serve(
             self.http,
             self.ingestor.clone(),
-            self.max_body_bytes,
+            &self.cfg,
             self.tls.as_ref(),
             http_readiness,
             stop.clone(),
@@ -171,7 +170,7 @@ impl Collectors {
         let grpc = grpc::serve(
             self.grpc,
             CollectorService::new(self.ingestor),
-            self.max_message_bytes,
+            &self.cfg,
             self.tls.as_ref(),
             grpc_readiness,
             stop,

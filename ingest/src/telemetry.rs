@@ -34,10 +34,14 @@ pub enum Metric {
     ImportRecords,
     /// Counter: failed or abandoned TLS handshakes on the HTTP collector.
     TlsHandshakeFailures,
+    /// Gauge, by `api`: connections open on a collector port.
+    OpenConnections,
+    /// Counter, by `api`: connections refused over `max_connections`.
+    ConnectionsRefused,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 11] = [
+    pub const ALL: [Metric; 13] = [
         Metric::EventsAccepted,
         Metric::EventsRejected,
         Metric::Requests,
@@ -49,6 +53,8 @@ impl Metric {
         Metric::PiiMasked,
         Metric::ImportRecords,
         Metric::TlsHandshakeFailures,
+        Metric::OpenConnections,
+        Metric::ConnectionsRefused,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -64,6 +70,8 @@ impl Metric {
             Metric::PiiMasked => "xoflow_ingest_pii_masked_total",
             Metric::ImportRecords => "xoflow_ingest_import_records_total",
             Metric::TlsHandshakeFailures => "xoflow_ingest_tls_handshake_failures_total",
+            Metric::OpenConnections => "xoflow_ingest_open_connections",
+            Metric::ConnectionsRefused => "xoflow_ingest_connections_refused_total",
         }
     }
 }
@@ -184,6 +192,25 @@ impl DeadLetterFailed<'_> {
 pub(crate) fn in_flight(events: usize, bytes: usize) {
     gauge!(Metric::InFlightEvents.name()).set(events as f64);
     gauge!(Metric::InFlightBytes.name()).set(bytes as f64);
+}
+
+/// Connections open on a collector port.
+pub(crate) fn connections(api: &'static str, n: usize) {
+    gauge!(Metric::OpenConnections.name(), "api" => api).set(n as f64);
+}
+
+/// A connection over `max_connections` was refused.
+pub(crate) struct ConnectionRefused {
+    pub api: &'static str,
+}
+
+impl ConnectionRefused {
+    pub fn emit(&self) {
+        // Debug, not warn: a flood would write a line per connection; the
+        // counter is what alerts.
+        tracing::debug!(api = self.api, "connection over the limit refused");
+        counter!(Metric::ConnectionsRefused.name(), "api" => self.api).increment(1);
+    }
 }
 
 /// An HTTPS client that failed or abandoned its handshake (probes, wrong

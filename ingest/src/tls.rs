@@ -119,6 +119,11 @@ impl Identity {
     }
 
     /// Wraps the HTTP collector's listener.
+    /// The acceptor of the HTTPS collector's connections.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.server.clone())
+    }
+
     pub fn http(&self, listener: TcpListener) -> io::Result<TlsListener> {
         TlsListener::new(listener, TlsAcceptor::from(self.server.clone()))
     }

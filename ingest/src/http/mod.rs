@@ -13,6 +13,7 @@
 //! 429/503 with `Retry-After` when Kafka is overloaded or unavailable.
 
 mod body;
+pub mod listener;
 
 use std::time::{Duration, Instant};
 
@@ -72,43 +73,43 @@ pub fn router_with(
 }
 
 /// Serves the HTTP collector on `listener` (HTTPS when `tls` is given)
-/// until `stop` is cancelled.
+/// until `stop` is cancelled, within the connection limits of
+/// [`listener`].
 pub async fn serve(
     listener: TcpListener,
     ingestor: Ingestor,
-    max_body_bytes: usize,
+    cfg: &crate::IngestConfig,
     tls: Option<&crate::tls::Identity>,
     readiness: Readiness,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router(ingestor, max_body_bytes);
-    let ready = readiness.clone();
-    let stopping = async move {
-        stop.cancelled().await;
-        ready.set(false);
+    let app = router_with(ingestor, cfg.max_body_bytes, cfg.body_read_timeout);
+    let limits = listener::Limits {
+        header_read_timeout: cfg.header_read_timeout,
+        max_connections: cfg.max_connections,
     };
-    match tls {
-        Some(identity) => {
-            let listener = identity.http(listener)?;
-            readiness.set(true);
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopping)
-                .await
+    let ready = readiness.clone();
+    let draining = CancellationToken::new();
+    let watch = {
+        let draining = draining.clone();
+        async move {
+            stop.cancelled().await;
+            ready.set(false);
+            draining.cancel();
         }
-        None => {
-            readiness.set(true);
-            // Small answers go out at once rather than after the client's
-            // delayed ACK.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY");
-                }
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopping)
-                .await
-        }
-    }
+    };
+    readiness.set(true);
+    let (served, ()) = tokio::join!(
+        listener::serve(
+            listener,
+            tls.map(crate::tls::Identity::acceptor),
+            app,
+            limits,
+            draining
+        ),
+        watch
+    );
+    served
 }
 
 async fn openapi() -> impl IntoResponse {
