@@ -44,8 +44,8 @@ pub struct IngestConfig {
     #[serde(with = "humantime_serde", default = "default_request_timeout")]
     pub request_timeout: Duration,
     /// How long a client may take to send a request's headers, on a new
-    /// connection or between requests of a kept-alive one; past it the
-    /// connection is closed. Slow or idle clients otherwise hold a file
+    /// connection or between requests of a kept-alive one (so it is also
+    /// the HTTP idle timeout); past it the connection is closed. Slow or idle clients otherwise hold a file
     /// descriptor each forever.
     #[serde(with = "humantime_serde", default = "default_header_read_timeout")]
     pub header_read_timeout: Duration,
@@ -53,11 +53,6 @@ pub struct IngestConfig {
     /// headers are in; past it the answer is 408 (`body_timeout`).
     #[serde(with = "humantime_serde", default = "default_body_read_timeout")]
     pub body_read_timeout: Duration,
-    /// How long a connection may stay open with no request in progress
-    /// (HTTP keep-alive, or a gRPC connection's keepalive pings left
-    /// unanswered) before it is closed.
-    #[serde(with = "humantime_serde", default = "default_idle_timeout")]
-    pub idle_timeout: Duration,
     /// Most connections open at once on each collector port; one more is
     /// answered `503` (`connection_limit`, HTTP) or closed at once (gRPC)
     /// and counted. Keep it below the process's file-descriptor limit.
@@ -259,10 +254,6 @@ const fn default_body_read_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-const fn default_idle_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-
 const fn default_max_connections() -> usize {
     10_000
 }
@@ -329,7 +320,6 @@ impl IngestConfig {
             ("request_timeout", self.request_timeout),
             ("header_read_timeout", self.header_read_timeout),
             ("body_read_timeout", self.body_read_timeout),
-            ("idle_timeout", self.idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(format!("ingest.{name} must be more than 0"));
@@ -476,7 +466,6 @@ mod tests {
             request_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
             max_connections: 100,
             max_future_skew: Duration::from_secs(60),
             max_age: Duration::from_secs(86_400),
