@@ -9,8 +9,12 @@
 //! - `GET /openapi.yaml`: the committed OpenAPI document.
 //!
 //! Whole-request failures map through [`crate::IngestError`]: 413 for
-//! bodies or batches over the limit, 400 for an empty body (`empty_body`), 401 for a missing or unknown key,
-//! 429/503 with `Retry-After` when Kafka is overloaded or unavailable.
+//! bodies or batches over the limit, 400 for an empty body (`empty_body`),
+//! 401 for a missing or unknown key, 408 for a body that stops arriving,
+//! 429 with `Retry-After` when the in-flight budget is taken (checked
+//! before the body is read, without waiting), 503 with `Retry-After` when
+//! Kafka is unavailable or the request deadline passed. Connections are
+//! served by [`listener`] (limits and timeouts).
 
 mod body;
 pub mod listener;
