@@ -39,7 +39,7 @@ pub struct IngestConfig {
     #[serde(default = "default_max_in_flight_bytes")]
     pub max_in_flight_bytes: usize,
     /// How long judging and delivering one request may take; past it the
-    /// caller gets DEADLINE_EXCEEDED / 503 with `Retry-After` and nothing
+    /// caller gets UNAVAILABLE / 503 (`deadline_exceeded`) with `Retry-After` and nothing
     /// of the request is acknowledged.
     #[serde(with = "humantime_serde", default = "default_request_timeout")]
     pub request_timeout: Duration,

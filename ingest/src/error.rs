@@ -92,7 +92,10 @@ impl IngestError {
             IngestError::ClientAborted => Code::Cancelled,
             IngestError::Unauthenticated(_) => Code::Unauthenticated,
             IngestError::Unavailable { .. } => Code::Unavailable,
-            IngestError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            // The server's own bound on Kafka, not the caller's deadline:
+            // to the caller the log was unavailable, and the remedy (retry
+            // later with the same ids) is UNAVAILABLE's.
+            IngestError::DeadlineExceeded { .. } => Code::Unavailable,
             IngestError::BodyTimeout { .. } => Code::DeadlineExceeded,
             IngestError::Internal(_) => Code::Internal,
         }
@@ -198,7 +201,7 @@ mod tests {
                 IngestError::DeadlineExceeded {
                     after: Duration::from_secs(1),
                 },
-                Code::DeadlineExceeded,
+                Code::Unavailable,
                 503,
                 true,
             ),

@@ -11,7 +11,7 @@
 //! closed at once and counted), at most [`STREAMS_PER_CONNECTION`] requests
 //! in progress per connection, every request bounded by
 //! `request_timeout + body_read_timeout` (a backstop: the handlers answer
-//! DEADLINE_EXCEEDED at `request_timeout`), and HTTP/2 keepalive pings
+//! UNAVAILABLE at `request_timeout`), and HTTP/2 keepalive pings
 //! every [`KEEPALIVE_INTERVAL`] closing a connection whose peer does not
 //! answer within [`KEEPALIVE_TIMEOUT`].
 
