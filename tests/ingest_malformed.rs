@@ -76,3 +76,46 @@ async fn a_malformed_record_reaches_the_dead_letter_topic() {
     running.stop();
     running.wait().await.expect("clean shutdown");
 }
+
+/// A 1 MB `event_id`: the answer does not echo it, and its dead letter,
+/// cut to fit one Kafka message and marked so, is on the dead-letter topic
+/// (before, the producer refused it: MessageSizeTooLarge, and it was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_id_is_dead_lettered_cut_to_fit() {
+    let (cfg, _) = common::config("");
+    let running = common::start(&cfg, Stages::INGEST).await;
+    let http = running.http_addr.expect("http");
+    let now = common::now_ms();
+    let huge = "i".repeat(1024 * 1024);
+    let mut bad = valid("x", now);
+    bad["eventId"] = json!(huge);
+    let body = bad.to_string();
+    let r = support::http(http, "/v1/events", &[], Some(body.as_bytes())).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.body.len() < 4096, "answer of {} bytes", r.body.len());
+    let echoed = r.json()["results"][0]["eventId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(echoed.ends_with("…(truncated, 1048576 bytes)"), "{echoed}");
+
+    let letters = support::dead_letters(
+        &support::read_topic(&cfg.kafka.brokers, &cfg.kafka.topics.dead_letters, 1).await,
+    );
+    let d = &letters[0];
+    assert_eq!(
+        (d.field.as_str(), d.reason.as_str()),
+        ("event_id", "TOO_LONG")
+    );
+    assert!(
+        d.description
+            .starts_with("[truncated: payload keeps the first "),
+        "{}",
+        d.description
+    );
+    assert!(body.as_bytes().starts_with(&d.payload));
+    assert!(d.event_id.ends_with("…(truncated, 1048576 bytes)"));
+
+    running.stop();
+    running.wait().await.expect("clean shutdown");
+}

@@ -28,10 +28,36 @@ pub struct IngestConfig {
     /// decompression too; beyond it the answer is 413.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
-    /// Most events awaiting Kafka acknowledgement at once across all
-    /// requests: the bound that turns a slow broker into RESOURCE_EXHAUSTED
-    /// instead of memory growth.
+    /// Most events being judged or awaiting Kafka acknowledgement at once
+    /// across all requests, taken at the door without waiting: beyond it a
+    /// request is refused at once (RESOURCE_EXHAUSTED / 429) instead of
+    /// queueing.
     pub max_in_flight_events: usize,
+    /// Most request bytes (as received: `Content-Length`, or
+    /// `max_body_bytes` for a body of unknown length; the encoded gRPC
+    /// message) admitted and not yet answered, across all requests.
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
+    /// How long judging and delivering one request may take; past it the
+    /// caller gets UNAVAILABLE / 503 (`deadline_exceeded`) with `Retry-After` and nothing
+    /// of the request is acknowledged.
+    #[serde(with = "humantime_serde", default = "default_request_timeout")]
+    pub request_timeout: Duration,
+    /// How long a client may take to send a request's headers, on a new
+    /// connection or between requests of a kept-alive one (so it is also
+    /// the HTTP idle timeout); past it the connection is closed. Slow or idle clients otherwise hold a file
+    /// descriptor each forever.
+    #[serde(with = "humantime_serde", default = "default_header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body once its
+    /// headers are in; past it the answer is 408 (`body_timeout`).
+    #[serde(with = "humantime_serde", default = "default_body_read_timeout")]
+    pub body_read_timeout: Duration,
+    /// Most connections open at once on each collector port; one more is
+    /// answered `503` (`connection_limit`, HTTP) or closed at once (gRPC)
+    /// and counted. Keep it below the process's file-descriptor limit.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// How far in the future `occurred_at` may be: clock skew allowance.
     #[serde(with = "humantime_serde")]
     pub max_future_skew: Duration,
@@ -212,6 +238,26 @@ const fn default_max_body_bytes() -> usize {
     16 * 1024 * 1024
 }
 
+const fn default_max_in_flight_bytes() -> usize {
+    256 * 1024 * 1024
+}
+
+const fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+const fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+const fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+const fn default_max_connections() -> usize {
+    10_000
+}
+
 const fn default_linger() -> Duration {
     Duration::from_millis(1)
 }
@@ -262,6 +308,25 @@ impl IngestConfig {
                 "ingest.max_in_flight_events ({}) must be at least ingest.max_batch_events ({})",
                 self.max_in_flight_events, self.max_batch_events
             ));
+        }
+        let largest = self.max_body_bytes.max(self.max_message_bytes);
+        if self.max_in_flight_bytes < largest {
+            return Err(format!(
+                "ingest.max_in_flight_bytes ({}) must be at least the largest request (max_body_bytes, max_message_bytes: {largest})",
+                self.max_in_flight_bytes
+            ));
+        }
+        for (name, d) in [
+            ("request_timeout", self.request_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("ingest.{name} must be more than 0"));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err("ingest.max_connections must be at least 1".into());
         }
         if self.hash_secret.0.len() < 16 {
             return Err("ingest.hash_secret must be at least 16 bytes".into());
@@ -397,6 +462,11 @@ mod tests {
             max_message_bytes: 1 << 20,
             max_body_bytes: 1 << 20,
             max_in_flight_events: 100,
+            max_in_flight_bytes: 4 << 20,
+            request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 100,
             max_future_skew: Duration::from_secs(60),
             max_age: Duration::from_secs(86_400),
             max_backfill_age: Duration::from_secs(86_400 * 3650),

@@ -23,6 +23,14 @@ pub enum IngestError {
     /// The request body exceeds the configured maximum (after gzip).
     #[error("request body exceeds the maximum of {max} bytes")]
     BodyTooLarge { max: usize },
+    /// The request has no body at all: nothing to judge, so no dead letter
+    /// either (like a body that cannot be gunzipped).
+    #[error("the request body is empty: send one JSON object, an array or NDJSON lines")]
+    EmptyBody,
+    /// The client went away (reset, closed) before its body was read; it is
+    /// not waiting for an answer, but the count tells aborts from refusals.
+    #[error("the client aborted the request before its body was read")]
+    ClientAborted,
     /// The request as a whole cannot be read (bad gzip, unknown source kind).
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -32,6 +40,13 @@ pub enum IngestError {
     /// Kafka did not acknowledge accepted records in time.
     #[error("the event log is unavailable ({class}); nothing in this request is acknowledged")]
     Unavailable { class: &'static str },
+    /// Judging and delivering took longer than the request deadline;
+    /// nothing in the request is acknowledged.
+    #[error("the request was not acknowledged within {}s; nothing in it is acknowledged, retry with the same event ids", after.as_secs_f64())]
+    DeadlineExceeded { after: Duration },
+    /// A request body arrived slower than the body read timeout allows.
+    #[error("the request body was not received within {}s", after.as_secs_f64())]
+    BodyTimeout { after: Duration },
     /// A record that passed validation could not be encoded or produced for a
     /// reason retrying will not fix.
     #[error("internal error: {0}")]
@@ -43,7 +58,9 @@ impl IngestError {
     pub const fn is_transient(&self) -> bool {
         matches!(
             self,
-            IngestError::Overloaded { .. } | IngestError::Unavailable { .. }
+            IngestError::Overloaded { .. }
+                | IngestError::Unavailable { .. }
+                | IngestError::DeadlineExceeded { .. }
         )
     }
 
@@ -54,8 +71,12 @@ impl IngestError {
             IngestError::BatchTooLarge { .. } => "batch_too_large",
             IngestError::BodyTooLarge { .. } => "body_too_large",
             IngestError::BadRequest(_) => "bad_request",
+            IngestError::EmptyBody => "empty_body",
+            IngestError::ClientAborted => "client_aborted",
             IngestError::Unauthenticated(_) => "unauthenticated",
             IngestError::Unavailable { .. } => "unavailable",
+            IngestError::DeadlineExceeded { .. } => "deadline_exceeded",
+            IngestError::BodyTimeout { .. } => "body_timeout",
             IngestError::Internal(_) => "internal",
         }
     }
@@ -66,9 +87,16 @@ impl IngestError {
             IngestError::Overloaded { .. } => Code::ResourceExhausted,
             IngestError::BatchTooLarge { .. }
             | IngestError::BodyTooLarge { .. }
-            | IngestError::BadRequest(_) => Code::InvalidArgument,
+            | IngestError::BadRequest(_)
+            | IngestError::EmptyBody => Code::InvalidArgument,
+            IngestError::ClientAborted => Code::Cancelled,
             IngestError::Unauthenticated(_) => Code::Unauthenticated,
             IngestError::Unavailable { .. } => Code::Unavailable,
+            // The server's own bound on Kafka, not the caller's deadline:
+            // to the caller the log was unavailable, and the remedy (retry
+            // later with the same ids) is UNAVAILABLE's.
+            IngestError::DeadlineExceeded { .. } => Code::Unavailable,
+            IngestError::BodyTimeout { .. } => Code::DeadlineExceeded,
             IngestError::Internal(_) => Code::Internal,
         }
     }
@@ -78,9 +106,11 @@ impl IngestError {
         match self {
             IngestError::Overloaded { .. } => 429,
             IngestError::BatchTooLarge { .. } | IngestError::BodyTooLarge { .. } => 413,
-            IngestError::BadRequest(_) => 400,
+            IngestError::BadRequest(_) | IngestError::EmptyBody | IngestError::ClientAborted => 400,
             IngestError::Unauthenticated(_) => 401,
             IngestError::Unavailable { .. } => 503,
+            IngestError::DeadlineExceeded { .. } => 503,
+            IngestError::BodyTimeout { .. } => 408,
             IngestError::Internal(_) => 500,
         }
     }
@@ -151,6 +181,8 @@ mod tests {
                 400,
                 false,
             ),
+            (IngestError::EmptyBody, Code::InvalidArgument, 400, false),
+            (IngestError::ClientAborted, Code::Cancelled, 400, false),
             (
                 IngestError::Unauthenticated("x"),
                 Code::Unauthenticated,
@@ -164,6 +196,22 @@ mod tests {
                 Code::Unavailable,
                 503,
                 true,
+            ),
+            (
+                IngestError::DeadlineExceeded {
+                    after: Duration::from_secs(1),
+                },
+                Code::Unavailable,
+                503,
+                true,
+            ),
+            (
+                IngestError::BodyTimeout {
+                    after: Duration::from_secs(1),
+                },
+                Code::DeadlineExceeded,
+                408,
+                false,
             ),
             (
                 IngestError::Internal("x".into()),

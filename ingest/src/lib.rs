@@ -8,6 +8,12 @@
 //! at fault and a reason code, and a `DeadLetter` carrying the original
 //! bytes (PII-masked) goes to the dead-letter topic.
 //!
+//! Under overload a request is refused at the door, never queued: its bytes
+//! and events are taken from the in-flight budget without waiting
+//! ([`core::admission`]), and judging and delivery are bounded by the
+//! request deadline. The HTTP listener bounds connections and how long a
+//! client may take to send ([`http::listener`]).
+//!
 //! ```text
 //!  gRPC (grpc) ──────────────┐
 //!  HTTP /v1/events ── framing┤

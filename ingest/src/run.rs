@@ -20,6 +20,7 @@ use crate::{
     IngestConfig, Ingestor,
     auth::Authenticator,
     config::AuthMode,
+    core::Admission,
     delivery::{Deliver, KafkaDelivery},
     grpc::{self, CollectorService},
     http,
@@ -73,13 +74,14 @@ pub fn ingestor(cfg: &IngestConfig, delivery: Arc<dyn Deliver>) -> Result<Ingest
         delivery,
         Authenticator::from_config(cfg),
         cfg.max_batch_events,
+        Admission::new(cfg.max_in_flight_events, cfg.max_in_flight_bytes),
+        cfg.request_timeout,
     ))
 }
 
 /// The shared core delivering to Kafka (the collectors and `xoflow import`).
 pub fn build(cfg: &IngestConfig, kafka: &KafkaConfig) -> Result<Ingestor, RunError> {
-    let delivery = KafkaDelivery::new(kafka, cfg.max_in_flight_events, cfg.linger)
-        .map_err(RunError::Producer)?;
+    let delivery = KafkaDelivery::new(kafka, cfg.linger).map_err(RunError::Producer)?;
     Ok(ingestor(cfg, Arc::new(delivery))?)
 }
 
@@ -90,8 +92,8 @@ pub struct Collectors {
     tls: Option<Identity>,
     grpc: TcpListener,
     http: TcpListener,
-    max_message_bytes: usize,
-    max_body_bytes: usize,
+    /// The settings the servers read (limits, timeouts).
+    cfg: IngestConfig,
     /// The topics to create before serving; `None` when delivery is not
     /// Kafka.
     topics: Option<KafkaConfig>,
@@ -127,8 +129,7 @@ impl Collectors {
             tls: cfg.tls.as_ref().map(Identity::load).transpose()?,
             grpc,
             http,
-            max_message_bytes: cfg.max_message_bytes,
-            max_body_bytes: cfg.max_body_bytes,
+            cfg: cfg.clone(),
             topics: None,
         })
     }
@@ -161,7 +162,7 @@ impl Collectors {
         let http = http::serve(
             self.http,
             self.ingestor.clone(),
-            self.max_body_bytes,
+            &self.cfg,
             self.tls.as_ref(),
             http_readiness,
             stop.clone(),
@@ -169,7 +170,7 @@ impl Collectors {
         let grpc = grpc::serve(
             self.grpc,
             CollectorService::new(self.ingestor),
-            self.max_message_bytes,
+            &self.cfg,
             self.tls.as_ref(),
             grpc_readiness,
             stop,

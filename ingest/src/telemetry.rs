@@ -24,18 +24,24 @@ pub enum Metric {
     KafkaErrors,
     /// Counter: dead letters that could not be written.
     DeadLetterErrors,
-    /// Gauge: events awaiting Kafka acknowledgement.
+    /// Gauge: events of requests being judged or awaiting Kafka.
     InFlightEvents,
+    /// Gauge: request bytes admitted and not yet answered.
+    InFlightBytes,
     /// Counter, by `kind`: PII spans masked.
     PiiMasked,
     /// Counter, by `outcome`: records of bulk imports.
     ImportRecords,
     /// Counter: failed or abandoned TLS handshakes on the HTTP collector.
     TlsHandshakeFailures,
+    /// Gauge, by `api`: connections open on a collector port.
+    OpenConnections,
+    /// Counter, by `api`: connections refused over `max_connections`.
+    ConnectionsRefused,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 13] = [
         Metric::EventsAccepted,
         Metric::EventsRejected,
         Metric::Requests,
@@ -43,9 +49,12 @@ impl Metric {
         Metric::KafkaErrors,
         Metric::DeadLetterErrors,
         Metric::InFlightEvents,
+        Metric::InFlightBytes,
         Metric::PiiMasked,
         Metric::ImportRecords,
         Metric::TlsHandshakeFailures,
+        Metric::OpenConnections,
+        Metric::ConnectionsRefused,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -57,9 +66,12 @@ impl Metric {
             Metric::KafkaErrors => "xoflow_ingest_kafka_errors_total",
             Metric::DeadLetterErrors => "xoflow_ingest_dead_letter_errors_total",
             Metric::InFlightEvents => "xoflow_ingest_in_flight_events",
+            Metric::InFlightBytes => "xoflow_ingest_in_flight_bytes",
             Metric::PiiMasked => "xoflow_ingest_pii_masked_total",
             Metric::ImportRecords => "xoflow_ingest_import_records_total",
             Metric::TlsHandshakeFailures => "xoflow_ingest_tls_handshake_failures_total",
+            Metric::OpenConnections => "xoflow_ingest_open_connections",
+            Metric::ConnectionsRefused => "xoflow_ingest_connections_refused_total",
         }
     }
 }
@@ -176,9 +188,29 @@ impl DeadLetterFailed<'_> {
     }
 }
 
-/// Events currently awaiting Kafka acknowledgement.
-pub(crate) fn in_flight(n: usize) {
-    gauge!(Metric::InFlightEvents.name()).set(n as f64);
+/// Events and bytes of requests admitted and not yet answered.
+pub(crate) fn in_flight(events: usize, bytes: usize) {
+    gauge!(Metric::InFlightEvents.name()).set(events as f64);
+    gauge!(Metric::InFlightBytes.name()).set(bytes as f64);
+}
+
+/// Connections open on a collector port.
+pub(crate) fn connections(api: &'static str, n: usize) {
+    gauge!(Metric::OpenConnections.name(), "api" => api).set(n as f64);
+}
+
+/// A connection over `max_connections` was refused.
+pub(crate) struct ConnectionRefused {
+    pub api: &'static str,
+}
+
+impl ConnectionRefused {
+    pub fn emit(&self) {
+        // Debug, not warn: a flood would write a line per connection; the
+        // counter is what alerts.
+        tracing::debug!(api = self.api, "connection over the limit refused");
+        counter!(Metric::ConnectionsRefused.name(), "api" => self.api).increment(1);
+    }
 }
 
 /// An HTTPS client that failed or abandoned its handshake (probes, wrong
@@ -197,7 +229,11 @@ mod tests {
             let n = m.name();
             assert!(n.starts_with("xoflow_ingest_"), "{n}");
             assert!(
-                n.ends_with("_total") || n.ends_with("_seconds") || n.ends_with("_events"),
+                n.ends_with("_total")
+                    || n.ends_with("_seconds")
+                    || n.ends_with("_events")
+                    || n.ends_with("_bytes")
+                    || n.ends_with("_connections"),
                 "{n}"
             );
         }

@@ -3,26 +3,20 @@
 //! Both APIs serve one identity, read from PEM files at start-up so that a
 //! missing or unreadable file stops the process with its path rather than
 //! failing the first handshake. gRPC gets it as tonic's server TLS config;
-//! the HTTP collector gets a [`TlsListener`] that hands axum connections
-//! whose handshake already finished.
+//! the HTTP collector gets a [`TlsAcceptor`] and runs each handshake on the
+//! connection's own task, bounded in time ([`crate::http::listener`]).
 
-use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{io, path::Path, sync::Arc};
 
-use tokio::{net::TcpListener, sync::mpsc};
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{
         self,
         pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
     },
-    server::TlsStream,
 };
 
 use crate::config::TlsConfig;
-
-/// A client that opens a connection and never finishes the handshake holds
-/// only its own task, and only this long.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the collectors' identity cannot be loaded; each names the setting
 /// and the file, so start-up stops with something to fix.
@@ -118,79 +112,9 @@ impl Identity {
         ))
     }
 
-    /// Wraps the HTTP collector's listener.
-    pub fn http(&self, listener: TcpListener) -> io::Result<TlsListener> {
-        TlsListener::new(listener, TlsAcceptor::from(self.server.clone()))
-    }
-}
-
-/// Accepts TCP connections and runs each handshake on its own task, so a
-/// slow or hostile client never holds up the accept loop; axum receives
-/// only connections that completed the handshake.
-pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<tokio::net::TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    fn new(listener: TcpListener, acceptor: TlsAcceptor) -> io::Result<Self> {
-        let local = listener.local_addr()?;
-        let (tx, ready) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = tokio::select! {
-                    // axum dropped the listener: the server stopped.
-                    () = tx.closed() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(c) => c,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off
-                            // instead of spinning.
-                            tracing::warn!(error = %e, "accepting an HTTPS connection");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY");
-                }
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => {
-                            crate::telemetry::tls_handshake_failed();
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            crate::telemetry::tls_handshake_failed();
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                        }
-                    }
-                });
-            }
-        });
-        Ok(Self { ready, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(c) => c,
-            // The accept task only ends once this listener is gone.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
+    /// The acceptor of the HTTPS collector's connections; the handshakes
+    /// run on each connection's own task ([`crate::http::listener`]).
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.server.clone())
     }
 }

@@ -647,3 +647,87 @@ async fn every_malformed_record_gets_its_field_reason_and_dead_letter() {
     let big = vec![b'{'; 2 * 1024 * 1024];
     assert_eq!(h.http("/v1/events", &key, Some(&big)).await.status, 413);
 }
+
+/// A 1 MB `event_id` is refused without being sent back whole, and its
+/// dead letter is cut to fit one Kafka message, saying so.
+#[tokio::test]
+async fn an_oversized_id_is_neither_echoed_nor_lost() {
+    let mut cfg = support::config("");
+    cfg.max_body_bytes = 4 * 1024 * 1024;
+    let h = support::Harness::new(&cfg);
+    let now = clock::now_unix_millis();
+    let huge = "i".repeat(1024 * 1024);
+    let body = with(support::base("order", "x", now), |v| {
+        v["eventId"] = json!(huge)
+    })
+    .to_string();
+    let r = h.http("/v1/events", &[], Some(body.as_bytes())).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.len() < 4096, "answer of {} bytes", r.body.len());
+    let v = r.json();
+    let echoed = v["results"][0]["eventId"].as_str().expect("eventId");
+    assert_eq!(v["rejected"], 1);
+    assert!(echoed.ends_with("…(truncated, 1048576 bytes)"), "{echoed}");
+    let letters = h.dead_letters();
+    assert_eq!(letters.len(), 1);
+    let d = &letters[0];
+    use xoflow_proto::Message;
+    assert!(
+        d.encoded_len() <= xoflow_ingest::core::verdict::MAX_DEAD_LETTER_BYTES,
+        "{} bytes",
+        d.encoded_len()
+    );
+    assert!(
+        d.description
+            .starts_with("[truncated: payload keeps the first ")
+    );
+    assert!(d.event_id.contains("truncated"), "{}", d.event_id.len());
+    assert!(
+        body.as_bytes().starts_with(&d.payload),
+        "a prefix of what was sent"
+    );
+    assert_eq!(d.field, "event_id");
+}
+
+/// An empty body is no request: 400 with its own code, nothing delivered.
+#[tokio::test]
+async fn an_empty_body_is_a_400_with_a_reason() {
+    let h = support::Harness::new(&support::config(""));
+    for (path, body) in [
+        ("/v1/events", &b""[..]),
+        ("/v1/events", b" \n "),
+        ("/v1/sources/survey/tool", b""),
+    ] {
+        let r = h.http(path, &[], Some(body)).await;
+        assert_eq!(r.status, 400, "{path} {body:?}");
+        assert_eq!(r.json()["code"], "empty_body");
+    }
+    assert!(h.events().is_empty() && h.dead_letters().is_empty());
+}
+
+/// A client that goes away mid-body is counted as an abort, not as a body
+/// over the limit.
+#[tokio::test]
+async fn a_client_abort_is_no_oversized_body() {
+    use axum::{body::Body, http::Request};
+    use tower::ServiceExt;
+    let h = support::Harness::new(&support::config(""));
+    let chunks: Vec<Result<&'static [u8], std::io::Error>> = vec![
+        Ok(b"[{\"a\":"),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset by peer",
+        )),
+    ];
+    let request = Request::post("/v1/events")
+        .header("content-type", "application/json")
+        .body(Body::from_stream(tokio_stream::iter(chunks)))
+        .expect("request");
+    let r = h.router.clone().oneshot(request).await.expect("infallible");
+    assert_eq!(r.status(), 400);
+    let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let v: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["code"], "client_aborted");
+}

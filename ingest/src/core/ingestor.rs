@@ -1,14 +1,18 @@
 //! The [`Ingestor`]: the one object every entry point shares. It judges a
 //! batch, hands the accepted records to delivery, writes the dead letters
 //! and emits the batch's telemetry; the entry points only decode and
-//! answer.
+//! answer. It holds the in-flight budget ([`Admission`]) and the request
+//! deadline.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use xoflow_common::clock;
 use xoflow_proto::v1::{IngestResponse, RecordResult};
 
-use super::{Record, handle_batch};
+use super::{Admission, Record, handle_batch};
 use crate::{
     IngestError,
     auth::{Authenticator, Principal},
@@ -26,6 +30,11 @@ pub struct Ingestor {
     delivery: Arc<dyn Deliver>,
     auth: Authenticator,
     max_batch_events: usize,
+    /// The in-flight budget, taken without waiting.
+    admission: Admission,
+    /// How long judging and delivering one request may take before its
+    /// caller is told to retry.
+    request_timeout: Duration,
 }
 
 impl Ingestor {
@@ -35,6 +44,8 @@ impl Ingestor {
         delivery: Arc<dyn Deliver>,
         auth: Authenticator,
         max_batch_events: usize,
+        admission: Admission,
+        request_timeout: Duration,
     ) -> Self {
         Self {
             live,
@@ -42,7 +53,30 @@ impl Ingestor {
             delivery,
             auth,
             max_batch_events,
+            admission,
+            request_timeout,
         }
+    }
+
+    /// The in-flight budget, for the entry points to take bytes at the
+    /// door.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// `work` (judging and delivering a request), bounded by the request
+    /// deadline. Past it the caller is told to retry: whatever delivery had
+    /// started may still become durable, and a retry with the same event
+    /// ids is deduplicated downstream.
+    pub async fn within_deadline<T>(
+        &self,
+        work: impl Future<Output = Result<T, IngestError>>,
+    ) -> Result<T, IngestError> {
+        tokio::time::timeout(self.request_timeout, work)
+            .await
+            .unwrap_or(Err(IngestError::DeadlineExceeded {
+                after: self.request_timeout,
+            }))
     }
 
     pub fn auth(&self) -> &Authenticator {
@@ -54,7 +88,9 @@ impl Ingestor {
     }
 
     /// Judges, delivers and dead-letters one batch; answers once the
-    /// accepted records are durable.
+    /// accepted records are durable. Its events are taken from the
+    /// in-flight budget first, without waiting: RESOURCE_EXHAUSTED at once
+    /// when they do not fit.
     pub async fn ingest(
         &self,
         records: Vec<Record>,
@@ -68,6 +104,8 @@ impl Ingestor {
                 max: self.max_batch_events,
             });
         }
+        let mut ticket = self.admission.ticket();
+        ticket.add_events(records.len())?;
         let n = match lane {
             Lane::Live => &self.live,
             Lane::Backfill => &self.backfill,
@@ -86,6 +124,7 @@ impl Ingestor {
             telemetry::EventsRejected { reason, count }.emit();
         }
         self.delivery.dead_letters(&verdict.dead_letters).await;
+        drop(ticket);
         Ok(verdict.results)
     }
 }

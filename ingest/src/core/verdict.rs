@@ -3,6 +3,11 @@
 //! duplicates within the batch, encode the accepted ones into one buffer,
 //! and build a dead letter (PII-masked) for each refused one.
 //!
+//! Oversized values are never sent back or stored whole: an identifier
+//! longer than any valid one is cut in the answer and in its dead letter
+//! (saying so), and a dead letter is cut to fit one Kafka message (marked
+//! in its description) rather than lost to `MessageSizeTooLarge`.
+//!
 //! Pure apart from the clock value passed in: no I/O, no metrics. The
 //! [`Ingestor`](crate::Ingestor) adds delivery and telemetry.
 
@@ -53,6 +58,62 @@ impl Verdict {
             None => self.rejected_per_reason.push((reason, 1)),
         }
     }
+}
+
+/// Longest identifier echoed in an answer or a dead letter's origin: the
+/// longest valid id (128 bytes) passes whole, anything longer is refused
+/// anyway and is cut so that a 1 MB id is not sent back to its sender.
+pub const MAX_ECHOED_ID_BYTES: usize = 128;
+
+/// Largest encoded dead letter: below librdkafka's default
+/// `message.max.bytes` (1,000,000) and the broker's (1,048,588), with room
+/// for the record's key and headers. A larger one is cut to this.
+pub const MAX_DEAD_LETTER_BYTES: usize = 900 * 1024;
+
+/// `id` as it may be echoed: whole when it is no longer than any valid id,
+/// else its first bytes (on a character boundary) and how long it was.
+pub fn echoed_id(id: String) -> String {
+    if id.len() <= MAX_ECHOED_ID_BYTES {
+        return id;
+    }
+    let cut = char_floor(&id, MAX_ECHOED_ID_BYTES);
+    format!("{}…(truncated, {} bytes)", &id[..cut], id.len())
+}
+
+/// The largest index `<= at` on a character boundary of `s`
+/// (`str::floor_char_boundary` is newer than the MSRV).
+fn char_floor(s: &str, at: usize) -> usize {
+    (0..=at.min(s.len()))
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
+/// Cuts `d` to [`MAX_DEAD_LETTER_BYTES`]: the payload keeps its first bytes
+/// and the description says how many of how many, so the refusal is never
+/// lost and never mistaken for the whole record.
+pub fn fit_dead_letter(d: &mut DeadLetter) {
+    d.tenant = echoed_id(std::mem::take(&mut d.tenant));
+    d.source = echoed_id(std::mem::take(&mut d.source));
+    d.event_id = echoed_id(std::mem::take(&mut d.event_id));
+    if d.description.len() > 4096 {
+        let cut = char_floor(&d.description, 4096);
+        d.description.truncate(cut);
+        d.description.push('…');
+    }
+    let len = d.encoded_len();
+    if len <= MAX_DEAD_LETTER_BYTES {
+        return;
+    }
+    let total = d.payload.len();
+    // The envelope without the payload, plus the marker and the payload's
+    // own length prefix, must fit beside what is kept.
+    let keep = MAX_DEAD_LETTER_BYTES.saturating_sub(len - total + 128);
+    d.payload.truncate(keep);
+    d.description = format!(
+        "[truncated: payload keeps the first {keep} of {total} bytes] {}",
+        d.description
+    );
 }
 
 /// A record with its own verdict, before the batch-wide dedup.
@@ -146,23 +207,23 @@ pub fn handle_batch(
                 let (payload, content_type) = dead_letter_payload(r, &mut v.masked);
                 let first = &violations[0];
                 v.count_rejection(first.reason);
-                v.dead_letters.push(
-                    Builder::new(Stage::Ingest, first.reason, now_ms)
-                        .payload(payload, content_type)
-                        .field(first.field.clone())
-                        .description(
-                            violations
-                                .iter()
-                                .map(|v| format!("{}: {}", v.field, v.description))
-                                .collect::<Vec<_>>()
-                                .join("; "),
-                        )
-                        .origin(tenant, source, event_id.clone())
-                        .build(),
-                );
+                let mut letter = Builder::new(Stage::Ingest, first.reason, now_ms)
+                    .payload(payload, content_type)
+                    .field(first.field.clone())
+                    .description(
+                        violations
+                            .iter()
+                            .map(|v| format!("{}: {}", v.field, v.description))
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    )
+                    .origin(tenant, source, event_id.clone())
+                    .build();
+                fit_dead_letter(&mut letter);
+                v.dead_letters.push(letter);
                 v.results.push(RecordResult {
                     index,
-                    event_id,
+                    event_id: echoed_id(event_id),
                     accepted: false,
                     violations: violations
                         .into_iter()

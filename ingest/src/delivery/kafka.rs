@@ -3,13 +3,12 @@
 //!
 //! A batch is produced in one go and awaited as a whole: the caller learns
 //! that every record is acknowledged, or that the batch is not, never
-//! something in between. In-flight events are bounded by a semaphore so a
-//! slow broker turns into RESOURCE_EXHAUSTED for new callers rather than
-//! memory growth.
+//! something in between. In-flight events are bounded before delivery, at
+//! the door ([`crate::core::admission`]), so a slow broker turns into
+//! RESOURCE_EXHAUSTED for new callers rather than memory growth or queues.
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
 use xoflow_common::kafka::{BatchProducer, ErrorClass, KafkaConfig, Outgoing};
 use xoflow_proto::{Message, v1::DeadLetter};
 
@@ -28,9 +27,6 @@ pub struct KafkaDelivery {
     events_topic: Arc<str>,
     backfill_topic: Arc<str>,
     dead_letter_topic: Arc<str>,
-    /// Permits = events that may await acknowledgement at once.
-    in_flight: Arc<Semaphore>,
-    capacity: usize,
     linger: std::time::Duration,
 }
 
@@ -38,7 +34,6 @@ impl std::fmt::Debug for KafkaDelivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaDelivery")
             .field("events_topic", &self.events_topic)
-            .field("capacity", &self.capacity)
             .finish_non_exhaustive()
     }
 }
@@ -46,7 +41,6 @@ impl std::fmt::Debug for KafkaDelivery {
 impl KafkaDelivery {
     pub fn new(
         kafka: &KafkaConfig,
-        max_in_flight: usize,
         linger: std::time::Duration,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         Ok(Self {
@@ -58,8 +52,6 @@ impl KafkaDelivery {
             events_topic: kafka.topics.events.as_str().into(),
             backfill_topic: kafka.topics.backfill.as_str().into(),
             dead_letter_topic: kafka.topics.dead_letters.as_str().into(),
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
-            capacity: max_in_flight,
             linger,
         })
     }
@@ -69,17 +61,6 @@ impl KafkaDelivery {
         if batch.is_empty() {
             return Ok(());
         }
-        let n = u32::try_from(batch.len()).map_err(|_| IngestError::BatchTooLarge {
-            got: batch.len(),
-            max: u32::MAX as usize,
-        })?;
-        let _permit = self
-            .in_flight
-            .try_acquire_many(n)
-            .map_err(|_| IngestError::Overloaded {
-                requested: batch.len(),
-            })?;
-        telemetry::in_flight(self.capacity - self.in_flight.available_permits());
         let topic = match lane {
             Lane::Live => &*self.events_topic,
             Lane::Backfill => &*self.backfill_topic,
@@ -89,7 +70,6 @@ impl KafkaDelivery {
             .map(|(key, payload)| Outgoing::keyed(key, payload))
             .collect();
         let result = self.current().send_all(topic, &records).await;
-        telemetry::in_flight(self.capacity - self.in_flight.available_permits() - batch.len());
         match result {
             Ok(()) => Ok(()),
             Err(e) => {

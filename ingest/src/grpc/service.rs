@@ -1,8 +1,11 @@
-//! The `Collector` RPCs on top of the shared [`Ingestor`].
+//! The `Collector` RPCs on top of the shared [`Ingestor`]: each message's
+//! bytes and events are taken from the in-flight budget without waiting,
+//! and judging and delivery are bounded by the request deadline.
 
 use std::time::Instant;
 
 use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
+use xoflow_proto::Message;
 use xoflow_proto::v1::{IngestRequest, IngestResponse, collector_server::Collector};
 
 use crate::{
@@ -40,14 +43,20 @@ impl Collector for CollectorService {
         let started = Instant::now();
         let r = async {
             let principal = self.principal(request.metadata())?;
+            // The message is already decoded: its bytes are taken from the
+            // budget before any judging, without waiting.
+            let _bytes_held = self
+                .ingestor
+                .admission()
+                .admit_bytes(request.get_ref().encoded_len())?;
             let records = request
                 .into_inner()
                 .events
                 .into_iter()
                 .map(Record::event)
                 .collect();
-            self.ingestor
-                .ingest(records, 0, principal.as_ref(), Lane::Live)
+            let i = &self.ingestor;
+            i.within_deadline(i.ingest(records, 0, principal.as_ref(), Lane::Live))
                 .await
                 .map(response)
         }
@@ -69,10 +78,11 @@ impl Collector for CollectorService {
                 IngestError::BadRequest(format!("reading the request stream: {}", s.message()))
             })? {
                 let first = results.len() as u32;
+                let _bytes_held = self.ingestor.admission().admit_bytes(batch.encoded_len())?;
                 let records = batch.events.into_iter().map(Record::event).collect();
+                let i = &self.ingestor;
                 results.extend(
-                    self.ingestor
-                        .ingest(records, first, principal.as_ref(), Lane::Live)
+                    i.within_deadline(i.ingest(records, first, principal.as_ref(), Lane::Live))
                         .await?,
                 );
             }

@@ -9,12 +9,17 @@
 //! - `GET /openapi.yaml`: the committed OpenAPI document.
 //!
 //! Whole-request failures map through [`crate::IngestError`]: 413 for
-//! bodies or batches over the limit, 401 for a missing or unknown key,
-//! 429/503 with `Retry-After` when Kafka is overloaded or unavailable.
+//! bodies or batches over the limit, 400 for an empty body (`empty_body`),
+//! 401 for a missing or unknown key, 408 for a body that stops arriving,
+//! 429 with `Retry-After` when the in-flight budget is taken (checked
+//! before the body is read, without waiting), 503 with `Retry-After` when
+//! Kafka is unavailable or the request deadline passed. Connections are
+//! served by [`listener`] (limits and timeouts).
 
 mod body;
+pub mod listener;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::{
     Router,
@@ -45,10 +50,21 @@ pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 struct AppState {
     ingestor: Ingestor,
     max_body_bytes: usize,
+    body_read_timeout: Duration,
 }
 
-/// The routes, for serving or for in-process tests.
+/// The routes, for serving or for in-process tests, with the default body
+/// read timeout.
 pub fn router(ingestor: Ingestor, max_body_bytes: usize) -> Router {
+    router_with(ingestor, max_body_bytes, Duration::from_secs(30))
+}
+
+/// The routes with a body read timeout of the caller's.
+pub fn router_with(
+    ingestor: Ingestor,
+    max_body_bytes: usize,
+    body_read_timeout: Duration,
+) -> Router {
     Router::new()
         .route("/v1/events", post(post_events))
         .route("/v1/sources/{kind}/{source}", post(post_source))
@@ -56,47 +72,48 @@ pub fn router(ingestor: Ingestor, max_body_bytes: usize) -> Router {
         .with_state(AppState {
             ingestor,
             max_body_bytes,
+            body_read_timeout,
         })
 }
 
 /// Serves the HTTP collector on `listener` (HTTPS when `tls` is given)
-/// until `stop` is cancelled.
+/// until `stop` is cancelled, within the connection limits of
+/// [`listener`].
 pub async fn serve(
     listener: TcpListener,
     ingestor: Ingestor,
-    max_body_bytes: usize,
+    cfg: &crate::IngestConfig,
     tls: Option<&crate::tls::Identity>,
     readiness: Readiness,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router(ingestor, max_body_bytes);
-    let ready = readiness.clone();
-    let stopping = async move {
-        stop.cancelled().await;
-        ready.set(false);
+    let app = router_with(ingestor, cfg.max_body_bytes, cfg.body_read_timeout);
+    let limits = listener::Limits {
+        header_read_timeout: cfg.header_read_timeout,
+        max_connections: cfg.max_connections,
     };
-    match tls {
-        Some(identity) => {
-            let listener = identity.http(listener)?;
-            readiness.set(true);
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopping)
-                .await
+    let ready = readiness.clone();
+    let draining = CancellationToken::new();
+    let watch = {
+        let draining = draining.clone();
+        async move {
+            stop.cancelled().await;
+            ready.set(false);
+            draining.cancel();
         }
-        None => {
-            readiness.set(true);
-            // Small answers go out at once rather than after the client's
-            // delayed ACK.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY");
-                }
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopping)
-                .await
-        }
-    }
+    };
+    readiness.set(true);
+    let (served, ()) = tokio::join!(
+        listener::serve(
+            listener,
+            tls.map(crate::tls::Identity::acceptor),
+            app,
+            limits,
+            draining
+        ),
+        watch
+    );
+    served
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -115,7 +132,8 @@ async fn post_events(State(state): State<AppState>, headers: HeaderMap, body: Bo
     let started = Instant::now();
     let r = async {
         let principal = principal(&state, &headers)?;
-        let bytes = body::read(body, &headers, state.max_body_bytes).await?;
+        let _bytes_held = admit(&state, &headers)?;
+        let bytes = read_body(&state, body, &headers).await?;
         let records = decode_events(&bytes, is_ndjson(&headers));
         ingest(&state, records, principal.as_ref()).await
     }
@@ -146,7 +164,8 @@ async fn post_source(
                 "unknown source kind {kind:?}: one of survey, call, social, order, click"
             ))
         })?;
-        let bytes = body::read(body, &headers, state.max_body_bytes).await?;
+        let _bytes_held = admit(&state, &headers)?;
+        let bytes = read_body(&state, body, &headers).await?;
         let tenant = match (&principal, q.tenant.as_deref()) {
             (Some(p), _) => p.tenant.to_string(),
             (None, Some(t)) => t.to_owned(),
@@ -170,14 +189,30 @@ async fn post_source(
     respond(r)
 }
 
+/// Takes the request's bytes from the in-flight budget before its body is
+/// read, without waiting: 429 at once when they do not fit.
+fn admit(state: &AppState, headers: &HeaderMap) -> Result<crate::core::Ticket, IngestError> {
+    state
+        .ingestor
+        .admission()
+        .admit_bytes(body::declared_or_max(headers, state.max_body_bytes))
+}
+
+async fn read_body(
+    state: &AppState,
+    body: Body,
+    headers: &HeaderMap,
+) -> Result<Vec<u8>, IngestError> {
+    body::non_empty(body::read(body, headers, state.max_body_bytes, state.body_read_timeout).await?)
+}
+
 async fn ingest(
     state: &AppState,
     records: Vec<Record>,
     principal: Option<&Principal>,
 ) -> Result<xoflow_proto::v1::IngestResponse, IngestError> {
-    state
-        .ingestor
-        .ingest(records, 0, principal, Lane::Live)
+    let i = &state.ingestor;
+    i.within_deadline(i.ingest(records, 0, principal, Lane::Live))
         .await
         .map(response)
 }
