@@ -4,9 +4,14 @@
 //!
 //! In: the encoded records of one batch per topic (and partition, for the
 //! changelog), and the offsets to commit once they are acknowledged. Out:
-//! `Ok` once every record is acknowledged, or [`EnrichError::Produce`] once
-//! the retry policy gives up; commit failures are only logged and counted,
-//! because a missed commit only means records are handled again.
+//! `Ok` once every record is acknowledged. Transient produce failures (the
+//! broker unreachable, a queue full) are retried without a bound, with
+//! capped exponential backoff and jitter, while readiness says
+//! `kafka_unreachable`; [`EnrichError::Produce`] only for a permanent
+//! error, [`EnrichError::Stopped`] when shutdown comes during a retry wait
+//! (nothing of the batch is committed then). Commit failures are only
+//! logged and counted, because a missed commit only means records are
+//! handled again.
 
 use std::time::Duration;
 
@@ -17,6 +22,7 @@ use rdkafka::{
 };
 use tokio_util::sync::CancellationToken;
 use xoflow_common::{
+    admin::{Readiness, Reason},
     clock,
     dead_letter::{self, Stage},
     kafka::{BatchProducer, ErrorClass, Outgoing},
@@ -28,11 +34,11 @@ use xoflow_proto::Message as _;
 use super::EnrichError;
 use crate::telemetry::Metric;
 
-/// Produce retries: 5 attempts in all, waiting 400, 800, 1600 and 3200 ms
-/// between them — about 6 s, longer than a broker's leader election.
+/// Produce retries: waiting 400, 800, 1600, 3200, then 5000 ms (less up
+/// to half, jitter) between attempts, for as long as the broker is away.
+/// The cap bounds how long after the broker returns enrich resumes.
 pub(super) const PRODUCE_RETRY: RetryPolicy =
-    RetryPolicy::exponential(Duration::from_millis(400), Duration::from_millis(3200))
-        .with_max_attempts(5);
+    RetryPolicy::exponential(Duration::from_millis(400), Duration::from_millis(5000));
 
 /// How long a loop waits after a consumer error before polling again.
 pub(super) const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
@@ -46,6 +52,8 @@ pub(super) type Send<'a> = (&'a str, Option<i32>, &'a [Outgoing<'a>]);
 pub(super) async fn produce_batch(
     producer: &BatchProducer,
     sends: &[Send<'_>],
+    stop: &CancellationToken,
+    readiness: &Readiness,
 ) -> Result<(), EnrichError> {
     let mut attempt = 0;
     loop {
@@ -65,17 +73,30 @@ pub(super) async fn produce_batch(
             }
         }
         match result {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                if attempt > 1 {
+                    tracing::info!(attempts = attempt, "the broker acknowledges again");
+                }
+                readiness.clear(Reason::KafkaUnreachable);
+                return Ok(());
+            }
             Err(e)
                 if PRODUCE_RETRY.retries_after(attempt)
                     && ErrorClass::of(&e.first).is_transient() =>
             {
+                readiness.fail(
+                    Reason::KafkaUnreachable,
+                    format_args!("produce, attempt {attempt}: {}", e.first),
+                );
+                tracing::warn!(attempt, error = %e.first, "produce failed; retrying the batch");
                 ErrorKind::Produce.emit(
                     Metric::Errors.name(),
                     &e,
                     "produce failed; retrying the batch",
                 );
-                tokio::time::sleep(PRODUCE_RETRY.delay(attempt)).await;
+                if !PRODUCE_RETRY.sleep(attempt, stop).await {
+                    return Err(EnrichError::Stopped);
+                }
             }
             Err(e) => {
                 return Err(EnrichError::Produce {
@@ -132,10 +153,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn produce_retries_wait_as_before() {
-        let waits: Vec<u128> = (1..5).map(|a| PRODUCE_RETRY.delay(a).as_millis()).collect();
-        assert_eq!(waits, [400, 800, 1600, 3200]);
-        assert!(PRODUCE_RETRY.retries_after(4));
-        assert!(!PRODUCE_RETRY.retries_after(5));
+    fn produce_retries_never_give_up_and_each_wait_is_capped() {
+        let waits: Vec<u128> = (1..7).map(|a| PRODUCE_RETRY.delay(a).as_millis()).collect();
+        assert_eq!(waits, [400, 800, 1600, 3200, 5000, 5000]);
+        assert!(PRODUCE_RETRY.retries_after(u32::MAX - 1));
+        assert!(PRODUCE_RETRY.wait(1_000) <= Duration::from_secs(5));
     }
 }

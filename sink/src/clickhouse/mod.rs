@@ -50,6 +50,10 @@ pub enum SinkError {
     },
     #[error("kafka: {0}")]
     Kafka(#[source] KafkaError),
+    /// Shutdown came while a ClickHouse call was being retried: nothing
+    /// past what was written is committed.
+    #[error("stopped while retrying ClickHouse")]
+    Stopped,
     #[error("insert into {table} failed after {attempts} attempts: {source}")]
     InsertFailed {
         table: &'static str,
@@ -82,6 +86,7 @@ impl SinkError {
             SinkError::Config(_)
             | SinkError::MigrationChanged { .. }
             | SinkError::Task(_)
+            | SinkError::Stopped
             | SinkError::InsertFailed { .. } => false,
         }
     }
