@@ -39,6 +39,12 @@ pub struct SinkConfig {
     /// ClickHouse returns the sink resumes.
     #[serde(with = "humantime_serde")]
     pub retry_max_backoff: Duration,
+    /// Work waiting (committed offsets below the high watermark) with
+    /// nothing committed for this long turns readiness to `no_progress`,
+    /// or, when this instance holds no partition, readiness and liveness
+    /// to `no_partitions`.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
     /// How many offsets back, per partition, written event ids are
     /// remembered to drop redelivered copies of an event (enrich retries,
     /// clients re-sending). Bounds the dedup memory.

@@ -40,6 +40,7 @@ use super::{
     migrate,
     position::{self, Input, Positions, Resume},
     row::{DeadLetterRow, EventRow, Lineage},
+    watch,
 };
 use crate::telemetry::{self, Metric};
 
@@ -157,14 +158,26 @@ async fn consume(
     let client = ch.client();
     // Keeps revocations only: an assigned partition's position is read on
     // its first record.
-    let consumer: StreamConsumer<RebalanceLog> = kafka
+    let consumer: std::sync::Arc<StreamConsumer<RebalanceLog>> = kafka
         .consumer(&cfg.group_id, RebalanceLog::new("sink", Keep::Revoked))
+        .map(std::sync::Arc::new)
         .map_err(SinkError::Kafka)?;
     consumer
         .subscribe(&[&topics.enriched, &topics.dead_letters])
         .map_err(SinkError::Kafka)?;
     readiness.set(true);
     tracing::info!(group = %cfg.group_id, database = %ch.database, "sink started");
+    // Stopped with the loop, however the loop ends.
+    let watch_stop = stop.child_token();
+    let _stop_watch = watch_stop.clone().drop_guard();
+    tokio::spawn(watch::watch(
+        kafka.clone(),
+        cfg.group_id.clone(),
+        consumer.clone(),
+        cfg.stall_timeout,
+        readiness.clone(),
+        watch_stop,
+    ));
 
     let mut positions = Positions::default();
     let mut batch = Batch::default();

@@ -293,6 +293,7 @@ mod tests {
             batch_max_wait: Duration::from_secs(1),
             retry_backoff: Duration::from_secs(2),
             retry_max_backoff: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(60),
             dedup_window: 1,
         };
         let p = retry_policy(&cfg);

@@ -247,9 +247,16 @@ fn read_ids(
     Ok((out, covered_to))
 }
 
-type KafkaSide = Vec<(String, i32, i64, Option<i64>)>;
+/// Per partition: topic, partition, broker high watermark, committed.
+pub(super) type KafkaSide = Vec<(String, i32, i64, Option<i64>)>;
 
-fn kafka_side(kafka: &KafkaConfig, group: &str, topics: &[String]) -> Result<KafkaSide, SinkError> {
+/// Reads the high watermarks and the group's committed offsets of
+/// `topics` (blocking: run it off the async workers).
+pub(super) fn kafka_side(
+    kafka: &KafkaConfig,
+    group: &str,
+    topics: &[String],
+) -> Result<KafkaSide, SinkError> {
     let timeout = Duration::from_secs(10);
     // Never subscribes: it only reads the group's committed offsets.
     let consumer: BaseConsumer<DefaultConsumerContext> =
