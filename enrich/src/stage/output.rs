@@ -7,7 +7,7 @@
 //! `Ok` once every record is acknowledged. Transient produce failures (the
 //! broker unreachable, a queue full) are retried without a bound, with
 //! capped exponential backoff and jitter, while readiness says
-//! `kafka_unreachable`; [`EnrichError::Produce`] only for a permanent
+//! `kafka_unreachable` (or `producer_queue_stuck` for a full queue); [`EnrichError::Produce`] only for a permanent
 //! error, [`EnrichError::Stopped`] when shutdown comes during a retry wait
 //! (nothing of the batch is committed then). Commit failures are only
 //! logged and counted, because a missed commit only means records are
@@ -78,14 +78,21 @@ pub(super) async fn produce_batch(
                     tracing::info!(attempts = attempt, "the broker acknowledges again");
                 }
                 readiness.clear(Reason::KafkaUnreachable);
+                readiness.clear(Reason::ProducerQueueStuck);
                 return Ok(());
             }
             Err(e)
                 if PRODUCE_RETRY.retries_after(attempt)
                     && ErrorClass::of(&e.first).is_transient() =>
             {
+                // A full local queue that a wait did not drain is its own
+                // reason: the broker answers, but not fast enough.
+                let reason = match ErrorClass::of(&e.first) {
+                    ErrorClass::QueueFull => Reason::ProducerQueueStuck,
+                    _ => Reason::KafkaUnreachable,
+                };
                 readiness.fail(
-                    Reason::KafkaUnreachable,
+                    reason,
                     format_args!("produce, attempt {attempt}: {}", e.first),
                 );
                 tracing::warn!(attempt, error = %e.first, "produce failed; retrying the batch");
@@ -158,5 +165,63 @@ mod tests {
         assert_eq!(waits, [400, 800, 1600, 3200, 5000, 5000]);
         assert!(PRODUCE_RETRY.retries_after(u32::MAX - 1));
         assert!(PRODUCE_RETRY.wait(1_000) <= Duration::from_secs(5));
+    }
+
+    /// A broker that is not there (a closed port): the produce is retried
+    /// past the old bound of 5 attempts, readiness says why, and shutdown
+    /// ends the wait at once with nothing acknowledged.
+    #[tokio::test]
+    async fn a_missing_broker_is_retried_until_shutdown_and_readiness_says_so() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let kafka = xoflow_common::kafka::KafkaConfig {
+            brokers: format!("127.0.0.1:{closed}"),
+            topics: xoflow_common::kafka::Topics {
+                events: "e".into(),
+                backfill: "b".into(),
+                enriched: "en".into(),
+                dead_letters: "d".into(),
+            },
+            partitions: 1,
+            replication_factor: 1,
+            compression: "none".into(),
+            message_timeout: Duration::from_millis(300),
+            options: Default::default(),
+        };
+        let producer = kafka.batch_producer().expect("producer");
+        let health = xoflow_common::admin::Health::new();
+        let readiness = health.register("enrich");
+        readiness.set(true);
+        let stop = CancellationToken::new();
+        let produce = tokio::spawn({
+            let (stop, readiness) = (stop.clone(), readiness.clone());
+            async move {
+                let records = [Outgoing::keyed(b"k", b"v")];
+                produce_batch(&producer, &[("en", None, &records)], &stop, &readiness).await
+            }
+        });
+        // Attempt 6 means the old bound (5 attempts) was passed.
+        let until = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let reasons = health.check().err().unwrap_or_default();
+            let attempt = reasons.iter().find_map(|r| {
+                let rest = r.strip_prefix("enrich: kafka_unreachable (produce, attempt ")?;
+                rest[..rest.find(':')?].parse::<u32>().ok()
+            });
+            if attempt.is_some_and(|a| a >= 6) {
+                break;
+            }
+            assert!(!produce.is_finished(), "gave up: {reasons:?}");
+            assert!(tokio::time::Instant::now() < until, "{reasons:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(10), produce)
+            .await
+            .expect("shutdown interrupts the retry")
+            .expect("task");
+        assert!(matches!(result, Err(EnrichError::Stopped)), "{result:?}");
     }
 }
