@@ -9,7 +9,9 @@
 //! skipped, using the positions read from ClickHouse itself
 //! ([`super::position`]), so that after any crash, restart or rebalance no
 //! event is written twice. Undecodable records become `DECODE` dead letters
-//! in the same batch.
+//! in the same batch. ClickHouse reads (the migration, a partition's
+//! position) are retried through an outage like inserts, and a watchdog
+//! task ([`super::watch`]) tells readiness when the sink stalls.
 
 use std::time::Duration;
 
