@@ -11,7 +11,7 @@
 //! event is written twice. Undecodable records become `DECODE` dead letters
 //! in the same batch. ClickHouse reads (the migration, a partition's
 //! position) are retried through an outage like inserts, and a watchdog
-//! task ([`super::watch`]) tells readiness when the sink stalls.
+//! task (`watch`) tells readiness when the sink stalls.
 
 use std::time::Duration;
 
