@@ -95,12 +95,11 @@ pub(super) async fn produce_batch(
                     reason,
                     format_args!("produce, attempt {attempt}: {}", e.first),
                 );
-                tracing::warn!(attempt, error = %e.first, "produce failed; retrying the batch");
-                ErrorKind::Produce.emit(
-                    Metric::Errors.name(),
-                    &e,
-                    "produce failed; retrying the batch",
-                );
+                // One warn line per retry, with its attempt number, and the
+                // same count ErrorKind::emit keeps.
+                tracing::warn!(attempt, error = %e, kind = ErrorKind::Produce.as_str(), "produce failed; retrying the batch");
+                metrics::counter!(Metric::Errors.name(), "error" => ErrorKind::Produce.as_str())
+                    .increment(1);
                 if !PRODUCE_RETRY.sleep(attempt, stop).await {
                     return Err(EnrichError::Stopped);
                 }
