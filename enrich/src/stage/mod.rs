@@ -166,6 +166,16 @@ pub async fn run(
         .map_err(EnrichError::Setup)?;
     readiness.set(true);
     tracing::info!(group = %cfg.group_id, input = %t.events, output = %t.enriched, "enrich started");
+    // Readiness learns of a broker outage even while nothing is produced;
+    // the probe stops with the stage, however the stage ends.
+    let probe_stop = stop.child_token();
+    let _stop_probe = probe_stop.clone().drop_guard();
+    tokio::spawn(xoflow_common::kafka::probe::probe(
+        kafka.clone(),
+        xoflow_common::kafka::probe::PROBE_EVERY,
+        readiness.clone(),
+        probe_stop,
+    ));
 
     let resolve = resolve_loop::Resolver {
         consumer: &resolve_consumer,
