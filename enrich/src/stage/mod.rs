@@ -172,6 +172,7 @@ pub async fn run(
     let _stop_probe = probe_stop.clone().drop_guard();
     tokio::spawn(xoflow_common::kafka::probe::probe(
         kafka.clone(),
+        t.events.clone(),
         xoflow_common::kafka::probe::PROBE_EVERY,
         readiness.clone(),
         probe_stop,
