@@ -209,19 +209,22 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// `xoflow sink-status`: the reconciliation lives in `xoflow_sink`; this
-/// prints it as a table and fails when a committed offset is not stored.
+/// prints it as a table and fails when a committed offset is not stored
+/// (copies the sink dropped on purpose are not a gap: column `copies`).
+/// `high` is the broker's high watermark raised to `stored_next` and
+/// `committed`, never below an offset known to exist.
 async fn sink_status(cfg: &Config) -> anyhow::Result<()> {
     let rows = xoflow_sink::sink_status(&cfg.kafka, &cfg.clickhouse, &cfg.sink.group_id).await?;
     println!(
-        "{:<36} {:>4} {:>12} {:>12} {:>12} {:>10} {:>12} {:>6}",
-        "topic", "part", "high", "committed", "stored_next", "lag", "rows", "gap"
+        "{:<36} {:>4} {:>12} {:>12} {:>12} {:>10} {:>12} {:>8} {:>6}",
+        "topic", "part", "high", "committed", "stored_next", "lag", "rows", "copies", "gap"
     );
     let mut gaps = 0;
     for r in &rows {
         let committed = r.committed.map_or_else(|| "-".into(), |c| c.to_string());
         gaps += r.gap();
         println!(
-            "{:<36} {:>4} {:>12} {:>12} {:>12} {:>10} {:>12} {:>6}",
+            "{:<36} {:>4} {:>12} {:>12} {:>12} {:>10} {:>12} {:>8} {:>6}",
             r.topic,
             r.partition,
             r.high_watermark,
@@ -229,9 +232,14 @@ async fn sink_status(cfg: &Config) -> anyhow::Result<()> {
             r.stored_next,
             r.lag(),
             r.rows_stored,
+            r.dropped_copies,
             r.gap()
         );
     }
+    println!(
+        "high: the broker's high watermark, raised to stored_next and committed when it answers behind them; \
+         copies: offsets past stored_next holding copies of events already stored (dropped on purpose)"
+    );
     anyhow::ensure!(
         gaps == 0,
         "{gaps} committed offsets are not stored in ClickHouse"

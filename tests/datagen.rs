@@ -30,6 +30,30 @@ fn same_seed_gives_byte_identical_output_and_another_seed_does_not() {
 }
 
 #[test]
+fn two_seeds_share_no_event_id() {
+    // Two generated loads imported into one store must not collide: ingest
+    // deduplicates by event id, so a shared id would silently drop an event.
+    let cfg = GenConfig {
+        scale: 0.2,
+        ..GenConfig::default()
+    };
+    let ids = |seed| {
+        datagen::generate(&GenConfig {
+            seed,
+            ..cfg.clone()
+        })
+        .events
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect::<std::collections::HashSet<_>>()
+    };
+    let (one, two) = (ids(1), ids(2));
+    assert!(!one.is_empty() && !two.is_empty());
+    let shared = one.intersection(&two).count();
+    assert_eq!(shared, 0, "{shared} ids shared by seeds 1 and 2");
+}
+
+#[test]
 fn a_week_is_realistic_and_the_truth_adds_up() {
     let g = datagen::generate(&GenConfig::default());
     let t = &g.truth;

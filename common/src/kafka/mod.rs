@@ -9,10 +9,12 @@
 //! This module holds the settings ([`KafkaConfig`], [`Topics`]), the clients
 //! built from them and topic creation; `producer` the [`BatchProducer`],
 //! `batch` how a consumed batch is gathered and committed ([`recv_batch`],
-//! [`next_offsets`]), `error` the bounded [`ErrorClass`].
+//! [`next_offsets`]), `error` the bounded [`ErrorClass`], [`probe`] the
+//! broker reachability probe behind readiness.
 
 mod batch;
 mod error;
+pub mod probe;
 mod producer;
 
 use std::{collections::BTreeMap, time::Duration};

@@ -21,6 +21,7 @@ use rdkafka::{
 };
 use tokio_util::sync::CancellationToken;
 use xoflow_common::{
+    admin::Readiness,
     clock,
     kafka::{BatchProducer, KafkaConfig, Outgoing, recv_batch},
     rebalance::{Change, RebalanceLog},
@@ -55,6 +56,8 @@ pub(super) struct Joiner<'a> {
     /// One operator per assigned partition: a customer's state lives with
     /// its partition.
     pub joins: HashMap<i32, Join>,
+    /// Says `kafka_unreachable` while a produce is being retried.
+    pub readiness: &'a Readiness,
 }
 
 impl Joiner<'_> {
@@ -173,7 +176,7 @@ impl Joiner<'_> {
         for (p, records) in &changelog {
             sends.push((&self.internal.changelog, Some(*p), records));
         }
-        output::produce_batch(self.producer, &sends).await?;
+        output::produce_batch(self.producer, &sends, stop, self.readiness).await?;
 
         // Commit each partition read in this batch, or still holding, below
         // the lowest event it holds.

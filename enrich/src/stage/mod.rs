@@ -65,6 +65,10 @@ pub enum EnrichError {
         #[source]
         source: KafkaError,
     },
+    /// Shutdown came while a produce was being retried: the batch's input
+    /// offsets were not committed, so it is handled again after a restart.
+    #[error("stopped while retrying a produce")]
+    Stopped,
     #[error("committing offsets failed: {0}")]
     Commit(#[source] KafkaError),
     #[error("reading {topic} back failed: {source}")]
@@ -78,7 +82,7 @@ pub enum EnrichError {
 impl EnrichError {
     pub fn is_transient(&self) -> bool {
         match self {
-            EnrichError::Setup(_) => false,
+            EnrichError::Setup(_) | EnrichError::Stopped => false,
             EnrichError::Produce { source, .. }
             | EnrichError::Commit(source)
             | EnrichError::Restore { source, .. } => ErrorClass::of(source).is_transient(),
@@ -162,6 +166,17 @@ pub async fn run(
         .map_err(EnrichError::Setup)?;
     readiness.set(true);
     tracing::info!(group = %cfg.group_id, input = %t.events, output = %t.enriched, "enrich started");
+    // Readiness learns of a broker outage even while nothing is produced;
+    // the probe stops with the stage, however the stage ends.
+    let probe_stop = stop.child_token();
+    let _stop_probe = probe_stop.clone().drop_guard();
+    tokio::spawn(xoflow_common::kafka::probe::probe(
+        kafka.clone(),
+        t.events.clone(),
+        xoflow_common::kafka::probe::PROBE_EVERY,
+        readiness.clone(),
+        probe_stop,
+    ));
 
     let resolve = resolve_loop::Resolver {
         consumer: &resolve_consumer,
@@ -173,6 +188,7 @@ pub async fn run(
         kafka,
         cfg,
         internal: &internal,
+        readiness: &readiness,
     };
     let join = join_loop::Joiner {
         consumer: &join_consumer,
@@ -181,6 +197,7 @@ pub async fn run(
         cfg,
         internal: &internal,
         joins: HashMap::new(),
+        readiness: &readiness,
     };
     let result = tokio::try_join!(resolve.run(&stop), join.run(&stop));
     readiness.set(false);
@@ -188,7 +205,14 @@ pub async fn run(
         // One loop failed: stop the other too.
         stop.cancel();
     }
-    result?;
+    match result {
+        Err(EnrichError::Stopped) => tracing::warn!(
+            "enrich stopped while the broker was unreachable; the batch in flight was not committed and will be handled again"
+        ),
+        other => {
+            other?;
+        }
+    }
     tracing::info!("enrich stopped");
     Ok(())
 }

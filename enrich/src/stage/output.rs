@@ -4,9 +4,14 @@
 //!
 //! In: the encoded records of one batch per topic (and partition, for the
 //! changelog), and the offsets to commit once they are acknowledged. Out:
-//! `Ok` once every record is acknowledged, or [`EnrichError::Produce`] once
-//! the retry policy gives up; commit failures are only logged and counted,
-//! because a missed commit only means records are handled again.
+//! `Ok` once every record is acknowledged. Transient produce failures (the
+//! broker unreachable, a queue full) are retried without a bound, with
+//! capped exponential backoff and jitter, while readiness says
+//! `kafka_unreachable` (or `producer_queue_stuck` for a full queue); [`EnrichError::Produce`] only for a permanent
+//! error, [`EnrichError::Stopped`] when shutdown comes during a retry wait
+//! (nothing of the batch is committed then). Commit failures are only
+//! logged and counted, because a missed commit only means records are
+//! handled again.
 
 use std::time::Duration;
 
@@ -17,6 +22,7 @@ use rdkafka::{
 };
 use tokio_util::sync::CancellationToken;
 use xoflow_common::{
+    admin::{Readiness, Reason},
     clock,
     dead_letter::{self, Stage},
     kafka::{BatchProducer, ErrorClass, Outgoing},
@@ -28,11 +34,11 @@ use xoflow_proto::Message as _;
 use super::EnrichError;
 use crate::telemetry::Metric;
 
-/// Produce retries: 5 attempts in all, waiting 400, 800, 1600 and 3200 ms
-/// between them — about 6 s, longer than a broker's leader election.
+/// Produce retries: waiting 400, 800, 1600, 3200, then 5000 ms (less up
+/// to half, jitter) between attempts, for as long as the broker is away.
+/// The cap bounds how long after the broker returns enrich resumes.
 pub(super) const PRODUCE_RETRY: RetryPolicy =
-    RetryPolicy::exponential(Duration::from_millis(400), Duration::from_millis(3200))
-        .with_max_attempts(5);
+    RetryPolicy::exponential(Duration::from_millis(400), Duration::from_millis(5000));
 
 /// How long a loop waits after a consumer error before polling again.
 pub(super) const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
@@ -46,6 +52,8 @@ pub(super) type Send<'a> = (&'a str, Option<i32>, &'a [Outgoing<'a>]);
 pub(super) async fn produce_batch(
     producer: &BatchProducer,
     sends: &[Send<'_>],
+    stop: &CancellationToken,
+    readiness: &Readiness,
 ) -> Result<(), EnrichError> {
     let mut attempt = 0;
     loop {
@@ -65,17 +73,36 @@ pub(super) async fn produce_batch(
             }
         }
         match result {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                if attempt > 1 {
+                    tracing::info!(attempts = attempt, "the broker acknowledges again");
+                }
+                readiness.clear(Reason::KafkaUnreachable);
+                readiness.clear(Reason::ProducerQueueStuck);
+                return Ok(());
+            }
             Err(e)
                 if PRODUCE_RETRY.retries_after(attempt)
                     && ErrorClass::of(&e.first).is_transient() =>
             {
-                ErrorKind::Produce.emit(
-                    Metric::Errors.name(),
-                    &e,
-                    "produce failed; retrying the batch",
+                // A full local queue that a wait did not drain is its own
+                // reason: the broker answers, but not fast enough.
+                let reason = match ErrorClass::of(&e.first) {
+                    ErrorClass::QueueFull => Reason::ProducerQueueStuck,
+                    _ => Reason::KafkaUnreachable,
+                };
+                readiness.fail(
+                    reason,
+                    format_args!("produce, attempt {attempt}: {}", e.first),
                 );
-                tokio::time::sleep(PRODUCE_RETRY.delay(attempt)).await;
+                // One warn line per retry, with its attempt number, and the
+                // same count ErrorKind::emit keeps.
+                tracing::warn!(attempt, error = %e, kind = ErrorKind::Produce.as_str(), "produce failed; retrying the batch");
+                metrics::counter!(Metric::Errors.name(), "error" => ErrorKind::Produce.as_str())
+                    .increment(1);
+                if !PRODUCE_RETRY.sleep(attempt, stop).await {
+                    return Err(EnrichError::Stopped);
+                }
             }
             Err(e) => {
                 return Err(EnrichError::Produce {
@@ -132,10 +159,68 @@ mod tests {
     use super::*;
 
     #[test]
-    fn produce_retries_wait_as_before() {
-        let waits: Vec<u128> = (1..5).map(|a| PRODUCE_RETRY.delay(a).as_millis()).collect();
-        assert_eq!(waits, [400, 800, 1600, 3200]);
-        assert!(PRODUCE_RETRY.retries_after(4));
-        assert!(!PRODUCE_RETRY.retries_after(5));
+    fn produce_retries_never_give_up_and_each_wait_is_capped() {
+        let waits: Vec<u128> = (1..7).map(|a| PRODUCE_RETRY.delay(a).as_millis()).collect();
+        assert_eq!(waits, [400, 800, 1600, 3200, 5000, 5000]);
+        assert!(PRODUCE_RETRY.retries_after(u32::MAX - 1));
+        assert!(PRODUCE_RETRY.wait(1_000) <= Duration::from_secs(5));
+    }
+
+    /// A broker that is not there (a closed port): the produce is retried
+    /// past the old bound of 5 attempts, readiness says why, and shutdown
+    /// ends the wait at once with nothing acknowledged.
+    #[tokio::test]
+    async fn a_missing_broker_is_retried_until_shutdown_and_readiness_says_so() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let kafka = xoflow_common::kafka::KafkaConfig {
+            brokers: format!("127.0.0.1:{closed}"),
+            topics: xoflow_common::kafka::Topics {
+                events: "e".into(),
+                backfill: "b".into(),
+                enriched: "en".into(),
+                dead_letters: "d".into(),
+            },
+            partitions: 1,
+            replication_factor: 1,
+            compression: "none".into(),
+            message_timeout: Duration::from_millis(300),
+            options: Default::default(),
+        };
+        let producer = kafka.batch_producer().expect("producer");
+        let health = xoflow_common::admin::Health::new();
+        let readiness = health.register("enrich");
+        readiness.set(true);
+        let stop = CancellationToken::new();
+        let produce = tokio::spawn({
+            let (stop, readiness) = (stop.clone(), readiness.clone());
+            async move {
+                let records = [Outgoing::keyed(b"k", b"v")];
+                produce_batch(&producer, &[("en", None, &records)], &stop, &readiness).await
+            }
+        });
+        // Attempt 6 means the old bound (5 attempts) was passed.
+        let until = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let reasons = health.check().err().unwrap_or_default();
+            let attempt = reasons.iter().find_map(|r| {
+                let rest = r.strip_prefix("enrich: kafka_unreachable (produce, attempt ")?;
+                rest[..rest.find(':')?].parse::<u32>().ok()
+            });
+            if attempt.is_some_and(|a| a >= 6) {
+                break;
+            }
+            assert!(!produce.is_finished(), "gave up: {reasons:?}");
+            assert!(tokio::time::Instant::now() < until, "{reasons:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(10), produce)
+            .await
+            .expect("shutdown interrupts the retry")
+            .expect("task");
+        assert!(matches!(result, Err(EnrichError::Stopped)), "{result:?}");
     }
 }

@@ -21,6 +21,7 @@ use rdkafka::{
 };
 use tokio_util::sync::CancellationToken;
 use xoflow_common::{
+    admin::Readiness,
     clock,
     kafka::{BatchProducer, KafkaConfig, Outgoing, recv_batch},
     rebalance::{Change, RebalanceLog},
@@ -53,6 +54,8 @@ pub(super) struct Resolver<'a> {
     pub kafka: &'a KafkaConfig,
     pub cfg: &'a EnrichConfig,
     pub internal: &'a InternalTopics,
+    /// Says `kafka_unreachable` while a produce is being retried.
+    pub readiness: &'a Readiness,
 }
 
 impl Resolver<'_> {
@@ -163,6 +166,8 @@ impl Resolver<'_> {
                     (&self.internal.repartition, None, &forward),
                     (&self.kafka.topics.dead_letters, None, &dead_out),
                 ],
+                stop,
+                self.readiness,
             )
             .await?;
             let offsets = self.commit_positions(&batch, &released)?;

@@ -28,12 +28,23 @@ pub struct SinkConfig {
     /// inserts to about one per second per table under load.
     #[serde(with = "humantime_serde")]
     pub batch_max_wait: Duration,
-    /// Retries of a failed insert before the sink stops; it never skips a
-    /// batch, so a dead ClickHouse stops the consumer instead of losing rows.
-    pub insert_retries: u32,
-    /// First back-off between retries; doubles each time.
+    /// First back-off between retries of a ClickHouse call that failed
+    /// transiently; doubles each time, with jitter. Transient failures are
+    /// retried without a bound (the sink never skips a batch and never
+    /// gives up on an outage); only errors ClickHouse documents as
+    /// permanent (schema, permissions, a bad query) stop the sink.
     #[serde(with = "humantime_serde")]
     pub retry_backoff: Duration,
+    /// No wait between retries is longer than this: bounds how long after
+    /// ClickHouse returns the sink resumes.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+    /// Work waiting (committed offsets below the high watermark) with
+    /// nothing committed for this long turns readiness to `no_progress`,
+    /// or, when this instance holds no partition, readiness and liveness
+    /// to `no_partitions`.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
     /// How many offsets back, per partition, written event ids are
     /// remembered to drop redelivered copies of an event (enrich retries,
     /// clients re-sending). Bounds the dedup memory.

@@ -9,7 +9,9 @@
 //! skipped, using the positions read from ClickHouse itself
 //! ([`super::position`]), so that after any crash, restart or rebalance no
 //! event is written twice. Undecodable records become `DECODE` dead letters
-//! in the same batch.
+//! in the same batch. ClickHouse reads (the migration, a partition's
+//! position) are retried through an outage like inserts, and a watchdog
+//! task (`watch`) tells readiness when the sink stalls.
 
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use rdkafka::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use xoflow_common::{
-    admin::Readiness,
+    admin::{Readiness, Reason},
     clock,
     dead_letter::{self, Stage},
     kafka::KafkaConfig,
@@ -36,10 +38,11 @@ use xoflow_proto::{
 
 use super::{
     ClickHouseConfig, SinkConfig, SinkError,
-    insert::flush,
+    insert::{Retrying, flush, recovered, retry_policy},
     migrate,
     position::{self, Input, Positions, Resume},
     row::{DeadLetterRow, EventRow, Lineage},
+    watch,
 };
 use crate::telemetry::{self, Metric};
 
@@ -82,7 +85,9 @@ impl Batch {
     }
 }
 
-/// Runs the sink until `stop` is cancelled: migrates, then consumes.
+/// Runs the sink until `stop` is cancelled: migrates, then consumes. A
+/// ClickHouse outage is ridden out (see [`super::insert`]); shutdown during
+/// one returns at once, with nothing committed past what was written.
 pub async fn run(
     kafka: &KafkaConfig,
     ch: &ClickHouseConfig,
@@ -90,7 +95,63 @@ pub async fn run(
     readiness: Readiness,
     stop: CancellationToken,
 ) -> Result<(), SinkError> {
-    migrate(ch).await?;
+    match consume(kafka, ch, cfg, &readiness, &stop).await {
+        Err(SinkError::Stopped) => {
+            readiness.set(false);
+            tracing::warn!(
+                "sink stopped while ClickHouse was unreachable; what was not written is not committed and will be read again"
+            );
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Retries a ClickHouse read (the start-up migration, a partition's
+/// position) through transient failures, like an insert.
+async fn with_retry<T, F, Fut>(
+    cfg: &SinkConfig,
+    retrying: Retrying<'_>,
+    what: &'static str,
+    mut call: F,
+) -> Result<T, SinkError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SinkError>>,
+{
+    let policy = retry_policy(cfg);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match call().await {
+            Ok(v) => {
+                recovered(retrying.readiness, attempt);
+                return Ok(v);
+            }
+            Err(e) if e.is_transient() => {
+                retrying.readiness.fail(
+                    Reason::ClickHouseUnreachable,
+                    format_args!("{what}, attempt {attempt}: {e}"),
+                );
+                tracing::warn!(attempt, error = %e, "{what} failed; retrying");
+                if !policy.sleep(attempt, retrying.stop).await {
+                    return Err(SinkError::Stopped);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn consume(
+    kafka: &KafkaConfig,
+    ch: &ClickHouseConfig,
+    cfg: &SinkConfig,
+    readiness: &Readiness,
+    stop: &CancellationToken,
+) -> Result<(), SinkError> {
+    let retrying = Retrying { stop, readiness };
+    with_retry(cfg, retrying, "migration", || migrate(ch)).await?;
     let topics = &kafka.topics;
     kafka
         .ensure_topics(&[&topics.enriched, &topics.dead_letters])
@@ -99,14 +160,26 @@ pub async fn run(
     let client = ch.client();
     // Keeps revocations only: an assigned partition's position is read on
     // its first record.
-    let consumer: StreamConsumer<RebalanceLog> = kafka
+    let consumer: std::sync::Arc<StreamConsumer<RebalanceLog>> = kafka
         .consumer(&cfg.group_id, RebalanceLog::new("sink", Keep::Revoked))
+        .map(std::sync::Arc::new)
         .map_err(SinkError::Kafka)?;
     consumer
         .subscribe(&[&topics.enriched, &topics.dead_letters])
         .map_err(SinkError::Kafka)?;
     readiness.set(true);
     tracing::info!(group = %cfg.group_id, database = %ch.database, "sink started");
+    // Stopped with the loop, however the loop ends.
+    let watch_stop = stop.child_token();
+    let _stop_watch = watch_stop.clone().drop_guard();
+    tokio::spawn(watch::watch(
+        kafka.clone(),
+        cfg.group_id.clone(),
+        consumer.clone(),
+        cfg.stall_timeout,
+        readiness.clone(),
+        watch_stop,
+    ));
 
     let mut positions = Positions::default();
     let mut batch = Batch::default();
@@ -148,9 +221,10 @@ pub async fn run(
                     } else {
                         Input::Enriched
                     };
-                    let state =
+                    let state = with_retry(cfg, retrying, "reading a partition's position", || {
                         position::load(&client, input, m.topic(), m.partition(), cfg.dedup_window)
-                            .await?;
+                    })
+                    .await?;
                     tracing::info!(
                         topic = m.topic(),
                         partition = m.partition(),
@@ -238,7 +312,15 @@ pub async fn run(
             }
             None => {}
         }
-        flush(&client, &consumer, cfg, &mut batch, &mut positions).await?;
+        flush(
+            &client,
+            &consumer,
+            cfg,
+            &mut batch,
+            &mut positions,
+            retrying,
+        )
+        .await?;
         if stop.is_cancelled() {
             break;
         }
@@ -246,7 +328,15 @@ pub async fn run(
     // Draining: write what is buffered and commit it before returning.
     readiness.set(false);
     drop_revoked(&consumer, &mut positions, &mut batch);
-    flush(&client, &consumer, cfg, &mut batch, &mut positions).await?;
+    flush(
+        &client,
+        &consumer,
+        cfg,
+        &mut batch,
+        &mut positions,
+        retrying,
+    )
+    .await?;
     tracing::info!("sink stopped");
     Ok(())
 }

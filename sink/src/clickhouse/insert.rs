@@ -4,11 +4,12 @@
 //! In: a [`Batch`] of rows with their lineage, and the positions of the
 //! partitions they came from. Out: the rows stored (dead letters first, then
 //! events), the partitions' positions advanced, their offsets committed, and
-//! the batch emptied for reuse; or an error once ClickHouse keeps failing, in
-//! which case nothing is committed and nothing is skipped. Rows ClickHouse
-//! refuses one by one become `CLICKHOUSE_REFUSED` dead letters.
-
-use std::time::Duration;
+//! the batch emptied for reuse. Transient failures (ClickHouse unreachable,
+//! overloaded) are retried without a bound, with capped exponential backoff
+//! and jitter, while readiness says `clickhouse_unreachable`; a permanent
+//! error, or shutdown during a retry wait, returns an error and nothing is
+//! committed or skipped. Rows ClickHouse refuses one by one become
+//! `CLICKHOUSE_REFUSED` dead letters.
 
 use clickhouse::{Client, Row};
 use rdkafka::{
@@ -17,7 +18,14 @@ use rdkafka::{
 };
 use serde::Serialize;
 use tokio::time::Instant;
-use xoflow_common::{clock, rebalance::RebalanceLog, retry::RetryPolicy, telemetry::ErrorKind};
+use tokio_util::sync::CancellationToken;
+use xoflow_common::{
+    admin::{Readiness, Reason},
+    clock,
+    rebalance::RebalanceLog,
+    retry::RetryPolicy,
+    telemetry::ErrorKind,
+};
 
 use super::{
     SinkConfig, SinkError,
@@ -27,14 +35,18 @@ use super::{
 };
 use crate::telemetry::{self, Metric};
 
-/// No wait between insert attempts is longer than this.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The ClickHouse retry policy: `retry_backoff`, doubling up to
+/// `retry_max_backoff`, with jitter, without a bound on attempts.
+pub(super) fn retry_policy(cfg: &SinkConfig) -> RetryPolicy {
+    RetryPolicy::exponential(cfg.retry_backoff, cfg.retry_max_backoff)
+}
 
-/// The insert retry policy: `retry_backoff`, doubling up to 30 s, for
-/// `insert_retries` retries after the first attempt.
-fn retry_policy(cfg: &SinkConfig) -> RetryPolicy {
-    RetryPolicy::exponential(cfg.retry_backoff, MAX_BACKOFF)
-        .with_max_attempts(cfg.insert_retries.saturating_add(1))
+/// What a retry loop needs besides the call: shutdown interrupts its
+/// waits, and readiness says why no progress is made meanwhile.
+#[derive(Clone, Copy)]
+pub(super) struct Retrying<'a> {
+    pub stop: &'a CancellationToken,
+    pub readiness: &'a Readiness,
 }
 
 /// A row's lineage, for the already-stored check on retry.
@@ -62,6 +74,7 @@ pub(super) async fn flush(
     cfg: &SinkConfig,
     batch: &mut Batch,
     positions: &mut Positions,
+    retrying: Retrying<'_>,
 ) -> Result<(), SinkError> {
     if batch.records == 0 {
         batch.reset();
@@ -71,8 +84,8 @@ pub(super) async fn flush(
     // Dead letters first: they are not part of the enriched topic's
     // position, so a crash between the two inserts re-delivers (and may
     // repeat) dead letters, never skips events.
-    insert_with_retry(client, "dead_letters", &batch.dead_letters, cfg).await?;
-    let refused = insert_events(client, &batch.events, cfg).await?;
+    insert_with_retry(client, "dead_letters", &batch.dead_letters, cfg, retrying).await?;
+    let refused = insert_events(client, &batch.events, cfg, retrying).await?;
     let mut tpl = TopicPartitionList::new();
     for (topic, partition, state) in positions.iter_mut() {
         let Some((offset, rows)) = state.pending.take() else {
@@ -123,13 +136,14 @@ async fn insert_events(
     client: &Client,
     rows: &[EventRow],
     cfg: &SinkConfig,
+    retrying: Retrying<'_>,
 ) -> Result<u64, SinkError> {
     let mut refused = 0;
     // Ranges still to insert, the next one last.
     let mut todo = vec![(0, rows.len())];
     while let Some((lo, hi)) = todo.pop() {
         let chunk = &rows[lo..hi];
-        let e = match insert_with_retry(client, "events", chunk, cfg).await {
+        let e = match insert_with_retry(client, "events", chunk, cfg, retrying).await {
             Ok(()) => continue,
             Err(SinkError::InsertFailed { source, .. }) if source.is_refused_data() => source,
             Err(e) => return Err(e),
@@ -137,7 +151,14 @@ async fn insert_events(
         if let [row] = chunk {
             let dead = DeadLetterRow::refused(row, clock::now_unix_millis(), e.to_string());
             tracing::warn!(event_id = %row.event_id, error = %e, "row refused by ClickHouse; dead-lettered");
-            insert_with_retry(client, "dead_letters", std::slice::from_ref(&dead), cfg).await?;
+            insert_with_retry(
+                client,
+                "dead_letters",
+                std::slice::from_ref(&dead),
+                cfg,
+                retrying,
+            )
+            .await?;
             refused += 1;
         } else {
             tracing::warn!(rows = chunk.len(), error = %e, "insert refused; bisecting");
@@ -150,13 +171,16 @@ async fn insert_events(
 }
 
 /// Inserts `rows` into `table` as one block, retrying transient failures
-/// by the [`retry_policy`]; before each retry, checks whether the failed
-/// attempt landed after all.
+/// by the [`retry_policy`] for as long as they last. After a failed
+/// attempt, the next one is made only once ClickHouse answered that the
+/// failed one did not land (its answer may have been lost): an insert is
+/// one block, so one stored row means all are.
 async fn insert_with_retry<T>(
     client: &Client,
     table: &'static str,
     rows: &[T],
     cfg: &SinkConfig,
+    retrying: Retrying<'_>,
 ) -> Result<(), SinkError>
 where
     T: Serialize + Lineaged + for<'a> Row<Value<'a> = T>,
@@ -166,22 +190,40 @@ where
     }
     let policy = retry_policy(cfg);
     let mut attempt = 0;
+    // Whether the last attempt's fate is unknown (checked before the next).
+    let mut unknown = false;
     loop {
         attempt += 1;
-        match insert_once(client, table, rows).await {
-            Ok(()) => return Ok(()),
-            Err(e) if policy.retries_after(attempt) && e.is_transient() => {
+        let result = if unknown {
+            match landed(client, table, rows).await {
+                Ok(true) => Ok(()),
+                Ok(false) => insert_once(client, table, rows).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            insert_once(client, table, rows).await
+        };
+        match result {
+            Ok(()) => {
+                recovered(retrying.readiness, attempt);
+                return Ok(());
+            }
+            Err(e) if e.is_transient() => {
+                // An insert that failed may still have landed; so may one
+                // whose check failed.
+                unknown = true;
+                retrying.readiness.fail(
+                    Reason::ClickHouseUnreachable,
+                    format_args!("insert into {table}, attempt {attempt}: {e}"),
+                );
                 telemetry::InsertRetried {
                     table,
                     attempt,
                     error: &e.to_string(),
                 }
                 .emit();
-                tokio::time::sleep(policy.delay(attempt)).await;
-                // The failed attempt may have landed (the answer was lost):
-                // an insert is one block, so one stored row means all are.
-                if landed(client, table, rows).await.unwrap_or(false) {
-                    return Ok(());
+                if !policy.sleep(attempt, retrying.stop).await {
+                    return Err(SinkError::Stopped);
                 }
             }
             Err(e) => {
@@ -193,6 +235,14 @@ where
             }
         }
     }
+}
+
+/// Clears the outage reason once a call that had to be retried succeeds.
+pub(super) fn recovered(readiness: &Readiness, attempts: u32) {
+    if attempts > 1 && readiness.holds(Reason::ClickHouseUnreachable) {
+        tracing::info!(attempts, "ClickHouse answers again");
+    }
+    readiness.clear(Reason::ClickHouseUnreachable);
 }
 
 /// Whether the highest-offset row of `rows` is already in `table`.
@@ -230,6 +280,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -239,16 +291,18 @@ mod tests {
             batch_rows: 1,
             batch_bytes: 1,
             batch_max_wait: Duration::from_secs(1),
-            insert_retries: 6,
             retry_backoff: Duration::from_secs(2),
+            retry_max_backoff: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(60),
             dedup_window: 1,
         };
         let p = retry_policy(&cfg);
         let waits: Vec<u64> = (1..=6).map(|a| p.delay(a).as_secs()).collect();
-        // Doubling from retry_backoff, capped at 30 s.
+        // Doubling from retry_backoff, capped at retry_max_backoff; jitter
+        // only shortens a wait.
         assert_eq!(waits, [2, 4, 8, 16, 30, 30]);
-        // insert_retries retries after the first attempt, then it gives up.
-        assert!(p.retries_after(6));
-        assert!(!p.retries_after(7));
+        assert!(p.wait(1_000) <= Duration::from_secs(30));
+        // An outage of any length is ridden out.
+        assert!(p.retries_after(u32::MAX - 1));
     }
 }

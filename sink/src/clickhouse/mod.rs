@@ -10,7 +10,8 @@
 //! batch from Kafka, its `run`), `insert` (write a batch, retry, bisect
 //! refused rows, commit), [`position`] (where each partition stands, read
 //! from ClickHouse), [`row`] (the rows), [`migrate`](mod@migrate) (the schema),
-//! [`status`] (`xoflow sink-status`). This module owns [`SinkError`].
+//! [`status`] (`xoflow sink-status`), `watch` (the watchdog that tells
+//! readiness when the sink stalls). This module owns [`SinkError`].
 
 mod config;
 mod consume;
@@ -19,6 +20,7 @@ pub mod migrate;
 pub mod position;
 pub mod row;
 pub mod status;
+mod watch;
 
 pub use config::{ClickHouseConfig, ConfigError, SinkConfig};
 pub use consume::run;
@@ -50,6 +52,10 @@ pub enum SinkError {
     },
     #[error("kafka: {0}")]
     Kafka(#[source] KafkaError),
+    /// Shutdown came while a ClickHouse call was being retried: nothing
+    /// past what was written is committed.
+    #[error("stopped while retrying ClickHouse")]
+    Stopped,
     #[error("insert into {table} failed after {attempts} attempts: {source}")]
     InsertFailed {
         table: &'static str,
@@ -82,6 +88,7 @@ impl SinkError {
             SinkError::Config(_)
             | SinkError::MigrationChanged { .. }
             | SinkError::Task(_)
+            | SinkError::Stopped
             | SinkError::InsertFailed { .. } => false,
         }
     }

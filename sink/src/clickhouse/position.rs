@@ -73,7 +73,7 @@ impl Input {
     /// Rows of `topic`/`partition` already stored for this input, as one
     /// `kafka_offset`/`event_id` relation with two `?` (topic, partition)
     /// per branch.
-    fn stored_rows(self) -> &'static str {
+    pub(super) fn stored_rows(self) -> &'static str {
         match self {
             Input::Enriched => {
                 "(SELECT kafka_offset, event_id FROM events \
@@ -88,7 +88,7 @@ impl Input {
         }
     }
 
-    fn branches(self) -> usize {
+    pub(super) fn branches(self) -> usize {
         match self {
             Input::Enriched => 2,
             Input::DeadLetters => 1,

@@ -9,7 +9,8 @@
 //! happened, calls and posts in Chinese and English whose sentiment
 //! matches, personal data planted in free text, and a small share of
 //! malformed records. The same [`GenConfig`] always yields byte-identical
-//! output.
+//! output; event ids carry the seed (`<tenant>-<seed hex>-<seq>`), so loads
+//! generated with different seeds never share an id.
 //!
 //! What crosses the boundary: `Vec<Event>` in time order, and a [`Truth`]
 //! with what the pipeline should find (NPS per touchpoint and store, the
@@ -68,6 +69,7 @@ impl SplitMix {
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenConfig {
+    /// Seeds the PRNG and is part of every event id.
     pub seed: u64,
     /// First instant of the span, Unix milliseconds (UTC).
     pub start_ms: i64,

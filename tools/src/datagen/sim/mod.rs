@@ -121,10 +121,14 @@ fn clamp_score(x: f64, min: i32, max: i32) -> i32 {
 }
 
 impl Sim<'_> {
+    /// The seed is part of every id: two loads generated with different
+    /// seeds never collide in the store (ingest deduplicates by id), while
+    /// the same seed gives the same ids, so importing a load again stays
+    /// idempotent.
     fn next_id(&mut self, tenant: &Tenant) -> String {
         self.seq += 1;
         let prefix: String = tenant.name.split('-').map(|w| &w[..1]).collect();
-        format!("{prefix}-{:08}", self.seq)
+        format!("{prefix}-{:x}-{:08}", self.cfg.seed, self.seq)
     }
 
     fn identity(&self, c: &Customer, how: Ident) -> CustomerIdentity {
@@ -215,7 +219,7 @@ impl Sim<'_> {
         for i in 0..n {
             let idx = self.rng.below(self.events.len() as u64) as usize;
             let (at, mut e) = self.events[idx].clone();
-            e.event_id = format!("bad-{:06}", i);
+            e.event_id = format!("bad-{:x}-{:06}", self.cfg.seed, i);
             let reason = match (i % 5, e.payload.as_mut()) {
                 (0, _) => {
                     e.tenant.clear();

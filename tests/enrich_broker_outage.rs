@@ -1,0 +1,222 @@
+//! Enrich rides out a broker outage: it never exits, readiness answers
+//! `kafka_unreachable` while the broker is away (liveness stays up: a
+//! restart would meet the same outage), and shutdown during the outage
+//! does not hang. On a Tansu of this test's own; the shared broker is
+//! never touched.
+//!
+//! The broker is not brought back: this Tansu keeps its data in memory, and
+//! when it returns empty, librdkafka 2.12.1 crashes the process (SIGSEGV in
+//! `rd_kafka_metadata_cache_find`, a null topic name, from the enrich
+//! resolve consumer's metadata refresh) — with or without the topics
+//! created again. Recovery after a broker outage needs a broker that keeps
+//! its topics; the sink's outage test (ClickHouse) covers the return.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use rdkafka::{
+    consumer::{Consumer, StreamConsumer},
+    message::Message as _,
+};
+use xoflow::{Stages, sample};
+use xoflow_common::kafka::Outgoing;
+use xoflow_enrich::stage::InternalTopics;
+use xoflow_proto::{
+    Message,
+    v1::{EnrichedEvent, Event},
+};
+
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Broker {
+    fn start(port: u16) -> Self {
+        let bin = std::env::var("XOFLOW_TANSU_BIN")
+            .unwrap_or_else(|_| "/root/.cache/xoflow/tansu/bin/tansu".into());
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} (set XOFLOW_TANSU_BIN): {e}"));
+        Self { child, port }
+    }
+
+    async fn wait_listening(&self) {
+        let port = self.port;
+        common::wait_for(
+            "the test broker to listen",
+            Duration::from_secs(30),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn create_topics(cfg: &xoflow::Config) {
+    let t = &cfg.kafka.topics;
+    let internal = InternalTopics::of(&cfg.enrich.group_id);
+    cfg.kafka
+        .ensure_topics(&[
+            &t.events,
+            &t.backfill,
+            &t.enriched,
+            &t.dead_letters,
+            &internal.repartition,
+        ])
+        .await
+        .expect("topics");
+    cfg.kafka
+        .ensure_compacted_topics(&[&internal.links, &internal.changelog])
+        .await
+        .expect("compacted topics");
+}
+
+async fn produce(cfg: &xoflow::Config, events: &[Event]) {
+    let producer = cfg.kafka.batch_producer().expect("producer");
+    let bytes: Vec<(String, Vec<u8>)> = events
+        .iter()
+        .map(|e| (e.partition_key().to_string(), e.encode_to_vec()))
+        .collect();
+    let out: Vec<Outgoing<'_>> = bytes
+        .iter()
+        .map(|(k, b)| Outgoing::keyed(k.as_bytes(), b))
+        .collect();
+    producer
+        .send_all(&cfg.kafka.topics.events, &out)
+        .await
+        .expect("produce");
+}
+
+/// Waits until every event of `events` was read from the enriched topic.
+async fn enriched(cfg: &xoflow::Config, group: &str, events: &[Event]) {
+    let consumer: StreamConsumer = cfg
+        .kafka
+        .consumer(group, Default::default())
+        .expect("consumer");
+    consumer
+        .subscribe(&[&cfg.kafka.topics.enriched])
+        .expect("subscribe");
+    let want: BTreeSet<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    let mut seen = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !want.is_subset(&seen) {
+        let m = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(_)) => continue,
+            Err(_) => break,
+        };
+        if let Ok(e) = EnrichedEvent::decode(m.payload().unwrap_or_default()) {
+            seen.insert(e.event.map(|e| e.event_id).unwrap_or_default());
+        }
+    }
+    let missing = want.difference(&seen).count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} events never enriched",
+        want.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrich_rides_out_a_broker_outage_and_says_so() {
+    let port = free_port();
+    let mut broker = Broker::start(port);
+    broker.wait_listening().await;
+    let (mut cfg, id) = common::config("");
+    cfg.kafka.brokers = format!("127.0.0.1:{port}");
+    cfg.kafka.message_timeout = Duration::from_secs(3);
+    create_topics(&cfg).await;
+    let running = common::start(&cfg, Stages::ENRICH).await;
+
+    let before = sample::events(5, 50, "acme", &format!("{id}-a"), common::now_ms());
+    produce(&cfg, &before).await;
+    enriched(&cfg, &format!("g-{id}-check-a"), &before).await;
+
+    broker.kill();
+    common::wait_for(
+        "readiness to say the broker is away",
+        Duration::from_secs(60),
+        || {
+            let reasons = running.health.check().err().unwrap_or_default();
+            async move {
+                reasons
+                    .iter()
+                    .any(|r| r.starts_with("enrich: kafka_unreachable"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        running.health.check_live(),
+        Ok(()),
+        "an outage is no reason to restart"
+    );
+    assert!(
+        !running.shutdown.token.is_cancelled(),
+        "enrich must not exit"
+    );
+
+    // The outage lasts well past the old produce budget (5 attempts, ~6 s):
+    // its length is the fault itself, not a condition to await.
+    let since = tokio::time::Instant::now();
+    common::wait_for(
+        "the outage to outlast the old budget",
+        Duration::from_secs(60),
+        || {
+            let long = since.elapsed() >= Duration::from_secs(10);
+            async move { long }
+        },
+    )
+    .await;
+    assert!(
+        !running.shutdown.token.is_cancelled(),
+        "enrich must not exit"
+    );
+    assert!(running.health.check().is_err(), "still not ready");
+    // Shutdown during the outage does not hang on it.
+    running.stop();
+    tokio::time::timeout(Duration::from_secs(60), running.wait())
+        .await
+        .expect("shutdown during an outage ends within the drain budget")
+        .expect("clean shutdown");
+}

@@ -1,0 +1,144 @@
+//! `xoflow sink-status` on a partition whose last records are copies the
+//! sink dropped on purpose: the group committed past them, ClickHouse
+//! stores nothing for them, and that is no gap (exit 0); the high watermark
+//! it prints is never below an offset stored. Real broker, real ClickHouse.
+
+mod common;
+
+use std::time::Duration;
+
+use xoflow::Stages;
+use xoflow_common::kafka::Outgoing;
+use xoflow_proto::{
+    Message,
+    v1::{ClickEvent, CustomerIdentity, EnrichedEvent, Event, Touchpoint, event::Payload},
+};
+
+/// Every record under one key: one partition, in order.
+const KEY: &str = "c-1";
+
+fn enriched(id: &str, i: usize) -> Vec<u8> {
+    let event = Event {
+        event_id: format!("{id}-{i}"),
+        tenant: "shop".into(),
+        source: "web".into(),
+        occurred_at: Some(xoflow_proto::from_unix_millis(common::now_ms() - 60_000)),
+        customer: Some(CustomerIdentity {
+            customer_id: KEY.into(),
+            ..Default::default()
+        }),
+        touchpoint: Some(Touchpoint {
+            journey: "online-purchase".into(),
+            stage: "browse".into(),
+            touchpoint: "product-page".into(),
+            channel: 2,
+        }),
+        payload: Some(Payload::Click(ClickEvent {
+            session_id: "s1".into(),
+            url: "https://shop.example/p/1".into(),
+            path: "/p/1".into(),
+            action: 1,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    EnrichedEvent {
+        resolved_customer_id: KEY.into(),
+        event: Some(event),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn status_cli(cfg: &xoflow::Config) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_xoflow"))
+        .arg("sink-status")
+        .env("XOFLOW_KAFKA__BROKERS", &cfg.kafka.brokers)
+        .env("XOFLOW_KAFKA__TOPICS__ENRICHED", &cfg.kafka.topics.enriched)
+        .env(
+            "XOFLOW_KAFKA__TOPICS__DEAD_LETTERS",
+            &cfg.kafka.topics.dead_letters,
+        )
+        .env("XOFLOW_SINK__GROUP_ID", &cfg.sink.group_id)
+        .env("XOFLOW_CLICKHOUSE__URL", &cfg.clickhouse.url)
+        .env("XOFLOW_CLICKHOUSE__DATABASE", &cfg.clickhouse.database)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run xoflow sink-status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_dropped_at_the_end_of_a_partition_are_no_gap() {
+    let (cfg, id) = common::config("");
+    let t = &cfg.kafka.topics;
+    cfg.kafka
+        .ensure_topics(&[&t.enriched, &t.dead_letters])
+        .await
+        .expect("topics");
+    // 100 events, then copies of the last 3 (an enrich retry): the
+    // partition ends with records the sink drops.
+    let mut records: Vec<Vec<u8>> = (0..100).map(|i| enriched(&id, i)).collect();
+    records.extend((97..100).map(|i| enriched(&id, i)));
+    let out: Vec<Outgoing<'_>> = records
+        .iter()
+        .map(|b| Outgoing::keyed(KEY.as_bytes(), b))
+        .collect();
+    cfg.kafka
+        .batch_producer()
+        .expect("producer")
+        .send_all(&t.enriched, &out)
+        .await
+        .expect("produce");
+
+    let running = common::start(&cfg, Stages::SINK).await;
+    common::wait_for(
+        "the sink to commit past the copies",
+        Duration::from_secs(90),
+        || {
+            let cfg = cfg.clone();
+            async move {
+                let status =
+                    xoflow_sink::sink_status(&cfg.kafka, &cfg.clickhouse, &cfg.sink.group_id)
+                        .await
+                        .expect("status");
+                status
+                    .iter()
+                    .filter(|s| s.topic == cfg.kafka.topics.enriched)
+                    .filter_map(|s| s.committed)
+                    .sum::<i64>()
+                    == 103
+            }
+        },
+    )
+    .await;
+    running.stop();
+    running.wait().await.expect("clean shutdown");
+
+    let status = xoflow_sink::sink_status(&cfg.kafka, &cfg.clickhouse, &cfg.sink.group_id)
+        .await
+        .expect("status");
+    let p = status
+        .iter()
+        .find(|s| s.topic == t.enriched && s.committed == Some(103))
+        .expect("the partition holding the records");
+    assert_eq!(p.stored_next, 100, "{p:?}");
+    assert_eq!(p.rows_stored, 100, "{p:?}");
+    assert_eq!(p.dropped_copies, 3, "{p:?}");
+    assert_eq!(p.gap(), 0, "{p:?}");
+    for s in &status {
+        assert!(s.high_watermark >= s.stored_next, "{s:?}");
+        assert!(s.high_watermark >= s.committed.unwrap_or(0), "{s:?}");
+        assert!(s.high_watermark >= s.broker_high_watermark, "{s:?}");
+    }
+    assert_eq!(p.high_watermark, 103, "{p:?}");
+    assert_eq!(p.lag(), 3, "the copies are read but not stored: {p:?}");
+
+    let out = status_cli(&cfg);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("copies"), "{stdout}");
+}
