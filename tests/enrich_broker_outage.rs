@@ -13,11 +13,7 @@
 
 mod common;
 
-use std::{
-    collections::BTreeSet,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
@@ -30,66 +26,6 @@ use xoflow_proto::{
     Message,
     v1::{EnrichedEvent, Event},
 };
-
-struct Broker {
-    child: Child,
-    port: u16,
-}
-
-impl Broker {
-    fn start(port: u16) -> Self {
-        let bin = std::env::var("XOFLOW_TANSU_BIN")
-            .unwrap_or_else(|_| "/root/.cache/xoflow/tansu/bin/tansu".into());
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin} (set XOFLOW_TANSU_BIN): {e}"));
-        Self { child, port }
-    }
-
-    async fn wait_listening(&self) {
-        let port = self.port;
-        common::wait_for(
-            "the test broker to listen",
-            Duration::from_secs(30),
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-            },
-        )
-        .await;
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 async fn create_topics(cfg: &xoflow::Config) {
     let t = &cfg.kafka.topics;
@@ -159,8 +95,8 @@ async fn enriched(cfg: &xoflow::Config, group: &str, events: &[Event]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrich_rides_out_a_broker_outage_and_says_so() {
-    let port = free_port();
-    let mut broker = Broker::start(port);
+    let port = common::free_port();
+    let mut broker = common::OwnBroker::start(port);
     broker.wait_listening().await;
     let (mut cfg, id) = common::config("");
     cfg.kafka.brokers = format!("127.0.0.1:{port}");

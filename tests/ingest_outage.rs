@@ -11,78 +11,15 @@ mod common;
 #[path = "ingest_support/mod.rs"]
 mod support;
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use xoflow::{Stages, sample};
 use xoflow_proto::v1::{IngestRequest, collector_client::CollectorClient};
 
-struct Broker {
-    child: Child,
-    port: u16,
-}
-
-impl Broker {
-    fn start(port: u16) -> Self {
-        let bin = std::env::var("XOFLOW_TANSU_BIN")
-            .unwrap_or_else(|_| "/root/.cache/xoflow/tansu/bin/tansu".into());
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin} (set XOFLOW_TANSU_BIN): {e}"));
-        Self { child, port }
-    }
-
-    async fn wait_listening(&self) {
-        let port = self.port;
-        common::wait_for(
-            "the test broker to listen",
-            Duration::from_secs(30),
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-            },
-        )
-        .await;
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_acknowledges_nothing_and_broker_back_keeps_everything() {
-    let port = free_port();
-    let mut broker = Broker::start(port);
+    let port = common::free_port();
+    let mut broker = common::OwnBroker::start(port);
     broker.wait_listening().await;
 
     let (mut cfg, id) = common::config("");
@@ -136,7 +73,7 @@ async fn broker_down_acknowledges_nothing_and_broker_back_keeps_everything() {
 
     // Back, empty: recreate the topics, send again.
     let _broker = {
-        let b = Broker::start(port);
+        let b = common::OwnBroker::start(port);
         b.wait_listening().await;
         b
     };

@@ -10,32 +10,11 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::TcpStream,
+    io::{AsyncBufReadExt, BufReader},
     process::Command,
 };
 use xoflow::sample;
 use xoflow_proto::v1::{IngestRequest, collector_client::CollectorClient};
-
-/// A bare HTTP/1.0 GET: status code and body.
-async fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect admin");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.expect("read");
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
-}
 
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let start = line.find(key)? + key.len();
@@ -93,10 +72,10 @@ async fn run_serves_health_and_metrics_and_drains_on_sigterm() {
         .expect("grpc address")
         .to_string();
 
-    assert_eq!(get(&admin, "/health/live").await.0, 200);
+    assert_eq!(common::http_get(&admin, "/health/live").await.0, 200);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (code, body) = get(&admin, "/health/ready").await;
+        let (code, body) = common::http_get(&admin, "/health/ready").await;
         if code == 200 {
             break;
         }
@@ -116,7 +95,7 @@ async fn run_serves_health_and_metrics_and_drains_on_sigterm() {
         .into_inner();
     assert_eq!(r.accepted, 500);
 
-    let (code, metrics) = get(&admin, "/metrics").await;
+    let (code, metrics) = common::http_get(&admin, "/metrics").await;
     assert_eq!(code, 200);
     assert!(
         metrics.contains("xoflow_ingest_events_accepted_total"),

@@ -12,53 +12,13 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use clickhouse::Row;
 use serde::Deserialize;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    process::{Child, Command},
-};
+use tokio::process::{Child, Command};
 use xoflow::Stages;
 use xoflow_common::kafka::Outgoing;
-use xoflow_proto::{
-    Message,
-    v1::{ClickEvent, CustomerIdentity, EnrichedEvent, Event, Touchpoint, event::Payload},
-};
 
 /// Attempts the sink must make during the outage before ClickHouse comes
 /// back: the old budget gave up after 9.
 const ATTEMPTS_RIDDEN_OUT: u32 = 70;
-
-/// A bare HTTP/1.0 GET: status code and body; 0 when nothing answers.
-async fn get(addr: &str, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(addr).await else {
-        return (0, String::new());
-    };
-    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .is_err()
-    {
-        return (0, String::new());
-    }
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf).await;
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 /// A ClickHouse server of this test's own: a copy of the packaged config
 /// with its paths in a scratch directory, on free ports kept across a
@@ -88,9 +48,9 @@ impl OwnClickHouse {
         }
         OwnClickHouse {
             dir,
-            http: free_port(),
-            tcp: free_port(),
-            inter: free_port(),
+            http: common::free_port(),
+            tcp: common::free_port(),
+            inter: common::free_port(),
             child: None,
         }
     }
@@ -124,7 +84,7 @@ impl OwnClickHouse {
         let addr = format!("127.0.0.1:{}", self.http);
         common::wait_for("our ClickHouse to answer", Duration::from_secs(90), || {
             let addr = addr.clone();
-            async move { get(&addr, "/ping").await == (200, "Ok.\n".to_owned()) }
+            async move { common::http_get(&addr, "/ping").await == (200, "Ok.\n".to_owned()) }
         })
         .await;
     }
@@ -148,36 +108,8 @@ impl Drop for OwnClickHouse {
 
 fn enriched(id: &str, i: usize) -> (Vec<u8>, String) {
     let key = format!("c{}", i % 97);
-    let event = Event {
-        event_id: format!("{id}-{i}"),
-        tenant: "shop".into(),
-        source: "web".into(),
-        occurred_at: Some(xoflow_proto::from_unix_millis(common::now_ms() - 60_000)),
-        customer: Some(CustomerIdentity {
-            customer_id: key.clone(),
-            ..Default::default()
-        }),
-        touchpoint: Some(Touchpoint {
-            journey: "online-purchase".into(),
-            stage: "browse".into(),
-            touchpoint: "product-page".into(),
-            channel: 2,
-        }),
-        payload: Some(Payload::Click(ClickEvent {
-            session_id: format!("s{}", i % 13),
-            url: "https://shop.example/p/1".into(),
-            path: "/p/1".into(),
-            action: 1,
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
-    let en = EnrichedEvent {
-        resolved_customer_id: key.clone(),
-        event: Some(event),
-        ..Default::default()
-    };
-    (en.encode_to_vec(), key)
+    let bytes = common::enriched_click(format!("{id}-{i}"), "shop", &key, &format!("s{}", i % 13));
+    (bytes, key)
 }
 
 async fn produce(cfg: &xoflow::Config, records: &[(Vec<u8>, String)]) {
@@ -261,12 +193,12 @@ async fn the_sink_rides_out_a_clickhouse_outage_and_says_so() {
         },
     )
     .await;
-    let (code, body) = get(&admin, "/health/ready").await;
+    let (code, body) = common::http_get(&admin, "/health/ready").await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("sink: clickhouse_unreachable"), "{body}");
-    let (code, body) = get(&admin, "/health/live").await;
+    let (code, body) = common::http_get(&admin, "/health/live").await;
     assert_eq!(code, 200, "an outage is no reason to restart: {body}");
-    let (_, metrics) = get(&admin, "/metrics").await;
+    let (_, metrics) = common::http_get(&admin, "/metrics").await;
     if !metrics.starts_with("metrics recorder not installed") {
         assert!(
             metrics.contains(
@@ -296,7 +228,7 @@ async fn the_sink_rides_out_a_clickhouse_outage_and_says_so() {
         async move { ok }
     })
     .await;
-    assert_eq!(get(&admin, "/health/ready").await.0, 200);
+    assert_eq!(common::http_get(&admin, "/health/ready").await.0, 200);
     assert_eq!(
         counts(&ch).await,
         Some(Counts {

@@ -17,45 +17,14 @@ use rand::seq::SliceRandom;
 use serde::Deserialize;
 use xoflow::Stages;
 use xoflow_common::kafka::Outgoing;
-use xoflow_proto::{
-    Message,
-    v1::{ClickEvent, CustomerIdentity, EnrichedEvent, Event, Touchpoint, event::Payload},
-};
+use xoflow_proto::{Message, v1::Event};
 
 const REFUSED_TENANT: &str = "refuse-me";
 
 fn enriched(id: &str, i: usize, tenant: &str) -> (Vec<u8>, String) {
-    let event = Event {
-        event_id: format!("{id}-{i}"),
-        tenant: tenant.into(),
-        source: "web".into(),
-        occurred_at: Some(xoflow_proto::from_unix_millis(common::now_ms() - 60_000)),
-        customer: Some(CustomerIdentity {
-            customer_id: format!("c{}", i % 97),
-            ..Default::default()
-        }),
-        touchpoint: Some(Touchpoint {
-            journey: "online-purchase".into(),
-            stage: "browse".into(),
-            touchpoint: "product-page".into(),
-            channel: 2,
-        }),
-        payload: Some(Payload::Click(ClickEvent {
-            session_id: format!("s{}", i % 13),
-            url: "https://shop.example/p/1".into(),
-            path: "/p/1".into(),
-            action: 1,
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
     let key = format!("c{}", i % 97);
-    let en = EnrichedEvent {
-        resolved_customer_id: key.clone(),
-        event: Some(event),
-        ..Default::default()
-    };
-    (en.encode_to_vec(), key)
+    let bytes = common::enriched_click(format!("{id}-{i}"), tenant, &key, &format!("s{}", i % 13));
+    (bytes, key)
 }
 
 async fn produce(cfg: &xoflow::Config, records: &[(Vec<u8>, String)]) {

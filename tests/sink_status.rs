@@ -9,45 +9,12 @@ use std::time::Duration;
 
 use xoflow::Stages;
 use xoflow_common::kafka::Outgoing;
-use xoflow_proto::{
-    Message,
-    v1::{ClickEvent, CustomerIdentity, EnrichedEvent, Event, Touchpoint, event::Payload},
-};
 
 /// Every record under one key: one partition, in order.
 const KEY: &str = "c-1";
 
 fn enriched(id: &str, i: usize) -> Vec<u8> {
-    let event = Event {
-        event_id: format!("{id}-{i}"),
-        tenant: "shop".into(),
-        source: "web".into(),
-        occurred_at: Some(xoflow_proto::from_unix_millis(common::now_ms() - 60_000)),
-        customer: Some(CustomerIdentity {
-            customer_id: KEY.into(),
-            ..Default::default()
-        }),
-        touchpoint: Some(Touchpoint {
-            journey: "online-purchase".into(),
-            stage: "browse".into(),
-            touchpoint: "product-page".into(),
-            channel: 2,
-        }),
-        payload: Some(Payload::Click(ClickEvent {
-            session_id: "s1".into(),
-            url: "https://shop.example/p/1".into(),
-            path: "/p/1".into(),
-            action: 1,
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
-    EnrichedEvent {
-        resolved_customer_id: KEY.into(),
-        event: Some(event),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    common::enriched_click(format!("{id}-{i}"), "shop", KEY, "s1")
 }
 
 fn status_cli(cfg: &xoflow::Config) -> std::process::Output {

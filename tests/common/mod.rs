@@ -117,3 +117,132 @@ pub fn now_ms() -> i64 {
 pub async fn drop_database(cfg: &Config) {
     let _ = cfg.clickhouse.drop_database().await;
 }
+
+/// A Tansu broker of one test's own, on `port`, in memory: for tests that
+/// stop the broker (the shared one is never touched). Killed on drop.
+pub struct OwnBroker {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnBroker {
+    pub fn start(port: u16) -> Self {
+        let bin = std::env::var("XOFLOW_TANSU_BIN")
+            .unwrap_or_else(|_| "/root/.cache/xoflow/tansu/bin/tansu".into());
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} (set XOFLOW_TANSU_BIN): {e}"));
+        Self { child, port }
+    }
+
+    pub async fn wait_listening(&self) {
+        let port = self.port;
+        wait_for(
+            "the test broker to listen",
+            Duration::from_secs(30),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// An enriched click of `customer` in `session`, as enrich would write it:
+/// the sink tests' input, produced straight onto the enriched topic.
+pub fn enriched_click(event_id: String, tenant: &str, customer: &str, session: &str) -> Vec<u8> {
+    use xoflow_proto::{
+        Message,
+        v1::{ClickEvent, CustomerIdentity, EnrichedEvent, Event, Touchpoint, event::Payload},
+    };
+    let event = Event {
+        event_id,
+        tenant: tenant.into(),
+        source: "web".into(),
+        occurred_at: Some(xoflow_proto::from_unix_millis(now_ms() - 60_000)),
+        customer: Some(CustomerIdentity {
+            customer_id: customer.into(),
+            ..Default::default()
+        }),
+        touchpoint: Some(Touchpoint {
+            journey: "online-purchase".into(),
+            stage: "browse".into(),
+            touchpoint: "product-page".into(),
+            channel: 2,
+        }),
+        payload: Some(Payload::Click(ClickEvent {
+            session_id: session.into(),
+            url: "https://shop.example/p/1".into(),
+            path: "/p/1".into(),
+            action: 1,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    EnrichedEvent {
+        resolved_customer_id: customer.into(),
+        event: Some(event),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// A bare HTTP/1.0 GET (the admin server's `/health/*` and `/metrics`):
+/// status code and body; 0 when nothing answers.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return (0, String::new());
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf).await;
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
