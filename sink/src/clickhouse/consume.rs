@@ -86,7 +86,7 @@ impl Batch {
 }
 
 /// Runs the sink until `stop` is cancelled: migrates, then consumes. A
-/// ClickHouse outage is ridden out (see [`super::insert`]); shutdown during
+/// ClickHouse outage is ridden out (see `clickhouse::insert`); shutdown during
 /// one returns at once, with nothing committed past what was written.
 pub async fn run(
     kafka: &KafkaConfig,
