@@ -71,6 +71,12 @@ mod tests {
     }
 
     #[test]
+    fn a_file_written_for_bounded_insert_retries_still_loads() {
+        let cfg = Config::from_toml("[sink]\ninsert_retries = 8\n").expect("former key");
+        assert_eq!(cfg.sink.insert_retries, Some(8));
+    }
+
+    #[test]
     fn invalid_values_are_refused() {
         let err = Config::from_toml("[clickhouse]\ndatabase = \"x; DROP\"\n").expect_err("bad db");
         assert!(err.to_string().contains("clickhouse.database"), "{err}");

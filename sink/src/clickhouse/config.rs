@@ -49,6 +49,11 @@ pub struct SinkConfig {
     /// remembered to drop redelivered copies of an event (enrich retries,
     /// clients re-sending). Bounds the dedup memory.
     pub dedup_window: i64,
+    /// Former bound on insert retries. Retries are unbounded now; the key
+    /// is still accepted so that existing configuration files load, and
+    /// the stage warns that it is ignored.
+    #[serde(default)]
+    pub insert_retries: Option<u32>,
 }
 
 /// Where ClickHouse is.

@@ -95,6 +95,12 @@ pub async fn run(
     readiness: Readiness,
     stop: CancellationToken,
 ) -> Result<(), SinkError> {
+    if let Some(n) = cfg.insert_retries {
+        tracing::warn!(
+            insert_retries = n,
+            "sink.insert_retries is ignored: transient insert failures are retried until ClickHouse answers (sink.retry_max_backoff bounds each wait)"
+        );
+    }
     match consume(kafka, ch, cfg, &readiness, &stop).await {
         Err(SinkError::Stopped) => {
             readiness.set(false);

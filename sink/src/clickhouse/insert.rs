@@ -295,6 +295,7 @@ mod tests {
             retry_max_backoff: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(60),
             dedup_window: 1,
+            insert_retries: None,
         };
         let p = retry_policy(&cfg);
         let waits: Vec<u64> = (1..=6).map(|a| p.delay(a).as_secs()).collect();
