@@ -6,10 +6,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use xoflow::datagen::{self, GenConfig};
-use xoflow_proto::{
-    Message,
-    v1::{CxFields, EnrichedEvent},
-};
+use xoflow_proto::{Message, v1::EnrichedEvent};
 use xoflow_sink::clickhouse::row::{EventRow, Lineage};
 
 // The allocator the `xoflow` binary runs with.
@@ -27,19 +24,7 @@ fn bench(c: &mut Criterion) {
         .events
         .into_iter()
         .take(10_000)
-        .map(|e| {
-            EnrichedEvent {
-                resolved_customer_id: e
-                    .customer
-                    .as_ref()
-                    .map(|c| c.customer_id.clone())
-                    .unwrap_or_default(),
-                cx: Some(CxFields::default()),
-                event: Some(e),
-                ..Default::default()
-            }
-            .encode_to_vec()
-        })
+        .map(|e| datagen::as_enriched(e).encode_to_vec())
         .collect();
     let mut group = c.benchmark_group("sink_rows");
     group.throughput(Throughput::Elements(encoded.len() as u64));

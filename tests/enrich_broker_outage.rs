@@ -21,30 +21,10 @@ use rdkafka::{
 };
 use xoflow::{Stages, sample};
 use xoflow_common::kafka::Outgoing;
-use xoflow_enrich::stage::InternalTopics;
 use xoflow_proto::{
     Message,
     v1::{EnrichedEvent, Event},
 };
-
-async fn create_topics(cfg: &xoflow::Config) {
-    let t = &cfg.kafka.topics;
-    let internal = InternalTopics::of(&cfg.enrich.group_id);
-    cfg.kafka
-        .ensure_topics(&[
-            &t.events,
-            &t.backfill,
-            &t.enriched,
-            &t.dead_letters,
-            &internal.repartition,
-        ])
-        .await
-        .expect("topics");
-    cfg.kafka
-        .ensure_compacted_topics(&[&internal.links, &internal.changelog])
-        .await
-        .expect("compacted topics");
-}
 
 async fn produce(cfg: &xoflow::Config, events: &[Event]) {
     let producer = cfg.kafka.batch_producer().expect("producer");
@@ -101,7 +81,9 @@ async fn enrich_rides_out_a_broker_outage_and_says_so() {
     let (mut cfg, id) = common::config("");
     cfg.kafka.brokers = format!("127.0.0.1:{port}");
     cfg.kafka.message_timeout = Duration::from_secs(3);
-    create_topics(&cfg).await;
+    xoflow_enrich::stage::ensure_topics(&cfg.kafka, &cfg.enrich)
+        .await
+        .expect("topics");
     let running = common::start(&cfg, Stages::ENRICH).await;
 
     let before = sample::events(5, 50, "acme", &format!("{id}-a"), common::now_ms());

@@ -14,7 +14,6 @@ use clickhouse::Row;
 use serde::Deserialize;
 use tokio::process::{Child, Command};
 use xoflow::Stages;
-use xoflow_common::kafka::Outgoing;
 
 /// Attempts the sink must make during the outage before ClickHouse comes
 /// back: the old budget gave up after 9.
@@ -112,19 +111,6 @@ fn enriched(id: &str, i: usize) -> (Vec<u8>, String) {
     (bytes, key)
 }
 
-async fn produce(cfg: &xoflow::Config, records: &[(Vec<u8>, String)]) {
-    let out: Vec<Outgoing<'_>> = records
-        .iter()
-        .map(|(b, k)| Outgoing::keyed(k.as_bytes(), b))
-        .collect();
-    cfg.kafka
-        .batch_producer()
-        .expect("producer")
-        .send_all(&cfg.kafka.topics.enriched, &out)
-        .await
-        .expect("produce");
-}
-
 #[derive(Debug, Row, Deserialize, PartialEq)]
 struct Counts {
     events: u64,
@@ -170,7 +156,7 @@ async fn the_sink_rides_out_a_clickhouse_outage_and_says_so() {
         .expect("topics");
 
     let first: Vec<_> = (0..2_000).map(|i| enriched(&id, i)).collect();
-    produce(&cfg, &first).await;
+    common::produce_enriched(&cfg, &first).await;
     let running = common::start(&cfg, Stages::SINK).await;
     let admin = running.admin_addr.to_string();
     let ch = cfg.clickhouse.client();
@@ -183,7 +169,7 @@ async fn the_sink_rides_out_a_clickhouse_outage_and_says_so() {
     // ClickHouse goes away; more events arrive.
     ch_server.kill().await;
     let second: Vec<_> = (2_000..4_000).map(|i| enriched(&id, i)).collect();
-    produce(&cfg, &second).await;
+    common::produce_enriched(&cfg, &second).await;
     common::wait_for(
         "the sink to retry well past its old budget",
         Duration::from_secs(180),

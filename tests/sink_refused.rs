@@ -16,7 +16,6 @@ use clickhouse::Row;
 use rand::seq::SliceRandom;
 use serde::Deserialize;
 use xoflow::Stages;
-use xoflow_common::kafka::Outgoing;
 use xoflow_proto::{Message, v1::Event};
 
 const REFUSED_TENANT: &str = "refuse-me";
@@ -25,19 +24,6 @@ fn enriched(id: &str, i: usize, tenant: &str) -> (Vec<u8>, String) {
     let key = format!("c{}", i % 97);
     let bytes = common::enriched_click(format!("{id}-{i}"), tenant, &key, &format!("s{}", i % 13));
     (bytes, key)
-}
-
-async fn produce(cfg: &xoflow::Config, records: &[(Vec<u8>, String)]) {
-    let out: Vec<Outgoing<'_>> = records
-        .iter()
-        .map(|(b, k)| Outgoing::keyed(k.as_bytes(), b))
-        .collect();
-    cfg.kafka
-        .batch_producer()
-        .expect("producer")
-        .send_all(&cfg.kafka.topics.enriched, &out)
-        .await
-        .expect("produce");
 }
 
 #[derive(Debug, Row, Deserialize, PartialEq)]
@@ -88,7 +74,7 @@ async fn refused_rows_are_dead_lettered_and_the_rest_stored_once() {
         .enumerate()
         .map(|(i, t)| enriched(&id, i, t))
         .collect();
-    produce(&cfg, &first).await;
+    common::produce_enriched(&cfg, &first).await;
 
     let running = common::start(&cfg, Stages::SINK).await;
     let settled = |want: Counts| {
@@ -138,7 +124,7 @@ async fn refused_rows_are_dead_lettered_and_the_rest_stored_once() {
 
     // The sink goes on: later events are stored.
     let more: Vec<_> = (3_000..3_500).map(|i| enriched(&id, i, "shop")).collect();
-    produce(&cfg, &more).await;
+    common::produce_enriched(&cfg, &more).await;
     settled(Counts {
         events: 3_491,
         distinct_events: 3_491,
@@ -167,7 +153,7 @@ async fn refused_rows_are_dead_lettered_and_the_rest_stored_once() {
     cfg.sink.group_id = format!("g-{id}-sink-again");
     let running = common::start(&cfg, Stages::SINK).await;
     let last = vec![enriched(&id, 3_500, "shop")];
-    produce(&cfg, &last).await;
+    common::produce_enriched(&cfg, &last).await;
     // Done once the new group has committed past every record.
     common::wait_for("the re-read", Duration::from_secs(90), || {
         let cfg = cfg.clone();

@@ -8,7 +8,6 @@ mod common;
 use std::time::Duration;
 
 use xoflow::Stages;
-use xoflow_common::kafka::Outgoing;
 
 /// Every record under one key: one partition, in order.
 const KEY: &str = "c-1";
@@ -44,18 +43,11 @@ async fn copies_dropped_at_the_end_of_a_partition_are_no_gap() {
         .expect("topics");
     // 100 events, then copies of the last 3 (an enrich retry): the
     // partition ends with records the sink drops.
-    let mut records: Vec<Vec<u8>> = (0..100).map(|i| enriched(&id, i)).collect();
-    records.extend((97..100).map(|i| enriched(&id, i)));
-    let out: Vec<Outgoing<'_>> = records
-        .iter()
-        .map(|b| Outgoing::keyed(KEY.as_bytes(), b))
+    let mut records: Vec<(Vec<u8>, String)> = (0..100)
+        .map(|i| (enriched(&id, i), KEY.to_owned()))
         .collect();
-    cfg.kafka
-        .batch_producer()
-        .expect("producer")
-        .send_all(&t.enriched, &out)
-        .await
-        .expect("produce");
+    records.extend((97..100).map(|i| (enriched(&id, i), KEY.to_owned())));
+    common::produce_enriched(&cfg, &records).await;
 
     let running = common::start(&cfg, Stages::SINK).await;
     common::wait_for(

@@ -116,6 +116,8 @@ pub struct Waiter {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// Its repartition key when it leaves unresolved.
+    pub event_id: String,
     pub customer: CustomerIdentity,
     /// The event as read, forwarded unchanged.
     pub payload: Vec<u8>,
@@ -225,6 +227,7 @@ mod tests {
             topic: "events".into(),
             partition,
             offset,
+            event_id: format!("e{offset}"),
             customer: by_email(email),
             payload: Vec::new(),
             since_ms,

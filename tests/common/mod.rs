@@ -246,3 +246,18 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (code, body)
 }
+
+/// Produces encoded `EnrichedEvent`s, each under its key, onto the
+/// enriched topic: the sink tests' input.
+pub async fn produce_enriched(cfg: &Config, records: &[(Vec<u8>, String)]) {
+    let out: Vec<xoflow_common::kafka::Outgoing<'_>> = records
+        .iter()
+        .map(|(b, k)| xoflow_common::kafka::Outgoing::keyed(k.as_bytes(), b))
+        .collect();
+    cfg.kafka
+        .batch_producer()
+        .expect("producer")
+        .send_all(&cfg.kafka.topics.enriched, &out)
+        .await
+        .expect("produce");
+}

@@ -25,23 +25,18 @@ use xoflow_common::{
     clock,
     kafka::{BatchProducer, KafkaConfig, Outgoing, recv_batch},
     rebalance::{Change, RebalanceLog},
-    telemetry::ErrorKind,
 };
 use xoflow_proto::{
     Message as _,
     v1::{Event, IdentityResolution},
 };
 
-use super::{
-    EnrichError, InternalTopics, UNRESOLVED,
-    output::{self, CONSUMER_ERROR_PAUSE},
-    restore,
-};
+use super::{EnrichError, InternalTopics, UNRESOLVED, output, restore};
 use crate::{
     EnrichConfig,
     identity::Resolved,
     join::{Join, Released},
-    telemetry::{self, Metric},
+    telemetry,
 };
 
 /// Encoded changelog records (customer id, state; empty deletes).
@@ -78,8 +73,7 @@ impl Joiner<'_> {
             let mut batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
-                    ErrorKind::Consume.emit(Metric::Errors.name(), &e, "kafka consumer error");
-                    tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
+                    output::consumer_error(&e).await;
                     continue;
                 }
             };

@@ -111,13 +111,12 @@ impl InternalTopics {
     }
 }
 
-/// Runs the enrich stage until `stop` is cancelled.
-pub async fn run(
+/// Creates every topic the stage reads or writes, its internal ones
+/// (named after the group) included, and returns the internal names.
+pub async fn ensure_topics(
     kafka: &KafkaConfig,
     cfg: &EnrichConfig,
-    readiness: Readiness,
-    stop: CancellationToken,
-) -> Result<(), EnrichError> {
+) -> Result<InternalTopics, EnrichError> {
     let t = &kafka.topics;
     let internal = InternalTopics::of(&cfg.group_id);
     kafka
@@ -134,6 +133,18 @@ pub async fn run(
         .ensure_compacted_topics(&[&internal.links, &internal.changelog])
         .await
         .map_err(EnrichError::Setup)?;
+    Ok(internal)
+}
+
+/// Runs the enrich stage until `stop` is cancelled.
+pub async fn run(
+    kafka: &KafkaConfig,
+    cfg: &EnrichConfig,
+    readiness: Readiness,
+    stop: CancellationToken,
+) -> Result<(), EnrichError> {
+    let t = &kafka.topics;
+    let internal = ensure_topics(kafka, cfg).await?;
     let producer = kafka.batch_producer().map_err(EnrichError::Setup)?;
 
     // The global link table: read whole before resolving anything.

@@ -41,7 +41,14 @@ pub(super) const PRODUCE_RETRY: RetryPolicy =
     RetryPolicy::exponential(Duration::from_millis(400), Duration::from_millis(5000));
 
 /// How long a loop waits after a consumer error before polling again.
-pub(super) const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
+const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
+
+/// What either loop does when polling its consumer failed: count and log
+/// it, then pause before polling again (librdkafka retries underneath).
+pub(super) async fn consumer_error(e: &rdkafka::error::KafkaError) {
+    ErrorKind::Consume.emit(Metric::Errors.name(), e, "kafka consumer error");
+    tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
+}
 
 /// One topic's (or one changelog partition's) records of a batch.
 pub(super) type Send<'a> = (&'a str, Option<i32>, &'a [Outgoing<'a>]);

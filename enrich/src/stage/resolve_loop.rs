@@ -23,17 +23,13 @@ use tokio_util::sync::CancellationToken;
 use xoflow_common::{
     admin::Readiness,
     clock,
-    kafka::{BatchProducer, KafkaConfig, Outgoing, recv_batch},
+    kafka::{BatchProducer, KafkaConfig, Outgoing, next_offsets, recv_batch},
     rebalance::{Change, RebalanceLog},
     telemetry::ErrorKind,
 };
 use xoflow_proto::{Message as _, v1::EventIdentityView};
 
-use super::{
-    EnrichError, InternalTopics, UNRESOLVED,
-    output::{self, CONSUMER_ERROR_PAUSE},
-    restore::links_record,
-};
+use super::{EnrichError, InternalTopics, UNRESOLVED, output, restore::links_record};
 use crate::{
     EnrichConfig,
     identity::{Links, Waiter, Waiting},
@@ -47,8 +43,8 @@ pub(super) struct Resolver<'a> {
     pub links: Links,
     /// Events waiting for the link that resolves them.
     pub waiting: Waiting,
-    /// Per input partition, the highest offset read: the commit position
-    /// of a partition once nothing of it waits.
+    /// Per input partition, the offset after the highest one read: the
+    /// commit position of a partition once nothing of it waits.
     pub read: HashMap<(String, i32), i64>,
     pub producer: &'a BatchProducer,
     pub kafka: &'a KafkaConfig,
@@ -80,8 +76,7 @@ impl Resolver<'_> {
                 Ok(_) if stop.is_cancelled() => return Ok(()),
                 Ok(b) => b,
                 Err(e) => {
-                    ErrorKind::Consume.emit(Metric::Errors.name(), &e, "kafka consumer error");
-                    tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
+                    output::consumer_error(&e).await;
                     continue;
                 }
             };
@@ -98,10 +93,20 @@ impl Resolver<'_> {
             let now = clock::now_unix_millis();
             let mut dead = Vec::new();
             let mut events = Vec::with_capacity(batch.len());
+            // Per partition, not per record: where reading has got to.
+            for e in next_offsets(batch.iter())
+                .map_err(EnrichError::Commit)?
+                .elements()
+            {
+                if let Offset::Offset(next) = e.offset() {
+                    let at = self
+                        .read
+                        .entry((e.topic().to_owned(), e.partition()))
+                        .or_insert(next);
+                    *at = (*at).max(next);
+                }
+            }
             for m in &batch {
-                let key = (m.topic().to_owned(), m.partition());
-                let last = self.read.entry(key).or_insert(m.offset());
-                *last = (*last).max(m.offset());
                 // Only the identity is needed here; the join decodes the rest.
                 match EventIdentityView::decode(m.payload().unwrap_or_default()) {
                     Ok(e) => events.push((m, e)),
@@ -129,6 +134,7 @@ impl Resolver<'_> {
                             topic: m.topic().to_owned(),
                             partition: m.partition(),
                             offset: m.offset(),
+                            event_id: e.event_id.clone(),
                             customer: e.customer.clone().unwrap_or_default(),
                             payload: payload.to_vec(),
                             since_ms: now,
@@ -143,7 +149,7 @@ impl Resolver<'_> {
             for (w, r) in &released {
                 keys.push(match &r.customer_id {
                     Some(c) => c.clone().into_bytes(),
-                    None => unresolved_key(&event_id_of(&w.payload)),
+                    None => unresolved_key(&w.event_id),
                 });
                 forward.push(&w.payload);
             }
@@ -204,13 +210,13 @@ impl Resolver<'_> {
         touched.dedup();
         let mut tpl = TopicPartitionList::with_capacity(touched.len());
         for (topic, partition) in touched {
-            let Some(last) = self.read.get(&(topic.to_owned(), partition)) else {
+            let Some(read) = self.read.get(&(topic.to_owned(), partition)) else {
                 continue;
             };
             let next = self
                 .waiting
                 .lowest_offset(topic, partition)
-                .unwrap_or(last + 1);
+                .unwrap_or(*read);
             tpl.add_partition_offset(topic, partition, Offset::Offset(next))
                 .map_err(EnrichError::Commit)?;
         }
@@ -242,11 +248,4 @@ fn unresolved_key(event_id: &str) -> Vec<u8> {
     k.push(UNRESOLVED);
     k.extend_from_slice(event_id.as_bytes());
     k
-}
-
-/// The event id of an event's bytes (they decoded once already).
-fn event_id_of(payload: &[u8]) -> String {
-    EventIdentityView::decode(payload)
-        .map(|e| e.event_id)
-        .unwrap_or_default()
 }

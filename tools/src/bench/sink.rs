@@ -9,10 +9,7 @@ use std::{
 use anyhow::bail;
 use xoflow_app::{Config, Stages};
 use xoflow_common::shutdown::Shutdown;
-use xoflow_proto::{
-    Message as _,
-    v1::{CxFields, EnrichedEvent, Event},
-};
+use xoflow_proto::{Message as _, v1::Event};
 
 use super::support::{count, send_keyed, wait_rows};
 
@@ -28,16 +25,7 @@ pub(super) async fn measure(cfg: &Config, events: &[Event]) -> anyhow::Result<(f
     let encoded: Vec<(Vec<u8>, &str)> = events
         .iter()
         .map(|e| {
-            let en = EnrichedEvent {
-                resolved_customer_id: e
-                    .customer
-                    .as_ref()
-                    .map(|c| c.customer_id.clone())
-                    .unwrap_or_default(),
-                cx: Some(CxFields::default()),
-                event: Some(e.clone()),
-                ..Default::default()
-            };
+            let en = crate::datagen::as_enriched(e.clone());
             (en.encode_to_vec(), e.event_id.as_str())
         })
         .collect();

@@ -24,7 +24,7 @@ pub mod world;
 
 pub use sim::generate;
 pub use truth::Truth;
-use xoflow_proto::v1::Event;
+use xoflow_proto::v1::{CxFields, EnrichedEvent, Event};
 
 /// SplitMix64: a tiny, fixed PRNG so the same seed gives the same data on
 /// every platform and version (std and rand make no such promise).
@@ -166,6 +166,21 @@ pub async fn cli(
 
 /// Writes events as NDJSON, one `xoflow.v1.Event` per line in the proto3
 /// canonical JSON form. Returns the bytes written.
+/// A generated event as the sink reads it, with enrich's context left
+/// empty: the input of the sink's benchmarks, which measure the sink alone.
+pub fn as_enriched(e: Event) -> EnrichedEvent {
+    EnrichedEvent {
+        resolved_customer_id: e
+            .customer
+            .as_ref()
+            .map(|c| c.customer_id.clone())
+            .unwrap_or_default(),
+        cx: Some(CxFields::default()),
+        event: Some(e),
+        ..Default::default()
+    }
+}
+
 pub fn write_ndjson<W: std::io::Write>(events: &[Event], mut out: W) -> std::io::Result<u64> {
     let mut bytes = 0u64;
     let mut line = Vec::with_capacity(4096);
