@@ -23,9 +23,19 @@ pub struct EnrichConfig {
     /// How long a batch may wait to fill once its first record arrived.
     #[serde(with = "humantime_serde")]
     pub batch_max_wait: Duration,
+    /// Work waiting (committed offsets below the high watermark, in the
+    /// resolve or the join group) with nothing committed for this long
+    /// turns readiness to `no_progress`, or, when this instance holds no
+    /// partition of that group, readiness and liveness to `no_partitions`.
+    #[serde(with = "humantime_serde", default = "default_stall_timeout")]
+    pub stall_timeout: Duration,
     /// Windows and bounds of the per-customer join state.
     pub join: JoinConfig,
     /// Topic rules per tenant, checked when the configuration is read.
     #[serde(default)]
     pub topics: TopicsConfig,
+}
+
+const fn default_stall_timeout() -> Duration {
+    Duration::from_secs(60)
 }

@@ -152,12 +152,34 @@ impl Collectors {
         http_readiness: Readiness,
         stop: CancellationToken,
     ) -> Result<(), RunError> {
+        // Ends with the collectors, however they end.
+        let probe_stop = stop.child_token();
+        let _stop_probe = probe_stop.clone().drop_guard();
         if let Some(kafka) = &self.topics {
             let t = &kafka.topics;
-            kafka
-                .ensure_topics(&[&t.events, &t.backfill, &t.dead_letters])
+            // Started during a broker outage: wait for it, not ready, rather
+            // than exit.
+            let created = kafka
+                .await_topics(
+                    &[&t.events, &t.backfill, &t.dead_letters],
+                    &[],
+                    &grpc_readiness,
+                    &stop,
+                )
                 .await
                 .map_err(RunError::Topics)?;
+            if !created {
+                return Ok(());
+            }
+            // A collector hears of a broker outage only from requests that
+            // fail; readiness should say so whether requests come or not.
+            tokio::spawn(xoflow_common::kafka::probe::probe(
+                kafka.clone(),
+                t.events.clone(),
+                xoflow_common::kafka::probe::PROBE_EVERY,
+                grpc_readiness.clone(),
+                probe_stop,
+            ));
         }
         let http = http::serve(
             self.http,

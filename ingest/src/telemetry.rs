@@ -38,10 +38,13 @@ pub enum Metric {
     OpenConnections,
     /// Counter, by `api`: connections refused over `max_connections`.
     ConnectionsRefused,
+    /// Counter, by `api` and `phase`: connections closed because the client
+    /// did not send in time.
+    ConnectionsTimedOut,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 13] = [
+    pub const ALL: [Metric; 14] = [
         Metric::EventsAccepted,
         Metric::EventsRejected,
         Metric::Requests,
@@ -55,6 +58,7 @@ impl Metric {
         Metric::TlsHandshakeFailures,
         Metric::OpenConnections,
         Metric::ConnectionsRefused,
+        Metric::ConnectionsTimedOut,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -72,6 +76,7 @@ impl Metric {
             Metric::TlsHandshakeFailures => "xoflow_ingest_tls_handshake_failures_total",
             Metric::OpenConnections => "xoflow_ingest_open_connections",
             Metric::ConnectionsRefused => "xoflow_ingest_connections_refused_total",
+            Metric::ConnectionsTimedOut => "xoflow_ingest_connections_timed_out_total",
         }
     }
 }
@@ -217,6 +222,22 @@ impl ConnectionRefused {
 /// certificates, plaintext sent to the TLS port).
 pub(crate) fn tls_handshake_failed() {
     counter!(Metric::TlsHandshakeFailures.name()).increment(1);
+}
+
+/// A connection closed because the client did not send in time.
+pub(crate) struct ConnectionTimedOut {
+    pub api: &'static str,
+    /// What did not arrive: `preface`.
+    pub phase: &'static str,
+}
+
+impl ConnectionTimedOut {
+    pub fn emit(&self) {
+        // Debug, not warn: a flood would write a line per connection.
+        tracing::debug!(api = self.api, phase = self.phase, "connection timed out");
+        counter!(Metric::ConnectionsTimedOut.name(), "api" => self.api, "phase" => self.phase)
+            .increment(1);
+    }
 }
 
 #[cfg(test)]

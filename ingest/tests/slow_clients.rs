@@ -9,7 +9,9 @@
 //! - a connection over `max_connections` gets a clear 503
 //!   (`connection_limit`), and the header read timeout closes idle and
 //!   half-open connections, after which requests are served again;
-//! - a body that stops arriving is answered 408 (`body_timeout`).
+//! - a body that stops arriving is answered 408 (`body_timeout`);
+//! - a gRPC connection that never sends (or only begins) its HTTP/2 preface
+//!   is closed after the header read timeout.
 //!
 //! Every connection is closed when its test ends; connects are bounded in
 //! count and each step in time.
@@ -34,6 +36,7 @@ const STEP: Duration = Duration::from_secs(60);
 /// Both collectors and the admin server, stopped on drop of `stop`.
 struct Process {
     http: SocketAddr,
+    grpc: SocketAddr,
     admin: SocketAddr,
     stop: CancellationToken,
 }
@@ -45,6 +48,7 @@ async fn start(cfg: &xoflow_ingest::IngestConfig) -> Process {
         .await
         .expect("collectors");
     let http = collectors.http_addr().expect("addr");
+    let grpc = collectors.grpc_addr().expect("addr");
     let health = Health::new();
     let stop = CancellationToken::new();
     tokio::spawn(collectors.run(
@@ -57,7 +61,12 @@ async fn start(cfg: &xoflow_ingest::IngestConfig) -> Process {
         .expect("admin");
     let admin = listener.local_addr().expect("addr");
     tokio::spawn(admin::serve(listener, health, None, stop.clone()));
-    Process { http, admin, stop }
+    Process {
+        http,
+        grpc,
+        admin,
+        stop,
+    }
 }
 
 /// One HTTP/1.1 exchange on a fresh connection: the status and the body.
@@ -354,5 +363,22 @@ async fn a_body_that_stops_arriving_is_a_408() {
     let text = String::from_utf8_lossy(&answer[..n]);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("body_timeout"), "{text}");
+    p.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_grpc_connection_without_its_preface_is_closed() {
+    let mut cfg = support::config("");
+    cfg.header_read_timeout = Duration::from_millis(300);
+    let p = start(&cfg).await;
+    let silent = TcpStream::connect(p.grpc).await.expect("connect");
+    let mut partial = TcpStream::connect(p.grpc).await.expect("connect");
+    // The first 10 of the preface's 24 bytes, then nothing.
+    partial.write_all(b"PRI * HTTP").await.expect("write");
+    for (what, mut tcp) in [("silent", silent), ("partial preface", partial)] {
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(STEP, tcp.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "a {what} gRPC connection stayed open");
+    }
     p.stop.cancel();
 }

@@ -23,9 +23,12 @@ pub enum ErrorClass {
 
 impl ErrorClass {
     pub fn of(e: &KafkaError) -> Self {
-        let code = match e.rdkafka_error_code() {
-            Some(c) => c,
-            None => return ErrorClass::Other,
+        // rdkafka does not report an admin operation's code as its error
+        // code: a broker that is away times topic creation out that way.
+        let code = match (e, e.rdkafka_error_code()) {
+            (KafkaError::AdminOp(c), _) => *c,
+            (_, Some(c)) => c,
+            (_, None) => return ErrorClass::Other,
         };
         use RDKafkaErrorCode as C;
         match code {

@@ -10,12 +10,14 @@
 //! built from them and topic creation; `producer` the [`BatchProducer`],
 //! `batch` how a consumed batch is gathered and committed ([`recv_batch`],
 //! [`next_offsets`]), `error` the bounded [`ErrorClass`], [`probe`] the
-//! broker reachability probe behind readiness.
+//! broker reachability probe behind readiness, [`watch`] the consuming
+//! stages' stall watchdog.
 
 mod batch;
 mod error;
 pub mod probe;
 mod producer;
+pub mod watch;
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -27,6 +29,12 @@ use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
 };
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    admin::{Readiness, Reason},
+    retry::RetryPolicy,
+};
 
 pub use batch::{next_offsets, recv_batch};
 pub use error::ErrorClass;
@@ -196,6 +204,56 @@ impl KafkaConfig {
             .await
     }
 
+    /// Creates `plain` and `compacted` topics like [`Self::ensure_topics`]
+    /// and [`Self::ensure_compacted_topics`], waiting out a broker that is
+    /// not there (yet): a stage started during a broker outage holds
+    /// [`Reason::KafkaUnreachable`] and retries with backoff instead of
+    /// exiting. Only a permanent error (refused credentials, a bad setting)
+    /// ends the wait with `Err`; `Ok(false)` means `stop` came first.
+    pub async fn await_topics(
+        &self,
+        plain: &[&str],
+        compacted: &[&str],
+        readiness: &Readiness,
+        stop: &CancellationToken,
+    ) -> Result<bool, KafkaError> {
+        let policy = RetryPolicy::exponential(Duration::from_millis(500), Duration::from_secs(10));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let created = async {
+                if !plain.is_empty() {
+                    self.ensure_topics(plain).await?;
+                }
+                if !compacted.is_empty() {
+                    self.ensure_compacted_topics(compacted).await?;
+                }
+                Ok::<(), KafkaError>(())
+            };
+            let e = tokio::select! {
+                r = created => match r {
+                    Ok(()) => {
+                        readiness.clear(Reason::KafkaUnreachable);
+                        return Ok(true);
+                    }
+                    Err(e) => e,
+                },
+                () = stop.cancelled() => return Ok(false),
+            };
+            if !ErrorClass::of(&e).is_transient() {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, attempt, "cannot create topics yet; the broker is retried");
+            readiness.fail(
+                Reason::KafkaUnreachable,
+                format_args!("creating topics: {e}"),
+            );
+            if !policy.sleep(attempt, stop).await {
+                return Ok(false);
+            }
+        }
+    }
+
     async fn create_topics(
         &self,
         names: &[&str],
@@ -215,7 +273,9 @@ impl KafkaConfig {
                 )
             })
             .collect();
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(10)))
+            .request_timeout(Some(Duration::from_secs(10)));
         for result in admin.create_topics(&topics, &opts).await? {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -226,5 +286,53 @@ impl KafkaConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::Health;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn topic_creation_waits_for_a_broker_that_is_not_there() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let kafka = KafkaConfig {
+            brokers: format!("127.0.0.1:{closed}"),
+            topics: Topics {
+                events: "e".into(),
+                backfill: "b".into(),
+                enriched: "en".into(),
+                dead_letters: "d".into(),
+            },
+            partitions: 1,
+            replication_factor: 1,
+            compression: "none".into(),
+            message_timeout: Duration::from_secs(1),
+            options: Default::default(),
+        };
+        let health = Health::new();
+        let readiness = health.register("enrich");
+        let stop = CancellationToken::new();
+        let task = {
+            let (readiness, stop) = (readiness.clone(), stop.clone());
+            tokio::spawn(async move { kafka.await_topics(&["e"], &["c"], &readiness, &stop).await })
+        };
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !readiness.holds(Reason::KafkaUnreachable) {
+            assert!(tokio::time::Instant::now() < until, "{:?}", health.check());
+            assert!(!task.is_finished(), "gave up: {:?}", health.check());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        let created = tokio::time::timeout(Duration::from_secs(15), task)
+            .await
+            .expect("stop ends the wait")
+            .expect("task")
+            .expect("no permanent error");
+        assert!(!created, "stopped, not created");
     }
 }

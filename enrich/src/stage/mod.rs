@@ -39,11 +39,17 @@
 
 use std::collections::HashMap;
 
-use rdkafka::{consumer::Consumer, error::KafkaError};
+use rdkafka::{
+    consumer::{Consumer, StreamConsumer},
+    error::KafkaError,
+};
 use tokio_util::sync::CancellationToken;
 use xoflow_common::{
     admin::Readiness,
-    kafka::{ErrorClass, KafkaConfig},
+    kafka::{
+        ErrorClass, KafkaConfig,
+        watch::{self, Watched},
+    },
     rebalance::{Keep, RebalanceLog},
 };
 
@@ -111,26 +117,38 @@ impl InternalTopics {
     }
 }
 
+/// Every topic the stage reads or writes: the plain ones and the compacted
+/// ones (tables kept as topics).
+fn topic_names<'a>(
+    t: &'a xoflow_common::kafka::Topics,
+    internal: &'a InternalTopics,
+) -> ([&'a str; 5], [&'a str; 2]) {
+    (
+        [
+            &t.events,
+            &t.backfill,
+            &t.enriched,
+            &t.dead_letters,
+            &internal.repartition,
+        ],
+        [&internal.links, &internal.changelog],
+    )
+}
+
 /// Creates every topic the stage reads or writes, its internal ones
 /// (named after the group) included, and returns the internal names.
 pub async fn ensure_topics(
     kafka: &KafkaConfig,
     cfg: &EnrichConfig,
 ) -> Result<InternalTopics, EnrichError> {
-    let t = &kafka.topics;
     let internal = InternalTopics::of(&cfg.group_id);
+    let (plain, compacted) = topic_names(&kafka.topics, &internal);
     kafka
-        .ensure_topics(&[
-            &t.events,
-            &t.backfill,
-            &t.enriched,
-            &t.dead_letters,
-            &internal.repartition,
-        ])
+        .ensure_topics(&plain)
         .await
         .map_err(EnrichError::Setup)?;
     kafka
-        .ensure_compacted_topics(&[&internal.links, &internal.changelog])
+        .ensure_compacted_topics(&compacted)
         .await
         .map_err(EnrichError::Setup)?;
     Ok(internal)
@@ -144,7 +162,17 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<(), EnrichError> {
     let t = &kafka.topics;
-    let internal = ensure_topics(kafka, cfg).await?;
+    let internal = InternalTopics::of(&cfg.group_id);
+    // Started during a broker outage: wait for it, not ready, rather than
+    // exit.
+    let (plain, compacted) = topic_names(t, &internal);
+    let created = kafka
+        .await_topics(&plain, &compacted, &readiness, &stop)
+        .await
+        .map_err(EnrichError::Setup)?;
+    if !created {
+        return Ok(());
+    }
     let producer = kafka.batch_producer().map_err(EnrichError::Setup)?;
 
     // The global link table: read whole before resolving anything.
@@ -210,7 +238,37 @@ pub async fn run(
         joins: HashMap::new(),
         readiness: &readiness,
     };
-    let result = tokio::try_join!(resolve.run(&stop), join.run(&stop));
+    // The watchdog runs beside the loops (borrowing their consumers) and
+    // ends with them.
+    let watch_stop = stop.child_token();
+    let assigned = |c: &StreamConsumer<RebalanceLog>| c.assignment().map_or(0, |a| a.count());
+    let watched = vec![
+        Watched {
+            group: format!("{}.resolve", cfg.group_id),
+            topics: vec![t.events.clone(), t.backfill.clone()],
+            assigned: Box::new(|| assigned(&resolve_consumer)),
+        },
+        Watched {
+            group: cfg.group_id.clone(),
+            topics: vec![internal.repartition.clone()],
+            assigned: Box::new(|| assigned(&join_consumer)),
+        },
+    ];
+    let loops = async {
+        let r = tokio::try_join!(resolve.run(&stop), join.run(&stop));
+        watch_stop.cancel();
+        r
+    };
+    let (result, ()) = tokio::join!(
+        loops,
+        watch::watch(
+            kafka.clone(),
+            watched,
+            cfg.stall_timeout,
+            readiness.clone(),
+            watch_stop.clone(),
+        )
+    );
     readiness.set(false);
     if result.is_err() {
         // One loop failed: stop the other too.

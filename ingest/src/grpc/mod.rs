@@ -44,12 +44,24 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is closed.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The HTTP/2 connection preface a client sends first (RFC 9113 §3.4); with
+/// TLS, as many bytes of its handshake.
+const PREFACE_BYTES: usize = 24;
+
 /// A connection counted against `max_connections` until it is dropped.
+///
+/// A client must send its first [`PREFACE_BYTES`] within the header read
+/// timeout: hyper waits for the preface for ever, so a connection opened
+/// and left silent would hold its slot (and a descriptor) until the limit
+/// refused everyone. After the preface, HTTP/2 keepalive pings find peers
+/// that went away.
 struct Counted {
     tcp: TcpStream,
     _permit: OwnedSemaphorePermit,
     open: Arc<Semaphore>,
     max: usize,
+    /// Until the preface is in: its deadline and the bytes still missing.
+    preface: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
 impl Drop for Counted {
@@ -74,7 +86,32 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        let this = &mut *self;
+        let Some((deadline, missing)) = this.preface.as_mut() else {
+            return Pin::new(&mut this.tcp).poll_read(cx, buf);
+        };
+        let before = buf.filled().len();
+        match Pin::new(&mut this.tcp).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                *missing = missing.saturating_sub(buf.filled().len() - before);
+                if *missing == 0 {
+                    this.preface = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                crate::telemetry::ConnectionTimedOut {
+                    api: "grpc",
+                    phase: "preface",
+                }
+                .emit();
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no HTTP/2 preface within the header read timeout",
+                )))
+            }
+            other => other,
+        }
     }
 }
 
@@ -159,6 +196,7 @@ pub async fn serve(
         }
     };
     let max = cfg.max_connections;
+    let preface_timeout = cfg.header_read_timeout;
     let open = Arc::new(Semaphore::new(max));
     // Nagle would hold small answers back until the client's delayed ACK:
     // tens of milliseconds per unary call. `Server::serve` sets this by
@@ -174,6 +212,10 @@ pub async fn serve(
                         _permit: permit,
                         open: open.clone(),
                         max,
+                        preface: Some((
+                            Box::pin(tokio::time::sleep(preface_timeout)),
+                            PREFACE_BYTES,
+                        )),
                     }))
                 }
                 // Over the limit: closed at once (an HTTP/2 client sees

@@ -11,7 +11,7 @@
 //! event is written twice. Undecodable records become `DECODE` dead letters
 //! in the same batch. ClickHouse reads (the migration, a partition's
 //! position) are retried through an outage like inserts, and a watchdog
-//! task (`watch`) tells readiness when the sink stalls.
+//! task (`xoflow_common::kafka::watch`) tells readiness when the sink stalls.
 
 use std::time::Duration;
 
@@ -26,7 +26,10 @@ use xoflow_common::{
     admin::{Readiness, Reason},
     clock,
     dead_letter::{self, Stage},
-    kafka::KafkaConfig,
+    kafka::{
+        KafkaConfig,
+        watch::{self, Watched},
+    },
     rebalance::{Change, Keep, RebalanceLog},
     resume,
     telemetry::ErrorKind,
@@ -42,7 +45,6 @@ use super::{
     migrate,
     position::{self, Input, Positions, Resume},
     row::{DeadLetterRow, EventRow, Lineage},
-    watch,
 };
 use crate::telemetry::{self, Metric};
 
@@ -159,10 +161,20 @@ async fn consume(
     let retrying = Retrying { stop, readiness };
     with_retry(cfg, retrying, "migration", || migrate(ch)).await?;
     let topics = &kafka.topics;
-    kafka
-        .ensure_topics(&[&topics.enriched, &topics.dead_letters])
+    // Started during a broker outage: wait for it, not ready, rather than
+    // exit.
+    let created = kafka
+        .await_topics(
+            &[&topics.enriched, &topics.dead_letters],
+            &[],
+            readiness,
+            stop,
+        )
         .await
         .map_err(SinkError::Kafka)?;
+    if !created {
+        return Ok(());
+    }
     let client = ch.client();
     // Keeps revocations only: an assigned partition's position is read on
     // its first record.
@@ -178,10 +190,17 @@ async fn consume(
     // Stopped with the loop, however the loop ends.
     let watch_stop = stop.child_token();
     let _stop_watch = watch_stop.clone().drop_guard();
+    let watched = {
+        let consumer = consumer.clone();
+        Watched {
+            group: cfg.group_id.clone(),
+            topics: vec![topics.enriched.clone(), topics.dead_letters.clone()],
+            assigned: Box::new(move || consumer.assignment().map_or(0, |a| a.count())),
+        }
+    };
     tokio::spawn(watch::watch(
         kafka.clone(),
-        cfg.group_id.clone(),
-        consumer.clone(),
+        vec![watched],
         cfg.stall_timeout,
         readiness.clone(),
         watch_stop,

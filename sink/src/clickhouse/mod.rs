@@ -10,8 +10,9 @@
 //! batch from Kafka, its `run`), `insert` (write a batch, retry, bisect
 //! refused rows, commit), [`position`] (where each partition stands, read
 //! from ClickHouse), [`row`] (the rows), [`migrate`](mod@migrate) (the schema),
-//! [`status`] (`xoflow sink-status`), `watch` (the watchdog that tells
-//! readiness when the sink stalls). This module owns [`SinkError`].
+//! [`status`] (`xoflow sink-status`). The watchdog that tells readiness
+//! when the sink stalls is `xoflow_common::kafka::watch`. This module owns
+//! [`SinkError`].
 
 mod config;
 mod consume;
@@ -20,7 +21,6 @@ pub mod migrate;
 pub mod position;
 pub mod row;
 pub mod status;
-mod watch;
 
 pub use config::{ClickHouseConfig, ConfigError, SinkConfig};
 pub use consume::run;

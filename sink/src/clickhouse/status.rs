@@ -29,7 +29,10 @@ use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer, DefaultConsumerContext},
 };
-use xoflow_common::kafka::KafkaConfig;
+use xoflow_common::kafka::{
+    KafkaConfig,
+    watch::{PartitionOffsets, group_offsets},
+};
 use xoflow_proto::{Message as _, v1::EnrichedEvent};
 
 use super::{
@@ -100,12 +103,19 @@ pub async fn sink_status(
     let names: Vec<String> = inputs.iter().map(|(t, _)| t.clone()).collect();
     // librdkafka's metadata calls block: keep them off the async workers.
     let partitions =
-        tokio::task::spawn_blocking(move || kafka_side(&kafka_cfg, &group_owned, &names))
+        tokio::task::spawn_blocking(move || group_offsets(&kafka_cfg, &group_owned, &names))
             .await
-            .map_err(SinkError::Task)??;
+            .map_err(SinkError::Task)?
+            .map_err(SinkError::Kafka)?;
     let client = ch.client();
     let mut out = Vec::with_capacity(partitions.len());
-    for (topic, partition, high_watermark, committed) in partitions {
+    for PartitionOffsets {
+        topic,
+        partition,
+        high: high_watermark,
+        committed,
+    } in partitions
+    {
         let input = inputs
             .iter()
             .find(|(t, _)| *t == topic)
@@ -245,53 +255,6 @@ fn read_ids(
         }
     }
     Ok((out, covered_to))
-}
-
-/// Per partition: topic, partition, broker high watermark, committed.
-pub(super) type KafkaSide = Vec<(String, i32, i64, Option<i64>)>;
-
-/// Reads the high watermarks and the group's committed offsets of
-/// `topics` (blocking: run it off the async workers).
-pub(super) fn kafka_side(
-    kafka: &KafkaConfig,
-    group: &str,
-    topics: &[String],
-) -> Result<KafkaSide, SinkError> {
-    let timeout = Duration::from_secs(10);
-    // Never subscribes: it only reads the group's committed offsets.
-    let consumer: BaseConsumer<DefaultConsumerContext> =
-        kafka.base_consumer(group).map_err(SinkError::Kafka)?;
-    let mut tpl = TopicPartitionList::new();
-    let mut highs = Vec::new();
-    for topic in topics {
-        let md = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(SinkError::Kafka)?;
-        for t in md.topics() {
-            for p in t.partitions() {
-                let (_, high) = consumer
-                    .fetch_watermarks(topic, p.id(), timeout)
-                    .map_err(SinkError::Kafka)?;
-                highs.push((topic.clone(), p.id(), high));
-                tpl.add_partition(topic, p.id());
-            }
-        }
-    }
-    let committed = consumer
-        .committed_offsets(tpl, timeout)
-        .map_err(SinkError::Kafka)?;
-    Ok(highs
-        .into_iter()
-        .map(|(topic, partition, high)| {
-            let c = committed
-                .find_partition(&topic, partition)
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                });
-            (topic, partition, high, c)
-        })
-        .collect())
 }
 
 #[cfg(test)]

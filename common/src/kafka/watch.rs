@@ -1,0 +1,301 @@
+//! A consuming stage's watchdog: tells readiness (and, when a restart
+//! would help, liveness) that the stage makes no progress although work is
+//! waiting. The sink watches its one group, enrich its two (resolve and
+//! join).
+//!
+//! Every `stall_timeout / 4` (at least 1 s, at most 15 s) it reads, with a
+//! client of its own that never joins a group, the high watermark and the
+//! group's committed offset of every input partition. Work is waiting
+//! when some partition's committed offset is below its high watermark;
+//! progress is the group's committed offsets moving. With work waiting and
+//! no progress for `stall_timeout` in some watched group:
+//!
+//! - this instance holds partitions of it: [`Reason::NoProgress`]
+//!   (readiness only; while a server is away, its own reason says why);
+//! - this instance holds none: [`Reason::NoPartitions`], readiness and
+//!   liveness — a consumer restarted under the same group was seen to get
+//!   no partition and stall silently until it was restarted again.
+//!
+//! Kafka not answering the watchdog is [`Reason::KafkaUnreachable`]. A
+//! reason is cleared as soon as its condition no longer holds in every
+//! watched group.
+
+use std::time::Duration;
+
+use rdkafka::{
+    Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer, DefaultConsumerContext},
+    error::KafkaError,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::KafkaConfig;
+use crate::admin::{Readiness, Reason};
+
+/// What one look at a group says. Pure input of [`Stall::observe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Look {
+    /// Records above the group's committed offsets, over all partitions.
+    pub lag: i64,
+    /// The group's committed offsets, summed: moves when it makes progress.
+    pub committed: i64,
+    /// Partitions this instance holds.
+    pub assigned: usize,
+}
+
+/// What the watchdog concludes about one group. Ordered by severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    Progressing,
+    /// No progress with work waiting for this long, partitions held.
+    NoProgress {
+        lag: i64,
+        for_: Duration,
+    },
+    /// The same, holding no partition.
+    NoPartitions {
+        lag: i64,
+        for_: Duration,
+    },
+}
+
+/// Progress tracking between looks.
+#[derive(Debug)]
+pub struct Stall {
+    timeout: Duration,
+    last_committed: Option<i64>,
+    since: Instant,
+}
+
+impl Stall {
+    pub fn new(timeout: Duration, now: Instant) -> Self {
+        Stall {
+            timeout,
+            last_committed: None,
+            since: now,
+        }
+    }
+
+    /// Takes a look at `now`. Pure but for the remembered progress.
+    pub fn observe(&mut self, look: Look, now: Instant) -> Verdict {
+        if look.lag <= 0 || self.last_committed != Some(look.committed) {
+            self.last_committed = Some(look.committed);
+            self.since = now;
+            return Verdict::Progressing;
+        }
+        let for_ = now.saturating_duration_since(self.since);
+        if for_ < self.timeout {
+            Verdict::Progressing
+        } else if look.assigned == 0 {
+            Verdict::NoPartitions {
+                lag: look.lag,
+                for_,
+            }
+        } else {
+            Verdict::NoProgress {
+                lag: look.lag,
+                for_,
+            }
+        }
+    }
+}
+
+/// One consumer group an instance takes part in, as the watchdog sees it.
+pub struct Watched<'a> {
+    /// The group id.
+    pub group: String,
+    /// Its input topics.
+    pub topics: Vec<String>,
+    /// How many partitions this instance holds right now.
+    pub assigned: Box<dyn Fn() -> usize + Send + Sync + 'a>,
+}
+
+/// Watches until `stop` is cancelled. Not spawned by itself: a stage runs
+/// it beside its loops, so `assigned` may borrow the stage's consumers.
+pub async fn watch(
+    kafka: KafkaConfig,
+    watched: Vec<Watched<'_>>,
+    timeout: Duration,
+    readiness: Readiness,
+    stop: CancellationToken,
+) {
+    let every = (timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(15));
+    let mut stalls: Vec<Stall> = watched
+        .iter()
+        .map(|_| Stall::new(timeout, Instant::now()))
+        .collect();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stop.cancelled() => return,
+        }
+        // The worst verdict over the groups, with the group it is about.
+        let mut worst = (Verdict::Progressing, "");
+        let mut unreachable = None;
+        for (w, stall) in watched.iter().zip(&mut stalls) {
+            let (k, g, t) = (kafka.clone(), w.group.clone(), w.topics.clone());
+            // librdkafka's metadata calls block: off the async workers.
+            let offsets = tokio::task::spawn_blocking(move || group_offsets(&k, &g, &t)).await;
+            let offsets = match offsets {
+                Ok(Ok(o)) => o,
+                Ok(Err(e)) => {
+                    unreachable = Some(e);
+                    break;
+                }
+                Err(_) => continue,
+            };
+            let look = Look {
+                lag: offsets
+                    .iter()
+                    .map(|p| (p.high - p.committed.unwrap_or(0)).max(0))
+                    .sum(),
+                committed: offsets.iter().filter_map(|p| p.committed).sum(),
+                assigned: (w.assigned)(),
+            };
+            let verdict = stall.observe(look, Instant::now());
+            if verdict > worst.0 {
+                worst = (verdict, &w.group);
+            }
+        }
+        if let Some(e) = unreachable {
+            readiness.fail(Reason::KafkaUnreachable, format_args!("watchdog: {e}"));
+            continue;
+        }
+        readiness.clear(Reason::KafkaUnreachable);
+        match worst {
+            (Verdict::Progressing, _) => {
+                readiness.clear(Reason::NoProgress);
+                readiness.clear(Reason::NoPartitions);
+            }
+            (Verdict::NoProgress { lag, for_ }, group) => {
+                readiness.clear(Reason::NoPartitions);
+                readiness.fail(
+                    Reason::NoProgress,
+                    format_args!(
+                        "group {group}: lag {lag}, nothing committed for {}s",
+                        for_.as_secs()
+                    ),
+                );
+            }
+            (Verdict::NoPartitions { lag, for_ }, group) => {
+                readiness.clear(Reason::NoProgress);
+                readiness.fail_liveness(
+                    Reason::NoPartitions,
+                    format_args!(
+                        "group {group}: no partition held while the group has lag {lag} and committed nothing for {}s",
+                        for_.as_secs()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// One input partition as the broker and the group see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub topic: String,
+    pub partition: i32,
+    /// The broker's high watermark.
+    pub high: i64,
+    /// The group's committed offset, if any.
+    pub committed: Option<i64>,
+}
+
+/// Reads the high watermarks and the group's committed offsets of every
+/// partition of `topics` (blocking: run it off the async workers). The
+/// client never subscribes: it only reads.
+pub fn group_offsets(
+    kafka: &KafkaConfig,
+    group: &str,
+    topics: &[String],
+) -> Result<Vec<PartitionOffsets>, KafkaError> {
+    let timeout = Duration::from_secs(10);
+    let consumer: BaseConsumer<DefaultConsumerContext> = kafka.base_consumer(group)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut highs = Vec::new();
+    for topic in topics {
+        let md = consumer.fetch_metadata(Some(topic), timeout)?;
+        for t in md.topics() {
+            for p in t.partitions() {
+                let (_, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
+                highs.push((topic.clone(), p.id(), high));
+                tpl.add_partition(topic, p.id());
+            }
+        }
+    }
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    Ok(highs
+        .into_iter()
+        .map(|(topic, partition, high)| {
+            let committed =
+                committed
+                    .find_partition(&topic, partition)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+            PartitionOffsets {
+                topic,
+                partition,
+                high,
+                committed,
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stall_is_work_waiting_without_progress_for_the_timeout() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut stall = Stall::new(s(60), t0);
+        let look = |lag, committed, assigned| Look {
+            lag,
+            committed,
+            assigned,
+        };
+        assert_eq!(stall.observe(look(500, 100, 2), t0), Verdict::Progressing);
+        assert_eq!(
+            stall.observe(look(500, 100, 2), t0 + s(59)),
+            Verdict::Progressing
+        );
+        assert_eq!(
+            stall.observe(look(500, 100, 2), t0 + s(61)),
+            Verdict::NoProgress {
+                lag: 500,
+                for_: s(61)
+            }
+        );
+        assert_eq!(
+            stall.observe(look(500, 100, 0), t0 + s(62)),
+            Verdict::NoPartitions {
+                lag: 500,
+                for_: s(62)
+            }
+        );
+        // Progress clears it and restarts the clock.
+        assert_eq!(
+            stall.observe(look(400, 200, 0), t0 + s(63)),
+            Verdict::Progressing
+        );
+        assert_eq!(
+            stall.observe(look(400, 200, 0), t0 + s(100)),
+            Verdict::Progressing
+        );
+        // Nothing waiting is never a stall, however long.
+        assert_eq!(
+            stall.observe(look(0, 200, 0), t0 + s(1_000)),
+            Verdict::Progressing
+        );
+        assert_eq!(
+            stall.observe(look(0, 200, 0), t0 + s(9_000)),
+            Verdict::Progressing
+        );
+    }
+}
