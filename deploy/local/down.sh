@@ -40,7 +40,8 @@ stop() {
 }
 
 if [ -d "$scratch" ]; then
-  stop tansu "$tansu_sig"
+  stop broker "$broker_sig"
+  stop tansu "$old_broker_sig"
   stop clickhouse "$ch_sig"
 fi
 if $purge; then

@@ -10,10 +10,14 @@ ch_http=${XOFLOW_CLICKHOUSE_HTTP_PORT:-18123}
 ch_tcp=${XOFLOW_CLICKHOUSE_TCP_PORT:-19000}
 ch_inter=${XOFLOW_CLICKHOUSE_INTERSERVER_PORT:-19009}
 up_timeout=${XOFLOW_UP_TIMEOUT:-60}
-tansu_version=0.6.0
-tansu_features=dynostore,libsql
-tansu_root=$cache/tansu
-tansu=$tansu_root/bin/tansu
+# The broker: nisshi (Tansu's successor, same code base renamed; Apache-2.0),
+# built from crates.io. Memory storage for the shared broker; tests that
+# restart a broker of their own use its SQLite storage (libsql).
+broker_name=nisshi
+broker_version=0.8.1
+broker_features=dynostore,libsql
+broker_root=$cache/nisshi
+broker=$broker_root/bin/nisshi
 ch_etc=/etc/clickhouse-server
 
 # `cargo` from rustup is in ~/.cargo/bin, which a non-login shell may lack.
@@ -33,7 +37,9 @@ pid_of() {
 }
 
 # The command-line fragment each server's process is recognised by.
-tansu_sig='tansu broker'
+broker_sig='nisshi broker'
+# The broker of an older up.sh (Tansu 0.6), stopped by down.sh if found.
+old_broker_sig='tansu broker'
 ch_sig='clickhouse-server'
 
 # running PID: the process exists and is not a zombie (a container's pid 1

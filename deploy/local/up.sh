@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what is missing and starts a Kafka-protocol broker (Tansu) and a
+# Installs what is missing and starts a Kafka-protocol broker (nisshi) and a
 # ClickHouse server on loopback, with their data under a scratch directory;
 # waits until both answer; writes their addresses to "$XOFLOW_SCRATCH/env".
 #
@@ -9,7 +9,7 @@
 #
 # Settings (environment, all optional):
 #   XOFLOW_SCRATCH                      data, logs, pid files, env  (<repo>/target/xoflow-local)
-#   XOFLOW_CACHE                        where Tansu is built         ($HOME/.cache/xoflow)
+#   XOFLOW_CACHE                        where the broker is built    ($HOME/.cache/xoflow)
 #   XOFLOW_KAFKA_PORT                   broker                       (19092)
 #   XOFLOW_CLICKHOUSE_HTTP_PORT         ClickHouse HTTP              (18123)
 #   XOFLOW_CLICKHOUSE_TCP_PORT          ClickHouse native            (19000)
@@ -36,24 +36,26 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # --- the broker binary ----------------------------------------------------------
-tansu_ok() {
-  [ -x "$tansu" ] && "$tansu" --version 2>/dev/null | grep -qx "tansu $tansu_version" &&
-    "$tansu" --help 2>/dev/null | grep -q 'Storage engines:.*dynostore'
+broker_ok() {
+  [ -x "$broker" ] && "$broker" --version 2>/dev/null | grep -qx "$broker_name $broker_version"
 }
-if ! tansu_ok; then
-  command -v cargo >/dev/null || die "cargo is needed to build Tansu (install Rust with rustup)"
+if ! broker_ok; then
+  command -v cargo >/dev/null || die "cargo is needed to build the broker (install Rust with rustup)"
   mkdir -p "$cache"
   # One build at a time per cache, even when several up.sh run at once.
-  exec 8>"$cache/tansu.build.lock"
-  flock -w 3600 8 || die "another up.sh has been building Tansu for an hour ($cache/tansu.build.lock)"
-  if ! tansu_ok; then
-    say "building the Tansu $tansu_version broker into $tansu_root"
-    say "  (once per machine; takes 10-20 min on 2 cores; log: $cache/tansu-build.log)"
+  exec 8>"$cache/broker.build.lock"
+  flock -w 3600 8 || die "another up.sh has been building the broker for an hour ($cache/broker.build.lock)"
+  if ! broker_ok; then
+    say "building the $broker_name $broker_version broker into $broker_root"
+    say "  (once per machine; takes about 12-15 min on 2 cores; log: $cache/broker-build.log)"
     started=$SECONDS
-    if ! cargo install tansu --version "$tansu_version" --locked \
-      --features "$tansu_features" --root "$tansu_root" >"$cache/tansu-build.log" 2>&1; then
-      tail -n 30 "$cache/tansu-build.log" >&2
-      die "building Tansu failed (full log: $cache/tansu-build.log)"
+    # Its locked dependency set declares rustc 1.96; it builds and runs on
+    # 1.95 (--ignore-rust-version). Only the storage engines used here.
+    if ! cargo install "$broker_name" --version "$broker_version" --locked --ignore-rust-version \
+      --no-default-features --features "$broker_features" --root "$broker_root" \
+      >"$cache/broker-build.log" 2>&1; then
+      tail -n 30 "$cache/broker-build.log" >&2
+      die "building the broker failed (full log: $cache/broker-build.log)"
     fi
     say "  built in $((SECONDS - started)) s"
   fi
@@ -67,12 +69,12 @@ mkdir -p "$scratch/logs" "$scratch/clickhouse/tmp"
 exec 9>"$scratch/up.lock"
 flock -w $((up_timeout * 3)) 9 || die "another up.sh holds $scratch/up.lock"
 
-tansu_log=$scratch/logs/tansu.log
+broker_log=$scratch/logs/broker.log
 ch_log=$scratch/logs/clickhouse.err.log
 
-tansu_ready() {
+broker_ready() {
   port_open "$kafka_port" &&
-    timeout 5 "$tansu" topic list --broker "tcp://127.0.0.1:$kafka_port" >/dev/null 2>&1
+    timeout 5 "$broker" topic list --broker "tcp://127.0.0.1:$kafka_port" >/dev/null 2>&1
 }
 ch_ready() {
   [ "$(curl -sf --max-time 2 "http://127.0.0.1:$ch_http/ping")" = "Ok." ] &&
@@ -97,19 +99,24 @@ check_same() {
     die "$1 (pid $2) runs with other settings than asked for; run deploy/local/down.sh first"
 }
 
-start_tansu() {
-  ensure_free Tansu "$kafka_port"
-  say "starting Tansu on 127.0.0.1:$kafka_port (memory storage)"
-  # Tansu also reads its settings from the environment (CLUSTER_ID,
+start_broker() {
+  ensure_free "the broker" "$kafka_port"
+  say "starting $broker_name on 127.0.0.1:$kafka_port (memory storage)"
+  # The broker also reads its settings from the environment (CLUSTER_ID,
   # STORAGE_ENGINE, OTEL_EXPORTER_OTLP_ENDPOINT, ...): give it a clean one.
+  # A new group's first rebalance does not wait for more members (Kafka's
+  # group.initial.rebalance.delay.ms, 3 s by default): tests start their
+  # members together or one at a time, and each would wait 3 s.
   env -u CLUSTER_ID -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u STORAGE_ENGINE \
-    -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT RUST_LOG=warn \
-    setsid nohup "$tansu" broker \
+    -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT -u GROUP_INITIAL_REBALANCE_DELAY \
+    -u GROUP_POLL_INTERVAL RUST_LOG=warn \
+    setsid nohup "$broker" broker \
     --listener-url "tcp://127.0.0.1:$kafka_port" \
     --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
-    --storage-engine memory://tansu/ \
-    >"$tansu_log" 2>&1 </dev/null 8>&- 9>&- &
-  echo $! >"$scratch/tansu.pid"
+    --storage-engine memory://xoflow/ \
+    --group-initial-rebalance-delay 0s \
+    >"$broker_log" 2>&1 </dev/null 8>&- 9>&- &
+  echo $! >"$scratch/broker.pid"
 }
 
 start_clickhouse() {
@@ -173,13 +180,16 @@ wait_for() {
 }
 
 t0=${EPOCHREALTIME//[!0-9]/}
-if pid=$(pid_of tansu "$tansu_sig"); then
-  check_same Tansu "$pid" "--listener-url tcp://127.0.0.1:$kafka_port "
-  say "Tansu already running (pid $pid)"
+if pid=$(pid_of tansu "$old_broker_sig"); then
+  die "an older up.sh's Tansu broker runs (pid $pid); run deploy/local/down.sh first"
+fi
+if pid=$(pid_of broker "$broker_sig"); then
+  check_same "the broker" "$pid" "--listener-url tcp://127.0.0.1:$kafka_port "
+  say "$broker_name already running (pid $pid)"
 else
-  rm -f "$scratch/tansu.pid"
-  start_tansu
-  started+=(tansu)
+  rm -f "$scratch/broker.pid"
+  start_broker
+  started+=(broker)
 fi
 if pid=$(pid_of clickhouse "$ch_sig"); then
   check_same ClickHouse "$pid" "--path=$scratch/clickhouse/ "
@@ -190,7 +200,7 @@ else
   start_clickhouse
   started+=(clickhouse)
 fi
-wait_for Tansu "$tansu_log" tansu_ready tansu "$tansu_sig"
+wait_for "$broker_name" "$broker_log" broker_ready broker "$broker_sig"
 wait_for ClickHouse "$ch_log" ch_ready clickhouse "$ch_sig"
 ms=$(((${EPOCHREALTIME//[!0-9]/} - t0) / 1000))
 elapsed=$((ms / 1000)).$(((ms % 1000) / 100))
@@ -202,11 +212,11 @@ export XOFLOW_CLICKHOUSE__URL=http://127.0.0.1:$ch_http
 export XOFLOW_TEST_KAFKA=127.0.0.1:$kafka_port
 export XOFLOW_TEST_CLICKHOUSE=http://127.0.0.1:$ch_http
 export XOFLOW_CLICKHOUSE_TCP_PORT=$ch_tcp
-export XOFLOW_TANSU_BIN=$tansu
+export XOFLOW_BROKER_BIN=$broker
 export XOFLOW_SCRATCH=$scratch
 ENV
 mv -f "$tmp" "$scratch/env"
 
 ch_version=$(curl -sf --max-time 2 --data-binary 'SELECT version()' "http://127.0.0.1:$ch_http/")
-say "broker     127.0.0.1:$kafka_port (Tansu $tansu_version)   clickhouse http://127.0.0.1:$ch_http, native :$ch_tcp ($ch_version)   ready in ${elapsed}s"
+say "broker     127.0.0.1:$kafka_port ($broker_name $broker_version)   clickhouse http://127.0.0.1:$ch_http, native :$ch_tcp ($ch_version)   ready in ${elapsed}s"
 say "addresses in $scratch/env (source it); logs in $scratch/logs; stop with deploy/local/down.sh"

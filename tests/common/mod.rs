@@ -118,33 +118,69 @@ pub async fn drop_database(cfg: &Config) {
     let _ = cfg.clickhouse.drop_database().await;
 }
 
-/// A Tansu broker of one test's own, on `port`, in memory: for tests that
-/// stop the broker (the shared one is never touched). Killed on drop.
+/// A broker of one test's own, on `port`: for tests that stop the broker
+/// (the shared one is never touched). The binary `deploy/local/up.sh`
+/// built (`XOFLOW_BROKER_BIN`). Killed on drop.
 pub struct OwnBroker {
     child: std::process::Child,
     port: u16,
+    /// Where its SQLite storage lives, when it keeps its data.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl OwnBroker {
+    /// Keeps its data in memory: a restart comes back empty.
     pub fn start(port: u16) -> Self {
-        let bin = std::env::var("XOFLOW_TANSU_BIN")
-            .unwrap_or_else(|_| "/root/.cache/xoflow/tansu/bin/tansu".into());
+        Self::spawn(port, None)
+    }
+
+    /// Keeps its data in SQLite under `dir`: killed and started again on
+    /// the same `dir`, it comes back with its topics, records and
+    /// committed offsets.
+    pub fn start_persistent(port: u16, dir: &std::path::Path) -> Self {
+        Self::spawn(port, Some(dir.to_path_buf()))
+    }
+
+    fn spawn(port: u16, dir: Option<std::path::PathBuf>) -> Self {
+        let bin = std::env::var("XOFLOW_BROKER_BIN")
+            .unwrap_or_else(|_| "/root/.cache/xoflow/nisshi/bin/nisshi".into());
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = std::process::Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--group-initial-rebalance-delay",
+            "0s",
+            "--storage-engine",
+        ]);
+        match &dir {
+            // The SQLite path is taken relative to the working directory.
+            Some(dir) => {
+                std::fs::create_dir_all(dir).expect("broker dir");
+                cmd.arg("sqlite://broker.db").current_dir(dir);
+            }
+            None => {
+                cmd.arg("memory://xoflow/");
+            }
+        }
+        let child = cmd
+            .env_remove("STORAGE_ENGINE")
+            .env_remove("CLUSTER_ID")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin} (set XOFLOW_TANSU_BIN): {e}"));
-        Self { child, port }
+            .unwrap_or_else(|e| panic!("cannot start {bin} (set XOFLOW_BROKER_BIN): {e}"));
+        Self { child, port, dir }
+    }
+
+    /// SIGKILLs it and starts it again on the same port (and storage).
+    pub async fn restart(&mut self) {
+        self.kill();
+        *self = Self::spawn(self.port, self.dir.clone());
+        self.wait_listening().await;
     }
 
     pub async fn wait_listening(&self) {

@@ -22,7 +22,7 @@ pub(super) fn myself() -> Option<Process> {
 /// where they are.
 pub(super) fn servers() -> Vec<Process> {
     let scratch = std::env::var("XOFLOW_SCRATCH").unwrap_or_else(|_| "target/xoflow-local".into());
-    ["tansu", "clickhouse"]
+    ["broker", "clickhouse"]
         .iter()
         .filter_map(|s| std::fs::read_to_string(format!("{scratch}/{s}.pid")).ok())
         .filter_map(|p| p.trim().parse::<i32>().ok())
