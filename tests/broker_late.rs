@@ -15,9 +15,9 @@ use xoflow::Stages;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stages_started_before_the_broker_wait_for_it() {
-    let port = common::free_port();
+    let port = std::sync::Arc::new(common::reserve_port());
     let (mut cfg, id) = common::config("");
-    cfg.kafka.brokers = format!("127.0.0.1:{port}");
+    cfg.kafka.brokers = format!("127.0.0.1:{}", port.port);
     let running = xoflow::start(
         cfg.clone(),
         Stages::ALL,
@@ -44,7 +44,7 @@ async fn stages_started_before_the_broker_wait_for_it() {
     assert_eq!(running.health.check_live(), Ok(()), "no reason to restart");
     assert!(!running.shutdown.token.is_cancelled(), "no stage exited");
 
-    let mut broker = common::OwnBroker::start(port);
+    let mut broker = common::OwnBroker::start_at(port);
     broker.wait_listening().await;
     common::wait_for(
         "the pipeline to turn ready once the broker is there",

@@ -1,15 +1,14 @@
 //! Enrich rides out a broker outage: it never exits, readiness answers
 //! `kafka_unreachable` while the broker is away (liveness stays up: a
-//! restart would meet the same outage), and shutdown during the outage
-//! does not hang. On a Tansu of this test's own; the shared broker is
+//! restart would meet the same outage), and once the broker is back on its
+//! storage enrich turns ready by itself and enriches what was sent before
+//! and after; a shutdown during a second outage does not hang. On a broker
+//! of this test's own that keeps its data (SQLite); the shared broker is
 //! never touched.
 //!
-//! The broker is not brought back: this Tansu keeps its data in memory, and
-//! when it returns empty, librdkafka 2.12.1 crashes the process (SIGSEGV in
-//! `rd_kafka_metadata_cache_find`, a null topic name, from the enrich
-//! resolve consumer's metadata refresh) — with or without the topics
-//! created again. Recovery after a broker outage needs a broker that keeps
-//! its topics; the sink's outage test (ClickHouse) covers the return.
+//! (A broker that comes back *without* its topics — memory storage — made
+//! librdkafka 2.12.1 crash the process, SIGSEGV in
+//! `rd_kafka_metadata_cache_find`: see docs/operations.md.)
 
 mod common;
 
@@ -75,11 +74,11 @@ async fn enriched(cfg: &xoflow::Config, group: &str, events: &[Event]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrich_rides_out_a_broker_outage_and_says_so() {
-    let port = common::free_port();
-    let mut broker = common::OwnBroker::start(port);
+    let dir = std::env::temp_dir().join(format!("xoflow-enrich-outage-{}", common::unique()));
+    let mut broker = common::OwnBroker::start_persistent(&dir);
     broker.wait_listening().await;
     let (mut cfg, id) = common::config("");
-    cfg.kafka.brokers = format!("127.0.0.1:{port}");
+    cfg.kafka.brokers = broker.addr();
     cfg.kafka.message_timeout = Duration::from_secs(3);
     xoflow_enrich::stage::ensure_topics(&cfg.kafka, &cfg.enrich)
         .await
@@ -131,10 +130,42 @@ async fn enrich_rides_out_a_broker_outage_and_says_so() {
         "enrich must not exit"
     );
     assert!(running.health.check().is_err(), "still not ready");
-    // Shutdown during the outage does not hang on it.
+
+    // Back on its storage: ready again by itself, and it goes on.
+    broker.revive().await;
+    common::wait_for(
+        "enrich to turn ready once the broker is back",
+        Duration::from_secs(120),
+        || {
+            let ok = running.health.check().is_ok();
+            async move { ok }
+        },
+    )
+    .await;
+    let after = sample::events(6, 50, "acme", &format!("{id}-b"), common::now_ms());
+    produce(&cfg, &after).await;
+    enriched(&cfg, &format!("g-{id}-check-b"), &after).await;
+
+    // Shutdown during an outage does not hang on it.
+    broker.kill();
+    common::wait_for(
+        "readiness to say the broker is away again",
+        Duration::from_secs(60),
+        || {
+            let reasons = running.health.check().err().unwrap_or_default();
+            async move {
+                reasons
+                    .iter()
+                    .any(|r| r.starts_with("enrich: kafka_unreachable"))
+            }
+        },
+    )
+    .await;
     running.stop();
     tokio::time::timeout(Duration::from_secs(60), running.wait())
         .await
         .expect("shutdown during an outage ends within the drain budget")
         .expect("clean shutdown");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
 }

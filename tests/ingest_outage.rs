@@ -1,4 +1,4 @@
-//! Broker failure, on a Tansu of this test's own (started on a free port,
+//! Broker failure, on a broker of this test's own (started on a free port,
 //! killed and restarted by the test; the shared broker is never touched).
 //!
 //! Broker stopped: gRPC answers UNAVAILABLE and HTTP 503 with Retry-After,
@@ -18,12 +18,11 @@ use xoflow_proto::v1::{IngestRequest, collector_client::CollectorClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_acknowledges_nothing_and_broker_back_keeps_everything() {
-    let port = common::free_port();
-    let mut broker = common::OwnBroker::start(port);
+    let mut broker = common::OwnBroker::start();
     broker.wait_listening().await;
 
     let (mut cfg, id) = common::config("");
-    cfg.kafka.brokers = format!("127.0.0.1:{port}");
+    cfg.kafka.brokers = broker.addr();
     cfg.kafka.message_timeout = Duration::from_secs(3);
     let t = cfg.kafka.topics.clone();
     let running = common::start(&cfg, Stages::INGEST).await;
@@ -72,11 +71,7 @@ async fn broker_down_acknowledges_nothing_and_broker_back_keeps_everything() {
     );
 
     // Back, empty: recreate the topics, send again.
-    let _broker = {
-        let b = common::OwnBroker::start(port);
-        b.wait_listening().await;
-        b
-    };
+    broker.revive().await;
     common::wait_for("topics recreated", Duration::from_secs(60), || {
         let k = cfg.kafka.clone();
         let t = t.clone();

@@ -8,102 +8,15 @@
 
 mod common;
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::time::Duration;
 
 use clickhouse::Row;
 use serde::Deserialize;
-use tokio::process::{Child, Command};
 use xoflow::Stages;
 
 /// Attempts the sink must make during the outage before ClickHouse comes
 /// back: the old budget gave up after 9.
 const ATTEMPTS_RIDDEN_OUT: u32 = 70;
-
-/// A ClickHouse server of this test's own: a copy of the packaged config
-/// with its paths in a scratch directory, on free ports kept across a
-/// restart.
-struct OwnClickHouse {
-    dir: PathBuf,
-    http: u16,
-    tcp: u16,
-    inter: u16,
-    child: Option<Child>,
-}
-
-impl OwnClickHouse {
-    fn new(id: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("xoflow-ch-outage-{id}"));
-        let etc = dir.join("etc");
-        std::fs::create_dir_all(&etc).expect("scratch dir");
-        std::fs::create_dir_all(dir.join("logs")).expect("logs dir");
-        let d = format!("{}/", dir.display());
-        for f in ["config.xml", "users.xml"] {
-            let text = std::fs::read_to_string(format!("/etc/clickhouse-server/{f}"))
-                .expect("packaged ClickHouse config");
-            let text = text
-                .replace("/var/lib/clickhouse/", &d)
-                .replace("/var/log/clickhouse-server/", &format!("{d}logs/"));
-            std::fs::write(etc.join(f), text).expect("config copy");
-        }
-        OwnClickHouse {
-            dir,
-            http: common::free_port(),
-            tcp: common::free_port(),
-            inter: common::free_port(),
-            child: None,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http)
-    }
-
-    async fn start(&mut self) {
-        let d = format!("{}/", self.dir.display());
-        let child = Command::new("clickhouse-server")
-            .arg(format!("--config-file={d}etc/config.xml"))
-            .arg("--")
-            .arg(format!("--path={d}"))
-            .arg(format!("--tmp_path={d}tmp/"))
-            .arg(format!("--user_files_path={d}user_files/"))
-            .arg(format!("--format_schema_path={d}format_schemas/"))
-            .arg("--listen_host=127.0.0.1")
-            .arg(format!("--http_port={}", self.http))
-            .arg(format!("--tcp_port={}", self.tcp))
-            .arg(format!("--interserver_http_port={}", self.inter))
-            .arg(format!("--logger.log={d}logs/clickhouse.log"))
-            .arg(format!("--logger.errorlog={d}logs/clickhouse.err.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start clickhouse-server");
-        self.child = Some(child);
-        let addr = format!("127.0.0.1:{}", self.http);
-        common::wait_for("our ClickHouse to answer", Duration::from_secs(90), || {
-            let addr = addr.clone();
-            async move { common::http_get(&addr, "/ping").await == (200, "Ok.\n".to_owned()) }
-        })
-        .await;
-    }
-
-    /// SIGKILL: the outage starts at once, as when a host dies.
-    async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill().await;
-        }
-    }
-}
-
-impl Drop for OwnClickHouse {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.start_kill();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn enriched(id: &str, i: usize) -> (Vec<u8>, String) {
     let key = format!("c{}", i % 97);
@@ -141,7 +54,7 @@ fn attempt_in(reasons: &[String]) -> Option<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sink_rides_out_a_clickhouse_outage_and_says_so() {
     let (mut cfg, id) = common::config("");
-    let mut ch_server = OwnClickHouse::new(&id);
+    let mut ch_server = common::OwnClickHouse::new(&id);
     ch_server.start().await;
     cfg.clickhouse.url = ch_server.url();
     // Short waits, so that the outage outlasts many attempts: 100 ms

@@ -123,28 +123,35 @@ pub async fn drop_database(cfg: &Config) {
 /// built (`XOFLOW_BROKER_BIN`). Killed on drop.
 pub struct OwnBroker {
     child: std::process::Child,
-    port: u16,
+    port: std::sync::Arc<PortReservation>,
     /// Where its SQLite storage lives, when it keeps its data.
     dir: Option<std::path::PathBuf>,
 }
 
 impl OwnBroker {
-    /// Keeps its data in memory: a restart comes back empty.
-    pub fn start(port: u16) -> Self {
+    /// Keeps its data in memory: a restart comes back empty. On a port
+    /// of its own ([`reserve_port`]).
+    pub fn start() -> Self {
+        Self::spawn(std::sync::Arc::new(reserve_port()), None)
+    }
+
+    /// [`OwnBroker::start`] on a port reserved beforehand (a test that
+    /// points the stages at it before it runs).
+    pub fn start_at(port: std::sync::Arc<PortReservation>) -> Self {
         Self::spawn(port, None)
     }
 
     /// Keeps its data in SQLite under `dir`: killed and started again on
     /// the same `dir`, it comes back with its topics, records and
     /// committed offsets.
-    pub fn start_persistent(port: u16, dir: &std::path::Path) -> Self {
-        Self::spawn(port, Some(dir.to_path_buf()))
+    pub fn start_persistent(dir: &std::path::Path) -> Self {
+        Self::spawn(std::sync::Arc::new(reserve_port()), Some(dir.to_path_buf()))
     }
 
-    fn spawn(port: u16, dir: Option<std::path::PathBuf>) -> Self {
+    fn spawn(port: std::sync::Arc<PortReservation>, dir: Option<std::path::PathBuf>) -> Self {
         let bin = std::env::var("XOFLOW_BROKER_BIN")
             .unwrap_or_else(|_| "/root/.cache/xoflow/nisshi/bin/nisshi".into());
-        let url = format!("tcp://127.0.0.1:{port}");
+        let url = format!("tcp://127.0.0.1:{}", port.port);
         let mut cmd = std::process::Command::new(&bin);
         cmd.args([
             "broker",
@@ -166,11 +173,22 @@ impl OwnBroker {
                 cmd.arg("memory://xoflow/");
             }
         }
+        // A broker that keeps its data keeps its log beside it.
+        let log = || match &dir {
+            Some(dir) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("broker.log"))
+                .map(std::process::Stdio::from)
+                .unwrap_or_else(|_| std::process::Stdio::null()),
+            None => std::process::Stdio::null(),
+        };
         let child = cmd
             .env_remove("STORAGE_ENGINE")
             .env_remove("CLUSTER_ID")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .env("RUST_LOG", "warn")
+            .stdout(log())
+            .stderr(log())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin} (set XOFLOW_BROKER_BIN): {e}"));
         Self { child, port, dir }
@@ -179,12 +197,23 @@ impl OwnBroker {
     /// SIGKILLs it and starts it again on the same port (and storage).
     pub async fn restart(&mut self) {
         self.kill();
-        *self = Self::spawn(self.port, self.dir.clone());
+        self.revive().await;
+    }
+
+    /// Starts it again, after [`OwnBroker::kill`], on the same port (and
+    /// storage).
+    pub async fn revive(&mut self) {
+        *self = Self::spawn(self.port.clone(), self.dir.clone());
         self.wait_listening().await;
     }
 
+    /// Where it listens.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port.port)
+    }
+
     pub async fn wait_listening(&self) {
-        let port = self.port;
+        let port = self.port.port;
         wait_for(
             "the test broker to listen",
             Duration::from_secs(30),
@@ -207,6 +236,145 @@ impl Drop for OwnBroker {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A ClickHouse server of one test's own, for tests that stop it (the
+/// shared one is never stopped), started the way deploy/local/up.sh starts
+/// it: a copy of the packaged config with its paths in a scratch directory,
+/// on reserved ports kept across a restart.
+pub struct OwnClickHouse {
+    dir: std::path::PathBuf,
+    pub http: u16,
+    pub tcp: u16,
+    inter: u16,
+    /// Kept across a restart: see [`reserve_port`].
+    _ports: [PortReservation; 3],
+    child: Option<tokio::process::Child>,
+}
+
+impl OwnClickHouse {
+    pub fn new(id: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("xoflow-ch-{id}"));
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc).expect("scratch dir");
+        std::fs::create_dir_all(dir.join("logs")).expect("logs dir");
+        let d = format!("{}/", dir.display());
+        for f in ["config.xml", "users.xml"] {
+            let text = std::fs::read_to_string(format!("/etc/clickhouse-server/{f}"))
+                .expect("packaged ClickHouse config");
+            let text = text
+                .replace("/var/lib/clickhouse/", &d)
+                .replace("/var/log/clickhouse-server/", &format!("{d}logs/"));
+            std::fs::write(etc.join(f), text).expect("config copy");
+        }
+        let ports = [reserve_port(), reserve_port(), reserve_port()];
+        OwnClickHouse {
+            dir,
+            http: ports[0].port,
+            tcp: ports[1].port,
+            inter: ports[2].port,
+            _ports: ports,
+            child: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    pub async fn start(&mut self) {
+        let d = format!("{}/", self.dir.display());
+        let child = tokio::process::Command::new("clickhouse-server")
+            .arg(format!("--config-file={d}etc/config.xml"))
+            .arg("--")
+            .arg(format!("--path={d}"))
+            .arg(format!("--tmp_path={d}tmp/"))
+            .arg(format!("--user_files_path={d}user_files/"))
+            .arg(format!("--format_schema_path={d}format_schemas/"))
+            .arg("--listen_host=127.0.0.1")
+            .arg(format!("--http_port={}", self.http))
+            .arg(format!("--tcp_port={}", self.tcp))
+            .arg(format!("--interserver_http_port={}", self.inter))
+            .arg(format!("--logger.log={d}logs/clickhouse.log"))
+            .arg(format!("--logger.errorlog={d}logs/clickhouse.err.log"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start clickhouse-server");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.http);
+        wait_for("our ClickHouse to answer", Duration::from_secs(90), || {
+            let addr = addr.clone();
+            async move { http_get(&addr, "/ping").await == (200, "Ok.\n".to_owned()) }
+        })
+        .await;
+    }
+
+    /// SIGKILL: the outage starts at once, as when a host dies.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+}
+
+impl Drop for OwnClickHouse {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port for a server that a test stops and starts again, reserved for
+/// the reservation's life. While the server is down its port is free, and
+/// a port from [`free_port`] (the kernel's ephemeral range) or another
+/// test's server could take it: the test's clients would then talk to a
+/// stranger. So these ports come from below the ephemeral range (which
+/// `bind(0)` and outgoing connections never use) and are claimed by a file
+/// under the temp dir, which no other test process can create too.
+pub struct PortReservation {
+    pub port: u16,
+    claim: std::path::PathBuf,
+}
+
+impl Drop for PortReservation {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.claim);
+    }
+}
+
+pub fn reserve_port() -> PortReservation {
+    let dir = std::env::temp_dir().join("xoflow-test-ports");
+    std::fs::create_dir_all(&dir).expect("port claims dir");
+    let mut rng = rand::rng();
+    for _ in 0..1_000 {
+        let port = rng.random_range(20_000..32_000u16);
+        let claim = dir.join(port.to_string());
+        // A claim left by a run that was killed is taken over after a day.
+        let stale = std::fs::metadata(&claim)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > Duration::from_secs(86_400)));
+        if stale {
+            let _ = std::fs::remove_file(&claim);
+        }
+        let claimed = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&claim)
+            .is_ok();
+        if !claimed {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return PortReservation { port, claim };
+        }
+        let _ = std::fs::remove_file(&claim);
+    }
+    panic!("no port free below the ephemeral range");
 }
 
 /// A port nothing listens on right now.
