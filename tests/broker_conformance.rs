@@ -24,9 +24,10 @@
 //!   one `deploy/local/up.sh` starts, or any other). Tests use random topic
 //!   and group names, so the broker can be shared.
 //! - `XOFLOW_BROKER_BIN`: the broker binary that a test needing a broker of
-//!   its own (SIGKILL and restart it) starts on a free port; default
-//!   `XOFLOW_TANSU_BIN`. Tansu and its successor nisshi take the same flags;
-//!   which one it is goes by the file name (`nisshi…` or else Tansu).
+//!   its own (SIGKILL and restart it) starts on a reserved port (written to
+//!   `$XOFLOW_SCRATCH/env` by `up.sh`: nisshi). Tansu and its successor
+//!   nisshi take the same flags; which one it is goes by the file name
+//!   (`nisshi…` or else Tansu).
 //!
 //! ```sh
 //! source target/xoflow-local/env
@@ -48,7 +49,7 @@
 //! XOFLOW_BROKER_KNOWN_GAPS=member_sigkilled_hands_its_partitions_to_the_survivor_within_session_timeout,fetch_from_mid_batch_starts_at_the_requested_offset,high_watermark_equals_acknowledged_records
 //! ```
 //!
-//! The results per broker are in `deploy/local/CONFORMANCE.md`. Every test
+//! The results per broker are in `deploy/local/README.md`. Every test
 //! prints a `CONFORMANCE <test>: …` line with what it observed (timings of
 //! group changes included).
 
@@ -439,8 +440,7 @@ fn all_partitions(n: i32) -> BTreeSet<i32> {
 // ---------------------------------------------------------------------------
 // A broker of the test's own.
 
-/// A broker started by a test from `XOFLOW_BROKER_BIN` (default
-/// `XOFLOW_TANSU_BIN`) on a free port, storing in SQLite in a directory of
+/// A broker started by a test from `XOFLOW_BROKER_BIN` on a reserved port, storing in SQLite in a directory of
 /// its own: for tests that SIGKILL and restart it (the shared broker is
 /// never touched). Killed on drop; its directory (storage, `broker.log`) is
 /// removed then, unless the test failed.
@@ -454,8 +454,7 @@ struct OwnBroker {
 impl OwnBroker {
     fn start_persistent() -> Self {
         let bin: PathBuf = std::env::var("XOFLOW_BROKER_BIN")
-            .or_else(|_| std::env::var("XOFLOW_TANSU_BIN"))
-            .unwrap_or_else(|_| "/root/.cache/xoflow/tansu/bin/tansu".into())
+            .unwrap_or_else(|_| "/root/.cache/xoflow/nisshi/bin/nisshi".into())
             .into();
         let dir = std::env::temp_dir().join(format!("xoflow-conformance-{}", common::unique()));
         std::fs::create_dir_all(&dir).expect("broker directory");

@@ -5,16 +5,10 @@
 //!
 //! - Crash: an instance is SIGKILLed and comes back under its instance name
 //!   (static membership), takes back its partitions, restores their join
-//!   state from the changelog and continues. (On Kafka the survivor would
-//!   take them after `session.timeout.ms`; Tansu 0.6, the local broker,
-//!   never reassigns a SIGKILLed member's partitions to another member, so
-//!   the test restarts the instance.)
+//!   state from the changelog and continues. (The hand-over to a survivor,
+//!   dynamic members, is `tests/scale_out.rs`.)
 //!   A third wave of the same customers follows, enriched with the state
 //!   that moved through the changelog.
-//!
-//! (A hand-over to the survivor after a clean stop was tried too: with
-//! dynamic members, one stopped by SIGTERM while work was left on its
-//! partitions, the survivor had not picked them up within 180 s on Tansu.)
 //!
 //! The input comes in waves; the second has new journeys of the first
 //! wave's customers (whose state moves with their partitions) and new

@@ -3,7 +3,7 @@
 //! Producers are idempotent with `acks=all`; consumers never auto-commit and
 //! never auto-store offsets: a stage stores an offset only after the record's
 //! effect is durable downstream. Topics are created up front because some
-//! Kafka-protocol brokers (Tansu) do not auto-create them and silently drop
+//! Kafka-protocol brokers (Tansu, nisshi) do not auto-create them and silently drop
 //! records sent to a missing topic.
 //!
 //! This module holds the settings ([`KafkaConfig`], [`Topics`]), the clients
