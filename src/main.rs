@@ -39,7 +39,13 @@ enum Command {
     /// Run all three stages in one process.
     Run,
     /// Create or upgrade the ClickHouse schema, then exit.
-    Migrate,
+    Migrate {
+        /// Print every statement it would run on an empty database (for one
+        /// server, or rewritten for `clickhouse.cluster`) and exit without
+        /// connecting.
+        #[arg(long)]
+        print: bool,
+    },
     /// Print, per partition of the sink's input topics, Kafka's high
     /// watermark, the sink group's committed offset and what ClickHouse
     /// stores (reconciliation); exits 1 if a committed offset is not stored.
@@ -158,7 +164,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Enrich => Stages::ENRICH,
         Command::Sink => Stages::SINK,
         Command::Run => Stages::ALL,
-        Command::Migrate => {
+        Command::Migrate { print: true } => {
+            print!("{}", xoflow_sink::migrate::script(&cfg.clickhouse)?);
+            return Ok(());
+        }
+        Command::Migrate { print: false } => {
             let report = xoflow_sink::migrate(&cfg.clickhouse).await?;
             println!(
                 "database {}: applied {:?}, already present {:?}",

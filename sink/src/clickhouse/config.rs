@@ -11,6 +11,16 @@ pub enum ConfigError {
     /// alphabet.
     #[error("clickhouse.database {0:?} must be 1-64 characters of [A-Za-z0-9_]")]
     DatabaseName(String),
+    /// The cluster name is spliced into DDL (`ON CLUSTER`) too.
+    #[error("clickhouse.cluster {0:?} must be 1-64 characters of [A-Za-z0-9_]")]
+    ClusterName(String),
+}
+
+/// 1-64 characters of `[A-Za-z0-9_]`: safe to splice into DDL.
+fn safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// How the sink batches and retries.
@@ -66,6 +76,14 @@ pub struct ClickHouseConfig {
     pub database: String,
     pub user: String,
     pub password: String,
+    /// A ClickHouse cluster (a name from the servers' `remote_servers`) to
+    /// create the schema on: every table replicated on each shard
+    /// (`<table>_local`, `Replicated*MergeTree`) and a `Distributed` table
+    /// under the usual name for inserts and reads; the sink's inserts wait
+    /// until every shard has its rows. Unset: one server.
+    /// docs/clickhouse.md, "On a cluster".
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 impl ClickHouseConfig {
@@ -74,12 +92,20 @@ impl ClickHouseConfig {
     /// RowBinaryWithNamesAndTypes format it relies on; the row layout is
     /// pinned by tests against the migrations instead.
     pub fn client(&self) -> clickhouse::Client {
-        clickhouse::Client::default()
+        let client = clickhouse::Client::default()
             .with_url(&self.url)
             .with_user(&self.user)
             .with_password(&self.password)
             .with_database(&self.database)
-            .with_validation(false)
+            .with_validation(false);
+        match &self.cluster {
+            // An insert into a Distributed table returns once every shard
+            // holds its rows, as the sink's positions (read back from
+            // ClickHouse) assume. `insert_distributed_sync` is the name
+            // both old and current servers know.
+            Some(_) => client.with_setting("insert_distributed_sync", "1"),
+            None => client,
+        }
     }
 
     /// Drops the database and everything in it: what a benchmark, the demo
@@ -94,16 +120,12 @@ impl ClickHouseConfig {
 
     /// Checks the database name can be spliced into DDL safely. Pure.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let ok = !self.database.is_empty()
-            && self.database.len() <= 64
-            && self
-                .database
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if ok {
-            Ok(())
-        } else {
-            Err(ConfigError::DatabaseName(self.database.clone()))
+        if !safe_name(&self.database) {
+            return Err(ConfigError::DatabaseName(self.database.clone()));
+        }
+        match &self.cluster {
+            Some(c) if !safe_name(c) => Err(ConfigError::ClusterName(c.clone())),
+            _ => Ok(()),
         }
     }
 }
@@ -119,6 +141,7 @@ mod tests {
             database: database.into(),
             user: "default".into(),
             password: String::new(),
+            cluster: None,
         };
         assert_eq!(cfg("xoflow_test_1").validate(), Ok(()));
         for bad in ["", "x;DROP", "a-b", &"x".repeat(65)] {

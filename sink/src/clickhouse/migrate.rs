@@ -5,13 +5,15 @@
 //! `schema_migrations` holds the version, name and checksum of every applied
 //! file. Statements are written with `IF NOT EXISTS` so that two sinks
 //! starting at once both succeed. A changed checksum of an applied version is
-//! refused: history is never rewritten in place.
+//! refused: history is never rewritten in place. With `clickhouse.cluster`
+//! set, each statement is first rewritten for a sharded, replicated
+//! cluster (`cluster`).
 
 use clickhouse::{Client, Row};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{ClickHouseConfig, SinkError, server_code};
+use super::{ClickHouseConfig, SinkError, cluster, server_code};
 
 /// One embedded migration.
 #[derive(Debug, Clone, Copy)]
@@ -104,16 +106,10 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, SinkErro
     let db = &cfg.database;
     // The database may not exist yet, so this client names none.
     let root = cfg.client().with_database("default");
-    exec(&root, &format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
-    exec(
-        &root,
-        &format!(
-            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
-             (version UInt32, name String, checksum String, applied_at DateTime DEFAULT now()) \
-             ENGINE = MergeTree() ORDER BY version"
-        ),
-    )
-    .await?;
+    let target = Target::of(cfg);
+    for stmt in target.setup() {
+        exec(&root, &stmt).await?;
+    }
     let applied: Vec<Applied> = root
         .query(&format!(
             "SELECT version, any(checksum) AS checksum FROM {db}.schema_migrations GROUP BY version ORDER BY version"
@@ -134,7 +130,7 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, SinkErro
             report.present.push(m.version);
             continue;
         }
-        for stmt in m.statements(db) {
+        for stmt in target.statements(m) {
             match exec(&root, &stmt).await {
                 // 18.16 has no `ADD COLUMN IF NOT EXISTS`: a sink starting at
                 // the same moment may have added the column first.
@@ -156,6 +152,83 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, SinkErro
         report.applied.push(m.version);
     }
     Ok(report)
+}
+
+/// Where the schema goes: one server, or a cluster (every statement
+/// rewritten by `cluster`).
+struct Target<'a> {
+    db: &'a str,
+    cluster: Option<&'a str>,
+    /// The data tables of the whole schema (a cluster needs them to point
+    /// materialized views at the local tables).
+    tables: Vec<String>,
+}
+
+impl<'a> Target<'a> {
+    fn of(cfg: &'a ClickHouseConfig) -> Self {
+        let db = cfg.database.as_str();
+        let all: Vec<String> = MIGRATIONS.iter().flat_map(|m| m.statements(db)).collect();
+        Target {
+            db,
+            cluster: cfg.cluster.as_deref(),
+            tables: cluster::data_tables(all.iter().map(String::as_str), db),
+        }
+    }
+
+    fn rewrite(&self, stmt: String) -> Vec<String> {
+        match self.cluster {
+            Some(c) => cluster::statements(&stmt, self.db, c, &self.tables),
+            None => vec![stmt],
+        }
+    }
+
+    /// The database and the migrations ledger.
+    fn setup(&self) -> Vec<String> {
+        let db = self.db;
+        [
+            format!("CREATE DATABASE IF NOT EXISTS {db}"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
+                 (version UInt32, name String, checksum String, applied_at DateTime DEFAULT now()) \
+                 ENGINE = MergeTree() ORDER BY version"
+            ),
+        ]
+        .into_iter()
+        .flat_map(|s| self.rewrite(s))
+        .collect()
+    }
+
+    fn statements(&self, m: &Migration) -> Vec<String> {
+        m.statements(self.db)
+            .into_iter()
+            .flat_map(|s| self.rewrite(s))
+            .collect()
+    }
+}
+
+/// Every statement [`migrate`] would run on an empty database, as one SQL
+/// script (`xoflow migrate --print`): for review before a cluster is
+/// touched, or to apply by hand.
+pub fn script(cfg: &ClickHouseConfig) -> Result<String, SinkError> {
+    cfg.validate()?;
+    let target = Target::of(cfg);
+    let mut out = match &cfg.cluster {
+        Some(c) => format!(
+            "-- xoflow schema for database {} on cluster {c}\n\n",
+            cfg.database
+        ),
+        None => format!("-- xoflow schema for database {}\n\n", cfg.database),
+    };
+    for stmt in target.setup() {
+        out.push_str(&format!("{};\n\n", stmt.trim()));
+    }
+    for m in MIGRATIONS {
+        out.push_str(&format!("-- migration {} {}\n", m.version, m.name));
+        for stmt in target.statements(m) {
+            out.push_str(&format!("{};\n\n", stmt.trim()));
+        }
+    }
+    Ok(out)
 }
 
 async fn exec(client: &Client, sql: &str) -> Result<(), SinkError> {

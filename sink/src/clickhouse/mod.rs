@@ -10,10 +10,12 @@
 //! batch from Kafka, its `run`), `insert` (write a batch, retry, bisect
 //! refused rows, commit), [`position`] (where each partition stands, read
 //! from ClickHouse), [`row`] (the rows), [`migrate`](mod@migrate) (the schema),
-//! [`status`] (`xoflow sink-status`). The watchdog that tells readiness
+//! [`status`] (`xoflow sink-status`), `cluster` (the migrations rewritten
+//! for a ClickHouse cluster). The watchdog that tells readiness
 //! when the sink stalls is `xoflow_common::kafka::watch`. This module owns
 //! [`SinkError`].
 
+mod cluster;
 mod config;
 mod consume;
 mod insert;
