@@ -132,6 +132,10 @@ struct GenArgs {
     /// Share of records made malformed on purpose.
     #[arg(long, default_value_t = 0.005)]
     invalid_share: f64,
+    /// Arrival order: by event time, shuffled (from the seed), or every
+    /// survey, call and post before every order and click.
+    #[arg(long, value_enum, default_value_t = xoflow::datagen::ArrivalOrder::Time)]
+    order: xoflow::datagen::ArrivalOrder,
 }
 
 impl GenArgs {
@@ -150,6 +154,7 @@ impl GenArgs {
             days: self.days,
             scale: self.scale,
             invalid_share: self.invalid_share,
+            order: self.order,
         })
     }
 }

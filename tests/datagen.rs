@@ -98,3 +98,59 @@ fn dates_parse_to_utc_midnight() {
     assert!(datagen::parse_date("2026-13-01").is_err());
     assert!(datagen::parse_date("yesterday").is_err());
 }
+
+#[test]
+fn arrival_orders_hold_the_same_events_in_their_order() {
+    use xoflow::datagen::ArrivalOrder;
+    use xoflow_proto::v1::event::Payload;
+    let cfg = GenConfig {
+        scale: 0.05,
+        days: 2,
+        ..GenConfig::default()
+    };
+    let time = datagen::generate(&cfg).events;
+    let of = |order| {
+        datagen::generate(&GenConfig {
+            order,
+            ..cfg.clone()
+        })
+        .events
+    };
+    let ids = |events: &[xoflow_proto::v1::Event]| {
+        let mut ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    let experience = |e: &xoflow_proto::v1::Event| {
+        matches!(
+            e.payload,
+            Some(Payload::Survey(_) | Payload::Call(_) | Payload::Social(_))
+        )
+    };
+
+    let shuffled = of(ArrivalOrder::Shuffled);
+    assert_eq!(ids(&shuffled), ids(&time), "the same events");
+    assert_ne!(shuffled, time, "in another order");
+    assert_eq!(
+        shuffled,
+        of(ArrivalOrder::Shuffled),
+        "the same order for the seed"
+    );
+
+    let x_first = of(ArrivalOrder::XFirst);
+    assert_eq!(ids(&x_first), ids(&time));
+    let first_o = x_first
+        .iter()
+        .position(|e| !experience(e))
+        .expect("operational events");
+    assert!(first_o > 0, "experience events first");
+    assert!(x_first[first_o..].iter().all(|e| !experience(e)));
+    // Each side keeps its time order.
+    let x_in_time: Vec<&String> = time
+        .iter()
+        .filter(|e| experience(e))
+        .map(|e| &e.event_id)
+        .collect();
+    let x_arrived: Vec<&String> = x_first[..first_o].iter().map(|e| &e.event_id).collect();
+    assert_eq!(x_arrived, x_in_time);
+}

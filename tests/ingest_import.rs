@@ -42,6 +42,7 @@ async fn an_import_lands_once_even_when_run_twice() {
         days: 2,
         start_ms: now - now.rem_euclid(86_400_000) - 2 * 86_400_000,
         invalid_share: 0.0,
+        ..GenConfig::default()
     });
     let dir = std::env::temp_dir().join(format!("xoflow-import-{id}"));
     std::fs::create_dir_all(&dir).expect("dir");

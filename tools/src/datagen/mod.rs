@@ -78,6 +78,52 @@ pub struct GenConfig {
     pub scale: f64,
     /// Share of records deliberately malformed.
     pub invalid_share: f64,
+    /// The order the events are handed out (and sent) in.
+    pub order: ArrivalOrder,
+}
+
+/// The order generated events arrive in: the same events and truth in
+/// every order, so a pipeline's results can be compared across them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArrivalOrder {
+    /// By event time (ties by event id): live traffic.
+    #[default]
+    Time,
+    /// A permutation drawn from the seed: backfills from many systems.
+    Shuffled,
+    /// Every experience event (survey, call, post) first, then every
+    /// operational one (order, click), each in time order: a company
+    /// onboarding its survey-tool history before its order history.
+    XFirst,
+}
+
+impl ArrivalOrder {
+    /// Puts `events`, in time order, into this order.
+    pub fn arrange(self, events: &mut [Event], seed: u64) {
+        match self {
+            ArrivalOrder::Time => {}
+            ArrivalOrder::Shuffled => {
+                // Fisher-Yates with the generator's own PRNG: the same seed,
+                // the same permutation on every machine.
+                let mut rng = SplitMix::new(seed ^ 0x5eed_0fa7_717a_0001);
+                for i in (1..events.len()).rev() {
+                    let j = rng.below(i as u64 + 1) as usize;
+                    events.swap(i, j);
+                }
+            }
+            // Stable: each side keeps its time order.
+            ArrivalOrder::XFirst => events.sort_by_key(|e| !is_experience(e)),
+        }
+    }
+}
+
+/// Surveys, calls and posts: what customers felt.
+fn is_experience(e: &Event) -> bool {
+    use xoflow_proto::v1::event::Payload;
+    matches!(
+        e.payload,
+        Some(Payload::Survey(_) | Payload::Call(_) | Payload::Social(_))
+    )
 }
 
 impl Default for GenConfig {
@@ -89,6 +135,7 @@ impl Default for GenConfig {
             days: 7,
             scale: 1.0,
             invalid_share: 0.005,
+            order: ArrivalOrder::Time,
         }
     }
 }
@@ -96,7 +143,8 @@ impl Default for GenConfig {
 /// The generated data.
 #[derive(Debug, Clone)]
 pub struct Generated {
-    /// In time order; ties broken by event id.
+    /// In the configured arrival order (time order, ties broken by event
+    /// id, by default).
     pub events: Vec<Event>,
     pub truth: Truth,
 }

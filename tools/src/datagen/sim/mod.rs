@@ -101,7 +101,8 @@ pub fn generate(cfg: &GenConfig) -> Generated {
     sim.corrupt();
     sim.events
         .sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.event_id.cmp(&b.1.event_id)));
-    let events: Vec<Event> = sim.events.into_iter().map(|(_, e)| e).collect();
+    let mut events: Vec<Event> = sim.events.into_iter().map(|(_, e)| e).collect();
+    cfg.order.arrange(&mut events, cfg.seed);
     let mut truth = sim.truth.finish();
     truth.planted_pii.sort();
     truth.planted_pii.dedup();
