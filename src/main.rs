@@ -46,6 +46,11 @@ enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Identity data from outside the event stream.
+    Identities {
+        #[command(subcommand)]
+        command: IdentitiesCommand,
+    },
     /// Print, per partition of the sink's input topics, Kafka's high
     /// watermark, the sink group's committed offset and what ClickHouse
     /// stores (reconciliation); exits 1 if a committed offset is not stored.
@@ -111,6 +116,28 @@ enum Command {
         /// Requests in flight when sending.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IdentitiesCommand {
+    /// Seed enrich's link table from a CRM export: one row per customer,
+    /// `customer_id` plus any of `email`, `phone`, `social_handle`,
+    /// `device_id` (CSV with a header row, or NDJSON). Identifiers are
+    /// hashed exactly as the collectors hash them; a re-run changes nothing;
+    /// a row that moves an identifier to another customer is counted and
+    /// logged.
+    Import {
+        file: PathBuf,
+        /// csv or ndjson.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// The tenant whose key hashes the identifiers.
+        #[arg(long)]
+        tenant: String,
+        /// Links per produce.
+        #[arg(long, default_value_t = 10_000)]
+        chunk: usize,
     },
 }
 
@@ -200,6 +227,15 @@ async fn main() -> anyhow::Result<()> {
         } => {
             return run_import(&cfg, &file, &format, kind.as_deref(), tenant, source, chunk).await;
         }
+        Command::Identities {
+            command:
+                IdentitiesCommand::Import {
+                    file,
+                    format,
+                    tenant,
+                    chunk,
+                },
+        } => return import_identities(&cfg, &file, &format, &tenant, chunk).await,
         Command::Gen {
             generator,
             out,
@@ -309,6 +345,57 @@ async fn run_import(
     );
     for (n, field, reason, text) in &report.first_rejections {
         println!("  record {n}: {field} {reason}: {text}");
+    }
+    Ok(())
+}
+
+async fn import_identities(
+    cfg: &Config,
+    file: &std::path::Path,
+    format: &str,
+    tenant: &str,
+    chunk: usize,
+) -> anyhow::Result<()> {
+    use xoflow_ingest::{
+        identities::{IdentitiesError, IdentityReader},
+        import::Format,
+    };
+    let format = match format {
+        "csv" => Format::Csv,
+        "ndjson" => Format::Ndjson,
+        other => anyhow::bail!("--format {other:?}: csv or ndjson"),
+    };
+    let reader = IdentityReader::new(&cfg.ingest, tenant)?;
+    let mut seeder = xoflow_enrich::identities::Seeder::open(&cfg.kafka, &cfg.enrich)
+        .await
+        .context("reading the link table")?;
+    let before = seeder.known();
+    // The file is read on a blocking thread; chunks of links come over a
+    // short queue, so a large file never sits in memory whole.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(String, String)>>(4);
+    let path = file.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || {
+        reader.read(&path, format, chunk.max(1), true, |links| {
+            tx.blocking_send(links)
+                .map_err(|_| IdentitiesError::Stopped)
+        })
+    });
+    while let Some(links) = rx.recv().await {
+        seeder.seed(links).await.context("writing links")?;
+    }
+    let (refused, rows) = read.await??;
+    let r = seeder.report();
+    println!(
+        "{}: {rows} rows; links {} new, {} unchanged, {} re-pointed to another customer; {} rows refused; the table holds {} links (was {before})",
+        file.display(),
+        r.new,
+        r.unchanged,
+        r.repointed,
+        refused.len(),
+        seeder.known()
+    );
+    for f in refused.iter().take(10) {
+        println!("  line {}: {}: {}", f.line, f.field, f.reason);
     }
     Ok(())
 }

@@ -46,6 +46,11 @@ impl Links {
         self.map.insert(identifier, customer_id);
     }
 
+    /// The customer `identifier` is linked to.
+    pub fn get(&self, identifier: &str) -> Option<&str> {
+        self.map.get(identifier).map(String::as_str)
+    }
+
     /// Learns the links `e` teaches; calls `new_link` for each link that is
     /// new or changed (to be published).
     pub fn learn(&mut self, e: &Event, new_link: impl FnMut(&str, &str)) {
@@ -68,10 +73,22 @@ impl Links {
             &c.social_handle_hash,
             &c.device_id_hash,
         ] {
-            if !h.is_empty() && self.map.get(h.as_str()) != Some(&c.customer_id) {
-                self.map.insert(h.clone(), c.customer_id.clone());
-                new_link(h, &c.customer_id);
+            if h.is_empty() {
+                continue;
             }
+            match self.map.get(h.as_str()) {
+                Some(known) if *known == c.customer_id => continue,
+                Some(known) => crate::telemetry::LinkRepointed {
+                    origin: "event",
+                    identifier: h,
+                    from: known,
+                    to: &c.customer_id,
+                }
+                .emit(),
+                None => {}
+            }
+            self.map.insert(h.clone(), c.customer_id.clone());
+            new_link(h, &c.customer_id);
         }
     }
 

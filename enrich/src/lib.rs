@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod derive;
+pub mod identities;
 pub mod identity;
 pub mod join;
 pub mod sentiment;

@@ -21,6 +21,9 @@ pub(crate) enum Metric {
     LinksLearnt,
     /// Links in this instance's link table (gauge).
     LinksKnown,
+    /// Links that moved an identifier from one customer to another, by
+    /// `origin` (`event`, `import`).
+    LinksRepointed,
     /// Customer states written to the changelog.
     StateChanges,
     /// Events waiting in the lateness buffers (gauge).
@@ -34,13 +37,14 @@ pub(crate) enum Metric {
 
 impl Metric {
     #[cfg(test)]
-    pub(crate) const ALL: [Metric; 10] = [
+    pub(crate) const ALL: [Metric; 11] = [
         Metric::EventsResolved,
         Metric::EventsEnriched,
         Metric::Batches,
         Metric::DeadLetters,
         Metric::LinksLearnt,
         Metric::LinksKnown,
+        Metric::LinksRepointed,
         Metric::StateChanges,
         Metric::EventsHeld,
         Metric::EventsWaiting,
@@ -55,6 +59,7 @@ impl Metric {
             Metric::DeadLetters => "xoflow_enrich_dead_letters_total",
             Metric::LinksLearnt => "xoflow_enrich_links_learnt_total",
             Metric::LinksKnown => "xoflow_enrich_links_known",
+            Metric::LinksRepointed => "xoflow_enrich_links_repointed_total",
             Metric::StateChanges => "xoflow_enrich_state_changes_total",
             Metric::EventsHeld => "xoflow_enrich_events_held",
             Metric::EventsWaiting => "xoflow_enrich_events_waiting",
@@ -119,6 +124,31 @@ fn dead_letters(n: u64) {
             "reason" => xoflow_common::dead_letter::Reason::Decode.as_str()
         )
         .increment(n);
+    }
+}
+
+/// A link moved an identifier to another customer: never silent, since
+/// the earlier customer's events stay where they were joined.
+pub(crate) struct LinkRepointed<'a> {
+    pub origin: &'static str,
+    pub identifier: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+}
+
+impl LinkRepointed<'_> {
+    pub fn emit(&self) {
+        // The identifier is a keyed hash; its first 12 hex digits are enough
+        // to find it and are no personal data.
+        let short = self.identifier.get(..12).unwrap_or(self.identifier);
+        tracing::warn!(
+            origin = self.origin,
+            identifier = short,
+            from = self.from,
+            to = self.to,
+            "a link re-points an identifier to another customer"
+        );
+        counter!(Metric::LinksRepointed.name(), "origin" => self.origin).increment(1);
     }
 }
 

@@ -36,6 +36,7 @@ pub mod error;
 pub mod framing;
 pub mod grpc;
 pub mod http;
+pub mod identities;
 pub mod import;
 pub mod normalise;
 mod run;

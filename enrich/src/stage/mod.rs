@@ -117,6 +117,16 @@ impl InternalTopics {
     }
 }
 
+/// The whole link table as it is now (for tools that seed it; the stage
+/// itself follows it as it runs).
+pub async fn read_link_table(
+    kafka: &KafkaConfig,
+    cfg: &EnrichConfig,
+    internal: &InternalTopics,
+) -> Result<(rdkafka::consumer::BaseConsumer, crate::identity::Links), EnrichError> {
+    restore::link_table(kafka, cfg, internal).await
+}
+
 /// Every topic the stage reads or writes: the plain ones and the compacted
 /// ones (tables kept as topics).
 fn topic_names<'a>(

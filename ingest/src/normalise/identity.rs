@@ -62,6 +62,28 @@ impl Normaliser {
         }
     }
 
+    /// Hashes a customer's weak identifiers exactly as an event's are
+    /// hashed (the same canonical forms, the tenant's key): how
+    /// `xoflow identities import` seeds links that resolve events.
+    pub fn hash_customer(
+        &self,
+        tenant: &str,
+        customer: xoflow_proto::v1::CustomerIdentity,
+    ) -> Result<xoflow_proto::v1::CustomerIdentity, Vec<Violation>> {
+        let mut e = Event {
+            tenant: tenant.to_owned(),
+            customer: Some(customer),
+            ..Default::default()
+        };
+        let mut v = Vec::new();
+        self.hash_identity(self.tenants.get(tenant), &mut e, &mut v);
+        if v.is_empty() {
+            Ok(e.customer.unwrap_or_default())
+        } else {
+            Err(v)
+        }
+    }
+
     /// Hex HMAC-SHA256 under the tenant's key over tenant, identifier kind
     /// and value, so the same address in two tenants never joins.
     pub fn hash(&self, tenant: &str, kind: &str, value: &str) -> String {

@@ -1,0 +1,171 @@
+//! `xoflow identities import`: a CRM export seeds enrich's link table, so
+//! surveys known only by an e-mail address or a social handle resolve to
+//! their customer. Real broker; the binary as ops run it, against a
+//! pipeline (ingest and enrich in this process) that is already running —
+//! the running enrich learns the imported links without a restart.
+//!
+//! - identifiers are hashed as the collectors hash them: an address
+//!   written in another case, with spaces, resolves;
+//! - rows without a customer id or with a malformed address are refused
+//!   with their line and field; the rest are imported;
+//! - a re-run changes nothing; a row that moves an identifier to another
+//!   customer is counted as re-pointed.
+
+mod common;
+#[path = "ingest_support/mod.rs"]
+mod ingest_support;
+
+use std::{collections::HashMap, process::Stdio, time::Duration};
+
+use rdkafka::{
+    consumer::{Consumer, StreamConsumer},
+    message::Message as _,
+};
+use xoflow::Stages;
+use xoflow_proto::{
+    Message as _,
+    v1::{CustomerIdentity, EnrichedEvent, IdentityResolution, event::Payload},
+};
+
+/// Runs `xoflow identities import` against the test's topics; its stdout.
+async fn import(cfg: &xoflow::Config, file: &std::path::Path, format: &str) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_xoflow"))
+        .args(["identities", "import"])
+        .arg(file)
+        .args(["--format", format, "--tenant", "acme"])
+        .env("XOFLOW_KAFKA__BROKERS", &cfg.kafka.brokers)
+        .env("XOFLOW_KAFKA__PARTITIONS", cfg.kafka.partitions.to_string())
+        .env("XOFLOW_KAFKA__TOPICS__EVENTS", &cfg.kafka.topics.events)
+        .env("XOFLOW_KAFKA__TOPICS__BACKFILL", &cfg.kafka.topics.backfill)
+        .env("XOFLOW_KAFKA__TOPICS__ENRICHED", &cfg.kafka.topics.enriched)
+        .env(
+            "XOFLOW_KAFKA__TOPICS__DEAD_LETTERS",
+            &cfg.kafka.topics.dead_letters,
+        )
+        .env("XOFLOW_ENRICH__GROUP_ID", &cfg.enrich.group_id)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .expect("run xoflow identities import");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "import failed: {text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_identities_resolve_email_and_handle_only_surveys() {
+    let (cfg, id) = common::config("");
+    let running = common::start(
+        &cfg,
+        Stages {
+            ingest: true,
+            enrich: true,
+            sink: false,
+        },
+    )
+    .await;
+
+    let dir = std::env::temp_dir().join(format!("xoflow-identities-{id}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let csv = dir.join("crm.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "customer_id,email,phone,social_handle,device_id\n\
+             {id}-c1,ann@example.com,+8613800138000,,\n\
+             {id}-c2,,,@bob_cx,\n\
+             ,nobody@example.com,,,\n\
+             {id}-c3,not-an-address,,,\n"
+        ),
+    )
+    .expect("csv");
+    let first = import(&cfg, &csv, "csv").await;
+    println!("{first}");
+    assert!(
+        first.contains("4 rows; links 3 new, 0 unchanged, 0 re-pointed"),
+        "{first}"
+    );
+    assert!(first.contains("2 rows refused"), "{first}");
+    assert!(first.contains("line 4: customer_id: missing"), "{first}");
+    assert!(first.contains("line 5: customer.email"), "{first}");
+    let again = import(&cfg, &csv, "csv").await;
+    assert!(
+        again.contains("links 0 new, 3 unchanged, 0 re-pointed"),
+        "{again}"
+    );
+
+    // Surveys known only by an address (written differently) or a handle.
+    let now = common::now_ms();
+    let mut surveys: Vec<_> = xoflow::sample::events(7, 15, "acme", &id, now)
+        .into_iter()
+        .filter(|e| matches!(e.payload, Some(Payload::Survey(_))))
+        .collect();
+    assert_eq!(surveys.len(), 3);
+    surveys[0].customer = Some(CustomerIdentity {
+        email: "  Ann@Example.COM ".into(),
+        ..Default::default()
+    });
+    surveys[1].customer = Some(CustomerIdentity {
+        social_handle: "@Bob_CX".into(),
+        ..Default::default()
+    });
+    surveys[2].customer = Some(CustomerIdentity {
+        email: "stranger@example.com".into(),
+        ..Default::default()
+    });
+    let body = serde_json::to_string(&surveys).expect("json");
+    let http = running.http_addr.expect("ingest");
+    let r = ingest_support::http(http, "/v1/events", &[], Some(body.as_bytes())).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    let consumer: StreamConsumer = cfg
+        .kafka
+        .consumer(&format!("g-{id}-check"), Default::default())
+        .expect("consumer");
+    consumer
+        .subscribe(&[&cfg.kafka.topics.enriched])
+        .expect("subscribe");
+    let mut got: HashMap<String, EnrichedEvent> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while got.len() < surveys.len() {
+        let m = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .expect("every survey enriched in time")
+            .expect("message");
+        if let Ok(e) = EnrichedEvent::decode(m.payload().unwrap_or_default()) {
+            let id = e
+                .event
+                .as_ref()
+                .map(|e| e.event_id.clone())
+                .unwrap_or_default();
+            got.insert(id, e);
+        }
+    }
+    let of = |i: usize| &got[&surveys[i].event_id];
+    assert_eq!(of(0).resolved_customer_id, format!("{id}-c1"));
+    assert_eq!(of(0).resolution, IdentityResolution::Linked as i32);
+    assert_eq!(of(1).resolved_customer_id, format!("{id}-c2"));
+    assert_eq!(of(1).resolution, IdentityResolution::Linked as i32);
+    assert_eq!(of(2).resolution, IdentityResolution::Unresolved as i32);
+
+    // Moving an address to another customer is counted, as NDJSON.
+    let ndjson = dir.join("moved.ndjson");
+    std::fs::write(
+        &ndjson,
+        format!("{{\"customer_id\":\"{id}-c9\",\"email\":\"ann@example.com\"}}\n"),
+    )
+    .expect("ndjson");
+    let moved = import(&cfg, &ndjson, "ndjson").await;
+    assert!(
+        moved.contains("links 0 new, 0 unchanged, 1 re-pointed"),
+        "{moved}"
+    );
+
+    running.stop();
+    tokio::time::timeout(Duration::from_secs(60), running.wait())
+        .await
+        .expect("stops")
+        .expect("clean stop");
+    let _ = std::fs::remove_dir_all(&dir);
+}
