@@ -25,7 +25,7 @@ die() { printf '[up] error: %s\n' "$*" >&2; exit 1; }
 # --- packages -----------------------------------------------------------------
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 missing=()
-for pkg in clickhouse-server clickhouse-client protobuf-compiler cmake libcurl4-openssl-dev curl; do
+for pkg in clickhouse-server clickhouse-client protobuf-compiler cmake libcurl4-openssl-dev curl python3-venv; do
   installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,0 +1,305 @@
+//! The schema and every BI query on a current ClickHouse (26.9) give the same
+//! figures as on 18.16, the server the rest of the suite runs.
+//!
+//! No server newer than 18.16 is installable here, but PyPI's `chdb-core`
+//! (pinned: [`CHDB`]) embeds ClickHouse 26.9 in a Python module. The test
+//!
+//! 1. creates a Python venv in `$XOFLOW_SCRATCH/chdb-core-<version>/` with
+//!    `chdb-core` alone in it (`pip install --no-deps`: the check only calls
+//!    `chdb.session`, which needs neither pandas nor pyarrow). Only the first
+//!    run of a checkout does this (a 180 MB download, 560 MB unpacked);
+//!    later runs find its marker file. A run that cannot create it fails with
+//!    pip's output: no silent skip.
+//! 2. Runs the real pipeline (ingest → enrich → sink, the demo's
+//!    [`run_pipeline`](xoflow::demo::run_pipeline)) on six days' generated
+//!    data of the three demo tenants (scale 0.1: about 12,400 events and 60
+//!    dead letters; with fewer days no survey follows a delivery and some of
+//!    the doc's queries answer nothing, which the script counts as a
+//!    failure) into a fresh database on the shared 18.16 server: the sink
+//!    migrates it and inserts `events` and `dead_letters` as in production,
+//!    the materialized views fill `touchpoint_metrics` and
+//!    `customer_profile`.
+//! 3. Exports what the sink wrote, `SELECT <columns> FROM <table> FORMAT
+//!    RowBinary`, with the columns the sink's own insert names
+//!    (`<EventRow as clickhouse::Row>::COLUMN_NAMES`, likewise
+//!    `DeadLetterRow`), and the migration ledger. Why an export and not the
+//!    sink's request bodies: the `clickhouse` crate's RowBinary serializer is
+//!    private (`mod rowbinary`), and the sink's inserts go out
+//!    LZ4-compressed from a client the sink builds itself. RowBinary has one
+//!    encoding per value for every column type used here (String, Int/UInt,
+//!    Enum8 as its Int8 code, DateTime as UInt32, Nullable, Array(String)),
+//!    so the export is byte for byte what the sink's encoder sent, and
+//!    18.16 stores even an Enum8 code its type does not name (26.9 would
+//!    refuse such a row on load, which the test would report).
+//! 4. Hands a manifest to `tests/clickhouse_current/check.py`, which applies
+//!    every migration to 26.9 (the statements rendered by the runner's own
+//!    `Migration::statements`, `{db}` filled in), loads the files, and runs
+//!    every ```sql query of docs/clickhouse.md (read from the doc on each
+//!    run, so doc and test cannot drift), `SELECT *` of every view and the
+//!    whole content of every table on both servers, comparing the figures
+//!    (tolerances: see the script's doc). It prints a table of what ran,
+//!    also written to `$XOFLOW_SCRATCH/clickhouse_current.txt`.
+//!
+//! Run: `source target/xoflow-local/env && cargo nextest run --test
+//! clickhouse_current --no-capture` (the table shows with `--no-capture`
+//! or on failure). Needs `python3` with its `venv` module (Debian:
+//! `python3-venv`) and PyPI reachable on the first run.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use clickhouse::Row;
+use xoflow::{
+    datagen::GenConfig,
+    demo::{self, DemoOptions},
+};
+use xoflow_sink::clickhouse::{
+    MIGRATIONS,
+    row::{DeadLetterRow, EventRow},
+};
+
+/// The PyPI package and version that embeds ClickHouse 26.9.
+const CHDB: &str = "chdb-core==26.9.0";
+
+/// Longest a first-run venv creation and install may take (a 180 MB wheel).
+const INSTALL_DEADLINE: Duration = Duration::from_secs(900);
+
+/// Longest the comparison may take (it takes seconds).
+const CHECK_DEADLINE: Duration = Duration::from_secs(600);
+
+fn scratch() -> PathBuf {
+    std::env::var_os("XOFLOW_SCRATCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/xoflow-local"))
+}
+
+/// The venv's python, creating the venv first if this checkout has none.
+async fn chdb_python() -> PathBuf {
+    let venv = scratch().join(CHDB.replace("==", "-"));
+    let python = venv.join("bin/python");
+    let marker = venv.join(".installed");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == CHDB) {
+        return python;
+    }
+    std::fs::create_dir_all(scratch()).expect("scratch dir");
+    // Two test processes of the same checkout (two nextest runs) would
+    // otherwise install into the same directory at once.
+    let lock = std::fs::File::create(scratch().join("chdb-venv.lock")).expect("venv lock file");
+    let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+        .await
+        .expect("lock task")
+        .expect("venv lock");
+    if !std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == CHDB) {
+        let t0 = Instant::now();
+        let _ = std::fs::remove_dir_all(&venv);
+        run(
+            "python3 -m venv (needs python3 and its venv module; Debian: apt-get install python3-venv)",
+            tokio::process::Command::new("python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&venv),
+            INSTALL_DEADLINE,
+        )
+        .await;
+        run(
+            &format!("pip install {CHDB} (needs PyPI reachable on the first run)"),
+            tokio::process::Command::new(venv.join("bin/pip")).args([
+                "install",
+                "--no-deps",
+                "--disable-pip-version-check",
+                CHDB,
+            ]),
+            INSTALL_DEADLINE,
+        )
+        .await;
+        run(
+            "import chdb",
+            tokio::process::Command::new(&python).args(["-c", "import chdb"]),
+            INSTALL_DEADLINE,
+        )
+        .await;
+        std::fs::write(&marker, CHDB).expect("venv marker");
+        println!(
+            "created {} with {CHDB} in {:.0} s",
+            venv.display(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    drop(lock);
+    python
+}
+
+/// Runs a command to completion within `deadline`; fails the test with its
+/// output otherwise. Returns its stdout.
+async fn run(what: &str, cmd: &mut tokio::process::Command, deadline: Duration) -> String {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let out = tokio::time::timeout(deadline, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done after {deadline:?}"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Writes `SELECT columns FROM table FORMAT RowBinary` from 18.16 to a file.
+async fn export(
+    ch: &clickhouse::Client,
+    dir: &Path,
+    table: &str,
+    columns: &[&str],
+) -> serde_json::Value {
+    let rows: u64 = ch
+        .query(&format!("SELECT count() FROM {table}"))
+        .fetch_one()
+        .await
+        .expect("count");
+    let bytes = ch
+        .query(&format!("SELECT {} FROM {table}", columns.join(", ")))
+        .fetch_bytes("RowBinary")
+        .expect("export")
+        .collect()
+        .await
+        .expect("export body");
+    let file = dir.join(format!("{table}.rowbinary"));
+    std::fs::write(&file, &bytes).expect("write export");
+    serde_json::json!({ "table": table, "columns": columns, "file": file, "rows": rows })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_26_9_returns_the_same_figures_as_18_16() {
+    let python = chdb_python().await;
+    let (cfg, id) = common::config("");
+    let db = cfg.clickhouse.database.clone();
+    let now = common::now_ms();
+    let opts = DemoOptions {
+        generator: GenConfig {
+            seed: 19,
+            scale: 0.1,
+            days: 6,
+            // Ends at today's midnight (UTC): inside the doc's "this week"
+            // and "last 7 days" windows on both servers.
+            start_ms: now - now.rem_euclid(86_400_000) - 6 * 86_400_000,
+            ..GenConfig::default()
+        },
+        batch: 1_000,
+    };
+    let t0 = Instant::now();
+    demo::run_pipeline(cfg.clone(), &opts, false)
+        .await
+        .expect("pipeline into 18.16");
+    let pipeline_s = t0.elapsed().as_secs_f64();
+
+    let dir = scratch().join(format!("clickhouse_current-{id}"));
+    std::fs::create_dir_all(&dir).expect("work dir");
+    let ch = cfg.clickhouse.client();
+    let tables = vec![
+        export(
+            &ch,
+            &dir,
+            "schema_migrations",
+            &["version", "name", "checksum"],
+        )
+        .await,
+        export(&ch, &dir, "events", EventRow::COLUMN_NAMES).await,
+        export(&ch, &dir, "dead_letters", DeadLetterRow::COLUMN_NAMES).await,
+    ];
+    // The ledger is created by the runner's own code, not by a migration
+    // file: take its DDL from the server the runner created it on.
+    let ledger: String = String::from_utf8(
+        ch.query(&format!("SHOW CREATE TABLE {db}.schema_migrations"))
+            .fetch_bytes("TabSeparatedRaw")
+            .expect("ledger DDL")
+            .collect()
+            .await
+            .expect("ledger DDL body")
+            .to_vec(),
+    )
+    .expect("utf-8 DDL");
+    // The runner applies what MIGRATIONS embeds; a file left out of it would
+    // be applied by neither.
+    let dir_files =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("sink/migrations"))
+            .expect("sink/migrations")
+            .map(|e| std::fs::read_to_string(e.expect("entry").path()).expect("migration file"))
+            .collect::<Vec<_>>();
+    assert_eq!(
+        dir_files.len(),
+        MIGRATIONS.len(),
+        "sink/migrations vs MIGRATIONS"
+    );
+    assert!(
+        dir_files
+            .iter()
+            .all(|f| MIGRATIONS.iter().any(|m| m.sql == f))
+    );
+    let migrations: Vec<_> = MIGRATIONS
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "version": m.version,
+                "name": m.name,
+                "statements": m.statements(&db),
+            })
+        })
+        .collect();
+    let report = scratch().join("clickhouse_current.txt");
+    let manifest = serde_json::json!({
+        "clickhouse_18": cfg.clickhouse.url,
+        "database": db,
+        "chdb_path": dir.join("chdb"),
+        "setup": [format!("CREATE DATABASE IF NOT EXISTS {db}"), ledger.trim()],
+        "migrations": migrations,
+        "tables": tables,
+        "doc": Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/clickhouse.md"),
+        "report": report,
+    });
+    let manifest_file = dir.join("manifest.json");
+    std::fs::write(&manifest_file, manifest.to_string()).expect("manifest");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clickhouse_current/check.py");
+    let t1 = Instant::now();
+    let child = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(&manifest_file)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start check.py");
+    let out = tokio::time::timeout(CHECK_DEADLINE, child.wait_with_output())
+        .await
+        .expect("check.py within its deadline")
+        .expect("check.py");
+    println!(
+        "{}{}pipeline into 18.16 {pipeline_s:.1} s, comparison {:.1} s",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        t1.elapsed().as_secs_f64()
+    );
+    common::drop_database(&cfg).await;
+    assert!(
+        out.status.success(),
+        "ClickHouse 26.9 differs from 18.16 (table above; work files kept in {})",
+        dir.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
