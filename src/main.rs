@@ -203,8 +203,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate { print: false } => {
             let report = xoflow_sink::migrate(&cfg.clickhouse).await?;
             println!(
-                "database {}: applied {:?}, already present {:?}",
-                cfg.clickhouse.database, report.applied, report.present
+                "database {}: applied {:?}, already present {:?}, skipped (the server lacks what they need) {:?}",
+                cfg.clickhouse.database, report.applied, report.present, report.skipped
             );
             return Ok(());
         }

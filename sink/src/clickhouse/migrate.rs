@@ -21,6 +21,42 @@ pub struct Migration {
     pub version: u32,
     pub name: &'static str,
     pub sql: &'static str,
+    /// What the server must have for it to apply; on a server without it
+    /// the migration is skipped (and not recorded), and applied by the
+    /// first migrate after an upgrade. Empty: every server.
+    pub requires: &'static [Feature],
+}
+
+/// What a server may have beyond ClickHouse 18.16, the oldest release the
+/// schema runs on. Found in the server's system tables at migrate time, not
+/// from its version number, so a backport or a build without a feature is
+/// judged by what it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    /// The `DateTime64` type (20.1 and later).
+    DateTime64,
+    /// The `Map` type (21.1 and later).
+    Map,
+}
+
+impl Feature {
+    pub const ALL: [Feature; 2] = [Feature::DateTime64, Feature::Map];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Feature::DateTime64 => "DateTime64",
+            Feature::Map => "Map",
+        }
+    }
+
+    /// A query answering 1 where the server has it, 0 where it does not
+    /// (18.16 answers it too).
+    fn probe(self) -> String {
+        format!(
+            "SELECT toUInt8(count() > 0) FROM system.data_type_families WHERE name = '{}'",
+            self.as_str()
+        )
+    }
 }
 
 /// Every migration, in order.
@@ -29,36 +65,49 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 1,
         name: "events",
         sql: include_str!("../../migrations/0001_events.sql"),
+        requires: &[],
     },
     Migration {
         version: 2,
         name: "customer_context",
         sql: include_str!("../../migrations/0002_customer_context.sql"),
+        requires: &[],
     },
     Migration {
         version: 3,
         name: "touchpoint_metrics",
         sql: include_str!("../../migrations/0003_touchpoint_metrics.sql"),
+        requires: &[],
     },
     Migration {
         version: 4,
         name: "bi_views",
         sql: include_str!("../../migrations/0004_bi_views.sql"),
+        requires: &[],
     },
     Migration {
         version: 5,
         name: "dead_letter_lineage",
         sql: include_str!("../../migrations/0005_dead_letter_lineage.sql"),
+        requires: &[],
     },
     Migration {
         version: 6,
         name: "customer_profile",
         sql: include_str!("../../migrations/0006_customer_profile.sql"),
+        requires: &[],
     },
     Migration {
         version: 7,
         name: "dead_letter_refused",
         sql: include_str!("../../migrations/0007_dead_letter_refused.sql"),
+        requires: &[],
+    },
+    Migration {
+        version: 8,
+        name: "current_types",
+        sql: include_str!("../../migrations/0008_current_types.sql"),
+        requires: &[Feature::DateTime64, Feature::Map],
     },
 ];
 
@@ -98,6 +147,9 @@ pub struct MigrationReport {
     pub applied: Vec<u32>,
     /// Versions that were already there.
     pub present: Vec<u32>,
+    /// Versions this server lacks a [`Feature`] for: not applied, not
+    /// recorded.
+    pub skipped: Vec<u32>,
 }
 
 /// Brings the database up to the latest version.
@@ -117,6 +169,17 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, SinkErro
         .fetch_all()
         .await
         .map_err(SinkError::clickhouse)?;
+    let mut has = Vec::new();
+    for f in Feature::ALL {
+        let yes: u8 = root
+            .query(&f.probe())
+            .fetch_one()
+            .await
+            .map_err(SinkError::clickhouse)?;
+        if yes == 1 {
+            has.push(f);
+        }
+    }
     let mut report = MigrationReport::default();
     for m in MIGRATIONS {
         if let Some(a) = applied.iter().find(|a| a.version == m.version) {
@@ -128,6 +191,16 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, SinkErro
                 });
             }
             report.present.push(m.version);
+            continue;
+        }
+        if let Some(missing) = m.requires.iter().find(|f| !has.contains(f)) {
+            tracing::info!(
+                version = m.version,
+                name = m.name,
+                missing = missing.as_str(),
+                "migration skipped: this server lacks what it needs; the first migrate after an upgrade applies it"
+            );
+            report.skipped.push(m.version);
             continue;
         }
         for stmt in target.statements(m) {
@@ -224,6 +297,13 @@ pub fn script(cfg: &ClickHouseConfig) -> Result<String, SinkError> {
     }
     for m in MIGRATIONS {
         out.push_str(&format!("-- migration {} {}\n", m.version, m.name));
+        if !m.requires.is_empty() {
+            let needs: Vec<&str> = m.requires.iter().map(|f| f.as_str()).collect();
+            out.push_str(&format!(
+                "-- only where the server has {} (skipped elsewhere)\n",
+                needs.join(", ")
+            ));
+        }
         for stmt in target.statements(m) {
             out.push_str(&format!("{};\n\n", stmt.trim()));
         }
