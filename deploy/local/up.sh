@@ -47,7 +47,7 @@ if ! broker_ok; then
   flock -w 3600 8 || die "another up.sh has been building the broker for an hour ($cache/broker.build.lock)"
   if ! broker_ok; then
     say "building the $broker_name $broker_version broker into $broker_root"
-    say "  (once per machine; takes about 12-15 min on 2 cores; log: $cache/broker-build.log)"
+    say "  (once per machine; takes 12-17 min on 2 cores; log: $cache/broker-build.log)"
     started=$SECONDS
     # Its locked dependency set declares rustc 1.96; it builds and runs on
     # 1.95 (--ignore-rust-version). Only the storage engines used here.
