@@ -134,16 +134,6 @@ struct Stage {
     starts: usize,
 }
 
-/// The value after `key` in a log line, up to a space or `)`.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let start = line.find(key)? + key.len();
-    let rest = &line[start..];
-    let end = rest
-        .find(|c: char| c.is_whitespace() || c == ')')
-        .unwrap_or(rest.len());
-    Some(&rest[..end])
-}
-
 impl Stage {
     async fn spawn(setup: &Setup, kind: Kind, starts: usize) -> Stage {
         let mut child = setup
@@ -178,8 +168,10 @@ impl Stage {
         });
         Stage {
             kind,
-            admin: field(&started, "admin=").expect("admin").to_string(),
-            http: field(&started, "http=Some(").and_then(|a| a.parse().ok()),
+            admin: common::log_field(&started, "admin=")
+                .expect("admin")
+                .to_string(),
+            http: common::log_field(&started, "http=Some(").and_then(|a| a.parse().ok()),
             child,
             starts,
         }

@@ -16,15 +16,6 @@ use tokio::{
 use xoflow::sample;
 use xoflow_proto::v1::{IngestRequest, collector_client::CollectorClient};
 
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let start = line.find(key)? + key.len();
-    let rest = &line[start..];
-    let end = rest
-        .find(|c: char| c.is_whitespace() || c == ')')
-        .unwrap_or(rest.len());
-    Some(&rest[..end])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_health_and_metrics_and_drains_on_sigterm() {
     let (kafka, ch) = common::servers();
@@ -65,10 +56,10 @@ async fn run_serves_health_and_metrics_and_drains_on_sigterm() {
     .expect("start-up log line within 60 s");
     // Keep draining the log so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let admin = field(&started, "admin=")
+    let admin = common::log_field(&started, "admin=")
         .expect("admin address")
         .to_string();
-    let grpc = field(&started, "grpc=Some(")
+    let grpc = common::log_field(&started, "grpc=Some(")
         .expect("grpc address")
         .to_string();
 

@@ -98,17 +98,7 @@ impl IdentityReader {
             source,
         })?;
         let total = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let bar = if progress {
-            let b = indicatif::ProgressBar::new(total);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
-            ) {
-                b.set_style(style);
-            }
-            b
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
+        let bar = crate::import::progress_bar(total, progress);
         let reader: Box<dyn Read> = Box::new(bar.wrap_read(file));
         let mut refused = Vec::new();
         let mut rows = 0u64;

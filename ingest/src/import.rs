@@ -98,6 +98,21 @@ const NUMERIC_COLUMNS: [&str; 9] = [
     "end",
 ];
 
+/// A progress bar over `total` bytes of a file on stderr, or a hidden one
+/// (`shown` false: tests, scripts).
+pub(crate) fn progress_bar(total: u64, shown: bool) -> indicatif::ProgressBar {
+    if !shown {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
+    ) {
+        b.set_style(style);
+    }
+    b
+}
+
 /// Imports `path` through `ingestor` on the backfill lane.
 pub async fn run(
     ingestor: &Ingestor,
@@ -120,17 +135,7 @@ pub async fn run(
     };
     let file = std::fs::File::open(path).map_err(read_err)?;
     let total = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let bar = if opts.progress {
-        let b = indicatif::ProgressBar::new(total);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
-        ) {
-            b.set_style(style);
-        }
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = progress_bar(total, opts.progress);
     let reader = bar.wrap_read(file);
     let origin = Origin {
         tenant: &opts.tenant,

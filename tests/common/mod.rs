@@ -105,6 +105,17 @@ where
     }
 }
 
+/// The value after `key` in a log line (`admin=127.0.0.1:9464`), up to a
+/// space or `)`: how tests learn the addresses a process bound to port 0.
+pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(key)? + key.len();
+    let rest = &line[start..];
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == ')')
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -96,6 +96,27 @@ impl Topics {
 }
 
 impl KafkaConfig {
+    /// Settings for `brokers` with the rest at their simplest: one
+    /// partition, no replication, no compression, a 1 s message timeout and
+    /// topics named `e`, `b`, `en`, `d`. For tests and tools that override
+    /// what they care about.
+    pub fn with_brokers(brokers: impl Into<String>) -> Self {
+        KafkaConfig {
+            brokers: brokers.into(),
+            topics: Topics {
+                events: "e".into(),
+                backfill: "b".into(),
+                enriched: "en".into(),
+                dead_letters: "d".into(),
+            },
+            partitions: 1,
+            replication_factor: 1,
+            compression: "none".into(),
+            message_timeout: Duration::from_secs(1),
+            options: Default::default(),
+        }
+    }
+
     fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
@@ -300,20 +321,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let kafka = KafkaConfig {
-            brokers: format!("127.0.0.1:{closed}"),
-            topics: Topics {
-                events: "e".into(),
-                backfill: "b".into(),
-                enriched: "en".into(),
-                dead_letters: "d".into(),
-            },
-            partitions: 1,
-            replication_factor: 1,
-            compression: "none".into(),
-            message_timeout: Duration::from_secs(1),
-            options: Default::default(),
-        };
+        let kafka = KafkaConfig::with_brokers(format!("127.0.0.1:{closed}"));
         let health = Health::new();
         let readiness = health.register("enrich");
         let stop = CancellationToken::new();

@@ -75,20 +75,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let kafka = KafkaConfig {
-            brokers: format!("127.0.0.1:{closed}"),
-            topics: crate::kafka::Topics {
-                events: "e".into(),
-                backfill: "b".into(),
-                enriched: "en".into(),
-                dead_letters: "d".into(),
-            },
-            partitions: 1,
-            replication_factor: 1,
-            compression: "none".into(),
-            message_timeout: Duration::from_secs(1),
-            options: Default::default(),
-        };
+        let kafka = KafkaConfig::with_brokers(format!("127.0.0.1:{closed}"));
         let health = Health::new();
         let readiness = health.register("enrich");
         readiness.set(true);

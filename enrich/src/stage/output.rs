@@ -183,18 +183,8 @@ mod tests {
             .expect("free port")
             .port();
         let kafka = xoflow_common::kafka::KafkaConfig {
-            brokers: format!("127.0.0.1:{closed}"),
-            topics: xoflow_common::kafka::Topics {
-                events: "e".into(),
-                backfill: "b".into(),
-                enriched: "en".into(),
-                dead_letters: "d".into(),
-            },
-            partitions: 1,
-            replication_factor: 1,
-            compression: "none".into(),
             message_timeout: Duration::from_millis(300),
-            options: Default::default(),
+            ..xoflow_common::kafka::KafkaConfig::with_brokers(format!("127.0.0.1:{closed}"))
         };
         let producer = kafka.batch_producer().expect("producer");
         let health = xoflow_common::admin::Health::new();
