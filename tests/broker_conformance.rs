@@ -57,7 +57,6 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
     process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -435,117 +434,6 @@ fn exactly_once(read: &[Rec], want: &BTreeSet<String>) -> Result<(), String> {
 
 fn all_partitions(n: i32) -> BTreeSet<i32> {
     (0..n).collect()
-}
-
-// ---------------------------------------------------------------------------
-// A broker of the test's own.
-
-/// A broker started by a test from `XOFLOW_BROKER_BIN` on a reserved port, storing in SQLite in a directory of
-/// its own: for tests that SIGKILL and restart it (the shared broker is
-/// never touched). Killed on drop; its directory (storage, `broker.log`) is
-/// removed then, unless the test failed.
-struct OwnBroker {
-    bin: PathBuf,
-    port: common::PortReservation,
-    dir: PathBuf,
-    child: Option<std::process::Child>,
-}
-
-impl OwnBroker {
-    fn start_persistent() -> Self {
-        let bin: PathBuf = std::env::var("XOFLOW_BROKER_BIN")
-            .unwrap_or_else(|_| "/root/.cache/xoflow/nisshi/bin/nisshi".into())
-            .into();
-        let dir = std::env::temp_dir().join(format!("xoflow-conformance-{}", common::unique()));
-        std::fs::create_dir_all(&dir).expect("broker directory");
-        let mut broker = OwnBroker {
-            bin,
-            port: common::reserve_port(),
-            dir,
-            child: None,
-        };
-        broker.spawn();
-        broker
-    }
-
-    fn is_nisshi(&self) -> bool {
-        self.bin
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("nisshi"))
-    }
-
-    fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port.port)
-    }
-
-    /// Starts the broker on its port and storage. Both brokers resolve a
-    /// `sqlite://` path against their working directory (an absolute one
-    /// too: `sqlite:///x/db` opens `$PWD/x/db`), so the broker runs in its
-    /// directory with `sqlite://broker.db`.
-    fn spawn(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port.port);
-        let mut cmd = std::process::Command::new(&self.bin);
-        cmd.current_dir(&self.dir).args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "sqlite://broker.db",
-        ]);
-        if self.is_nisshi() {
-            // Kafka's group.initial.rebalance.delay.ms; nisshi's default
-            // (3 s) delays every new group's first assignment.
-            cmd.args(["--group-initial-rebalance-delay", "0s"]);
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("broker.log"))
-            .expect("broker log");
-        let child = cmd
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} (set XOFLOW_BROKER_BIN): {e}",
-                    self.bin.display()
-                )
-            });
-        self.child = Some(child);
-    }
-
-    async fn wait_listening(&self) {
-        let port = self.port.port;
-        must("the test broker to listen", STEP, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })
-        .await;
-    }
-
-    /// SIGKILL: no chance to flush anything.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "the test broker's log and storage are kept in {}",
-                self.dir.display()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1209,9 +1097,12 @@ async fn high_watermark_equals_acknowledged_records() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_broker_keeps_acknowledged_records_and_committed_offsets() {
     const PARTITIONS: i32 = 2;
-    let mut broker = OwnBroker::start_persistent();
+    // `common::OwnBroker`: XOFLOW_BROKER_BIN (Tansu or nisshi) on a
+    // reserved port, SQLite storage and its log in `dir`.
+    let dir = std::env::temp_dir().join(format!("xoflow-conformance-{}", common::unique()));
+    let mut broker = common::OwnBroker::start_persistent(&dir);
     broker.wait_listening().await;
-    let kafka = kafka_at(&broker.brokers(), PARTITIONS);
+    let kafka = kafka_at(&broker.addr(), PARTITIONS);
     let topic = new_topic(&kafka).await;
     let group = new_group();
     let want = produce(&kafka, &topic, PARTITIONS, 100, "p").await;
@@ -1241,8 +1132,7 @@ async fn restarted_broker_keeps_acknowledged_records_and_committed_offsets() {
 
     broker.kill();
     let restarted = Instant::now();
-    broker.spawn();
-    broker.wait_listening().await;
+    broker.revive().await;
 
     let observed = {
         let reader = kafka.base_consumer(&group).expect("consumer");
@@ -1292,6 +1182,9 @@ async fn restarted_broker_keeps_acknowledged_records_and_committed_offsets() {
         "keep acknowledged records and committed offsets across a SIGKILL and restart",
         observed,
     );
+    // Kept for a look when the verdict failed (it panics before this).
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Enrich's changelog and links topics are created compacted

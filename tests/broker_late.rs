@@ -46,13 +46,10 @@ async fn stages_started_before_the_broker_wait_for_it() {
 
     let mut broker = common::OwnBroker::start_at(port);
     broker.wait_listening().await;
-    common::wait_for(
+    common::wait_ready(
+        &running,
         "the pipeline to turn ready once the broker is there",
         Duration::from_secs(120),
-        || {
-            let ok = running.health.check().is_ok();
-            async move { ok }
-        },
     )
     .await;
 

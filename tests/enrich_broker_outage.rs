@@ -90,17 +90,10 @@ async fn enrich_rides_out_a_broker_outage_and_says_so() {
     enriched(&cfg, &format!("g-{id}-check-a"), &before).await;
 
     broker.kill();
-    common::wait_for(
-        "readiness to say the broker is away",
+    common::wait_not_ready(
+        &running,
+        "enrich: kafka_unreachable",
         Duration::from_secs(60),
-        || {
-            let reasons = running.health.check().err().unwrap_or_default();
-            async move {
-                reasons
-                    .iter()
-                    .any(|r| r.starts_with("enrich: kafka_unreachable"))
-            }
-        },
     )
     .await;
     assert_eq!(
@@ -133,13 +126,10 @@ async fn enrich_rides_out_a_broker_outage_and_says_so() {
 
     // Back on its storage: ready again by itself, and it goes on.
     broker.revive().await;
-    common::wait_for(
+    common::wait_ready(
+        &running,
         "enrich to turn ready once the broker is back",
         Duration::from_secs(120),
-        || {
-            let ok = running.health.check().is_ok();
-            async move { ok }
-        },
     )
     .await;
     let after = sample::events(6, 50, "acme", &format!("{id}-b"), common::now_ms());
@@ -148,17 +138,10 @@ async fn enrich_rides_out_a_broker_outage_and_says_so() {
 
     // Shutdown during an outage does not hang on it.
     broker.kill();
-    common::wait_for(
-        "readiness to say the broker is away again",
+    common::wait_not_ready(
+        &running,
+        "enrich: kafka_unreachable",
         Duration::from_secs(60),
-        || {
-            let reasons = running.health.check().err().unwrap_or_default();
-            async move {
-                reasons
-                    .iter()
-                    .any(|r| r.starts_with("enrich: kafka_unreachable"))
-            }
-        },
     )
     .await;
     running.stop();

@@ -122,11 +122,7 @@ async fn the_sink_rides_out_a_clickhouse_outage_and_says_so() {
         },
     )
     .await;
-    common::wait_for("readiness to return", Duration::from_secs(30), || {
-        let ok = running.health.check().is_ok();
-        async move { ok }
-    })
-    .await;
+    common::wait_ready(&running, "readiness to return", Duration::from_secs(30)).await;
     assert_eq!(common::http_get(&admin, "/health/ready").await.0, 200);
     assert_eq!(
         counts(&ch).await,

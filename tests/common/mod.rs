@@ -77,12 +77,33 @@ pub async fn start(cfg: &Config, stages: Stages) -> Running {
     let running = xoflow::start(cfg.clone(), stages, Shutdown::new())
         .await
         .expect("start");
-    wait_for("the pipeline to be ready", Duration::from_secs(60), || {
+    wait_ready(
+        &running,
+        "the pipeline to be ready",
+        Duration::from_secs(60),
+    )
+    .await;
+    running
+}
+
+/// Waits until every stage of `running` is ready.
+pub async fn wait_ready(running: &Running, what: &str, deadline: Duration) {
+    wait_for(what, deadline, || {
         let ok = running.health.check().is_ok();
         async move { ok }
     })
     .await;
-    running
+}
+
+/// Waits until readiness holds a reason starting with `reason`
+/// (`"enrich: kafka_unreachable"`).
+pub async fn wait_not_ready(running: &Running, reason: &str, deadline: Duration) {
+    wait_for(&format!("readiness to say {reason}"), deadline, || {
+        let reasons = running.health.check().err().unwrap_or_default();
+        let held = reasons.iter().any(|r| r.starts_with(reason));
+        async move { held }
+    })
+    .await;
 }
 
 /// Polls `check` every 50 ms until it is true, failing the test at the
@@ -170,10 +191,17 @@ impl OwnBroker {
             &url,
             "--advertised-listener-url",
             &url,
-            "--group-initial-rebalance-delay",
-            "0s",
-            "--storage-engine",
         ]);
+        // nisshi's group.initial.rebalance.delay.ms (3 s by default) would
+        // delay every new group's first assignment; Tansu 0.6 (still run
+        // for the conformance matrix) has no such flag.
+        let nisshi = std::path::Path::new(&bin)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("nisshi"));
+        if nisshi {
+            cmd.args(["--group-initial-rebalance-delay", "0s"]);
+        }
+        cmd.arg("--storage-engine");
         match &dir {
             // The SQLite path is taken relative to the working directory.
             Some(dir) => {
