@@ -29,22 +29,11 @@ use xoflow_proto::{
 
 /// Runs `xoflow identities import` against the test's topics; its stdout.
 async fn import(cfg: &xoflow::Config, file: &std::path::Path, format: &str) -> String {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_xoflow"))
-        .args(["identities", "import"])
-        .arg(file)
+    let mut c = common::xoflow_command(cfg, &["identities", "import"]);
+    c.arg(file)
         .args(["--format", format, "--tenant", "acme"])
-        .env("XOFLOW_KAFKA__BROKERS", &cfg.kafka.brokers)
-        .env("XOFLOW_KAFKA__PARTITIONS", cfg.kafka.partitions.to_string())
-        .env("XOFLOW_KAFKA__TOPICS__EVENTS", &cfg.kafka.topics.events)
-        .env("XOFLOW_KAFKA__TOPICS__BACKFILL", &cfg.kafka.topics.backfill)
-        .env("XOFLOW_KAFKA__TOPICS__ENRICHED", &cfg.kafka.topics.enriched)
-        .env(
-            "XOFLOW_KAFKA__TOPICS__DEAD_LETTERS",
-            &cfg.kafka.topics.dead_letters,
-        )
-        .env("XOFLOW_ENRICH__GROUP_ID", &cfg.enrich.group_id)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    let out = tokio::process::Command::from(c)
         .output()
         .await
         .expect("run xoflow identities import");

@@ -22,23 +22,13 @@ const REDELIVERED: usize = 3_000;
 const KILLS: usize = 10;
 
 fn spawn_sink(cfg: &xoflow::Config, group: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_xoflow"))
-        .arg("sink")
-        .env("XOFLOW_KAFKA__BROKERS", &cfg.kafka.brokers)
-        .env("XOFLOW_KAFKA__TOPICS__ENRICHED", &cfg.kafka.topics.enriched)
-        .env(
-            "XOFLOW_KAFKA__TOPICS__DEAD_LETTERS",
-            &cfg.kafka.topics.dead_letters,
-        )
-        .env("XOFLOW_CLICKHOUSE__URL", &cfg.clickhouse.url)
-        .env("XOFLOW_CLICKHOUSE__DATABASE", &cfg.clickhouse.database)
-        .env("XOFLOW_SINK__GROUP_ID", group)
+    let mut c = common::xoflow_command(cfg, &["sink"]);
+    c.env("XOFLOW_SINK__GROUP_ID", group)
         .env("XOFLOW_SINK__BATCH_ROWS", "1500")
         .env("XOFLOW_SINK__BATCH_MAX_WAIT", "50ms")
-        .env("XOFLOW_ADMIN__ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::null());
+    Command::from(c)
         .kill_on_drop(true)
         .spawn()
         .expect("spawn xoflow sink")

@@ -17,18 +17,7 @@ fn enriched(id: &str, i: usize) -> Vec<u8> {
 }
 
 fn status_cli(cfg: &xoflow::Config) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_xoflow"))
-        .arg("sink-status")
-        .env("XOFLOW_KAFKA__BROKERS", &cfg.kafka.brokers)
-        .env("XOFLOW_KAFKA__TOPICS__ENRICHED", &cfg.kafka.topics.enriched)
-        .env(
-            "XOFLOW_KAFKA__TOPICS__DEAD_LETTERS",
-            &cfg.kafka.topics.dead_letters,
-        )
-        .env("XOFLOW_SINK__GROUP_ID", &cfg.sink.group_id)
-        .env("XOFLOW_CLICKHOUSE__URL", &cfg.clickhouse.url)
-        .env("XOFLOW_CLICKHOUSE__DATABASE", &cfg.clickhouse.database)
-        .env("RUST_LOG", "warn")
+    common::xoflow_command(cfg, &["sink-status"])
         .output()
         .expect("run xoflow sink-status")
 }

@@ -72,6 +72,29 @@ database = "xo_test_{id}"
     (Config::from_toml(&overlay).expect("test config"), id)
 }
 
+/// The `xoflow` binary with `args`, configured (`XOFLOW_SECTION__KEY`) for
+/// the servers, topics, groups and database of `cfg`, its admin server on
+/// port 0 and `RUST_LOG=warn`: a test's own processes see what its
+/// in-process stages see. Callers add what differs.
+pub fn xoflow_command(cfg: &Config, args: &[&str]) -> std::process::Command {
+    let t = &cfg.kafka.topics;
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_xoflow"));
+    c.args(args)
+        .env("XOFLOW_KAFKA__BROKERS", &cfg.kafka.brokers)
+        .env("XOFLOW_KAFKA__PARTITIONS", cfg.kafka.partitions.to_string())
+        .env("XOFLOW_KAFKA__TOPICS__EVENTS", &t.events)
+        .env("XOFLOW_KAFKA__TOPICS__BACKFILL", &t.backfill)
+        .env("XOFLOW_KAFKA__TOPICS__ENRICHED", &t.enriched)
+        .env("XOFLOW_KAFKA__TOPICS__DEAD_LETTERS", &t.dead_letters)
+        .env("XOFLOW_ENRICH__GROUP_ID", &cfg.enrich.group_id)
+        .env("XOFLOW_SINK__GROUP_ID", &cfg.sink.group_id)
+        .env("XOFLOW_CLICKHOUSE__URL", &cfg.clickhouse.url)
+        .env("XOFLOW_CLICKHOUSE__DATABASE", &cfg.clickhouse.database)
+        .env("XOFLOW_ADMIN__ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn");
+    c
+}
+
 /// Starts stages in this process and waits until they are ready.
 pub async fn start(cfg: &Config, stages: Stages) -> Running {
     let running = xoflow::start(cfg.clone(), stages, Shutdown::new())
