@@ -1,13 +1,16 @@
 //! The sink's per-row work before the wire: decode an `EnrichedEvent` from
-//! Kafka bytes and build its `events` row (strings moved, not copied).
-//! Reported as rows/s on one core. The RowBinary encoding and the insert
+//! Kafka bytes and build its `events` row (strings moved, not copied), then
+//! the dedup check on (event id, revision). Reported as rows/s on one core. The RowBinary encoding and the insert
 //! itself are measured end to end against `clickhouse-client` by the
 //! benchmark script (BENCHMARKS.md).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use xoflow::datagen::{self, GenConfig};
 use xoflow_proto::{Message, v1::EnrichedEvent};
-use xoflow_sink::clickhouse::row::{EventRow, Lineage};
+use xoflow_sink::clickhouse::{
+    position::Written,
+    row::{EventRow, Lineage},
+};
 
 // The allocator the `xoflow` binary runs with.
 #[global_allocator]
@@ -43,6 +46,32 @@ fn bench(c: &mut Criterion) {
                     .and_then(|en| EventRow::from_enriched(en, lineage))
                 {
                     n += row.event_id.len();
+                }
+            }
+            n
+        })
+    });
+    // The dedup check as the sink runs it: every row once (a new pair: one
+    // copy of its id), then every row again (a copy: no allocation).
+    group.throughput(Throughput::Elements(2 * encoded.len() as u64));
+    group.bench_function("decode_build_and_dedup", |b| {
+        b.iter(|| {
+            let mut written = Written::default();
+            let mut n = 0usize;
+            for _ in 0..2 {
+                for (i, bytes) in encoded.iter().enumerate() {
+                    let lineage = Lineage {
+                        topic: "xoflow.enriched.v1",
+                        partition: 0,
+                        offset: i as i64,
+                    };
+                    if let Some(mut row) = EnrichedEvent::decode(bytes.as_slice())
+                        .ok()
+                        .and_then(|en| EventRow::from_enriched(en, lineage))
+                        && written.first_time(&mut row.event_id, row.revision)
+                    {
+                        n += row.event_id.len();
+                    }
                 }
             }
             n

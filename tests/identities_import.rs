@@ -9,7 +9,9 @@
 //! - rows without a customer id or with a malformed address are refused
 //!   with their line and field; the rest are imported;
 //! - a re-run changes nothing; a row that moves an identifier to another
-//!   customer is counted as re-pointed.
+//!   customer is counted as re-pointed;
+//! - a link imported after a survey was emitted unresolved resolves it: the
+//!   survey is emitted again, revision 1, with its customer.
 
 mod common;
 #[path = "ingest_support/mod.rs"]
@@ -137,6 +139,36 @@ async fn imported_identities_resolve_email_and_handle_only_surveys() {
     assert_eq!(of(1).resolved_customer_id, format!("{id}-c2"));
     assert_eq!(of(1).resolution, IdentityResolution::Linked as i32);
     assert_eq!(of(2).resolution, IdentityResolution::Unresolved as i32);
+    assert_eq!(of(2).revision, 0);
+
+    // A link imported after the event: the survey emitted unresolved is
+    // resolved and emitted again, a revision up.
+    let late = dir.join("late.csv");
+    std::fs::write(
+        &late,
+        format!(
+            "customer_id,email,phone,social_handle,device_id\n{id}-c7,Stranger@example.com,,,\n"
+        ),
+    )
+    .expect("csv");
+    let imported = import(&cfg, &late, "csv").await;
+    assert!(imported.contains("links 1 new"), "{imported}");
+    let repaired = loop {
+        let m = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .expect("the unresolved survey emitted again in time")
+            .expect("message");
+        let Ok(e) = EnrichedEvent::decode(m.payload().unwrap_or_default()) else {
+            continue;
+        };
+        if e.event.as_ref().map(|e| &e.event_id) == Some(&surveys[2].event_id) && e.revision > 0 {
+            break e;
+        }
+    };
+    assert_eq!(repaired.revision, 1);
+    assert_eq!(repaired.resolved_customer_id, format!("{id}-c7"));
+    assert_eq!(repaired.resolution, IdentityResolution::Linked as i32);
+    assert_eq!(repaired.event, got[&surveys[2].event_id].event);
 
     // Moving an address to another customer is counted, as NDJSON.
     let ndjson = dir.join("moved.ndjson");

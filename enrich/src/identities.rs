@@ -6,7 +6,10 @@
 //! hash events (`xoflow_ingest::identities`). Out: the links that are new
 //! or changed, produced to `<group>.links` — the topic every enrich
 //! instance reads whole at start-up and follows while it runs, so running
-//! instances learn them within a batch. The current table is read first,
+//! instances learn them within a batch — and a link notice for each to
+//! `<group>.repartition`, so that events already emitted unresolved with
+//! that identifier are resolved and emitted again (see `join::unresolved`).
+//! The current table is read first,
 //! so a re-run produces nothing (idempotent) and a link that moves an
 //! identifier to another customer is counted and logged
 //! (`xoflow_enrich_links_repointed_total{origin="import"}`).
@@ -35,7 +38,7 @@ pub struct SeedReport {
 pub struct Seeder {
     links: Links,
     producer: BatchProducer,
-    topic: String,
+    internal: InternalTopics,
     report: SeedReport,
 }
 
@@ -47,7 +50,7 @@ impl Seeder {
         Ok(Seeder {
             links,
             producer: kafka.batch_producer().map_err(EnrichError::Setup)?,
-            topic: internal.links,
+            internal,
             report: SeedReport::default(),
         })
     }
@@ -89,13 +92,28 @@ impl Seeder {
             .iter()
             .map(|(h, c)| Outgoing::keyed(h.as_bytes(), c.as_bytes()))
             .collect();
-        self.producer
-            .send_all(&self.topic, &records)
-            .await
-            .map_err(|e| EnrichError::Produce {
-                attempts: 1,
-                source: e.first,
-            })?;
+        let notices = stage::link_notice_records(&out);
+        let notices: Vec<Outgoing<'_>> = notices
+            .iter()
+            .map(|(k, c)| stage::link_notice(k, c))
+            .collect();
+        // The notices first, which move the events already waiting; then
+        // the links, so that resolve loops key the identifier's next events
+        // by customer. A failure in between leaves the links out of the
+        // table, and a re-run sends both again (the other way round, a re-run
+        // would find the links known and never announce them).
+        for (topic, records) in [
+            (&self.internal.repartition, &notices),
+            (&self.internal.links, &records),
+        ] {
+            self.producer
+                .send_all(topic, records)
+                .await
+                .map_err(|e| EnrichError::Produce {
+                    attempts: 1,
+                    source: e.first,
+                })?;
+        }
         Ok(())
     }
 

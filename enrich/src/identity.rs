@@ -125,6 +125,23 @@ impl Links {
     }
 }
 
+/// The identifier an event no link resolved waits under, in the join, for
+/// a link (see `join::unresolved`): its first weak identifier, in the order
+/// [`Links::resolve`] tries them. `None` when it has none (nothing could
+/// ever resolve it).
+pub fn wait_identifier(customer: Option<&CustomerIdentity>) -> Option<&str> {
+    let c = customer?;
+    [
+        &c.email_hash,
+        &c.phone_hash,
+        &c.social_handle_hash,
+        &c.device_id_hash,
+    ]
+    .into_iter()
+    .find(|h| !h.is_empty())
+    .map(String::as_str)
+}
+
 /// An event known only by weak identifiers that no link resolves yet,
 /// waiting in the resolve loop for one (see [`Waiting`]).
 #[derive(Debug, Clone, PartialEq)]

@@ -24,8 +24,23 @@ pub(crate) enum Metric {
     /// Links that moved an identifier from one customer to another, by
     /// `origin` (`event`, `import`).
     LinksRepointed,
-    /// Customer states written to the changelog.
+    /// Join state records written to the changelog.
     StateChanges,
+    /// Outputs emitted again with a higher revision because a late event
+    /// changed their joined context.
+    Repairs,
+    /// Unresolved events a link resolved, sent to their customer's
+    /// partition.
+    EventsMoved,
+    /// Waits that ended unrepaired, by `waiting_for` (`link`: an unresolved
+    /// event left the wait still unresolved; `reference`: an event left its
+    /// customer's history still missing the order or call it names).
+    WaitsExpired,
+    /// Events kept in customers' histories, repairable (gauge).
+    HistoryEvents,
+    /// Events in the join waiting, by `waiting_for` (`link`, `reference`)
+    /// (gauge).
+    JoinWaiting,
     /// Events waiting in the lateness buffers (gauge).
     EventsHeld,
     /// Events waiting in the resolve loop for a link (gauge).
@@ -37,7 +52,7 @@ pub(crate) enum Metric {
 
 impl Metric {
     #[cfg(test)]
-    pub(crate) const ALL: [Metric; 11] = [
+    pub(crate) const ALL: [Metric; 16] = [
         Metric::EventsResolved,
         Metric::EventsEnriched,
         Metric::Batches,
@@ -46,6 +61,11 @@ impl Metric {
         Metric::LinksKnown,
         Metric::LinksRepointed,
         Metric::StateChanges,
+        Metric::Repairs,
+        Metric::EventsMoved,
+        Metric::WaitsExpired,
+        Metric::HistoryEvents,
+        Metric::JoinWaiting,
         Metric::EventsHeld,
         Metric::EventsWaiting,
         Metric::Errors,
@@ -61,6 +81,11 @@ impl Metric {
             Metric::LinksKnown => "xoflow_enrich_links_known",
             Metric::LinksRepointed => "xoflow_enrich_links_repointed_total",
             Metric::StateChanges => "xoflow_enrich_state_changes_total",
+            Metric::Repairs => "xoflow_enrich_repairs_total",
+            Metric::EventsMoved => "xoflow_enrich_events_moved_total",
+            Metric::WaitsExpired => "xoflow_enrich_waits_expired_total",
+            Metric::HistoryEvents => "xoflow_enrich_history_events",
+            Metric::JoinWaiting => "xoflow_enrich_join_waiting",
             Metric::EventsHeld => "xoflow_enrich_events_held",
             Metric::EventsWaiting => "xoflow_enrich_events_waiting",
             Metric::Errors => "xoflow_enrich_errors_total",
@@ -97,6 +122,16 @@ pub(crate) struct BatchEnriched {
     pub state_changes: u64,
     /// Events waiting in the lateness buffers afterwards.
     pub held: u64,
+    /// Events a link resolved, sent to their customers' partitions.
+    pub moved: u64,
+    /// Repairs and expired waits of the batch.
+    pub stats: crate::join::JoinStats,
+    /// Events kept in customers' histories for repairs, afterwards.
+    pub history: u64,
+    /// Of those, events naming an order or call not met yet.
+    pub waiting_for_reference: u64,
+    /// Unresolved events waiting for a link, afterwards.
+    pub waiting_for_link: u64,
 }
 
 impl BatchEnriched {
@@ -112,6 +147,17 @@ impl BatchEnriched {
         counter!(Metric::Batches.name()).increment(1);
         counter!(Metric::StateChanges.name()).increment(self.state_changes);
         gauge!(Metric::EventsHeld.name()).set(self.held as f64);
+        counter!(Metric::Repairs.name()).increment(self.stats.repairs);
+        counter!(Metric::EventsMoved.name()).increment(self.moved);
+        counter!(Metric::WaitsExpired.name(), "waiting_for" => "link")
+            .increment(self.stats.expired_link);
+        counter!(Metric::WaitsExpired.name(), "waiting_for" => "reference")
+            .increment(self.stats.expired_reference);
+        gauge!(Metric::HistoryEvents.name()).set(self.history as f64);
+        gauge!(Metric::JoinWaiting.name(), "waiting_for" => "reference")
+            .set(self.waiting_for_reference as f64);
+        gauge!(Metric::JoinWaiting.name(), "waiting_for" => "link")
+            .set(self.waiting_for_link as f64);
         dead_letters(self.dead_letters);
     }
 }
@@ -166,7 +212,11 @@ mod tests {
                 n.ends_with("_total"),
                 !matches!(
                     m,
-                    Metric::LinksKnown | Metric::EventsHeld | Metric::EventsWaiting
+                    Metric::LinksKnown
+                        | Metric::EventsHeld
+                        | Metric::EventsWaiting
+                        | Metric::HistoryEvents
+                        | Metric::JoinWaiting
                 ),
                 "{n}"
             );

@@ -210,6 +210,11 @@ pub async fn run_pipeline(
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        // Repairs of events that arrived before their order or identity
+        // link may still be on their way: the figures are final once every
+        // stage has caught up with its input.
+        wait_settled(&cfg, Duration::from_secs(120)).await?;
+        say(&format!("  every stage caught up {:.1} s after the first was sent", t0.elapsed().as_secs_f64()));
         let mut report = query_report(&ch).await?;
         report.unmasked_pii = count_unmasked(&ch, &truth.planted_pii).await?;
         Ok(report)
@@ -220,6 +225,55 @@ pub async fn run_pipeline(
     let report = result?;
     stopped?;
     Ok((truth, report))
+}
+
+/// Waits until every stage has caught up with its input: each consumer
+/// group (enrich's resolve and join groups, the sink's) has committed up to
+/// the high watermark of every partition it reads, and nothing moved since
+/// the previous look. Enrich commits below events it still holds, so this
+/// also means no event is held and no repair is pending.
+pub async fn wait_settled(cfg: &Config, deadline: Duration) -> anyhow::Result<()> {
+    let t = &cfg.kafka.topics;
+    let internal = xoflow_enrich::stage::InternalTopics::of(&cfg.enrich.group_id);
+    let groups = vec![
+        (
+            format!("{}.resolve", cfg.enrich.group_id),
+            vec![t.events.clone(), t.backfill.clone()],
+        ),
+        (cfg.enrich.group_id.clone(), vec![internal.repartition]),
+        (
+            cfg.sink.group_id.clone(),
+            vec![t.enriched.clone(), t.dead_letters.clone()],
+        ),
+    ];
+    let end = Instant::now() + deadline;
+    let mut previous = None;
+    loop {
+        let kafka = cfg.kafka.clone();
+        let g = groups.clone();
+        let snapshot = tokio::task::spawn_blocking(move || {
+            let mut all = Vec::new();
+            for (group, topics) in &g {
+                for o in xoflow_common::kafka::watch::group_offsets(&kafka, group, topics)? {
+                    all.push((o.topic, o.partition, o.high, o.committed));
+                }
+            }
+            Ok::<_, rdkafka::error::KafkaError>(all)
+        })
+        .await??;
+        let behind: Vec<_> = snapshot
+            .iter()
+            .filter(|(_, _, high, committed)| *high > 0 && *committed != Some(*high))
+            .collect();
+        if behind.is_empty() && previous.as_ref() == Some(&snapshot) {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            bail!("the pipeline did not catch up within {deadline:?}: {behind:?}");
+        }
+        previous = Some(snapshot);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// How many of `planted` appear verbatim in any stored text.
@@ -242,7 +296,7 @@ pub async fn query_report(ch: &clickhouse::Client) -> anyhow::Result<BiReport> {
             .collect::<BTreeMap<_, _>>()
     };
     let events_by_kind = counts(
-        ch.query("SELECT toString(kind) AS key, count() AS n FROM events FINAL GROUP BY key ORDER BY key")
+        ch.query("SELECT toString(kind) AS key, count() AS n FROM events_latest GROUP BY key ORDER BY key")
             .fetch_all()
             .await?,
     );
@@ -271,7 +325,7 @@ pub async fn query_report(ch: &clickhouse::Client) -> anyhow::Result<BiReport> {
         .await?;
     let negative_topics = counts(
         ch.query(
-            "SELECT topic AS key, count() AS n FROM events FINAL ARRAY JOIN topics AS topic \
+            "SELECT topic AS key, count() AS n FROM events_latest ARRAY JOIN topics AS topic \
              WHERE sentiment_label = 'negative' GROUP BY key ORDER BY n DESC, key",
         )
         .fetch_all()

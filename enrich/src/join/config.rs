@@ -31,6 +31,15 @@ pub struct JoinConfig {
     /// event times say (so a quiet partition still emits).
     #[serde(with = "humantime_serde")]
     pub max_hold: Duration,
+    /// Most events kept per customer for repairs (see docs/enrich.md); the
+    /// history also ends `order_window` behind the customer's latest event.
+    #[serde(default = "default_max_history")]
+    pub max_history_per_customer: usize,
+    /// Most unresolved events waiting for a link, per partition (oldest
+    /// dropped first); they also stop waiting `order_window` behind the
+    /// partition's latest event.
+    #[serde(default = "default_max_waiting")]
+    pub max_waiting: usize,
     /// Department owning each journey stage, for alert routing.
     #[serde(default)]
     pub departments: HashMap<String, String>,
@@ -51,6 +60,8 @@ impl JoinConfig {
             max_customers: 2_000_000,
             lateness,
             max_hold: lateness,
+            max_history_per_customer: default_max_history(),
+            max_waiting: default_max_waiting(),
             departments: HashMap::new(),
         }
     }
@@ -63,4 +74,12 @@ impl JoinConfig {
             .collect();
         self
     }
+}
+
+const fn default_max_history() -> usize {
+    256
+}
+
+const fn default_max_waiting() -> usize {
+    200_000
 }

@@ -1,45 +1,71 @@
 //! The X+O join: per-customer state that turns "a score of 3" into "a score
 //! of 3 from a customer whose order arrived two days late after two support
-//! calls".
+//! calls" — whatever order the events arrive in.
 //!
-//! A pure, synchronous operator: events in, `EnrichedEvent`s out, one per
-//! input; no I/O, so the stage decides batching and the tests drive it
-//! directly. State per customer is bounded (most recent orders only) and
-//! expires by event time (configurable windows).
+//! A pure, synchronous operator: events in, `EnrichedEvent`s out; no I/O,
+//! so the stage decides batching and the tests drive it directly.
 //!
-//! Lateness rule: events are held in a buffer ordered by event time and
-//! applied in that order once the partition's watermark (the latest event
-//! time seen) is `lateness` past them, or once they have waited `max_hold`
-//! in wall-clock time. A survey that arrives before its order, within the
-//! bound, therefore meets the order; any interleaving of the same events
-//! within the bound gives the same outputs. An event later than the bound
-//! is applied on arrival, with the state as it is then.
+//! Each output is what the customer's events up to the event's own time
+//! say (a fold in event-time order, `state`). Three mechanisms keep it so
+//! when events arrive out of order:
 //!
-//! Replays: each customer's state remembers the ids of the events last
-//! applied to it, and travels with them through the changelog
-//! ([`Join::take_changes`], [`Join::restore`]); an event replayed after a
-//! crash is emitted again but not applied twice.
+//! - **Lateness buffer.** Events are held ordered by event time and applied
+//!   once the partition's watermark (the latest event time seen) is
+//!   `lateness` past them, or once they waited `max_hold` in wall-clock
+//!   time: ordinary reordering costs no repair.
+//! - **Repairs.** Each customer keeps a bounded history of recent events
+//!   (`history`). An event arriving in front of later ones is folded in at
+//!   its place, and every later event whose joined context (order, session,
+//!   customer, call, identity) changes is emitted again with `revision`
+//!   one higher. A batch's late events are folded once per customer.
+//! - **Waiting for a link.** An event known only by an identifier no link
+//!   resolves is emitted unresolved and waits under that identifier
+//!   (`unresolved`) until a link names its customer ([`Join::link`]); it is
+//!   then handed back to the stage as a [`Moved`] event for its customer's
+//!   partition, where it joins the history a revision up.
+//!
+//! Linked events: an event resolved through a link on its first emission
+//! here is emitted at revision 0 and again at revision 1. The same event
+//! may have been emitted unresolved, revision 0, on another partition
+//! before: read again after a crash, the resolve loop may know the link
+//! by then and route it here. The sink keeps whichever revision 0 it got
+//! first (the one the aggregates count, whose measures do not depend on the
+//! resolution), and revision 1 carries the customer either way.
+//!
+//! Replays: an event already in its customer's history is not applied
+//! twice; it and the events after it are emitted again at their current
+//! revisions (the sink drops copies it has), which also re-sends a repair
+//! lost in a crash. State travels through the changelog
+//! ([`Join::take_changes`], [`Join::restore_records`]).
 //!
 //! This module is the operator and its lateness buffer; `config` holds its
 //! settings (`[enrich.join]`, [`JoinConfig::new`] for tests and tools),
-//! `state` what it keeps per customer.
+//! `state` the fold, `history` a customer's repairable events, `unresolved`
+//! the events waiting for a link.
 
 mod config;
+mod history;
 mod state;
+mod unresolved;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use xoflow_proto::{
     Message as _,
-    v1::{EnrichedEvent, Event, JoinCustomerState, Speaker, event::Payload},
+    v1::{
+        EnrichedEvent, Event, IdentityResolution, JoinCustomerState, JoinHistoryEntry,
+        JoinIdentifierState, Speaker, event::Payload,
+    },
 };
 
 pub use config::JoinConfig;
+use history::{Customer, Entry, Place, context_hash};
 use state::CustomerState;
+use unresolved::{Unresolved, Waiter};
 
 use crate::{
     derive,
-    identity::{Links, Resolved},
+    identity::{self, Links, Resolved},
     sentiment,
 };
 
@@ -50,9 +76,12 @@ struct Held {
     who: Resolved,
     offset: i64,
     arrived_ms: i64,
+    /// The revision its first output here gets (above 0 for an event moved
+    /// from the partition where it waited for a link).
+    revision: u32,
 }
 
-/// An output and the input offset it came from.
+/// An output and the input offset that caused it.
 #[derive(Debug)]
 pub struct Released {
     pub offset: i64,
@@ -74,11 +103,38 @@ impl Released {
     }
 }
 
-/// The join operator's state.
+/// An event whose identifier a link resolved while it waited here: the
+/// stage sends it to its customer's partition (keyed by `customer_id`),
+/// where it is offered with [`Join::offer_moved`] at `revision`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moved {
+    pub customer_id: String,
+    pub event: Event,
+    pub revision: u32,
+}
+
+/// Counts since the last [`Join::take_stats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JoinStats {
+    /// Outputs emitted again with a higher revision.
+    pub repairs: u64,
+    /// Events that stopped waiting for a link unresolved (too old, or too
+    /// many waiting).
+    pub expired_link: u64,
+    /// Events that left their customer's history still missing the order or
+    /// call they name.
+    pub expired_reference: u64,
+}
+
+/// Changelog records: key, value (empty deletes). See `state.proto` for the
+/// three kinds of key.
+pub type ChangelogRecords = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The join operator's state (one per partition in the stage).
 #[derive(Debug)]
 pub struct Join {
     cfg: JoinConfig,
-    customers: Map<String, CustomerState>,
+    customers: Map<String, Customer>,
     /// Links for [`Join::process`], which resolves by itself; the stage
     /// resolves upstream against the global link table instead.
     links: Links,
@@ -86,8 +142,21 @@ pub struct Join {
     held: BTreeMap<(i64, String), Held>,
     /// The latest event time offered.
     watermark: i64,
-    /// Customers changed (or dropped) since [`Join::take_changes`].
-    dirty: HashSet<String, foldhash::fast::RandomState>,
+    /// Events waiting for a link, by identifier.
+    unresolved: Unresolved,
+    /// Customers whose history needs a re-fold before the next output.
+    touched: Vec<String>,
+    /// Events to send to another partition.
+    moves: Vec<Moved>,
+    /// Changelog keys changed since [`Join::take_changes`].
+    dirty_bases: HashSet<String, foldhash::fast::RandomState>,
+    dirty_entries: HashSet<(String, i64, String), foldhash::fast::RandomState>,
+    dirty_identifiers: HashSet<String, foldhash::fast::RandomState>,
+    /// Events in every customer's history, and those among them naming an
+    /// order or call not met yet.
+    history_len: usize,
+    unmet: usize,
+    stats: JoinStats,
     /// Topic rules per tenant (`[enrich.topics]`).
     topics: sentiment::TopicsConfig,
 }
@@ -106,7 +175,15 @@ impl Join {
             links: Links::default(),
             held: BTreeMap::new(),
             watermark: i64::MIN,
-            dirty: HashSet::default(),
+            unresolved: Unresolved::default(),
+            touched: Vec::new(),
+            moves: Vec::new(),
+            dirty_bases: HashSet::default(),
+            dirty_entries: HashSet::default(),
+            dirty_identifiers: HashSet::default(),
+            history_len: 0,
+            unmet: 0,
+            stats: JoinStats::default(),
             topics: sentiment::TopicsConfig::default(),
         }
     }
@@ -127,6 +204,21 @@ impl Join {
         self.held.len()
     }
 
+    /// Events kept in customers' histories (repairable).
+    pub fn history_events(&self) -> usize {
+        self.history_len
+    }
+
+    /// History events naming an order or call not met yet.
+    pub fn waiting_for_reference(&self) -> usize {
+        self.unmet
+    }
+
+    /// Unresolved events waiting for a link.
+    pub fn waiting_for_link(&self) -> usize {
+        self.unresolved.len()
+    }
+
     /// The lowest input offset still held: input offsets may be committed
     /// only below it.
     pub fn lowest_held_offset(&self) -> Option<i64> {
@@ -134,16 +226,46 @@ impl Join {
     }
 
     /// Resolves with this operator's own links, then enriches at once (no
-    /// lateness buffer): for callers that see every event of a customer in
-    /// order, such as benchmarks and single-process tools.
+    /// lateness buffer, no waiting for links): for callers that see every
+    /// event of a customer in order, such as benchmarks and single-process
+    /// tools. Returns the event's own output; repairs of earlier events
+    /// (if it arrived out of order) are dropped.
     pub fn process(&mut self, e: Event, now_ms: i64) -> EnrichedEvent {
         self.links.learn(&e, |_, _| {});
         let who = self.links.resolve(&e);
-        self.enrich(e, who, now_ms)
+        let id = e.event_id.clone();
+        let mut out = Vec::new();
+        if who.customer_id.is_some() {
+            self.admit(e, who, 0, 0, now_ms, &mut out);
+        } else {
+            out.push(Released {
+                offset: 0,
+                enriched: self.unresolved_output(e, 0, now_ms),
+            });
+        }
+        self.settle(0, now_ms, &mut out);
+        self.moves.clear();
+        out.into_iter()
+            .map(|r| r.enriched)
+            .find(|o| o.event.as_ref().is_some_and(|e| e.event_id == id))
+            .expect("an admitted event is emitted")
     }
 
     /// Puts an event resolved upstream into the lateness buffer.
     pub fn offer(&mut self, e: Event, who: Resolved, offset: i64, now_ms: i64) {
+        self.offer_moved(e, who, 0, offset, now_ms);
+    }
+
+    /// [`Join::offer`] for an event already emitted elsewhere up to
+    /// `revision - 1` (a [`Moved`] event).
+    pub fn offer_moved(
+        &mut self,
+        e: Event,
+        who: Resolved,
+        revision: u32,
+        offset: i64,
+        now_ms: i64,
+    ) {
         let at = event_ms(&e, now_ms);
         self.watermark = self.watermark.max(at);
         let key = (at, e.event_id.clone());
@@ -154,15 +276,42 @@ impl Join {
                 who,
                 offset,
                 arrived_ms: now_ms,
+                revision,
             },
         );
     }
 
+    /// A link learnt upstream: `identifier` belongs to `customer_id`. The
+    /// events waiting for it here leave as [`Moved`] events.
+    pub fn link(&mut self, identifier: &str, customer_id: &str) {
+        let gone = self.unresolved.link(identifier, customer_id);
+        self.dirty_identifiers.insert(identifier.to_owned());
+        for w in gone {
+            self.moves.push(Moved {
+                customer_id: customer_id.to_owned(),
+                event: w.event,
+                revision: w.revision + 1,
+            });
+        }
+    }
+
+    /// The events to send to their customers' partitions (see [`Moved`]).
+    pub fn take_moves(&mut self) -> Vec<Moved> {
+        std::mem::take(&mut self.moves)
+    }
+
+    /// Counts since the last call.
+    pub fn take_stats(&mut self) -> JoinStats {
+        std::mem::take(&mut self.stats)
+    }
+
     /// Applies and emits, in event-time order, the held events that are
-    /// due: `lateness` behind the watermark, or held `max_hold` long.
+    /// due (`lateness` behind the watermark, or held `max_hold` long), then
+    /// the repairs they cause.
     pub fn release(&mut self, now_ms: i64, out: &mut Vec<Released>) {
         let bound = self.cfg.lateness.as_millis() as i64;
         let hold = self.cfg.max_hold.as_millis() as i64;
+        let mut last_offset = None;
         while let Some(entry) = self.held.first_entry() {
             let (at, _) = *entry.key();
             let due = at <= self.watermark.saturating_sub(bound)
@@ -171,99 +320,398 @@ impl Join {
                 break;
             }
             let h = entry.remove();
-            out.push(Released {
-                offset: h.offset,
-                enriched: self.enrich(h.event, h.who, now_ms),
-            });
+            last_offset = Some(h.offset);
+            self.apply_held(h, now_ms, out);
         }
+        if let Some(offset) = last_offset {
+            self.settle(offset, now_ms, out);
+        }
+        self.expire_waiting();
     }
 
     /// Applies and emits everything held, in event-time order.
     pub fn drain(&mut self, now_ms: i64, out: &mut Vec<Released>) {
+        let mut last_offset = None;
         while let Some((_, h)) = self.held.pop_first() {
-            out.push(Released {
-                offset: h.offset,
-                enriched: self.enrich(h.event, h.who, now_ms),
-            });
+            last_offset = Some(h.offset);
+            self.apply_held(h, now_ms, out);
+        }
+        if let Some(offset) = last_offset {
+            self.settle(offset, now_ms, out);
+        }
+        self.expire_waiting();
+    }
+
+    fn apply_held(&mut self, h: Held, now_ms: i64, out: &mut Vec<Released>) {
+        if h.who.customer_id.is_some() {
+            self.admit(h.event, h.who, h.revision, h.offset, now_ms, out);
+        } else {
+            self.admit_unresolved(h.event, h.revision, h.offset, now_ms, out);
         }
     }
 
-    /// The state of every customer changed since the last call, for the
-    /// changelog: `None` for a customer dropped from memory.
-    pub fn take_changes(&mut self) -> Vec<(String, Option<JoinCustomerState>)> {
-        let mut out: Vec<_> = self
-            .dirty
-            .drain()
-            .map(|id| {
-                let state = self.customers.get(&id).map(CustomerState::to_proto);
-                (id, state)
-            })
-            .collect();
+    /// The changelog records changed since the last call, sorted by key.
+    pub fn take_changes(&mut self) -> ChangelogRecords {
+        let mut out: ChangelogRecords = Vec::with_capacity(
+            self.dirty_bases.len() + self.dirty_entries.len() + self.dirty_identifiers.len(),
+        );
+        for id in self.dirty_bases.drain() {
+            let value = self
+                .customers
+                .get(&id)
+                .map(|c| c.base.to_proto().encode_to_vec())
+                .unwrap_or_default();
+            out.push((id.into_bytes(), value));
+        }
+        for (id, at, event_id) in self.dirty_entries.drain() {
+            let value = self
+                .customers
+                .get(&id)
+                .and_then(|c| {
+                    let i = c
+                        .history
+                        .binary_search_by(|e| {
+                            (e.at, e.event.event_id.as_str()).cmp(&(at, &event_id))
+                        })
+                        .ok()?;
+                    Some(c.history[i].to_proto().encode_to_vec())
+                })
+                .unwrap_or_default();
+            let mut key = id.into_bytes();
+            key.push(0);
+            key.extend_from_slice(event_id.as_bytes());
+            out.push((key, value));
+        }
+        for identifier in self.dirty_identifiers.drain() {
+            let value = self.unresolved.encoded(&identifier);
+            let mut key = Vec::with_capacity(identifier.len() + 1);
+            key.push(0);
+            key.extend_from_slice(identifier.as_bytes());
+            out.push((key, value));
+        }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 
-    /// Restores one customer's state read from the changelog (`None`
-    /// removes it).
-    pub fn restore(&mut self, customer_id: String, state: Option<JoinCustomerState>) {
-        match state {
-            Some(s) => {
-                self.customers
-                    .insert(customer_id, CustomerState::from_proto(s));
+    /// Restores a partition's state from its changelog records (the latest
+    /// value per key; empty values are skipped). Returns how many records
+    /// did not decode.
+    pub fn restore_records(
+        &mut self,
+        records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+        now_ms: i64,
+    ) -> usize {
+        let mut bad = 0;
+        for (key, value) in records {
+            if value.is_empty() {
+                continue;
             }
-            None => {
-                self.customers.remove(&customer_id);
-            }
+            let ok = if let Some(identifier) = key.strip_prefix(&[0]) {
+                JoinIdentifierState::decode(value.as_slice())
+                    .map(|s| {
+                        self.unresolved
+                            .restore(String::from_utf8_lossy(identifier).into_owned(), s)
+                    })
+                    .is_ok()
+            } else if let Some(nul) = key.iter().position(|b| *b == 0) {
+                let id = String::from_utf8_lossy(&key[..nul]).into_owned();
+                match JoinHistoryEntry::decode(value.as_slice())
+                    .ok()
+                    .and_then(|p| Entry::from_proto(p, now_ms))
+                {
+                    Some(entry) => {
+                        self.customers
+                            .entry(id)
+                            .or_default()
+                            .history
+                            .push_back(entry);
+                        self.history_len += 1;
+                        true
+                    }
+                    None => false,
+                }
+            } else {
+                let id = String::from_utf8_lossy(&key).into_owned();
+                JoinCustomerState::decode(value.as_slice())
+                    .map(|s| {
+                        self.customers.entry(id).or_default().base = CustomerState::from_proto(s)
+                    })
+                    .is_ok()
+            };
+            bad += usize::from(!ok);
         }
+        for c in self.customers.values_mut() {
+            c.refold(&self.cfg);
+            self.unmet += c.history.iter().filter(|e| e.unmet).count();
+        }
+        bad
     }
 
-    /// Enriches one resolved event and applies it to its customer's state
-    /// (unless it was applied before).
-    pub fn enrich(&mut self, e: Event, who: Resolved, now_ms: i64) -> EnrichedEvent {
-        let at = event_ms(&e, now_ms);
-        let Resolved {
-            customer_id,
-            resolution,
-        } = who;
-        let mut cx = derive::cx_fields(&e);
-        let text = experience_text(&e);
+    /// Derives an event's own CX fields: scores, and sentiment and topics
+    /// of its text.
+    fn cx(&self, e: &Event) -> xoflow_proto::v1::CxFields {
+        let mut cx = derive::cx_fields(e);
+        let text = experience_text(e);
         if !text.is_empty() {
             let s = sentiment::score(&text);
             cx.sentiment = Some(s.score);
             cx.sentiment_label = s.label as i32;
             cx.topics = sentiment::topics(self.topics.for_tenant(&e.tenant), &text);
         }
+        cx
+    }
+
+    fn department(&self, e: &Event) -> String {
         let stage = e
             .touchpoint
             .as_ref()
             .map(|t| t.stage.as_str())
             .unwrap_or("");
-        let owner_department = self.cfg.departments.get(stage).cloned().unwrap_or_default();
+        self.cfg.departments.get(stage).cloned().unwrap_or_default()
+    }
 
-        let mut out = EnrichedEvent {
-            resolved_customer_id: String::new(),
-            resolution: resolution as i32,
-            owner_department,
-            enriched_at: Some(xoflow_proto::from_unix_millis(now_ms)),
-            ..Default::default()
+    /// Puts a resolved event in its customer's history: folded and emitted
+    /// at once when it is the customer's latest, else left for
+    /// [`Join::settle`].
+    fn admit(
+        &mut self,
+        e: Event,
+        who: Resolved,
+        revision: u32,
+        offset: i64,
+        now_ms: i64,
+        out: &mut Vec<Released>,
+    ) {
+        let at = event_ms(&e, now_ms);
+        let Resolved {
+            customer_id,
+            resolution,
+        } = who;
+        let Some(id) = customer_id else { return };
+        self.evict_if_full(at);
+        let place = match self.customers.get(&id) {
+            Some(c) => c.place(at, &e.event_id),
+            None => Place::Last,
         };
-        if let Some(id) = customer_id {
-            self.evict_if_full(at);
-            let cfg = &self.cfg;
-            let state = self.customers.entry(id.clone()).or_default();
-            if state.apply(&e, &cx, at, cfg) && !self.dirty.contains(&id) {
-                self.dirty.insert(id.clone());
+        match place {
+            Place::Known(i) => {
+                // A replay: emit it and what follows again, at their
+                // current revisions unless something changed.
+                let c = self.customers.get_mut(&id).expect("placed");
+                for entry in c.history.iter_mut().skip(i) {
+                    entry.force = true;
+                }
+                c.dirty(i);
+                self.touched.push(id);
             }
-            out.order = state.order_context(&e, at, cfg);
-            out.session = state.session_context();
-            out.customer = Some(state.context(at, cfg));
-            out.resolved_customer_id = id;
-        } else {
-            out.order = derive::own_order(&e);
+            Place::Forgotten => {
+                // Folded into the base long ago: emitted again as the
+                // current state sees it (the sink keeps the copy it has).
+                let cx = self.cx(&e);
+                let c = &self.customers[&id];
+                let entry = entry(at, e, resolution, cx, 0);
+                let mut o = output(
+                    &self.cfg,
+                    &c.current,
+                    &entry,
+                    &id,
+                    self.department(&entry.event),
+                    now_ms,
+                );
+                o.event = Some(entry.event);
+                out.push(Released {
+                    offset,
+                    enriched: o,
+                });
+            }
+            Place::Last
+                if self
+                    .customers
+                    .get(&id)
+                    .is_none_or(|c| c.dirty_from.is_none()) =>
+            {
+                let cx = self.cx(&e);
+                let dept = self.department(&e);
+                let cfg = &self.cfg;
+                let c = self.customers.entry(id.clone()).or_default();
+                c.current.update(&e, &cx, at, cfg);
+                let mut entry = entry(at, e, resolution, cx, revision);
+                let mut o = output(cfg, &c.current, &entry, &id, dept, now_ms);
+                o.revision = revision;
+                entry.output_hash = context_hash(&o);
+                entry.emitted = true;
+                entry.unmet = c.current.unmet_reference(&entry.event);
+                self.unmet += usize::from(entry.unmet);
+                o.event = Some(entry.event.clone());
+                if twice(resolution, revision) {
+                    let mut again = o.clone();
+                    entry.revision += 1;
+                    again.revision = entry.revision;
+                    out.push(Released {
+                        offset,
+                        enriched: o,
+                    });
+                    o = again;
+                }
+                self.dirty_entries
+                    .insert((id.clone(), at, entry.event.event_id.clone()));
+                c.history.push_back(entry);
+                self.history_len += 1;
+                out.push(Released {
+                    offset,
+                    enriched: o,
+                });
+                self.evict(&id);
+            }
+            Place::Last | Place::At(_) => {
+                let cx = self.cx(&e);
+                let c = self.customers.entry(id.clone()).or_default();
+                let i = match place {
+                    Place::At(i) => i,
+                    _ => c.history.len(),
+                };
+                self.dirty_entries
+                    .insert((id.clone(), at, e.event_id.clone()));
+                let mut entry = entry(at, e, resolution, cx, revision);
+                entry.twice = twice(resolution, revision);
+                c.history.insert(i, entry);
+                c.dirty(i);
+                self.history_len += 1;
+                self.touched.push(id);
+            }
         }
-        out.cx = Some(cx);
-        out.event = Some(e);
-        out
+    }
+
+    /// An event no customer was found for: moved at once if its identifier
+    /// is linked by now, else emitted unresolved and kept waiting.
+    fn admit_unresolved(
+        &mut self,
+        e: Event,
+        revision: u32,
+        offset: i64,
+        now_ms: i64,
+        out: &mut Vec<Released>,
+    ) {
+        let at = event_ms(&e, now_ms);
+        let identifier = identity::wait_identifier(e.customer.as_ref()).map(str::to_owned);
+        if let Some(h) = &identifier
+            && let Some(c) = self.unresolved.linked(h)
+        {
+            self.moves.push(Moved {
+                customer_id: c.to_owned(),
+                event: e,
+                revision,
+            });
+            return;
+        }
+        let o = self.unresolved_output(e.clone(), revision, now_ms);
+        if let Some(h) = identifier
+            && self.unresolved.wait(
+                &h,
+                Waiter {
+                    event: e,
+                    at,
+                    revision,
+                },
+            )
+        {
+            self.dirty_identifiers.insert(h);
+        }
+        out.push(Released {
+            offset,
+            enriched: o,
+        });
+    }
+
+    fn unresolved_output(&self, e: Event, revision: u32, now_ms: i64) -> EnrichedEvent {
+        EnrichedEvent {
+            resolution: IdentityResolution::Unresolved as i32,
+            owner_department: self.department(&e),
+            enriched_at: Some(xoflow_proto::from_unix_millis(now_ms)),
+            order: derive::own_order(&e),
+            cx: Some(self.cx(&e)),
+            revision,
+            event: Some(e),
+            ..Default::default()
+        }
+    }
+
+    /// Re-folds the customers late events landed in front of, and emits
+    /// what changed.
+    fn settle(&mut self, offset: i64, now_ms: i64, out: &mut Vec<Released>) {
+        let touched = std::mem::take(&mut self.touched);
+        for id in touched {
+            let Some(mut c) = self.customers.remove(&id) else {
+                continue;
+            };
+            let unmet_before = c
+                .history
+                .iter()
+                .skip(c.dirty_from.unwrap_or(usize::MAX))
+                .filter(|e| e.unmet)
+                .count();
+            let from = c.dirty_from.unwrap_or(usize::MAX);
+            let emitted = c.settle(&self.cfg, |state, entry| {
+                output(
+                    &self.cfg,
+                    state,
+                    entry,
+                    &id,
+                    self.department(&entry.event),
+                    now_ms,
+                )
+            });
+            let unmet_after = c.history.iter().skip(from).filter(|e| e.unmet).count();
+            self.unmet = (self.unmet + unmet_after).saturating_sub(unmet_before);
+            for em in emitted {
+                let entry = &c.history[em.index];
+                self.dirty_entries
+                    .insert((id.clone(), entry.at, entry.event.event_id.clone()));
+                let mut o = em.output;
+                self.stats.repairs += u64::from(em.repaired);
+                o.event = Some(entry.event.clone());
+                out.push(Released {
+                    offset,
+                    enriched: o,
+                });
+            }
+            self.customers.insert(id.clone(), c);
+            self.evict(&id);
+        }
+    }
+
+    /// Moves a customer's history entries beyond the bounds into its base.
+    fn evict(&mut self, id: &str) {
+        let Some(c) = self.customers.get_mut(id) else {
+            return;
+        };
+        let gone = c.evict(&self.cfg);
+        if gone.is_empty() {
+            return;
+        }
+        for e in gone {
+            self.history_len -= 1;
+            if e.unmet {
+                self.unmet -= 1;
+                self.stats.expired_reference += 1;
+            }
+            self.dirty_entries
+                .insert((id.to_owned(), e.at, e.event.event_id));
+        }
+        self.dirty_bases.insert(id.to_owned());
+    }
+
+    /// Ends the wait of unresolved events beyond the bounds.
+    fn expire_waiting(&mut self) {
+        if self.unresolved.len() == 0 {
+            return;
+        }
+        let before = self
+            .watermark
+            .saturating_sub(self.cfg.order_window.as_millis() as i64);
+        let (changed, n) = self.unresolved.expire(before, self.cfg.max_waiting);
+        self.stats.expired_link += n;
+        self.dirty_identifiers.extend(changed);
     }
 
     fn evict_if_full(&mut self, now: i64) {
@@ -271,14 +719,75 @@ impl Join {
             return;
         }
         let idle = self.cfg.value_window.as_millis() as i64;
-        let dirty = &mut self.dirty;
+        let mut dropped = Vec::new();
         self.customers.retain(|id, c| {
-            let keep = now - c.last_seen_ms < idle;
+            let keep = now - c.current.last_seen_ms < idle || c.dirty_from.is_some();
             if !keep {
-                dirty.insert(id.clone());
+                dropped.push((id.clone(), std::mem::take(&mut c.history)));
             }
             keep
         });
+        for (id, history) in dropped {
+            for e in history {
+                self.history_len -= 1;
+                self.unmet -= usize::from(e.unmet);
+                self.dirty_entries
+                    .insert((id.clone(), e.at, e.event.event_id));
+            }
+            self.dirty_bases.insert(id);
+        }
+    }
+}
+
+/// Whether an event's first output here is emitted twice (see the module
+/// doc, "Linked events"): resolved through a link, and not moved here
+/// after waiting unresolved (which starts above revision 0 anyway).
+fn twice(resolution: IdentityResolution, revision: u32) -> bool {
+    resolution == IdentityResolution::Linked && revision == 0
+}
+
+fn entry(
+    at: i64,
+    event: Event,
+    resolution: IdentityResolution,
+    cx: xoflow_proto::v1::CxFields,
+    revision: u32,
+) -> Entry {
+    Entry {
+        at,
+        event,
+        resolution,
+        cx,
+        revision,
+        output_hash: 0,
+        emitted: false,
+        force: false,
+        unmet: false,
+        twice: false,
+    }
+}
+
+/// The output of a resolved event from the state right after it was
+/// folded in, without the event itself (attached once it is emitted).
+fn output(
+    cfg: &JoinConfig,
+    state: &CustomerState,
+    entry: &Entry,
+    customer_id: &str,
+    owner_department: String,
+    now_ms: i64,
+) -> EnrichedEvent {
+    EnrichedEvent {
+        resolved_customer_id: customer_id.to_owned(),
+        resolution: entry.resolution as i32,
+        owner_department,
+        enriched_at: Some(xoflow_proto::from_unix_millis(now_ms)),
+        order: state.order_context(&entry.event, entry.at, cfg),
+        session: state.session_context(),
+        customer: Some(state.context(entry.at, cfg)),
+        call: state.call_context(&entry.event),
+        cx: Some(entry.cx.clone()),
+        ..Default::default()
     }
 }
 
@@ -472,6 +981,21 @@ mod tests {
         assert_eq!(j.customers(), 0);
     }
 
+    /// Every output of `events` offered one by one (each released at once).
+    fn feed(j: &mut Join, events: &[Event], links: &Links, now: i64) -> Vec<EnrichedEvent> {
+        let mut out = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            j.offer(e.clone(), links.resolve(e), i as i64, now);
+            j.drain(now, &mut out);
+        }
+        out.into_iter().map(|r| r.enriched).collect()
+    }
+
+    fn without_time(mut e: EnrichedEvent) -> EnrichedEvent {
+        e.enriched_at = None;
+        e
+    }
+
     #[test]
     fn state_survives_the_changelog_and_replays_are_not_applied_twice() {
         let events = xoflow_tools::scenario::journeys(5, 0..3, 1_800_000_000_000);
@@ -482,22 +1006,219 @@ mod tests {
         let now = 1_900_000_000_000;
         let half = events.len() / 2;
         let mut a = Join::new(cfg());
-        for e in &events[..half] {
-            a.enrich(e.clone(), links.resolve(e), now);
-        }
+        feed(&mut a, &events[..half], &links, now);
         // A new owner restores the changelog, then re-reads the last few
         // events the old owner applied but did not commit.
         let mut b = Join::new(cfg());
-        for (id, state) in a.take_changes() {
-            b.restore(id, state);
-        }
-        for e in &events[half - 3..half] {
-            b.enrich(e.clone(), links.resolve(e), now);
-        }
+        assert_eq!(b.restore_records(a.take_changes(), now), 0);
+        let replayed = feed(&mut b, &events[half - 3..half], &links, now);
+        assert!(
+            replayed.iter().all(|o| o.revision == 0),
+            "a replay is no repair"
+        );
         for e in &events[half..] {
-            let want = a.enrich(e.clone(), links.resolve(e), now);
-            let got = b.enrich(e.clone(), links.resolve(e), now);
-            assert_eq!(got, want, "{}", e.event_id);
+            let want = feed(&mut a, std::slice::from_ref(e), &links, now);
+            let got = feed(&mut b, std::slice::from_ref(e), &links, now);
+            assert_eq!(
+                got.into_iter().map(without_time).collect::<Vec<_>>(),
+                want.into_iter().map(without_time).collect::<Vec<_>>(),
+                "{}",
+                e.event_id
+            );
         }
+    }
+
+    #[test]
+    fn a_late_order_repairs_the_survey_about_it_once() {
+        let mut j = Join::new(cfg());
+        let c = CustomerIdentity {
+            customer_id: "c1".into(),
+            ..Default::default()
+        };
+        let survey = event(
+            "s",
+            2 * DAY_MS,
+            c.clone(),
+            Payload::Survey(SurveyResponse {
+                trigger: Some(SurveyTrigger {
+                    r#ref: Some(Ref::OrderId("o1".into())),
+                }),
+                ..Default::default()
+            }),
+        );
+        let order = |id: &str, at: i64, status: OrderStatus| {
+            event(
+                id,
+                at,
+                c.clone(),
+                Payload::Order(Order {
+                    order_id: "o1".into(),
+                    status: status as i32,
+                    amount_minor: 100,
+                    ..Default::default()
+                }),
+            )
+        };
+        let links = Links::default();
+        let first = feed(&mut j, &[survey], &links, 0);
+        assert_eq!(first.len(), 1);
+        assert!(first[0].order.is_none());
+        assert_eq!(j.waiting_for_reference(), 1);
+        // Both of the order's events in one batch: one repair, not two.
+        let mut out = Vec::new();
+        j.offer(
+            order("o-placed", 0, OrderStatus::Placed),
+            links.resolve(&order("x", 0, OrderStatus::Placed)),
+            1,
+            0,
+        );
+        j.offer(
+            order("o-paid", DAY_MS, OrderStatus::Paid),
+            links.resolve(&order("x", 0, OrderStatus::Paid)),
+            2,
+            0,
+        );
+        j.drain(0, &mut out);
+        let repairs: Vec<_> = out
+            .iter()
+            .filter(|r| r.enriched.event.as_ref().is_some_and(|e| e.event_id == "s"))
+            .collect();
+        assert_eq!(repairs.len(), 1);
+        let r = &repairs[0].enriched;
+        assert_eq!(r.revision, 1);
+        let o = r.order.as_ref().expect("order joined");
+        assert_eq!(
+            (o.order_id.as_str(), o.r#match),
+            ("o1", OrderMatch::Referenced as i32)
+        );
+        assert_eq!(o.status, OrderStatus::Paid as i32);
+        assert_eq!(
+            r.customer.as_ref().expect("customer").lifetime_value_minor,
+            100
+        );
+        assert_eq!(j.waiting_for_reference(), 0);
+        assert_eq!(j.take_stats().repairs, 1);
+        // The order events themselves are emitted once, at revision 0.
+        assert_eq!(out.iter().filter(|r| r.enriched.revision == 0).count(), 2);
+    }
+
+    #[test]
+    fn a_post_call_survey_is_joined_to_its_call_even_when_the_call_comes_later() {
+        let c = CustomerIdentity {
+            customer_id: "c1".into(),
+            ..Default::default()
+        };
+        let call = event(
+            "call",
+            DAY_MS,
+            c.clone(),
+            Payload::Call(CallTranscript {
+                call_id: "k1".into(),
+                queue: "after-sales".into(),
+                disposition: "escalated".into(),
+                started_at: Some(xoflow_proto::from_unix_millis(DAY_MS)),
+                ended_at: Some(xoflow_proto::from_unix_millis(DAY_MS + 300_000)),
+                segments: vec![TranscriptSegment {
+                    speaker: Speaker::Customer as i32,
+                    text: "This is terrible, nobody helps me.".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        );
+        let survey = event(
+            "s",
+            DAY_MS + 3_600_000,
+            c,
+            Payload::Survey(SurveyResponse {
+                trigger: Some(SurveyTrigger {
+                    r#ref: Some(Ref::CallId("k1".into())),
+                }),
+                ..Default::default()
+            }),
+        );
+        let links = Links::default();
+        let in_order = feed(
+            &mut Join::new(cfg()),
+            &[call.clone(), survey.clone()],
+            &links,
+            0,
+        );
+        let joined = in_order[1].call.clone().expect("call joined");
+        assert_eq!(joined.call_id, "k1");
+        assert_eq!(joined.queue, "after-sales");
+        assert_eq!(joined.duration_seconds, 300);
+        assert_eq!(joined.sentiment_label, SentimentLabel::Negative as i32);
+        // The survey first: emitted without the call, then repaired.
+        let late = feed(&mut Join::new(cfg()), &[survey, call], &links, 0);
+        assert!(late[0].call.is_none());
+        let repaired = late.iter().find(|o| o.revision == 1).expect("repaired");
+        assert_eq!(repaired.call.as_ref(), Some(&joined));
+    }
+
+    #[test]
+    fn an_unresolved_event_moves_to_its_customer_when_a_link_comes() {
+        let mut j = Join::new(cfg());
+        let anon = CustomerIdentity {
+            email_hash: "h".into(),
+            ..Default::default()
+        };
+        let post = event(
+            "p",
+            DAY_MS,
+            anon,
+            Payload::Social(xoflow_proto::v1::SocialPost {
+                text: "terrible".into(),
+                ..Default::default()
+            }),
+        );
+        let mut out = Vec::new();
+        j.offer(post.clone(), Resolved::unresolved(), 0, 0);
+        j.drain(0, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].enriched.resolution,
+            IdentityResolution::Unresolved as i32
+        );
+        assert_eq!(j.waiting_for_link(), 1);
+        j.link("h", "c9");
+        let moved = j.take_moves();
+        assert_eq!(
+            moved,
+            vec![Moved {
+                customer_id: "c9".into(),
+                event: post.clone(),
+                revision: 1
+            }]
+        );
+        assert_eq!(j.waiting_for_link(), 0);
+        // Offered at its customer's partition, it is emitted resolved, a
+        // revision up.
+        let m = moved.into_iter().next().expect("moved");
+        let who = Resolved {
+            customer_id: Some(m.customer_id.clone()),
+            resolution: IdentityResolution::Linked,
+        };
+        out.clear();
+        j.offer_moved(m.event, who, m.revision, 1, 0);
+        j.drain(0, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].enriched.revision, 1);
+        assert_eq!(out[0].enriched.resolved_customer_id, "c9");
+        // A later event of the same identifier moves at once.
+        let mut later = post.clone();
+        later.event_id = "p2".into();
+        out.clear();
+        j.offer(later, Resolved::unresolved(), 2, 0);
+        j.drain(0, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(j.take_moves()[0].revision, 0);
+        // And the identifier's state survives the changelog.
+        let mut k = Join::new(cfg());
+        k.restore_records(j.take_changes(), 0);
+        assert_eq!(k.customers(), 1);
+        k.offer(post, Resolved::unresolved(), 3, 0);
+        k.drain(0, &mut out);
+        assert_eq!(k.take_moves().len(), 1);
     }
 }

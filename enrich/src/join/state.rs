@@ -1,24 +1,30 @@
-//! What the join remembers per customer, and what it derives from it.
+//! What the join folds per customer, and what it derives from it.
 //!
-//! [`CustomerState`] is the unit of the changelog: the join keeps one per
-//! resolved customer, applies each event to it once ([`CustomerState::apply`]
-//! remembers the ids applied), reads the order, session and customer context
-//! of an event off it, and converts it to and from
+//! [`CustomerState`] is the fold of a customer's events in event-time order:
+//! [`CustomerState::update`] applies one event, and the order, session,
+//! call and customer context of an event are read off the state right after
+//! it was applied. The join keeps two per customer (see `history`): the base,
+//! folded from events no longer in the customer's history (it remembers
+//! their ids against replays, [`CustomerState::forget`]), and the current
+//! state, the base plus the history. The base converts to and from
 //! `xoflow.v1.JoinCustomerState` for the changelog. Nothing here does I/O or
-//! knows about partitions or the lateness buffer; those are the operator's
-//! ([`super::Join`]).
+//! knows about partitions, history or the lateness buffer.
 
 use std::collections::VecDeque;
 
 use xoflow_proto::v1::{
-    ClickAction, CustomerContext, CxFields, Event, JoinCustomerState, NpsCategory, OrderContext,
-    OrderMatch, OrderStatus, SentimentLabel, SessionContext, event::Payload, survey_trigger::Ref,
+    CallContext, ClickAction, CustomerContext, CxFields, Event, JoinCallState, JoinCustomerState,
+    NpsCategory, OrderContext, OrderMatch, OrderStatus, SentimentLabel, SessionContext,
+    event::Payload, survey_trigger::Ref,
 };
 
 use super::JoinConfig;
 
-/// Event ids remembered per customer against replays.
+/// Ids of events folded into the base remembered per customer against
+/// replays.
 const APPLIED_IDS: usize = 64;
+/// Support calls remembered per customer, for surveys triggered by one.
+const CALLS: usize = 8;
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -57,8 +63,10 @@ pub(super) struct CustomerState {
     late_deliveries: u32,
     returns: u32,
     pub(super) last_seen_ms: i64,
-    /// [`fingerprint`]s of the last events applied.
+    /// [`fingerprint`]s of the last events folded into the base.
     applied: VecDeque<u64>,
+    /// The most recent support calls: (time, context).
+    calls: VecDeque<(i64, CallContext)>,
 }
 
 impl CustomerState {
@@ -103,6 +111,14 @@ impl CustomerState {
             returns: self.returns,
             last_seen_ms: self.last_seen_ms,
             applied: self.applied.iter().copied().collect(),
+            calls: self
+                .calls
+                .iter()
+                .map(|(at_ms, ctx)| JoinCallState {
+                    ctx: Some(ctx.clone()),
+                    at_ms: *at_ms,
+                })
+                .collect(),
         }
     }
 
@@ -144,25 +160,31 @@ impl CustomerState {
             returns: p.returns,
             last_seen_ms: p.last_seen_ms,
             applied: p.applied.into(),
+            calls: p
+                .calls
+                .into_iter()
+                .map(|c| (c.at_ms, c.ctx.unwrap_or_default()))
+                .collect(),
         }
     }
 
-    /// Applies `e` unless it was applied before (a replay after a crash);
-    /// returns whether it changed the state.
-    pub(super) fn apply(&mut self, e: &Event, cx: &CxFields, at: i64, cfg: &JoinConfig) -> bool {
-        let print = fingerprint(&e.event_id);
-        if self.applied.contains(&print) {
-            return false;
-        }
-        self.update(e, cx, at, cfg);
+    /// Whether `event_id` was folded into this state and forgotten (see
+    /// [`CustomerState::forget`]).
+    pub(super) fn folded(&self, event_id: &str) -> bool {
+        self.applied.contains(&fingerprint(event_id))
+    }
+
+    /// Remembers that `event_id` was folded in, so that a replay of it is
+    /// recognised once its history entry is gone.
+    pub(super) fn forget(&mut self, event_id: &str) {
         if self.applied.len() >= APPLIED_IDS {
             self.applied.pop_front();
         }
-        self.applied.push_back(print);
-        true
+        self.applied.push_back(fingerprint(event_id));
     }
 
-    fn update(&mut self, e: &Event, cx: &CxFields, at: i64, cfg: &JoinConfig) {
+    /// Folds one event in.
+    pub(super) fn update(&mut self, e: &Event, cx: &CxFields, at: i64, cfg: &JoinConfig) {
         self.last_seen_ms = self.last_seen_ms.max(at);
         if cx.sentiment.is_some() {
             self.texts += 1;
@@ -248,7 +270,32 @@ impl CustomerState {
                 }
                 s.page_views += 1;
             }
-            Some(Payload::Call(_)) => self.support.push_back(at),
+            Some(Payload::Call(c)) => {
+                self.support.push_back(at);
+                if self.calls.len() >= CALLS {
+                    self.calls.pop_front();
+                }
+                let started = c.started_at.or(e.occurred_at);
+                let duration = match (&c.started_at, &c.ended_at) {
+                    (Some(s), Some(e)) => {
+                        let ms = xoflow_proto::to_unix_millis(e) - xoflow_proto::to_unix_millis(s);
+                        u32::try_from(ms.max(0) / 1000).unwrap_or(u32::MAX)
+                    }
+                    _ => 0,
+                };
+                self.calls.push_back((
+                    at,
+                    CallContext {
+                        call_id: c.call_id.clone(),
+                        started_at: started,
+                        queue: c.queue.clone(),
+                        agent_id: c.agent_id.clone(),
+                        duration_seconds: duration,
+                        disposition: c.disposition.clone(),
+                        sentiment_label: cx.sentiment_label,
+                    },
+                ));
+            }
             Some(Payload::Survey(_)) => {
                 if let Some(n) = cx.nps_score {
                     self.last_nps = Some(n);
@@ -311,6 +358,33 @@ impl CustomerState {
                 ctx.r#match = OrderMatch::Recent as i32;
                 ctx
             })
+    }
+
+    /// The support call a survey names (`trigger.call_id`), once applied.
+    pub(super) fn call_context(&self, e: &Event) -> Option<CallContext> {
+        let Some(Payload::Survey(s)) = &e.payload else {
+            return None;
+        };
+        let Some(Ref::CallId(id)) = s.trigger.as_ref().and_then(|t| t.r#ref.as_ref()) else {
+            return None;
+        };
+        self.calls
+            .iter()
+            .rev()
+            .find(|(_, c)| c.call_id == *id)
+            .map(|(_, c)| c.clone())
+    }
+
+    /// Whether `e` names an order or a call this state does not know (yet).
+    pub(super) fn unmet_reference(&self, e: &Event) -> bool {
+        let Some(Payload::Survey(s)) = &e.payload else {
+            return false;
+        };
+        match s.trigger.as_ref().and_then(|t| t.r#ref.as_ref()) {
+            Some(Ref::OrderId(id)) => !self.orders.iter().any(|o| o.ctx.order_id == *id),
+            Some(Ref::CallId(id)) => !self.calls.iter().any(|(_, c)| c.call_id == *id),
+            _ => false,
+        }
     }
 
     pub(super) fn context(&self, at: i64, _cfg: &JoinConfig) -> CustomerContext {

@@ -1,23 +1,23 @@
 //! The join loop: repartition topic → enriched topic, state per partition.
 //!
-//! In: batches of `xoflow.v1.Event` from `<group>.repartition`, keyed by the
-//! customer the resolve loop chose, and the rebalances recorded by the
+//! In: batches from `<group>.repartition` — `xoflow.v1.Event`s keyed by the
+//! customer the resolve loop chose (`\0<identifier>` when none; with a
+//! `xoflow-revision` header when moved here after waiting for a link), and
+//! link notices (`xoflow-link` header) — and the rebalances recorded by the
 //! consumer's [`RebalanceLog`]. Out, per batch: the released
 //! `EnrichedEvent`s to the enriched topic (key = event id, see
-//! [`Released::into_record`]), dead letters, and the changed customers'
-//! state to the changelog partition of the same number; then input offsets
-//! are committed, each partition's only below the lowest event its lateness
-//! buffer still holds.
+//! [`Released::into_record`]), repairs included, dead letters, events a
+//! link resolved back to the repartition topic keyed by their customer, and
+//! the changed state to the changelog partition of the same number; then
+//! input offsets are committed, each partition's only below the lowest event
+//! its lateness buffer still holds.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
 use rdkafka::{
     Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
-    message::Message,
+    message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders},
 };
 use tokio_util::sync::CancellationToken;
 use xoflow_common::{
@@ -31,16 +31,15 @@ use xoflow_proto::{
     v1::{Event, IdentityResolution},
 };
 
-use super::{EnrichError, InternalTopics, UNRESOLVED, output, restore};
+use super::{
+    EnrichError, InternalTopics, LINK_HEADER, REVISION_HEADER, UNRESOLVED, output, restore,
+};
 use crate::{
     EnrichConfig,
     identity::Resolved,
-    join::{Join, Released},
+    join::{ChangelogRecords, Join, JoinStats, Released},
     telemetry,
 };
-
-/// Encoded changelog records (customer id, state; empty deletes).
-type StateRecords = Vec<(String, Vec<u8>)>;
 
 pub(super) struct Joiner<'a> {
     pub consumer: &'a StreamConsumer<RebalanceLog>,
@@ -51,6 +50,10 @@ pub(super) struct Joiner<'a> {
     /// One operator per assigned partition: a customer's state lives with
     /// its partition.
     pub joins: HashMap<i32, Join>,
+    /// Per assigned partition, the offset after the highest one read, and
+    /// the offset last committed.
+    pub read: HashMap<i32, i64>,
+    pub committed: HashMap<i32, i64>,
     /// Says `kafka_unreachable` while a produce is being retried.
     pub readiness: &'a Readiness,
 }
@@ -83,7 +86,6 @@ impl Joiner<'_> {
             self.rebalance().await?;
             let now = clock::now_unix_millis();
             let mut dead = Vec::new();
-            let mut last: BTreeMap<i32, i64> = BTreeMap::new();
             for m in &batch {
                 let p = m.partition();
                 if !self.joins.contains_key(&p) {
@@ -92,7 +94,21 @@ impl Joiner<'_> {
                     let join = self.restore(p).await?;
                     self.joins.insert(p, join);
                 }
-                last.insert(p, m.offset());
+                let next = self.read.entry(p).or_insert(0);
+                *next = (*next).max(m.offset() + 1);
+                let key = m.key().unwrap_or_default();
+                let Some(j) = self.joins.get_mut(&p) else {
+                    continue;
+                };
+                if header(m, LINK_HEADER).is_some() {
+                    if let (Some(identifier), Ok(customer)) = (
+                        key.strip_prefix(&[UNRESOLVED]),
+                        std::str::from_utf8(m.payload().unwrap_or_default()),
+                    ) {
+                        j.link(&String::from_utf8_lossy(identifier), customer);
+                    }
+                    continue;
+                }
                 let event = match Event::decode(m.payload().unwrap_or_default()) {
                     Ok(e) => e,
                     Err(err) => {
@@ -100,13 +116,14 @@ impl Joiner<'_> {
                         continue;
                     }
                 };
-                let who = resolved_from_key(m.key().unwrap_or_default(), &event);
-                if let Some(j) = self.joins.get_mut(&p) {
-                    j.offer(event, who, m.offset(), now);
-                }
+                let who = resolved_from_key(key, &event);
+                let revision = header(m, REVISION_HEADER)
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                    .unwrap_or(0);
+                j.offer_moved(event, who, revision, m.offset(), now);
             }
             let stopping = stop.is_cancelled();
-            self.flush(now, stopping, &dead, &last, stop).await?;
+            self.flush(now, stopping, &dead, stop).await?;
             if batch.is_empty() && stopping {
                 return Ok(());
             }
@@ -120,11 +137,12 @@ impl Joiner<'_> {
         now: i64,
         all: bool,
         dead: &[Vec<u8>],
-        last: &BTreeMap<i32, i64>,
         stop: &CancellationToken,
     ) -> Result<(), EnrichError> {
         let mut released: Vec<Released> = Vec::new();
-        let mut changes: Vec<(i32, StateRecords)> = Vec::new();
+        let mut changes: Vec<(i32, ChangelogRecords)> = Vec::new();
+        let mut moves = Vec::new();
+        let mut stats = JoinStats::default();
         let mut partitions: Vec<i32> = self.joins.keys().copied().collect();
         partitions.sort_unstable();
         for p in &partitions {
@@ -136,11 +154,12 @@ impl Joiner<'_> {
             } else {
                 j.release(now, &mut released);
             }
-            let c: StateRecords = j
-                .take_changes()
-                .into_iter()
-                .map(|(id, s)| (id, s.map(|s| s.encode_to_vec()).unwrap_or_default()))
-                .collect();
+            moves.extend(j.take_moves());
+            let s = j.take_stats();
+            stats.repairs += s.repairs;
+            stats.expired_link += s.expired_link;
+            stats.expired_reference += s.expired_reference;
+            let c = j.take_changes();
             if !c.is_empty() {
                 changes.push((*p, c));
             }
@@ -154,36 +173,62 @@ impl Joiner<'_> {
         let dead_out = output::dead_letter_records(dead);
         let changelog: Vec<(i32, Vec<Outgoing<'_>>)> = changes
             .iter()
-            .map(|(p, c)| {
+            .map(|(p, c)| (*p, c.iter().map(|(k, v)| Outgoing::keyed(k, v)).collect()))
+            .collect();
+        // Events a link resolved, to their customers' partitions.
+        let moved: Vec<(String, Vec<u8>, String)> = moves
+            .into_iter()
+            .map(|m| {
                 (
-                    *p,
-                    c.iter()
-                        .map(|(id, b)| Outgoing::keyed(id.as_bytes(), b))
-                        .collect(),
+                    m.customer_id,
+                    m.event.encode_to_vec(),
+                    m.revision.to_string(),
                 )
             })
             .collect();
-        let mut sends: Vec<output::Send<'_>> = vec![
-            (&self.kafka.topics.enriched, None, &enriched),
-            (&self.kafka.topics.dead_letters, None, &dead_out),
-        ];
+        let moved_out: Vec<Outgoing<'_>> = moved
+            .iter()
+            .map(|(c, e, r)| Outgoing {
+                key: c.as_bytes(),
+                payload: e,
+                headers: Some(OwnedHeaders::new().insert(Header {
+                    key: REVISION_HEADER,
+                    value: Some(r.as_bytes()),
+                })),
+            })
+            .collect();
+        // In this order, each acknowledged before the next is sent: events a
+        // link resolved before the state that no longer holds them, and the
+        // state before the outputs it records. A crash in between then
+        // never leaves an output (a revision) that the changelog does not
+        // know: the replayed input finds its events in their histories and
+        // emits them again at the recorded revisions, or, if the state did
+        // not land, as if for the first time.
+        let mut sends: Vec<output::Send<'_>> = vec![(&self.internal.repartition, None, &moved_out)];
         for (p, records) in &changelog {
             sends.push((&self.internal.changelog, Some(*p), records));
         }
+        sends.push((&self.kafka.topics.enriched, None, &enriched));
+        sends.push((&self.kafka.topics.dead_letters, None, &dead_out));
         output::produce_batch(self.producer, &sends, stop, self.readiness).await?;
 
-        // Commit each partition read in this batch, or still holding, below
-        // the lowest event it holds.
+        // Commit each assigned partition up to what was read, or below the
+        // lowest event it still holds; only what moved. (A partition whose
+        // held events were released without new reads moves too, so a quiet
+        // partition does not stay committed behind what it emitted.)
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
             let Some(j) = self.joins.get(p) else { continue };
-            let next = match (j.lowest_held_offset(), last.get(p)) {
-                (Some(held), _) => held,
-                (None, Some(last)) => last + 1,
-                (None, None) => continue,
+            let Some(read) = self.read.get(p) else {
+                continue;
             };
+            let next = j.lowest_held_offset().unwrap_or(*read);
+            if self.committed.get(p) == Some(&next) {
+                continue;
+            }
             tpl.add_partition_offset(&self.internal.repartition, *p, Offset::Offset(next))
                 .map_err(EnrichError::Commit)?;
+            self.committed.insert(*p, next);
         }
         output::commit(self.consumer, &tpl, stop);
         telemetry::BatchEnriched {
@@ -191,6 +236,19 @@ impl Joiner<'_> {
             dead_letters: dead_out.len() as u64,
             state_changes: changelog.iter().map(|(_, c)| c.len() as u64).sum(),
             held: self.joins.values().map(|j| j.held() as u64).sum(),
+            moved: moved_out.len() as u64,
+            stats,
+            history: self.joins.values().map(|j| j.history_events() as u64).sum(),
+            waiting_for_reference: self
+                .joins
+                .values()
+                .map(|j| j.waiting_for_reference() as u64)
+                .sum(),
+            waiting_for_link: self
+                .joins
+                .values()
+                .map(|j| j.waiting_for_link() as u64)
+                .sum(),
         }
         .emit();
         Ok(())
@@ -205,6 +263,8 @@ impl Joiner<'_> {
                     // them again.
                     tracing::info!(partition, "join partition revoked");
                     self.joins.remove(&partition);
+                    self.read.remove(&partition);
+                    self.committed.remove(&partition);
                 }
                 Change::Assigned { partition, .. } => {
                     if !self.joins.contains_key(&partition) {
@@ -220,6 +280,14 @@ impl Joiner<'_> {
     async fn restore(&self, partition: i32) -> Result<Join, EnrichError> {
         restore::join_state(self.kafka, self.cfg, self.internal, partition).await
     }
+}
+
+/// The value of header `name`, if the record has it.
+fn header<'m>(m: &'m BorrowedMessage<'_>, name: &str) -> Option<&'m [u8]> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .map(|h| h.value.unwrap_or_default())
 }
 
 /// The resolution the resolve loop chose, carried by the record key.

@@ -11,24 +11,28 @@
 //! from events that carry a customer id and weak identifiers, resolves the
 //! rest through the link table, and forwards the original bytes keyed by
 //! customer id, so that every event of a customer reaches the same join
-//! partition (unresolved events are keyed `\0<event id>`). Links it learns
-//! go to the links topic, which every instance reads whole at start-up and
-//! then follows: a global table. An event known only by weak identifiers
-//! that no link resolves yet waits up to the join's `max_hold` for one
-//! ([`Waiting`]).
+//! partition (unresolved events are keyed `\0<identifier>`, or `\0<event
+//! id>` without one). Links it learns go to the links topic, which every
+//! instance reads whole at start-up and then follows: a global table, and
+//! are announced on the repartition topic as link notices (see
+//! [`link_notice`]). An event known only by weak identifiers that no link
+//! resolves yet waits up to the join's `max_hold` for one ([`Waiting`]);
+//! after that, in the join, until a link notice comes.
 //!
 //! Join (group `<group_id>`): one [`Join`](crate::join::Join) per assigned
-//! partition, so a customer's state lives with its partition. The rebalance callbacks only
-//! record assignments (they run inside `recv()`); between batches a revoked
-//! partition's state is dropped and an assigned one is restored from its
-//! changelog partition (the latest record per customer wins).
+//! partition, so a customer's state lives with its partition. The
+//! rebalance callbacks only record assignments (they run inside `recv()`);
+//! between batches a revoked partition's state is dropped and an assigned
+//! one is restored from its changelog partition (the latest record per key
+//! wins).
 //!
-//! Per batch, in both loops: outputs (and, in join, the changed customers'
-//! state to the changelog) are produced and acknowledged, then input
-//! offsets are committed — only below the lowest event still held (in
-//! resolve, waiting for its link; in join, by the lateness buffer). A crash replays uncommitted input: outputs are
-//! emitted again with the same event ids (the sink drops the copies), and
-//! state restored from the changelog remembers which events it already
+//! Per batch, in both loops: outputs (and, in join, events a link resolved
+//! and the changed state, before the outputs) are produced and
+//! acknowledged, then input offsets are committed — only below the lowest
+//! event still held (in resolve, waiting for its link; in join, by the
+//! lateness buffer). A crash replays uncommitted input: outputs are emitted
+//! again with the same event ids and revisions (the sink drops the copies),
+//! and state restored from the changelog knows which events it already
 //! applied. Internal topics are named after the group: `<group_id>.links`,
 //! `<group_id>.repartition`, `<group_id>.changelog`.
 //!
@@ -47,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 use xoflow_common::{
     admin::Readiness,
     kafka::{
-        ErrorClass, KafkaConfig,
+        ErrorClass, KafkaConfig, Outgoing,
         watch::{self, Watched},
     },
     rebalance::{Keep, RebalanceLog},
@@ -96,8 +100,49 @@ impl EnrichError {
     }
 }
 
-/// Key prefix of events no customer was found for.
+/// Key prefix of events no customer was found for, and of link notices.
 const UNRESOLVED: u8 = 0;
+
+/// Header of a link notice on the repartition topic (key `\0<identifier>`,
+/// value = customer id): tells the join partition where that identifier's
+/// unresolved events wait that a link now names their customer.
+const LINK_HEADER: &str = "xoflow-link";
+/// Header of an event moved to its customer's partition after waiting for
+/// a link: the revision its next output gets (decimal).
+const REVISION_HEADER: &str = "xoflow-revision";
+
+/// The repartition key of an event no customer was found for: its wait
+/// identifier (see [`crate::identity::wait_identifier`]) or, without one,
+/// its event id, marked so the join knows it is unresolved.
+fn unresolved_key(identifier_or_event_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(identifier_or_event_id.len() + 1);
+    k.push(UNRESOLVED);
+    k.extend_from_slice(identifier_or_event_id.as_bytes());
+    k
+}
+
+/// Link notices for the repartition topic, one per (identifier, customer):
+/// (key, value) pairs to send with [`link_notice`].
+pub(crate) fn link_notice_records(links: &[(String, String)]) -> Vec<(Vec<u8>, &[u8])> {
+    links
+        .iter()
+        .map(|(h, c)| (unresolved_key(h), c.as_bytes()))
+        .collect()
+}
+
+/// One link notice record (see [`LINK_HEADER`]).
+pub(crate) fn link_notice<'a>(key: &'a [u8], customer: &'a [u8]) -> Outgoing<'a> {
+    Outgoing {
+        key,
+        payload: customer,
+        headers: Some(
+            rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: LINK_HEADER,
+                value: Some(&[][..]),
+            }),
+        ),
+    }
+}
 
 /// The stage's internal topics, named after its consumer group.
 #[derive(Debug, Clone)]
@@ -246,6 +291,8 @@ pub async fn run(
         cfg,
         internal: &internal,
         joins: HashMap::new(),
+        read: HashMap::new(),
+        committed: HashMap::new(),
         readiness: &readiness,
     };
     // The watchdog runs beside the loops (borrowing their consumers) and

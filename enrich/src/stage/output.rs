@@ -53,9 +53,10 @@ pub(super) async fn consumer_error(e: &rdkafka::error::KafkaError) {
 /// One topic's (or one changelog partition's) records of a batch.
 pub(super) type Send<'a> = (&'a str, Option<i32>, &'a [Outgoing<'a>]);
 
-/// Produces several topics' records of one batch, retrying transient
-/// failures (a retry re-sends acknowledged records too; their consumers
-/// drop copies by event id or by key).
+/// Produces several topics' records of one batch in the order given, each
+/// acknowledged before the next is sent, retrying transient failures (a
+/// retry re-sends acknowledged records too; their consumers drop copies by
+/// event id and revision, or by key).
 pub(super) async fn produce_batch(
     producer: &BatchProducer,
     sends: &[Send<'_>],

@@ -2,10 +2,11 @@
 //!
 //! In: batches of `xoflow.v1.Event` from the events and backfill topics
 //! (only the identity is decoded, as `EventIdentityView`). Out, per batch
-//! and in this order: the links it learnt to `<group>.links`, the original
-//! event bytes to `<group>.repartition` keyed by customer id (`\0<event id>`
-//! when none was found), undecodable records to the dead-letter topic; then
-//! the input offsets are committed.
+//! and in this order: the original event bytes to `<group>.repartition`
+//! keyed by customer id (`\0<first weak identifier>` when none was found,
+//! `\0<event id>` without any), and after them a link notice per link
+//! learnt; the links it learnt to `<group>.links`; undecodable records to
+//! the dead-letter topic; then the input offsets are committed.
 //!
 //! An event known only by weak identifiers that no link resolves yet waits
 //! (in [`Waiting`], up to the join's `max_hold`) for the link: it usually
@@ -29,10 +30,13 @@ use xoflow_common::{
 };
 use xoflow_proto::{Message as _, v1::EventIdentityView};
 
-use super::{EnrichError, InternalTopics, UNRESOLVED, output, restore::links_record};
+use super::{
+    EnrichError, InternalTopics, link_notice, link_notice_records, output, restore::links_record,
+    unresolved_key,
+};
 use crate::{
     EnrichConfig,
-    identity::{Links, Waiter, Waiting},
+    identity::{Links, Waiter, Waiting, wait_identifier},
     telemetry::{self, Metric},
 };
 
@@ -141,7 +145,9 @@ impl Resolver<'_> {
                         });
                         continue;
                     }
-                    None => keys.push(unresolved_key(&e.event_id)),
+                    None => keys.push(unresolved_key(
+                        wait_identifier(e.customer.as_ref()).unwrap_or(&e.event_id),
+                    )),
                 }
                 forward.push(payload);
             }
@@ -149,27 +155,37 @@ impl Resolver<'_> {
             for (w, r) in &released {
                 keys.push(match &r.customer_id {
                     Some(c) => c.clone().into_bytes(),
-                    None => unresolved_key(&w.event_id),
+                    None => {
+                        unresolved_key(wait_identifier(Some(&w.customer)).unwrap_or(&w.event_id))
+                    }
                 });
                 forward.push(&w.payload);
             }
+            // Each new link is announced to the join partition where events
+            // of its identifier wait unresolved, after the events of this
+            // batch (which it may resolve there).
+            let notices = link_notice_records(&new_links);
             let forward: Vec<Outgoing<'_>> = forward
                 .iter()
                 .zip(&keys)
                 .map(|(p, k)| Outgoing::keyed(k, p))
+                .chain(notices.iter().map(|(k, c)| link_notice(k, c)))
                 .collect();
             let links_out: Vec<Outgoing<'_>> = new_links
                 .iter()
                 .map(|(h, c)| Outgoing::keyed(h.as_bytes(), c.as_bytes()))
                 .collect();
             let dead_out = output::dead_letter_records(&dead);
-            // Links before the events they resolve, so that another instance
-            // following the links topic knows them as early as possible.
+            // The events and link notices before the links: a link is
+            // announced (notice) only when it is new to the table, so a crash
+            // after the links landed but before their notices would leave the
+            // events waiting for them unresolved for good. This way a replay
+            // finds the link missing from the table and announces it again.
             output::produce_batch(
                 self.producer,
                 &[
-                    (&self.internal.links, None, &links_out),
                     (&self.internal.repartition, None, &forward),
+                    (&self.internal.links, None, &links_out),
                     (&self.kafka.topics.dead_letters, None, &dead_out),
                 ],
                 stop,
@@ -239,13 +255,4 @@ impl Resolver<'_> {
             }
         }
     }
-}
-
-/// The repartition key of an event no customer was found for: spread by
-/// event id, marked so the join knows it is unresolved.
-fn unresolved_key(event_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(event_id.len() + 1);
-    k.push(UNRESOLVED);
-    k.extend_from_slice(event_id.as_bytes());
-    k
 }

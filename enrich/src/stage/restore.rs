@@ -15,7 +15,6 @@ use rdkafka::{
     message::Message,
 };
 use xoflow_common::{kafka::KafkaConfig, telemetry::ErrorKind};
-use xoflow_proto::{Message as _, v1::JoinCustomerState};
 
 use super::{EnrichError, InternalTopics};
 use crate::{EnrichConfig, identity::Links, join::Join, telemetry::Metric};
@@ -53,7 +52,7 @@ pub(super) async fn link_table(
 }
 
 /// A join partition's state, read back from its changelog partition (the
-/// latest record per customer wins; an empty value deletes).
+/// latest record per key wins; an empty value deletes).
 pub(super) async fn join_state(
     kafka: &KafkaConfig,
     cfg: &EnrichConfig,
@@ -68,25 +67,27 @@ pub(super) async fn join_state(
         reader,
         internal.changelog.clone(),
         Some(partition),
-        |k, v| {
-            let id = String::from_utf8(k?.to_vec()).ok()?;
-            let state = match v {
-                Some(v) if !v.is_empty() => Some(JoinCustomerState::decode(v).ok()?),
-                _ => None,
-            };
-            Some((id, state))
-        },
+        |k, v| Some((k?.to_vec(), v.unwrap_or_default().to_vec())),
     )
     .await?;
-    let mut join = Join::new(cfg.join.clone()).with_topics(cfg.topics.clone());
     let n = records.len();
-    for (id, state) in records {
-        join.restore(id, state);
+    let latest: std::collections::HashMap<Vec<u8>, Vec<u8>> = records.into_iter().collect();
+    let mut join = Join::new(cfg.join.clone()).with_topics(cfg.topics.clone());
+    let bad = join.restore_records(latest, xoflow_common::clock::now_unix_millis());
+
+    if bad > 0 {
+        ErrorKind::ReadBack.emit(
+            Metric::Errors.name(),
+            &format!("{bad} changelog records of partition {partition} did not decode"),
+            "changelog records skipped",
+        );
     }
     tracing::info!(
         partition,
         records = n,
         customers = join.customers(),
+        history = join.history_events(),
+        waiting_for_link = join.waiting_for_link(),
         seconds = started.elapsed().as_secs_f64(),
         "join state restored from the changelog"
     );

@@ -47,3 +47,93 @@ pub fn run(arrivals: &[Event], lateness: Duration) -> Vec<(String, Vec<u8>)> {
     outputs.sort();
     outputs
 }
+
+/// Runs `arrivals` through one join the way the stage does when nothing is
+/// resolved in advance: links are learnt in arrival order (as the resolve
+/// loop learns them), each new link is announced to the join after the
+/// batch that taught it, and events a link resolved are offered back at
+/// their revision. Events arrive in batches of `batch`. Returns the latest
+/// revision of every event's output, keyed by event id, without its
+/// processing time and revision number (what must not depend on arrival
+/// order), and the number of outputs emitted in all.
+pub fn run_repairing(
+    arrivals: &[Event],
+    lateness: Duration,
+    batch: usize,
+) -> (
+    std::collections::BTreeMap<String, xoflow_proto::v1::EnrichedEvent>,
+    usize,
+) {
+    use xoflow_enrich::identity::Resolved;
+    use xoflow_proto::v1::IdentityResolution;
+    let mut links = Links::default();
+    let mut join = Join::new(config(lateness));
+    let mut out: Vec<Released> = Vec::new();
+    let mut offset = 0;
+    for chunk in arrivals.chunks(batch.max(1)) {
+        let mut learnt = Vec::new();
+        for e in chunk {
+            links.learn(e, |h, c| learnt.push((h.to_owned(), c.to_owned())));
+        }
+        for e in chunk {
+            offset += 1;
+            join.offer(e.clone(), links.resolve(e), offset, NOW);
+        }
+        for (h, c) in learnt {
+            join.link(&h, &c);
+        }
+        join.release(NOW, &mut out);
+        // Moved events come back through the repartition topic; so may
+        // the moves they cause, until none is left.
+        loop {
+            let moves = join.take_moves();
+            if moves.is_empty() {
+                break;
+            }
+            for m in moves {
+                offset += 1;
+                let who = Resolved {
+                    customer_id: Some(m.customer_id),
+                    resolution: IdentityResolution::Linked,
+                };
+                join.offer_moved(m.event, who, m.revision, offset, NOW);
+            }
+            join.release(NOW, &mut out);
+        }
+    }
+    // Whatever is still held, and the moves that causes, until none is left.
+    loop {
+        join.drain(NOW, &mut out);
+        let moves = join.take_moves();
+        if moves.is_empty() {
+            break;
+        }
+        for m in moves {
+            offset += 1;
+            let who = Resolved {
+                customer_id: Some(m.customer_id),
+                resolution: IdentityResolution::Linked,
+            };
+            join.offer_moved(m.event, who, m.revision, offset, NOW);
+        }
+    }
+    let emitted = out.len();
+    let mut latest = std::collections::BTreeMap::new();
+    for r in out {
+        let mut e = r.enriched;
+        let id = e.event.as_ref().expect("event").event_id.clone();
+        let revision = e.revision;
+        e.enriched_at = None;
+        e.revision = 0;
+        match latest.get(&id) {
+            Some((r, _)) if *r > revision => {}
+            _ => {
+                latest.insert(id, (revision, e));
+            }
+        }
+    }
+    (
+        latest.into_iter().map(|(id, (_, e))| (id, e)).collect(),
+        emitted,
+    )
+}

@@ -13,8 +13,11 @@
 //! - materialized views read `<source>_local` and write `<target>_local`, so
 //!   each shard aggregates the rows it holds and `-Merge` over the
 //!   `Distributed` table combines the shards' partial states;
-//! - plain views and `CREATE DATABASE` gain `ON CLUSTER`; an `ALTER TABLE`
-//!   is applied to both tables.
+//! - plain views, `CREATE DATABASE` and `DROP TABLE` (of a view) gain `ON
+//!   CLUSTER`; an `ALTER TABLE` is applied to both tables, less any `MODIFY
+//!   ORDER BY` for the `Distributed` one, which has no sorting key;
+//! - an `INSERT ... SELECT` (a data rewrite) is left as it is: run once,
+//!   it reads and writes every shard through the `Distributed` tables.
 //!
 //! Sharding keys: `events` by customer (unresolved events by event id), so
 //! that a customer's rows — and the `customer_profile` rows its
@@ -101,14 +104,43 @@ pub fn statements(stmt: &str, db: &str, cluster: &str, tables: &[String]) -> Vec
         let (name, body) = split_name(rest);
         return vec![format!("CREATE VIEW IF NOT EXISTS {name} {on}{body}")];
     }
+    if let Some(rest) = trimmed.strip_prefix("DROP TABLE IF EXISTS ") {
+        let (name, body) = split_name(rest);
+        return vec![format!("DROP TABLE IF EXISTS {name} {on}{body}")];
+    }
     if let Some(rest) = trimmed.strip_prefix("ALTER TABLE ") {
         let (name, body) = split_name(rest);
-        return vec![
-            format!("ALTER TABLE {name}_local {on}{body}"),
-            format!("ALTER TABLE {name} {on}{body}"),
-        ];
+        let mut out = vec![format!("ALTER TABLE {name}_local {on}{body}")];
+        if let Some(body) = without_sorting_key(body) {
+            out.push(format!("ALTER TABLE {name} {on}{body}"));
+        }
+        return out;
     }
     vec![stmt.to_string()]
+}
+
+/// The commands of an `ALTER TABLE` body less any `MODIFY ORDER BY`; `None`
+/// when nothing is left.
+fn without_sorting_key(body: &str) -> Option<String> {
+    let mut commands = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in body.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                commands.push(&body[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    commands.push(&body[start..]);
+    let kept: Vec<&str> = commands
+        .into_iter()
+        .filter(|c| !c.trim_start().starts_with("MODIFY ORDER BY"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
 }
 
 /// The data tables of a schema: the names of its `CREATE TABLE` statements
@@ -249,6 +281,11 @@ mod tests {
             "{mv}"
         );
         for s in &schema {
+            // A data rewrite runs once, through the Distributed tables.
+            if s.starts_with("INSERT INTO") {
+                assert!(!s.contains("_local"), "{s}");
+                continue;
+            }
             assert!(s.contains("ON CLUSTER prod"), "{s}");
             assert!(!s.contains("_local_local"), "{s}");
         }
@@ -272,6 +309,44 @@ mod tests {
             alters
                 .iter()
                 .any(|s| s.starts_with("ALTER TABLE xo.events ON CLUSTER prod"))
+        );
+        // The sorting key is changed on the replicated tables only: the
+        // Distributed table has none, but gains the column.
+        let sorting: Vec<&&String> = alters
+            .iter()
+            .filter(|s| s.contains("MODIFY ORDER BY"))
+            .collect();
+        assert!(!sorting.is_empty());
+        assert!(
+            sorting
+                .iter()
+                .all(|s| s.starts_with("ALTER TABLE xo.events_local ON CLUSTER prod")),
+            "{sorting:?}"
+        );
+        assert!(alters.iter().any(|s| {
+            s.starts_with("ALTER TABLE xo.events ON CLUSTER prod")
+                && s.contains("ADD COLUMN revision UInt32")
+                && !s.contains("MODIFY")
+        }));
+        // The replaced materialized view is dropped on every node.
+        assert!(
+            schema
+                .iter()
+                .any(|s| s == "DROP TABLE IF EXISTS xo.touchpoint_metrics_mv ON CLUSTER prod")
+        );
+    }
+
+    #[test]
+    fn a_sorting_key_change_is_cut_from_the_distributed_alter() {
+        let body = "\n    ADD COLUMN a UInt32,\n    MODIFY ORDER BY (x, f(y, z), a),\n    ADD COLUMN b String";
+        assert_eq!(
+            without_sorting_key(body).as_deref(),
+            Some("\n    ADD COLUMN a UInt32,\n    ADD COLUMN b String")
+        );
+        assert_eq!(without_sorting_key(" MODIFY ORDER BY (x, a)"), None);
+        assert_eq!(
+            without_sorting_key(" ADD COLUMN c Enum8('a' = 1, 'b' = 2)").as_deref(),
+            Some(" ADD COLUMN c Enum8('a' = 1, 'b' = 2)")
         );
     }
 }

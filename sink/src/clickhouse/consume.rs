@@ -5,8 +5,8 @@
 //! the consumer's [`RebalanceLog`] recorded. Out: [`Batch`]es of rows with
 //! their lineage. A batch flushes on whichever comes first of `batch_rows`, `batch_bytes`
 //! or `batch_max_wait` since its first record, as one INSERT per table.
-//! Records already stored (by offset) or already written (by event id) are
-//! skipped, using the positions read from ClickHouse itself
+//! Records already stored (by offset) or already written (by event id and
+//! revision) are skipped, using the positions read from ClickHouse itself
 //! ([`super::position`]), so that after any crash, restart or rebalance no
 //! event is written twice. Undecodable records become `DECODE` dead letters
 //! in the same batch. ClickHouse reads (the migration, a partition's
@@ -310,13 +310,13 @@ async fn consume(
                                 })
                             });
                         match row {
-                            Ok(row) if state.recent.contains(&row.event_id) => {
-                                batch.skipped_duplicates += 1;
-                            }
-                            Ok(row) => {
-                                *rows += 1;
-                                state.recent.insert(row.event_id.clone());
-                                batch.events.push(row);
+                            Ok(mut row) => {
+                                if state.recent.first_time(&mut row.event_id, row.revision) {
+                                    *rows += 1;
+                                    batch.events.push(row);
+                                } else {
+                                    batch.skipped_duplicates += 1;
+                                }
                             }
                             Err(why) => batch.dead_letters.push(undecodable(
                                 payload,

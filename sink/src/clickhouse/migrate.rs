@@ -109,6 +109,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0008_current_types.sql"),
         requires: &[Feature::DateTime64, Feature::Map],
     },
+    Migration {
+        version: 9,
+        name: "revisions",
+        sql: include_str!("../../migrations/0009_revisions.sql"),
+        requires: &[],
+    },
 ];
 
 impl Migration {

@@ -6,11 +6,13 @@
 //! it in a rebalance), it reads the highest offset already stored for that
 //! partition — for the enriched topic in `events` and among the rows
 //! ClickHouse refused (kept in `dead_letters` with `refused = 1`), for the
-//! dead-letter topic in `dead_letters` — and the event ids written in a
-//! recent window. Records at or below that offset are already stored
-//! and are skipped; records whose event id was already written (an upstream
-//! redelivery: enrich retried, or a client re-sent) are skipped too. Kafka's
-//! committed offsets only bound how much is re-read; they decide nothing.
+//! dead-letter topic in `dead_letters` — and the (event id, revision) pairs
+//! written in a recent window. Records at or below that offset are already
+//! stored and are skipped; records whose pair was already written (an
+//! upstream redelivery: enrich retried or replayed, a client re-sent) are
+//! skipped too, while a higher revision of a written event (enrich repaired
+//! its joined context) is written. Kafka's committed offsets only bound how
+//! much is re-read; they decide nothing.
 //!
 //! The partition map is cleared for revoked partitions recorded by the
 //! consumer's [`RebalanceLog`](xoflow_common::rebalance::RebalanceLog),
@@ -39,8 +41,9 @@ pub struct PartitionState {
     /// Rows stored from this partition (ClickHouse's count at load, plus
     /// rows written since): the reconciliation figure.
     pub rows: u64,
-    /// Event ids written from this partition within the dedup window.
-    pub recent: HashSet<String, foldhash::fast::RandomState>,
+    /// (event id, revision) pairs written from this partition within the
+    /// dedup window.
+    pub recent: Written,
     /// Whether the broker resumed this partition at `stored + 1` (or
     /// before); see [`xoflow_common::resume`].
     pub resume: ResumeCheck,
@@ -58,6 +61,46 @@ impl PartitionState {
     }
 }
 
+/// The (event id, revision) pairs written from one partition: the dedup
+/// key. A redelivered copy of a revision has the same pair and is skipped;
+/// a repair (a higher revision of the same event) has a new one and is
+/// written. A checked record costs no allocation; a new pair costs one
+/// copy of its event id.
+#[derive(Debug, Default)]
+pub struct Written {
+    pairs: HashSet<(String, u32), foldhash::fast::RandomState>,
+}
+
+impl Written {
+    /// Records that `(event_id, revision)` is being written; false when it
+    /// already was (a copy). `event_id` is lent to the lookup key and given
+    /// back unchanged.
+    pub fn first_time(&mut self, event_id: &mut String, revision: u32) -> bool {
+        let key = (std::mem::take(event_id), revision);
+        if self.pairs.contains(&key) {
+            *event_id = key.0;
+            return false;
+        }
+        event_id.clone_from(&key.0);
+        self.pairs.insert(key);
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+}
+
+impl Extend<(String, u32)> for Written {
+    fn extend<I: IntoIterator<Item = (String, u32)>>(&mut self, pairs: I) {
+        self.pairs.extend(pairs);
+    }
+}
+
 /// Which of the sink's two inputs a partition belongs to; each has its own
 /// idea of "stored".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,18 +114,18 @@ pub enum Input {
 
 impl Input {
     /// Rows of `topic`/`partition` already stored for this input, as one
-    /// `kafka_offset`/`event_id` relation with two `?` (topic, partition)
-    /// per branch.
+    /// `kafka_offset`/`event_id`/`revision` relation with two `?` (topic,
+    /// partition) per branch.
     pub(super) fn stored_rows(self) -> &'static str {
         match self {
             Input::Enriched => {
-                "(SELECT kafka_offset, event_id FROM events \
+                "(SELECT kafka_offset, event_id, revision FROM events \
                   WHERE kafka_topic = ? AND kafka_partition = ? \
-                  UNION ALL SELECT kafka_offset, event_id FROM dead_letters \
+                  UNION ALL SELECT kafka_offset, event_id, revision FROM dead_letters \
                   WHERE refused = 1 AND kafka_topic = ? AND kafka_partition = ?)"
             }
             Input::DeadLetters => {
-                "(SELECT kafka_offset, event_id FROM dead_letters \
+                "(SELECT kafka_offset, event_id, revision FROM dead_letters \
                   WHERE refused = 0 AND kafka_topic = ? AND kafka_partition = ?)"
             }
         }
@@ -133,8 +176,8 @@ pub async fn stored(
     })
 }
 
-/// Loads the state of a partition: its stored offset and the event ids
-/// written within `window` offsets below it.
+/// Loads the state of a partition: its stored offset and the (event id,
+/// revision) pairs written within `window` offsets below it.
 pub async fn load(
     client: &Client,
     input: Input,
@@ -144,16 +187,16 @@ pub async fn load(
 ) -> Result<PartitionState, SinkError> {
     wait_for_running_inserts(client).await?;
     let range = stored(client, input, topic, partition).await?;
-    let mut recent = HashSet::default();
+    let mut recent = Written::default();
     if range.max_offset >= 0 && input == Input::Enriched {
         let mut q = client.query(&format!(
-            "SELECT event_id FROM {} WHERE kafka_offset > ?",
+            "SELECT event_id, revision FROM {} WHERE kafka_offset > ?",
             input.stored_rows()
         ));
         for _ in 0..input.branches() {
             q = q.bind(topic).bind(partition);
         }
-        let ids: Vec<String> = q
+        let ids: Vec<(String, u32)> = q
             .bind(range.max_offset - window)
             .fetch_all()
             .await
@@ -260,5 +303,27 @@ mod tests {
             Resume::SeekTo(40_001 - xoflow_common::resume::REWIND)
         );
         assert_eq!(s.resume(40_001), Resume::Read);
+    }
+
+    #[test]
+    fn a_repair_is_written_and_a_copy_of_a_revision_is_not() {
+        let mut w = Written::default();
+        // As loaded from ClickHouse: revision 0 of e1 was stored.
+        w.extend([("e1".to_owned(), 0)]);
+        let mut id = "e1".to_owned();
+        let table = [
+            (1, true, "a repair of e1"),
+            (1, false, "a redelivered copy of revision 1"),
+            (2, true, "a second repair"),
+            (0, false, "revision 0 replayed after revision 2"),
+            (2, false, "the latest revision re-emitted after a crash"),
+        ];
+        for (revision, written, what) in table {
+            assert_eq!(w.first_time(&mut id, revision), written, "{what}");
+            assert_eq!(id, "e1", "the id is given back: {what}");
+        }
+        let mut other = "e2".to_owned();
+        assert!(w.first_time(&mut other, 1), "another event's revision 1");
+        assert_eq!(w.len(), 4);
     }
 }

@@ -95,6 +95,15 @@ pub struct EventRow {
     pub ctx_days_since_last_order: Option<u32>,
     pub ctx_last_nps: Option<i8>,
     pub ctx_churn_risk: Option<f64>,
+    pub ctx_call_id: String,
+    pub ctx_call_queue: String,
+    pub ctx_call_disposition: String,
+    pub ctx_call_duration_s: u32,
+    pub ctx_call_sentiment_label: i8,
+
+    /// Which enrichment of the event this row is: with `event_id`, the
+    /// sink's dedup key and the end of the table's sorting key.
+    pub revision: u32,
 
     pub event_proto: Vec<u8>,
 
@@ -139,6 +148,7 @@ impl EventRow {
             occurred_ms: millis(&e.occurred_at).unwrap_or(0),
             received_at: secs(&e.received_at),
             enriched_at: secs(&en.enriched_at),
+            revision: en.revision,
             resolution: enum8(en.resolution),
             customer_id: std::mem::take(&mut en.resolved_customer_id),
             owner_department: std::mem::take(&mut en.owner_department),
@@ -272,6 +282,13 @@ impl EventRow {
             r.ctx_last_nps = c.last_nps.and_then(|n| i8::try_from(n).ok());
             r.ctx_churn_risk = c.churn_risk;
         }
+        if let Some(c) = en.call.take() {
+            r.ctx_call_id = c.call_id;
+            r.ctx_call_queue = c.queue;
+            r.ctx_call_disposition = c.disposition;
+            r.ctx_call_duration_s = c.duration_seconds;
+            r.ctx_call_sentiment_label = enum8(c.sentiment_label);
+        }
         Some(r)
     }
 }
@@ -295,6 +312,9 @@ pub struct DeadLetterRow {
     /// 1 when this is a row of `events` that ClickHouse refused: its
     /// lineage then counts towards the enriched topic's stored position.
     pub refused: u8,
+    /// For a refused row, its revision: with `event_id`, the dedup key the
+    /// sink reloads for the enriched topic. 0 for every other dead letter.
+    pub revision: u32,
 }
 
 impl DeadLetterRow {
@@ -314,6 +334,7 @@ impl DeadLetterRow {
         };
         DeadLetterRow {
             refused: 1,
+            revision: row.revision,
             ..DeadLetterRow::from_dead_letter(d, lineage)
         }
     }
@@ -335,6 +356,123 @@ impl DeadLetterRow {
             content_type: d.content_type,
             payload: d.payload,
             refused: 0,
+            revision: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use xoflow_proto::v1::{
+        CallContext, CustomerIdentity, Event, IdentityResolution, SentimentLabel, SurveyResponse,
+        SurveyTrigger, Touchpoint, survey_trigger::Ref,
+    };
+
+    use super::*;
+
+    const LINEAGE: Lineage<'static> = Lineage {
+        topic: "enriched",
+        partition: 3,
+        offset: 41,
+    };
+
+    /// A post-call survey as enrich emits it: revision 0 before the call
+    /// reached enrich (unresolved, no call), a later revision with both.
+    fn survey(revision: u32) -> EnrichedEvent {
+        let event = Event {
+            event_id: "ev-1".into(),
+            tenant: "shop".into(),
+            source: "survey-tool".into(),
+            occurred_at: Some(xoflow_proto::from_unix_millis(1_700_000_000_250)),
+            customer: Some(CustomerIdentity {
+                email_hash: "h".into(),
+                ..Default::default()
+            }),
+            touchpoint: Some(Touchpoint {
+                journey: "support".into(),
+                stage: "after-call".into(),
+                touchpoint: "hotline".into(),
+                channel: 4,
+            }),
+            payload: Some(Payload::Survey(SurveyResponse {
+                survey_id: "post-call".into(),
+                trigger: Some(SurveyTrigger {
+                    r#ref: Some(Ref::CallId("call-7".into())),
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let mut en = EnrichedEvent {
+            event: Some(event),
+            revision,
+            resolution: IdentityResolution::Unresolved as i32,
+            ..Default::default()
+        };
+        if revision > 0 {
+            en.resolved_customer_id = "c-9".into();
+            en.resolution = IdentityResolution::Linked as i32;
+            en.call = Some(CallContext {
+                call_id: "call-7".into(),
+                queue: "billing".into(),
+                agent_id: "a-3".into(),
+                duration_seconds: 312,
+                disposition: "resolved".into(),
+                sentiment_label: SentimentLabel::Negative as i32,
+                ..Default::default()
+            });
+        }
+        en
+    }
+
+    #[test]
+    fn a_revision_maps_its_number_and_call_context() {
+        let first = EventRow::from_enriched(survey(0), LINEAGE).expect("row");
+        assert_eq!(first.revision, 0);
+        assert_eq!(
+            (first.ctx_call_id.as_str(), first.ctx_call_duration_s),
+            ("", 0)
+        );
+        assert_eq!(first.ctx_call_sentiment_label, 0, "Enum8 'none'");
+        assert_eq!(first.customer_id, "");
+
+        let repaired = EventRow::from_enriched(survey(2), LINEAGE).expect("row");
+        assert_eq!(repaired.revision, 2);
+        assert_eq!(repaired.ctx_call_id, "call-7");
+        assert_eq!(repaired.ctx_call_queue, "billing");
+        assert_eq!(repaired.ctx_call_disposition, "resolved");
+        assert_eq!(repaired.ctx_call_duration_s, 312);
+        assert_eq!(repaired.ctx_call_sentiment_label, 1, "Enum8 'negative'");
+        assert_eq!(repaired.customer_id, "c-9");
+        assert_eq!(repaired.resolution, 2, "Enum8 'linked'");
+        assert_eq!(repaired.trigger_call_id, "call-7");
+
+        // Everything the event itself determines, the sorting key included,
+        // is the same in both revisions: the aggregates may count either.
+        let joined = |r: &EventRow| EventRow {
+            revision: 0,
+            customer_id: String::new(),
+            resolution: 0,
+            ctx_call_id: String::new(),
+            ctx_call_queue: String::new(),
+            ctx_call_disposition: String::new(),
+            ctx_call_duration_s: 0,
+            ctx_call_sentiment_label: 0,
+            ..r.clone()
+        };
+        assert_eq!(joined(&first), joined(&repaired));
+    }
+
+    #[test]
+    fn a_refused_row_keeps_its_revision() {
+        let row = EventRow::from_enriched(survey(1), LINEAGE).expect("row");
+        let dead = DeadLetterRow::refused(&row, 0, "Code: 691".into());
+        assert_eq!(
+            (dead.refused, dead.revision, dead.event_id.as_str()),
+            (1, 1, "ev-1")
+        );
+        assert_eq!(dead.kafka_offset, 41);
+        let plain = DeadLetterRow::from_dead_letter(DeadLetter::default(), LINEAGE);
+        assert_eq!((plain.refused, plain.revision), (0, 0));
     }
 }

@@ -7,12 +7,13 @@
 //! `committed` is normal for a moment after a flush or after a crash before
 //! the commit; `stored_next` behind `committed` would mean rows lost and is
 //! reported as a gap — unless the records in between are copies the sink
-//! dropped on purpose (an event id it had already stored from the
-//! partition: enrich retried, a client re-sent). The sink commits past such
-//! copies but stores nothing for them, so for every enriched partition with
-//! `committed > stored_next` the records in between are read back from
-//! Kafka and those whose event id is already stored (or offsets that hold
-//! no record at all) are counted as `dropped_copies`, not as a gap.
+//! dropped on purpose (an event id and revision it had already stored from
+//! the partition: enrich retried, a client re-sent). The sink commits past
+//! such copies but stores nothing for them, so for every enriched partition
+//! with `committed > stored_next` the records in between are read back from
+//! Kafka and those whose (event id, revision) is already stored (or offsets
+//! that hold no record at all) are counted as `dropped_copies`, not as a
+//! gap. A new revision of a stored event is no copy.
 //!
 //! `high` is derived, never below what is known to exist: the broker's
 //! high watermark, raised to `stored_next` and `committed` (Tansu 0.6 was
@@ -59,8 +60,8 @@ pub struct PartitionStatus {
     /// plus refused rows in `dead_letters`).
     pub rows_stored: u64,
     /// Offsets in `stored_next..committed` that hold no row on purpose:
-    /// copies of an event already stored from this partition, which the
-    /// sink drops and commits past, and offsets without a record.
+    /// copies of an event revision already stored from this partition,
+    /// which the sink drops and commits past, and offsets without a record.
     pub dropped_copies: i64,
 }
 
@@ -154,8 +155,8 @@ pub async fn sink_status(
 }
 
 /// How many offsets of `from..to` hold no row on purpose: records whose
-/// event id is already stored from this partition, and offsets holding no
-/// record. Reads the records back from Kafka (assigned, never subscribed:
+/// (event id, revision) is already stored from this partition, and offsets
+/// holding no record. Reads the records back from Kafka (assigned, never subscribed:
 /// the group is not joined and nothing is committed).
 async fn dropped_copies(
     kafka: &KafkaConfig,
@@ -173,19 +174,22 @@ async fn dropped_copies(
     })
     .await
     .map_err(SinkError::Task)??;
-    let ids: Vec<String> = read.iter().filter_map(|(_, id)| id.clone()).collect();
-    let stored: HashSet<String> = if ids.is_empty() {
+    let ids: Vec<&str> = read
+        .iter()
+        .filter_map(|(_, key)| key.as_ref().map(|(id, _)| id.as_str()))
+        .collect();
+    let stored: HashSet<(String, u32)> = if ids.is_empty() {
         HashSet::new()
     } else {
         let mut q = client.query(&format!(
-            "SELECT DISTINCT event_id FROM {} WHERE has(?, event_id)",
+            "SELECT DISTINCT event_id, revision FROM {} WHERE has(?, event_id)",
             Input::Enriched.stored_rows()
         ));
         for _ in 0..Input::Enriched.branches() {
             q = q.bind(topic).bind(partition);
         }
         q.bind(ids)
-            .fetch_all::<String>()
+            .fetch_all::<(String, u32)>()
             .await
             .map_err(SinkError::clickhouse)?
             .into_iter()
@@ -194,7 +198,7 @@ async fn dropped_copies(
     let present = read.len() as i64;
     let copies = read
         .iter()
-        .filter(|(_, id)| id.as_ref().is_some_and(|id| stored.contains(id)))
+        .filter(|(_, key)| key.as_ref().is_some_and(|k| stored.contains(k)))
         .count() as i64;
     // Offsets of the range the broker holds no record for (control
     // records, compaction) cannot be stored either; what was not read in
@@ -205,9 +209,9 @@ async fn dropped_copies(
 /// How long reading back one partition's range may take.
 const READ_BACK_WAIT: Duration = Duration::from_secs(15);
 
-/// The records of `from..to` as (offset, event id when it decodes), and
-/// the offset below which the read is complete.
-type ReadBack = (Vec<(i64, Option<String>)>, i64);
+/// The records of `from..to` as (offset, (event id, revision) when it
+/// decodes), and the offset below which the read is complete.
+type ReadBack = (Vec<(i64, Option<(String, u32)>)>, i64);
 
 fn read_ids(
     kafka: &KafkaConfig,
@@ -246,8 +250,7 @@ fn read_ids(
         let id = m
             .payload()
             .and_then(|p| EnrichedEvent::decode(p).ok())
-            .and_then(|e| e.event)
-            .map(|e| e.event_id);
+            .and_then(|en| en.event.map(|e| (e.event_id, en.revision)));
         out.push((m.offset(), id));
         covered_to = m.offset() + 1;
         if covered_to >= to {

@@ -49,8 +49,26 @@ mod support;
 pub use report::Row;
 use report::{compared, row, write};
 
-/// Runs the benchmark with `n` events and writes results under `out`.
-pub async fn run(mut cfg: Config, n: usize, out: &Path) -> anyhow::Result<Vec<Row>> {
+/// The measurements `xoflow bench` can run (`--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// B1: raw Kafka produce → consume.
+    Raw,
+    /// B2: the collectors against a bare tonic server.
+    Collector,
+    /// B5: enrich against a passthrough, in time order and history first.
+    Enrich,
+    /// B3: the sink against clickhouse-client.
+    Sink,
+    /// P: the whole pipeline, closed and open loop (needs B1's figure: runs
+    /// it too).
+    Pipeline,
+}
+
+/// Runs the benchmark with `n` events (only the parts in `only`, or all)
+/// and writes results under `out`.
+pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow::Result<Vec<Row>> {
+    let wanted = |p: Part| only.is_empty() || only.contains(&p);
     let id = xoflow_common::clock::now_unix_millis();
     cfg.kafka.topics.suffix(&format!(".bench-{id}"));
     cfg.enrich.group_id = format!("bench-{id}-enrich");
@@ -76,39 +94,65 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path) -> anyhow::Result<Vec<Ro
     println!("[bench] {n} generated events, {avg} bytes each on average (protobuf)");
 
     let mut rows = Vec::new();
-    let b1 = kafka::measure(&cfg, &format!("bench-{id}-raw"), &encoded).await?;
-    rows.push(row("B1 raw rdkafka produce→consume", b1, "msg/s"));
+    let b1 = if wanted(Part::Raw) || wanted(Part::Pipeline) {
+        let b1 = kafka::measure(&cfg, &format!("bench-{id}-raw"), &encoded).await?;
+        rows.push(row("B1 raw rdkafka produce→consume", b1, "msg/s"));
+        b1
+    } else {
+        f64::NAN
+    };
 
-    rows.extend(collector::measure(&cfg, &events).await?);
+    if wanted(Part::Collector) {
+        rows.extend(collector::measure(&cfg, &events).await?);
+    }
 
-    let (enrich_rate, passthrough_rate) = enrich::measure(&cfg, &events, id).await?;
-    rows.push(compared(
-        "B5 enrich stage (resolve + join)",
-        enrich_rate,
-        "events/s",
-        passthrough_rate,
-        0.8,
-    ));
-    rows.push(row(
-        "B5 baseline consume→produce passthrough",
-        passthrough_rate,
-        "events/s",
-    ));
+    if wanted(Part::Enrich) {
+        let b5 = enrich::measure(&cfg, &events, id).await?;
+        rows.push(compared(
+            "B5 enrich stage (resolve + join), time order",
+            b5.in_order,
+            "events/s",
+            b5.passthrough,
+            0.8,
+        ));
+        rows.push(compared(
+            &format!(
+                "B5 enrich stage, history first ({} repairs while 80% of the events passed)",
+                b5.repairs
+            ),
+            b5.history_first,
+            "events/s",
+            b5.passthrough,
+            0.8,
+        ));
+        rows.push(row(
+            "B5 baseline consume→produce passthrough",
+            b5.passthrough,
+            "events/s",
+        ));
+    }
 
-    let (sink_rate, client_rate) = sink::measure(&cfg, &events).await?;
-    rows.push(compared(
-        "B3 sink Kafka→ClickHouse",
-        sink_rate,
-        "rows/s",
-        client_rate,
-        0.95,
-    ));
-    rows.push(row(
-        "B3 baseline clickhouse-client RowBinary insert",
-        client_rate,
-        "rows/s",
-    ));
+    if wanted(Part::Sink) {
+        let (sink_rate, client_rate) = sink::measure(&cfg, &events).await?;
+        rows.push(compared(
+            "B3 sink Kafka→ClickHouse",
+            sink_rate,
+            "rows/s",
+            client_rate,
+            0.95,
+        ));
+        rows.push(row(
+            "B3 baseline clickhouse-client RowBinary insert",
+            client_rate,
+            "rows/s",
+        ));
+    }
 
+    if !wanted(Part::Pipeline) {
+        let _ = cfg.clickhouse.drop_database().await;
+        write(out, &rows)?;
+        return Ok(rows);
+    }
     let p = pipeline::measure(&cfg, events.clone()).await?;
     rows.push(compared(
         "P whole pipeline gRPC→ClickHouse",

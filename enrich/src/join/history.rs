@@ -1,0 +1,267 @@
+//! A customer's repairable history: the events the join can still re-fold
+//! when an earlier one arrives late.
+//!
+//! [`Customer`] keeps the customer's recent events in event-time order
+//! (ties by event id), each with the revision and a hash of the joined
+//! context it was last emitted with, between two states: the base (the
+//! fold of events that fell out of the history) and the current state (the
+//! base plus every event in the history). An event later than the last one
+//! is folded into the current state at once (the in-order path, no
+//! re-fold). One that lands in front of others marks the history dirty from
+//! its position; [`Customer::settle`] then folds the history again from the
+//! base once, however many late events the batch brought, and emits every
+//! event whose joined context changed with its revision raised by one
+//! (a repair). The bounds ([`JoinConfig::max_history_per_customer`] and
+//! `order_window` behind the latest event) decide when an event leaves the
+//! history for the base; from then on it is never repaired again.
+
+use std::{collections::VecDeque, hash::BuildHasher as _};
+
+use xoflow_proto::{
+    Message as _,
+    v1::{CxFields, EnrichedEvent, Event, IdentityResolution, JoinHistoryEntry},
+};
+
+use super::{JoinConfig, state::CustomerState};
+
+/// One event of a customer's history.
+#[derive(Debug, Clone)]
+pub(super) struct Entry {
+    pub at: i64,
+    pub event: Event,
+    pub resolution: IdentityResolution,
+    pub cx: CxFields,
+    /// The last revision emitted; for an entry not emitted yet, the
+    /// revision its first output gets.
+    pub revision: u32,
+    /// [`context_hash`] of the last output emitted.
+    pub output_hash: u64,
+    /// Its first output has been emitted.
+    pub emitted: bool,
+    /// Emit it at the next settle even if unchanged, with a copy at
+    /// revision 0: its outputs may have been lost (a replay after a crash).
+    pub force: bool,
+    /// It names an order or call the fold did not have at its last output.
+    pub unmet: bool,
+    /// Its first output is emitted twice, at its revision and one higher
+    /// (see [`super::Join`], "Linked events").
+    pub twice: bool,
+}
+
+impl Entry {
+    pub fn to_proto(&self) -> JoinHistoryEntry {
+        JoinHistoryEntry {
+            event: self.event.encode_to_vec(),
+            resolution: self.resolution as i32,
+            cx: Some(self.cx.clone()),
+            revision: self.revision,
+            output_hash: self.output_hash,
+        }
+    }
+
+    /// An entry read back from the changelog; `None` if its event does not
+    /// decode.
+    pub fn from_proto(p: JoinHistoryEntry, now_ms: i64) -> Option<Self> {
+        let event = Event::decode(p.event.as_slice()).ok()?;
+        Some(Entry {
+            at: super::event_ms(&event, now_ms),
+            event,
+            resolution: IdentityResolution::try_from(p.resolution).unwrap_or_default(),
+            cx: p.cx.unwrap_or_default(),
+            revision: p.revision,
+            output_hash: p.output_hash,
+            emitted: true,
+            force: false,
+            unmet: false,
+            twice: false,
+        })
+    }
+
+    fn key(&self) -> (i64, &str) {
+        (self.at, self.event.event_id.as_str())
+    }
+}
+
+/// What a repair or first emission produced, for the operator to finish:
+/// the index of the entry and its output (revision and context set).
+pub(super) struct Emitted {
+    pub index: usize,
+    pub output: EnrichedEvent,
+    /// Emitted because its joined context changed (revision raised).
+    pub repaired: bool,
+}
+
+/// One customer: base state, history, current state.
+#[derive(Debug, Default)]
+pub(super) struct Customer {
+    pub base: CustomerState,
+    pub history: VecDeque<Entry>,
+    pub current: CustomerState,
+    /// The lowest history index whose output must be computed again.
+    pub dirty_from: Option<usize>,
+}
+
+/// Where an event stands in a customer's history.
+pub(super) enum Place {
+    /// Already in the history at this index (a replay).
+    Known(usize),
+    /// Folded into the base long ago (a replay of a forgotten event).
+    Forgotten,
+    /// After every event in the history: the in-order path.
+    Last,
+    /// In front of later events: needs a re-fold.
+    At(usize),
+}
+
+impl Customer {
+    /// Where `(at, event_id)` belongs. An event's time comes from the
+    /// event itself, so a replay lands on its own entry.
+    pub fn place(&self, at: i64, event_id: &str) -> Place {
+        let key = (at, event_id);
+        if self.history.back().is_none_or(|last| last.key() < key) {
+            return if self.base.folded(event_id) {
+                Place::Forgotten
+            } else {
+                Place::Last
+            };
+        }
+        match self.history.binary_search_by(|e| e.key().cmp(&key)) {
+            Ok(i) => Place::Known(i),
+            Err(_) if self.base.folded(event_id) => Place::Forgotten,
+            Err(i) => Place::At(i),
+        }
+    }
+
+    /// Marks the history for re-folding from `index` at the next settle.
+    pub fn dirty(&mut self, index: usize) {
+        self.dirty_from = Some(self.dirty_from.map_or(index, |d| d.min(index)));
+    }
+
+    /// Folds the history again from the base and returns the outputs to
+    /// emit: entries never emitted, entries whose joined context changed
+    /// (revision + 1), and forced ones. `output` builds an entry's output
+    /// from the state right after it was folded in.
+    pub fn settle(
+        &mut self,
+        cfg: &JoinConfig,
+        mut output: impl FnMut(&CustomerState, &Entry) -> EnrichedEvent,
+    ) -> Vec<Emitted> {
+        let Some(from) = self.dirty_from.take() else {
+            return Vec::new();
+        };
+        let mut state = self.base.clone();
+        let mut out = Vec::new();
+        for (index, entry) in self.history.iter_mut().enumerate() {
+            state.update(&entry.event, &entry.cx, entry.at, cfg);
+            if index < from {
+                continue;
+            }
+            let mut enriched = output(&state, entry);
+            let hash = context_hash(&enriched);
+            entry.unmet = state.unmet_reference(&entry.event);
+            let repaired = entry.emitted && hash != entry.output_hash;
+            if repaired {
+                entry.revision += 1;
+            }
+            let emit = !entry.emitted || repaired || entry.force;
+            let forced = entry.force && entry.emitted;
+            entry.force = false;
+            if emit {
+                entry.output_hash = hash;
+                enriched.revision = entry.revision;
+                if forced && entry.revision > 0 {
+                    // A replay: the outputs of the flush that recorded this
+                    // entry may have been lost, its revision 0 (which the
+                    // aggregates count) among them; the sink keeps the copy
+                    // it has.
+                    let mut first = enriched.clone();
+                    first.revision = 0;
+                    out.push(Emitted {
+                        index,
+                        output: first,
+                        repaired: false,
+                    });
+                }
+                if !entry.emitted && entry.twice {
+                    let mut again = enriched.clone();
+                    entry.revision += 1;
+                    again.revision = entry.revision;
+                    out.push(Emitted {
+                        index,
+                        output: enriched,
+                        repaired,
+                    });
+                    enriched = again;
+                }
+                entry.emitted = true;
+                out.push(Emitted {
+                    index,
+                    output: enriched,
+                    repaired,
+                });
+            }
+        }
+        self.current = state;
+        out
+    }
+
+    /// Moves the entries beyond the bounds into the base, oldest first, and
+    /// returns them. Never an entry waiting to be emitted.
+    pub fn evict(&mut self, cfg: &JoinConfig) -> Vec<Entry> {
+        let newest = self.history.back().map_or(i64::MIN, |e| e.at);
+        let window = cfg.order_window.as_millis() as i64;
+        let max = cfg.max_history_per_customer.max(1);
+        let mut gone = Vec::new();
+        while let Some(front) = self.history.front() {
+            let over = self.history.len() > max || front.at < newest.saturating_sub(window);
+            if !over || !front.emitted || self.dirty_from.is_some() {
+                break;
+            }
+            let e = self.history.pop_front().expect("front exists");
+            self.base.update(&e.event, &e.cx, e.at, cfg);
+            self.base.forget(&e.event.event_id);
+            gone.push(e);
+        }
+        gone
+    }
+
+    /// Restores the current state from base and history after a read-back.
+    pub fn refold(&mut self, cfg: &JoinConfig) {
+        self.history
+            .make_contiguous()
+            .sort_by(|a, b| a.key().cmp(&b.key()));
+        let mut state = self.base.clone();
+        for e in &mut self.history {
+            state.update(&e.event, &e.cx, e.at, cfg);
+            e.unmet = state.unmet_reference(&e.event);
+        }
+        self.current = state;
+    }
+}
+
+/// A hash of what a repair can change in an output: the customer and how
+/// it was found, and the joined order, session, customer and call context.
+pub(super) fn context_hash(e: &EnrichedEvent) -> u64 {
+    use std::hash::Hasher as _;
+    let mut h = foldhash::fast::FixedState::with_seed(0x786f_666c_6f77).build_hasher();
+    h.write(e.resolved_customer_id.as_bytes());
+    h.write_i32(e.resolution);
+    let mut buf = Vec::with_capacity(256);
+    if let Some(o) = &e.order {
+        o.encode(&mut buf).expect("vec grows");
+    }
+    h.write_u8(0xff);
+    if let Some(s) = &e.session {
+        s.encode(&mut buf).expect("vec grows");
+    }
+    buf.push(0xfe);
+    if let Some(c) = &e.customer {
+        c.encode(&mut buf).expect("vec grows");
+    }
+    buf.push(0xfd);
+    if let Some(c) = &e.call {
+        c.encode(&mut buf).expect("vec grows");
+    }
+    h.write(&buf);
+    h.finish()
+}
