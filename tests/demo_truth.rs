@@ -38,29 +38,7 @@ async fn the_demo_figures_equal_the_ground_truth() {
         "planted personal data reached ClickHouse unmasked"
     );
     assert_eq!(report.dead_letters, truth.invalid);
-    assert_eq!(report.touchpoints.len(), truth.touchpoints.len());
-    for t in &truth.touchpoints {
-        let r = report
-            .touchpoints
-            .iter()
-            .find(|r| {
-                r.tenant == t.tenant && r.journey == t.journey && r.touchpoint == t.touchpoint
-            })
-            .unwrap_or_else(|| panic!("{} {} missing", t.tenant, t.touchpoint));
-        assert_eq!(r.nps(), t.nps, "NPS counts at {}", t.touchpoint);
-        assert_eq!(
-            (r.csat_responses, r.csat_top2),
-            (t.csat_responses, t.csat_top2),
-            "CSAT at {}",
-            t.touchpoint
-        );
-        assert_eq!(
-            (r.ces_responses, r.ces_sum),
-            (t.ces_responses, t.ces_sum),
-            "CES at {}",
-            t.touchpoint
-        );
-    }
+    common::assert_touchpoints_match(&report, &truth, "demo");
     // Sentiment-derived figures, within a stated tolerance: texts can carry
     // more than one topic (a crushed parcel is delivery and quality), so a
     // topic's count of negative texts may exceed the texts written about it,

@@ -102,27 +102,7 @@ async fn run(generator: GenConfig) -> Outcome {
         truth.invalid.values().sum::<u64>(),
         "{order:?}"
     );
-    assert_eq!(
-        report.touchpoints.len(),
-        truth.touchpoints.len(),
-        "{order:?}"
-    );
-    for t in &truth.touchpoints {
-        let r = report
-            .touchpoints
-            .iter()
-            .find(|r| {
-                r.tenant == t.tenant && r.journey == t.journey && r.touchpoint == t.touchpoint
-            })
-            .unwrap_or_else(|| panic!("{order:?}: {} {} missing", t.tenant, t.touchpoint));
-        assert_eq!(r.nps(), t.nps, "{order:?}: NPS at {}", t.touchpoint);
-        assert_eq!(
-            (r.csat_responses, r.csat_top2, r.ces_responses, r.ces_sum),
-            (t.csat_responses, t.csat_top2, t.ces_responses, t.ces_sum),
-            "{order:?}: CSAT and CES at {}",
-            t.touchpoint
-        );
-    }
+    common::assert_touchpoints_match(&report, &truth, &format!("{order:?}"));
 
     let outcome = dump(&cfg.clickhouse.client()).await;
     common::drop_database(&cfg).await;

@@ -527,3 +527,36 @@ pub async fn produce_enriched(cfg: &Config, records: &[(Vec<u8>, String)]) {
         .await
         .expect("produce");
 }
+
+/// Asserts that the CX figures BI reads back per touchpoint (NPS counts,
+/// CSAT and CES) equal the generator's truth exactly; `what` names the run
+/// in failures.
+pub fn assert_touchpoints_match(
+    report: &xoflow::demo::BiReport,
+    truth: &xoflow::datagen::Truth,
+    what: &str,
+) {
+    assert_eq!(report.touchpoints.len(), truth.touchpoints.len(), "{what}");
+    for t in &truth.touchpoints {
+        let r = report
+            .touchpoints
+            .iter()
+            .find(|r| {
+                r.tenant == t.tenant && r.journey == t.journey && r.touchpoint == t.touchpoint
+            })
+            .unwrap_or_else(|| panic!("{what}: {} {} missing", t.tenant, t.touchpoint));
+        assert_eq!(r.nps(), t.nps, "{what}: NPS counts at {}", t.touchpoint);
+        assert_eq!(
+            (r.csat_responses, r.csat_top2),
+            (t.csat_responses, t.csat_top2),
+            "{what}: CSAT at {}",
+            t.touchpoint
+        );
+        assert_eq!(
+            (r.ces_responses, r.ces_sum),
+            (t.ces_responses, t.ces_sum),
+            "{what}: CES at {}",
+            t.touchpoint
+        );
+    }
+}

@@ -64,8 +64,6 @@ pub fn run_repairing(
     std::collections::BTreeMap<String, xoflow_proto::v1::EnrichedEvent>,
     usize,
 ) {
-    use xoflow_enrich::identity::Resolved;
-    use xoflow_proto::v1::IdentityResolution;
     let mut links = Links::default();
     let mut join = Join::new(config(lateness));
     let mut out: Vec<Released> = Vec::new();
@@ -82,41 +80,12 @@ pub fn run_repairing(
         for (h, c) in learnt {
             join.link(&h, &c);
         }
-        join.release(NOW, &mut out);
         // Moved events come back through the repartition topic; so may
         // the moves they cause, until none is left.
-        loop {
-            let moves = join.take_moves();
-            if moves.is_empty() {
-                break;
-            }
-            for m in moves {
-                offset += 1;
-                let who = Resolved {
-                    customer_id: Some(m.customer_id),
-                    resolution: IdentityResolution::Linked,
-                };
-                join.offer_moved(m.event, who, m.revision, offset, NOW);
-            }
-            join.release(NOW, &mut out);
-        }
+        settle(&mut join, &mut offset, &mut out, false);
     }
-    // Whatever is still held, and the moves that causes, until none is left.
-    loop {
-        join.drain(NOW, &mut out);
-        let moves = join.take_moves();
-        if moves.is_empty() {
-            break;
-        }
-        for m in moves {
-            offset += 1;
-            let who = Resolved {
-                customer_id: Some(m.customer_id),
-                resolution: IdentityResolution::Linked,
-            };
-            join.offer_moved(m.event, who, m.revision, offset, NOW);
-        }
-    }
+    // Whatever is still held, and the moves that causes.
+    settle(&mut join, &mut offset, &mut out, true);
     let emitted = out.len();
     let mut latest = std::collections::BTreeMap::new();
     for r in out {
@@ -136,4 +105,30 @@ pub fn run_repairing(
         latest.into_iter().map(|(id, (_, e))| (id, e)).collect(),
         emitted,
     )
+}
+
+/// Releases (or drains, at the end) and offers the moved events back as
+/// the repartition topic would, until no event moves.
+fn settle(join: &mut Join, offset: &mut i64, out: &mut Vec<Released>, drain: bool) {
+    use xoflow_enrich::identity::Resolved;
+    use xoflow_proto::v1::IdentityResolution;
+    loop {
+        if drain {
+            join.drain(NOW, out);
+        } else {
+            join.release(NOW, out);
+        }
+        let moves = join.take_moves();
+        if moves.is_empty() {
+            return;
+        }
+        for m in moves {
+            *offset += 1;
+            let who = Resolved {
+                customer_id: Some(m.customer_id),
+                resolution: IdentityResolution::Linked,
+            };
+            join.offer_moved(m.event, who, m.revision, *offset, NOW);
+        }
+    }
 }
