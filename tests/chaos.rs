@@ -16,9 +16,10 @@
 //!    stop a normal request nor the admin endpoints.
 //!
 //! It ends with the invariant: every acknowledged event stored exactly
-//! once (`count() = uniqExact(event_id)`, every acknowledged id present,
-//! nothing stored that was never sent), aggregated exactly once
-//! (`sumMerge(events)` of `touchpoint_metrics` = `count()`), and
+//! once (one revision-0 row per event and no (event id, revision) stored
+//! twice, every acknowledged id present, nothing stored that was never
+//! sent), aggregated exactly once (`sumMerge(events)` of
+//! `touchpoint_metrics` = the number of events), and
 //! `xoflow sink-status` clean (exit 0).
 //!
 //! Short form (CI, README command 2): 2 kills per stage, 20 s outages,
