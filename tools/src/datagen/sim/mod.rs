@@ -216,9 +216,13 @@ impl Sim<'_> {
     /// Appends malformed copies of some events, each with the reason code
     /// ingest must give it.
     fn corrupt(&mut self) {
-        let n = ((self.events.len() as f64) * self.cfg.invalid_share).round() as usize;
+        let valid = self.events.len();
+        let n = ((valid as f64) * self.cfg.invalid_share).round() as usize;
         for i in 0..n {
-            let idx = self.rng.below(self.events.len() as u64) as usize;
+            // A copy of a valid event only: a copy of a copy already
+            // corrupted would carry two problems, and ingest names the first
+            // it finds, not necessarily the one planted last.
+            let idx = self.rng.below(valid as u64) as usize;
             let (at, mut e) = self.events[idx].clone();
             e.event_id = format!("bad-{:x}-{:06}", self.cfg.seed, i);
             let reason = match (i % 5, e.payload.as_mut()) {
