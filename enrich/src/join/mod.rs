@@ -34,8 +34,10 @@
 //!
 //! Replays: an event already in its customer's history is not applied
 //! twice; it and the events after it are emitted again at their current
-//! revisions (the sink drops copies it has), which also re-sends a repair
-//! lost in a crash. State travels through the changelog
+//! revisions, with a copy at revision 0 (the sink drops copies it has),
+//! which also re-sends outputs lost in a crash: the stage sends a batch's
+//! changelog records before its outputs, so a recorded revision may have
+//! been lost, but an emitted one is always recorded. State travels through the changelog
 //! ([`Join::take_changes`], [`Join::restore_records`]).
 //!
 //! This module is the operator and its lateness buffer; `config` holds its
