@@ -18,7 +18,7 @@
 use std::{collections::VecDeque, hash::BuildHasher as _};
 
 use xoflow_proto::{
-    Message as _,
+    Message,
     v1::{CxFields, EnrichedEvent, Event, IdentityResolution, JoinHistoryEntry},
 };
 
@@ -140,7 +140,9 @@ impl Customer {
     /// Folds the history again from the base and returns the outputs to
     /// emit: entries never emitted, entries whose joined context changed
     /// (revision + 1), and forced ones. `output` builds an entry's output
-    /// from the state right after it was folded in.
+    /// from the state right after it was folded in. When the only dirty
+    /// entry is a new last one (the in-order path), it is folded into the
+    /// current state instead: no re-fold.
     pub fn settle(
         &mut self,
         cfg: &JoinConfig,
@@ -149,56 +151,20 @@ impl Customer {
         let Some(from) = self.dirty_from.take() else {
             return Vec::new();
         };
-        let mut state = self.base.clone();
         let mut out = Vec::new();
+        if from + 1 == self.history.len() && !self.history[from].emitted {
+            let entry = &mut self.history[from];
+            self.current.update(&entry.event, &entry.cx, entry.at, cfg);
+            let enriched = output(&self.current, entry);
+            emit(entry, &self.current, from, enriched, &mut out);
+            return out;
+        }
+        let mut state = self.base.clone();
         for (index, entry) in self.history.iter_mut().enumerate() {
             state.update(&entry.event, &entry.cx, entry.at, cfg);
-            if index < from {
-                continue;
-            }
-            let mut enriched = output(&state, entry);
-            let hash = context_hash(&enriched);
-            entry.unmet = state.unmet_reference(&entry.event);
-            let repaired = entry.emitted && hash != entry.output_hash;
-            if repaired {
-                entry.revision += 1;
-            }
-            let emit = !entry.emitted || repaired || entry.force;
-            let forced = entry.force && entry.emitted;
-            entry.force = false;
-            if emit {
-                entry.output_hash = hash;
-                enriched.revision = entry.revision;
-                if forced && entry.revision > 0 {
-                    // A replay: the outputs of the flush that recorded this
-                    // entry may have been lost, its revision 0 (which the
-                    // aggregates count) among them; the sink keeps the copy
-                    // it has.
-                    let mut first = enriched.clone();
-                    first.revision = 0;
-                    out.push(Emitted {
-                        index,
-                        output: first,
-                        repaired: false,
-                    });
-                }
-                if !entry.emitted && entry.twice {
-                    let mut again = enriched.clone();
-                    entry.revision += 1;
-                    again.revision = entry.revision;
-                    out.push(Emitted {
-                        index,
-                        output: enriched,
-                        repaired,
-                    });
-                    enriched = again;
-                }
-                entry.emitted = true;
-                out.push(Emitted {
-                    index,
-                    output: enriched,
-                    repaired,
-                });
+            if index >= from {
+                let enriched = output(&state, entry);
+                emit(entry, &state, index, enriched, &mut out);
             }
         }
         self.current = state;
@@ -239,29 +205,100 @@ impl Customer {
     }
 }
 
+/// Decides what `entry` emits given its output `enriched`, computed from
+/// `state` (the fold up to it): its first output, a repair when its joined
+/// context changed (revision + 1), or a forced copy; and the extra copies a
+/// replay (revision 0) or a linked event's first output (one revision up)
+/// add.
+fn emit(
+    entry: &mut Entry,
+    state: &CustomerState,
+    index: usize,
+    mut enriched: EnrichedEvent,
+    out: &mut Vec<Emitted>,
+) {
+    let hash = context_hash(&enriched);
+    entry.unmet = state.unmet_reference(&entry.event);
+    let repaired = entry.emitted && hash != entry.output_hash;
+    if repaired {
+        entry.revision += 1;
+    }
+    let forced = entry.force && entry.emitted;
+    let emit = !entry.emitted || repaired || entry.force;
+    entry.force = false;
+    if !emit {
+        return;
+    }
+    entry.output_hash = hash;
+    enriched.revision = entry.revision;
+    if forced && entry.revision > 0 {
+        // A replay: the outputs of the flush that recorded this entry may
+        // have been lost, its revision 0 (which the aggregates count) among
+        // them; the sink keeps the copy it has.
+        let mut first = enriched.clone();
+        first.revision = 0;
+        out.push(Emitted {
+            index,
+            output: first,
+            repaired: false,
+        });
+    }
+    if !entry.emitted && entry.twice {
+        let mut again = enriched.clone();
+        entry.revision += 1;
+        again.revision = entry.revision;
+        out.push(Emitted {
+            index,
+            output: enriched,
+            repaired,
+        });
+        enriched = again;
+    }
+    entry.emitted = true;
+    out.push(Emitted {
+        index,
+        output: enriched,
+        repaired,
+    });
+}
+
 /// A hash of what a repair can change in an output: the customer and how
 /// it was found, and the joined order, session, customer and call context.
-pub(super) fn context_hash(e: &EnrichedEvent) -> u64 {
+fn context_hash(e: &EnrichedEvent) -> u64 {
     use std::hash::Hasher as _;
+    thread_local! {
+        // Reused: the hash runs for every output.
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let mut h = foldhash::fast::FixedState::with_seed(0x786f_666c_6f77).build_hasher();
     h.write(e.resolved_customer_id.as_bytes());
     h.write_i32(e.resolution);
-    let mut buf = Vec::with_capacity(256);
-    if let Some(o) = &e.order {
-        o.encode(&mut buf).expect("vec grows");
-    }
-    h.write_u8(0xff);
-    if let Some(s) = &e.session {
-        s.encode(&mut buf).expect("vec grows");
-    }
-    buf.push(0xfe);
-    if let Some(c) = &e.customer {
-        c.encode(&mut buf).expect("vec grows");
-    }
-    buf.push(0xfd);
-    if let Some(c) = &e.call {
-        c.encode(&mut buf).expect("vec grows");
-    }
-    h.write(&buf);
+    BUF.with_borrow_mut(|buf| {
+        buf.clear();
+        // Each part, then a marker, so that parts cannot run into each other.
+        for (part, marker) in [
+            (e.order.as_ref().map(|o| o as &dyn DynEncode), 0xff),
+            (e.session.as_ref().map(|s| s as &dyn DynEncode), 0xfe),
+            (e.customer.as_ref().map(|c| c as &dyn DynEncode), 0xfd),
+            (e.call.as_ref().map(|c| c as &dyn DynEncode), 0xfc),
+        ] {
+            if let Some(p) = part {
+                p.encode_into(buf);
+            }
+            buf.push(marker);
+        }
+        h.write(buf);
+    });
     h.finish()
+}
+
+/// Encoding into a shared buffer for any of the context messages.
+trait DynEncode {
+    fn encode_into(&self, buf: &mut Vec<u8>);
+}
+
+impl<M: Message> DynEncode for M {
+    fn encode_into(&self, buf: &mut Vec<u8>) {
+        self.encode(buf).expect("a Vec grows");
+    }
 }

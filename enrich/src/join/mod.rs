@@ -61,7 +61,7 @@ use xoflow_proto::{
 };
 
 pub use config::JoinConfig;
-use history::{Customer, Entry, Place, context_hash};
+use history::{Customer, Entry, Place};
 use state::CustomerState;
 use unresolved::{Unresolved, Waiter};
 
@@ -464,12 +464,7 @@ impl Join {
     }
 
     fn department(&self, e: &Event) -> String {
-        let stage = e
-            .touchpoint
-            .as_ref()
-            .map(|t| t.stage.as_str())
-            .unwrap_or("");
-        self.cfg.departments.get(stage).cloned().unwrap_or_default()
+        department(&self.cfg, e)
     }
 
     /// Puts a resolved event in its customer's history: folded and emitted
@@ -526,48 +521,12 @@ impl Join {
                     enriched: o,
                 });
             }
-            Place::Last
-                if self
-                    .customers
-                    .get(&id)
-                    .is_none_or(|c| c.dirty_from.is_none()) =>
-            {
-                let cx = self.cx(&e);
-                let dept = self.department(&e);
-                let cfg = &self.cfg;
-                let c = self.customers.entry(id.clone()).or_default();
-                c.current.update(&e, &cx, at, cfg);
-                let mut entry = entry(at, e, resolution, cx, revision);
-                let mut o = output(cfg, &c.current, &entry, &id, dept, now_ms);
-                o.revision = revision;
-                entry.output_hash = context_hash(&o);
-                entry.emitted = true;
-                entry.unmet = c.current.unmet_reference(&entry.event);
-                self.unmet += usize::from(entry.unmet);
-                o.event = Some(entry.event.clone());
-                if twice(resolution, revision) {
-                    let mut again = o.clone();
-                    entry.revision += 1;
-                    again.revision = entry.revision;
-                    out.push(Released {
-                        offset,
-                        enriched: o,
-                    });
-                    o = again;
-                }
-                self.dirty_entries
-                    .insert((id.clone(), at, entry.event.event_id.clone()));
-                c.history.push_back(entry);
-                self.history_len += 1;
-                out.push(Released {
-                    offset,
-                    enriched: o,
-                });
-                self.evict(&id);
-            }
             Place::Last | Place::At(_) => {
                 let cx = self.cx(&e);
                 let c = self.customers.entry(id.clone()).or_default();
+                // In order (after the customer's latest, nothing pending):
+                // folded and emitted now, without a re-fold.
+                let in_order = matches!(place, Place::Last) && c.dirty_from.is_none();
                 let i = match place {
                     Place::At(i) => i,
                     _ => c.history.len(),
@@ -579,7 +538,11 @@ impl Join {
                 c.history.insert(i, entry);
                 c.dirty(i);
                 self.history_len += 1;
-                self.touched.push(id);
+                if in_order {
+                    self.settle_customer(&id, offset, now_ms, out);
+                } else {
+                    self.touched.push(id);
+                }
             }
         }
     }
@@ -641,45 +604,38 @@ impl Join {
     /// Re-folds the customers late events landed in front of, and emits
     /// what changed.
     fn settle(&mut self, offset: i64, now_ms: i64, out: &mut Vec<Released>) {
-        let touched = std::mem::take(&mut self.touched);
-        for id in touched {
-            let Some(mut c) = self.customers.remove(&id) else {
-                continue;
-            };
-            let unmet_before = c
-                .history
-                .iter()
-                .skip(c.dirty_from.unwrap_or(usize::MAX))
-                .filter(|e| e.unmet)
-                .count();
-            let from = c.dirty_from.unwrap_or(usize::MAX);
-            let emitted = c.settle(&self.cfg, |state, entry| {
-                output(
-                    &self.cfg,
-                    state,
-                    entry,
-                    &id,
-                    self.department(&entry.event),
-                    now_ms,
-                )
-            });
-            let unmet_after = c.history.iter().skip(from).filter(|e| e.unmet).count();
-            self.unmet = (self.unmet + unmet_after).saturating_sub(unmet_before);
-            for em in emitted {
-                let entry = &c.history[em.index];
-                self.dirty_entries
-                    .insert((id.clone(), entry.at, entry.event.event_id.clone()));
-                let mut o = em.output;
-                self.stats.repairs += u64::from(em.repaired);
-                o.event = Some(entry.event.clone());
-                out.push(Released {
-                    offset,
-                    enriched: o,
-                });
-            }
-            self.customers.insert(id.clone(), c);
-            self.evict(&id);
+        for id in std::mem::take(&mut self.touched) {
+            self.settle_customer(&id, offset, now_ms, out);
         }
+    }
+
+    /// Settles one customer's history (see `history::Customer::settle`),
+    /// emits what it gives, and evicts what is beyond the bounds.
+    fn settle_customer(&mut self, id: &str, offset: i64, now_ms: i64, out: &mut Vec<Released>) {
+        let cfg = &self.cfg;
+        let Some(c) = self.customers.get_mut(id) else {
+            return;
+        };
+        let from = c.dirty_from.unwrap_or(usize::MAX);
+        let unmet_before = c.history.iter().skip(from).filter(|e| e.unmet).count();
+        let emitted = c.settle(cfg, |state, entry| {
+            output(cfg, state, entry, id, department(cfg, &entry.event), now_ms)
+        });
+        let unmet_after = c.history.iter().skip(from).filter(|e| e.unmet).count();
+        self.unmet = (self.unmet + unmet_after).saturating_sub(unmet_before);
+        for em in emitted {
+            let entry = &c.history[em.index];
+            self.dirty_entries
+                .insert((id.to_owned(), entry.at, entry.event.event_id.clone()));
+            self.stats.repairs += u64::from(em.repaired);
+            let mut o = em.output;
+            o.event = Some(entry.event.clone());
+            out.push(Released {
+                offset,
+                enriched: o,
+            });
+        }
+        self.evict(id);
     }
 
     /// Moves a customer's history entries beyond the bounds into its base.
@@ -739,6 +695,16 @@ impl Join {
             self.dirty_bases.insert(id);
         }
     }
+}
+
+/// The department owning the stage of `e`'s touchpoint.
+fn department(cfg: &JoinConfig, e: &Event) -> String {
+    let stage = e
+        .touchpoint
+        .as_ref()
+        .map(|t| t.stage.as_str())
+        .unwrap_or("");
+    cfg.departments.get(stage).cloned().unwrap_or_default()
 }
 
 /// Whether an event's first output here is emitted twice (see the module
