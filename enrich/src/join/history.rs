@@ -84,6 +84,7 @@ impl Entry {
 
 /// What a repair or first emission produced, for the operator to finish:
 /// the index of the entry and its output (revision and context set).
+#[derive(Debug)]
 pub(super) struct Emitted {
     pub index: usize,
     pub output: EnrichedEvent,
@@ -137,8 +138,8 @@ impl Customer {
         self.dirty_from = Some(self.dirty_from.map_or(index, |d| d.min(index)));
     }
 
-    /// Folds the history again from the base and returns the outputs to
-    /// emit: entries never emitted, entries whose joined context changed
+    /// Folds the history again from the base and appends to `out` the
+    /// outputs to emit: entries never emitted, entries whose joined context changed
     /// (revision + 1), and forced ones. `output` builds an entry's output
     /// from the state right after it was folded in. When the only dirty
     /// entry is a new last one (the in-order path), it is folded into the
@@ -147,28 +148,27 @@ impl Customer {
         &mut self,
         cfg: &JoinConfig,
         mut output: impl FnMut(&CustomerState, &Entry) -> EnrichedEvent,
-    ) -> Vec<Emitted> {
+        out: &mut Vec<Emitted>,
+    ) {
         let Some(from) = self.dirty_from.take() else {
-            return Vec::new();
+            return;
         };
-        let mut out = Vec::new();
         if from + 1 == self.history.len() && !self.history[from].emitted {
             let entry = &mut self.history[from];
             self.current.update(&entry.event, &entry.cx, entry.at, cfg);
             let enriched = output(&self.current, entry);
-            emit(entry, &self.current, from, enriched, &mut out);
-            return out;
+            emit(entry, &self.current, from, enriched, out);
+            return;
         }
         let mut state = self.base.clone();
         for (index, entry) in self.history.iter_mut().enumerate() {
             state.update(&entry.event, &entry.cx, entry.at, cfg);
             if index >= from {
                 let enriched = output(&state, entry);
-                emit(entry, &state, index, enriched, &mut out);
+                emit(entry, &state, index, enriched, out);
             }
         }
         self.current = state;
-        out
     }
 
     /// Moves the entries beyond the bounds into the base, oldest first, and

@@ -150,6 +150,8 @@ pub struct Join {
     touched: Vec<String>,
     /// Events to send to another partition.
     moves: Vec<Moved>,
+    /// Scratch for [`Join::settle_customer`].
+    emitted: Vec<history::Emitted>,
     /// Changelog keys changed since [`Join::take_changes`].
     dirty_bases: HashSet<String, foldhash::fast::RandomState>,
     dirty_entries: HashSet<(String, i64, String), foldhash::fast::RandomState>,
@@ -180,6 +182,7 @@ impl Join {
             unresolved: Unresolved::default(),
             touched: Vec::new(),
             moves: Vec::new(),
+            emitted: Vec::new(),
             dirty_bases: HashSet::default(),
             dirty_entries: HashSet::default(),
             dirty_identifiers: HashSet::default(),
@@ -616,14 +619,18 @@ impl Join {
         let Some(c) = self.customers.get_mut(id) else {
             return;
         };
-        let from = c.dirty_from.unwrap_or(usize::MAX);
-        let unmet_before = c.history.iter().skip(from).filter(|e| e.unmet).count();
-        let emitted = c.settle(cfg, |state, entry| {
-            output(cfg, state, entry, id, department(cfg, &entry.event), now_ms)
-        });
-        let unmet_after = c.history.iter().skip(from).filter(|e| e.unmet).count();
+        let from = c.dirty_from.unwrap_or(c.history.len());
+        let unmet_before = c.history.range(from..).filter(|e| e.unmet).count();
+        // A buffer kept between calls: this runs for every in-order event.
+        let mut emitted = std::mem::take(&mut self.emitted);
+        c.settle(
+            cfg,
+            |state, entry| output(cfg, state, entry, id, department(cfg, &entry.event), now_ms),
+            &mut emitted,
+        );
+        let unmet_after = c.history.range(from..).filter(|e| e.unmet).count();
         self.unmet = (self.unmet + unmet_after).saturating_sub(unmet_before);
-        for em in emitted {
+        for em in emitted.drain(..) {
             let entry = &c.history[em.index];
             self.dirty_entries
                 .insert((id.to_owned(), entry.at, entry.event.event_id.clone()));
@@ -635,6 +642,7 @@ impl Join {
                 enriched: o,
             });
         }
+        self.emitted = emitted;
         self.evict(id);
     }
 
