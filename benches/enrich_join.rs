@@ -37,7 +37,7 @@ fn bench(c: &mut Criterion) {
         .filter_map(|mut e| normaliser.normalise(&mut e, now).ok().map(|()| e))
         .collect();
     let cfg =
-        JoinConfig::new(Duration::from_secs(2)).with_departments(&[("delivery", "logistics")]);
+        JoinConfig::new(Duration::from_secs(2)).with_owners(&[("t", "delivery", "logistics")]);
     let mut group = c.benchmark_group("enrich_join");
     group.throughput(Throughput::Elements(events.len() as u64));
     group.sample_size(10);

@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "xoflow/v1/enriched.proto",
         "xoflow/v1/collector.proto",
         "xoflow/v1/state.proto",
+        "xoflow/v1/alert.proto",
     ];
     let descriptor_path = out.join("xoflow_v1_descriptor.bin");
     // Well-known types come from pbjson-types, which implement the proto3

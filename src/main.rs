@@ -36,7 +36,10 @@ enum Command {
     Enrich,
     /// Run the ClickHouse sink.
     Sink,
-    /// Run all three stages in one process.
+    /// Run the alert stage: deliver alerts to the departments' webhooks,
+    /// record them in ClickHouse, serve the case API (ack / resolve).
+    Alert,
+    /// Run every stage in one process.
     Run,
     /// Create or upgrade the ClickHouse schema, then exit.
     Migrate {
@@ -198,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Ingest => Stages::INGEST,
         Command::Enrich => Stages::ENRICH,
         Command::Sink => Stages::SINK,
+        Command::Alert => Stages::ALERT,
         Command::Run => Stages::ALL,
         Command::Migrate { print: true } => {
             print!("{}", xoflow_sink::migrate::script(&cfg.clickhouse)?);

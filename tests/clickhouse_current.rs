@@ -19,7 +19,10 @@
 //!    migrates it and inserts `events` and `dead_letters` as in production,
 //!    the materialized views fill `touchpoint_metrics` and
 //!    `customer_profile`.
-//! 3. Exports what the sink wrote, `SELECT <columns> FROM <table> ORDER BY
+//!    The alert tables (migration 10) get a fixture of alerts, deliveries
+//!    and case actions written with the alert stage's own row types
+//!    (`alert_fixture`), so that they and their views have rows to compare.
+//! 3. Exports what the sink wrote (and the alert fixture), `SELECT <columns> FROM <table> ORDER BY
 //!    <lineage> FORMAT RowBinary` (each partition's rows in the order the
 //!    sink inserted them, which decides `customer_profile` among an event's
 //!    revisions), with the columns the sink's own insert names
@@ -60,6 +63,7 @@ use xoflow::{
     datagen::GenConfig,
     demo::{self, DemoOptions},
 };
+use xoflow_alert::store::{ActionRow, AlertRow, DeliveryRow, Store};
 use xoflow_sink::clickhouse::{
     MIGRATIONS,
     row::{DeadLetterRow, EventRow},
@@ -193,6 +197,154 @@ async fn export(
     serde_json::json!({ "table": table, "columns": columns, "file": file, "rows": rows })
 }
 
+/// Alerts of two tenants over three days, in three departments and
+/// stores, as the alert stage writes them: delivered, retried, dead and
+/// without webhook; acknowledged, resolved (some without an ack, one
+/// acknowledged twice), and open. Every alert view then has rows, groups
+/// with an even and an odd number of resolved alerts (the median), and one
+/// with none (its median is NULL).
+async fn alert_fixture(ch: &clickhouse::Client, now_ms: i64) {
+    use xoflow_proto::v1::{Alert, EnrichedEvent, Event, Location, Touchpoint, event::Payload};
+    let store = Store::new(ch.clone());
+    let depts = ["logistics", "customer-care", "kitchen"];
+    let stores = ["sz-01", "sz-02", "bj-01"];
+    let mut alerts = Vec::new();
+    let mut deliveries = Vec::new();
+    let mut actions = Vec::new();
+    for i in 0..24i64 {
+        let raised_ms = now_ms - now_ms.rem_euclid(3_600_000) - (i % 3) * 86_400_000 - i * 600_000;
+        let tenant = if i % 5 == 0 { "fixture-b" } else { "fixture-a" };
+        let department = depts[(i % 3) as usize];
+        let alert = Alert {
+            alert_id: format!("{:032x}", 0xa1e7_0000_u64 + i as u64),
+            tenant: tenant.into(),
+            rule: "late-delivery-detractor".into(),
+            severity: (i % 4 + 1) as i32,
+            department: department.into(),
+            customer_id: format!("c-{i}"),
+            cause: 1 + (i % 2) as i32,
+            reasons: vec![format!("NPS {}", i % 7), "订单晚到 2 天".into()],
+            summary: format!("alert {i}"),
+            raised_at: Some(xoflow_proto::from_unix_millis(raised_ms)),
+            silent_days: (i % 2 == 1).then_some(30 + i as u32),
+            usual_gap_days: (i % 2 == 1).then_some(12),
+            trigger: Some(EnrichedEvent {
+                event: Some(Event {
+                    event_id: format!("fx-ev-{i}"),
+                    tenant: tenant.into(),
+                    occurred_at: Some(xoflow_proto::from_unix_millis(raised_ms - 60_000)),
+                    touchpoint: Some(Touchpoint {
+                        journey: "online-purchase".into(),
+                        stage: "fulfilment".into(),
+                        touchpoint: if i % 2 == 0 {
+                            "courier-delivery"
+                        } else {
+                            "checkout"
+                        }
+                        .into(),
+                        channel: 1,
+                    }),
+                    location: Some(Location {
+                        store_id: stores[(i % 3) as usize].into(),
+                        region: "华南".into(),
+                    }),
+                    payload: Some(Payload::Survey(Default::default())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let row = AlertRow::of(&alert, (raised_ms / 1000) as u32 + 1);
+        let at = |ms: i64| ((ms / 1000) as u32, ms);
+        // Deliveries: a retry then delivered; every fifth dead; every
+        // seventh without webhook.
+        let (outcome_final, format) = match i {
+            _ if i % 7 == 0 => (4, 0),
+            _ if i % 5 == 0 => (3, 1),
+            _ => (1, 2),
+        };
+        if outcome_final != 4 {
+            let (a, a_ms) = at(raised_ms + 1_000);
+            deliveries.push(DeliveryRow {
+                at: a,
+                at_ms: a_ms,
+                alert_id: alert.alert_id.clone(),
+                tenant: tenant.into(),
+                department: department.into(),
+                webhook: 0,
+                host: "hooks.example.com".into(),
+                format,
+                attempt: 1,
+                status: 500,
+                outcome: 2,
+                error: "HTTP 500: nope".into(),
+                latency_ms: 12,
+                raised_at: row.raised_at,
+            });
+        }
+        let (a, a_ms) = at(raised_ms + 3_000);
+        deliveries.push(DeliveryRow {
+            at: a,
+            at_ms: a_ms,
+            alert_id: alert.alert_id.clone(),
+            tenant: tenant.into(),
+            department: department.into(),
+            webhook: 0,
+            host: if outcome_final == 4 {
+                ""
+            } else {
+                "hooks.example.com"
+            }
+            .into(),
+            format,
+            attempt: u32::from(outcome_final != 4) * 2,
+            status: match outcome_final {
+                1 => 200,
+                3 => 404,
+                _ => 0,
+            },
+            outcome: outcome_final,
+            error: String::new(),
+            latency_ms: 15,
+            raised_at: row.raised_at,
+        });
+        // Lifecycle: acknowledged after i minutes (every third twice),
+        // resolved after 10 + i minutes unless i % 4 == 3; every sixth
+        // resolved without an ack.
+        let mut act = |action: i8, after_ms: i64, by: &str| {
+            let (a, a_ms) = at(raised_ms + after_ms);
+            actions.push(ActionRow {
+                at: a,
+                at_ms: a_ms,
+                alert_id: alert.alert_id.clone(),
+                tenant: tenant.into(),
+                department: department.into(),
+                action,
+                by: by.into(),
+                note: "回访客户".into(),
+            });
+        };
+        if i % 6 != 0 {
+            act(1, (i + 1) * 60_000, "王芳");
+            if i % 3 == 0 {
+                act(1, (i + 2) * 60_000, "bob");
+            }
+        }
+        if i % 4 != 3 {
+            act(2, (10 + i) * 60_000, "王芳");
+        }
+        alerts.push(row);
+    }
+    store.insert_alerts(&alerts).await.expect("alerts");
+    store
+        .insert_deliveries(&deliveries)
+        .await
+        .expect("alert_deliveries");
+    for a in &actions {
+        store.insert_action(a).await.expect("alert_actions");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_26_9_returns_the_same_figures_as_18_16() {
     let python = chdb_python().await;
@@ -237,6 +389,10 @@ async fn clickhouse_26_9_returns_the_same_figures_as_18_16() {
         assert_eq!(again.skipped, needing, "{again:?}");
     }
     assert!(again.applied.is_empty(), "{again:?}");
+    // The alert tables and their views get rows of their own (the
+    // pipeline above raises no alert), written with the alert stage's row
+    // types.
+    alert_fixture(&cfg.clickhouse.client(), now).await;
 
     let dir = scratch().join(format!("clickhouse_current-{id}"));
     std::fs::create_dir_all(&dir).expect("work dir");
@@ -267,6 +423,30 @@ async fn clickhouse_26_9_returns_the_same_figures_as_18_16() {
             "dead_letters",
             DeadLetterRow::COLUMN_NAMES,
             Some(LINEAGE_ORDER),
+        )
+        .await,
+        export(
+            &ch,
+            &dir,
+            "alerts",
+            AlertRow::COLUMN_NAMES,
+            Some("alert_id"),
+        )
+        .await,
+        export(
+            &ch,
+            &dir,
+            "alert_deliveries",
+            DeliveryRow::COLUMN_NAMES,
+            Some("alert_id, at_ms, webhook"),
+        )
+        .await,
+        export(
+            &ch,
+            &dir,
+            "alert_actions",
+            ActionRow::COLUMN_NAMES,
+            Some("alert_id, at_ms"),
         )
         .await,
     ];

@@ -53,6 +53,7 @@ async fn imported_identities_resolve_email_and_handle_only_surveys() {
             ingest: true,
             enrich: true,
             sink: false,
+            alert: false,
         },
     )
     .await;

@@ -61,6 +61,7 @@ async fn an_import_lands_once_even_when_run_twice() {
             ingest: false,
             enrich: true,
             sink: true,
+            alert: false,
         },
     )
     .await;

@@ -236,6 +236,7 @@ async fn an_enrich_killed_while_repairing_leaves_the_same_contents() {
             ingest: true,
             enrich: false,
             sink: true,
+            alert: false,
         },
     )
     .await;

@@ -175,6 +175,7 @@ impl Run {
                 "XOFLOW_KAFKA__TOPICS__DEAD_LETTERS",
                 format!("{}.dead", self.events),
             )
+            .env("XOFLOW_KAFKA__TOPICS__ALERTS", format!("{}.alerts", self.events))
             .env("XOFLOW_ENRICH__GROUP_ID", &self.enrich_group)
             .env("XOFLOW_ENRICH__BATCH_MAX_WAIT", "20ms")
             .env("XOFLOW_ENRICH__JOIN__LATENESS", "30days")

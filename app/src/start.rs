@@ -28,6 +28,8 @@ pub struct Stages {
     pub ingest: bool,
     pub enrich: bool,
     pub sink: bool,
+    /// The alert stage: delivery to webhooks and the case API.
+    pub alert: bool,
 }
 
 impl Stages {
@@ -35,21 +37,31 @@ impl Stages {
         ingest: true,
         enrich: true,
         sink: true,
+        alert: true,
     };
     pub const INGEST: Stages = Stages {
         ingest: true,
         enrich: false,
         sink: false,
+        alert: false,
     };
     pub const ENRICH: Stages = Stages {
         ingest: false,
         enrich: true,
         sink: false,
+        alert: false,
     };
     pub const SINK: Stages = Stages {
         ingest: false,
         enrich: false,
         sink: true,
+        alert: false,
+    };
+    pub const ALERT: Stages = Stages {
+        ingest: false,
+        enrich: false,
+        sink: false,
+        alert: true,
     };
 }
 
@@ -64,6 +76,8 @@ pub struct Running {
     pub grpc_addr: Option<SocketAddr>,
     /// Where the HTTP collector listens, when ingest runs.
     pub http_addr: Option<SocketAddr>,
+    /// Where the case API listens, when the alert stage runs.
+    pub alert_api_addr: Option<SocketAddr>,
     /// Where /metrics and /health/* are served.
     pub admin_addr: SocketAddr,
     pub health: Health,
@@ -169,6 +183,38 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
             }),
         );
     }
+    let mut alert_api_addr = None;
+    if stages.alert {
+        // The case API takes the collectors' keys: a tenant's sources and
+        // people act with the keys that tenant was given.
+        let keys = xoflow_alert::ApiKeys::from_hex(
+            cfg.ingest.auth == xoflow_ingest::config::AuthMode::None,
+            cfg.ingest.tenants.iter().flat_map(|(tenant, t)| {
+                t.api_keys
+                    .iter()
+                    .map(move |k| (k.sha256.as_str(), tenant.as_str()))
+            }),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let stage = xoflow_alert::AlertStage::bind(
+            &cfg.alert,
+            &cfg.kafka,
+            cfg.clickhouse.client(),
+            keys,
+        )
+        .await?;
+        alert_api_addr = Some(stage.api_addr()?);
+        let readiness = health.register("alert");
+        let api_readiness = health.register("alert-api");
+        let stop = token.clone();
+        spawn_stage(
+            "alert",
+            Box::pin(async move {
+                stage.run(readiness, api_readiness, stop).await?;
+                Ok(())
+            }),
+        );
+    }
     if stages.sink {
         let readiness = health.register("sink");
         let stop = token.clone();
@@ -184,6 +230,7 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
     Ok(Running {
         grpc_addr,
         http_addr,
+        alert_api_addr,
         admin_addr,
         health,
         shutdown,

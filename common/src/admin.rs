@@ -52,10 +52,13 @@ pub enum Reason {
     NoPartitions,
     /// No record handled for the configured time while work is waiting.
     NoProgress,
+    /// ClickHouse answers but lacks tables the stage needs (the alert
+    /// stage's, created by `xoflow migrate`); the stage waits for them.
+    SchemaMissing,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Starting,
         Reason::Stopped,
         Reason::KafkaUnreachable,
@@ -63,6 +66,7 @@ impl Reason {
         Reason::ProducerQueueStuck,
         Reason::NoPartitions,
         Reason::NoProgress,
+        Reason::SchemaMissing,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -74,6 +78,7 @@ impl Reason {
             Reason::ProducerQueueStuck => "producer_queue_stuck",
             Reason::NoPartitions => "no_partitions",
             Reason::NoProgress => "no_progress",
+            Reason::SchemaMissing => "schema_missing",
         }
     }
 }

@@ -16,6 +16,9 @@ pub const PROTOBUF: &str = "application/x-protobuf";
 /// what the sink writes for an event ClickHouse refused, so that a replay
 /// knows the message type without guessing.
 pub const PROTOBUF_EVENT: &str = "application/x-protobuf; messageType=xoflow.v1.Event";
+/// Content type of a payload holding a protobuf `xoflow.v1.Alert`: what the
+/// alert stage dead-letters when an alert cannot be delivered to a webhook.
+pub const PROTOBUF_ALERT: &str = "application/x-protobuf; messageType=xoflow.v1.Alert";
 /// Content type of a payload holding JSON as a source sent it.
 pub const JSON: &str = "application/json";
 
@@ -25,6 +28,8 @@ pub enum Stage {
     Ingest,
     Enrich,
     Sink,
+    /// The alert stage (`alert/`): alerts it cannot read or deliver.
+    Alert,
 }
 
 impl Stage {
@@ -33,6 +38,7 @@ impl Stage {
             Stage::Ingest => "ingest",
             Stage::Enrich => "enrich",
             Stage::Sink => "sink",
+            Stage::Alert => "alert",
         }
     }
 }
@@ -61,6 +67,12 @@ pub enum Reason {
     /// ClickHouse refused the row (the sink's insert failed for this row
     /// alone, not for a transient reason).
     ClickHouseRefused,
+    /// The alert stage could not deliver an alert to one of its
+    /// department's webhooks: the receiver refused it for good (a 4xx other
+    /// than 408 and 429) or kept failing for `alert.give_up_after`. The
+    /// payload is the alert (`PROTOBUF_ALERT`), the field the webhook's
+    /// setting path, the description the last error.
+    Undeliverable,
 }
 
 impl Reason {
@@ -75,6 +87,7 @@ impl Reason {
             Reason::Decode => "DECODE",
             Reason::Forbidden => "PERMISSION_DENIED",
             Reason::ClickHouseRefused => "CLICKHOUSE_REFUSED",
+            Reason::Undeliverable => "UNDELIVERABLE",
         }
     }
 
@@ -185,6 +198,8 @@ mod tests {
             ]
         );
         assert_eq!(Reason::ClickHouseRefused.as_str(), "CLICKHOUSE_REFUSED");
+        assert_eq!(Reason::Undeliverable.as_str(), "UNDELIVERABLE");
+        assert_eq!(Stage::Alert.as_str(), "alert");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::{join::JoinConfig, sentiment::TopicsConfig};
+use crate::{alert::AlertRules, join::JoinConfig, sentiment::TopicsConfig};
 
 /// Settings of the enrich stage.
 #[derive(Debug, Clone, Deserialize)]
@@ -34,6 +34,10 @@ pub struct EnrichConfig {
     /// Topic rules per tenant, checked when the configuration is read.
     #[serde(default)]
     pub topics: TopicsConfig,
+    /// Alert rules per tenant (docs/alerts.md), checked when the
+    /// configuration is read.
+    #[serde(default)]
+    pub alerts: AlertRules,
 }
 
 const fn default_stall_timeout() -> Duration {

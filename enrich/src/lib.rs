@@ -14,6 +14,7 @@
 //! the sink's idempotent writes turn into an exactly-once effect. Design and
 //! guarantees: `docs/enrich.md`.
 
+pub mod alert;
 pub mod config;
 pub mod derive;
 pub mod identities;

@@ -48,11 +48,17 @@ pub(crate) enum Metric {
     /// Failures the stage logged and went on from, by `error`
     /// ([`ErrorKind`](xoflow_common::telemetry::ErrorKind)).
     Errors,
+    /// Alerts raised and sent to the alerts topic.
+    AlertsRaised,
+    /// Rules that held but raised nothing, by `reason` (`repeated`: the
+    /// alert was raised before, by an earlier revision or a replay;
+    /// `quiet_period`; `do_not_contact`).
+    AlertsSuppressed,
 }
 
 impl Metric {
     #[cfg(test)]
-    pub(crate) const ALL: [Metric; 16] = [
+    pub(crate) const ALL: [Metric; 18] = [
         Metric::EventsResolved,
         Metric::EventsEnriched,
         Metric::Batches,
@@ -69,6 +75,8 @@ impl Metric {
         Metric::EventsHeld,
         Metric::EventsWaiting,
         Metric::Errors,
+        Metric::AlertsRaised,
+        Metric::AlertsSuppressed,
     ];
 
     pub(crate) const fn name(self) -> &'static str {
@@ -89,6 +97,8 @@ impl Metric {
             Metric::EventsHeld => "xoflow_enrich_events_held",
             Metric::EventsWaiting => "xoflow_enrich_events_waiting",
             Metric::Errors => "xoflow_enrich_errors_total",
+            Metric::AlertsRaised => "xoflow_enrich_alerts_raised_total",
+            Metric::AlertsSuppressed => "xoflow_enrich_alerts_suppressed_total",
         }
     }
 }
@@ -132,6 +142,8 @@ pub(crate) struct BatchEnriched {
     pub waiting_for_reference: u64,
     /// Unresolved events waiting for a link, afterwards.
     pub waiting_for_link: u64,
+    /// Alerts raised and suppressed in the batch.
+    pub alerts: crate::alert::AlertStats,
 }
 
 impl BatchEnriched {
@@ -158,6 +170,14 @@ impl BatchEnriched {
             .set(self.waiting_for_reference as f64);
         gauge!(Metric::JoinWaiting.name(), "waiting_for" => "link")
             .set(self.waiting_for_link as f64);
+        counter!(Metric::AlertsRaised.name()).increment(self.alerts.raised);
+        for (reason, n) in [
+            ("repeated", self.alerts.repeated),
+            ("quiet_period", self.alerts.quiet),
+            ("do_not_contact", self.alerts.do_not_contact),
+        ] {
+            counter!(Metric::AlertsSuppressed.name(), "reason" => reason).increment(n);
+        }
         dead_letters(self.dead_letters);
     }
 }

@@ -54,12 +54,16 @@ events = "t-{id}.events"
 backfill = "t-{id}.backfill"
 enriched = "t-{id}.enriched"
 dead_letters = "t-{id}.dead-letters"
+alerts = "t-{id}.alerts"
 [ingest]
 grpc_addr = "127.0.0.1:0"
 http_addr = "127.0.0.1:0"
 [enrich]
 group_id = "g-{id}-enrich"
 batch_max_wait = "20ms"
+[alert]
+group_id = "g-{id}-alert"
+api_addr = "127.0.0.1:0"
 [sink]
 group_id = "g-{id}-sink"
 batch_max_wait = "200ms"
@@ -86,8 +90,11 @@ pub fn xoflow_command(cfg: &Config, args: &[&str]) -> std::process::Command {
         .env("XOFLOW_KAFKA__TOPICS__BACKFILL", &t.backfill)
         .env("XOFLOW_KAFKA__TOPICS__ENRICHED", &t.enriched)
         .env("XOFLOW_KAFKA__TOPICS__DEAD_LETTERS", &t.dead_letters)
+        .env("XOFLOW_KAFKA__TOPICS__ALERTS", &t.alerts)
         .env("XOFLOW_ENRICH__GROUP_ID", &cfg.enrich.group_id)
         .env("XOFLOW_SINK__GROUP_ID", &cfg.sink.group_id)
+        .env("XOFLOW_ALERT__GROUP_ID", &cfg.alert.group_id)
+        .env("XOFLOW_ALERT__API_ADDR", "127.0.0.1:0")
         .env("XOFLOW_CLICKHOUSE__URL", &cfg.clickhouse.url)
         .env("XOFLOW_CLICKHOUSE__DATABASE", &cfg.clickhouse.database)
         .env("XOFLOW_ADMIN__ADDR", "127.0.0.1:0")

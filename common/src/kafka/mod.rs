@@ -78,6 +78,8 @@ pub struct Topics {
     pub enriched: String,
     /// Refused records (protobuf `DeadLetter`) from every stage.
     pub dead_letters: String,
+    /// Alerts raised by enrich for the alert stage (protobuf `Alert`).
+    pub alerts: String,
 }
 
 impl Topics {
@@ -89,6 +91,7 @@ impl Topics {
             &mut self.backfill,
             &mut self.enriched,
             &mut self.dead_letters,
+            &mut self.alerts,
         ] {
             t.push_str(suffix);
         }
@@ -98,7 +101,7 @@ impl Topics {
 impl KafkaConfig {
     /// Settings for `brokers` with the rest at their simplest: one
     /// partition, no replication, no compression, a 1 s message timeout and
-    /// topics named `e`, `b`, `en`, `d`. For tests and tools that override
+    /// topics named `e`, `b`, `en`, `d`, `a`. For tests and tools that override
     /// what they care about.
     pub fn with_brokers(brokers: impl Into<String>) -> Self {
         KafkaConfig {
@@ -108,6 +111,7 @@ impl KafkaConfig {
                 backfill: "b".into(),
                 enriched: "en".into(),
                 dead_letters: "d".into(),
+                alerts: "a".into(),
             },
             partitions: 1,
             replication_factor: 1,

@@ -1,7 +1,7 @@
 //! The join's windows and bounds (`[enrich.join]`): how long state lasts,
 //! how much of it there is, and how long events wait for each other.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 
@@ -40,15 +40,54 @@ pub struct JoinConfig {
     /// partition's latest event.
     #[serde(default = "default_max_waiting")]
     pub max_waiting: usize,
-    /// Department owning each journey stage, for alert routing.
+    /// Removed: the owning department of an event comes from its tenant's
+    /// journey config (`ingest.tenants.<tenant>.touchpoints`), the one
+    /// ownership model. Kept only to refuse old files with that advice
+    /// ([`JoinConfig::validate`]).
     #[serde(default)]
-    pub departments: HashMap<String, String>,
+    pub departments: Option<HashMap<String, String>>,
+    /// Who owns each touchpoint, per tenant: not read from `[enrich.join]`
+    /// but set by the binary from the tenants' journey config.
+    #[serde(skip)]
+    pub owners: Owners,
+}
+
+/// The department owning each touchpoint, per tenant: the tenants' journey
+/// config (`ingest.tenants.<tenant>.touchpoints.<touchpoint>.department`),
+/// which ingest also uses. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Owners(Arc<HashMap<String, HashMap<String, String>>>);
+
+impl Owners {
+    /// From (tenant, touchpoint, department) triples.
+    pub fn new<'a>(triples: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) -> Self {
+        let mut map: HashMap<String, HashMap<String, String>> = HashMap::new();
+        for (tenant, touchpoint, department) in triples {
+            map.entry(tenant.to_owned())
+                .or_default()
+                .insert(touchpoint.to_owned(), department.to_owned());
+        }
+        Self(Arc::new(map))
+    }
+
+    /// The department owning `touchpoint` of `tenant`, if the journey
+    /// config names one.
+    pub fn department(&self, tenant: &str, touchpoint: &str) -> Option<&str> {
+        self.0.get(tenant)?.get(touchpoint).map(String::as_str)
+    }
+
+    /// Whether `department` owns some touchpoint of `tenant`.
+    pub fn defines(&self, tenant: &str, department: &str) -> bool {
+        self.0
+            .get(tenant)
+            .is_some_and(|m| m.values().any(|d| d == department))
+    }
 }
 
 impl JoinConfig {
     /// The windows and bounds shipped in `deploy/config/xoflow.toml`, with
     /// `lateness` as both the lateness bound and the longest hold, and no
-    /// departments: what tests, benchmarks and tools start from, overriding
+    /// owners: what tests, benchmarks and tools start from, overriding
     /// only what they exercise.
     pub fn new(lateness: Duration) -> Self {
         const DAY: u64 = 86_400;
@@ -62,17 +101,28 @@ impl JoinConfig {
             max_hold: lateness,
             max_history_per_customer: default_max_history(),
             max_waiting: default_max_waiting(),
-            departments: HashMap::new(),
+            departments: None,
+            owners: Owners::default(),
         }
     }
 
-    /// The same, routing each `(stage, department)` pair.
-    pub fn with_departments(mut self, pairs: &[(&str, &str)]) -> Self {
-        self.departments = pairs
-            .iter()
-            .map(|(s, d)| ((*s).to_owned(), (*d).to_owned()))
-            .collect();
+    /// The same, with these (tenant, touchpoint, department) owners.
+    pub fn with_owners(mut self, triples: &[(&str, &str, &str)]) -> Self {
+        self.owners = Owners::new(triples.iter().copied());
         self
+    }
+
+    /// Refuses settings that no longer exist. Pure.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.departments.is_some() {
+            return Err(
+                "enrich.join.departments: removed; the department owning an event is \
+                        the one its touchpoint names in the tenant's journey config \
+                        (ingest.tenants.<tenant>.touchpoints.<touchpoint>.department)"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }
 

@@ -55,17 +55,18 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use xoflow_proto::{
     Message as _,
     v1::{
-        EnrichedEvent, Event, IdentityResolution, JoinCustomerState, JoinHistoryEntry,
+        Alert, EnrichedEvent, Event, IdentityResolution, JoinCustomerState, JoinHistoryEntry,
         JoinIdentifierState, Speaker, event::Payload,
     },
 };
 
-pub use config::JoinConfig;
+pub use config::{JoinConfig, Owners};
 use history::{Customer, Entry, Place};
 use state::CustomerState;
 use unresolved::{Unresolved, Waiter};
 
 use crate::{
+    alert::{self, AlertRules, AlertStats, Alerter, Silent},
     derive,
     identity::{self, Links, Resolved},
     sentiment,
@@ -142,8 +143,11 @@ pub struct Join {
     links: Links,
     /// Events not applied yet, by (event time, event id).
     held: BTreeMap<(i64, String), Held>,
-    /// The latest event time offered.
+    /// The latest event time offered, and the wall-clock time it was
+    /// offered at (the re-scoring's clock: event time, running on with the
+    /// wall clock while nothing newer arrives).
     watermark: i64,
+    watermark_wall: i64,
     /// Events waiting for a link, by identifier.
     unresolved: Unresolved,
     /// Customers whose history needs a re-fold before the next output.
@@ -163,6 +167,8 @@ pub struct Join {
     stats: JoinStats,
     /// Topic rules per tenant (`[enrich.topics]`).
     topics: sentiment::TopicsConfig,
+    /// Alert rules and the customers' alert books.
+    alerter: Alerter,
 }
 
 /// Customer-keyed maps: foldhash, not SipHash (hashing was a tenth of the
@@ -179,6 +185,7 @@ impl Join {
             links: Links::default(),
             held: BTreeMap::new(),
             watermark: i64::MIN,
+            watermark_wall: i64::MIN,
             unresolved: Unresolved::default(),
             touched: Vec::new(),
             moves: Vec::new(),
@@ -190,7 +197,14 @@ impl Join {
             unmet: 0,
             stats: JoinStats::default(),
             topics: sentiment::TopicsConfig::default(),
+            alerter: Alerter::default(),
         }
+    }
+
+    /// Raises alerts on these rules (`[enrich.alerts]`).
+    pub fn with_alerts(mut self, rules: AlertRules) -> Self {
+        self.alerter = Alerter::new(rules);
+        self
     }
 
     /// Tags topics with these rules instead of the built-in set.
@@ -272,7 +286,10 @@ impl Join {
         now_ms: i64,
     ) {
         let at = event_ms(&e, now_ms);
-        self.watermark = self.watermark.max(at);
+        if at > self.watermark {
+            self.watermark = at;
+            self.watermark_wall = now_ms;
+        }
         let key = (at, e.event_id.clone());
         self.held.insert(
             key,
@@ -316,6 +333,7 @@ impl Join {
     pub fn release(&mut self, now_ms: i64, out: &mut Vec<Released>) {
         let bound = self.cfg.lateness.as_millis() as i64;
         let hold = self.cfg.max_hold.as_millis() as i64;
+        let start = out.len();
         let mut last_offset = None;
         while let Some(entry) = self.held.first_entry() {
             let (at, _) = *entry.key();
@@ -332,10 +350,12 @@ impl Join {
             self.settle(offset, now_ms, out);
         }
         self.expire_waiting();
+        self.alert(&out[start..], now_ms);
     }
 
     /// Applies and emits everything held, in event-time order.
     pub fn drain(&mut self, now_ms: i64, out: &mut Vec<Released>) {
+        let start = out.len();
         let mut last_offset = None;
         while let Some((_, h)) = self.held.pop_first() {
             last_offset = Some(h.offset);
@@ -345,6 +365,91 @@ impl Join {
             self.settle(offset, now_ms, out);
         }
         self.expire_waiting();
+        self.alert(&out[start..], now_ms);
+    }
+
+    /// Checks the alert rules on outputs just emitted.
+    fn alert(&mut self, outputs: &[Released], now_ms: i64) {
+        if outputs.is_empty() {
+            return;
+        }
+        self.alerter.evaluate(
+            outputs.iter().map(|r| {
+                let at = r
+                    .enriched
+                    .event
+                    .as_ref()
+                    .map_or(now_ms, |e| event_ms(e, now_ms));
+                (&r.enriched, at)
+            }),
+            now_ms,
+        );
+    }
+
+    /// The silence re-scoring: every customer held whose tenant has a
+    /// silence rule, re-scored as of the partition's clock (its latest
+    /// event time, run on by the wall clock since it arrived: a backfill of
+    /// last year does not make everyone look silent, and a quiet partition
+    /// does not stop time), and offered to those rules when they have not
+    /// ordered for longer than their usual gap. Also forgets alert books
+    /// nothing can use any more.
+    pub fn rescore(&mut self, now_ms: i64) {
+        if self.watermark == i64::MIN {
+            return;
+        }
+        let clock = self
+            .watermark
+            .saturating_add((now_ms - self.watermark_wall).max(0));
+        self.alerter
+            .prune(clock, self.cfg.order_window.as_millis() as i64);
+        if !self.alerter.rules().any_silent() {
+            return;
+        }
+        let mut silent = Vec::new();
+        for (id, c) in &self.customers {
+            let Some((silent_ms, gap_ms, last_order_ms)) = c.current.silence(clock) else {
+                continue;
+            };
+            if silent_ms <= gap_ms {
+                continue;
+            }
+            let Some(entry) = c.history.back() else {
+                continue;
+            };
+            if !self.alerter.wants_silence(&entry.event.tenant) {
+                continue;
+            }
+            let mut o = output(
+                &self.cfg,
+                &c.current,
+                entry,
+                id,
+                department(&self.cfg, &entry.event),
+                now_ms,
+            );
+            o.customer = Some(c.current.context(clock, &self.cfg));
+            o.event = Some(entry.event.clone());
+            silent.push(Silent {
+                customer_id: id.clone(),
+                output: o,
+                silent_ms,
+                gap_ms,
+                last_order_ms,
+            });
+        }
+        // Customers in a fixed order, so a replay raises the same alerts.
+        silent.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
+        self.alerter.silence(silent, now_ms);
+    }
+
+    /// The alerts raised since the last call.
+    pub fn take_alerts(&mut self) -> Vec<Alert> {
+        self.alerter.take_alerts()
+    }
+
+    /// Alert counts since the last call.
+    pub fn take_alert_stats(&mut self) -> AlertStats {
+        self.alerter.take_stats()
     }
 
     fn apply_held(&mut self, h: Held, now_ms: i64, out: &mut Vec<Released>) {
@@ -394,6 +499,7 @@ impl Join {
             key.extend_from_slice(identifier.as_bytes());
             out.push((key, value));
         }
+        self.alerter.take_changes(&mut out);
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -411,7 +517,9 @@ impl Join {
             if value.is_empty() {
                 continue;
             }
-            let ok = if let Some(identifier) = key.strip_prefix(&[0]) {
+            let ok = if let Some(customer) = key.strip_prefix(&alert::BOOK_PREFIX) {
+                self.alerter.restore(customer, &value)
+            } else if let Some(identifier) = key.strip_prefix(&[0]) {
                 JoinIdentifierState::decode(value.as_slice())
                     .map(|s| {
                         self.unresolved
@@ -705,14 +813,17 @@ impl Join {
     }
 }
 
-/// The department owning the stage of `e`'s touchpoint.
+/// The department owning `e`'s touchpoint in its tenant's journey config.
 fn department(cfg: &JoinConfig, e: &Event) -> String {
-    let stage = e
+    let touchpoint = e
         .touchpoint
         .as_ref()
-        .map(|t| t.stage.as_str())
+        .map(|t| t.touchpoint.as_str())
         .unwrap_or("");
-    cfg.departments.get(stage).cloned().unwrap_or_default()
+    cfg.owners
+        .department(&e.tenant, touchpoint)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Whether an event's first output here is emitted twice (see the module
@@ -816,7 +927,7 @@ mod tests {
         JoinConfig {
             max_orders_per_customer: 8,
             max_customers: 1000,
-            ..JoinConfig::new(Duration::from_secs(5)).with_departments(&[("delivery", "logistics")])
+            ..JoinConfig::new(Duration::from_secs(5)).with_owners(&[("t", "delivery", "logistics")])
         }
     }
 
@@ -828,6 +939,7 @@ mod tests {
             customer: Some(customer),
             touchpoint: Some(xoflow_proto::v1::Touchpoint {
                 stage: "delivery".into(),
+                touchpoint: "delivery".into(),
                 ..Default::default()
             }),
             payload: Some(payload),
@@ -1076,6 +1188,180 @@ mod tests {
         assert_eq!(j.take_stats().repairs, 1);
         // The order events themselves are emitted once, at revision 0.
         assert_eq!(out.iter().filter(|r| r.enriched.revision == 0).count(), 2);
+    }
+
+    /// `[enrich.alerts]` rules from TOML, read like the configuration.
+    fn alert_rules(toml: &str) -> AlertRules {
+        AlertRules::compile(&toml_settings(toml)).expect("valid rules")
+    }
+
+    fn toml_settings(toml: &str) -> crate::alert::AlertsSettings {
+        #[derive(serde::Deserialize)]
+        struct W {
+            enrich: E,
+        }
+        #[derive(serde::Deserialize)]
+        struct E {
+            alerts: crate::alert::AlertsSettings,
+        }
+        let w: W = xoflow_common::config::from_toml(toml).expect("toml");
+        w.enrich.alerts
+    }
+
+    #[test]
+    fn a_detractor_whose_valuable_order_arrives_later_is_alerted_then_once() {
+        let rules = alert_rules(
+            r#"
+[[enrich.alerts.tenants.t.rules]]
+name = "valuable-detractor"
+severity = "high"
+nps = ["detractor"]
+lifetime_value_at_least = 50000
+"#,
+        );
+        let mut j = Join::new(cfg()).with_alerts(rules);
+        let c = CustomerIdentity {
+            customer_id: "c1".into(),
+            ..Default::default()
+        };
+        let survey = event(
+            "s",
+            2 * DAY_MS,
+            c.clone(),
+            Payload::Survey(SurveyResponse {
+                answers: vec![SurveyAnswer {
+                    kind: MetricKind::Nps as i32,
+                    score: Some(2.0),
+                    scale_min: 0,
+                    scale_max: 10,
+                    ..Default::default()
+                }],
+                trigger: Some(SurveyTrigger {
+                    r#ref: Some(Ref::OrderId("o1".into())),
+                }),
+                ..Default::default()
+            }),
+        );
+        let paid = event(
+            "o-paid",
+            DAY_MS,
+            c.clone(),
+            Payload::Order(Order {
+                order_id: "o1".into(),
+                status: OrderStatus::Paid as i32,
+                amount_minor: 80_000,
+                ..Default::default()
+            }),
+        );
+        let links = Links::default();
+        let first = feed(&mut j, std::slice::from_ref(&survey), &links, 0);
+        assert_eq!(first.len(), 1);
+        assert!(j.take_alerts().is_empty(), "no value known yet");
+        let later = feed(&mut j, &[paid], &links, 0);
+        assert!(later.iter().any(|o| o.revision == 1), "the survey repaired");
+        let alerts = j.take_alerts();
+        assert_eq!(alerts.len(), 1, "{alerts:#?}");
+        let a = &alerts[0];
+        assert_eq!(
+            a.alert_id,
+            crate::alert::alert_id(&["t", "valuable-detractor", "s"])
+        );
+        assert_eq!(a.department, "logistics", "the touchpoint's owner");
+        assert_eq!(a.customer_id, "c1");
+        assert_eq!(a.trigger.as_ref().map(|t| t.revision), Some(1));
+        assert_eq!(
+            a.reasons,
+            vec!["NPS 2 (detractor)", "lifetime value 800.00"]
+        );
+        // A replay after a crash, from the changelog: the book remembers.
+        let mut k = Join::new(cfg()).with_alerts(alert_rules(
+            r#"
+[[enrich.alerts.tenants.t.rules]]
+name = "valuable-detractor"
+severity = "high"
+nps = ["detractor"]
+lifetime_value_at_least = 50000
+"#,
+        ));
+        assert_eq!(k.restore_records(j.take_changes(), 0), 0);
+        feed(&mut k, &[survey], &links, 0);
+        assert!(k.take_alerts().is_empty());
+        assert!(k.take_alert_stats().repeated >= 1);
+    }
+
+    #[test]
+    fn a_customer_who_stops_ordering_is_rescored_without_any_event() {
+        let rules = alert_rules(
+            r#"
+[[enrich.alerts.tenants.t.rules]]
+name = "silent"
+severity = "medium"
+silent = true
+min_silence = 2
+churn_risk_at_least = 0.5
+last_nps_at_most = 6
+"#,
+        );
+        let mut j = Join::new(cfg()).with_alerts(rules);
+        let c = CustomerIdentity {
+            customer_id: "c1".into(),
+            ..Default::default()
+        };
+        let mut events: Vec<Event> = (0..4)
+            .map(|i| {
+                event(
+                    &format!("o{i}"),
+                    i * 7 * DAY_MS,
+                    c.clone(),
+                    Payload::Order(Order {
+                        order_id: format!("o{i}"),
+                        status: OrderStatus::Paid as i32,
+                        amount_minor: 10_000,
+                        ..Default::default()
+                    }),
+                )
+            })
+            .collect();
+        events.push(event(
+            "s",
+            22 * DAY_MS,
+            c.clone(),
+            Payload::Survey(SurveyResponse {
+                answers: vec![SurveyAnswer {
+                    kind: MetricKind::Nps as i32,
+                    score: Some(3.0),
+                    scale_min: 0,
+                    scale_max: 10,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        ));
+        let links = Links::default();
+        let wall = 1_000;
+        feed(&mut j, &events, &links, wall);
+        // At the survey: 1 gap of 7 days since the last order; no alert.
+        j.rescore(wall);
+        assert!(j.take_alerts().is_empty());
+        // Time runs on with the wall clock: 21 days (3 gaps) after the
+        // last order.
+        j.rescore(wall + 20 * DAY_MS);
+        let alerts = j.take_alerts();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let a = &alerts[0];
+        assert_eq!(a.cause, xoflow_proto::v1::AlertCause::Silence as i32);
+        assert_eq!(a.silent_days, Some(21));
+        assert_eq!(a.usual_gap_days, Some(7));
+        let risk = a
+            .trigger
+            .as_ref()
+            .and_then(|t| t.customer.as_ref())
+            .and_then(|c| c.churn_risk)
+            .unwrap_or_default();
+        assert!(risk >= 0.5, "{risk}");
+        // Once per silence.
+        j.rescore(wall + 30 * DAY_MS);
+        assert!(j.take_alerts().is_empty());
     }
 
     #[test]

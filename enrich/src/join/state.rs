@@ -67,6 +67,8 @@ pub(super) struct CustomerState {
     applied: VecDeque<u64>,
     /// The most recent support calls: (time, context).
     calls: VecDeque<(i64, CallContext)>,
+    /// The latest `do_not_contact` attribute said yes.
+    do_not_contact: bool,
 }
 
 impl CustomerState {
@@ -119,6 +121,7 @@ impl CustomerState {
                     at_ms: *at_ms,
                 })
                 .collect(),
+            do_not_contact: self.do_not_contact,
         }
     }
 
@@ -165,6 +168,7 @@ impl CustomerState {
                 .into_iter()
                 .map(|c| (c.at_ms, c.ctx.unwrap_or_default()))
                 .collect(),
+            do_not_contact: p.do_not_contact,
         }
     }
 
@@ -186,6 +190,13 @@ impl CustomerState {
     /// Folds one event in.
     pub(super) fn update(&mut self, e: &Event, cx: &CxFields, at: i64, cfg: &JoinConfig) {
         self.last_seen_ms = self.last_seen_ms.max(at);
+        if let Some(v) = e.attributes.get(crate::alert::DO_NOT_CONTACT) {
+            // Folded in event-time order: the latest statement wins.
+            self.do_not_contact = matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "true" | "1" | "yes" | "y"
+            );
+        }
         if cx.sentiment.is_some() {
             self.texts += 1;
         }
@@ -401,8 +412,32 @@ impl CustomerState {
             support_contacts_30d: self.support.len() as u32,
             days_since_last_order: last_order.map(|t| ((at - t).max(0) / DAY_MS) as u32),
             last_nps: self.last_nps,
-            churn_risk: Some(self.churn_risk()),
+            churn_risk: Some(self.churn_risk(at)),
+            do_not_contact: self.do_not_contact,
         }
+    }
+
+    /// How long the customer has not ordered at `at`, against their own
+    /// rhythm: (time since the last order, usual gap between orders, when
+    /// the last order was placed). `None` before a second order (no rhythm
+    /// yet). The usual gap is the mean over the orders remembered, at least
+    /// a day (two orders on one day are not a rhythm of minutes).
+    pub(super) fn silence(&self, at: i64) -> Option<(i64, i64, i64)> {
+        let mut first = i64::MAX;
+        let mut last = i64::MIN;
+        let mut n = 0i64;
+        for o in &self.orders {
+            if o.placed_ms <= at {
+                first = first.min(o.placed_ms);
+                last = last.max(o.placed_ms);
+                n += 1;
+            }
+        }
+        if n < 2 {
+            return None;
+        }
+        let gap = ((last - first) / (n - 1)).max(DAY_MS);
+        Some((at - last, gap, last))
     }
 
     /// The session context, once the customer has a session.
@@ -419,9 +454,10 @@ impl CustomerState {
     /// not counts, so a busy loyal customer does not look riskier than a
     /// quiet unhappy one: how low their NPS runs (weighted by how many
     /// answers back it), the share of their words that are negative, support
-    /// contacts, and the share of their deliveries that came late or went
-    /// back.
-    fn churn_risk(&self) -> f64 {
+    /// contacts, the share of their deliveries that came late or went
+    /// back, and silence: time without an order beyond the customer's own
+    /// usual gap (none within it; up to three gaps beyond it count).
+    fn churn_risk(&self, at: i64) -> f64 {
         let share = |num: u32, den: u32| {
             if den == 0 {
                 0.0
@@ -440,7 +476,11 @@ impl CustomerState {
             + 1.0 * share(self.negative_texts, self.texts)
             + 0.25 * self.support.len() as f64
             + 0.4 * share(self.late_deliveries, self.delivered)
-            + 0.6 * share(self.returns, self.delivered.max(self.returns));
+            + 0.6 * share(self.returns, self.delivered.max(self.returns))
+            + 0.5
+                * self.silence(at).map_or(0.0, |(silent, gap, _)| {
+                    (silent as f64 / gap as f64 - 1.0).clamp(0.0, 3.0)
+                });
         1.0 - (-x).exp()
     }
 }

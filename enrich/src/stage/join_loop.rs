@@ -36,6 +36,7 @@ use super::{
 };
 use crate::{
     EnrichConfig,
+    alert::AlertStats,
     identity::Resolved,
     join::{ChangelogRecords, Join, JoinStats, Released},
     telemetry,
@@ -61,15 +62,24 @@ pub(super) struct Joiner<'a> {
 impl Joiner<'_> {
     pub async fn run(mut self, stop: &CancellationToken) -> Result<(), EnrichError> {
         let tick = (self.cfg.join.max_hold / 4).max(Duration::from_millis(50));
+        let rescore_every = self.cfg.alerts.rescore_interval();
+        let mut rescored = tokio::time::Instant::now();
         loop {
             // Held events are due by wall-clock time even when no input
-            // arrives: wake up after `tick` without a message then.
+            // arrives: wake up after `tick` without a message then; and in
+            // time for the next silence re-scoring.
             let holding = self.joins.values().any(|j| j.held() > 0);
+            let until_rescore = rescore_every.saturating_sub(rescored.elapsed());
+            let wake = if holding {
+                Some(tick.min(until_rescore.max(Duration::from_millis(1))))
+            } else {
+                Some(until_rescore.max(Duration::from_millis(1)))
+            };
             let batch = recv_batch(
                 self.consumer,
                 self.cfg.batch_max_records,
                 self.cfg.batch_max_wait,
-                holding.then_some(tick),
+                wake,
                 stop,
             )
             .await;
@@ -123,6 +133,12 @@ impl Joiner<'_> {
                 j.offer_moved(event, who, revision, m.offset(), now);
             }
             let stopping = stop.is_cancelled();
+            if rescored.elapsed() >= rescore_every {
+                rescored = tokio::time::Instant::now();
+                for j in self.joins.values_mut() {
+                    j.rescore(now);
+                }
+            }
             self.flush(now, stopping, &dead, stop).await?;
             if batch.is_empty() && stopping {
                 return Ok(());
@@ -142,6 +158,8 @@ impl Joiner<'_> {
         let mut released: Vec<Released> = Vec::new();
         let mut changes: Vec<(i32, ChangelogRecords)> = Vec::new();
         let mut moves = Vec::new();
+        let mut alerts = Vec::new();
+        let mut alert_stats = AlertStats::default();
         let mut stats = JoinStats::default();
         let mut partitions: Vec<i32> = self.joins.keys().copied().collect();
         partitions.sort_unstable();
@@ -155,6 +173,12 @@ impl Joiner<'_> {
                 j.release(now, &mut released);
             }
             moves.extend(j.take_moves());
+            alerts.extend(j.take_alerts());
+            let a = j.take_alert_stats();
+            alert_stats.raised += a.raised;
+            alert_stats.repeated += a.repeated;
+            alert_stats.quiet += a.quiet;
+            alert_stats.do_not_contact += a.do_not_contact;
             let s = j.take_stats();
             stats.repairs += s.repairs;
             stats.expired_link += s.expired_link;
@@ -171,6 +195,15 @@ impl Joiner<'_> {
             .map(|(id, b)| Outgoing::keyed(id.as_bytes(), b))
             .collect();
         let dead_out = output::dead_letter_records(dead);
+        // Alerts keyed by customer: one customer's alerts stay in order.
+        let alerts_encoded: Vec<(&str, Vec<u8>)> = alerts
+            .iter()
+            .map(|a| (a.customer_id.as_str(), a.encode_to_vec()))
+            .collect();
+        let alerts_out: Vec<Outgoing<'_>> = alerts_encoded
+            .iter()
+            .map(|(k, v)| Outgoing::keyed(k.as_bytes(), v))
+            .collect();
         let changelog: Vec<(i32, Vec<Outgoing<'_>>)> = changes
             .iter()
             .map(|(p, c)| (*p, c.iter().map(|(k, v)| Outgoing::keyed(k, v)).collect()))
@@ -197,14 +230,20 @@ impl Joiner<'_> {
                 })),
             })
             .collect();
-        // In this order, each acknowledged before the next is sent: events a
-        // link resolved before the state that no longer holds them, and the
-        // state before the outputs it records. A crash in between then
-        // never leaves an output (a revision) that the changelog does not
-        // know: the replayed input finds its events in their histories and
-        // emits them again at the recorded revisions, or, if the state did
-        // not land, as if for the first time.
-        let mut sends: Vec<output::Send<'_>> = vec![(&self.internal.repartition, None, &moved_out)];
+        // In this order, each acknowledged before the next is sent: alerts
+        // before the books that record them (a crash in between replays the
+        // batch against the old books and raises the same alerts, same ids,
+        // again: never fewer); events a link resolved before the state that
+        // no longer holds them, and the state before the outputs it
+        // records. A crash in between then never leaves an output (a
+        // revision) that the changelog does not know: the replayed input
+        // finds its events in their histories and emits them again at the
+        // recorded revisions, or, if the state did not land, as if for the
+        // first time.
+        let mut sends: Vec<output::Send<'_>> = vec![
+            (&self.kafka.topics.alerts, None, &alerts_out),
+            (&self.internal.repartition, None, &moved_out),
+        ];
         for (p, records) in &changelog {
             sends.push((&self.internal.changelog, Some(*p), records));
         }
@@ -238,6 +277,7 @@ impl Joiner<'_> {
             held: self.joins.values().map(|j| j.held() as u64).sum(),
             moved: moved_out.len() as u64,
             stats,
+            alerts: alert_stats,
             history: self.joins.values().map(|j| j.history_events() as u64).sum(),
             waiting_for_reference: self
                 .joins

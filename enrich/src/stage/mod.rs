@@ -177,13 +177,14 @@ pub async fn read_link_table(
 fn topic_names<'a>(
     t: &'a xoflow_common::kafka::Topics,
     internal: &'a InternalTopics,
-) -> ([&'a str; 5], [&'a str; 2]) {
+) -> ([&'a str; 6], [&'a str; 2]) {
     (
         [
             &t.events,
             &t.backfill,
             &t.enriched,
             &t.dead_letters,
+            &t.alerts,
             &internal.repartition,
         ],
         [&internal.links, &internal.changelog],

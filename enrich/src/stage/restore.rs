@@ -72,7 +72,9 @@ pub(super) async fn join_state(
     .await?;
     let n = records.len();
     let latest: std::collections::HashMap<Vec<u8>, Vec<u8>> = records.into_iter().collect();
-    let mut join = Join::new(cfg.join.clone()).with_topics(cfg.topics.clone());
+    let mut join = Join::new(cfg.join.clone())
+        .with_topics(cfg.topics.clone())
+        .with_alerts(cfg.alerts.clone());
     let bad = join.restore_records(latest, xoflow_common::clock::now_unix_millis());
 
     if bad > 0 {

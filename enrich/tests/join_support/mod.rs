@@ -21,8 +21,10 @@ pub fn config(lateness: Duration) -> JoinConfig {
     JoinConfig {
         max_orders_per_customer: 8,
         max_customers: 100_000,
-        ..JoinConfig::new(lateness)
-            .with_departments(&[("delivery", "logistics"), ("checkout", "e-commerce")])
+        ..JoinConfig::new(lateness).with_owners(&[
+            ("shop", "delivery", "logistics"),
+            ("shop", "checkout", "e-commerce"),
+        ])
     }
 }
 

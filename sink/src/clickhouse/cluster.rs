@@ -23,9 +23,11 @@
 //! that a customer's rows — and the `customer_profile` rows its
 //! materialized view derives from them — live on one shard, where
 //! `ReplacingMergeTree` can collapse them, and a redelivered copy of an
-//! event lands beside its original; other tables have no key of their own
-//! (`rand()`), their rows are written by materialized views on the shard
-//! that holds the source rows. The trade-offs are in docs/clickhouse.md.
+//! event lands beside its original; `alerts` by alert id, so that a copy
+//! written by a replay lands beside its original too; other tables have no
+//! key of their own (`rand()`), their rows are written by materialized
+//! views on the shard that holds the source rows, or are few. The
+//! trade-offs are in docs/clickhouse.md.
 //!
 //! Nothing here talks to a server: no cluster runs on the machines the
 //! tests run on, so the rewrite is checked statically (the tests below) and
@@ -35,6 +37,9 @@
 fn sharding_key(table: &str) -> &'static str {
     match table {
         "events" => "cityHash64(tenant, if(customer_id = '', event_id, customer_id))",
+        // Copies of an alert (a replay racing its first write) land on one
+        // shard, where ReplacingMergeTree collapses them.
+        "alerts" => "cityHash64(alert_id)",
         _ => "rand()",
     }
 }
@@ -219,7 +224,10 @@ mod tests {
                 "events",
                 "dead_letters",
                 "touchpoint_metrics",
-                "customer_profile"
+                "customer_profile",
+                "alerts",
+                "alert_deliveries",
+                "alert_actions"
             ]
         );
         let schema = cluster_schema();

@@ -115,6 +115,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0009_revisions.sql"),
         requires: &[],
     },
+    Migration {
+        version: 10,
+        name: "alerts",
+        sql: include_str!("../../migrations/0010_alerts.sql"),
+        requires: &[],
+    },
 ];
 
 impl Migration {

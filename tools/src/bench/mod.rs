@@ -73,6 +73,8 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
     cfg.kafka.topics.suffix(&format!(".bench-{id}"));
     cfg.enrich.group_id = format!("bench-{id}-enrich");
     cfg.sink.group_id = format!("bench-{id}-sink");
+    cfg.alert.group_id = format!("bench-{id}-alert");
+    cfg.alert.api_addr = "127.0.0.1:0".parse()?;
     cfg.clickhouse.database = format!("xoflow_bench_{id}");
     cfg.ingest.grpc_addr = "127.0.0.1:0".parse()?;
     cfg.ingest.http_addr = "127.0.0.1:0".parse()?;

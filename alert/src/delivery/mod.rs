@@ -1,0 +1,581 @@
+//! Delivery: one worker per (tenant, department), each with its own queue,
+//! retry schedule and connections, so that a slow or dead receiver only
+//! delays its own department's alerts.
+//!
+//! ```text
+//!  stage loop ──Job (alert, webhooks to reach)──► bounded queue ──► department worker
+//!      ▲                                                              │ ≤ max_in_flight calls at once,
+//!      │                                                              │ each alert × webhook on its own
+//!      │                                                              │ backoff: retry_backoff doubling to
+//!      │                                                              │ retry_max_backoff, with jitter,
+//!      │                                                              │ until give_up_after
+//!      └──────────── Reports: one DeliveryRow per attempt, ◄──────────┘
+//!                    Settled(alert id, dead letters) once every webhook is final
+//! ```
+//!
+//! In: [`Job`]s on the department's queue. Out: [`Report`]s, which the
+//! stage loop takes in batches: it writes the rows to `alert_deliveries`,
+//! produces the dead letters, and only then counts the alert's offsets as
+//! final. An attempt is delivered (2xx, no robot error code), retried, or
+//! final without delivery (refused for good, or failing past
+//! `give_up_after`): a dead letter `UNDELIVERABLE` with the alert as
+//! payload. [`next_step`] is that decision, pure.
+//!
+//! A worker never waits for the stage loop: reports go into a shared
+//! buffer, and jobs come from a queue the loop only feeds while the
+//! department holds fewer than `max_pending_per_department` alerts. Alerts
+//! waiting for a retry wait in a timer heap, not in front of the queue: a
+//! receiver answering 500 delays its own alerts only by their backoff.
+
+pub mod offsets;
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::{StreamExt, stream::FuturesUnordered};
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::sync::CancellationToken;
+use xoflow_common::{
+    clock,
+    dead_letter::{Builder, PROTOBUF_ALERT, Reason, Stage},
+    retry::RetryPolicy,
+};
+use xoflow_proto::{
+    Message,
+    v1::{Alert, DeadLetter},
+};
+
+use crate::{
+    store::{DeliveryRow, Outcome},
+    telemetry,
+    webhook::{Attempt, Verdict, Webhook, WebhookClient, payload},
+};
+
+/// A (tenant, department) pair: the unit of isolation.
+pub type DepartmentKey = (String, String);
+
+/// One department's receivers.
+#[derive(Debug)]
+pub struct Department {
+    pub tenant: String,
+    pub name: String,
+    pub webhooks: Vec<Webhook>,
+}
+
+/// An alert for a department worker, and which of its webhooks still need
+/// it (those the delivery log shows final are left out on a replay).
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub alert: Arc<Alert>,
+    pub targets: Vec<u16>,
+}
+
+/// What a worker tells the stage loop.
+#[derive(Debug)]
+pub enum Report {
+    /// One attempt (its row of the delivery log).
+    Attempt(DeliveryRow),
+    /// Every webhook of the alert reached a final outcome; the dead letters
+    /// of those that were not delivered.
+    Settled {
+        alert_id: String,
+        dead_letters: Vec<DeadLetter>,
+    },
+}
+
+/// Where workers leave their reports for the stage loop, which takes them
+/// all at once.
+#[derive(Debug, Clone, Default)]
+pub struct Reports(Arc<Mutex<Vec<Report>>>);
+
+impl Reports {
+    pub fn push(&self, r: Report) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(r);
+        }
+    }
+
+    /// Everything reported since the last call, in order.
+    pub fn take(&self) -> Vec<Report> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+}
+
+/// How a worker retries.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub retry: RetryPolicy,
+    pub give_up_after: Duration,
+    pub max_in_flight: usize,
+}
+
+/// What follows an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Delivered,
+    /// Attempt again after this wait.
+    Retry(Duration),
+    /// No more attempts: dead-letter it, saying why.
+    Dead(String),
+}
+
+/// The step after attempt number `attempt` (1-based) ended with `verdict`,
+/// `elapsed` after the first attempt began; `u` in `0..1` draws the
+/// jitter. Pure.
+pub fn next_step(
+    verdict: Verdict,
+    attempt: u32,
+    elapsed: Duration,
+    policy: &Policy,
+    u: f64,
+) -> Step {
+    match verdict {
+        Verdict::Delivered => Step::Delivered,
+        Verdict::Refused => Step::Dead("refused by the receiver".into()),
+        Verdict::Retry { .. } if elapsed >= policy.give_up_after => Step::Dead(format!(
+            "gave up after {attempt} attempts in {}s (alert.give_up_after {}s)",
+            elapsed.as_secs(),
+            policy.give_up_after.as_secs()
+        )),
+        Verdict::Retry { after } => {
+            let wait = policy.retry.jittered(attempt, u);
+            // A receiver's Retry-After is honoured up to the longest wait.
+            let asked = after.map_or(Duration::ZERO, |a| a.min(policy.retry.max));
+            Step::Retry(wait.max(asked))
+        }
+    }
+}
+
+/// One alert × webhook delivery.
+#[derive(Debug)]
+struct Task {
+    alert: Arc<Alert>,
+    webhook: u16,
+    /// Attempts made so far.
+    attempts: u32,
+    /// When the first attempt began.
+    first: Option<Instant>,
+}
+
+/// An alert whose webhooks are not all final yet.
+struct Open {
+    remaining: usize,
+    dead_letters: Vec<DeadLetter>,
+}
+
+type Attempting = Pin<Box<dyn Future<Output = (Task, Attempt, i64)> + Send>>;
+
+/// Delivers `dept`'s jobs until `stop` is cancelled (attempts in flight
+/// then are dropped: their alerts are not final, their offsets not
+/// committed, and whoever reads them next delivers them again) or the queue
+/// closes and everything taken is final.
+pub async fn work(
+    dept: Arc<Department>,
+    mut jobs: mpsc::Receiver<Job>,
+    client: WebhookClient,
+    policy: Policy,
+    reports: Reports,
+    stop: CancellationToken,
+) {
+    let mut open: HashMap<String, Open> = HashMap::new();
+    let mut ready: VecDeque<Task> = VecDeque::new();
+    // Retries by due time; `seq` keeps equal times apart.
+    let mut waiting: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+    let mut parked: HashMap<u64, Task> = HashMap::new();
+    let mut seq = 0u64;
+    let mut in_flight: FuturesUnordered<Attempting> = FuturesUnordered::new();
+    let mut closed = false;
+    loop {
+        let now = Instant::now();
+        while let Some(Reverse((due, id))) = waiting.peek().copied() {
+            if due > now {
+                break;
+            }
+            waiting.pop();
+            if let Some(t) = parked.remove(&id) {
+                ready.push_back(t);
+            }
+        }
+        while in_flight.len() < policy.max_in_flight {
+            let Some(task) = ready.pop_front() else { break };
+            in_flight.push(attempt(&dept, &client, task));
+        }
+        if closed && in_flight.is_empty() && ready.is_empty() && waiting.is_empty() {
+            return;
+        }
+        let next_due = waiting.peek().map(|Reverse((due, _))| *due);
+        // New jobs only while nothing already taken waits for a slot: the
+        // queue, not this worker, holds what cannot start yet.
+        let take = !closed && ready.is_empty() && in_flight.len() < policy.max_in_flight;
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            Some((mut task, a, at_ms)) = in_flight.next(), if !in_flight.is_empty() => {
+                task.attempts += 1;
+                let elapsed = task.first.map_or(Duration::ZERO, |f| f.elapsed());
+                let step = next_step(a.verdict, task.attempts, elapsed, &policy, rand_unit());
+                let id = task.alert.alert_id.clone();
+                let final_ = report(&dept, &reports, &task, &a, &step, at_ms);
+                match step {
+                    Step::Retry(wait) => {
+                        seq += 1;
+                        waiting.push(Reverse((Instant::now() + wait, seq)));
+                        parked.insert(seq, task);
+                    }
+                    Step::Delivered | Step::Dead(_) => {
+                        if let Some(o) = open.get_mut(&id) {
+                            o.remaining = o.remaining.saturating_sub(1);
+                            o.dead_letters.extend(final_);
+                            if o.remaining == 0
+                                && let Some(o) = open.remove(&id)
+                            {
+                                reports.push(Report::Settled { alert_id: id, dead_letters: o.dead_letters });
+                            }
+                        }
+                    }
+                }
+            }
+            () = sleep_until(next_due), if next_due.is_some() => {}
+            job = jobs.recv(), if take => match job {
+                Some(job) => {
+                    let id = job.alert.alert_id.clone();
+                    if job.targets.is_empty() || open.contains_key(&id) {
+                        // Nothing to do (the stage loop never sends these).
+                        continue;
+                    }
+                    open.insert(id, Open { remaining: job.targets.len(), dead_letters: Vec::new() });
+                    for w in job.targets {
+                        ready.push_back(Task { alert: job.alert.clone(), webhook: w, attempts: 0, first: None });
+                    }
+                }
+                None => closed = true,
+            },
+        }
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    if let Some(d) = due {
+        tokio::time::sleep_until(d).await;
+    }
+}
+
+fn rand_unit() -> f64 {
+    use rand::Rng;
+    rand::rng().random::<f64>()
+}
+
+/// One attempt of `task`: the request is rendered (timestamps, signatures)
+/// when it starts.
+fn attempt(dept: &Department, client: &WebhookClient, mut task: Task) -> Attempting {
+    task.first.get_or_insert_with(Instant::now);
+    let hook = dept.webhooks.get(usize::from(task.webhook)).cloned();
+    let client = client.clone();
+    Box::pin(async move {
+        let at_ms = clock::now_unix_millis();
+        let a = match hook {
+            Some(h) => {
+                let req = payload::render(&task.alert, &h, at_ms);
+                client.send(h.format, req).await
+            }
+            // The stage loop only names configured webhooks.
+            None => Attempt {
+                status: 0,
+                verdict: Verdict::Refused,
+                error: "no such webhook".into(),
+                latency: Duration::ZERO,
+            },
+        };
+        (task, a, at_ms)
+    })
+}
+
+/// Writes the attempt's row and metrics; the dead letter when the step is
+/// final without delivery.
+fn report(
+    dept: &Department,
+    reports: &Reports,
+    task: &Task,
+    a: &Attempt,
+    step: &Step,
+    at_ms: i64,
+) -> Option<DeadLetter> {
+    let alert = &task.alert;
+    let hook = dept.webhooks.get(usize::from(task.webhook));
+    let (host, format) = hook.map_or(("", "generic"), |h| (h.host.as_str(), h.format.as_str()));
+    let format_code = hook.map_or(0, |h| {
+        crate::config::Format::ALL
+            .iter()
+            .position(|f| *f == h.format)
+            .map_or(0, |i| i as i8 + 1)
+    });
+    let (outcome, error) = match step {
+        Step::Delivered => (Outcome::Delivered, String::new()),
+        Step::Retry(_) => (Outcome::Retry, a.error.clone()),
+        Step::Dead(why) if a.error.is_empty() => (Outcome::Dead, why.clone()),
+        Step::Dead(why) => (Outcome::Dead, format!("{why}: {}", a.error)),
+    };
+    let raised_ms = alert
+        .raised_at
+        .as_ref()
+        .map_or(0, xoflow_proto::to_unix_millis);
+    let now_ms = clock::now_unix_millis();
+    telemetry::Delivered {
+        alert_id: &alert.alert_id,
+        tenant: &dept.tenant,
+        department: &dept.name,
+        webhook: task.webhook,
+        host,
+        format,
+        attempt: task.attempts,
+        status: a.status,
+        outcome: outcome.as_str(),
+        error: &error,
+        latency: Some(a.latency),
+        raised_to_delivered: (outcome == Outcome::Delivered && raised_ms > 0)
+            .then(|| (now_ms - raised_ms) as f64 / 1e3),
+    }
+    .emit();
+    reports.push(Report::Attempt(DeliveryRow {
+        at: u32::try_from(at_ms.div_euclid(1000)).unwrap_or(0),
+        at_ms,
+        alert_id: alert.alert_id.clone(),
+        tenant: dept.tenant.clone(),
+        department: dept.name.clone(),
+        webhook: task.webhook,
+        host: host.to_owned(),
+        format: format_code,
+        attempt: task.attempts,
+        status: a.status,
+        outcome: outcome as i8,
+        error: error.clone(),
+        latency_ms: u32::try_from(a.latency.as_millis()).unwrap_or(u32::MAX),
+        raised_at: u32::try_from(raised_ms.div_euclid(1000)).unwrap_or(0),
+    }));
+    if outcome != Outcome::Dead {
+        return None;
+    }
+    let event = alert.trigger.as_ref().and_then(|t| t.event.as_ref());
+    Some(
+        Builder::new(Stage::Alert, Reason::Undeliverable, now_ms)
+            .payload(alert.encode_to_vec(), PROTOBUF_ALERT)
+            .field(hook.map_or_else(String::new, |h| h.path.clone()))
+            .origin(
+                alert.tenant.clone(),
+                event.map_or_else(String::new, |e| e.source.clone()),
+                event.map_or_else(String::new, |e| e.event_id.clone()),
+            )
+            .description(format!(
+                "alert {} to webhook {} ({host}, {format}) after {} attempts: {error}",
+                alert.alert_id, task.webhook, task.attempts
+            ))
+            .build(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            retry: RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(60)),
+            give_up_after: Duration::from_secs(30 * 60),
+            max_in_flight: 8,
+        }
+    }
+
+    #[test]
+    fn the_backoff_doubles_from_retry_backoff_to_its_cap() {
+        let p = policy();
+        let retry = Verdict::Retry { after: None };
+        // Without jitter drawn (u = 0): exactly the exponential figure.
+        let waits: Vec<u64> = (1..=9)
+            .map(|n| match next_step(retry, n, Duration::ZERO, &p, 0.0) {
+                Step::Retry(w) => w.as_secs(),
+                s => panic!("{s:?}"),
+            })
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        // With jitter, between half and all of it, never shrinking from one
+        // attempt to the next below the cap.
+        for n in 1..6 {
+            for u in [0.0, 0.3, 0.999] {
+                let Step::Retry(w) = next_step(retry, n, Duration::ZERO, &p, u) else {
+                    panic!("retry")
+                };
+                let full = p.retry.delay(n);
+                assert!(w <= full && w >= full / 2, "{n} {u} {w:?}");
+                let Step::Retry(longest_before) = next_step(retry, n - 1, Duration::ZERO, &p, 0.0)
+                else {
+                    panic!("retry")
+                };
+                assert!(
+                    n == 1 || w >= longest_before,
+                    "{n}: {w:?} < {longest_before:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_receiver_asking_for_time_gets_it_up_to_the_cap() {
+        let p = policy();
+        let step = |after| {
+            next_step(
+                Verdict::Retry { after: Some(after) },
+                1,
+                Duration::ZERO,
+                &p,
+                0.0,
+            )
+        };
+        assert_eq!(
+            step(Duration::from_secs(30)),
+            Step::Retry(Duration::from_secs(30))
+        );
+        assert_eq!(
+            step(Duration::from_secs(3600)),
+            Step::Retry(Duration::from_secs(60))
+        );
+        assert_eq!(step(Duration::ZERO), Step::Retry(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn deliveries_end_delivered_refused_or_given_up() {
+        let p = policy();
+        assert_eq!(
+            next_step(Verdict::Delivered, 7, Duration::from_secs(9999), &p, 0.5),
+            Step::Delivered
+        );
+        assert!(matches!(
+            next_step(Verdict::Refused, 1, Duration::ZERO, &p, 0.5),
+            Step::Dead(why) if why == "refused by the receiver"
+        ));
+        let retry = Verdict::Retry { after: None };
+        assert!(matches!(
+            next_step(retry, 40, Duration::from_secs(30 * 60 - 1), &p, 0.5),
+            Step::Retry(_)
+        ));
+        assert!(matches!(
+            next_step(retry, 41, Duration::from_secs(30 * 60), &p, 0.5),
+            Step::Dead(why) if why.starts_with("gave up after 41 attempts in 1800s")
+        ));
+    }
+
+    /// A worker against a receiver that is never there: it keeps retrying
+    /// on the schedule, reports every attempt, and gives up once
+    /// `give_up_after` has passed, with a dead letter. Paused time: the
+    /// test waits for nothing real.
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_retries_then_dead_letters_with_the_alert() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port");
+        let dept = Arc::new(Department {
+            tenant: "acme".into(),
+            name: "logistics".into(),
+            webhooks: vec![
+                Webhook::new(
+                    &crate::config::WebhookConfig {
+                        url: format!("http://{closed}/hook"),
+                        format: crate::config::Format::Wecom,
+                        secret: None,
+                    },
+                    0,
+                    "alert.tenants.acme.departments.logistics.webhooks[0]".into(),
+                )
+                .expect("hook"),
+            ],
+        });
+        let policy = Policy {
+            retry: RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(4))
+                .with_jitter(0.0),
+            give_up_after: Duration::from_secs(10),
+            max_in_flight: 2,
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let reports = Reports::default();
+        let stop = CancellationToken::new();
+        let client = WebhookClient::new(Duration::from_secs(1)).expect("client");
+        let worker = tokio::spawn(work(
+            dept,
+            rx,
+            client,
+            policy,
+            reports.clone(),
+            stop.clone(),
+        ));
+        let alert = Alert {
+            alert_id: "a1".into(),
+            tenant: "acme".into(),
+            department: "logistics".into(),
+            ..Default::default()
+        };
+        tx.send(Job {
+            alert: Arc::new(alert.clone()),
+            targets: vec![0],
+        })
+        .await
+        .expect("send");
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(120), worker)
+            .await
+            .expect("the worker ends once the queue is closed and all is final")
+            .expect("worker");
+        let got = reports.take();
+        let rows: Vec<&DeliveryRow> = got
+            .iter()
+            .filter_map(|r| match r {
+                Report::Attempt(row) => Some(row),
+                Report::Settled { .. } => None,
+            })
+            .collect();
+        // Attempts about 0, 1, 3, 7 and 11 s after the first (a paused
+        // clock may also time a refused connection out first, which only
+        // shifts the schedule): retried until give_up_after, then dead.
+        assert!((3..=6).contains(&rows.len()), "{rows:?}");
+        let (last, retried) = rows.split_last().expect("rows");
+        assert!(retried.iter().all(|r| r.outcome == Outcome::Retry as i8));
+        assert_eq!(last.outcome, Outcome::Dead as i8);
+        assert!(
+            rows.iter()
+                .enumerate()
+                .all(|(i, r)| r.attempt == i as u32 + 1)
+        );
+        assert!(
+            rows.iter()
+                .all(|r| r.host == closed.to_string() && r.format == 4)
+        );
+        let Some(Report::Settled {
+            alert_id,
+            dead_letters,
+        }) = got.last()
+        else {
+            panic!("settled last: {got:?}")
+        };
+        assert_eq!(alert_id, "a1");
+        assert_eq!(dead_letters.len(), 1);
+        let d = &dead_letters[0];
+        assert_eq!(
+            (d.stage.as_str(), d.reason.as_str()),
+            ("alert", "UNDELIVERABLE")
+        );
+        assert_eq!(
+            d.field,
+            "alert.tenants.acme.departments.logistics.webhooks[0]"
+        );
+        assert_eq!(d.content_type, PROTOBUF_ALERT);
+        assert_eq!(Alert::decode(d.payload.as_slice()).ok(), Some(alert));
+        assert!(d.description.contains("gave up after"), "{}", d.description);
+    }
+}
