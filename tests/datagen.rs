@@ -154,3 +154,127 @@ fn arrival_orders_hold_the_same_events_in_their_order() {
     let x_arrived: Vec<&String> = x_first[..first_o].iter().map(|e| &e.event_id).collect();
     assert_eq!(x_arrived, x_in_time);
 }
+
+#[test]
+fn the_truth_says_which_alerts_the_demo_rules_must_raise() {
+    use std::collections::{BTreeMap, BTreeSet};
+    // The demo test's data: six days, so the silent customers are planted.
+    let g = datagen::generate(&GenConfig {
+        seed: 7,
+        scale: 0.3,
+        days: 6,
+        ..GenConfig::default()
+    });
+    let a = &g.truth.alerts;
+    let by_id: BTreeMap<&str, &xoflow_proto::v1::Event> =
+        g.events.iter().map(|e| (e.event_id.as_str(), e)).collect();
+    let store = |id: &str| {
+        by_id[id]
+            .location
+            .as_ref()
+            .map(|l| l.store_id.clone())
+            .unwrap_or_default()
+    };
+    let rule = |tenant: &str, name: &str| {
+        a.rule(tenant, name)
+            .unwrap_or_else(|| panic!("{tenant} {name} predicted exactly"))
+    };
+
+    // The understaffed store's table service dominates its rule, all of it
+    // routed to the touchpoint's owner.
+    let table = rule("hotpot-house", "table-service-detractor");
+    let at_problem = table
+        .alerts
+        .iter()
+        .filter(|x| store(&x.event_id) == "sz-03")
+        .count();
+    assert!(
+        at_problem * 2 > table.alerts.len(),
+        "{at_problem} of {} at sz-03",
+        table.alerts.len()
+    );
+    assert!(
+        table
+            .alerts
+            .iter()
+            .all(|x| x.department == "store-operations")
+    );
+    assert!(table.quiet > 0, "the quiet period holds some back");
+
+    // Late parcels: the late region dominates; every alert goes to logistics.
+    let late = rule("shopmall-online", "late-delivery-complaint");
+    let north = late
+        .alerts
+        .iter()
+        .filter(|x| store(&x.event_id) == "wh-north")
+        .count();
+    assert!(
+        north * 2 > late.alerts.len(),
+        "{north} of {}",
+        late.alerts.len()
+    );
+    assert!(late.alerts.iter().all(|x| x.department == "logistics"));
+
+    // High value: a meaningful minority of the detractors.
+    for tenant in ["hotpot-house", "shopmall-online"] {
+        let hv = rule(tenant, "high-value-detractor");
+        let detractors: u64 = g
+            .truth
+            .touchpoints
+            .iter()
+            .filter(|t| t.tenant == tenant)
+            .map(|t| t.nps.detractors)
+            .sum();
+        let share = hv.met as f64 / detractors as f64;
+        assert!(
+            (0.05..=0.5).contains(&share),
+            "{tenant}: {} of {detractors} detractors are valuable",
+            hv.met
+        );
+        assert!(hv.alerts.iter().all(|x| x.department == "customer-care"));
+    }
+
+    // Silence rules are not predicted but planted; opted-out customers
+    // would have raised alerts, and the truth expects none of them.
+    let inexact: BTreeSet<&str> = a.inexact.iter().map(|r| r.rule.as_str()).collect();
+    assert_eq!(inexact, BTreeSet::from(["silent-after-complaint"]));
+    let planted: BTreeSet<&str> = a.planted_silent.iter().map(|p| p.tenant.as_str()).collect();
+    assert_eq!(
+        planted,
+        BTreeSet::from(["little-scholar", "shopmall-online"])
+    );
+    assert_eq!(a.do_not_contact.len(), 9);
+    let held: u64 = a.rules.iter().map(|r| r.do_not_contact).sum();
+    assert!(
+        held >= 9,
+        "opted-out customers' answers meet the rules: {held}"
+    );
+    let opted_out: BTreeSet<&str> = a
+        .do_not_contact
+        .iter()
+        .map(|p| p.customer_id.as_str())
+        .collect();
+    for r in &a.rules {
+        assert!(
+            r.alerts
+                .iter()
+                .all(|x| !opted_out.contains(x.customer_id.as_str())),
+            "{}",
+            r.rule
+        );
+    }
+    // Every opted-out customer's events say so.
+    for e in &g.events {
+        let who = e
+            .customer
+            .as_ref()
+            .map(|c| c.customer_id.as_str())
+            .unwrap_or("");
+        if opted_out.contains(who) {
+            assert_eq!(
+                e.attributes.get("do_not_contact").map(String::as_str),
+                Some("true")
+            );
+        }
+    }
+}

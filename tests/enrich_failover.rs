@@ -93,7 +93,10 @@ fn spawn_enrich(kafka: &str, t: &Topics, instance: Option<&str>) -> (Child, Path
             )
             .env("XOFLOW_KAFKA__TOPICS__ENRICHED", &t.enriched)
             .env("XOFLOW_KAFKA__TOPICS__DEAD_LETTERS", &t.dead_letters)
-            .env("XOFLOW_KAFKA__TOPICS__ALERTS", format!("{}.alerts", t.dead_letters))
+            .env(
+                "XOFLOW_KAFKA__TOPICS__ALERTS",
+                format!("{}.alerts", t.dead_letters),
+            )
             .env("XOFLOW_ENRICH__GROUP_ID", &t.group)
             .env("XOFLOW_ENRICH__BATCH_MAX_WAIT", "20ms")
             .env("XOFLOW_ENRICH__JOIN__LATENESS", "30days")

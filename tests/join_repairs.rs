@@ -242,9 +242,14 @@ async fn an_enrich_killed_while_repairing_leaves_the_same_contents() {
     .await;
     let log = std::env::temp_dir().join(format!("xoflow-join-repairs-{id}.log"));
     eprintln!("enrich logs to {}", log.display());
+    // The reference ran as the demo does, with the demo's journey maps
+    // (the owning departments): so does this enrich.
+    let demo_config = std::env::temp_dir().join(format!("xoflow-join-repairs-{id}.toml"));
+    std::fs::write(&demo_config, xoflow::demo::DEMO_CONFIG).expect("demo config");
     let spawn = || {
         let mut c = common::xoflow_command(&cfg, &["enrich"]);
         c.env("XOFLOW_ENRICH__INSTANCE_ID", "enrich-0")
+            .env("XOFLOW_CONFIG", &demo_config)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(

@@ -175,7 +175,10 @@ impl Run {
                 "XOFLOW_KAFKA__TOPICS__DEAD_LETTERS",
                 format!("{}.dead", self.events),
             )
-            .env("XOFLOW_KAFKA__TOPICS__ALERTS", format!("{}.alerts", self.events))
+            .env(
+                "XOFLOW_KAFKA__TOPICS__ALERTS",
+                format!("{}.alerts", self.events),
+            )
             .env("XOFLOW_ENRICH__GROUP_ID", &self.enrich_group)
             .env("XOFLOW_ENRICH__BATCH_MAX_WAIT", "20ms")
             .env("XOFLOW_ENRICH__JOIN__LATENESS", "30days")
@@ -823,13 +826,18 @@ async fn contents(cfg: &xoflow::Config) -> Contents {
         .await,
     );
     let views: Vec<String> = ch
-        .query("SELECT name FROM system.tables WHERE database = ? AND engine = 'View' AND name != 'events_latest'")
+        .query(
+            "SELECT name FROM system.tables WHERE database = ? AND engine = 'View' \
+             AND name NOT IN ('events_latest', 'alerts_open', 'alert_lifecycle', 'closed_loop')",
+        )
         .bind(db)
         .fetch_all()
         .await
         .expect("views");
     assert!(!views.is_empty(), "the BI views exist");
-    // events_latest is compared above, without the processing columns.
+    // events_latest is compared above, without the processing columns; the
+    // alert views read what the alert stage writes, which this test does
+    // not run.
     for v in views {
         let rows = tsv(&ch, &format!("SELECT * FROM {v}")).await;
         out.insert(v, rows);

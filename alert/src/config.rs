@@ -30,7 +30,7 @@ pub const DEFAULT_MAX_IN_FLIGHT_PER_DEPARTMENT: usize = 8;
 /// Most alerts read per batch.
 pub const DEFAULT_BATCH_MAX_RECORDS: usize = 500;
 /// How long a batch waits to fill.
-pub const DEFAULT_BATCH_MAX_WAIT: Duration = Duration::from_millis(200);
+pub const DEFAULT_BATCH_MAX_WAIT: Duration = Duration::from_millis(100);
 /// Work waiting and nothing committed for this long: readiness fails.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 

@@ -4,8 +4,8 @@
 use std::{net::SocketAddr, path::Path};
 
 use serde::Deserialize;
-use xoflow_common::{kafka::KafkaConfig, telemetry::LogConfig};
 use xoflow_alert::AlertConfig;
+use xoflow_common::{kafka::KafkaConfig, telemetry::LogConfig};
 use xoflow_enrich::{EnrichConfig, join::Owners};
 use xoflow_ingest::IngestConfig;
 use xoflow_sink::{ClickHouseConfig, SinkConfig};

@@ -196,13 +196,9 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
             }),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let stage = xoflow_alert::AlertStage::bind(
-            &cfg.alert,
-            &cfg.kafka,
-            cfg.clickhouse.client(),
-            keys,
-        )
-        .await?;
+        let stage =
+            xoflow_alert::AlertStage::bind(&cfg.alert, &cfg.kafka, cfg.clickhouse.client(), keys)
+                .await?;
         alert_api_addr = Some(stage.api_addr()?);
         let readiness = health.register("alert");
         let api_readiness = health.register("alert-api");

@@ -3,7 +3,7 @@
 -- deliver one to a department's webhook, and what people did about it
 -- (acknowledge, resolve) through the case API. BI reads the closed loop
 -- (raised → acknowledged → resolved) from the views at the end. Works on
--- ClickHouse 18.16 and current releases; docs/alerts-delivery.md.
+-- ClickHouse 18.16 and current releases; docs/alerts.md.
 
 -- One row per alert. The alert stage writes each alert once: per batch it
 -- looks up which of the batch's alert ids are stored already and inserts

@@ -6,9 +6,27 @@
 //! would see — read back from ClickHouse — with the generator's ground truth
 //! beside every figure. It uses its own topics (suffixed per run) and a
 //! fresh `xoflow_demo` database, so it never mixes with other data.
+//!
+//! It also closes the loop: the brands' journey maps and alert rules
+//! ([`DEMO_CONFIG`], `deploy/config/demo.toml`) are laid over the
+//! configuration, every department's alerts are delivered to a webhook
+//! receiver this process starts on 127.0.0.1 (it checks each delivery's
+//! signature), and the report ends with the alerts raised per department
+//! and rule beside the generator's truth, the deliveries, and how long
+//! they took.
+//!
+//! ```text
+//! generator ──gRPC──► ingest ─► enrich ─► sink ─► ClickHouse ──► the BI report
+//!                                  │ alerts
+//!                                  ▼
+//!                               alert stage ──► ClickHouse `alerts` ──┐
+//!                                  │ POST, signed                     ├─► "Closing the loop"
+//!                                  ▼                                  │
+//!                               receiver (this process) ──────────────┘
+//! ```
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -19,11 +37,14 @@ use xoflow_common::shutdown::Shutdown;
 
 use xoflow_app::{Config, Stages};
 
+pub use crate::datagen::alerts::DEMO_CONFIG;
 use crate::datagen::{
     self, GenConfig, Truth,
+    alerts::DemoConfig,
     load::{self, LoadOptions},
     truth::NpsCounts,
 };
+pub use receiver::{Delivery, Receiver};
 
 /// What the demo generates and how it sends it.
 #[derive(Debug, Clone)]
@@ -44,6 +65,76 @@ pub struct BiReport {
     pub negative_topics: BTreeMap<String, u64>,
     pub dead_letters: BTreeMap<String, u64>,
     pub at_risk: Vec<RiskFigure>,
+    /// The closed loop: alerts stored and delivered.
+    pub alerts: AlertFigures,
+}
+
+/// Alerts as ClickHouse and the departments' webhook receiver saw them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertFigures {
+    /// Every alert in the `alerts` table, one per alert id.
+    pub stored: Vec<StoredAlert>,
+    /// Rows in the `alerts` table (before merges) and distinct alert ids:
+    /// equal when each alert was written once.
+    pub rows: u64,
+    pub unique: u64,
+    /// Every delivery the receiver got, in arrival order.
+    pub deliveries: Vec<Delivery>,
+    /// Delivery latency, ms (p50, p99), of each alert's first valid
+    /// delivery: from the alert's `raised_at`, and from when ingest
+    /// received the triggering event (event alerts only).
+    pub from_raised_ms: Option<(i64, i64)>,
+    pub from_ingest_ms: Option<(i64, i64)>,
+    /// Whether the ingest times are ClickHouse's `received_at` (whole
+    /// seconds) because the deliveries do not carry them.
+    pub ingest_in_seconds: bool,
+}
+
+impl AlertFigures {
+    /// Stored alerts per (tenant, rule, department).
+    pub fn counts(&self) -> BTreeMap<(String, String, String), u64> {
+        let mut out = BTreeMap::new();
+        for a in &self.stored {
+            *out.entry((a.tenant.clone(), a.rule.clone(), a.department.clone()))
+                .or_default() += 1;
+        }
+        out
+    }
+
+    /// Deliveries the receiver refused: a signature that does not verify,
+    /// a stale timestamp, or an idempotency key that is not the alert id.
+    pub fn refused(&self) -> usize {
+        self.deliveries.iter().filter(|d| !d.valid).count()
+    }
+
+    /// Stored alerts no valid delivery carried.
+    pub fn undelivered(&self) -> Vec<&StoredAlert> {
+        let delivered: BTreeSet<&str> = self
+            .deliveries
+            .iter()
+            .filter(|d| d.valid)
+            .map(|d| d.alert_id.as_str())
+            .collect();
+        self.stored
+            .iter()
+            .filter(|a| !delivered.contains(a.alert_id.as_str()))
+            .collect()
+    }
+}
+
+/// One row of the `alerts` table.
+#[derive(Debug, Clone, PartialEq, Row, Deserialize)]
+pub struct StoredAlert {
+    pub alert_id: String,
+    pub tenant: String,
+    pub rule: String,
+    pub department: String,
+    pub customer_id: String,
+    /// The triggering event (for a silence, the customer's latest).
+    pub event_id: String,
+    /// `event` or `silence`.
+    pub cause: String,
+    pub raised_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Row, Deserialize)]
@@ -106,8 +197,9 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Generates, runs the pipeline, waits until ClickHouse holds everything,
-/// and returns the truth with the figures read back. `verbose` narrates.
+/// Generates, runs the pipeline, waits until ClickHouse holds everything
+/// and the alerts are delivered, and returns the truth with the figures
+/// read back. `verbose` narrates.
 pub async fn run_pipeline(
     mut cfg: Config,
     opts: &DemoOptions,
@@ -123,6 +215,8 @@ pub async fn run_pipeline(
     cfg.ingest.grpc_addr = "127.0.0.1:0".parse()?;
     cfg.ingest.http_addr = "127.0.0.1:0".parse()?;
     cfg.admin.addr = "127.0.0.1:0".parse()?;
+    let demo = DemoConfig::parse(DEMO_CONFIG).map_err(anyhow::Error::msg)?;
+    apply_demo_config(&mut cfg, &demo).context("deploy/config/demo.toml")?;
 
     let t0 = Instant::now();
     let generated = datagen::generate(&opts.generator);
@@ -137,6 +231,21 @@ pub async fn run_pipeline(
     for p in &truth.problems {
         say(&format!("  planted: {p}"));
     }
+    say(&format!(
+        "  planted: {} customers who go silent after a complaint, {} who asked not to be contacted",
+        truth.alerts.planted_silent.len(),
+        truth.alerts.do_not_contact.len()
+    ));
+
+    // The departments' webhooks all point at a receiver in this process,
+    // which checks every delivery's signature.
+    let receiver = Receiver::start(format!("xoflow-demo-webhook-secret-{run_id}")).await?;
+    route_alerts(&mut cfg, &receiver, &demo.departments())?;
+    say(&format!(
+        "alert rules of {} brands; every department's alerts go to the webhook receiver at {}",
+        demo.alerts.tenants.len(),
+        receiver.base_url()
+    ));
 
     say(&format!(
         "broker {} · ClickHouse {} · database {} (recreated)",
@@ -155,12 +264,13 @@ pub async fn run_pipeline(
         if running.shutdown.token.is_cancelled() || started.elapsed() > Duration::from_secs(60) {
             running.stop();
             running.wait().await?;
+            receiver.stop().await;
             bail!("the pipeline did not become ready");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     say(&format!(
-        "pipeline ready (ingest → Kafka → enrich → Kafka → sink → ClickHouse); metrics on http://{}/metrics",
+        "pipeline ready (ingest → Kafka → enrich → Kafka → sink → ClickHouse, and alerts); metrics on http://{}/metrics",
         running.admin_addr
     ));
 
@@ -215,16 +325,201 @@ pub async fn run_pipeline(
         // stage has caught up with its input.
         wait_settled(&cfg, Duration::from_secs(120)).await?;
         say(&format!("  every stage caught up {:.1} s after the first was sent", t0.elapsed().as_secs_f64()));
+        say("waiting for the alerts to be delivered ...");
+        let quiet = (3 * cfg.enrich.alerts.rescore_interval()).max(Duration::from_secs(3));
+        let settled = wait_alerts(&cfg, &ch, &receiver, quiet, Duration::from_secs(120)).await?;
+        say(&format!(
+            "  {} alerts delivered {:.1} s after the first event was sent{}",
+            receiver.delivered().len(),
+            t0.elapsed().as_secs_f64(),
+            if settled { "" } else { " (still moving after 120 s: reporting what is there)" }
+        ));
         let mut report = query_report(&ch).await?;
         report.unmasked_pii = count_unmasked(&ch, &truth.planted_pii).await?;
+        report.alerts = alert_figures(&ch, &receiver).await?;
         Ok(report)
     }
     .await;
     running.stop();
     let stopped = running.wait().await;
+    receiver.stop().await;
     let report = result?;
     stopped?;
     Ok((truth, report))
+}
+
+/// Lays the demo's journey maps and alert rules over `cfg`: the three
+/// brands' tenants replace any of the same name, and the alert rules are
+/// the demo's alone. Checked as at start-up (every department a rule
+/// routes to owns a touchpoint of its tenant).
+pub fn apply_demo_config(cfg: &mut Config, demo: &DemoConfig) -> anyhow::Result<()> {
+    for (name, t) in &demo.tenants {
+        cfg.ingest.tenants.insert(name.clone(), t.clone());
+    }
+    cfg.enrich.alerts = xoflow_enrich::alert::AlertRules::compile(&demo.alerts)?;
+    cfg.derive();
+    cfg.validate()
+}
+
+/// Points the alert stage at `receiver`: one `generic` webhook, signed,
+/// per department of every brand (`http://127.0.0.1:<port>/<department>`),
+/// and the case API on a free port. (As TOML, the same as
+/// `[[alert.tenants.<tenant>.departments.<department>.webhooks]]` with
+/// `url`, `format = "generic"` and `secret`.)
+pub fn route_alerts(
+    cfg: &mut Config,
+    receiver: &Receiver,
+    departments: &[(String, String)],
+) -> anyhow::Result<()> {
+    use xoflow_alert::config::{DepartmentAlerts, Format, WebhookConfig};
+    cfg.alert.api_addr = "127.0.0.1:0".parse()?;
+    for (tenant, department) in departments {
+        cfg.alert
+            .tenants
+            .entry(tenant.clone())
+            .or_default()
+            .departments
+            .insert(
+                department.clone(),
+                DepartmentAlerts {
+                    webhooks: vec![WebhookConfig {
+                        url: format!("{}/{department}", receiver.base_url()),
+                        format: Format::Generic,
+                        secret: Some(receiver.secret().to_owned()),
+                    }],
+                },
+            );
+    }
+    // As at start-up: every department with webhooks owns a touchpoint.
+    cfg.validate()
+}
+
+/// Waits until the alerts have settled: the alert stage's group has
+/// committed the whole alerts topic (every alert read is final: delivered,
+/// dead-lettered or without webhook), every alert stored in the `alerts`
+/// table has a delivery with a valid signature, every delivery names a
+/// stored alert, and nothing moved for `quiet` (longer than enrich's
+/// re-scoring interval, so the silences of the last re-scoring are in).
+/// Returns whether they settled before `deadline`.
+pub async fn wait_alerts(
+    cfg: &Config,
+    ch: &clickhouse::Client,
+    receiver: &Receiver,
+    quiet: Duration,
+    deadline: Duration,
+) -> anyhow::Result<bool> {
+    let end = Instant::now() + deadline;
+    let mut last = None;
+    let mut since = Instant::now();
+    loop {
+        let kafka = cfg.kafka.clone();
+        let group = cfg.alert.group_id.clone();
+        let topic = cfg.kafka.topics.alerts.clone();
+        let offsets = tokio::task::spawn_blocking(move || {
+            xoflow_common::kafka::watch::group_offsets(&kafka, &group, &[topic]).map(|all| {
+                all.into_iter()
+                    .map(|o| (o.partition, o.high, o.committed))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await??;
+        let read = offsets
+            .iter()
+            .all(|(_, high, committed)| *high == 0 || *committed == Some(*high));
+        let stored: BTreeSet<String> = ch
+            .query("SELECT DISTINCT alert_id FROM alerts")
+            .fetch_all::<String>()
+            .await?
+            .into_iter()
+            .collect();
+        let delivered = receiver.delivered();
+        let now = (offsets, stored, delivered);
+        if last.as_ref() != Some(&now) {
+            since = Instant::now();
+        }
+        if read && now.1 == now.2 && since.elapsed() >= quiet {
+            return Ok(true);
+        }
+        if Instant::now() > end {
+            return Ok(false);
+        }
+        last = Some(now);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Reads the alerts back from ClickHouse and beside them what the
+/// receiver got, with the delivery latencies.
+pub async fn alert_figures(
+    ch: &clickhouse::Client,
+    receiver: &Receiver,
+) -> anyhow::Result<AlertFigures> {
+    let stored: Vec<StoredAlert> = ch
+        .query(
+            "SELECT alert_id, tenant, rule, department, customer_id, event_id, \
+               toString(cause) AS cause, raised_ms \
+             FROM alerts FINAL ORDER BY alert_id",
+        )
+        .fetch_all()
+        .await?;
+    let (rows, unique): (u64, u64) = ch
+        .query("SELECT count(), uniqExact(alert_id) FROM alerts")
+        .fetch_one()
+        .await?;
+    let deliveries = receiver.deliveries();
+    // Each alert's first valid delivery.
+    let mut first: BTreeMap<&str, &Delivery> = BTreeMap::new();
+    for d in deliveries.iter().filter(|d| d.valid) {
+        first.entry(d.alert_id.as_str()).or_insert(d);
+    }
+    let mut from_raised = Vec::new();
+    let mut from_ingest = Vec::new();
+    let mut ingested: BTreeMap<String, i64> = BTreeMap::new();
+    let ingest_in_seconds = first.values().any(|d| d.ingested_ms.is_none());
+    if ingest_in_seconds {
+        // The deliveries do not say when ingest received the triggering
+        // event: ClickHouse does, in whole seconds.
+        let rows: Vec<(String, i64)> = ch
+            .query(
+                "SELECT event_id, toInt64(toUnixTimestamp(min(received_at))) * 1000 \
+                 FROM events WHERE event_id IN (SELECT event_id FROM alerts WHERE cause = 'event') \
+                 GROUP BY event_id",
+            )
+            .fetch_all()
+            .await?;
+        ingested.extend(rows);
+    }
+    for a in &stored {
+        let Some(d) = first.get(a.alert_id.as_str()) else {
+            continue;
+        };
+        from_raised.push(d.received_ms - d.raised_ms.unwrap_or(a.raised_ms));
+        if a.cause == "event" {
+            let at = d.ingested_ms.or_else(|| ingested.get(&a.event_id).copied());
+            if let Some(at) = at {
+                from_ingest.push(d.received_ms - at);
+            }
+        }
+    }
+    Ok(AlertFigures {
+        stored,
+        rows,
+        unique,
+        deliveries,
+        from_raised_ms: p50_p99(&mut from_raised),
+        from_ingest_ms: p50_p99(&mut from_ingest),
+        ingest_in_seconds,
+    })
+}
+
+/// The 50th and 99th percentiles (nearest rank).
+fn p50_p99(v: &mut [i64]) -> Option<(i64, i64)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    Some((rank(0.50), rank(0.99)))
 }
 
 /// Waits until every stage has caught up with its input: each consumer
@@ -352,6 +647,7 @@ pub async fn query_report(ch: &clickhouse::Client) -> anyhow::Result<BiReport> {
         negative_topics,
         dead_letters,
         at_risk,
+        alerts: AlertFigures::default(),
     })
 }
 
@@ -535,4 +831,472 @@ pub fn print_report(truth: &Truth, r: &BiReport) {
         println!("  {reason:<14} {n:>6}  [{t}] {}", check(n == t));
     }
     println!();
+    print_alerts(truth, &r.alerts);
+}
+
+/// The closed loop: alerts per department and rule beside the truth, the
+/// planted customers, and the deliveries.
+fn print_alerts(truth: &Truth, a: &AlertFigures) {
+    let t = &truth.alerts;
+    println!("══ Closing the loop: alerts to the department that owns the touchpoint ══");
+    println!();
+    println!("Alerts raised per department and rule (ClickHouse `alerts`; truth in brackets)");
+    println!(
+        "  {:<16} {:<26} {:<17} {:>7}  truth",
+        "tenant", "rule", "department", "alerts"
+    );
+    let got = a.counts();
+    let want = t.counts();
+    let keys: BTreeSet<&(String, String, String)> = got.keys().chain(want.keys()).collect();
+    let silent: BTreeSet<&str> = t
+        .planted_silent
+        .iter()
+        .map(|p| p.customer_id.as_str())
+        .collect();
+    for key in keys {
+        let (tenant, rule, department) = key;
+        let n = got.get(key).copied().unwrap_or(0);
+        let beside = match t.rule(tenant, rule) {
+            Some(_) => {
+                let w = want.get(key).copied().unwrap_or(0);
+                format!("[{w}] {}", check(n == w))
+            }
+            None => {
+                let alerted: BTreeSet<&str> = a
+                    .stored
+                    .iter()
+                    .filter(|s| &s.tenant == tenant && &s.rule == rule && s.cause == "silence")
+                    .map(|s| s.customer_id.as_str())
+                    .collect();
+                let planted: Vec<&str> = t
+                    .planted_silent
+                    .iter()
+                    .filter(|p| &p.tenant == tenant)
+                    .map(|p| p.customer_id.as_str())
+                    .collect();
+                let hit = planted.iter().filter(|c| alerted.contains(*c)).count();
+                let others = alerted.iter().filter(|c| !silent.contains(*c)).count();
+                format!(
+                    "[silence: {hit} of {} planted silent customers {}; {others} others]",
+                    planted.len(),
+                    check(hit == planted.len())
+                )
+            }
+        };
+        println!(
+            "  {:<16} {:<26} {:<17} {n:>7}  {beside}",
+            tenant,
+            rule,
+            if department.is_empty() {
+                "(none)"
+            } else {
+                department
+            }
+        );
+    }
+    for r in &t.rules {
+        println!(
+            "  {} {}: {} events met the rule; {} held back by the quiet period, {} because the customer opted out",
+            r.tenant, r.rule, r.met, r.quiet, r.do_not_contact
+        );
+    }
+    let alerted: BTreeSet<&str> = a
+        .stored
+        .iter()
+        .filter(|s| s.cause == "silence")
+        .map(|s| s.customer_id.as_str())
+        .collect();
+    let hit = silent.iter().filter(|c| alerted.contains(*c)).count();
+    println!(
+        "  customers planted silent after a complaint: {}, {hit} of them got a silence alert {}",
+        silent.len(),
+        check(hit == silent.len())
+    );
+    let opted_out: BTreeSet<&str> = t
+        .do_not_contact
+        .iter()
+        .map(|p| p.customer_id.as_str())
+        .collect();
+    let named = a
+        .stored
+        .iter()
+        .filter(|s| opted_out.contains(s.customer_id.as_str()))
+        .count();
+    println!(
+        "  customers who asked not to be contacted: {} planted, {} alerts name them {}",
+        opted_out.len(),
+        named,
+        check(named == 0)
+    );
+
+    println!();
+    println!("Deliveries to the departments' webhooks (a receiver in this process)");
+    let refused = a.refused();
+    let undelivered = a.undelivered().len();
+    let delivered: BTreeSet<&str> = a
+        .deliveries
+        .iter()
+        .filter(|d| d.valid)
+        .map(|d| d.alert_id.as_str())
+        .collect();
+    println!(
+        "  {} deliveries of {} alerts, {refused} refused (signature, timestamp or idempotency key) {}; stored alerts not delivered: {undelivered} {}",
+        a.deliveries.len(),
+        delivered.len(),
+        check(refused == 0),
+        check(undelivered == 0)
+    );
+    println!(
+        "  `alerts` holds {} rows for {} alerts {}",
+        a.rows,
+        a.unique,
+        check(a.rows == a.unique)
+    );
+    let ms = |p: Option<(i64, i64)>| match p {
+        Some((p50, p99)) => format!("p50 {p50} ms, p99 {p99} ms"),
+        None => "—".into(),
+    };
+    println!(
+        "  latency from the alert's raised_at to the receiver: {}",
+        ms(a.from_raised_ms)
+    );
+    println!(
+        "  latency from ingest receiving the triggering event to the receiver: {}{}",
+        ms(a.from_ingest_ms),
+        if a.ingest_in_seconds {
+            " (ingest time in whole seconds, from ClickHouse)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  (the demo sends the whole span in seconds: the time from ingest is mostly enrich working through that backlog)"
+    );
+    println!();
+}
+
+/// The departments' webhook receiver: an HTTP server on 127.0.0.1 that
+/// takes the alert stage's `generic` deliveries the way a department's
+/// service would, verifying each one's signature.
+///
+/// A delivery is valid when `X-Xoflow-Signature` is `v1=` and the hex
+/// HMAC-SHA256, under the shared secret, of `"<X-Xoflow-Timestamp>.<body>"`,
+/// the timestamp is within five minutes of this clock, and
+/// `Idempotency-Key` is the body's `alert_id`. Valid deliveries are
+/// answered 200, others 401; every one is recorded with this clock's
+/// time.
+pub mod receiver {
+    use std::{
+        collections::BTreeSet,
+        net::SocketAddr,
+        sync::{Arc, Mutex},
+    };
+
+    use axum::{
+        Router,
+        body::Bytes,
+        extract::{Path, State},
+        http::{HeaderMap, StatusCode},
+        routing::post,
+    };
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+    use tokio_util::sync::CancellationToken;
+
+    /// How far a delivery's timestamp may be from this clock.
+    const MAX_SKEW_S: i64 = 300;
+
+    /// One delivery as received.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Delivery {
+        /// The `Idempotency-Key` header.
+        pub alert_id: String,
+        /// The department in the URL the alert stage posted to.
+        pub path: String,
+        /// From the body.
+        pub tenant: String,
+        pub rule: String,
+        pub department: String,
+        pub customer_id: String,
+        pub cause: String,
+        /// Signature, timestamp and idempotency key all check out.
+        pub valid: bool,
+        /// Why not, when not.
+        pub problem: Option<String>,
+        /// This clock, Unix milliseconds.
+        pub received_ms: i64,
+        /// The body's `raised_at`.
+        pub raised_ms: Option<i64>,
+        /// When ingest received the triggering event, if the body says.
+        pub ingested_ms: Option<i64>,
+    }
+
+    struct Shared {
+        secret: String,
+        deliveries: Mutex<Vec<Delivery>>,
+    }
+
+    /// A running receiver; [`Receiver::stop`] ends it.
+    pub struct Receiver {
+        addr: SocketAddr,
+        shared: Arc<Shared>,
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl std::fmt::Debug for Receiver {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Receiver")
+                .field("addr", &self.addr)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl Receiver {
+        /// Binds a free port of 127.0.0.1 and serves until stopped.
+        pub async fn start(secret: String) -> std::io::Result<Self> {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let shared = Arc::new(Shared {
+                secret,
+                deliveries: Mutex::new(Vec::new()),
+            });
+            let app = Router::new()
+                .route("/{department}", post(receive))
+                .with_state(shared.clone());
+            let stop = CancellationToken::new();
+            let until = stop.clone();
+            let task = tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(until.cancelled_owned())
+                    .await
+                {
+                    tracing::warn!(error = %e, "the demo's webhook receiver failed");
+                }
+            });
+            Ok(Self {
+                addr,
+                shared,
+                stop,
+                task,
+            })
+        }
+
+        /// `http://127.0.0.1:<port>`.
+        pub fn base_url(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+
+        /// The signing secret the webhooks are configured with.
+        pub fn secret(&self) -> &str {
+            &self.shared.secret
+        }
+
+        /// Every delivery so far, in arrival order.
+        pub fn deliveries(&self) -> Vec<Delivery> {
+            self.shared
+                .deliveries
+                .lock()
+                .map(|d| d.clone())
+                .unwrap_or_default()
+        }
+
+        /// The alert ids delivered with a valid signature so far.
+        pub fn delivered(&self) -> BTreeSet<String> {
+            self.shared
+                .deliveries
+                .lock()
+                .map(|d| {
+                    d.iter()
+                        .filter(|d| d.valid)
+                        .map(|d| d.alert_id.clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+
+        /// Stops serving and waits for the server to end.
+        pub async fn stop(self) {
+            self.stop.cancel();
+            let _ = self.task.await;
+        }
+    }
+
+    async fn receive(
+        State(shared): State<Arc<Shared>>,
+        Path(department): Path<String>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> StatusCode {
+        let received_ms = xoflow_common::clock::now_unix_millis();
+        let d = judge(&shared.secret, department, &headers, &body, received_ms);
+        let status = if d.valid {
+            StatusCode::OK
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        if let Ok(mut all) = shared.deliveries.lock() {
+            all.push(d);
+        }
+        status
+    }
+
+    fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    /// Checks one delivery and reads what the report needs from its body.
+    pub fn judge(
+        secret: &str,
+        path: String,
+        headers: &HeaderMap,
+        body: &[u8],
+        received_ms: i64,
+    ) -> Delivery {
+        let timestamp = header(headers, "x-xoflow-timestamp");
+        let signature = header(headers, "x-xoflow-signature");
+        let key = header(headers, "idempotency-key");
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        let problem = if !signed(secret, timestamp, body, signature) {
+            Some("the signature does not verify".to_owned())
+        } else if timestamp.parse::<i64>().map_or(true, |t| {
+            (t - received_ms.div_euclid(1000)).abs() > MAX_SKEW_S
+        }) {
+            Some(format!("timestamp {timestamp:?} is not within 5 minutes"))
+        } else if key.is_empty() || key != json["alert_id"].as_str().unwrap_or_default() {
+            Some("Idempotency-Key is not the body's alert_id".to_owned())
+        } else {
+            None
+        };
+        let trigger = &json["trigger"];
+        let ingested = [&trigger["received_at"], &trigger["event"]["received_at"]]
+            .into_iter()
+            .find_map(time_ms);
+        Delivery {
+            alert_id: key.to_owned(),
+            path,
+            tenant: text(&json["tenant"]),
+            rule: text(&json["rule"]),
+            department: text(&json["department"]),
+            customer_id: text(&json["customer_id"]),
+            cause: text(&json["cause"]),
+            valid: problem.is_none(),
+            problem,
+            received_ms,
+            raised_ms: time_ms(&json["raised_at"]),
+            ingested_ms: ingested,
+        }
+    }
+
+    /// Whether `signature` is `v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
+    pub fn signed(secret: &str, timestamp: &str, body: &[u8], signature: &str) -> bool {
+        let Some(mac_hex) = signature.strip_prefix("v1=") else {
+            return false;
+        };
+        let Ok(given) = hex::decode(mac_hex) else {
+            return false;
+        };
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+            return false;
+        };
+        mac.update(timestamp.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        // Constant time.
+        mac.verify_slice(&given).is_ok()
+    }
+
+    /// An RFC 3339 time (or Unix milliseconds) as Unix milliseconds.
+    fn time_ms(v: &serde_json::Value) -> Option<i64> {
+        match v {
+            serde_json::Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.timestamp_millis()),
+            serde_json::Value::Number(n) => n.as_i64(),
+            _ => None,
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn sign(secret: &str, ts: i64, body: &[u8]) -> String {
+            let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key");
+            mac.update(format!("{ts}.").as_bytes());
+            mac.update(body);
+            format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+        }
+
+        fn headers(ts: i64, signature: &str, key: &str) -> HeaderMap {
+            let mut h = HeaderMap::new();
+            h.insert("x-xoflow-timestamp", ts.to_string().parse().expect("ascii"));
+            h.insert("x-xoflow-signature", signature.parse().expect("ascii"));
+            h.insert("idempotency-key", key.parse().expect("ascii"));
+            h
+        }
+
+        const BODY: &[u8] = br#"{"type":"xoflow.alert.v1","alert_id":"a1","tenant":"hotpot-house","rule":"r","department":"kitchen","customer_id":"c1","cause":"event","raised_at":"2026-11-16T10:00:00.250Z","trigger":{"event_id":"e1","received_at":"2026-11-16T09:59:59.000Z"}}"#;
+
+        #[test]
+        fn a_signed_delivery_is_valid_and_read() {
+            let now = 1_794_823_200_500; // 2026-11-16T10:00:00.500Z
+            let ts = now / 1000;
+            let d = judge(
+                "s3cret",
+                "kitchen".into(),
+                &headers(ts, &sign("s3cret", ts, BODY), "a1"),
+                BODY,
+                now,
+            );
+            assert!(d.valid, "{:?}", d.problem);
+            assert_eq!(
+                (d.tenant.as_str(), d.department.as_str()),
+                ("hotpot-house", "kitchen")
+            );
+            assert_eq!(d.raised_ms, Some(now - 250));
+            assert_eq!(d.ingested_ms, Some(now - 1_500));
+        }
+
+        #[test]
+        fn tampering_another_key_staleness_or_a_wrong_idempotency_key_is_refused() {
+            let now = 1_794_823_200_500;
+            let ts = now / 1000;
+            let good = sign("s3cret", ts, BODY);
+            let mut tampered = BODY.to_vec();
+            tampered[30] ^= 1;
+            let cases = [
+                judge(
+                    "s3cret",
+                    "k".into(),
+                    &headers(ts, &good, "a1"),
+                    &tampered,
+                    now,
+                ),
+                judge("other", "k".into(), &headers(ts, &good, "a1"), BODY, now),
+                judge(
+                    "s3cret",
+                    "k".into(),
+                    &headers(ts, &good.replace("v1=", "v2="), "a1"),
+                    BODY,
+                    now,
+                ),
+                judge(
+                    "s3cret",
+                    "k".into(),
+                    &headers(ts - 600, &sign("s3cret", ts - 600, BODY), "a1"),
+                    BODY,
+                    now,
+                ),
+                judge("s3cret", "k".into(), &headers(ts, &good, "a2"), BODY, now),
+            ];
+            for d in cases {
+                assert!(!d.valid && d.problem.is_some(), "{d:?}");
+            }
+        }
+    }
 }

@@ -790,10 +790,12 @@ impl Loop<'_> {
         let ids: Vec<&str> = fresh.iter().map(|a| a.alert_id.as_str()).collect();
         let written_at = u32::try_from(now_ms.div_euclid(1000)).unwrap_or(0);
         // The lookup and the insert are retried together: an insert whose
-        // answer was lost may have landed.
-        let (written, stored) = {
+        // answer was lost may have landed. The delivery log is read at the
+        // same time (it does not depend on the insert): one ClickHouse
+        // round trip less between an alert's arrival and its delivery.
+        let (write, finals) = {
             let (store, fresh, ids) = (&self.store, &fresh, &ids);
-            store_retry(self.readiness, self.stop, "writing alerts", || async move {
+            let write = store_retry(self.readiness, self.stop, "writing alerts", || async move {
                 let stored = store.stored_alerts(ids).await?;
                 let rows: Vec<AlertRow> = fresh
                     .iter()
@@ -802,21 +804,19 @@ impl Loop<'_> {
                     .collect();
                 store.insert_alerts(&rows).await?;
                 Ok((rows.len() as u64, stored.len() as u64))
-            })
-            .await?
-        };
-        stats.written = written;
-        stats.skipped_stored = stored;
-        let finals = {
-            let (store, ids) = (&self.store, &ids);
-            store_retry(
+            });
+            let finals = store_retry(
                 self.readiness,
                 self.stop,
                 "reading alert_deliveries",
                 || store.final_deliveries(ids),
-            )
-            .await?
+            );
+            tokio::join!(write, finals)
         };
+        let (written, stored) = write?;
+        let finals = finals?;
+        stats.written = written;
+        stats.skipped_stored = stored;
         for alert in fresh {
             let id = alert.alert_id.clone();
             let key: DepartmentKey = (alert.tenant.clone(), alert.department.clone());

@@ -149,6 +149,9 @@ pub struct Trigger<'a> {
     pub kind: Option<&'static str>,
     pub source: &'a str,
     pub occurred_at: Option<String>,
+    /// When a collector received the event (its acknowledgement follows
+    /// the Kafka write right after).
+    pub received_at: Option<String>,
     pub journey: &'a str,
     pub stage: &'a str,
     pub touchpoint: &'a str,
@@ -270,6 +273,7 @@ impl<'a> Trigger<'a> {
             kind: e.and_then(|e| e.kind()).map(|k| k.as_str()),
             source: e.map_or("", |e| &e.source),
             occurred_at: rfc3339(e.and_then(|e| e.occurred_at.as_ref())),
+            received_at: rfc3339(e.and_then(|e| e.received_at.as_ref())),
             journey: tp.map_or("", |t| &t.journey),
             stage: tp.map_or("", |t| &t.stage),
             touchpoint: tp.map_or("", |t| &t.touchpoint),

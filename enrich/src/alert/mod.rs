@@ -241,6 +241,45 @@ impl Alerter {
         }
     }
 
+    /// Whether a silence of this customer would raise an alert not raised
+    /// yet: some silence rule of `tenant` finds it silent long enough and
+    /// its customer conditions hold on `context` (an output carrying only
+    /// the customer context). Reads without allocating beyond the ids it
+    /// hashes, so the re-scoring builds an output only for customers that
+    /// alert.
+    pub fn silence_due(
+        &self,
+        tenant: &str,
+        customer_id: &str,
+        ratio: f64,
+        last_order_ms: i64,
+        context: &EnrichedEvent,
+    ) -> bool {
+        let Some(t) = self.rules.tenant(tenant) else {
+            return false;
+        };
+        let book = self.books.get(customer_id);
+        let mut scratch = Vec::new();
+        t.rules.iter().filter(|r| r.silent).any(|rule| {
+            if ratio < rule.min_silence {
+                return false;
+            }
+            scratch.clear();
+            if rule.check_customer(context, &mut scratch).is_none() {
+                return false;
+            }
+            let id = alert_id(&[
+                tenant,
+                &rule.name,
+                "silence",
+                customer_id,
+                &last_order_ms.to_string(),
+            ]);
+            let prefix = id_prefix(&id);
+            !book.is_some_and(|b| b.raised.iter().any(|(x, _)| *x == prefix))
+        })
+    }
+
     /// Checks the silence rules on customers the re-scoring found silent.
     pub fn silence(&mut self, silent: Vec<Silent>, now_ms: i64) {
         for s in silent {

@@ -406,6 +406,9 @@ impl Join {
             return;
         }
         let mut silent = Vec::new();
+        // Reused: most customers are not silent, and of those that are,
+        // most were alerted already; only those due get a whole output.
+        let mut probe = EnrichedEvent::default();
         for (id, c) in &self.customers {
             let Some((silent_ms, gap_ms, last_order_ms)) = c.current.silence(clock) else {
                 continue;
@@ -416,7 +419,16 @@ impl Join {
             let Some(entry) = c.history.back() else {
                 continue;
             };
-            if !self.alerter.wants_silence(&entry.event.tenant) {
+            let tenant = &entry.event.tenant;
+            if !self.alerter.wants_silence(tenant) {
+                continue;
+            }
+            probe.customer = Some(c.current.context(clock, &self.cfg));
+            let ratio = silent_ms as f64 / gap_ms.max(1) as f64;
+            if !self
+                .alerter
+                .silence_due(tenant, id, ratio, last_order_ms, &probe)
+            {
                 continue;
             }
             let mut o = output(

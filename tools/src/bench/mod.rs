@@ -21,6 +21,10 @@
 //!   this process sampled throughout (it should stay flat: the collector
 //!   sheds what it cannot persist, the other stages work in bounded batches).
 //!
+//! - A: alerts — a fresh pipeline with the demo's alert rules and a
+//!   webhook receiver in this process, fed at half the peak: from each
+//!   alert's triggering event reaching ingest to its delivery.
+//!
 //! One module per measurement — `kafka` (B1), `collector` and its echo
 //! server `grpc` (B2), `sink` (B3), `enrich` (B5), `pipeline` and
 //! `open_loop` (P) — each starting what it measures through `xoflow-app`
@@ -35,6 +39,7 @@ use xoflow_proto::Message as _;
 
 use crate::datagen::{self, GenConfig};
 
+mod alerts;
 mod collector;
 mod enrich;
 mod grpc;
@@ -63,6 +68,9 @@ pub enum Part {
     /// P: the whole pipeline, closed and open loop (needs B1's figure: runs
     /// it too).
     Pipeline,
+    /// A: ingest → webhook latency of alerts at half the pipeline's peak
+    /// (needs P's closed-loop peak: runs it too).
+    Alerts,
 }
 
 /// Runs the benchmark with `n` events (only the parts in `only`, or all)
@@ -96,7 +104,7 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
     println!("[bench] {n} generated events, {avg} bytes each on average (protobuf)");
 
     let mut rows = Vec::new();
-    let b1 = if wanted(Part::Raw) || wanted(Part::Pipeline) {
+    let b1 = if wanted(Part::Raw) || wanted(Part::Pipeline) || wanted(Part::Alerts) {
         let b1 = kafka::measure(&cfg, &format!("bench-{id}-raw"), &encoded).await?;
         rows.push(row("B1 raw rdkafka produce→consume", b1, "msg/s"));
         b1
@@ -150,7 +158,7 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
         ));
     }
 
-    if !wanted(Part::Pipeline) {
+    if !wanted(Part::Pipeline) && !wanted(Part::Alerts) {
         let _ = cfg.clickhouse.drop_database().await;
         write(out, &rows)?;
         return Ok(rows);
@@ -176,6 +184,42 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
         "µs",
     ));
     rows.push(row("P peak RSS, xoflow", p.rss_mib, "MiB"));
+
+    if wanted(Part::Alerts) {
+        let a = alerts::measure(&cfg, &events, p.rate).await?;
+        let mut rate = row("A alerts at half peak, rate sent", a.rate, "events/s");
+        rate.goal = Some(format!("{:.0} events/s", p.rate / 2.0));
+        rows.push(rate);
+        let mut n = row(
+            "A alerts delivered (signature checked; invalid ones counted apart)",
+            a.alerts as f64,
+            "alerts",
+        );
+        n.goal = Some("0 invalid".into());
+        n.met = Some(a.invalid == 0 && a.alerts > 0);
+        rows.push(n);
+        rows.push(row("A ingest→webhook latency p50", a.p50_ms, "ms"));
+        let mut p99 = row("A ingest→webhook latency p99", a.p99_ms, "ms");
+        p99.goal = Some("< 5000 ms".into());
+        p99.met = Some(a.p99_ms < 5_000.0);
+        rows.push(p99);
+        rows.push(row("A ingest→webhook latency max", a.max_ms, "ms"));
+        rows.push(row(
+            "A raised→webhook (alert stage) p50",
+            a.stage_p50_ms,
+            "ms",
+        ));
+        rows.push(row(
+            "A raised→webhook (alert stage) p99",
+            a.stage_p99_ms,
+            "ms",
+        ));
+    }
+    if !wanted(Part::Pipeline) {
+        let _ = cfg.clickhouse.drop_database().await;
+        write(out, &rows)?;
+        return Ok(rows);
+    }
 
     let o = open_loop::measure(&cfg, &events, p.rate).await?;
     let mut half = row("P open loop at half peak, rate sent", o.rate, "events/s");

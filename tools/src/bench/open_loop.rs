@@ -12,7 +12,7 @@ use xoflow_proto::v1::Event;
 
 use super::{
     process::rss_mib,
-    support::{count, own_pipeline, ready, wait_rows},
+    support::{count, own_pipeline, ready, round_of, wait_rows},
 };
 use crate::datagen::load;
 
@@ -25,21 +25,6 @@ pub(super) struct OpenLoopResult {
     pub(super) rss_second_quarter_mib: f64,
     pub(super) rss_last_quarter_mib: f64,
     pub(super) rss_growth: f64,
-}
-
-/// `events` with every id suffixed, so a round is new to the pipeline.
-fn round_of(events: &[Event], round: usize, n: usize) -> Vec<Event> {
-    events
-        .iter()
-        .cycle()
-        .take(n)
-        .enumerate()
-        .map(|(i, e)| {
-            let mut e = e.clone();
-            e.event_id = format!("{}-r{round}-{i}", e.event_id);
-            e
-        })
-        .collect()
 }
 
 /// A fresh pipeline fed open loop: first at half of `peak` for about 20 s,
@@ -67,7 +52,7 @@ pub(super) async fn measure(
     // are not counted as latency: a small round, until it is visible.
     let warm = load::send(
         &addr,
-        round_of(events, 0, 1_000),
+        round_of(events, "r", 0, 1_000),
         &load::LoadOptions {
             batch: BATCH,
             rate: None,
@@ -81,7 +66,7 @@ pub(super) async fn measure(
     // Half the peak, with the visibility timeline polled alongside.
     let half = (peak / 2.0).max(100.0);
     let n = ((half * SECONDS) as usize).max(BATCH);
-    let batch = round_of(events, 1, n);
+    let batch = round_of(events, "r", 1, n);
     let stop_polling = tokio_util::sync::CancellationToken::new();
     let poller = {
         let ch = ch.clone();
@@ -154,7 +139,7 @@ pub(super) async fn measure(
     let mut offered = 0u64;
     let mut accepted = 0u64;
     for round in 2..rounds + 2 {
-        let batch = round_of(events, round, per_round);
+        let batch = round_of(events, "r", round, per_round);
         let r = load::send(
             &addr,
             batch,

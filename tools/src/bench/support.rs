@@ -45,11 +45,43 @@ pub(super) async fn send_keyed(
     Ok(())
 }
 
-/// A whole pipeline of its own: the database and topics get `tag`.
+/// `n` of `events`, cycled, with every id suffixed `-<tag><round>-<i>`: a
+/// round the pipeline has not seen.
+pub(super) fn round_of(
+    events: &[xoflow_proto::v1::Event],
+    tag: &str,
+    round: usize,
+    n: usize,
+) -> Vec<xoflow_proto::v1::Event> {
+    events
+        .iter()
+        .cycle()
+        .take(n)
+        .enumerate()
+        .map(|(i, e)| {
+            let mut e = e.clone();
+            e.event_id = format!("{}-{tag}{round}-{i}", e.event_id);
+            e
+        })
+        .collect()
+}
+
+/// A whole pipeline of its own: the database, topics and consumer groups
+/// get `tag`. (Enrich's internal topics and state are named after its
+/// group: a measurement sharing the group would start from the join state
+/// an earlier one left, and its events would land in those customers'
+/// histories as repairs.)
 pub(super) fn own_pipeline(cfg: &Config, tag: &str) -> Config {
     let mut cfg = cfg.clone();
     cfg.clickhouse.database.push_str(&format!("_{tag}"));
     cfg.kafka.topics.suffix(&format!(".{tag}"));
+    for group in [
+        &mut cfg.enrich.group_id,
+        &mut cfg.sink.group_id,
+        &mut cfg.alert.group_id,
+    ] {
+        group.push_str(&format!("-{tag}"));
+    }
     cfg
 }
 

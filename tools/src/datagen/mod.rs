@@ -8,14 +8,17 @@
 //! checkouts, surveys fired at moments of truth whose scores depend on what
 //! happened, calls and posts in Chinese and English whose sentiment
 //! matches, personal data planted in free text, and a small share of
-//! malformed records. The same [`GenConfig`] always yields byte-identical
+//! malformed records. For the closed loop it plants customers who go
+//! silent after a complaint and customers who asked not to be contacted. The same [`GenConfig`] always yields byte-identical
 //! output; event ids carry the seed (`<tenant>-<seed hex>-<seq>`), so loads
 //! generated with different seeds never share an id.
 //!
 //! What crosses the boundary: `Vec<Event>` in time order, and a [`Truth`]
 //! with what the pipeline should find (NPS per touchpoint and store, the
-//! worst store, negative topics, customers at risk, expected dead letters).
+//! worst store, negative topics, customers at risk, expected dead letters,
+//! and the alerts the demo's rules must raise: [`alerts`]).
 
+pub mod alerts;
 pub mod load;
 mod sim;
 pub mod text;

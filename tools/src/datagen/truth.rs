@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::alerts::AlertsTruth;
+
 /// NPS as counts; the score is derived, never stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NpsCounts {
@@ -111,6 +113,9 @@ pub struct Truth {
     pub planted_pii: Vec<String>,
     /// The problems the simulation planted, in words.
     pub problems: Vec<String>,
+    /// The alerts the demo's rules (`deploy/config/demo.toml`) must raise,
+    /// and the customers planted for the closed loop.
+    pub alerts: AlertsTruth,
 }
 
 /// Latent propensity from which a customer counts as drifting away.

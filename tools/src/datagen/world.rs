@@ -152,6 +152,9 @@ pub struct Customer {
     /// Latent propensity to leave, in [0, 1]: lowers activity over the week
     /// and scores, raises complaints.
     pub churn: f64,
+    /// Asked not to be contacted: every event of the customer carries the
+    /// attribute `do_not_contact = "true"`, and no alert may name them.
+    pub do_not_contact: bool,
 }
 
 /// The three tenants of the generated world.
@@ -264,6 +267,7 @@ pub fn customers(rng: &mut SplitMix, t: &Tenant) -> Vec<Customer> {
                 segment,
                 store: rng.below(t.stores.len() as u64) as usize,
                 churn,
+                do_not_contact: false,
             }
         })
         .collect()

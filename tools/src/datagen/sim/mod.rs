@@ -10,14 +10,15 @@
 //! event is attributed to, and the malformed copies; [`events`] emits one
 //! event of each kind (survey, clicks, order, call, post) with its truth;
 //! [`restaurant`], [`online`] and [`education`] are the three tenants'
-//! journeys, one customer-day at a time.
+//! journeys, one customer-day at a time; [`plant`] adds the customers the
+//! closed loop's checks need (silent after a complaint, opted out).
 
 use xoflow_proto::v1::{
     ClickAction, CustomerIdentity, Event, Location, Touchpoint, event::Payload,
 };
 
 use super::{
-    GenConfig, Generated, SplitMix,
+    GenConfig, Generated, SplitMix, alerts,
     text::{self, Polarity, Text, Topic},
     truth::TruthBuilder,
     world::{self, Business, Customer, Segment, Store, Tenant, Tp},
@@ -26,6 +27,7 @@ use super::{
 mod education;
 mod events;
 mod online;
+mod plant;
 mod restaurant;
 
 const MINUTE: i64 = 60_000;
@@ -54,6 +56,8 @@ struct Sim<'a> {
     cfg: &'a GenConfig,
     end_ms: i64,
     events: Vec<(i64, Event)>,
+    /// Malformed copies, apart from the valid events until the end.
+    corrupted: Vec<(i64, Event)>,
     truth: TruthBuilder,
     seq: u64,
 }
@@ -65,13 +69,15 @@ pub fn generate(cfg: &GenConfig) -> Generated {
         cfg,
         end_ms: cfg.start_ms + i64::from(cfg.days) * DAY,
         events: Vec::new(),
+        corrupted: Vec::new(),
         truth: TruthBuilder::default(),
         seq: 0,
     };
     sim.truth.truth.seed = cfg.seed;
     sim.truth.truth.start_ms = cfg.start_ms;
     sim.truth.truth.days = cfg.days;
-    for tenant in world::tenants(cfg.scale) {
+    let tenants = world::tenants(cfg.scale);
+    for tenant in &tenants {
         if let Some((store, tp)) = tenant.problem_store {
             sim.truth.truth.problems.push(format!(
                 "{}: store {store} is short of staff at touchpoint {tp}",
@@ -84,21 +90,34 @@ pub fn generate(cfg: &GenConfig) -> Generated {
                 .problems
                 .push(format!("{}: deliveries in {region} run late", tenant.name));
         }
-        let customers = world::customers(&mut sim.rng, &tenant);
+        let customers = world::customers(&mut sim.rng, tenant);
         for c in &customers {
             for day in 0..cfg.days {
                 let day_start = cfg.start_ms + i64::from(day) * DAY;
                 // Drifting customers come less often as the week goes on.
                 let fade = 1.0 - c.churn * f64::from(day) / f64::from(cfg.days.max(1));
                 match tenant.business {
-                    Business::Restaurant => sim.restaurant_day(&tenant, c, day_start, fade),
-                    Business::Online => sim.online_day(&tenant, c, day_start, fade),
-                    Business::Education => sim.education_day(&tenant, c, day_start, fade),
+                    Business::Restaurant => sim.restaurant_day(tenant, c, day_start, fade),
+                    Business::Online => sim.online_day(tenant, c, day_start, fade),
+                    Business::Education => sim.education_day(tenant, c, day_start, fade),
                 }
             }
         }
     }
     sim.corrupt();
+    let (silent, opted_out) = sim.plant(&tenants);
+    // The join's windows and bounds as shipped; the lateness plays no part.
+    let join = xoflow_enrich::join::JoinConfig::new(std::time::Duration::from_secs(2));
+    let mut expected = alerts::expected(
+        sim.events.iter().map(|(_, e)| e),
+        &alerts::DemoConfig::embedded(),
+        &join,
+    );
+    expected.planted_silent = silent;
+    expected.do_not_contact = opted_out;
+    sim.truth.truth.alerts = expected;
+    let corrupted = std::mem::take(&mut sim.corrupted);
+    sim.events.extend(corrupted);
     sim.events
         .sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.event_id.cmp(&b.1.event_id)));
     let mut events: Vec<Event> = sim.events.into_iter().map(|(_, e)| e).collect();
@@ -184,7 +203,15 @@ impl Sim<'_> {
                 store_id: store.id.into(),
                 region: store.region.into(),
             }),
-            attributes: Default::default(),
+            attributes: if c.do_not_contact {
+                [(
+                    xoflow_enrich::alert::DO_NOT_CONTACT.to_owned(),
+                    "true".to_owned(),
+                )]
+                .into()
+            } else {
+                Default::default()
+            },
             payload: Some(payload),
         };
         let kind = event.kind().map(|k| k.as_str()).unwrap_or("none");
@@ -253,7 +280,7 @@ impl Sim<'_> {
                 }
             };
             *self.truth.truth.invalid.entry(reason.into()).or_default() += 1;
-            self.events.push((at, e));
+            self.corrupted.push((at, e));
         }
     }
 }
