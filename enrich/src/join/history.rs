@@ -46,6 +46,11 @@ pub(super) struct Entry {
     /// Its first output is emitted twice, at its revision and one higher
     /// (see [`super::Join`], "Linked events").
     pub twice: bool,
+    /// Its changelog record is older than it: written at the next
+    /// [`super::Join::take_changes`]. A flag in place rather than a set of
+    /// keys beside the history, which cost two id clones and a hash insert
+    /// per event.
+    pub unsaved: bool,
 }
 
 impl Entry {
@@ -74,22 +79,13 @@ impl Entry {
             force: false,
             unmet: false,
             twice: false,
+            unsaved: false,
         })
     }
 
     fn key(&self) -> (i64, &str) {
         (self.at, self.event.event_id.as_str())
     }
-}
-
-/// What a repair or first emission produced, for the operator to finish:
-/// the index of the entry and its output (revision and context set).
-#[derive(Debug)]
-pub(super) struct Emitted {
-    pub index: usize,
-    pub output: EnrichedEvent,
-    /// Emitted because its joined context changed (revision raised).
-    pub repaired: bool,
 }
 
 /// One customer: base state, history, current state.
@@ -100,6 +96,9 @@ pub(super) struct Customer {
     pub current: CustomerState,
     /// The lowest history index whose output must be computed again.
     pub dirty_from: Option<usize>,
+    /// Listed among the customers with [`Entry::unsaved`] entries, so that
+    /// a batch lists each customer once.
+    pub listed: bool,
 }
 
 /// Where an event stands in a customer's history.
@@ -138,37 +137,40 @@ impl Customer {
         self.dirty_from = Some(self.dirty_from.map_or(index, |d| d.min(index)));
     }
 
-    /// Folds the history again from the base and appends to `out` the
-    /// outputs to emit: entries never emitted, entries whose joined context changed
+    /// Folds the history again from the base and hands `sink` the outputs
+    /// to emit, in history order, each with its event and whether it is a
+    /// repair: entries never emitted, entries whose joined context changed
     /// (revision + 1), and forced ones. `output` builds an entry's output
     /// from the state right after it was folded in. When the only dirty
     /// entry is a new last one (the in-order path), it is folded into the
-    /// current state instead: no re-fold.
+    /// current state instead: no re-fold. Returns whether anything was
+    /// emitted (those entries are now [`Entry::unsaved`]).
     pub fn settle(
         &mut self,
         cfg: &JoinConfig,
         mut output: impl FnMut(&CustomerState, &Entry) -> EnrichedEvent,
-        out: &mut Vec<Emitted>,
-    ) {
+        mut sink: impl FnMut(&Event, EnrichedEvent, bool),
+    ) -> bool {
         let Some(from) = self.dirty_from.take() else {
-            return;
+            return false;
         };
         if from + 1 == self.history.len() && !self.history[from].emitted {
             let entry = &mut self.history[from];
             self.current.update(&entry.event, &entry.cx, entry.at, cfg);
             let enriched = output(&self.current, entry);
-            emit(entry, &self.current, from, enriched, out);
-            return;
+            return emit(entry, &self.current, enriched, &mut sink);
         }
         let mut state = self.base.clone();
+        let mut any = false;
         for (index, entry) in self.history.iter_mut().enumerate() {
             state.update(&entry.event, &entry.cx, entry.at, cfg);
             if index >= from {
                 let enriched = output(&state, entry);
-                emit(entry, &state, index, enriched, out);
+                any |= emit(entry, &state, enriched, &mut sink);
             }
         }
         self.current = state;
+        any
     }
 
     /// Moves the entries beyond the bounds into the base, oldest first, and
@@ -209,14 +211,13 @@ impl Customer {
 /// `state` (the fold up to it): its first output, a repair when its joined
 /// context changed (revision + 1), or a forced copy; and the extra copies a
 /// replay (revision 0) or a linked event's first output (one revision up)
-/// add.
+/// add. Returns whether it emitted.
 fn emit(
     entry: &mut Entry,
     state: &CustomerState,
-    index: usize,
     mut enriched: EnrichedEvent,
-    out: &mut Vec<Emitted>,
-) {
+    sink: &mut impl FnMut(&Event, EnrichedEvent, bool),
+) -> bool {
     let hash = context_hash(&enriched);
     entry.unmet = state.unmet_reference(&entry.event);
     let repaired = entry.emitted && hash != entry.output_hash;
@@ -227,7 +228,7 @@ fn emit(
     let emit = !entry.emitted || repaired || entry.force;
     entry.force = false;
     if !emit {
-        return;
+        return false;
     }
     entry.output_hash = hash;
     enriched.revision = entry.revision;
@@ -237,29 +238,19 @@ fn emit(
         // them; the sink keeps the copy it has.
         let mut first = enriched.clone();
         first.revision = 0;
-        out.push(Emitted {
-            index,
-            output: first,
-            repaired: false,
-        });
+        sink(&entry.event, first, false);
     }
     if !entry.emitted && entry.twice {
         let mut again = enriched.clone();
         entry.revision += 1;
         again.revision = entry.revision;
-        out.push(Emitted {
-            index,
-            output: enriched,
-            repaired,
-        });
+        sink(&entry.event, enriched, repaired);
         enriched = again;
     }
     entry.emitted = true;
-    out.push(Emitted {
-        index,
-        output: enriched,
-        repaired,
-    });
+    entry.unsaved = true;
+    sink(&entry.event, enriched, repaired);
+    true
 }
 
 /// A hash of what a repair can change in an output: the customer and how

@@ -154,11 +154,15 @@ pub struct Join {
     touched: Vec<String>,
     /// Events to send to another partition.
     moves: Vec<Moved>,
-    /// Scratch for [`Join::settle_customer`].
-    emitted: Vec<history::Emitted>,
-    /// Changelog keys changed since [`Join::take_changes`].
+    /// Outputs of [`Join::process`], kept between calls.
+    scratch: Vec<Released>,
+    /// Changelog keys changed since [`Join::take_changes`]: bases and
+    /// identifiers by key; history entries flagged in place
+    /// ([`Entry::unsaved`]) under customers listed once per batch; entries
+    /// that left a history by (customer, event id).
     dirty_bases: HashSet<String, foldhash::fast::RandomState>,
-    dirty_entries: HashSet<(String, i64, String), foldhash::fast::RandomState>,
+    unsaved: Vec<String>,
+    removed: HashSet<(String, String), foldhash::fast::RandomState>,
     dirty_identifiers: HashSet<String, foldhash::fast::RandomState>,
     /// Events in every customer's history, and those among them naming an
     /// order or call not met yet.
@@ -189,9 +193,10 @@ impl Join {
             unresolved: Unresolved::default(),
             touched: Vec::new(),
             moves: Vec::new(),
-            emitted: Vec::new(),
+            scratch: Vec::new(),
             dirty_bases: HashSet::default(),
-            dirty_entries: HashSet::default(),
+            unsaved: Vec::new(),
+            removed: HashSet::default(),
             dirty_identifiers: HashSet::default(),
             history_len: 0,
             unmet: 0,
@@ -253,7 +258,7 @@ impl Join {
         self.links.learn(&e, |_, _| {});
         let who = self.links.resolve(&e);
         let id = e.event_id.clone();
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.scratch);
         if who.customer_id.is_some() {
             self.admit(e, who, 0, 0, now_ms, &mut out);
         } else {
@@ -264,10 +269,14 @@ impl Join {
         }
         self.settle(0, now_ms, &mut out);
         self.moves.clear();
-        out.into_iter()
-            .map(|r| r.enriched)
-            .find(|o| o.event.as_ref().is_some_and(|e| e.event_id == id))
-            .expect("an admitted event is emitted")
+        let i = out
+            .iter()
+            .position(|r| r.enriched.event.as_ref().is_some_and(|e| e.event_id == id))
+            .expect("an admitted event is emitted");
+        let own = out.swap_remove(i).enriched;
+        out.clear();
+        self.scratch = out;
+        own
     }
 
     /// Puts an event resolved upstream into the lateness buffer.
@@ -475,7 +484,10 @@ impl Join {
     /// The changelog records changed since the last call, sorted by key.
     pub fn take_changes(&mut self) -> ChangelogRecords {
         let mut out: ChangelogRecords = Vec::with_capacity(
-            self.dirty_bases.len() + self.dirty_entries.len() + self.dirty_identifiers.len(),
+            self.dirty_bases.len()
+                + self.unsaved.len()
+                + self.removed.len()
+                + self.dirty_identifiers.len(),
         );
         for id in self.dirty_bases.drain() {
             let value = self
@@ -485,24 +497,37 @@ impl Join {
                 .unwrap_or_default();
             out.push((id.into_bytes(), value));
         }
-        for (id, at, event_id) in self.dirty_entries.drain() {
-            let value = self
-                .customers
-                .get(&id)
-                .and_then(|c| {
-                    let i = c
-                        .history
-                        .binary_search_by(|e| {
-                            (e.at, e.event.event_id.as_str()).cmp(&(at, &event_id))
-                        })
-                        .ok()?;
-                    Some(c.history[i].to_proto().encode_to_vec())
-                })
-                .unwrap_or_default();
-            let mut key = id.into_bytes();
-            key.push(0);
-            key.extend_from_slice(event_id.as_bytes());
-            out.push((key, value));
+        let entries_from = out.len();
+        for id in self.unsaved.drain(..) {
+            // Absent: dropped since (its entries are in `removed`). Not
+            // listed: listed twice, dropped and back within the batch.
+            let Some(c) = self.customers.get_mut(&id) else {
+                continue;
+            };
+            if !std::mem::take(&mut c.listed) {
+                continue;
+            }
+            for e in c.history.iter_mut().filter(|e| e.unsaved) {
+                e.unsaved = false;
+                out.push((
+                    entry_key(&id, &e.event.event_id),
+                    e.to_proto().encode_to_vec(),
+                ));
+            }
+        }
+        if !self.removed.is_empty() {
+            // An entry that left a history and came back since is kept.
+            let kept: HashSet<&[u8], foldhash::fast::RandomState> = out[entries_from..]
+                .iter()
+                .map(|(k, _)| k.as_slice())
+                .collect();
+            let gone: Vec<Vec<u8>> = self
+                .removed
+                .drain()
+                .map(|(id, event_id)| entry_key(&id, &event_id))
+                .filter(|k| !kept.contains(k.as_slice()))
+                .collect();
+            out.extend(gone.into_iter().map(|k| (k, Vec::new())));
         }
         for identifier in self.dirty_identifiers.drain() {
             let value = self.unresolved.encoded(&identifier);
@@ -609,9 +634,9 @@ impl Join {
         } = who;
         let Some(id) = customer_id else { return };
         self.evict_if_full(at);
-        let place = match self.customers.get(&id) {
-            Some(c) => c.place(at, &e.event_id),
-            None => Place::Last,
+        let (place, known) = match self.customers.get(&id) {
+            Some(c) => (c.place(at, &e.event_id), true),
+            None => (Place::Last, false),
         };
         match place {
             Place::Known(i) => {
@@ -646,7 +671,10 @@ impl Join {
             }
             Place::Last | Place::At(_) => {
                 let cx = self.cx(&e);
-                let c = self.customers.entry(id.clone()).or_default();
+                if !known {
+                    self.customers.insert(id.clone(), Customer::default());
+                }
+                let c = self.customers.get_mut(&id).expect("inserted");
                 // In order (after the customer's latest, nothing pending):
                 // folded and emitted now, without a re-fold.
                 let in_order = matches!(place, Place::Last) && c.dirty_from.is_none();
@@ -654,12 +682,11 @@ impl Join {
                     Place::At(i) => i,
                     _ => c.history.len(),
                 };
-                self.dirty_entries
-                    .insert((id.clone(), at, e.event_id.clone()));
                 let mut entry = entry(at, e, resolution, cx, revision);
                 entry.twice = twice(resolution, revision);
                 c.history.insert(i, entry);
                 c.dirty(i);
+                list_unsaved(&mut self.unsaved, &id, c);
                 self.history_len += 1;
                 if in_order {
                     self.settle_customer(&id, offset, now_ms, out);
@@ -741,28 +768,24 @@ impl Join {
         };
         let from = c.dirty_from.unwrap_or(c.history.len());
         let unmet_before = c.history.range(from..).filter(|e| e.unmet).count();
-        // A buffer kept between calls: this runs for every in-order event.
-        let mut emitted = std::mem::take(&mut self.emitted);
-        c.settle(
+        let stats = &mut self.stats;
+        let emitted = c.settle(
             cfg,
             |state, entry| output(cfg, state, entry, id, department(cfg, &entry.event), now_ms),
-            &mut emitted,
+            |event, mut o, repaired| {
+                stats.repairs += u64::from(repaired);
+                o.event = Some(event.clone());
+                out.push(Released {
+                    offset,
+                    enriched: o,
+                });
+            },
         );
         let unmet_after = c.history.range(from..).filter(|e| e.unmet).count();
         self.unmet = (self.unmet + unmet_after).saturating_sub(unmet_before);
-        for em in emitted.drain(..) {
-            let entry = &c.history[em.index];
-            self.dirty_entries
-                .insert((id.to_owned(), entry.at, entry.event.event_id.clone()));
-            self.stats.repairs += u64::from(em.repaired);
-            let mut o = em.output;
-            o.event = Some(entry.event.clone());
-            out.push(Released {
-                offset,
-                enriched: o,
-            });
+        if emitted {
+            list_unsaved(&mut self.unsaved, id, c);
         }
-        self.emitted = emitted;
         self.evict(id);
     }
 
@@ -781,8 +804,7 @@ impl Join {
                 self.unmet -= 1;
                 self.stats.expired_reference += 1;
             }
-            self.dirty_entries
-                .insert((id.to_owned(), e.at, e.event.event_id));
+            self.removed.insert((id.to_owned(), e.event.event_id));
         }
         self.dirty_bases.insert(id.to_owned());
     }
@@ -817,8 +839,7 @@ impl Join {
             for e in history {
                 self.history_len -= 1;
                 self.unmet -= usize::from(e.unmet);
-                self.dirty_entries
-                    .insert((id.clone(), e.at, e.event.event_id));
+                self.removed.insert((id.clone(), e.event.event_id));
             }
             self.dirty_bases.insert(id);
         }
@@ -836,6 +857,23 @@ fn department(cfg: &JoinConfig, e: &Event) -> String {
         .department(&e.tenant, touchpoint)
         .unwrap_or_default()
         .to_owned()
+}
+
+/// Lists `c` among the customers with unsaved entries, once per batch.
+fn list_unsaved(unsaved: &mut Vec<String>, id: &str, c: &mut Customer) {
+    if !c.listed {
+        c.listed = true;
+        unsaved.push(id.to_owned());
+    }
+}
+
+/// A history entry's changelog key: customer id, NUL, event id.
+fn entry_key(customer_id: &str, event_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(customer_id.len() + 1 + event_id.len());
+    key.extend_from_slice(customer_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(event_id.as_bytes());
+    key
 }
 
 /// Whether an event's first output here is emitted twice (see the module
@@ -863,6 +901,7 @@ fn entry(
         force: false,
         unmet: false,
         twice: false,
+        unsaved: true,
     }
 }
 
