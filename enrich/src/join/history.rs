@@ -14,6 +14,11 @@
 //! (a repair). The bounds ([`JoinConfig::max_history_per_customer`] and
 //! `order_window` behind the latest event) decide when an event leaves the
 //! history for the base; from then on it is never repaired again.
+//!
+//! An entry keeps its event encoded, as the changelog writes it: the
+//! in-order path hands the event itself to its output instead of copying
+//! it, and a re-fold, a repair or an eviction decodes it when it needs it
+//! (and keeps it decoded for the next re-fold).
 
 use std::{collections::VecDeque, hash::BuildHasher as _};
 
@@ -28,7 +33,13 @@ use super::{JoinConfig, state::CustomerState};
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
     pub at: i64,
-    pub event: Event,
+    /// The event's id: the history's order, and the changelog key.
+    pub id: String,
+    /// The event, encoded (the changelog record's `event`).
+    bytes: Vec<u8>,
+    /// The event, decoded, once something needed it since it was admitted
+    /// or read back; boxed, so that an entry without it stays small.
+    event: Option<Box<Event>>,
     pub resolution: IdentityResolution,
     pub cx: CxFields,
     /// The last revision emitted; for an entry not emitted yet, the
@@ -54,9 +65,60 @@ pub(super) struct Entry {
 }
 
 impl Entry {
+    /// A new entry for `event`, kept encoded only (see [`Entry::keep`]).
+    pub fn new(
+        at: i64,
+        event: &Event,
+        resolution: IdentityResolution,
+        cx: CxFields,
+        revision: u32,
+    ) -> Self {
+        Entry {
+            at,
+            id: event.event_id.clone(),
+            bytes: event.encode_to_vec(),
+            event: None,
+            resolution,
+            cx,
+            revision,
+            output_hash: 0,
+            emitted: false,
+            force: false,
+            unmet: false,
+            twice: false,
+            unsaved: true,
+        }
+    }
+
+    /// Keeps `event` (the one this entry was made from) decoded too, for
+    /// an entry that a re-fold will read soon.
+    pub fn keep(&mut self, event: Event) {
+        self.event = Some(Box::new(event));
+    }
+
+    /// The event, decoded now if it is not kept; the caller puts it back
+    /// with [`Entry::put`] to keep it. The bytes were encoded here or read
+    /// back and decoded once already, so they decode.
+    pub fn take(&mut self) -> Box<Event> {
+        self.event
+            .take()
+            .unwrap_or_else(|| Box::new(Event::decode(self.bytes.as_slice()).unwrap_or_default()))
+    }
+
+    pub fn put(&mut self, event: Box<Event>) {
+        self.event = Some(event);
+    }
+
+    /// The event, decoded and kept.
+    pub fn event(&mut self) -> &Event {
+        let bytes = &self.bytes;
+        self.event
+            .get_or_insert_with(|| Box::new(Event::decode(bytes.as_slice()).unwrap_or_default()))
+    }
+
     pub fn to_proto(&self) -> JoinHistoryEntry {
         JoinHistoryEntry {
-            event: self.event.encode_to_vec(),
+            event: self.bytes.clone(),
             resolution: self.resolution as i32,
             cx: Some(self.cx.clone()),
             revision: self.revision,
@@ -70,7 +132,10 @@ impl Entry {
         let event = Event::decode(p.event.as_slice()).ok()?;
         Some(Entry {
             at: super::event_ms(&event, now_ms),
-            event,
+            id: event.event_id.clone(),
+            bytes: p.event,
+            // The re-fold after the read-back reads it.
+            event: Some(Box::new(event)),
             resolution: IdentityResolution::try_from(p.resolution).unwrap_or_default(),
             cx: p.cx.unwrap_or_default(),
             revision: p.revision,
@@ -84,7 +149,7 @@ impl Entry {
     }
 
     fn key(&self) -> (i64, &str) {
-        (self.at, self.event.event_id.as_str())
+        (self.at, self.id.as_str())
     }
 }
 
@@ -137,37 +202,67 @@ impl Customer {
         self.dirty_from = Some(self.dirty_from.map_or(index, |d| d.min(index)));
     }
 
+    /// Appends `entry`, made from `event`, as the customer's latest, with
+    /// nothing else pending, and folds it into the current state: the
+    /// in-order path, no re-fold. Returns its output, built by `output`,
+    /// and what to emit; `event` stays the caller's, for the output.
+    pub fn push_last(
+        &mut self,
+        cfg: &JoinConfig,
+        mut entry: Entry,
+        event: &Event,
+        output: impl FnOnce(&CustomerState, &Entry, &Event) -> EnrichedEvent,
+    ) -> (EnrichedEvent, Option<Emission>) {
+        self.current.update(event, &entry.cx, entry.at, cfg);
+        let enriched = output(&self.current, &entry, event);
+        let emission = emit(&mut entry, event, &self.current, &enriched);
+        self.history.push_back(entry);
+        (enriched, emission)
+    }
+
     /// Folds the history again from the base and hands `sink` the outputs
-    /// to emit, in history order, each with its event and whether it is a
-    /// repair: entries never emitted, entries whose joined context changed
-    /// (revision + 1), and forced ones. `output` builds an entry's output
-    /// from the state right after it was folded in. When the only dirty
-    /// entry is a new last one (the in-order path), it is folded into the
-    /// current state instead: no re-fold. Returns whether anything was
-    /// emitted (those entries are now [`Entry::unsaved`]).
+    /// to emit, in history order, each with its event and what to emit
+    /// (see [`Emission`]): entries never emitted, entries whose joined
+    /// context changed (revision + 1), and forced ones. `output` builds an
+    /// entry's output from the state right after it was folded in. When the
+    /// only dirty entry is a new last one, it is folded into the current
+    /// state instead: no re-fold. Returns whether anything was emitted
+    /// (those entries are now [`Entry::unsaved`]).
     pub fn settle(
         &mut self,
         cfg: &JoinConfig,
-        mut output: impl FnMut(&CustomerState, &Entry) -> EnrichedEvent,
-        mut sink: impl FnMut(&Event, EnrichedEvent, bool),
+        mut output: impl FnMut(&CustomerState, &Entry, &Event) -> EnrichedEvent,
+        mut sink: impl FnMut(&Event, EnrichedEvent, Emission),
     ) -> bool {
         let Some(from) = self.dirty_from.take() else {
             return false;
         };
         if from + 1 == self.history.len() && !self.history[from].emitted {
             let entry = &mut self.history[from];
-            self.current.update(&entry.event, &entry.cx, entry.at, cfg);
-            let enriched = output(&self.current, entry);
-            return emit(entry, &self.current, enriched, &mut sink);
+            let event = entry.take();
+            self.current.update(&event, &entry.cx, entry.at, cfg);
+            let enriched = output(&self.current, entry, &event);
+            let emission = emit(entry, &event, &self.current, &enriched);
+            let any = emission.is_some();
+            if let Some(emission) = emission {
+                sink(&event, enriched, emission);
+            }
+            entry.put(event);
+            return any;
         }
         let mut state = self.base.clone();
         let mut any = false;
         for (index, entry) in self.history.iter_mut().enumerate() {
-            state.update(&entry.event, &entry.cx, entry.at, cfg);
+            let event = entry.take();
+            state.update(&event, &entry.cx, entry.at, cfg);
             if index >= from {
-                let enriched = output(&state, entry);
-                any |= emit(entry, &state, enriched, &mut sink);
+                let enriched = output(&state, entry, &event);
+                if let Some(emission) = emit(entry, &event, &state, &enriched) {
+                    any = true;
+                    sink(&event, enriched, emission);
+                }
             }
+            entry.put(event);
         }
         self.current = state;
         any
@@ -185,9 +280,10 @@ impl Customer {
             if !over || !front.emitted || self.dirty_from.is_some() {
                 break;
             }
-            let e = self.history.pop_front().expect("front exists");
-            self.base.update(&e.event, &e.cx, e.at, cfg);
-            self.base.forget(&e.event.event_id);
+            let mut e = self.history.pop_front().expect("front exists");
+            let event = e.take();
+            self.base.update(&event, &e.cx, e.at, cfg);
+            self.base.forget(&e.id);
             gone.push(e);
         }
         gone
@@ -200,26 +296,39 @@ impl Customer {
             .sort_by(|a, b| a.key().cmp(&b.key()));
         let mut state = self.base.clone();
         for e in &mut self.history {
-            state.update(&e.event, &e.cx, e.at, cfg);
-            e.unmet = state.unmet_reference(&e.event);
+            let event = e.take();
+            state.update(&event, &e.cx, e.at, cfg);
+            e.unmet = state.unmet_reference(&event);
+            e.put(event);
         }
         self.current = state;
     }
 }
 
-/// Decides what `entry` emits given its output `enriched`, computed from
-/// `state` (the fold up to it): its first output, a repair when its joined
-/// context changed (revision + 1), or a forced copy; and the extra copies a
-/// replay (revision 0) or a linked event's first output (one revision up)
-/// add. Returns whether it emitted.
+/// What an entry emits: its output at `revision`, after, when `before` is
+/// set, a copy of it at that revision (a replay's revision 0, or a linked
+/// event's first revision); `repaired` tells each whether it counts as a
+/// repair.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Emission {
+    pub before: Option<(u32, bool)>,
+    pub revision: u32,
+    pub repaired: bool,
+}
+
+/// Decides what `entry`, made from `event`, emits given its output
+/// `enriched`, computed from `state` (the fold up to it): its first
+/// output, a repair when its joined context changed (revision + 1), or a
+/// forced copy; and the extra copy a replay (revision 0) or a linked
+/// event's first output (one revision up) adds. `None`: nothing.
 fn emit(
     entry: &mut Entry,
+    event: &Event,
     state: &CustomerState,
-    mut enriched: EnrichedEvent,
-    sink: &mut impl FnMut(&Event, EnrichedEvent, bool),
-) -> bool {
-    let hash = context_hash(&enriched);
-    entry.unmet = state.unmet_reference(&entry.event);
+    enriched: &EnrichedEvent,
+) -> Option<Emission> {
+    let hash = context_hash(enriched);
+    entry.unmet = state.unmet_reference(event);
     let repaired = entry.emitted && hash != entry.output_hash;
     if repaired {
         entry.revision += 1;
@@ -228,29 +337,27 @@ fn emit(
     let emit = !entry.emitted || repaired || entry.force;
     entry.force = false;
     if !emit {
-        return false;
+        return None;
     }
     entry.output_hash = hash;
-    enriched.revision = entry.revision;
+    let mut before = None;
     if forced && entry.revision > 0 {
         // A replay: the outputs of the flush that recorded this entry may
         // have been lost, its revision 0 (which the aggregates count) among
         // them; the sink keeps the copy it has.
-        let mut first = enriched.clone();
-        first.revision = 0;
-        sink(&entry.event, first, false);
+        before = Some((0, false));
     }
     if !entry.emitted && entry.twice {
-        let mut again = enriched.clone();
+        before = Some((entry.revision, repaired));
         entry.revision += 1;
-        again.revision = entry.revision;
-        sink(&entry.event, enriched, repaired);
-        enriched = again;
     }
     entry.emitted = true;
     entry.unsaved = true;
-    sink(&entry.event, enriched, repaired);
-    true
+    Some(Emission {
+        before,
+        revision: entry.revision,
+        repaired,
+    })
 }
 
 /// A hash of what a repair can change in an output: the customer and how
@@ -290,6 +397,8 @@ trait DynEncode {
 
 impl<M: Message> DynEncode for M {
     fn encode_into(&self, buf: &mut Vec<u8>) {
-        self.encode(buf).expect("a Vec grows");
+        // The same bytes as `encode`, without its first pass over the
+        // message to check the room left, which a `Vec` does not need.
+        self.encode_raw(buf);
     }
 }

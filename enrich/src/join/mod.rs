@@ -50,7 +50,10 @@ mod history;
 mod state;
 mod unresolved;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap, HashSet},
+};
 
 use xoflow_proto::{
     Message as _,
@@ -61,7 +64,7 @@ use xoflow_proto::{
 };
 
 pub use config::{JoinConfig, Owners};
-use history::{Customer, Entry, Place};
+use history::{Customer, Emission, Entry, Place};
 use state::CustomerState;
 use unresolved::{Unresolved, Waiter};
 
@@ -418,17 +421,20 @@ impl Join {
         // Reused: most customers are not silent, and of those that are,
         // most were alerted already; only those due get a whole output.
         let mut probe = EnrichedEvent::default();
-        for (id, c) in &self.customers {
+        for (id, c) in &mut self.customers {
             let Some((silent_ms, gap_ms, last_order_ms)) = c.current.silence(clock) else {
                 continue;
             };
             if silent_ms <= gap_ms {
                 continue;
             }
-            let Some(entry) = c.history.back() else {
+            let Some(entry) = c.history.back_mut() else {
                 continue;
             };
-            let tenant = &entry.event.tenant;
+            let (at, resolution) = (entry.at, entry.resolution);
+            let cx = entry.cx.clone();
+            let event = entry.event();
+            let tenant = &event.tenant;
             if !self.alerter.wants_silence(tenant) {
                 continue;
             }
@@ -441,15 +447,10 @@ impl Join {
                 continue;
             }
             let mut o = output(
-                &self.cfg,
-                &c.current,
-                entry,
-                id,
-                department(&self.cfg, &entry.event),
-                now_ms,
+                &self.cfg, &c.current, event, at, resolution, &cx, id, now_ms,
             );
             o.customer = Some(c.current.context(clock, &self.cfg));
-            o.event = Some(entry.event.clone());
+            o.event = Some(event.clone());
             silent.push(Silent {
                 customer_id: id.clone(),
                 output: o,
@@ -509,10 +510,7 @@ impl Join {
             }
             for e in c.history.iter_mut().filter(|e| e.unsaved) {
                 e.unsaved = false;
-                out.push((
-                    entry_key(&id, &e.event.event_id),
-                    e.to_proto().encode_to_vec(),
-                ));
+                out.push((entry_key(&id, &e.id), e.to_proto().encode_to_vec()));
             }
         }
         if !self.removed.is_empty() {
@@ -611,10 +609,6 @@ impl Join {
         cx
     }
 
-    fn department(&self, e: &Event) -> String {
-        department(&self.cfg, e)
-    }
-
     /// Puts a resolved event in its customer's history: folded and emitted
     /// at once when it is the customer's latest, else left for
     /// [`Join::settle`].
@@ -654,16 +648,8 @@ impl Join {
                 // current state sees it (the sink keeps the copy it has).
                 let cx = self.cx(&e);
                 let c = &self.customers[&id];
-                let entry = entry(at, e, resolution, cx, 0);
-                let mut o = output(
-                    &self.cfg,
-                    &c.current,
-                    &entry,
-                    &id,
-                    self.department(&entry.event),
-                    now_ms,
-                );
-                o.event = Some(entry.event);
+                let mut o = output(&self.cfg, &c.current, &e, at, resolution, &cx, &id, now_ms);
+                o.event = Some(e);
                 out.push(Released {
                     offset,
                     enriched: o,
@@ -676,21 +662,41 @@ impl Join {
                 }
                 let c = self.customers.get_mut(&id).expect("inserted");
                 // In order (after the customer's latest, nothing pending):
-                // folded and emitted now, without a re-fold.
+                // folded and emitted now, without a re-fold, and the event
+                // goes to its output, the entry keeping its encoding.
                 let in_order = matches!(place, Place::Last) && c.dirty_from.is_none();
-                let i = match place {
-                    Place::At(i) => i,
-                    _ => c.history.len(),
-                };
-                let mut entry = entry(at, e, resolution, cx, revision);
+                let mut entry = Entry::new(at, &e, resolution, cx, revision);
                 entry.twice = twice(resolution, revision);
-                c.history.insert(i, entry);
-                c.dirty(i);
-                list_unsaved(&mut self.unsaved, &id, c);
                 self.history_len += 1;
+                list_unsaved(&mut self.unsaved, &id, c);
                 if in_order {
-                    self.settle_customer(&id, offset, now_ms, out);
+                    let cfg = &self.cfg;
+                    let (o, emission) = c.push_last(cfg, entry, &e, |state, entry, event| {
+                        output(
+                            cfg,
+                            state,
+                            event,
+                            entry.at,
+                            entry.resolution,
+                            &entry.cx,
+                            &id,
+                            now_ms,
+                        )
+                    });
+                    self.unmet += usize::from(c.history.back().is_some_and(|x| x.unmet));
+                    if let Some(emission) = emission {
+                        deliver(out, &mut self.stats, offset, o, emission, Cow::Owned(e));
+                    }
+                    self.evict(&id);
                 } else {
+                    let i = match place {
+                        Place::At(i) => i,
+                        _ => c.history.len(),
+                    };
+                    // Read by the re-fold at the end of the batch.
+                    entry.keep(e);
+                    c.history.insert(i, entry);
+                    c.dirty(i);
                     self.touched.push(id);
                 }
             }
@@ -741,7 +747,7 @@ impl Join {
     fn unresolved_output(&self, e: Event, revision: u32, now_ms: i64) -> EnrichedEvent {
         EnrichedEvent {
             resolution: IdentityResolution::Unresolved as i32,
-            owner_department: self.department(&e),
+            owner_department: department(&self.cfg, &e),
             enriched_at: Some(xoflow_proto::from_unix_millis(now_ms)),
             order: derive::own_order(&e),
             cx: Some(self.cx(&e)),
@@ -771,15 +777,19 @@ impl Join {
         let stats = &mut self.stats;
         let emitted = c.settle(
             cfg,
-            |state, entry| output(cfg, state, entry, id, department(cfg, &entry.event), now_ms),
-            |event, mut o, repaired| {
-                stats.repairs += u64::from(repaired);
-                o.event = Some(event.clone());
-                out.push(Released {
-                    offset,
-                    enriched: o,
-                });
+            |state, entry, event| {
+                output(
+                    cfg,
+                    state,
+                    event,
+                    entry.at,
+                    entry.resolution,
+                    &entry.cx,
+                    id,
+                    now_ms,
+                )
             },
+            |event, o, emission| deliver(out, stats, offset, o, emission, Cow::Borrowed(event)),
         );
         let unmet_after = c.history.range(from..).filter(|e| e.unmet).count();
         self.unmet = (self.unmet + unmet_after).saturating_sub(unmet_before);
@@ -804,7 +814,7 @@ impl Join {
                 self.unmet -= 1;
                 self.stats.expired_reference += 1;
             }
-            self.removed.insert((id.to_owned(), e.event.event_id));
+            self.removed.insert((id.to_owned(), e.id));
         }
         self.dirty_bases.insert(id.to_owned());
     }
@@ -839,7 +849,7 @@ impl Join {
             for e in history {
                 self.history_len -= 1;
                 self.unmet -= usize::from(e.unmet);
-                self.removed.insert((id.clone(), e.event.event_id));
+                self.removed.insert((id.clone(), e.id));
             }
             self.dirty_bases.insert(id);
         }
@@ -883,48 +893,60 @@ fn twice(resolution: IdentityResolution, revision: u32) -> bool {
     resolution == IdentityResolution::Linked && revision == 0
 }
 
-fn entry(
-    at: i64,
-    event: Event,
-    resolution: IdentityResolution,
-    cx: xoflow_proto::v1::CxFields,
-    revision: u32,
-) -> Entry {
-    Entry {
-        at,
-        event,
-        resolution,
-        cx,
-        revision,
-        output_hash: 0,
-        emitted: false,
-        force: false,
-        unmet: false,
-        twice: false,
-        unsaved: true,
+/// Appends an entry's outputs (see [`Emission`]) to `out`, each with the
+/// event: a copy of it for the one before the last, and `event` itself for
+/// the last when it is the caller's to give.
+fn deliver(
+    out: &mut Vec<Released>,
+    stats: &mut JoinStats,
+    offset: i64,
+    mut o: EnrichedEvent,
+    emission: Emission,
+    event: Cow<'_, Event>,
+) {
+    if let Some((revision, repaired)) = emission.before {
+        let mut first = o.clone();
+        first.revision = revision;
+        first.event = Some(event.as_ref().clone());
+        stats.repairs += u64::from(repaired);
+        out.push(Released {
+            offset,
+            enriched: first,
+        });
     }
+    stats.repairs += u64::from(emission.repaired);
+    o.revision = emission.revision;
+    o.event = Some(event.into_owned());
+    out.push(Released {
+        offset,
+        enriched: o,
+    });
 }
 
-/// The output of a resolved event from the state right after it was
-/// folded in, without the event itself (attached once it is emitted).
+/// The output of a resolved event (at `at`, with its CX fields `cx`) from
+/// the state right after it was folded in, without the event itself
+/// (attached once it is emitted).
+#[allow(clippy::too_many_arguments)]
 fn output(
     cfg: &JoinConfig,
     state: &CustomerState,
-    entry: &Entry,
+    event: &Event,
+    at: i64,
+    resolution: IdentityResolution,
+    cx: &xoflow_proto::v1::CxFields,
     customer_id: &str,
-    owner_department: String,
     now_ms: i64,
 ) -> EnrichedEvent {
     EnrichedEvent {
         resolved_customer_id: customer_id.to_owned(),
-        resolution: entry.resolution as i32,
-        owner_department,
+        resolution: resolution as i32,
+        owner_department: department(cfg, event),
         enriched_at: Some(xoflow_proto::from_unix_millis(now_ms)),
-        order: state.order_context(&entry.event, entry.at, cfg),
+        order: state.order_context(event, at, cfg),
         session: state.session_context(),
-        customer: Some(state.context(entry.at, cfg)),
-        call: state.call_context(&entry.event),
-        cx: Some(entry.cx.clone()),
+        customer: Some(state.context(at, cfg)),
+        call: state.call_context(event),
+        cx: Some(cx.clone()),
         ..Default::default()
     }
 }
