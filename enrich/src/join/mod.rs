@@ -1190,6 +1190,70 @@ mod tests {
     }
 
     #[test]
+    fn the_changelog_writes_each_changed_key_once_and_deletes_what_left() {
+        let mut j = Join::new(JoinConfig {
+            max_history_per_customer: 2,
+            ..cfg()
+        });
+        let c = CustomerIdentity {
+            customer_id: "c1".into(),
+            ..Default::default()
+        };
+        let order = |i: i64| {
+            event(
+                &format!("o{i}"),
+                i * DAY_MS,
+                c.clone(),
+                Payload::Order(Order {
+                    order_id: format!("o{i}"),
+                    status: OrderStatus::Paid as i32,
+                    amount_minor: 100,
+                    ..Default::default()
+                }),
+            )
+        };
+        let links = Links::default();
+        feed(&mut j, &[order(0), order(1)], &links, 0);
+        let first = j.take_changes();
+        let keys: Vec<&[u8]> = first.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(keys, vec![&b"c1\0o0"[..], b"c1\0o1"]);
+        assert!(first.iter().all(|(_, v)| !v.is_empty()));
+        assert!(j.take_changes().is_empty(), "nothing changed since");
+        // Two more: the first two leave the history for the base.
+        feed(&mut j, &[order(2), order(3)], &links, 0);
+        let second = j.take_changes();
+        let got: Vec<(&[u8], bool)> = second
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.is_empty()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (&b"c1"[..], false),
+                (b"c1\0o0", true),
+                (b"c1\0o1", true),
+                (b"c1\0o2", false),
+                (b"c1\0o3", false),
+            ]
+        );
+        // What the records say is the state: a new owner, reading the
+        // latest record per key as the stage does, continues alike.
+        let latest: BTreeMap<Vec<u8>, Vec<u8>> = first.into_iter().chain(second).collect();
+        let mut k = Join::new(JoinConfig {
+            max_history_per_customer: 2,
+            ..cfg()
+        });
+        k.restore_records(latest, 0);
+        assert_eq!(k.history_events(), 2);
+        let want = feed(&mut j, &[order(4)], &links, 0);
+        let got = feed(&mut k, &[order(4)], &links, 0);
+        assert_eq!(
+            got.into_iter().map(without_time).collect::<Vec<_>>(),
+            want.into_iter().map(without_time).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
     fn a_late_order_repairs_the_survey_about_it_once() {
         let mut j = Join::new(cfg());
         let c = CustomerIdentity {
