@@ -364,7 +364,10 @@ async fn consume(
     if !created || !await_schema(&store, readiness, stop).await? {
         return Ok(());
     }
-    let producer = kafka.batch_producer().map_err(AlertError::Kafka)?;
+    let producer = kafka
+        .batch_producer()
+        .map_err(AlertError::Kafka)?
+        .reporting_queue(Metric::ProducerQueue.name());
     // Revocations only: a revoked partition's offsets are forgotten. Each
     // partition resumes at the group's committed offset, checked.
     let consumer: Arc<StreamConsumer<RebalanceLog>> = kafka
@@ -406,7 +409,8 @@ async fn consume(
             vec![Watched {
                 group: cfg.group_id.clone(),
                 topics: vec![topics.alerts.clone()],
-                assigned: Box::new(move || c.assignment().map_or(0, |a| a.count())),
+                held: Box::new(move || watch::held(c.as_ref())),
+                lag_metric: Metric::ConsumerLag.name(),
             }],
             cfg.stall_timeout,
             readiness.clone(),

@@ -43,10 +43,7 @@
 
 use std::collections::HashMap;
 
-use rdkafka::{
-    consumer::{Consumer, StreamConsumer},
-    error::KafkaError,
-};
+use rdkafka::{consumer::Consumer, error::KafkaError};
 use tokio_util::sync::CancellationToken;
 use xoflow_common::{
     admin::Readiness,
@@ -57,7 +54,7 @@ use xoflow_common::{
     rebalance::{Keep, RebalanceLog},
 };
 
-use crate::{EnrichConfig, identity::Waiting};
+use crate::{EnrichConfig, identity::Waiting, telemetry::Metric};
 
 mod join_loop;
 mod output;
@@ -229,7 +226,10 @@ pub async fn run(
     if !created {
         return Ok(());
     }
-    let producer = kafka.batch_producer().map_err(EnrichError::Setup)?;
+    let producer = kafka
+        .batch_producer()
+        .map_err(EnrichError::Setup)?
+        .reporting_queue(Metric::ProducerQueue.name());
 
     // The global link table: read whole before resolving anything.
     let (follower, links) = restore::link_table(kafka, cfg, &internal).await?;
@@ -299,17 +299,18 @@ pub async fn run(
     // The watchdog runs beside the loops (borrowing their consumers) and
     // ends with them.
     let watch_stop = stop.child_token();
-    let assigned = |c: &StreamConsumer<RebalanceLog>| c.assignment().map_or(0, |a| a.count());
     let watched = vec![
         Watched {
             group: format!("{}.resolve", cfg.group_id),
             topics: vec![t.events.clone(), t.backfill.clone()],
-            assigned: Box::new(|| assigned(&resolve_consumer)),
+            held: Box::new(|| watch::held(&resolve_consumer)),
+            lag_metric: Metric::ConsumerLag.name(),
         },
         Watched {
             group: cfg.group_id.clone(),
             topics: vec![internal.repartition.clone()],
-            assigned: Box::new(|| assigned(&join_consumer)),
+            held: Box::new(|| watch::held(&join_consumer)),
+            lag_metric: Metric::ConsumerLag.name(),
         },
     ];
     let loops = async {
