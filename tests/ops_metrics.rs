@@ -19,14 +19,15 @@ use std::{collections::BTreeSet, time::Duration};
 use common::{StageProcess, StallingProxy, has_metric, metric_sum};
 use xoflow::datagen::load::{self, LoadOptions};
 use xoflow_proto::v1::{
-    CustomerIdentity, Event, MetricKind, SurveyAnswer, SurveyResponse, Touchpoint,
-    event::Payload,
+    CustomerIdentity, Event, MetricKind, SurveyAnswer, SurveyResponse, Touchpoint, event::Payload,
 };
 
 const BOUND: Duration = Duration::from_secs(120);
 
-/// Alerts for acme's detractors (no webhook: delivered as `no_webhook`).
-const CONFIG: &str = r#"
+/// Alerts for acme's detractors, delivered to a receiver of the test's.
+fn config(receiver: std::net::SocketAddr) -> String {
+    format!(
+        r#"
 [enrich.alerts.tenants.acme]
 default_department = "customer-care"
 [[enrich.alerts.tenants.acme.rules]]
@@ -34,8 +35,24 @@ name = "detractor"
 severity = "high"
 kinds = ["survey"]
 nps = ["detractor"]
-quiet_period = "0s"
-"#;
+[[alert.tenants.acme.departments.customer-care.webhooks]]
+url = "http://{receiver}/hook"
+format = "generic"
+secret = "0123456789abcdef0123456789abcdef"
+"#
+    )
+}
+
+/// A webhook receiver that takes every alert.
+async fn receiver() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("receiver");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().route("/hook", axum::routing::post(|| async { "ok" }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
 
 fn survey(id: String, customer: &str, score: f64) -> Event {
     Event {
@@ -74,7 +91,13 @@ fn survey(id: String, customer: &str, score: f64) -> Event {
 /// letters).
 fn surveys(tag: &str, n: usize, bad: usize) -> (Vec<Event>, u64) {
     let mut out: Vec<Event> = (0..n)
-        .map(|i| survey(format!("{tag}-{i}"), &format!("c-{tag}-{}", i % 40), (i % 11) as f64))
+        .map(|i| {
+            survey(
+                format!("{tag}-{i}"),
+                &format!("c-{tag}-{}", i % 40),
+                (i % 11) as f64,
+            )
+        })
         .collect();
     out.extend((0..bad).map(|i| survey(format!("{tag}-bad-{i}"), "c-bad", 42.0)));
     (out, n as u64)
@@ -136,7 +159,7 @@ async fn stages_export_lag_and_freshness_and_lag_follows_a_stalled_sink() {
     let ch = cfg.clickhouse.client();
     let proxy = StallingProxy::start(&cfg.clickhouse.url).await;
     let file = std::env::temp_dir().join(format!("xoflow-ops-{}.toml", common::unique()));
-    std::fs::write(&file, CONFIG).expect("config file");
+    std::fs::write(&file, config(receiver().await)).expect("config file");
     let file = file.to_string_lossy().into_owned();
     let command = |stage: &str| {
         let mut c = common::xoflow_command(&cfg, &["--config", &file, stage]);
@@ -153,7 +176,9 @@ async fn stages_export_lag_and_freshness_and_lag_follows_a_stalled_sink() {
     };
     // The schema first, straight to ClickHouse: the sink's own migration
     // goes through the proxy.
-    xoflow_sink::migrate(&cfg.clickhouse).await.expect("migrate");
+    xoflow_sink::migrate(&cfg.clickhouse)
+        .await
+        .expect("migrate");
     let mut sink_cmd = command("sink");
     sink_cmd.env("XOFLOW_CLICKHOUSE__URL", proxy.url());
     let sink = StageProcess::spawn(sink_cmd, "sink").await;
@@ -174,7 +199,10 @@ async fn stages_export_lag_and_freshness_and_lag_follows_a_stalled_sink() {
         metric_sum(m, "xoflow_ingest_records_out_total") >= valid as f64
     })
     .await;
-    assert_eq!(metric_sum(&m, "xoflow_ingest_records_in_total"), (valid + 5) as f64);
+    assert_eq!(
+        metric_sum(&m, "xoflow_ingest_records_in_total"),
+        (valid + 5) as f64
+    );
     assert_eq!(metric_sum(&m, "xoflow_ingest_dead_letters_total"), 5.0);
     assert!(has_metric(&m, "xoflow_ingest_producer_queue_records"));
     let m = wait_metrics(&enrich, "enrich caught up", |m| {
@@ -204,8 +232,9 @@ async fn stages_export_lag_and_freshness_and_lag_follows_a_stalled_sink() {
     );
     assert!(metric_sum(&m, "xoflow_sink_records_in_total") >= (valid + 5) as f64);
     assert!(metric_sum(&m, "xoflow_sink_insert_bytes_total") > 0.0);
-    wait_metrics(&alert, "the alert stage's lag", |m| {
+    wait_metrics(&alert, "alerts delivered and the alert stage's lag", |m| {
         metric_sum(m, "xoflow_alert_records_in_total") > 0.0
+            && has_metric(m, "xoflow_alert_raised_to_delivered_seconds_bucket")
             && !series_of(m, "xoflow_alert_consumer_lag_records").is_empty()
     })
     .await;
@@ -261,9 +290,10 @@ async fn stages_export_lag_and_freshness_and_lag_follows_a_stalled_sink() {
         .filter(|(n, _)| !exported.contains(n.as_str()))
         .collect();
     assert!(missing.is_empty(), "named but not exported: {missing:?}");
+    let distinct: BTreeSet<&String> = named.iter().map(|(n, _)| n).collect();
     println!(
         "{} metric names in the dashboards and rules, all exported ({} exported in all)",
-        named.len(),
+        distinct.len(),
         exported.len()
     );
 

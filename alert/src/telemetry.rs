@@ -176,6 +176,18 @@ impl Delivered<'_> {
     }
 }
 
+/// Exports the counters of failures at 0 when the stage starts, so that
+/// alerting on their increase works from the first failure.
+pub(crate) fn init() {
+    xoflow_common::telemetry::ErrorKind::init(Metric::Errors.name());
+    for reason in [
+        xoflow_common::dead_letter::Reason::Decode,
+        xoflow_common::dead_letter::Reason::Undeliverable,
+    ] {
+        counter!(Metric::DeadLetters.name(), "reason" => reason.as_str()).increment(0);
+    }
+}
+
 /// Dead letters were produced.
 pub(crate) fn dead_letters(reason: &'static str, n: u64) {
     counter!(Metric::DeadLetters.name(), "reason" => reason).increment(n);

@@ -116,9 +116,28 @@ pub enum ErrorKind {
     /// position) stopped short of where it should and went on with what it
     /// had.
     ReadBack,
+    /// A ClickHouse call failed transiently and is retried (or answered
+    /// 503, for the case API).
+    ClickHouse,
+    /// Pausing or resuming the consumer's partitions failed.
+    Pause,
+    /// A listener could not accept a connection (descriptors, memory) or
+    /// stopped serving.
+    Accept,
 }
 
 impl ErrorKind {
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::Consume,
+        ErrorKind::Produce,
+        ErrorKind::Commit,
+        ErrorKind::Follow,
+        ErrorKind::ReadBack,
+        ErrorKind::ClickHouse,
+        ErrorKind::Pause,
+        ErrorKind::Accept,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Consume => "consume",
@@ -126,7 +145,25 @@ impl ErrorKind {
             ErrorKind::Commit => "commit",
             ErrorKind::Follow => "follow",
             ErrorKind::ReadBack => "read_back",
+            ErrorKind::ClickHouse => "clickhouse",
+            ErrorKind::Pause => "pause",
+            ErrorKind::Accept => "accept",
         }
+    }
+
+    /// Exports `metric` at 0 for every kind, at a stage's start: a counter
+    /// that first appears at 1 is invisible to `increase()`, and a
+    /// dashboard shows no data rather than 0.
+    pub fn init(metric: &'static str) {
+        for k in Self::ALL {
+            metrics::counter!(metric, "error" => k.as_str()).increment(0);
+        }
+    }
+
+    /// Counts one failure in `metric` under this kind, without a log line
+    /// (for paths that log with more context themselves).
+    pub fn count(self, metric: &'static str) {
+        metrics::counter!(metric, "error" => self.as_str()).increment(1);
     }
 
     /// Logs `error` at `warn` with `message`, and counts it in `metric`

@@ -205,15 +205,20 @@ impl BatchEnriched {
     }
 }
 
+/// Exports the counters of failures at 0 when the stage starts, so that
+/// alerting on their increase works from the first failure.
+pub(crate) fn init() {
+    xoflow_common::telemetry::ErrorKind::init(Metric::Errors.name());
+    dead_letters(0);
+}
+
 /// Records that did not decode: the only reason enrich refuses one.
 fn dead_letters(n: u64) {
-    if n > 0 {
-        counter!(
-            Metric::DeadLetters.name(),
-            "reason" => xoflow_common::dead_letter::Reason::Decode.as_str()
-        )
-        .increment(n);
-    }
+    counter!(
+        Metric::DeadLetters.name(),
+        "reason" => xoflow_common::dead_letter::Reason::Decode.as_str()
+    )
+    .increment(n);
 }
 
 /// A link moved an identifier to another customer: never silent, since

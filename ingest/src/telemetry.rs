@@ -51,10 +51,13 @@ pub enum Metric {
     /// Gauge: records and requests in the producer's local queue, waiting
     /// for the broker.
     ProducerQueue,
+    /// Counter, by `error`: failures the collectors went on from (`accept`:
+    /// a connection not accepted; `produce`: a Kafka producer not renewed).
+    Errors,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 18] = [
+    pub const ALL: [Metric; 19] = [
         Metric::EventsAccepted,
         Metric::EventsRejected,
         Metric::Requests,
@@ -73,6 +76,7 @@ impl Metric {
         Metric::RecordsOut,
         Metric::DeadLetters,
         Metric::ProducerQueue,
+        Metric::Errors,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -95,6 +99,7 @@ impl Metric {
             Metric::RecordsOut => "xoflow_ingest_records_out_total",
             Metric::DeadLetters => "xoflow_ingest_dead_letters_total",
             Metric::ProducerQueue => "xoflow_ingest_producer_queue_records",
+            Metric::Errors => "xoflow_ingest_errors_total",
         }
     }
 }
@@ -214,6 +219,14 @@ impl DeadLetterFailed<'_> {
         );
         counter!(Metric::DeadLetterErrors.name()).increment(self.failed);
     }
+}
+
+/// Exports the counters of failures at 0 when the collectors start, so
+/// that alerting on their increase works from the first failure.
+pub(crate) fn init() {
+    xoflow_common::telemetry::ErrorKind::init(Metric::Errors.name());
+    counter!(Metric::DeadLetterErrors.name()).increment(0);
+    counter!(Metric::KafkaErrors.name(), "error_code" => "none").increment(0);
 }
 
 /// Events and bytes of requests admitted and not yet answered.

@@ -190,6 +190,23 @@ fn seconds_between(from: i64, to: i64) -> f64 {
     (to - from).max(0) as f64 / 1e3
 }
 
+/// Exports the counters of failures at 0 when the sink starts, so that
+/// alerting on their increase works from the first failure.
+pub(crate) fn init() {
+    xoflow_common::telemetry::ErrorKind::init(Metric::Errors.name());
+    for reason in [Reason::Decode, Reason::ClickHouseRefused] {
+        counter!(Metric::DeadLetters.name(), "reason" => reason.as_str()).increment(0);
+    }
+    for table in ["events", "dead_letters"] {
+        for error in ["transient", "refused", "permanent"] {
+            counter!(Metric::InsertErrors.name(), "table" => table, "error" => error).increment(0);
+        }
+        counter!(Metric::InsertBytes.name(), "table" => table).increment(0);
+        counter!(Metric::RowsWritten.name(), "table" => table).increment(0);
+    }
+    counter!(Metric::RowsRefused.name()).increment(0);
+}
+
 /// An insert failed: counted by table and by what became of it.
 pub(crate) fn insert_error(table: &'static str, error: &'static str) {
     counter!(Metric::InsertErrors.name(), "table" => table, "error" => error).increment(1);

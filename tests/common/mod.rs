@@ -594,8 +594,7 @@ impl StageProcess {
         let mut child = cmd.spawn().expect("spawn xoflow");
         let log_path = std::env::temp_dir().join(format!("xoflow-{name}-{}.log", unique()));
         let mut log = std::fs::File::create(&log_path).expect("log file");
-        let mut lines =
-            tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
         let started = tokio::time::timeout(Duration::from_secs(90), async {
             while let Ok(Some(line)) = lines.next_line().await {
                 let _ = writeln!(log, "{line}");
@@ -624,7 +623,13 @@ impl StageProcess {
     /// Its `/metrics`, parsed: (series as written, value).
     pub async fn metrics(&self) -> Vec<(String, f64)> {
         let (code, body) = http_get(&self.admin, "/metrics").await;
-        assert_eq!(code, 200, "metrics of {}; log {}", self.admin, self.log.display());
+        assert_eq!(
+            code,
+            200,
+            "metrics of {}; log {}",
+            self.admin,
+            self.log.display()
+        );
         body.lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| {

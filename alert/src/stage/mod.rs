@@ -174,6 +174,7 @@ impl AlertStage {
         api_readiness: Readiness,
         stop: CancellationToken,
     ) -> Result<(), AlertError> {
+        telemetry::init();
         let AlertStage {
             cfg,
             kafka,
@@ -200,6 +201,7 @@ impl AlertStage {
                     .await
                 {
                     tracing::error!(error = %e, "case API stopped");
+                    ErrorKind::Accept.count(Metric::Errors.name());
                 }
                 r.set(false);
             });
@@ -290,6 +292,7 @@ where
             Err(e) => return Err(Interrupted::Failed(e.into())),
         }
         tracing::warn!(attempt, "{what} failed; retrying");
+        ErrorKind::ClickHouse.count(Metric::Errors.name());
         if !CLICKHOUSE_RETRY.sleep(attempt, stop).await {
             return Err(Interrupted::Stopped);
         }
@@ -326,6 +329,7 @@ async fn await_schema(
             }
             Err(e) if e.transient => {
                 tracing::warn!(attempt, error = %e, "ClickHouse unreachable; waiting");
+                ErrorKind::ClickHouse.count(Metric::Errors.name());
                 readiness.fail(
                     Reason::ClickHouseUnreachable,
                     format_args!("checking the schema, attempt {attempt}: {e}"),
@@ -692,7 +696,7 @@ impl Loop<'_> {
             // Again on every pass: a partition assigned meanwhile starts
             // unpaused.
             if let Err(e) = self.consumer.pause(&assignment) {
-                tracing::warn!(error = %e, "pausing the alerts topic failed");
+                ErrorKind::Pause.emit(Metric::Errors.name(), &e, "pausing the alerts topic failed");
             }
             if !self.paused {
                 tracing::info!(
@@ -703,7 +707,11 @@ impl Loop<'_> {
             }
         } else if self.paused {
             if let Err(e) = self.consumer.resume(&assignment) {
-                tracing::warn!(error = %e, "resuming the alerts topic failed");
+                ErrorKind::Pause.emit(
+                    Metric::Errors.name(),
+                    &e,
+                    "resuming the alerts topic failed",
+                );
             } else {
                 tracing::info!("reading resumed");
                 self.paused = false;

@@ -214,6 +214,7 @@ pub async fn run(
     readiness: Readiness,
     stop: CancellationToken,
 ) -> Result<(), EnrichError> {
+    crate::telemetry::init();
     let t = &kafka.topics;
     let internal = InternalTopics::of(&cfg.group_id);
     // Started during a broker outage: wait for it, not ready, rather than

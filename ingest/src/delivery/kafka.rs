@@ -123,7 +123,11 @@ impl KafkaDelivery {
                 *p = (Arc::new(fresh), std::time::Instant::now());
                 tracing::info!("kafka producer renewed after delivery timeouts");
             }
-            Err(e) => tracing::warn!(error = %e, "cannot renew the kafka producer"),
+            Err(e) => xoflow_common::telemetry::ErrorKind::Produce.emit(
+                crate::telemetry::Metric::Errors.name(),
+                &e,
+                "cannot renew the kafka producer",
+            ),
         }
     }
 

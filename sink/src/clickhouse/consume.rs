@@ -110,6 +110,7 @@ pub async fn run(
     readiness: Readiness,
     stop: CancellationToken,
 ) -> Result<(), SinkError> {
+    telemetry::init();
     if let Some(n) = cfg.insert_retries {
         tracing::warn!(
             insert_retries = n,
@@ -155,6 +156,7 @@ where
                     format_args!("{what}, attempt {attempt}: {e}"),
                 );
                 tracing::warn!(attempt, error = %e, "{what} failed; retrying");
+                ErrorKind::ClickHouse.count(Metric::Errors.name());
                 if !policy.sleep(attempt, retrying.stop).await {
                     return Err(SinkError::Stopped);
                 }
