@@ -138,8 +138,14 @@ function renderStages(view) {
       for (let i = 0; i < 3; i++) tr.appendChild(cell(dash, "num"));
       return tr;
     }
-    const b = delta(now, base ? base.freshness[which] : null);
-    const n = b.length ? b[b.length - 1][1] : 0;
+    let b = delta(now, base ? base.freshness[which] : null);
+    let n = b.length ? b[b.length - 1][1] : 0;
+    if (n === 0) {
+      // Nothing stored in the window: the figures since the start.
+      b = now.buckets;
+      n = b.length ? b[b.length - 1][1] : 0;
+      tr.firstChild.textContent += " (since start)";
+    }
     tr.appendChild(cell(int(n), "num", "events"));
     for (const q of [0.5, 0.9, 0.99]) tr.appendChild(cell(n > 0 ? age(quantile(q, b)) : dash, "num"));
     return tr;
@@ -233,7 +239,9 @@ function renderCx(cx) {
     tr.appendChild(cell(d.reason));
     tr.appendChild(cell(int(d.records), "num", "records"));
     const [field, description] = d.example;
-    tr.appendChild(cell(field ? field + ": " + description : description, "example", "example"));
+    // Descriptions usually name their field already.
+    const example = !field || description.includes(field) ? description : field + ": " + description;
+    tr.appendChild(cell(example, "example", "example"));
     return tr;
   }), 4, "no dead letter in the window");
   document.getElementById("cx-status").textContent = "read from ClickHouse at " + new Date().toLocaleTimeString("en-GB");
