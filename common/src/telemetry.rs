@@ -124,10 +124,16 @@ pub enum ErrorKind {
     /// A listener could not accept a connection (descriptors, memory) or
     /// stopped serving.
     Accept,
+    /// A consumer-group change was not applied cleanly (a seek, a rewind,
+    /// reading committed offsets); the partition resumes unchecked.
+    Rebalance,
+    /// Records were gone from a partition's log (retention) before they
+    /// were handled.
+    LogGap,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::Consume,
         ErrorKind::Produce,
         ErrorKind::Commit,
@@ -136,6 +142,8 @@ impl ErrorKind {
         ErrorKind::ClickHouse,
         ErrorKind::Pause,
         ErrorKind::Accept,
+        ErrorKind::Rebalance,
+        ErrorKind::LogGap,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -148,6 +156,8 @@ impl ErrorKind {
             ErrorKind::ClickHouse => "clickhouse",
             ErrorKind::Pause => "pause",
             ErrorKind::Accept => "accept",
+            ErrorKind::Rebalance => "rebalance",
+            ErrorKind::LogGap => "log_gap",
         }
     }
 

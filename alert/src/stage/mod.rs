@@ -377,7 +377,9 @@ async fn consume(
     let consumer: Arc<StreamConsumer<RebalanceLog>> = kafka
         .consumer(
             &cfg.group_id,
-            RebalanceLog::new("alert", Keep::Revoked).resuming_at_commits(),
+            RebalanceLog::new("alert", Keep::Revoked)
+                .resuming_at_commits()
+                .counting_errors(Metric::Errors.name()),
         )
         .map(Arc::new)
         .map_err(AlertError::Kafka)?;
@@ -508,6 +510,7 @@ impl Loop<'_> {
                 self.cfg.batch_max_wait,
                 Some(IDLE_TICK.min(self.cfg.batch_max_wait)),
                 self.stop,
+                Metric::Errors.name(),
             )
             .await
             {

@@ -244,7 +244,9 @@ pub async fn run(
         .static_consumer(
             &format!("{}.resolve", cfg.group_id),
             resolve_instance.as_deref(),
-            RebalanceLog::new("resolve", Keep::Revoked).resuming_at_commits(),
+            RebalanceLog::new("resolve", Keep::Revoked)
+                .resuming_at_commits()
+                .counting_errors(Metric::Errors.name()),
         )
         .map_err(EnrichError::Setup)?;
     resolve_consumer
@@ -254,7 +256,9 @@ pub async fn run(
         .static_consumer(
             &cfg.group_id,
             cfg.instance_id.as_deref(),
-            RebalanceLog::new("join", Keep::Both).resuming_at_commits(),
+            RebalanceLog::new("join", Keep::Both)
+                .resuming_at_commits()
+                .counting_errors(Metric::Errors.name()),
         )
         .map_err(EnrichError::Setup)?;
     join_consumer

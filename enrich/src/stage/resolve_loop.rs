@@ -72,6 +72,7 @@ impl Resolver<'_> {
                 self.cfg.batch_max_wait,
                 idle,
                 stop,
+                crate::telemetry::Metric::Errors.name(),
             )
             .await
             {

@@ -194,7 +194,10 @@ async fn consume(
     // Keeps revocations only: an assigned partition's position is read on
     // its first record.
     let consumer: std::sync::Arc<StreamConsumer<RebalanceLog>> = kafka
-        .consumer(&cfg.group_id, RebalanceLog::new("sink", Keep::Revoked))
+        .consumer(
+            &cfg.group_id,
+            RebalanceLog::new("sink", Keep::Revoked).counting_errors(Metric::Errors.name()),
+        )
         .map(std::sync::Arc::new)
         .map_err(SinkError::Kafka)?;
     consumer
