@@ -15,54 +15,21 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use xoflow::Stages;
 use xoflow::console::cx;
-use xoflow_proto::v1::{
-    CustomerIdentity, Event, Location, MetricKind, SurveyAnswer, SurveyResponse, Touchpoint,
-    event::Payload,
-};
+use xoflow_proto::v1::{Event, MetricKind};
 
 const BOUND: Duration = Duration::from_secs(90);
 
+/// An answer of `kind` on its usual scale (NPS 0-10, CSAT 1-5, CES 1-7).
 fn survey(
     id: &str,
     tenant: &str,
-    (journey, stage, touchpoint): (&str, &str, &str),
+    at: (&str, &str, &str),
     store: &str,
     customer: &str,
     (kind, score, max): (MetricKind, f64, i32),
 ) -> Event {
-    Event {
-        event_id: id.into(),
-        tenant: tenant.into(),
-        source: "test".into(),
-        occurred_at: Some(xoflow_proto::from_unix_millis(common::now_ms() - 3_600_000)),
-        customer: Some(CustomerIdentity {
-            customer_id: customer.into(),
-            ..Default::default()
-        }),
-        touchpoint: Some(Touchpoint {
-            journey: journey.into(),
-            stage: stage.into(),
-            touchpoint: touchpoint.into(),
-            channel: 0,
-        }),
-        location: Some(Location {
-            store_id: store.into(),
-            region: "华南".into(),
-        }),
-        payload: Some(Payload::Survey(SurveyResponse {
-            survey_id: "s".into(),
-            answers: vec![SurveyAnswer {
-                question_id: "q".into(),
-                kind: kind as i32,
-                score: Some(score),
-                scale_min: if kind == MetricKind::Nps { 0 } else { 1 },
-                scale_max: max,
-                ..Default::default()
-            }],
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
+    let min = if kind == MetricKind::Nps { 0 } else { 1 };
+    common::survey(id, tenant, at, store, customer, (kind, score, min, max))
 }
 
 const SERVING: (&str, &str, &str) = ("堂食", "用餐", "上菜服务");
@@ -275,21 +242,9 @@ nps = ["detractor"]
     common::wait_for("events and alerts stored", BOUND, || {
         let ch = ch.clone();
         async move {
-            let events: u64 = ch
-                .query("SELECT count() FROM events WHERE revision = 0")
-                .fetch_one()
-                .await
-                .unwrap_or(0);
-            let alerts: u64 = ch
-                .query("SELECT count() FROM alerts_open")
-                .fetch_one()
-                .await
-                .unwrap_or(0);
-            let dead: u64 = ch
-                .query("SELECT count() FROM dead_letters")
-                .fetch_one()
-                .await
-                .unwrap_or(0);
+            let events = common::count(&ch, "SELECT count() FROM events WHERE revision = 0").await;
+            let alerts = common::count(&ch, "SELECT count() FROM alerts_open").await;
+            let dead = common::count(&ch, "SELECT count() FROM dead_letters").await;
             events == valid && alerts == 3 && dead == 2
         }
     })
@@ -385,10 +340,7 @@ nps = ["detractor"]
     common::wait_for("the second batch stored", BOUND, || {
         let ch = ch.clone();
         async move {
-            ch.query("SELECT count() FROM events WHERE revision = 0")
-                .fetch_one::<u64>()
-                .await
-                .unwrap_or(0)
+            common::count(&ch, "SELECT count() FROM events WHERE revision = 0").await
                 == valid + more_valid
         }
     })

@@ -722,3 +722,58 @@ pub fn has_metric(scrape: &[(String, f64)], name: &str) -> bool {
         .iter()
         .any(|(s, _)| s == name || s.starts_with(&format!("{name}{{")))
 }
+
+/// `SELECT count()`-like query answering one number; 0 while the table is
+/// not there yet (a wait loop asks again).
+pub async fn count(ch: &clickhouse::Client, sql: &str) -> u64 {
+    ch.query(sql).fetch_one::<u64>().await.unwrap_or(0)
+}
+
+/// A survey answer of one question: `kind` (NPS, CSAT, CES) scored `score`
+/// on `min..=max`, by `customer` of `tenant` at `touchpoint` (journey,
+/// stage, touchpoint) of `store`, an hour ago.
+pub fn survey(
+    id: &str,
+    tenant: &str,
+    (journey, stage, touchpoint): (&str, &str, &str),
+    store: &str,
+    customer: &str,
+    (kind, score, min, max): (xoflow_proto::v1::MetricKind, f64, i32, i32),
+) -> xoflow_proto::v1::Event {
+    use xoflow_proto::v1::{
+        CustomerIdentity, Event, Location, SurveyAnswer, SurveyResponse, Touchpoint, event::Payload,
+    };
+    Event {
+        event_id: id.into(),
+        tenant: tenant.into(),
+        source: "test".into(),
+        occurred_at: Some(xoflow_proto::from_unix_millis(now_ms() - 3_600_000)),
+        customer: Some(CustomerIdentity {
+            customer_id: customer.into(),
+            ..Default::default()
+        }),
+        touchpoint: Some(Touchpoint {
+            journey: journey.into(),
+            stage: stage.into(),
+            touchpoint: touchpoint.into(),
+            channel: 0,
+        }),
+        location: Some(Location {
+            store_id: store.into(),
+            region: if store.is_empty() { "" } else { "华南" }.into(),
+        }),
+        payload: Some(Payload::Survey(SurveyResponse {
+            survey_id: "s".into(),
+            answers: vec![SurveyAnswer {
+                question_id: "q".into(),
+                kind: kind as i32,
+                score: Some(score),
+                scale_min: min,
+                scale_max: max,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
