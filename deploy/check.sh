@@ -5,7 +5,10 @@
 #
 #   1. Debian's docker-compose accepts deploy/compose/docker-compose.yml
 #      (`docker-compose config`).
-#   2. `kubectl kustomize` renders every overlay of deploy/k8s/overlays, and
+#   2. The Prometheus rules and configs and the Grafana provisioning files
+#      are well-formed YAML of the expected shape (every rule an alert with
+#      an expr, a severity label of page or ticket, a summary, a valid `for`).
+#   3. `kubectl kustomize` renders every overlay of deploy/k8s/overlays, and
 #      kubernetes-validate (PyPI, in a venv under $XOFLOW_CACHE) validates the
 #      output against the Kubernetes schemas, strictly (unknown fields are
 #      errors). CRDs it has no schema for (ServiceMonitor) are listed.
@@ -46,6 +49,30 @@ if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$validate_
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "kubernetes-validate==$validate_version"
 fi
+
+# PyYAML comes with kubernetes-validate.
+"$venv/bin/python" - "$repo" <<'PY'
+import glob, re, sys, yaml
+repo = sys.argv[1]
+rules = 0
+for path in sorted(glob.glob(f"{repo}/deploy/prometheus/*.yml")):
+    doc = yaml.safe_load(open(path))
+    for group in doc["groups"]:
+        assert group["name"] and group["rules"], path
+        for r in group["rules"]:
+            where = f"{path}: {r.get('alert')}"
+            assert re.fullmatch(r"[A-Z][A-Za-z]+", r["alert"]), where
+            assert isinstance(r["expr"], str) and r["expr"].strip(), where
+            assert r["labels"]["severity"] in ("page", "ticket"), where
+            assert r["annotations"]["summary"], where
+            assert re.fullmatch(r"\d+[smhd]", r.get("for", "0s")), where
+            assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}, where
+            rules += 1
+for path in [f"{repo}/deploy/compose/prometheus.yml"] + sorted(glob.glob(f"{repo}/deploy/grafana/provisioning/*/*.yml")):
+    doc = yaml.safe_load(open(path))
+    assert isinstance(doc, dict) and doc, path
+print(f"[deploy-check] prometheus rules: {rules} alerts well-formed; prometheus.yml and grafana provisioning parse")
+PY
 
 for overlay in "$repo"/deploy/k8s/overlays/*/; do
   name=$(basename "$overlay")

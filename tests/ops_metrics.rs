@@ -304,6 +304,7 @@ fn ops_files_metric_names() -> BTreeSet<(String, String)> {
     }
     let mut names = BTreeSet::new();
     for (file, e) in exprs {
+        assert!(balanced(&e), "{file}: unbalanced brackets or quotes: {e}");
         let mut rest = e.as_str();
         while let Some(i) = rest.find("xoflow_") {
             let tail = &rest[i..];
@@ -315,6 +316,32 @@ fn ops_files_metric_names() -> BTreeSet<(String, String)> {
         }
     }
     names
+}
+
+/// Brackets nest and close, quotes close: the typo a dashboard would show
+/// only as "parse error" once deployed.
+fn balanced(expr: &str) -> bool {
+    let mut open = Vec::new();
+    let mut quoted = false;
+    for c in expr.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            _ if quoted => {}
+            '(' | '[' | '{' => open.push(c),
+            ')' | ']' | '}' => {
+                let want = match c {
+                    ')' => '(',
+                    ']' => '[',
+                    _ => '{',
+                };
+                if open.pop() != Some(want) {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    open.is_empty() && !quoted
 }
 
 fn collect_exprs(v: &serde_json::Value, file: &str, out: &mut Vec<(String, String)>) {
