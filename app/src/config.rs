@@ -10,6 +10,8 @@ use xoflow_enrich::{EnrichConfig, join::Owners};
 use xoflow_ingest::IngestConfig;
 use xoflow_sink::{ClickHouseConfig, SinkConfig};
 
+use crate::console::ConsoleConfig;
+
 /// Every setting of every stage.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +24,7 @@ pub struct Config {
     pub sink: SinkConfig,
     pub alert: AlertConfig,
     pub clickhouse: ClickHouseConfig,
+    pub console: ConsoleConfig,
 }
 
 /// The admin HTTP server (metrics and health).
