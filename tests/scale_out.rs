@@ -9,7 +9,7 @@
 //!   of enrich's groups (`<group>.resolve` over the input topics, `<group>`
 //!   over the repartition topic), within the session timeout plus a margin,
 //!   restore their join state from the changelog, and the enriched output
-//!   (first copy of each event, what the sink keeps) must equal a
+//!   (the latest revision of each event, what BI reads) must equal a
 //!   single-instance run on the same input, event by event — including a
 //!   third wave of the same customers, which needs the moved state.
 //! - `one_two_three_instances_give_identical_clickhouse_contents`: the same
@@ -33,7 +33,10 @@
 //! for a link) while the victim still holds some in its join: a hand-over
 //! (6 s and more) is longer than `max_hold`, and an event delayed past the
 //! bound is applied when it arrives, which is the documented rule, not a
-//! difference to report.
+//! difference to report: the join repairs the outputs it changes, so the
+//! latest revision of each event is what is compared (on a loaded machine
+//! an input can fall behind the hold even without a kill; the first copies
+//! that differed are counted in the output).
 //!
 //! The equality holds within that bound only, so these tests run one at a
 //! time (nextest group `processes`), and the pipeline runs one after the
@@ -457,10 +460,12 @@ fn waves() -> [Vec<Event>; 3] {
 }
 
 /// Reads the enriched topic from the start, keeping the first copy of
-/// each event (without its wall-clock `enriched_at`).
+/// each event and its latest revision (without the wall-clock
+/// `enriched_at`).
 struct Reader {
     consumer: StreamConsumer,
     first: BTreeMap<String, EnrichedEvent>,
+    latest: BTreeMap<String, EnrichedEvent>,
     copies: usize,
 }
 
@@ -479,8 +484,35 @@ impl Reader {
         Reader {
             consumer,
             first: BTreeMap::new(),
+            latest: BTreeMap::new(),
             copies: 0,
         }
+    }
+
+    /// Reads on until nothing came for `quiet`: the repairs of the last
+    /// wave (a hold is at most `max_hold` long).
+    async fn settle(&mut self, quiet: Duration) {
+        while let Ok(m) = tokio::time::timeout(quiet, self.consumer.recv()).await {
+            let m = m.expect("read enriched");
+            self.keep(EnrichedEvent::decode(m.payload().unwrap_or_default()).expect("decode"));
+        }
+    }
+
+    fn keep(&mut self, mut e: EnrichedEvent) {
+        e.enriched_at = None;
+        let id = e
+            .event
+            .as_ref()
+            .map(|e| e.event_id.clone())
+            .unwrap_or_default();
+        self.copies += 1;
+        match self.latest.get(&id) {
+            Some(l) if l.revision > e.revision => {}
+            _ => {
+                self.latest.insert(id.clone(), e.clone());
+            }
+        }
+        self.first.entry(id).or_insert(e);
     }
 
     async fn until(&mut self, want: &BTreeSet<String>) {
@@ -499,15 +531,7 @@ impl Reader {
                 continue;
             };
             let m = m.expect("read enriched");
-            let mut e = EnrichedEvent::decode(m.payload().unwrap_or_default()).expect("decode");
-            e.enriched_at = None;
-            let id = e
-                .event
-                .as_ref()
-                .map(|e| e.event_id.clone())
-                .unwrap_or_default();
-            self.copies += 1;
-            self.first.entry(id).or_insert(e);
+            self.keep(EnrichedEvent::decode(m.payload().unwrap_or_default()).expect("decode"));
         }
     }
 }
@@ -636,6 +660,7 @@ async fn enrich_run(members: usize, waves: &[Vec<Event>; 3]) -> (Reader, Option<
     want.extend(ids(&waves[2]));
     produce(&cfg, &waves[2]).await;
     out.until(&want).await;
+    out.settle(Duration::from_secs(5)).await;
     for p in &mut procs {
         p.sigkill();
     }
@@ -660,27 +685,50 @@ async fn enrich_survivors_take_over_a_sigkilled_member() {
         enrich_run(3, &waves)
     );
     assert_eq!(reference.first.len(), total);
+    // The latest revision of each event, whatever its number: how many
+    // revisions an event took depends on when its inputs reached the join
+    // (a survey released by `max_hold` before an order delayed by a loaded
+    // machine is repaired when the order comes), what the latest says does
+    // not.
+    let latest = |r: &Reader, id: &str| {
+        r.latest.get(id).cloned().map(|mut e| {
+            e.revision = 0;
+            e
+        })
+    };
     for (members, out, handover) in [(2, two, two_h), (3, three, three_h)] {
         let h = handover.expect("a member was killed");
         let differing: Vec<&String> = reference
-            .first
-            .iter()
-            .filter(|(id, want)| out.first.get(*id) != Some(*want))
-            .map(|(id, _)| id)
+            .latest
+            .keys()
+            .filter(|id| latest(&out, id) != latest(&reference, id))
             .collect();
+        if let Some(id) = differing.first() {
+            eprintln!(
+                "{id}: single instance {:?}\n{members} members {:?}",
+                latest(&reference, id),
+                latest(&out, id)
+            );
+        }
         assert!(
             differing.is_empty(),
-            "{members} members, one killed: {} of {total} events enriched differently from the \
-             single instance, e.g. {:?}",
+            "{members} members, one killed: {} of {total} events' latest revisions differ from \
+             the single instance's, e.g. {:?}",
             differing.len(),
             &differing[..differing.len().min(5)]
         );
         assert_eq!(out.first.len(), total, "nothing more than the input");
+        let first_differing = reference
+            .first
+            .iter()
+            .filter(|(id, want)| out.first.get(*id) != Some(*want))
+            .count();
         println!(
             "{members} members, one SIGKILLed holding {} events: survivors held every partition \
              {:.1?} after the kill (session timeout {SESSION_TIMEOUT:?}), restored their join \
-             partitions ({} changelog records for the victim's) {:.1?} after it; {total} events equal to the \
-             single instance, {} copies read",
+             partitions ({} changelog records for the victim's) {:.1?} after it; {total} events' \
+             latest revisions equal to the single instance's ({first_differing} first copies \
+             differed and were repaired), {} copies read",
             h.held, h.assigned, h.records, h.restored, out.copies,
         );
     }
