@@ -105,7 +105,8 @@ struct RegionMonth {
 }
 
 /// Store/day aggregates rolled up to region/month equal the same figures
-/// recomputed from the raw events.
+/// recomputed from the raw events, both in the tenants' local time
+/// (Asia/Shanghai in the demo).
 async fn rollups_equal_a_recomputation_from_events(ch: &clickhouse::Client) {
     let rolled: Vec<RegionMonth> = ch
         .query(
@@ -119,7 +120,7 @@ async fn rollups_equal_a_recomputation_from_events(ch: &clickhouse::Client) {
         .expect("roll-up");
     let recomputed: Vec<RegionMonth> = ch
         .query(
-            "SELECT tenant, region, toUInt16(toYYYYMM(occurred_at) % 10000) AS month, \
+            "SELECT tenant, region, toUInt16(toYYYYMM(occurred_local) % 10000) AS month, \
                countIf(nps_category = 'promoter') AS promoters, countIf(nps_category = 'passive') AS passives, \
                countIf(nps_category = 'detractor') AS detractors, toUInt64(sum(csat_top2)) AS csat_top2, \
                sum(ifNull(ces_score, 0)) AS ces_sum \

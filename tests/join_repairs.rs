@@ -154,8 +154,10 @@ async fn dump(ch: &clickhouse::Client) -> Outcome {
                toString(sumMerge(csat_responses)), '|', toString(sumMerge(csat_top2)), '|', \
                toString(sumMerge(ces_sum)), '|', toString(round(sumMerge(sentiment_sum), 6)), '|', \
                toString(sumMerge(negative_texts)), '|', toString(uniqMerge(customers)), '|', \
-               toString(sumMerge(orders)), '|', toString(sumMerge(revenue_minor)), '|', \
-               toString(sumMerge(support_contacts)), '|', toString(uniqMerge(sessions))) \
+               toString(sumMerge(orders)), '|', \
+               toString(sumMerge(support_contacts)), '|', toString(uniqMerge(sessions)), '|', \
+               (SELECT toString(groupArray((currency, r))) FROM (SELECT currency, sumMerge(revenue_minor) AS r \
+                FROM revenue_metrics GROUP BY currency ORDER BY currency))) \
              FROM touchpoint_metrics \
              GROUP BY tenant, hour, journey, stage, touchpoint, channel, region, store_id \
              ORDER BY tenant, hour, journey, stage, touchpoint, channel, region, store_id",

@@ -227,7 +227,8 @@ mod tests {
                 "customer_profile",
                 "alerts",
                 "alert_deliveries",
-                "alert_actions"
+                "alert_actions",
+                "revenue_metrics"
             ]
         );
         let schema = cluster_schema();

@@ -23,6 +23,9 @@ pub struct EventRow {
     pub kind: i8,
     pub occurred_at: u32,
     pub occurred_ms: i64,
+    /// The tenant's offset from UTC at `occurred_at` (stamped by ingest):
+    /// local days, weeks and months are computed with it.
+    pub utc_offset_s: i32,
     pub received_at: u32,
     pub enriched_at: u32,
 
@@ -146,6 +149,7 @@ impl EventRow {
             kind,
             occurred_at: secs(&e.occurred_at),
             occurred_ms: millis(&e.occurred_at).unwrap_or(0),
+            utc_offset_s: e.utc_offset_seconds,
             received_at: secs(&e.received_at),
             enriched_at: secs(&en.enriched_at),
             revision: en.revision,

@@ -212,6 +212,8 @@ impl Sim<'_> {
             } else {
                 Default::default()
             },
+            // Stamped by ingest from the tenant's time zone.
+            utc_offset_seconds: 0,
             payload: Some(payload),
         };
         let kind = event.kind().map(|k| k.as_str()).unwrap_or("none");
