@@ -37,6 +37,11 @@ async fn the_demo_figures_equal_the_ground_truth() {
     the_loop_is_closed(&truth, &report);
 
     assert_eq!(report.events_by_kind, truth.by_kind);
+    assert!(truth.survey_answers > 0);
+    assert_eq!(
+        report.survey_answers, truth.survey_answers,
+        "survey_answers"
+    );
     assert!(!truth.planted_pii.is_empty());
     assert_eq!(
         report.unmasked_pii, 0,

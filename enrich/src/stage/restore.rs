@@ -28,8 +28,10 @@ const READ_BACK_QUIET: Duration = Duration::from_millis(300);
 /// value is no link).
 pub(super) fn links_record(key: Option<&[u8]>, value: Option<&[u8]>) -> Option<(String, String)> {
     let k = std::str::from_utf8(key?).ok()?;
-    let v = std::str::from_utf8(value?).ok()?;
-    (!v.is_empty()).then(|| (k.to_owned(), v.to_owned()))
+    // A tombstone (no value, or an empty one: the identifier was erased)
+    // reads as an empty customer id, which `Links::insert` removes.
+    let v = std::str::from_utf8(value.unwrap_or_default()).ok()?;
+    Some((k.to_owned(), v.to_owned()))
 }
 
 /// The whole link table. Returns the consumer that read it, assigned to

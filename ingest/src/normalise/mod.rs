@@ -24,7 +24,7 @@ pub mod text;
 
 use std::{sync::Arc, time::Duration};
 
-use xoflow_proto::v1::{Channel, Event, event::Payload};
+use xoflow_proto::v1::{Channel, ContactConsent, Event, event::Payload};
 
 pub use identity::{natural_id, normalise_email, normalise_phone};
 pub use text::redact_rejected;
@@ -184,6 +184,9 @@ impl Normaliser {
                 ));
             }
         }
+        if ContactConsent::try_from(e.contact_consent).is_err() {
+            v.push(unknown_enum("contact_consent", e.contact_consent));
+        }
         match &e.payload {
             None => v.push(Violation::new(
                 "payload",
@@ -210,6 +213,18 @@ impl Normaliser {
         }
         text::mask_free_text(e, names, masked);
         tenant.resolve_touchpoint(e);
+        // One notion of consent downstream: the field. The attribute that
+        // carried it before is read into it (an explicit field wins) and
+        // removed.
+        if let Some(v) = e.attributes.remove(xoflow_proto::DO_NOT_CONTACT_ATTRIBUTE)
+            && e.contact_consent == ContactConsent::Unspecified as i32
+        {
+            e.contact_consent = if xoflow_proto::attribute_says_yes(&v) {
+                ContactConsent::Withdrawn as i32
+            } else {
+                ContactConsent::Granted as i32
+            };
+        }
         e.utc_offset_seconds = e.occurred_at.as_ref().map_or(0, |t| {
             tenant.utc_offset_seconds(xoflow_proto::to_unix_millis(t))
         });
@@ -372,6 +387,34 @@ mod tests {
         cfg.tenants.get_mut("acme").expect("acme").time_zone = Some("Mars/Olympus".into());
         let err = cfg.validate().expect_err("unknown zone").0;
         assert!(err.contains("ingest.tenants.acme.time_zone"), "{err}");
+    }
+
+    #[test]
+    fn the_do_not_contact_attribute_becomes_the_consent_field() {
+        for (value, field, want) in [
+            ("true", 0, ContactConsent::Withdrawn),
+            ("no", 0, ContactConsent::Granted),
+            // An explicit field wins over the attribute.
+            (
+                "true",
+                ContactConsent::Granted as i32,
+                ContactConsent::Granted,
+            ),
+        ] {
+            let mut e = order();
+            e.contact_consent = field;
+            e.attributes.insert("do_not_contact".into(), value.into());
+            normaliser().normalise(&mut e, NOW).expect("valid");
+            assert_eq!(e.contact_consent, want as i32, "{value} {field}");
+            assert!(!e.attributes.contains_key("do_not_contact"));
+        }
+        let mut e = order();
+        e.contact_consent = 7;
+        let v = normaliser().normalise(&mut e, NOW).expect_err("unknown");
+        assert_eq!(
+            (v[0].field.as_str(), v[0].reason),
+            ("contact_consent", Reason::UnknownEnum)
+        );
     }
 
     #[derive(serde::Deserialize)]

@@ -228,7 +228,9 @@ mod tests {
                 "alerts",
                 "alert_deliveries",
                 "alert_actions",
-                "revenue_metrics"
+                "revenue_metrics",
+                "survey_answers",
+                "erasure_receipts"
             ]
         );
         let schema = cluster_schema();

@@ -127,6 +127,18 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0011_local_time_and_currencies.sql"),
         requires: &[],
     },
+    Migration {
+        version: 12,
+        name: "survey_answers",
+        sql: include_str!("../../migrations/0012_survey_answers.sql"),
+        requires: &[],
+    },
+    Migration {
+        version: 13,
+        name: "consent_and_erasure",
+        sql: include_str!("../../migrations/0013_consent_and_erasure.sql"),
+        requires: &[],
+    },
 ];
 
 impl Migration {
