@@ -54,6 +54,18 @@ enum Command {
         #[command(subcommand)]
         command: IdentitiesCommand,
     },
+    /// Forget a customer (PIPL, GDPR): anonymise their rows in every
+    /// ClickHouse table, delete their profile, remove their links and join
+    /// state from Kafka and from running enrich instances, and record a
+    /// receipt without the personal data (printed as JSON). Idempotent.
+    /// docs/privacy.md.
+    Erase {
+        /// The tenant the customer belongs to.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        subject: EraseSubject,
+    },
     /// Print, per partition of the sink's input topics, Kafka's high
     /// watermark, the sink group's committed offset and what ClickHouse
     /// stores (reconciliation); exits 1 if a committed offset is not stored.
@@ -123,6 +135,24 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
+}
+
+/// Exactly one identifier of the customer to erase.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct EraseSubject {
+    /// The tenant's customer id.
+    #[arg(long)]
+    customer: Option<String>,
+    /// An e-mail address (hashed with the tenant's key, as ingest does).
+    #[arg(long)]
+    email: Option<String>,
+    /// A phone number.
+    #[arg(long)]
+    phone: Option<String>,
+    /// A social-media handle.
+    #[arg(long)]
+    handle: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,6 +263,26 @@ async fn main() -> anyhow::Result<()> {
             chunk,
         } => {
             return run_import(&cfg, &file, &format, kind.as_deref(), tenant, source, chunk).await;
+        }
+        Command::Erase { tenant, subject } => {
+            use xoflow::erase::Subject;
+            let subject = match subject {
+                EraseSubject {
+                    customer: Some(c), ..
+                } => Subject::Customer(c),
+                EraseSubject { email: Some(e), .. } => Subject::Email(e),
+                EraseSubject { phone: Some(p), .. } => Subject::Phone(p),
+                EraseSubject {
+                    handle: Some(h), ..
+                } => Subject::Handle(h),
+                _ => anyhow::bail!("one of --customer, --email, --phone, --handle is required"),
+            };
+            let receipt = xoflow::erase::erase(&cfg, &tenant, subject, "cli").await?;
+            println!("{}", receipt.json());
+            if !receipt.found {
+                eprintln!("nothing was held for this subject: no change");
+            }
+            return Ok(());
         }
         Command::Identities {
             command:

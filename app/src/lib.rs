@@ -7,6 +7,7 @@
 //! starts; the end-to-end tests reach it through the root crate.
 
 pub mod config;
+pub mod erase;
 mod start;
 
 pub use config::{AdminConfig, Config};

@@ -132,6 +132,14 @@ pub fn from_unix_millis(ms: i64) -> crate::Timestamp {
     }
 }
 
+/// How the `do_not_contact` attribute said yes.
+pub fn attribute_says_yes(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "true" | "1" | "yes" | "y"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,12 +182,4 @@ mod tests {
             assert_eq!(to_unix_millis(&ts), ms);
         }
     }
-}
-
-/// How the `do_not_contact` attribute said yes.
-pub fn attribute_says_yes(v: &str) -> bool {
-    matches!(
-        v.trim().to_ascii_lowercase().as_str(),
-        "true" | "1" | "yes" | "y"
-    )
 }

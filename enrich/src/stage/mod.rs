@@ -203,6 +203,17 @@ pub async fn read_link_table(
     restore::link_table(kafka, cfg, internal).await
 }
 
+/// Every key of one changelog partition that still holds a value (for
+/// `xoflow erase`).
+pub(crate) async fn changelog_keys(
+    kafka: &KafkaConfig,
+    cfg: &EnrichConfig,
+    internal: &InternalTopics,
+    partition: i32,
+) -> Result<Vec<Vec<u8>>, EnrichError> {
+    restore::changelog_keys(kafka, cfg, internal, partition).await
+}
+
 /// Every topic the stage reads or writes: the plain ones and the compacted
 /// ones (tables kept as topics).
 fn topic_names<'a>(

@@ -53,6 +53,31 @@ pub(super) async fn link_table(
     Ok((follower, links))
 }
 
+/// Every key of one changelog partition whose latest record holds a value
+/// (deleted keys left out): what `xoflow erase` looks through.
+pub(crate) async fn changelog_keys(
+    kafka: &KafkaConfig,
+    cfg: &EnrichConfig,
+    internal: &InternalTopics,
+    partition: i32,
+) -> Result<Vec<Vec<u8>>, EnrichError> {
+    let reader = kafka
+        .base_consumer(&format!("{}.changelog-reader", cfg.group_id))
+        .map_err(EnrichError::Setup)?;
+    let (_, records) = read_back(
+        reader,
+        internal.changelog.clone(),
+        Some(partition),
+        |k, v| Some((k?.to_vec(), !v.unwrap_or_default().is_empty())),
+    )
+    .await?;
+    let latest: std::collections::HashMap<Vec<u8>, bool> = records.into_iter().collect();
+    Ok(latest
+        .into_iter()
+        .filter_map(|(k, held)| held.then_some(k))
+        .collect())
+}
+
 /// A join partition's state, read back from its changelog partition (the
 /// latest record per key wins; an empty value deletes).
 pub(super) async fn join_state(
