@@ -54,6 +54,13 @@ enum Command {
         #[command(subcommand)]
         command: IdentitiesCommand,
     },
+    /// Delete the rows older than each tenant's retention (`[retention]`)
+    /// from ClickHouse, and print what went; run it daily. docs/privacy.md.
+    Retention {
+        /// Count what would go, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Forget a customer (PIPL, GDPR): anonymise their rows in every
     /// ClickHouse table, delete their profile, remove their links and join
     /// state from Kafka and from running enrich instances, and record a
@@ -263,6 +270,24 @@ async fn main() -> anyhow::Result<()> {
             chunk,
         } => {
             return run_import(&cfg, &file, &format, kind.as_deref(), tenant, source, chunk).await;
+        }
+        Command::Retention { dry_run } => {
+            xoflow_sink::migrate(&cfg.clickhouse).await?;
+            let report = xoflow_sink::clickhouse::retention::enforce(
+                &cfg.clickhouse,
+                &cfg.retention,
+                dry_run,
+            )
+            .await?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            println!("{:<24} {:<20} {:>12}", "tenant", "table", verb);
+            for ((tenant, table), rows) in &report {
+                println!("{tenant:<24} {table:<20} {rows:>12}");
+            }
+            if report.is_empty() {
+                println!("no tenant has a retention configured ([retention] in the configuration)");
+            }
+            return Ok(());
         }
         Command::Erase { tenant, subject } => {
             use xoflow::erase::Subject;
