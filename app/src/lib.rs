@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod erase;
+pub mod replay;
 mod start;
 
 pub use config::{AdminConfig, Config};

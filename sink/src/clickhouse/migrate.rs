@@ -139,6 +139,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0013_consent_and_erasure.sql"),
         requires: &[],
     },
+    Migration {
+        version: 14,
+        name: "dead_letter_replay",
+        sql: include_str!("../../migrations/0014_dead_letter_replay.sql"),
+        requires: &[],
+    },
 ];
 
 impl Migration {
