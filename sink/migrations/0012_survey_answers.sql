@@ -25,8 +25,8 @@ ALTER TABLE {db}.events
 -- NULL for a text-only answer; `text` masked by ingest like every free
 -- text. No customer column: join `events_latest` on (tenant, event_id) for
 -- the customer as last resolved. ReplacingMergeTree only as a backstop, as
--- for `events`. (`inserted_at` is written by the view: 18.16 fills no
--- column default when a materialized view inserts.)
+-- for `events`. (`inserted_at` is written by the view too: 18.16 fills
+-- no column default when a materialized view inserts.)
 CREATE TABLE IF NOT EXISTS {db}.survey_answers
 (
     tenant          String,
@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS {db}.survey_answers
     scale_max       Int32,
     normalised      Nullable(Float64),
     text            String,
-    inserted_at     DateTime
+    inserted_at     DateTime DEFAULT now()
 )
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(occurred_at)

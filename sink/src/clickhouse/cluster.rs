@@ -230,7 +230,8 @@ mod tests {
                 "alert_actions",
                 "revenue_metrics",
                 "survey_answers",
-                "erasure_receipts"
+                "erasure_receipts",
+                "event_ids"
             ]
         );
         let schema = cluster_schema();

@@ -145,6 +145,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0014_dead_letter_replay.sql"),
         requires: &[],
     },
+    Migration {
+        version: 15,
+        name: "event_ids",
+        sql: include_str!("../../migrations/0015_event_ids.sql"),
+        requires: &[],
+    },
 ];
 
 impl Migration {
