@@ -1042,6 +1042,9 @@ pub mod receiver {
         pub raised_ms: Option<i64>,
         /// When ingest received the triggering event, if the body says.
         pub ingested_ms: Option<i64>,
+        /// The triggering event's revision: above 0 when a repair (an
+        /// order or identity that arrived after the event) raised it.
+        pub revision: u32,
     }
 
     struct Shared {
@@ -1202,6 +1205,7 @@ pub mod receiver {
             received_ms,
             raised_ms: time_ms(&json["raised_at"]),
             ingested_ms: ingested,
+            revision: trigger["revision"].as_u64().unwrap_or(0) as u32,
         }
     }
 
@@ -1253,7 +1257,7 @@ pub mod receiver {
             h
         }
 
-        const BODY: &[u8] = br#"{"type":"xoflow.alert.v1","alert_id":"a1","tenant":"hotpot-house","rule":"r","department":"kitchen","customer_id":"c1","cause":"event","raised_at":"2026-11-16T10:00:00.250Z","trigger":{"event_id":"e1","received_at":"2026-11-16T09:59:59.000Z"}}"#;
+        const BODY: &[u8] = br#"{"type":"xoflow.alert.v1","alert_id":"a1","tenant":"hotpot-house","rule":"r","department":"kitchen","customer_id":"c1","cause":"event","raised_at":"2026-11-16T10:00:00.250Z","trigger":{"event_id":"e1","revision":2,"received_at":"2026-11-16T09:59:59.000Z"}}"#;
 
         #[test]
         fn a_signed_delivery_is_valid_and_read() {
@@ -1273,6 +1277,7 @@ pub mod receiver {
             );
             assert_eq!(d.raised_ms, Some(now - 250));
             assert_eq!(d.ingested_ms, Some(now - 1_500));
+            assert_eq!(d.revision, 2);
         }
 
         #[test]
