@@ -132,7 +132,10 @@ async fn dump(ch: &clickhouse::Client) -> Outcome {
         .filter(|c| !PROCESSING.contains(&c.name.as_str()))
         .map(|c| {
             if c.ty.starts_with("Array") {
-                format!("arrayStringConcat({}, ',')", c.name)
+                format!(
+                    "arrayStringConcat(arrayMap(x -> toString(x), {}), ',')",
+                    c.name
+                )
             } else {
                 format!("ifNull(toString({}), 'NULL')", c.name)
             }
@@ -231,7 +234,9 @@ async fn an_enrich_killed_while_repairing_leaves_the_same_contents() {
     })
     .await;
 
-    let (cfg, id) = common::config("");
+    // The demo's tenants (their time zones for ingest, their journey maps
+    // for enrich), as the reference ran with.
+    let (cfg, id) = common::config(xoflow::demo::DEMO_CONFIG);
     let running = common::start(
         &cfg,
         xoflow::Stages {
