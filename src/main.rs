@@ -41,6 +41,9 @@ enum Command {
     Alert,
     /// Run every stage in one process.
     Run,
+    /// Serve the console alone (admin address, `/console`), showing the
+    /// stages of the processes listed in `console.targets`.
+    Console,
     /// Create or upgrade the ClickHouse schema, then exit.
     Migrate {
         /// Print every statement it would run on an empty database (for one
@@ -281,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Sink => Stages::SINK,
         Command::Alert => Stages::ALERT,
         Command::Run => Stages::ALL,
+        Command::Console => Stages::NONE,
         Command::Migrate { print: true } => {
             print!("{}", xoflow_sink::migrate::script(&cfg.clickhouse)?);
             return Ok(());

@@ -14,9 +14,9 @@ use metrics::{counter, gauge, histogram};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Metric {
     /// Records read from the alerts topic.
-    Received,
+    RecordsIn,
     /// Alerts inserted into `alerts` (copies already stored are not).
-    Written,
+    RecordsOut,
     /// Alerts read again and not handled again, by `reason`: `stored` (not
     /// written again), `in_flight` (a copy of an alert being delivered),
     /// `delivered` (every webhook already reached a final outcome).
@@ -36,13 +36,19 @@ pub(crate) enum Metric {
     Actions,
     /// Failures the stage went on from, by `error`.
     Errors,
+    /// Records above this instance's consumer position, per `topic` and
+    /// `partition` it holds (gauge; 0 for partitions it does not hold).
+    ConsumerLag,
+    /// Records and requests in the producer's local queue (dead letters)
+    /// (gauge).
+    ProducerQueue,
 }
 
 impl Metric {
     #[cfg(test)]
-    pub(crate) const ALL: [Metric; 10] = [
-        Metric::Received,
-        Metric::Written,
+    pub(crate) const ALL: [Metric; 12] = [
+        Metric::RecordsIn,
+        Metric::RecordsOut,
         Metric::Skipped,
         Metric::Deliveries,
         Metric::AttemptDuration,
@@ -51,12 +57,14 @@ impl Metric {
         Metric::DeadLetters,
         Metric::Actions,
         Metric::Errors,
+        Metric::ConsumerLag,
+        Metric::ProducerQueue,
     ];
 
     pub(crate) const fn name(self) -> &'static str {
         match self {
-            Metric::Received => "xoflow_alert_received_total",
-            Metric::Written => "xoflow_alert_written_total",
+            Metric::RecordsIn => "xoflow_alert_records_in_total",
+            Metric::RecordsOut => "xoflow_alert_records_out_total",
             Metric::Skipped => "xoflow_alert_skipped_total",
             Metric::Deliveries => "xoflow_alert_deliveries_total",
             Metric::AttemptDuration => "xoflow_alert_delivery_attempt_seconds",
@@ -65,6 +73,8 @@ impl Metric {
             Metric::DeadLetters => "xoflow_alert_dead_letters_total",
             Metric::Actions => "xoflow_alert_actions_total",
             Metric::Errors => "xoflow_alert_errors_total",
+            Metric::ConsumerLag => "xoflow_alert_consumer_lag_records",
+            Metric::ProducerQueue => "xoflow_alert_producer_queue_records",
         }
     }
 }
@@ -90,8 +100,8 @@ impl BatchRead {
             undecodable = self.undecodable,
             "alert batch read"
         );
-        counter!(Metric::Received.name()).increment(self.records);
-        counter!(Metric::Written.name()).increment(self.written);
+        counter!(Metric::RecordsIn.name()).increment(self.records);
+        counter!(Metric::RecordsOut.name()).increment(self.written);
         let skipped = Metric::Skipped.name();
         counter!(skipped, "reason" => "stored").increment(self.skipped_stored);
         counter!(skipped, "reason" => "in_flight").increment(self.skipped_in_flight);
@@ -166,6 +176,18 @@ impl Delivered<'_> {
     }
 }
 
+/// Exports the counters of failures at 0 when the stage starts, so that
+/// alerting on their increase works from the first failure.
+pub(crate) fn init() {
+    xoflow_common::telemetry::ErrorKind::init(Metric::Errors.name());
+    for reason in [
+        xoflow_common::dead_letter::Reason::Decode,
+        xoflow_common::dead_letter::Reason::Undeliverable,
+    ] {
+        counter!(Metric::DeadLetters.name(), "reason" => reason.as_str()).increment(0);
+    }
+}
+
 /// Dead letters were produced.
 pub(crate) fn dead_letters(reason: &'static str, n: u64) {
     counter!(Metric::DeadLetters.name(), "reason" => reason).increment(n);
@@ -197,7 +219,11 @@ mod tests {
             assert!(n.starts_with("xoflow_alert_"), "{n}");
             let gauge_or_histogram = matches!(
                 m,
-                Metric::Pending | Metric::AttemptDuration | Metric::RaisedToDelivered
+                Metric::Pending
+                    | Metric::AttemptDuration
+                    | Metric::RaisedToDelivered
+                    | Metric::ConsumerLag
+                    | Metric::ProducerQueue
             );
             assert_eq!(n.ends_with("_total"), !gauge_or_histogram, "{n}");
             if matches!(m, Metric::AttemptDuration | Metric::RaisedToDelivered) {

@@ -10,6 +10,8 @@ use xoflow_enrich::{EnrichConfig, join::Owners};
 use xoflow_ingest::IngestConfig;
 use xoflow_sink::{ClickHouseConfig, RetentionConfig, SinkConfig};
 
+use crate::console::ConsoleConfig;
+
 /// Every setting of every stage.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +27,7 @@ pub struct Config {
     /// How long each tenant's rows are kept (`xoflow retention`).
     #[serde(default)]
     pub retention: RetentionConfig,
+    pub console: ConsoleConfig,
 }
 
 /// The admin HTTP server (metrics and health).

@@ -63,6 +63,13 @@ impl Stages {
         sink: false,
         alert: true,
     };
+    /// No stage: the admin server and the console only (`xoflow console`).
+    pub const NONE: Stages = Stages {
+        ingest: false,
+        enrich: false,
+        sink: false,
+        alert: false,
+    };
 }
 
 /// How long draining may take in total; below the consumer session timeout
@@ -145,10 +152,12 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
     {
         let health = health.clone();
         let stop = token.clone();
+        let prometheus = telemetry::prometheus();
+        let console = cfg.console.enabled.then(|| {
+            crate::console::router(cfg.console.clone(), &cfg.clickhouse, prometheus.clone())
+        });
         tracker.spawn(async move {
-            if let Err(e) =
-                admin::serve(admin_listener, health, telemetry::prometheus(), stop).await
-            {
+            if let Err(e) = admin::serve(admin_listener, health, prometheus, console, stop).await {
                 tracing::error!(error = %e, "admin server failed");
             }
         });

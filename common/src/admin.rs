@@ -330,14 +330,21 @@ async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-/// Serves the admin routes on `listener` until `stop` is cancelled.
+/// Serves the admin routes, and `extra` ones beside them (the console), on
+/// `listener` until `stop` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     health: Health,
     prometheus: Option<PrometheusHandle>,
+    extra: Option<Router>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(health, prometheus))
+    let routes = router(health, prometheus);
+    let routes = match extra {
+        Some(extra) => routes.merge(extra),
+        None => routes,
+    };
+    axum::serve(listener, routes)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
 }

@@ -28,7 +28,10 @@ use rdkafka::{
     types::RDKafkaRespErr,
 };
 
-use crate::resume::{self, Resume, ResumeCheck};
+use crate::{
+    resume::{self, Resume, ResumeCheck},
+    telemetry::ErrorKind,
+};
 
 /// How long the callback waits for the group's committed offsets, and a
 /// seek for the fetcher.
@@ -55,6 +58,8 @@ pub struct RebalanceLog {
     /// Per assigned partition not yet proven contiguous with its committed
     /// offset: its check. Empty in the steady state.
     resuming: Mutex<HashMap<(String, i32), ResumeCheck>>,
+    /// The stage's errors counter, for the failures logged here.
+    errors: Option<&'static str>,
 }
 
 /// Which changes a [`RebalanceLog`] keeps for its loop.
@@ -77,6 +82,23 @@ impl RebalanceLog {
             changes: Mutex::new(Vec::new()),
             check_commits: false,
             resuming: Mutex::new(HashMap::new()),
+            errors: None,
+        }
+    }
+
+    /// Counts the failures this context logs (a seek, a rebalance, reading
+    /// committed offsets, records gone from the log) in the stage's errors
+    /// counter `metric`, by [`ErrorKind`].
+    pub fn counting_errors(self, metric: &'static str) -> Self {
+        RebalanceLog {
+            errors: Some(metric),
+            ..self
+        }
+    }
+
+    fn count(&self, kind: ErrorKind) {
+        if let Some(m) = self.errors {
+            kind.count(m);
         }
     }
 
@@ -130,12 +152,14 @@ impl RebalanceLog {
                         consumer.seek(m.topic(), m.partition(), Offset::Offset(to), BROKER_WAIT)
                     {
                         tracing::warn!(error = %e, "seek failed");
+                        self.count(ErrorKind::Rebalance);
                     }
                     seeking.push(key);
                     false
                 }
                 Resume::Gap { from, to } => {
                     resume::log_gap(m.topic(), m.partition(), from, to);
+                    self.count(ErrorKind::LogGap);
                     resuming.remove(&key);
                     true
                 }
@@ -168,6 +192,7 @@ impl RebalanceLog {
                 // Without them nothing is checked: the partitions resume
                 // where the group committed them, as the broker answers.
                 tracing::warn!(error = %e, "committed offsets not read; resuming unchecked");
+                self.count(ErrorKind::Rebalance);
                 return;
             }
         };
@@ -189,6 +214,7 @@ impl RebalanceLog {
         }
         if let Err(e) = consumer.assign(&rewound) {
             tracing::warn!(error = %e, "assignment not rewound; resuming unchecked");
+            self.count(ErrorKind::Rebalance);
             return;
         }
         let resumed: Vec<String> = checks
@@ -231,6 +257,7 @@ impl ConsumerContext for RebalanceLog {
         } else {
             let code: RDKafkaErrorCode = err.into();
             tracing::error!(error = %code, "rebalance failed");
+            self.count(ErrorKind::Rebalance);
             Rebalance::Error(KafkaError::Rebalance(code))
         };
         self.pre_rebalance(consumer, &rebalance);
@@ -242,6 +269,7 @@ impl ConsumerContext for RebalanceLog {
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "applying the rebalance failed");
+            self.count(ErrorKind::Rebalance);
         } else if assigning && !cooperative && self.check_commits {
             // The group's committed offsets can only be read once the
             // partitions are assigned (librdkafka holds the request back

@@ -63,6 +63,42 @@ pub fn prometheus() -> Option<PrometheusHandle> {
     PROMETHEUS.get().cloned()
 }
 
+/// Bucket bounds, in seconds, of data ages (how old an event is when it is
+/// stored): from a tenth of a second for live data to a week for backfills
+/// and late arrivals.
+pub const AGE_BUCKETS: [f64; 16] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+    259200.0, 604800.0,
+];
+
+/// Records a batch of samples (seconds) into the Prometheus histogram
+/// `base`: `base_bucket{le}` and `base_count` counters, `base_sum` kept as
+/// a float gauge that only grows. Each call updates every bucket once,
+/// whatever the number of samples: a `metrics` histogram would keep every
+/// sample in memory until the next scrape, which is too much for one
+/// sample per event.
+pub fn record_batch(base: &str, bounds: &[f64], samples: impl IntoIterator<Item = f64>) {
+    let mut counts = vec![0u64; bounds.len() + 1];
+    let (mut n, mut sum) = (0u64, 0.0f64);
+    for s in samples {
+        let i = bounds.partition_point(|b| *b < s);
+        counts[i] += 1;
+        n += 1;
+        sum += s;
+    }
+    let bucket = format!("{base}_bucket");
+    let mut cumulative = 0;
+    for (i, c) in counts.iter().enumerate() {
+        cumulative += c;
+        let le = bounds
+            .get(i)
+            .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+        metrics::counter!(bucket.clone(), "le" => le).increment(cumulative);
+    }
+    metrics::counter!(format!("{base}_count")).increment(n);
+    metrics::gauge!(format!("{base}_sum")).increment(sum);
+}
+
 /// What failed, for the bounded `error` tag of a stage's errors counter
 /// (`xoflow_<stage>_errors_total`): a failure the stage goes on from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +116,36 @@ pub enum ErrorKind {
     /// position) stopped short of where it should and went on with what it
     /// had.
     ReadBack,
+    /// A ClickHouse call failed transiently and is retried (or answered
+    /// 503, for the case API).
+    ClickHouse,
+    /// Pausing or resuming the consumer's partitions failed.
+    Pause,
+    /// A listener could not accept a connection (descriptors, memory) or
+    /// stopped serving.
+    Accept,
+    /// A consumer-group change was not applied cleanly (a seek, a rewind,
+    /// reading committed offsets); the partition resumes unchecked.
+    Rebalance,
+    /// Records were gone from a partition's log (retention) before they
+    /// were handled.
+    LogGap,
 }
 
 impl ErrorKind {
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::Consume,
+        ErrorKind::Produce,
+        ErrorKind::Commit,
+        ErrorKind::Follow,
+        ErrorKind::ReadBack,
+        ErrorKind::ClickHouse,
+        ErrorKind::Pause,
+        ErrorKind::Accept,
+        ErrorKind::Rebalance,
+        ErrorKind::LogGap,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Consume => "consume",
@@ -90,7 +153,27 @@ impl ErrorKind {
             ErrorKind::Commit => "commit",
             ErrorKind::Follow => "follow",
             ErrorKind::ReadBack => "read_back",
+            ErrorKind::ClickHouse => "clickhouse",
+            ErrorKind::Pause => "pause",
+            ErrorKind::Accept => "accept",
+            ErrorKind::Rebalance => "rebalance",
+            ErrorKind::LogGap => "log_gap",
         }
+    }
+
+    /// Exports `metric` at 0 for every kind, at a stage's start: a counter
+    /// that first appears at 1 is invisible to `increase()`, and a
+    /// dashboard shows no data rather than 0.
+    pub fn init(metric: &'static str) {
+        for k in Self::ALL {
+            metrics::counter!(metric, "error" => k.as_str()).increment(0);
+        }
+    }
+
+    /// Counts one failure in `metric` under this kind, without a log line
+    /// (for paths that log with more context themselves).
+    pub fn count(self, metric: &'static str) {
+        metrics::counter!(metric, "error" => self.as_str()).increment(1);
     }
 
     /// Logs `error` at `warn` with `message`, and counts it in `metric`
@@ -98,5 +181,53 @@ impl ErrorKind {
     pub fn emit(self, metric: &'static str, error: &dyn std::fmt::Display, message: &'static str) {
         tracing::warn!(error = %error, kind = self.as_str(), "{message}");
         metrics::counter!(metric, "error" => self.as_str()).increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_fills_cumulative_buckets() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            record_batch("age_seconds", &[1.0, 10.0], [0.5, 1.0, 2.0, 20.0]);
+            record_batch("age_seconds", &[1.0, 10.0], [3.0]);
+        });
+        let mut seen: Vec<(String, Vec<String>, String)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(k, _, _, v)| {
+                let key = k.key();
+                let labels = key.labels().map(|l| l.value().to_owned()).collect();
+                (key.name().to_owned(), labels, format!("{v:?}"))
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                (
+                    "age_seconds_bucket".into(),
+                    vec!["+Inf".into()],
+                    "Counter(5)".into()
+                ),
+                (
+                    "age_seconds_bucket".into(),
+                    vec!["1".into()],
+                    "Counter(2)".into()
+                ),
+                (
+                    "age_seconds_bucket".into(),
+                    vec!["10".into()],
+                    "Counter(4)".into()
+                ),
+                ("age_seconds_count".into(), vec![], "Counter(5)".into()),
+                ("age_seconds_sum".into(), vec![], "Gauge(26.5)".into()),
+            ]
+        );
     }
 }

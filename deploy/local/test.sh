@@ -34,6 +34,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "doc tests"
 cargo test --workspace --doc --quiet
 
+step "deployment files (compose config, kustomize + kubernetes-validate)"
+"$repo/deploy/check.sh"
+
 # Last, so that its summary closes the output.
 step "tests (unit, integration, end-to-end) against $XOFLOW_TEST_KAFKA and $XOFLOW_TEST_CLICKHOUSE"
 cargo nextest run --workspace --no-fail-fast

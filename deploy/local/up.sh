@@ -25,7 +25,10 @@ die() { printf '[up] error: %s\n' "$*" >&2; exit 1; }
 # --- packages -----------------------------------------------------------------
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 missing=()
-for pkg in clickhouse-server clickhouse-client protobuf-compiler cmake libcurl4-openssl-dev curl python3-venv; do
+# chromium, chromium-driver and a CJK font: the console's browser test
+# (tests/console_browser.rs); docker-compose: deploy/check.sh.
+for pkg in clickhouse-server clickhouse-client protobuf-compiler cmake libcurl4-openssl-dev curl python3-venv \
+  chromium chromium-driver fonts-wqy-microhei docker-compose; do
   installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

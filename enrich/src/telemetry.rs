@@ -54,11 +54,22 @@ pub(crate) enum Metric {
     /// alert was raised before, by an earlier revision or a replay;
     /// `quiet_period`; `do_not_contact`).
     AlertsSuppressed,
+    /// Records taken in from the events and backfill topics (the resolve
+    /// loop's batches, whatever became of them).
+    RecordsIn,
+    /// Enriched records produced (repairs included).
+    RecordsOut,
+    /// Records above this instance's consumer position, per `topic` and
+    /// `partition` it holds (gauge; 0 for partitions it does not hold).
+    ConsumerLag,
+    /// Records and requests in the producer's local queue, waiting for
+    /// the broker (gauge).
+    ProducerQueue,
 }
 
 impl Metric {
     #[cfg(test)]
-    pub(crate) const ALL: [Metric; 18] = [
+    pub(crate) const ALL: [Metric; 22] = [
         Metric::EventsResolved,
         Metric::EventsEnriched,
         Metric::Batches,
@@ -77,6 +88,10 @@ impl Metric {
         Metric::Errors,
         Metric::AlertsRaised,
         Metric::AlertsSuppressed,
+        Metric::RecordsIn,
+        Metric::RecordsOut,
+        Metric::ConsumerLag,
+        Metric::ProducerQueue,
     ];
 
     pub(crate) const fn name(self) -> &'static str {
@@ -99,12 +114,18 @@ impl Metric {
             Metric::Errors => "xoflow_enrich_errors_total",
             Metric::AlertsRaised => "xoflow_enrich_alerts_raised_total",
             Metric::AlertsSuppressed => "xoflow_enrich_alerts_suppressed_total",
+            Metric::RecordsIn => "xoflow_enrich_records_in_total",
+            Metric::RecordsOut => "xoflow_enrich_records_out_total",
+            Metric::ConsumerLag => "xoflow_enrich_consumer_lag_records",
+            Metric::ProducerQueue => "xoflow_enrich_producer_queue_records",
         }
     }
 }
 
 /// One batch resolved and forwarded to the repartition topic.
 pub(crate) struct BatchResolved {
+    /// Records of the input batch.
+    pub taken: u64,
     pub records: u64,
     pub dead_letters: u64,
     pub links_learnt: u64,
@@ -116,6 +137,7 @@ pub(crate) struct BatchResolved {
 
 impl BatchResolved {
     pub fn emit(&self) {
+        counter!(Metric::RecordsIn.name()).increment(self.taken);
         counter!(Metric::EventsResolved.name()).increment(self.records);
         counter!(Metric::LinksLearnt.name()).increment(self.links_learnt);
         gauge!(Metric::LinksKnown.name()).set(self.links as f64);
@@ -156,6 +178,7 @@ impl BatchEnriched {
             "batch enriched"
         );
         counter!(Metric::EventsEnriched.name()).increment(self.records);
+        counter!(Metric::RecordsOut.name()).increment(self.records);
         counter!(Metric::Batches.name()).increment(1);
         counter!(Metric::StateChanges.name()).increment(self.state_changes);
         gauge!(Metric::EventsHeld.name()).set(self.held as f64);
@@ -182,15 +205,20 @@ impl BatchEnriched {
     }
 }
 
+/// Exports the counters of failures at 0 when the stage starts, so that
+/// alerting on their increase works from the first failure.
+pub(crate) fn init() {
+    xoflow_common::telemetry::ErrorKind::init(Metric::Errors.name());
+    dead_letters(0);
+}
+
 /// Records that did not decode: the only reason enrich refuses one.
 fn dead_letters(n: u64) {
-    if n > 0 {
-        counter!(
-            Metric::DeadLetters.name(),
-            "reason" => xoflow_common::dead_letter::Reason::Decode.as_str()
-        )
-        .increment(n);
-    }
+    counter!(
+        Metric::DeadLetters.name(),
+        "reason" => xoflow_common::dead_letter::Reason::Decode.as_str()
+    )
+    .increment(n);
 }
 
 /// A link moved an identifier to another customer: never silent, since
@@ -237,6 +265,8 @@ mod tests {
                         | Metric::EventsWaiting
                         | Metric::HistoryEvents
                         | Metric::JoinWaiting
+                        | Metric::ConsumerLag
+                        | Metric::ProducerQueue
                 ),
                 "{n}"
             );

@@ -152,6 +152,7 @@ impl Collectors {
         http_readiness: Readiness,
         stop: CancellationToken,
     ) -> Result<(), RunError> {
+        crate::telemetry::init();
         // Ends with the collectors, however they end.
         let probe_stop = stop.child_token();
         let _stop_probe = probe_stop.clone().drop_guard();

@@ -41,10 +41,23 @@ pub enum Metric {
     /// Counter, by `api` and `phase`: connections closed because the client
     /// did not send in time.
     ConnectionsTimedOut,
+    /// Counter: records judged (accepted or refused), every collector.
+    RecordsIn,
+    /// Counter: events made durable in Kafka (the sum of `EventsAccepted`).
+    RecordsOut,
+    /// Counter, by `reason`: dead letters of refused records (the same
+    /// figures as `EventsRejected`, under the name every stage uses).
+    DeadLetters,
+    /// Gauge: records and requests in the producer's local queue, waiting
+    /// for the broker.
+    ProducerQueue,
+    /// Counter, by `error`: failures the collectors went on from (`accept`:
+    /// a connection not accepted; `produce`: a Kafka producer not renewed).
+    Errors,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 14] = [
+    pub const ALL: [Metric; 19] = [
         Metric::EventsAccepted,
         Metric::EventsRejected,
         Metric::Requests,
@@ -59,6 +72,11 @@ impl Metric {
         Metric::OpenConnections,
         Metric::ConnectionsRefused,
         Metric::ConnectionsTimedOut,
+        Metric::RecordsIn,
+        Metric::RecordsOut,
+        Metric::DeadLetters,
+        Metric::ProducerQueue,
+        Metric::Errors,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -77,6 +95,11 @@ impl Metric {
             Metric::OpenConnections => "xoflow_ingest_open_connections",
             Metric::ConnectionsRefused => "xoflow_ingest_connections_refused_total",
             Metric::ConnectionsTimedOut => "xoflow_ingest_connections_timed_out_total",
+            Metric::RecordsIn => "xoflow_ingest_records_in_total",
+            Metric::RecordsOut => "xoflow_ingest_records_out_total",
+            Metric::DeadLetters => "xoflow_ingest_dead_letters_total",
+            Metric::ProducerQueue => "xoflow_ingest_producer_queue_records",
+            Metric::Errors => "xoflow_ingest_errors_total",
         }
     }
 }
@@ -124,6 +147,9 @@ impl EventsAccepted<'_> {
                 counter!(Metric::EventsAccepted.name(), "kind" => kind.as_str()).increment(*n);
             }
         }
+        let n: u64 = self.per_kind.iter().sum();
+        counter!(Metric::RecordsIn.name()).increment(n);
+        counter!(Metric::RecordsOut.name()).increment(n);
     }
 }
 
@@ -138,6 +164,8 @@ impl EventsRejected {
         let reason = self.reason.as_str();
         tracing::debug!(reason, count = self.count, "records rejected");
         counter!(Metric::EventsRejected.name(), "reason" => reason).increment(self.count);
+        counter!(Metric::DeadLetters.name(), "reason" => reason).increment(self.count);
+        counter!(Metric::RecordsIn.name()).increment(self.count);
     }
 }
 
@@ -191,6 +219,14 @@ impl DeadLetterFailed<'_> {
         );
         counter!(Metric::DeadLetterErrors.name()).increment(self.failed);
     }
+}
+
+/// Exports the counters of failures at 0 when the collectors start, so
+/// that alerting on their increase works from the first failure.
+pub(crate) fn init() {
+    xoflow_common::telemetry::ErrorKind::init(Metric::Errors.name());
+    counter!(Metric::DeadLetterErrors.name()).increment(0);
+    counter!(Metric::KafkaErrors.name(), "error_code" => "none").increment(0);
 }
 
 /// Events and bytes of requests admitted and not yet answered.
@@ -254,6 +290,7 @@ mod tests {
                     || n.ends_with("_seconds")
                     || n.ends_with("_events")
                     || n.ends_with("_bytes")
+                    || n.ends_with("_records")
                     || n.ends_with("_connections"),
                 "{n}"
             );

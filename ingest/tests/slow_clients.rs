@@ -60,7 +60,7 @@ async fn start(cfg: &xoflow_ingest::IngestConfig) -> Process {
         .await
         .expect("admin");
     let admin = listener.local_addr().expect("addr");
-    tokio::spawn(admin::serve(listener, health, None, stop.clone()));
+    tokio::spawn(admin::serve(listener, health, None, None, stop.clone()));
     Process {
         http,
         grpc,

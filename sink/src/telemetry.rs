@@ -5,6 +5,10 @@
 //! are listed in `docs/clickhouse.md`.
 
 use metrics::{counter, gauge, histogram};
+use xoflow_common::{
+    dead_letter::Reason,
+    telemetry::{AGE_BUCKETS, record_batch},
+};
 
 /// Every metric the sink reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,11 +34,33 @@ pub(crate) enum Metric {
     /// Failures the sink logged and went on from, by `error`
     /// ([`ErrorKind`](xoflow_common::telemetry::ErrorKind)).
     Errors,
+    /// Records taken in from the enriched and dead-letter topics.
+    RecordsIn,
+    /// Rows written to ClickHouse, every table.
+    RecordsOut,
+    /// Encoded bytes of the records whose rows were inserted, by `table`.
+    InsertBytes,
+    /// Failed inserts, by `table` and `error` (`transient`: retried;
+    /// `refused`: the data refused, bisected down to the rows at fault;
+    /// `permanent`: the sink stops).
+    InsertErrors,
+    /// Dead letters the sink wrote itself, by `reason` (`DECODE`,
+    /// `CLICKHOUSE_REFUSED`).
+    DeadLetters,
+    /// From an event's `occurred_at` to its first revision stored
+    /// (histogram).
+    OccurredToStored,
+    /// From an event's `received_at` (the collector's clock) to its first
+    /// revision stored (histogram).
+    ReceivedToStored,
+    /// Records above this instance's consumer position, per `topic` and
+    /// `partition` it holds (gauge; 0 for partitions it does not hold).
+    ConsumerLag,
 }
 
 impl Metric {
     #[cfg(test)]
-    pub(crate) const ALL: [Metric; 10] = [
+    pub(crate) const ALL: [Metric; 18] = [
         Metric::RowsWritten,
         Metric::InputBytes,
         Metric::FlushDuration,
@@ -45,6 +71,14 @@ impl Metric {
         Metric::PartitionRowsStored,
         Metric::LogGapOffsets,
         Metric::Errors,
+        Metric::RecordsIn,
+        Metric::RecordsOut,
+        Metric::InsertBytes,
+        Metric::InsertErrors,
+        Metric::DeadLetters,
+        Metric::OccurredToStored,
+        Metric::ReceivedToStored,
+        Metric::ConsumerLag,
     ];
 
     pub(crate) const fn name(self) -> &'static str {
@@ -59,14 +93,37 @@ impl Metric {
             Metric::PartitionRowsStored => "xoflow_sink_partition_rows_stored",
             Metric::LogGapOffsets => "xoflow_sink_log_gap_offsets_total",
             Metric::Errors => "xoflow_sink_errors_total",
+            Metric::RecordsIn => "xoflow_sink_records_in_total",
+            Metric::RecordsOut => "xoflow_sink_records_out_total",
+            Metric::InsertBytes => "xoflow_sink_insert_bytes_total",
+            Metric::InsertErrors => "xoflow_sink_insert_errors_total",
+            Metric::DeadLetters => "xoflow_sink_dead_letters_total",
+            Metric::OccurredToStored => "xoflow_sink_occurred_to_stored_seconds",
+            Metric::ReceivedToStored => "xoflow_sink_received_to_stored_seconds",
+            Metric::ConsumerLag => "xoflow_sink_consumer_lag_records",
         }
     }
 }
 
 /// A batch was inserted and its offsets committed.
-pub(crate) struct BatchWritten {
+pub(crate) struct BatchWritten<'a> {
+    /// Records taken in (stored before or not).
+    pub records: u64,
     pub events: u64,
     pub dead_letters: u64,
+    /// Of the dead letters, those the sink made of records it could not
+    /// decode.
+    pub undecodable: u64,
+    /// Encoded bytes of the records whose rows went to `events` and to
+    /// `dead_letters`.
+    pub event_bytes: u64,
+    pub dead_letter_bytes: u64,
+    /// (occurred, received) in Unix milliseconds of the events stored for
+    /// the first time (revision 0): repairs re-send old events and would
+    /// read as stale data.
+    pub first_stored: &'a [(i64, i64)],
+    /// When ClickHouse acknowledged the batch, Unix milliseconds.
+    pub stored_ms: i64,
     /// Rows ClickHouse refused, written to `dead_letters` instead.
     pub refused: u64,
     /// Records at or below the position already stored in ClickHouse.
@@ -77,7 +134,7 @@ pub(crate) struct BatchWritten {
     pub seconds: f64,
 }
 
-impl BatchWritten {
+impl BatchWritten<'_> {
     pub fn emit(&self) {
         tracing::debug!(
             events = self.events,
@@ -94,7 +151,65 @@ impl BatchWritten {
         counter!(skipped, "reason" => "already_stored").increment(self.skipped_stored);
         counter!(skipped, "reason" => "duplicate_event_id").increment(self.skipped_duplicates);
         histogram!(Metric::FlushDuration.name()).record(self.seconds);
+        counter!(Metric::RecordsIn.name()).increment(self.records);
+        counter!(Metric::RecordsOut.name())
+            .increment(self.events + self.dead_letters + self.refused);
+        let bytes = Metric::InsertBytes.name();
+        counter!(bytes, "table" => "events").increment(self.event_bytes);
+        counter!(bytes, "table" => "dead_letters").increment(self.dead_letter_bytes);
+        let dead = Metric::DeadLetters.name();
+        if self.undecodable > 0 {
+            counter!(dead, "reason" => Reason::Decode.as_str()).increment(self.undecodable);
+        }
+        if self.refused > 0 {
+            counter!(dead, "reason" => Reason::ClickHouseRefused.as_str()).increment(self.refused);
+        }
+        // Per batch, not per event (see `record_batch`).
+        let now = self.stored_ms;
+        record_batch(
+            Metric::OccurredToStored.name(),
+            &AGE_BUCKETS,
+            self.first_stored
+                .iter()
+                .map(|&(o, _)| seconds_between(o, now)),
+        );
+        record_batch(
+            Metric::ReceivedToStored.name(),
+            &AGE_BUCKETS,
+            self.first_stored
+                .iter()
+                .filter(|(_, r)| *r > 0)
+                .map(|&(_, r)| seconds_between(r, now)),
+        );
     }
+}
+
+/// Seconds from `from` to `to` (Unix milliseconds), never negative: a
+/// source clock ahead of the sink's reads as fresh, not as negative age.
+fn seconds_between(from: i64, to: i64) -> f64 {
+    (to - from).max(0) as f64 / 1e3
+}
+
+/// Exports the counters of failures at 0 when the sink starts, so that
+/// alerting on their increase works from the first failure.
+pub(crate) fn init() {
+    xoflow_common::telemetry::ErrorKind::init(Metric::Errors.name());
+    for reason in [Reason::Decode, Reason::ClickHouseRefused] {
+        counter!(Metric::DeadLetters.name(), "reason" => reason.as_str()).increment(0);
+    }
+    for table in ["events", "dead_letters"] {
+        for error in ["transient", "refused", "permanent"] {
+            counter!(Metric::InsertErrors.name(), "table" => table, "error" => error).increment(0);
+        }
+        counter!(Metric::InsertBytes.name(), "table" => table).increment(0);
+        counter!(Metric::RowsWritten.name(), "table" => table).increment(0);
+    }
+    counter!(Metric::RowsRefused.name()).increment(0);
+}
+
+/// An insert failed: counted by table and by what became of it.
+pub(crate) fn insert_error(table: &'static str, error: &'static str) {
+    counter!(Metric::InsertErrors.name(), "table" => table, "error" => error).increment(1);
 }
 
 /// An insert failed transiently and will be retried.
@@ -162,7 +277,12 @@ mod tests {
             assert!(n.starts_with("xoflow_sink_"), "{n}");
             let gauge_or_histogram = matches!(
                 m,
-                Metric::PartitionNextOffset | Metric::PartitionRowsStored | Metric::FlushDuration
+                Metric::PartitionNextOffset
+                    | Metric::PartitionRowsStored
+                    | Metric::FlushDuration
+                    | Metric::OccurredToStored
+                    | Metric::ReceivedToStored
+                    | Metric::ConsumerLag
             );
             assert_eq!(n.ends_with("_total"), !gauge_or_histogram, "{n}");
         }

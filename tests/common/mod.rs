@@ -567,3 +567,213 @@ pub fn assert_touchpoints_match(
         );
     }
 }
+
+/// A stage run as its own `xoflow` process, as ops run it, with the
+/// addresses it logged at start. Its log goes to a file beside the test's
+/// temp files (named in failures). Killed on drop.
+pub struct StageProcess {
+    child: tokio::process::Child,
+    pub admin: String,
+    pub grpc: Option<String>,
+    pub log: std::path::PathBuf,
+}
+
+impl StageProcess {
+    /// Spawns `cmd` (from [`xoflow_command`]) with `info` logs and waits for
+    /// its "xoflow started" line.
+    pub async fn spawn(cmd: std::process::Command, name: &str) -> StageProcess {
+        use std::io::Write;
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.env("RUST_LOG", "info,rdkafka=warn,librdkafka=warn")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn xoflow");
+        let log_path = std::env::temp_dir().join(format!("xoflow-{name}-{}.log", unique()));
+        let mut log = std::fs::File::create(&log_path).expect("log file");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let started = tokio::time::timeout(Duration::from_secs(90), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = writeln!(log, "{line}");
+                if line.contains("xoflow started") {
+                    return line;
+                }
+            }
+            panic!("{name} exited before starting; log {}", log_path.display());
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} did not start; log {}", log_path.display()));
+        // Keep the log flowing so the child never blocks on a full pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = writeln!(log, "{line}");
+            }
+        });
+        StageProcess {
+            child,
+            admin: log_field(&started, "admin=").expect("admin").to_owned(),
+            grpc: log_field(&started, "grpc=Some(").map(str::to_owned),
+            log: log_path,
+        }
+    }
+
+    /// Its `/metrics`, parsed: (series as written, value).
+    pub async fn metrics(&self) -> Vec<(String, f64)> {
+        let (code, body) = http_get(&self.admin, "/metrics").await;
+        assert_eq!(
+            code,
+            200,
+            "metrics of {}; log {}",
+            self.admin,
+            self.log.display()
+        );
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// SIGTERM, and waits for the exit.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+    }
+}
+
+/// A TCP proxy in front of a server (ClickHouse's HTTP port) that a test
+/// can stall: paused, it cuts every connection through it and closes each
+/// new one at once, as a server that went away; resumed, it forwards again.
+/// A stage pointed at it stops making progress on that server while it
+/// stays up and scrapeable.
+pub struct StallingProxy {
+    pub addr: std::net::SocketAddr,
+    paused: tokio::sync::watch::Sender<bool>,
+}
+
+impl StallingProxy {
+    pub async fn start(upstream: &str) -> StallingProxy {
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy bind");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (paused, _) = tokio::sync::watch::channel(false);
+        let tx = paused.clone();
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                if *tx.borrow() {
+                    drop(down);
+                    continue;
+                }
+                let mut cut = tx.subscribe();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                        _ = cut.wait_for(|p| *p) => {}
+                    }
+                });
+            }
+        });
+        StallingProxy { addr, paused }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+}
+
+/// The sum of every series of `name` (any labels) in a scrape.
+pub fn metric_sum(scrape: &[(String, f64)], name: &str) -> f64 {
+    scrape
+        .iter()
+        .filter(|(s, _)| s == name || s.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Whether a scrape has any series of `name`.
+pub fn has_metric(scrape: &[(String, f64)], name: &str) -> bool {
+    scrape
+        .iter()
+        .any(|(s, _)| s == name || s.starts_with(&format!("{name}{{")))
+}
+
+/// `SELECT count()`-like query answering one number; 0 while the table is
+/// not there yet (a wait loop asks again).
+pub async fn count(ch: &clickhouse::Client, sql: &str) -> u64 {
+    ch.query(sql).fetch_one::<u64>().await.unwrap_or(0)
+}
+
+/// A survey answer of one question: `kind` (NPS, CSAT, CES) scored `score`
+/// on `min..=max`, by `customer` of `tenant` at `touchpoint` (journey,
+/// stage, touchpoint) of `store`, an hour ago.
+pub fn survey(
+    id: &str,
+    tenant: &str,
+    (journey, stage, touchpoint): (&str, &str, &str),
+    store: &str,
+    customer: &str,
+    (kind, score, min, max): (xoflow_proto::v1::MetricKind, f64, i32, i32),
+) -> xoflow_proto::v1::Event {
+    use xoflow_proto::v1::{
+        CustomerIdentity, Event, Location, SurveyAnswer, SurveyResponse, Touchpoint, event::Payload,
+    };
+    Event {
+        event_id: id.into(),
+        tenant: tenant.into(),
+        source: "test".into(),
+        occurred_at: Some(xoflow_proto::from_unix_millis(now_ms() - 3_600_000)),
+        customer: Some(CustomerIdentity {
+            customer_id: customer.into(),
+            ..Default::default()
+        }),
+        touchpoint: Some(Touchpoint {
+            journey: journey.into(),
+            stage: stage.into(),
+            touchpoint: touchpoint.into(),
+            channel: 0,
+        }),
+        location: Some(Location {
+            store_id: store.into(),
+            region: if store.is_empty() { "" } else { "华南" }.into(),
+        }),
+        payload: Some(Payload::Survey(SurveyResponse {
+            survey_id: "s".into(),
+            answers: vec![SurveyAnswer {
+                question_id: "q".into(),
+                kind: kind as i32,
+                score: Some(score),
+                scale_min: min,
+                scale_max: max,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}

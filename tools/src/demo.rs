@@ -1042,6 +1042,8 @@ pub mod receiver {
         pub raised_ms: Option<i64>,
         /// When ingest received the triggering event, if the body says.
         pub ingested_ms: Option<i64>,
+        /// When enrich joined the triggering event, if the body says.
+        pub enriched_ms: Option<i64>,
         /// The triggering event's revision: above 0 when a repair (an
         /// order or identity that arrived after the event) raised it.
         pub revision: u32,
@@ -1205,6 +1207,7 @@ pub mod receiver {
             received_ms,
             raised_ms: time_ms(&json["raised_at"]),
             ingested_ms: ingested,
+            enriched_ms: time_ms(&trigger["enriched_at"]),
             revision: trigger["revision"].as_u64().unwrap_or(0) as u32,
         }
     }

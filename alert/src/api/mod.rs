@@ -114,6 +114,8 @@ impl IntoResponse for ApiError {
             ),
             ApiError::Unavailable(e) => {
                 tracing::warn!(error = %e, "case API: ClickHouse call failed");
+                xoflow_common::telemetry::ErrorKind::ClickHouse
+                    .count(crate::telemetry::Metric::Errors.name());
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     json!({ "error": "ClickHouse unavailable; retry later", "field": null }),

@@ -184,6 +184,7 @@ impl AlertStage {
         api_readiness: Readiness,
         stop: CancellationToken,
     ) -> Result<(), AlertError> {
+        telemetry::init();
         let AlertStage {
             cfg,
             kafka,
@@ -214,6 +215,7 @@ impl AlertStage {
                     .await
                 {
                     tracing::error!(error = %e, "case API stopped");
+                    ErrorKind::Accept.count(Metric::Errors.name());
                 }
                 r.set(false);
             });
@@ -304,6 +306,7 @@ where
             Err(e) => return Err(Interrupted::Failed(e.into())),
         }
         tracing::warn!(attempt, "{what} failed; retrying");
+        ErrorKind::ClickHouse.count(Metric::Errors.name());
         if !CLICKHOUSE_RETRY.sleep(attempt, stop).await {
             return Err(Interrupted::Stopped);
         }
@@ -340,6 +343,7 @@ async fn await_schema(
             }
             Err(e) if e.transient => {
                 tracing::warn!(attempt, error = %e, "ClickHouse unreachable; waiting");
+                ErrorKind::ClickHouse.count(Metric::Errors.name());
                 readiness.fail(
                     Reason::ClickHouseUnreachable,
                     format_args!("checking the schema, attempt {attempt}: {e}"),
@@ -378,13 +382,18 @@ async fn consume(
     if !created || !await_schema(&store, readiness, stop).await? {
         return Ok(());
     }
-    let producer = kafka.batch_producer().map_err(AlertError::Kafka)?;
+    let producer = kafka
+        .batch_producer()
+        .map_err(AlertError::Kafka)?
+        .reporting_queue(Metric::ProducerQueue.name());
     // Revocations only: a revoked partition's offsets are forgotten. Each
     // partition resumes at the group's committed offset, checked.
     let consumer: Arc<StreamConsumer<RebalanceLog>> = kafka
         .consumer(
             &cfg.group_id,
-            RebalanceLog::new("alert", Keep::Revoked).resuming_at_commits(),
+            RebalanceLog::new("alert", Keep::Revoked)
+                .resuming_at_commits()
+                .counting_errors(Metric::Errors.name()),
         )
         .map(Arc::new)
         .map_err(AlertError::Kafka)?;
@@ -420,7 +429,8 @@ async fn consume(
             vec![Watched {
                 group: cfg.group_id.clone(),
                 topics: vec![topics.alerts.clone()],
-                assigned: Box::new(move || c.assignment().map_or(0, |a| a.count())),
+                held: Box::new(move || watch::held(c.as_ref())),
+                lag_metric: Metric::ConsumerLag.name(),
             }],
             cfg.stall_timeout,
             readiness.clone(),
@@ -514,6 +524,7 @@ impl Loop<'_> {
                 self.cfg.batch_max_wait,
                 Some(IDLE_TICK.min(self.cfg.batch_max_wait)),
                 self.stop,
+                Metric::Errors.name(),
             )
             .await
             {
@@ -702,7 +713,7 @@ impl Loop<'_> {
             // Again on every pass: a partition assigned meanwhile starts
             // unpaused.
             if let Err(e) = self.consumer.pause(&assignment) {
-                tracing::warn!(error = %e, "pausing the alerts topic failed");
+                ErrorKind::Pause.emit(Metric::Errors.name(), &e, "pausing the alerts topic failed");
             }
             if !self.paused {
                 tracing::info!(
@@ -713,7 +724,11 @@ impl Loop<'_> {
             }
         } else if self.paused {
             if let Err(e) = self.consumer.resume(&assignment) {
-                tracing::warn!(error = %e, "resuming the alerts topic failed");
+                ErrorKind::Pause.emit(
+                    Metric::Errors.name(),
+                    &e,
+                    "resuming the alerts topic failed",
+                );
             } else {
                 tracing::info!("reading resumed");
                 self.paused = false;

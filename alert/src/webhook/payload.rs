@@ -152,6 +152,8 @@ pub struct Trigger<'a> {
     /// When a collector received the event (its acknowledgement follows
     /// the Kafka write right after).
     pub received_at: Option<String>,
+    /// When enrich joined this revision of it.
+    pub enriched_at: Option<String>,
     pub journey: &'a str,
     pub stage: &'a str,
     pub touchpoint: &'a str,
@@ -274,6 +276,7 @@ impl<'a> Trigger<'a> {
             source: e.map_or("", |e| &e.source),
             occurred_at: rfc3339(e.and_then(|e| e.occurred_at.as_ref())),
             received_at: rfc3339(e.and_then(|e| e.received_at.as_ref())),
+            enriched_at: rfc3339(en.enriched_at.as_ref()),
             journey: tp.map_or("", |t| &t.journey),
             stage: tp.map_or("", |t| &t.stage),
             touchpoint: tp.map_or("", |t| &t.touchpoint),
@@ -839,6 +842,10 @@ mod tests {
                     ..Default::default()
                 }),
                 revision: 1,
+                enriched_at: Some(Timestamp {
+                    seconds: 1_767_225_600,
+                    nanos: 120_000_000,
+                }),
                 ..Default::default()
             }),
             raised_at: Some(Timestamp {
@@ -921,6 +928,7 @@ mod tests {
         let t = &b["trigger"];
         assert_eq!(t["event_id"], "ev-1");
         assert_eq!(t["revision"], 1);
+        assert_eq!(t["enriched_at"], "2026-01-01T00:00:00.120Z");
         assert_eq!(t["kind"], "survey");
         assert_eq!(t["touchpoint"], "courier-delivery");
         assert_eq!(t["store_id"], "sz-02");

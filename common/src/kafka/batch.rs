@@ -17,13 +17,16 @@ use rdkafka::{
 /// Returns an empty batch once `stop` is cancelled or `idle` passed with no
 /// message. Callers that need to wake up without input (timers) pass `idle`
 /// rather than racing this future against a timer: dropped while filling,
-/// it would drop the messages already taken from the consumer.
+/// it would drop the messages already taken from the consumer. An error
+/// while filling ends the batch and is counted in the stage's `errors`
+/// counter.
 pub async fn recv_batch<'c, C: ConsumerContext + 'static>(
     consumer: &'c StreamConsumer<C>,
     max: usize,
     max_wait: Duration,
     idle: Option<Duration>,
     stop: &tokio_util::sync::CancellationToken,
+    errors: &'static str,
 ) -> Result<Vec<BorrowedMessage<'c>>, KafkaError> {
     // `recv` itself is cancel-safe: a message is only taken when returned.
     let first = tokio::select! {
@@ -41,7 +44,11 @@ pub async fn recv_batch<'c, C: ConsumerContext + 'static>(
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Ok(Ok(m)) => batch.push(m),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "kafka consumer error while filling a batch");
+                crate::telemetry::ErrorKind::Consume.emit(
+                    errors,
+                    &e,
+                    "kafka consumer error while filling a batch",
+                );
                 break;
             }
             Err(_) => break,

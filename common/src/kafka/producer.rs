@@ -52,6 +52,9 @@ impl<'a> Outgoing<'a> {
 /// the last record of the batch is settled.
 pub struct BatchProducer {
     inner: ThreadedProducer<AckContext>,
+    /// The stage's producer-queue gauge, set from librdkafka's queue length
+    /// whenever a batch was queued and when it is settled.
+    queue: Option<metrics::Gauge>,
 }
 
 impl std::fmt::Debug for BatchProducer {
@@ -123,7 +126,27 @@ impl BatchProducer {
     pub(super) fn new(config: &ClientConfig) -> Result<Self, KafkaError> {
         Ok(BatchProducer {
             inner: config.create_with_context(AckContext)?,
+            queue: None,
         })
+    }
+
+    /// Reports the local queue's depth (records and requests not yet
+    /// answered by the broker) in the stage's gauge `metric`.
+    pub fn reporting_queue(mut self, metric: &'static str) -> Self {
+        self.queue = Some(metrics::gauge!(metric));
+        self
+    }
+
+    /// Records and requests in the local queue now.
+    pub fn queued(&self) -> i32 {
+        use rdkafka::producer::Producer;
+        self.inner.in_flight_count()
+    }
+
+    fn report_queue(&self) {
+        if let Some(g) = &self.queue {
+            g.set(f64::from(self.queued()));
+        }
     }
 
     /// Sends every record to `topic` and returns once all are settled: Ok
@@ -183,11 +206,13 @@ impl BatchProducer {
                 }
             }
         }
+        self.report_queue();
         // Drop the sending guard; wait for the rest.
         ack.settle(None);
         while ack.remaining.load(Ordering::Acquire) > 0 {
             ack.done.notified().await;
         }
+        self.report_queue();
         let failed = ack.failed.load(Ordering::Acquire);
         if failed == 0 {
             return Ok(());

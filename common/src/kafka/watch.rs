@@ -19,8 +19,16 @@
 //! Kafka not answering the watchdog is [`Reason::KafkaUnreachable`]. A
 //! reason is cleared as soon as its condition no longer holds in every
 //! watched group.
+//!
+//! Each look also exports the stage's consumer lag per topic-partition
+//! (the stage's `…_consumer_lag_records` gauge): for a partition this
+//! instance holds, the high watermark minus the consumer's own position
+//! (the next offset it hands the stage; the group's committed offset
+//! before it handed any); for a partition it does not hold, 0, so that a
+//! sum over instances counts each partition once, by its owner. Looks come
+//! at least every [`LAG_EVERY`], so the gauge is never older than that.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use rdkafka::{
     Offset, TopicPartitionList,
@@ -101,14 +109,59 @@ impl Stall {
     }
 }
 
+/// The longest the lag gauges may go without a look.
+pub const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// A partition this instance holds, and its consumer's position there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset the consumer hands the stage; `None` before it
+    /// handed any record of the partition.
+    pub position: Option<i64>,
+}
+
+/// The partitions `consumer` holds with its positions: what a
+/// [`Watched::held`] closure returns. Reads the client's own state only
+/// (no request to the broker).
+pub fn held<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(consumer: &C) -> Vec<Held> {
+    let Ok(tpl) = consumer.position() else {
+        return Vec::new();
+    };
+    tpl.elements()
+        .iter()
+        .map(|e| Held {
+            topic: e.topic().to_owned(),
+            partition: e.partition(),
+            position: match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            },
+        })
+        .collect()
+}
+
 /// One consumer group an instance takes part in, as the watchdog sees it.
 pub struct Watched<'a> {
     /// The group id.
     pub group: String,
     /// Its input topics.
     pub topics: Vec<String>,
-    /// How many partitions this instance holds right now.
-    pub assigned: Box<dyn Fn() -> usize + Send + Sync + 'a>,
+    /// The partitions this instance holds right now, with the consumer's
+    /// positions ([`held`]).
+    pub held: Box<dyn Fn() -> Vec<Held> + Send + Sync + 'a>,
+    /// The stage's consumer-lag gauge, from its own telemetry module.
+    pub lag_metric: &'static str,
+}
+
+/// The lag to export for one partition: the high watermark above the
+/// consumer's position if this instance holds it (above the group's
+/// committed offset before the consumer handed any record), else 0.
+pub fn partition_lag(p: &PartitionOffsets, held: Option<&Held>) -> i64 {
+    let Some(h) = held else { return 0 };
+    let base = h.position.or(p.committed).unwrap_or(0);
+    (p.high - base).max(0)
 }
 
 /// Watches until `stop` is cancelled. Not spawned by itself: a stage runs
@@ -120,11 +173,16 @@ pub async fn watch(
     readiness: Readiness,
     stop: CancellationToken,
 ) {
-    let every = (timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(15));
+    let every = (timeout / 4).clamp(Duration::from_secs(1), LAG_EVERY);
     let mut stalls: Vec<Stall> = watched
         .iter()
         .map(|_| Stall::new(timeout, Instant::now()))
         .collect();
+    // One reading client per group for the whole run (a client per look
+    // would start librdkafka threads and connections every few seconds);
+    // built again after a failure.
+    let mut clients: Vec<Option<Arc<BaseConsumer<DefaultConsumerContext>>>> =
+        watched.iter().map(|_| None).collect();
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
@@ -133,25 +191,48 @@ pub async fn watch(
         // The worst verdict over the groups, with the group it is about.
         let mut worst = (Verdict::Progressing, "");
         let mut unreachable = None;
-        for (w, stall) in watched.iter().zip(&mut stalls) {
-            let (k, g, t) = (kafka.clone(), w.group.clone(), w.topics.clone());
+        for ((w, stall), client) in watched.iter().zip(&mut stalls).zip(&mut clients) {
+            let c = match client {
+                Some(c) => c.clone(),
+                None => match kafka.base_consumer(&w.group) {
+                    Ok(c) => client.insert(Arc::new(c)).clone(),
+                    Err(e) => {
+                        unreachable = Some(e);
+                        break;
+                    }
+                },
+            };
+            let t = w.topics.clone();
             // librdkafka's metadata calls block: off the async workers.
-            let offsets = tokio::task::spawn_blocking(move || group_offsets(&k, &g, &t)).await;
+            let offsets = tokio::task::spawn_blocking(move || group_offsets_with(&c, &t)).await;
             let offsets = match offsets {
                 Ok(Ok(o)) => o,
                 Ok(Err(e)) => {
+                    *client = None;
                     unreachable = Some(e);
                     break;
                 }
                 Err(_) => continue,
             };
+            let held = (w.held)();
+            for p in &offsets {
+                let h = held
+                    .iter()
+                    .find(|h| h.partition == p.partition && h.topic == p.topic);
+                metrics::gauge!(
+                    w.lag_metric,
+                    "topic" => p.topic.clone(),
+                    "partition" => p.partition.to_string()
+                )
+                .set(partition_lag(p, h) as f64);
+            }
             let look = Look {
                 lag: offsets
                     .iter()
                     .map(|p| (p.high - p.committed.unwrap_or(0)).max(0))
                     .sum(),
                 committed: offsets.iter().filter_map(|p| p.committed).sum(),
-                assigned: (w.assigned)(),
+                assigned: held.len(),
             };
             let verdict = stall.observe(look, Instant::now());
             if verdict > worst.0 {
@@ -211,8 +292,15 @@ pub fn group_offsets(
     group: &str,
     topics: &[String],
 ) -> Result<Vec<PartitionOffsets>, KafkaError> {
+    group_offsets_with(&kafka.base_consumer(group)?, topics)
+}
+
+/// [`group_offsets`] through a client of the group already built.
+pub fn group_offsets_with(
+    consumer: &BaseConsumer<DefaultConsumerContext>,
+    topics: &[String],
+) -> Result<Vec<PartitionOffsets>, KafkaError> {
     let timeout = Duration::from_secs(10);
-    let consumer: BaseConsumer<DefaultConsumerContext> = kafka.base_consumer(group)?;
     let mut tpl = TopicPartitionList::new();
     let mut highs = Vec::new();
     for topic in topics {
@@ -249,6 +337,30 @@ pub fn group_offsets(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lag_counts_from_the_position_of_the_partitions_held_only() {
+        let p = |high, committed| PartitionOffsets {
+            topic: "t".into(),
+            partition: 3,
+            high,
+            committed,
+        };
+        let h = |position| Held {
+            topic: "t".into(),
+            partition: 3,
+            position,
+        };
+        // Held: from the consumer's own position, whatever was committed.
+        assert_eq!(partition_lag(&p(100, Some(10)), Some(&h(Some(90)))), 10);
+        // Held, nothing handed yet: from the committed offset, else 0.
+        assert_eq!(partition_lag(&p(100, Some(10)), Some(&h(None))), 90);
+        assert_eq!(partition_lag(&p(100, None), Some(&h(None))), 100);
+        // A watermark read before the position moved past it: no lag.
+        assert_eq!(partition_lag(&p(100, None), Some(&h(Some(120)))), 0);
+        // Not held: another instance reports it.
+        assert_eq!(partition_lag(&p(100, Some(10)), None), 0);
+    }
 
     #[test]
     fn a_stall_is_work_waiting_without_progress_for_the_timeout() {

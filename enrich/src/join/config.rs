@@ -54,14 +54,17 @@ pub struct JoinConfig {
 
 /// The department owning each touchpoint, per tenant: the tenants' journey
 /// config (`ingest.tenants.<tenant>.touchpoints.<touchpoint>.department`),
-/// which ingest also uses. Cheap to clone.
+/// which ingest also uses. Cheap to clone. Looked up for every output:
+/// foldhash, not SipHash (two SipHash lookups were 3% of the join).
 #[derive(Debug, Clone, Default)]
-pub struct Owners(Arc<HashMap<String, HashMap<String, String>>>);
+pub struct Owners(Arc<OwnersMap<String, OwnersMap<String, String>>>);
+
+type OwnersMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl Owners {
     /// From (tenant, touchpoint, department) triples.
     pub fn new<'a>(triples: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) -> Self {
-        let mut map: HashMap<String, HashMap<String, String>> = HashMap::new();
+        let mut map: OwnersMap<String, OwnersMap<String, String>> = OwnersMap::default();
         for (tenant, touchpoint, department) in triples {
             map.entry(tenant.to_owned())
                 .or_default()

@@ -14,6 +14,11 @@
 //! (a repair). The bounds ([`JoinConfig::max_history_per_customer`] and
 //! `order_window` behind the latest event) decide when an event leaves the
 //! history for the base; from then on it is never repaired again.
+//!
+//! An entry keeps its event encoded, as the changelog writes it: the
+//! in-order path hands the event itself to its output instead of copying
+//! it, and a re-fold, a repair or an eviction decodes it when it needs it
+//! (and keeps it decoded for the next re-fold).
 
 use std::{collections::VecDeque, hash::BuildHasher as _};
 
@@ -28,7 +33,13 @@ use super::{JoinConfig, state::CustomerState};
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
     pub at: i64,
-    pub event: Event,
+    /// The event's id: the history's order, and the changelog key.
+    pub id: String,
+    /// The event, encoded (the changelog record's `event`).
+    bytes: Vec<u8>,
+    /// The event, decoded, once something needed it since it was admitted
+    /// or read back; boxed, so that an entry without it stays small.
+    event: Option<Box<Event>>,
     pub resolution: IdentityResolution,
     pub cx: CxFields,
     /// The last revision emitted; for an entry not emitted yet, the
@@ -46,12 +57,68 @@ pub(super) struct Entry {
     /// Its first output is emitted twice, at its revision and one higher
     /// (see [`super::Join`], "Linked events").
     pub twice: bool,
+    /// Its changelog record is older than it: written at the next
+    /// [`super::Join::take_changes`]. A flag in place rather than a set of
+    /// keys beside the history, which cost two id clones and a hash insert
+    /// per event.
+    pub unsaved: bool,
 }
 
 impl Entry {
+    /// A new entry for `event`, kept encoded only (see [`Entry::keep`]).
+    pub fn new(
+        at: i64,
+        event: &Event,
+        resolution: IdentityResolution,
+        cx: CxFields,
+        revision: u32,
+    ) -> Self {
+        Entry {
+            at,
+            id: event.event_id.clone(),
+            bytes: event.encode_to_vec(),
+            event: None,
+            resolution,
+            cx,
+            revision,
+            output_hash: 0,
+            emitted: false,
+            force: false,
+            unmet: false,
+            twice: false,
+            unsaved: true,
+        }
+    }
+
+    /// Keeps `event` (the one this entry was made from) decoded too, for
+    /// an entry that a re-fold will read soon.
+    pub fn keep(&mut self, event: Event) {
+        self.event = Some(Box::new(event));
+    }
+
+    /// The event, decoded now if it is not kept; the caller puts it back
+    /// with [`Entry::put`] to keep it. The bytes were encoded here or read
+    /// back and decoded once already, so they decode.
+    pub fn take(&mut self) -> Box<Event> {
+        self.event
+            .take()
+            .unwrap_or_else(|| Box::new(Event::decode(self.bytes.as_slice()).unwrap_or_default()))
+    }
+
+    pub fn put(&mut self, event: Box<Event>) {
+        self.event = Some(event);
+    }
+
+    /// The event, decoded and kept.
+    pub fn event(&mut self) -> &Event {
+        let bytes = &self.bytes;
+        self.event
+            .get_or_insert_with(|| Box::new(Event::decode(bytes.as_slice()).unwrap_or_default()))
+    }
+
     pub fn to_proto(&self) -> JoinHistoryEntry {
         JoinHistoryEntry {
-            event: self.event.encode_to_vec(),
+            event: self.bytes.clone(),
             resolution: self.resolution as i32,
             cx: Some(self.cx.clone()),
             revision: self.revision,
@@ -65,7 +132,10 @@ impl Entry {
         let event = Event::decode(p.event.as_slice()).ok()?;
         Some(Entry {
             at: super::event_ms(&event, now_ms),
-            event,
+            id: event.event_id.clone(),
+            bytes: p.event,
+            // The re-fold after the read-back reads it.
+            event: Some(Box::new(event)),
             resolution: IdentityResolution::try_from(p.resolution).unwrap_or_default(),
             cx: p.cx.unwrap_or_default(),
             revision: p.revision,
@@ -74,22 +144,13 @@ impl Entry {
             force: false,
             unmet: false,
             twice: false,
+            unsaved: false,
         })
     }
 
     fn key(&self) -> (i64, &str) {
-        (self.at, self.event.event_id.as_str())
+        (self.at, self.id.as_str())
     }
-}
-
-/// What a repair or first emission produced, for the operator to finish:
-/// the index of the entry and its output (revision and context set).
-#[derive(Debug)]
-pub(super) struct Emitted {
-    pub index: usize,
-    pub output: EnrichedEvent,
-    /// Emitted because its joined context changed (revision raised).
-    pub repaired: bool,
 }
 
 /// One customer: base state, history, current state.
@@ -100,6 +161,9 @@ pub(super) struct Customer {
     pub current: CustomerState,
     /// The lowest history index whose output must be computed again.
     pub dirty_from: Option<usize>,
+    /// Listed among the customers with [`Entry::unsaved`] entries, so that
+    /// a batch lists each customer once.
+    pub listed: bool,
 }
 
 /// Where an event stands in a customer's history.
@@ -138,37 +202,70 @@ impl Customer {
         self.dirty_from = Some(self.dirty_from.map_or(index, |d| d.min(index)));
     }
 
-    /// Folds the history again from the base and appends to `out` the
-    /// outputs to emit: entries never emitted, entries whose joined context changed
-    /// (revision + 1), and forced ones. `output` builds an entry's output
-    /// from the state right after it was folded in. When the only dirty
-    /// entry is a new last one (the in-order path), it is folded into the
-    /// current state instead: no re-fold.
+    /// Appends `entry`, made from `event`, as the customer's latest, with
+    /// nothing else pending, and folds it into the current state: the
+    /// in-order path, no re-fold. Returns its output, built by `output`,
+    /// and what to emit; `event` stays the caller's, for the output.
+    pub fn push_last(
+        &mut self,
+        cfg: &JoinConfig,
+        mut entry: Entry,
+        event: &Event,
+        output: impl FnOnce(&CustomerState, &Entry, &Event) -> EnrichedEvent,
+    ) -> (EnrichedEvent, Option<Emission>) {
+        self.current.update(event, &entry.cx, entry.at, cfg);
+        let enriched = output(&self.current, &entry, event);
+        let emission = emit(&mut entry, event, &self.current, &enriched);
+        self.history.push_back(entry);
+        (enriched, emission)
+    }
+
+    /// Folds the history again from the base and hands `sink` the outputs
+    /// to emit, in history order, each with its event and what to emit
+    /// (see [`Emission`]): entries never emitted, entries whose joined
+    /// context changed (revision + 1), and forced ones. `output` builds an
+    /// entry's output from the state right after it was folded in. When the
+    /// only dirty entry is a new last one, it is folded into the current
+    /// state instead: no re-fold. Returns whether anything was emitted
+    /// (those entries are now [`Entry::unsaved`]).
     pub fn settle(
         &mut self,
         cfg: &JoinConfig,
-        mut output: impl FnMut(&CustomerState, &Entry) -> EnrichedEvent,
-        out: &mut Vec<Emitted>,
-    ) {
+        mut output: impl FnMut(&CustomerState, &Entry, &Event) -> EnrichedEvent,
+        mut sink: impl FnMut(&Event, EnrichedEvent, Emission),
+    ) -> bool {
         let Some(from) = self.dirty_from.take() else {
-            return;
+            return false;
         };
         if from + 1 == self.history.len() && !self.history[from].emitted {
             let entry = &mut self.history[from];
-            self.current.update(&entry.event, &entry.cx, entry.at, cfg);
-            let enriched = output(&self.current, entry);
-            emit(entry, &self.current, from, enriched, out);
-            return;
+            let event = entry.take();
+            self.current.update(&event, &entry.cx, entry.at, cfg);
+            let enriched = output(&self.current, entry, &event);
+            let emission = emit(entry, &event, &self.current, &enriched);
+            let any = emission.is_some();
+            if let Some(emission) = emission {
+                sink(&event, enriched, emission);
+            }
+            entry.put(event);
+            return any;
         }
         let mut state = self.base.clone();
+        let mut any = false;
         for (index, entry) in self.history.iter_mut().enumerate() {
-            state.update(&entry.event, &entry.cx, entry.at, cfg);
+            let event = entry.take();
+            state.update(&event, &entry.cx, entry.at, cfg);
             if index >= from {
-                let enriched = output(&state, entry);
-                emit(entry, &state, index, enriched, out);
+                let enriched = output(&state, entry, &event);
+                if let Some(emission) = emit(entry, &event, &state, &enriched) {
+                    any = true;
+                    sink(&event, enriched, emission);
+                }
             }
+            entry.put(event);
         }
         self.current = state;
+        any
     }
 
     /// Moves the entries beyond the bounds into the base, oldest first, and
@@ -183,9 +280,10 @@ impl Customer {
             if !over || !front.emitted || self.dirty_from.is_some() {
                 break;
             }
-            let e = self.history.pop_front().expect("front exists");
-            self.base.update(&e.event, &e.cx, e.at, cfg);
-            self.base.forget(&e.event.event_id);
+            let mut e = self.history.pop_front().expect("front exists");
+            let event = e.take();
+            self.base.update(&event, &e.cx, e.at, cfg);
+            self.base.forget(&e.id);
             gone.push(e);
         }
         gone
@@ -198,27 +296,39 @@ impl Customer {
             .sort_by(|a, b| a.key().cmp(&b.key()));
         let mut state = self.base.clone();
         for e in &mut self.history {
-            state.update(&e.event, &e.cx, e.at, cfg);
-            e.unmet = state.unmet_reference(&e.event);
+            let event = e.take();
+            state.update(&event, &e.cx, e.at, cfg);
+            e.unmet = state.unmet_reference(&event);
+            e.put(event);
         }
         self.current = state;
     }
 }
 
-/// Decides what `entry` emits given its output `enriched`, computed from
-/// `state` (the fold up to it): its first output, a repair when its joined
-/// context changed (revision + 1), or a forced copy; and the extra copies a
-/// replay (revision 0) or a linked event's first output (one revision up)
-/// add.
+/// What an entry emits: its output at `revision`, after, when `before` is
+/// set, a copy of it at that revision (a replay's revision 0, or a linked
+/// event's first revision); `repaired` tells each whether it counts as a
+/// repair.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Emission {
+    pub before: Option<(u32, bool)>,
+    pub revision: u32,
+    pub repaired: bool,
+}
+
+/// Decides what `entry`, made from `event`, emits given its output
+/// `enriched`, computed from `state` (the fold up to it): its first
+/// output, a repair when its joined context changed (revision + 1), or a
+/// forced copy; and the extra copy a replay (revision 0) or a linked
+/// event's first output (one revision up) adds. `None`: nothing.
 fn emit(
     entry: &mut Entry,
+    event: &Event,
     state: &CustomerState,
-    index: usize,
-    mut enriched: EnrichedEvent,
-    out: &mut Vec<Emitted>,
-) {
-    let hash = context_hash(&enriched);
-    entry.unmet = state.unmet_reference(&entry.event);
+    enriched: &EnrichedEvent,
+) -> Option<Emission> {
+    let hash = context_hash(enriched);
+    entry.unmet = state.unmet_reference(event);
     let repaired = entry.emitted && hash != entry.output_hash;
     if repaired {
         entry.revision += 1;
@@ -227,39 +337,27 @@ fn emit(
     let emit = !entry.emitted || repaired || entry.force;
     entry.force = false;
     if !emit {
-        return;
+        return None;
     }
     entry.output_hash = hash;
-    enriched.revision = entry.revision;
+    let mut before = None;
     if forced && entry.revision > 0 {
         // A replay: the outputs of the flush that recorded this entry may
         // have been lost, its revision 0 (which the aggregates count) among
         // them; the sink keeps the copy it has.
-        let mut first = enriched.clone();
-        first.revision = 0;
-        out.push(Emitted {
-            index,
-            output: first,
-            repaired: false,
-        });
+        before = Some((0, false));
     }
     if !entry.emitted && entry.twice {
-        let mut again = enriched.clone();
+        before = Some((entry.revision, repaired));
         entry.revision += 1;
-        again.revision = entry.revision;
-        out.push(Emitted {
-            index,
-            output: enriched,
-            repaired,
-        });
-        enriched = again;
     }
     entry.emitted = true;
-    out.push(Emitted {
-        index,
-        output: enriched,
+    entry.unsaved = true;
+    Some(Emission {
+        before,
+        revision: entry.revision,
         repaired,
-    });
+    })
 }
 
 /// A hash of what a repair can change in an output: the customer and how
@@ -299,6 +397,8 @@ trait DynEncode {
 
 impl<M: Message> DynEncode for M {
     fn encode_into(&self, buf: &mut Vec<u8>) {
-        self.encode(buf).expect("a Vec grows");
+        // The same bytes as `encode`, without its first pass over the
+        // message to check the room left, which a `Vec` does not need.
+        self.encode_raw(buf);
     }
 }

@@ -50,7 +50,10 @@ mod history;
 mod state;
 mod unresolved;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap, HashSet},
+};
 
 use xoflow_proto::{
     Message as _,
@@ -61,7 +64,7 @@ use xoflow_proto::{
 };
 
 pub use config::{JoinConfig, Owners};
-use history::{Customer, Entry, Place};
+use history::{Customer, Emission, Entry, Place};
 use state::CustomerState;
 use unresolved::{Unresolved, Waiter};
 
@@ -154,11 +157,15 @@ pub struct Join {
     touched: Vec<String>,
     /// Events to send to another partition.
     moves: Vec<Moved>,
-    /// Scratch for [`Join::settle_customer`].
-    emitted: Vec<history::Emitted>,
-    /// Changelog keys changed since [`Join::take_changes`].
+    /// Outputs of [`Join::process`], kept between calls.
+    scratch: Vec<Released>,
+    /// Changelog keys changed since [`Join::take_changes`]: bases and
+    /// identifiers by key; history entries flagged in place
+    /// ([`Entry::unsaved`]) under customers listed once per batch; entries
+    /// that left a history by (customer, event id).
     dirty_bases: HashSet<String, foldhash::fast::RandomState>,
-    dirty_entries: HashSet<(String, i64, String), foldhash::fast::RandomState>,
+    unsaved: Vec<String>,
+    removed: HashSet<(String, String), foldhash::fast::RandomState>,
     dirty_identifiers: HashSet<String, foldhash::fast::RandomState>,
     /// Events in every customer's history, and those among them naming an
     /// order or call not met yet.
@@ -189,9 +196,10 @@ impl Join {
             unresolved: Unresolved::default(),
             touched: Vec::new(),
             moves: Vec::new(),
-            emitted: Vec::new(),
+            scratch: Vec::new(),
             dirty_bases: HashSet::default(),
-            dirty_entries: HashSet::default(),
+            unsaved: Vec::new(),
+            removed: HashSet::default(),
             dirty_identifiers: HashSet::default(),
             history_len: 0,
             unmet: 0,
@@ -253,7 +261,7 @@ impl Join {
         self.links.learn(&e, |_, _| {});
         let who = self.links.resolve(&e);
         let id = e.event_id.clone();
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.scratch);
         if who.customer_id.is_some() {
             self.admit(e, who, 0, 0, now_ms, &mut out);
         } else {
@@ -264,10 +272,14 @@ impl Join {
         }
         self.settle(0, now_ms, &mut out);
         self.moves.clear();
-        out.into_iter()
-            .map(|r| r.enriched)
-            .find(|o| o.event.as_ref().is_some_and(|e| e.event_id == id))
-            .expect("an admitted event is emitted")
+        let i = out
+            .iter()
+            .position(|r| r.enriched.event.as_ref().is_some_and(|e| e.event_id == id))
+            .expect("an admitted event is emitted");
+        let own = out.swap_remove(i).enriched;
+        out.clear();
+        self.scratch = out;
+        own
     }
 
     /// Puts an event resolved upstream into the lateness buffer.
@@ -327,11 +339,10 @@ impl Join {
         if let Some(c) = self.customers.remove(customer_id) {
             held = true;
             self.dirty_bases.insert(customer_id.to_owned());
-            for e in &c.history {
+            for e in c.history {
                 self.history_len -= 1;
                 self.unmet -= usize::from(e.unmet);
-                self.dirty_entries
-                    .insert((customer_id.to_owned(), e.at, e.event.event_id.clone()));
+                self.removed.insert((customer_id.to_owned(), e.id));
             }
         }
         self.touched.retain(|c| c != customer_id);
@@ -453,17 +464,20 @@ impl Join {
         // Reused: most customers are not silent, and of those that are,
         // most were alerted already; only those due get a whole output.
         let mut probe = EnrichedEvent::default();
-        for (id, c) in &self.customers {
+        for (id, c) in &mut self.customers {
             let Some((silent_ms, gap_ms, last_order_ms)) = c.current.silence(clock) else {
                 continue;
             };
             if silent_ms <= gap_ms {
                 continue;
             }
-            let Some(entry) = c.history.back() else {
+            let Some(entry) = c.history.back_mut() else {
                 continue;
             };
-            let tenant = &entry.event.tenant;
+            let (at, resolution) = (entry.at, entry.resolution);
+            let cx = entry.cx.clone();
+            let event = entry.event();
+            let tenant = &event.tenant;
             if !self.alerter.wants_silence(tenant) {
                 continue;
             }
@@ -476,15 +490,10 @@ impl Join {
                 continue;
             }
             let mut o = output(
-                &self.cfg,
-                &c.current,
-                entry,
-                id,
-                department(&self.cfg, &entry.event),
-                now_ms,
+                &self.cfg, &c.current, event, at, resolution, &cx, id, now_ms,
             );
             o.customer = Some(c.current.context(clock, &self.cfg));
-            o.event = Some(entry.event.clone());
+            o.event = Some(event.clone());
             silent.push(Silent {
                 customer_id: id.clone(),
                 output: o,
@@ -519,7 +528,10 @@ impl Join {
     /// The changelog records changed since the last call, sorted by key.
     pub fn take_changes(&mut self) -> ChangelogRecords {
         let mut out: ChangelogRecords = Vec::with_capacity(
-            self.dirty_bases.len() + self.dirty_entries.len() + self.dirty_identifiers.len(),
+            self.dirty_bases.len()
+                + self.unsaved.len()
+                + self.removed.len()
+                + self.dirty_identifiers.len(),
         );
         for id in self.dirty_bases.drain() {
             let value = self
@@ -529,24 +541,34 @@ impl Join {
                 .unwrap_or_default();
             out.push((id.into_bytes(), value));
         }
-        for (id, at, event_id) in self.dirty_entries.drain() {
-            let value = self
-                .customers
-                .get(&id)
-                .and_then(|c| {
-                    let i = c
-                        .history
-                        .binary_search_by(|e| {
-                            (e.at, e.event.event_id.as_str()).cmp(&(at, &event_id))
-                        })
-                        .ok()?;
-                    Some(c.history[i].to_proto().encode_to_vec())
-                })
-                .unwrap_or_default();
-            let mut key = id.into_bytes();
-            key.push(0);
-            key.extend_from_slice(event_id.as_bytes());
-            out.push((key, value));
+        let entries_from = out.len();
+        for id in self.unsaved.drain(..) {
+            // Absent: dropped since (its entries are in `removed`). Not
+            // listed: listed twice, dropped and back within the batch.
+            let Some(c) = self.customers.get_mut(&id) else {
+                continue;
+            };
+            if !std::mem::take(&mut c.listed) {
+                continue;
+            }
+            for e in c.history.iter_mut().filter(|e| e.unsaved) {
+                e.unsaved = false;
+                out.push((entry_key(&id, &e.id), e.to_proto().encode_to_vec()));
+            }
+        }
+        if !self.removed.is_empty() {
+            // An entry that left a history and came back since is kept.
+            let kept: HashSet<&[u8], foldhash::fast::RandomState> = out[entries_from..]
+                .iter()
+                .map(|(k, _)| k.as_slice())
+                .collect();
+            let gone: Vec<Vec<u8>> = self
+                .removed
+                .drain()
+                .map(|(id, event_id)| entry_key(&id, &event_id))
+                .filter(|k| !kept.contains(k.as_slice()))
+                .collect();
+            out.extend(gone.into_iter().map(|k| (k, Vec::new())));
         }
         for identifier in self.dirty_identifiers.drain() {
             let value = self.unresolved.encoded(&identifier);
@@ -630,10 +652,6 @@ impl Join {
         cx
     }
 
-    fn department(&self, e: &Event) -> String {
-        department(&self.cfg, e)
-    }
-
     /// Puts a resolved event in its customer's history: folded and emitted
     /// at once when it is the customer's latest, else left for
     /// [`Join::settle`].
@@ -653,9 +671,9 @@ impl Join {
         } = who;
         let Some(id) = customer_id else { return };
         self.evict_if_full(at);
-        let place = match self.customers.get(&id) {
-            Some(c) => c.place(at, &e.event_id),
-            None => Place::Last,
+        let (place, known) = match self.customers.get(&id) {
+            Some(c) => (c.place(at, &e.event_id), true),
+            None => (Place::Last, false),
         };
         match place {
             Place::Known(i) => {
@@ -673,16 +691,8 @@ impl Join {
                 // current state sees it (the sink keeps the copy it has).
                 let cx = self.cx(&e);
                 let c = &self.customers[&id];
-                let entry = entry(at, e, resolution, cx, 0);
-                let mut o = output(
-                    &self.cfg,
-                    &c.current,
-                    &entry,
-                    &id,
-                    self.department(&entry.event),
-                    now_ms,
-                );
-                o.event = Some(entry.event);
+                let mut o = output(&self.cfg, &c.current, &e, at, resolution, &cx, &id, now_ms);
+                o.event = Some(e);
                 out.push(Released {
                     offset,
                     enriched: o,
@@ -690,24 +700,46 @@ impl Join {
             }
             Place::Last | Place::At(_) => {
                 let cx = self.cx(&e);
-                let c = self.customers.entry(id.clone()).or_default();
+                if !known {
+                    self.customers.insert(id.clone(), Customer::default());
+                }
+                let c = self.customers.get_mut(&id).expect("inserted");
                 // In order (after the customer's latest, nothing pending):
-                // folded and emitted now, without a re-fold.
+                // folded and emitted now, without a re-fold, and the event
+                // goes to its output, the entry keeping its encoding.
                 let in_order = matches!(place, Place::Last) && c.dirty_from.is_none();
-                let i = match place {
-                    Place::At(i) => i,
-                    _ => c.history.len(),
-                };
-                self.dirty_entries
-                    .insert((id.clone(), at, e.event_id.clone()));
-                let mut entry = entry(at, e, resolution, cx, revision);
+                let mut entry = Entry::new(at, &e, resolution, cx, revision);
                 entry.twice = twice(resolution, revision);
-                c.history.insert(i, entry);
-                c.dirty(i);
                 self.history_len += 1;
+                list_unsaved(&mut self.unsaved, &id, c);
                 if in_order {
-                    self.settle_customer(&id, offset, now_ms, out);
+                    let cfg = &self.cfg;
+                    let (o, emission) = c.push_last(cfg, entry, &e, |state, entry, event| {
+                        output(
+                            cfg,
+                            state,
+                            event,
+                            entry.at,
+                            entry.resolution,
+                            &entry.cx,
+                            &id,
+                            now_ms,
+                        )
+                    });
+                    self.unmet += usize::from(c.history.back().is_some_and(|x| x.unmet));
+                    if let Some(emission) = emission {
+                        deliver(out, &mut self.stats, offset, o, emission, Cow::Owned(e));
+                    }
+                    self.evict(&id);
                 } else {
+                    let i = match place {
+                        Place::At(i) => i,
+                        _ => c.history.len(),
+                    };
+                    // Read by the re-fold at the end of the batch.
+                    entry.keep(e);
+                    c.history.insert(i, entry);
+                    c.dirty(i);
                     self.touched.push(id);
                 }
             }
@@ -758,7 +790,7 @@ impl Join {
     fn unresolved_output(&self, e: Event, revision: u32, now_ms: i64) -> EnrichedEvent {
         EnrichedEvent {
             resolution: IdentityResolution::Unresolved as i32,
-            owner_department: self.department(&e),
+            owner_department: department(&self.cfg, &e),
             enriched_at: Some(xoflow_proto::from_unix_millis(now_ms)),
             order: derive::own_order(&e),
             cx: Some(self.cx(&e)),
@@ -785,28 +817,28 @@ impl Join {
         };
         let from = c.dirty_from.unwrap_or(c.history.len());
         let unmet_before = c.history.range(from..).filter(|e| e.unmet).count();
-        // A buffer kept between calls: this runs for every in-order event.
-        let mut emitted = std::mem::take(&mut self.emitted);
-        c.settle(
+        let stats = &mut self.stats;
+        let emitted = c.settle(
             cfg,
-            |state, entry| output(cfg, state, entry, id, department(cfg, &entry.event), now_ms),
-            &mut emitted,
+            |state, entry, event| {
+                output(
+                    cfg,
+                    state,
+                    event,
+                    entry.at,
+                    entry.resolution,
+                    &entry.cx,
+                    id,
+                    now_ms,
+                )
+            },
+            |event, o, emission| deliver(out, stats, offset, o, emission, Cow::Borrowed(event)),
         );
         let unmet_after = c.history.range(from..).filter(|e| e.unmet).count();
         self.unmet = (self.unmet + unmet_after).saturating_sub(unmet_before);
-        for em in emitted.drain(..) {
-            let entry = &c.history[em.index];
-            self.dirty_entries
-                .insert((id.to_owned(), entry.at, entry.event.event_id.clone()));
-            self.stats.repairs += u64::from(em.repaired);
-            let mut o = em.output;
-            o.event = Some(entry.event.clone());
-            out.push(Released {
-                offset,
-                enriched: o,
-            });
+        if emitted {
+            list_unsaved(&mut self.unsaved, id, c);
         }
-        self.emitted = emitted;
         self.evict(id);
     }
 
@@ -825,8 +857,7 @@ impl Join {
                 self.unmet -= 1;
                 self.stats.expired_reference += 1;
             }
-            self.dirty_entries
-                .insert((id.to_owned(), e.at, e.event.event_id));
+            self.removed.insert((id.to_owned(), e.id));
         }
         self.dirty_bases.insert(id.to_owned());
     }
@@ -861,8 +892,7 @@ impl Join {
             for e in history {
                 self.history_len -= 1;
                 self.unmet -= usize::from(e.unmet);
-                self.dirty_entries
-                    .insert((id.clone(), e.at, e.event.event_id));
+                self.removed.insert((id.clone(), e.id));
             }
             self.dirty_bases.insert(id);
         }
@@ -882,6 +912,23 @@ fn department(cfg: &JoinConfig, e: &Event) -> String {
         .to_owned()
 }
 
+/// Lists `c` among the customers with unsaved entries, once per batch.
+fn list_unsaved(unsaved: &mut Vec<String>, id: &str, c: &mut Customer) {
+    if !c.listed {
+        c.listed = true;
+        unsaved.push(id.to_owned());
+    }
+}
+
+/// A history entry's changelog key: customer id, NUL, event id.
+fn entry_key(customer_id: &str, event_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(customer_id.len() + 1 + event_id.len());
+    key.extend_from_slice(customer_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(event_id.as_bytes());
+    key
+}
+
 /// Whether an event's first output here is emitted twice (see the module
 /// doc, "Linked events"): resolved through a link, and not moved here
 /// after waiting unresolved (which starts above revision 0 anyway).
@@ -889,47 +936,60 @@ fn twice(resolution: IdentityResolution, revision: u32) -> bool {
     resolution == IdentityResolution::Linked && revision == 0
 }
 
-fn entry(
-    at: i64,
-    event: Event,
-    resolution: IdentityResolution,
-    cx: xoflow_proto::v1::CxFields,
-    revision: u32,
-) -> Entry {
-    Entry {
-        at,
-        event,
-        resolution,
-        cx,
-        revision,
-        output_hash: 0,
-        emitted: false,
-        force: false,
-        unmet: false,
-        twice: false,
+/// Appends an entry's outputs (see [`Emission`]) to `out`, each with the
+/// event: a copy of it for the one before the last, and `event` itself for
+/// the last when it is the caller's to give.
+fn deliver(
+    out: &mut Vec<Released>,
+    stats: &mut JoinStats,
+    offset: i64,
+    mut o: EnrichedEvent,
+    emission: Emission,
+    event: Cow<'_, Event>,
+) {
+    if let Some((revision, repaired)) = emission.before {
+        let mut first = o.clone();
+        first.revision = revision;
+        first.event = Some(event.as_ref().clone());
+        stats.repairs += u64::from(repaired);
+        out.push(Released {
+            offset,
+            enriched: first,
+        });
     }
+    stats.repairs += u64::from(emission.repaired);
+    o.revision = emission.revision;
+    o.event = Some(event.into_owned());
+    out.push(Released {
+        offset,
+        enriched: o,
+    });
 }
 
-/// The output of a resolved event from the state right after it was
-/// folded in, without the event itself (attached once it is emitted).
+/// The output of a resolved event (at `at`, with its CX fields `cx`) from
+/// the state right after it was folded in, without the event itself
+/// (attached once it is emitted).
+#[allow(clippy::too_many_arguments)]
 fn output(
     cfg: &JoinConfig,
     state: &CustomerState,
-    entry: &Entry,
+    event: &Event,
+    at: i64,
+    resolution: IdentityResolution,
+    cx: &xoflow_proto::v1::CxFields,
     customer_id: &str,
-    owner_department: String,
     now_ms: i64,
 ) -> EnrichedEvent {
     EnrichedEvent {
         resolved_customer_id: customer_id.to_owned(),
-        resolution: entry.resolution as i32,
-        owner_department,
+        resolution: resolution as i32,
+        owner_department: department(cfg, event),
         enriched_at: Some(xoflow_proto::from_unix_millis(now_ms)),
-        order: state.order_context(&entry.event, entry.at, cfg),
+        order: state.order_context(event, at, cfg),
         session: state.session_context(),
-        customer: Some(state.context(entry.at, cfg)),
-        call: state.call_context(&entry.event),
-        cx: Some(entry.cx.clone()),
+        customer: Some(state.context(at, cfg)),
+        call: state.call_context(event),
+        cx: Some(cx.clone()),
         ..Default::default()
     }
 }
@@ -1170,6 +1230,70 @@ mod tests {
                 e.event_id
             );
         }
+    }
+
+    #[test]
+    fn the_changelog_writes_each_changed_key_once_and_deletes_what_left() {
+        let mut j = Join::new(JoinConfig {
+            max_history_per_customer: 2,
+            ..cfg()
+        });
+        let c = CustomerIdentity {
+            customer_id: "c1".into(),
+            ..Default::default()
+        };
+        let order = |i: i64| {
+            event(
+                &format!("o{i}"),
+                i * DAY_MS,
+                c.clone(),
+                Payload::Order(Order {
+                    order_id: format!("o{i}"),
+                    status: OrderStatus::Paid as i32,
+                    amount_minor: 100,
+                    ..Default::default()
+                }),
+            )
+        };
+        let links = Links::default();
+        feed(&mut j, &[order(0), order(1)], &links, 0);
+        let first = j.take_changes();
+        let keys: Vec<&[u8]> = first.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(keys, vec![&b"c1\0o0"[..], b"c1\0o1"]);
+        assert!(first.iter().all(|(_, v)| !v.is_empty()));
+        assert!(j.take_changes().is_empty(), "nothing changed since");
+        // Two more: the first two leave the history for the base.
+        feed(&mut j, &[order(2), order(3)], &links, 0);
+        let second = j.take_changes();
+        let got: Vec<(&[u8], bool)> = second
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.is_empty()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (&b"c1"[..], false),
+                (b"c1\0o0", true),
+                (b"c1\0o1", true),
+                (b"c1\0o2", false),
+                (b"c1\0o3", false),
+            ]
+        );
+        // What the records say is the state: a new owner, reading the
+        // latest record per key as the stage does, continues alike.
+        let latest: BTreeMap<Vec<u8>, Vec<u8>> = first.into_iter().chain(second).collect();
+        let mut k = Join::new(JoinConfig {
+            max_history_per_customer: 2,
+            ..cfg()
+        });
+        k.restore_records(latest, 0);
+        assert_eq!(k.history_events(), 2);
+        let want = feed(&mut j, &[order(4)], &links, 0);
+        let got = feed(&mut k, &[order(4)], &links, 0);
+        assert_eq!(
+            got.into_iter().map(without_time).collect::<Vec<_>>(),
+            want.into_iter().map(without_time).collect::<Vec<_>>()
+        );
     }
 
     #[test]

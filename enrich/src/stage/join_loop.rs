@@ -82,6 +82,7 @@ impl Joiner<'_> {
                 self.cfg.batch_max_wait,
                 wake,
                 stop,
+                crate::telemetry::Metric::Errors.name(),
             )
             .await;
             let mut batch = match batch {

@@ -43,10 +43,7 @@
 
 use std::collections::HashMap;
 
-use rdkafka::{
-    consumer::{Consumer, StreamConsumer},
-    error::KafkaError,
-};
+use rdkafka::{consumer::Consumer, error::KafkaError};
 use tokio_util::sync::CancellationToken;
 use xoflow_common::{
     admin::Readiness,
@@ -57,7 +54,7 @@ use xoflow_common::{
     rebalance::{Keep, RebalanceLog},
 };
 
-use crate::{EnrichConfig, identity::Waiting};
+use crate::{EnrichConfig, identity::Waiting, telemetry::Metric};
 
 mod join_loop;
 mod output;
@@ -259,6 +256,7 @@ pub async fn run(
     readiness: Readiness,
     stop: CancellationToken,
 ) -> Result<(), EnrichError> {
+    crate::telemetry::init();
     let t = &kafka.topics;
     let internal = InternalTopics::of(&cfg.group_id);
     // Started during a broker outage: wait for it, not ready, rather than
@@ -271,7 +269,10 @@ pub async fn run(
     if !created {
         return Ok(());
     }
-    let producer = kafka.batch_producer().map_err(EnrichError::Setup)?;
+    let producer = kafka
+        .batch_producer()
+        .map_err(EnrichError::Setup)?
+        .reporting_queue(Metric::ProducerQueue.name());
 
     // The global link table: read whole before resolving anything.
     let (follower, links) = restore::link_table(kafka, cfg, &internal).await?;
@@ -285,7 +286,9 @@ pub async fn run(
         .static_consumer(
             &format!("{}.resolve", cfg.group_id),
             resolve_instance.as_deref(),
-            RebalanceLog::new("resolve", Keep::Revoked).resuming_at_commits(),
+            RebalanceLog::new("resolve", Keep::Revoked)
+                .resuming_at_commits()
+                .counting_errors(Metric::Errors.name()),
         )
         .map_err(EnrichError::Setup)?;
     resolve_consumer
@@ -295,7 +298,9 @@ pub async fn run(
         .static_consumer(
             &cfg.group_id,
             cfg.instance_id.as_deref(),
-            RebalanceLog::new("join", Keep::Both).resuming_at_commits(),
+            RebalanceLog::new("join", Keep::Both)
+                .resuming_at_commits()
+                .counting_errors(Metric::Errors.name()),
         )
         .map_err(EnrichError::Setup)?;
     join_consumer
@@ -341,17 +346,18 @@ pub async fn run(
     // The watchdog runs beside the loops (borrowing their consumers) and
     // ends with them.
     let watch_stop = stop.child_token();
-    let assigned = |c: &StreamConsumer<RebalanceLog>| c.assignment().map_or(0, |a| a.count());
     let watched = vec![
         Watched {
             group: format!("{}.resolve", cfg.group_id),
             topics: vec![t.events.clone(), t.backfill.clone()],
-            assigned: Box::new(|| assigned(&resolve_consumer)),
+            held: Box::new(|| watch::held(&resolve_consumer)),
+            lag_metric: Metric::ConsumerLag.name(),
         },
         Watched {
             group: cfg.group_id.clone(),
             topics: vec![internal.repartition.clone()],
-            assigned: Box::new(|| assigned(&join_consumer)),
+            held: Box::new(|| watch::held(&join_consumer)),
+            lag_metric: Metric::ConsumerLag.name(),
         },
     ];
     let loops = async {

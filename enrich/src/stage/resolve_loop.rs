@@ -72,6 +72,7 @@ impl Resolver<'_> {
                 self.cfg.batch_max_wait,
                 idle,
                 stop,
+                crate::telemetry::Metric::Errors.name(),
             )
             .await
             {
@@ -195,6 +196,7 @@ impl Resolver<'_> {
             let offsets = self.commit_positions(&batch, &released)?;
             output::commit(self.consumer, &offsets, stop);
             telemetry::BatchResolved {
+                taken: batch.len() as u64,
                 records: forward.len() as u64,
                 dead_letters: dead_out.len() as u64,
                 links_learnt: links_out.len() as u64,

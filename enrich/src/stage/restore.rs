@@ -201,6 +201,8 @@ async fn read_back<T: Send + 'static>(
     .await
     .map_err(|e| {
         tracing::error!(error = %e, "read-back task failed");
+        xoflow_common::telemetry::ErrorKind::ReadBack
+            .count(crate::telemetry::Metric::Errors.name());
         restore_err(KafkaError::Canceled)
     })?
 }

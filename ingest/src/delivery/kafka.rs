@@ -45,7 +45,11 @@ impl KafkaDelivery {
     ) -> Result<Self, rdkafka::error::KafkaError> {
         Ok(Self {
             producer: Arc::new(std::sync::Mutex::new((
-                Arc::new(kafka.batch_producer_lingering(linger)?),
+                Arc::new(
+                    kafka
+                        .batch_producer_lingering(linger)?
+                        .reporting_queue(crate::telemetry::Metric::ProducerQueue.name()),
+                ),
                 std::time::Instant::now(),
             ))),
             kafka: Arc::new(kafka.clone()),
@@ -115,10 +119,15 @@ impl KafkaDelivery {
         }
         match self.kafka.batch_producer_lingering(self.linger) {
             Ok(fresh) => {
+                let fresh = fresh.reporting_queue(crate::telemetry::Metric::ProducerQueue.name());
                 *p = (Arc::new(fresh), std::time::Instant::now());
                 tracing::info!("kafka producer renewed after delivery timeouts");
             }
-            Err(e) => tracing::warn!(error = %e, "cannot renew the kafka producer"),
+            Err(e) => xoflow_common::telemetry::ErrorKind::Produce.emit(
+                crate::telemetry::Metric::Errors.name(),
+                &e,
+                "cannot renew the kafka producer",
+            ),
         }
     }
 

@@ -64,7 +64,11 @@ pub(crate) async fn serve(
                 Err(e) => {
                     // Out of descriptors (EMFILE) or memory: say so, and
                     // give the connections in progress time to finish.
-                    tracing::warn!(error = %e, "accepting an HTTP connection");
+                    xoflow_common::telemetry::ErrorKind::Accept.emit(
+                        crate::telemetry::Metric::Errors.name(),
+                        &e,
+                        "accepting an HTTP connection",
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

@@ -62,6 +62,15 @@ pub(super) struct Batch {
     pub skipped_stored: u64,
     pub skipped_duplicates: u64,
     pub started: Option<Instant>,
+    /// Records the sink could not decode (dead-lettered as `DECODE`).
+    pub undecodable: u64,
+    /// Encoded bytes of the records that became `events` rows, and
+    /// `dead_letters` rows.
+    pub event_bytes: usize,
+    pub dead_letter_bytes: usize,
+    /// (occurred, received), Unix milliseconds, of each revision-0 event
+    /// row: the freshness histograms' input once the batch is stored.
+    pub first_stored: Vec<(i64, i64)>,
 }
 
 impl Batch {
@@ -76,6 +85,10 @@ impl Batch {
         self.skipped_stored = 0;
         self.skipped_duplicates = 0;
         self.started = None;
+        self.undecodable = 0;
+        self.event_bytes = 0;
+        self.dead_letter_bytes = 0;
+        self.first_stored.clear();
     }
 
     /// Forgets everything read from a partition this sink no longer owns.
@@ -97,6 +110,7 @@ pub async fn run(
     readiness: Readiness,
     stop: CancellationToken,
 ) -> Result<(), SinkError> {
+    telemetry::init();
     if let Some(n) = cfg.insert_retries {
         tracing::warn!(
             insert_retries = n,
@@ -142,6 +156,7 @@ where
                     format_args!("{what}, attempt {attempt}: {e}"),
                 );
                 tracing::warn!(attempt, error = %e, "{what} failed; retrying");
+                ErrorKind::ClickHouse.count(Metric::Errors.name());
                 if !policy.sleep(attempt, retrying.stop).await {
                     return Err(SinkError::Stopped);
                 }
@@ -179,7 +194,10 @@ async fn consume(
     // Keeps revocations only: an assigned partition's position is read on
     // its first record.
     let consumer: std::sync::Arc<StreamConsumer<RebalanceLog>> = kafka
-        .consumer(&cfg.group_id, RebalanceLog::new("sink", Keep::Revoked))
+        .consumer(
+            &cfg.group_id,
+            RebalanceLog::new("sink", Keep::Revoked).counting_errors(Metric::Errors.name()),
+        )
         .map(std::sync::Arc::new)
         .map_err(SinkError::Kafka)?;
     consumer
@@ -195,7 +213,8 @@ async fn consume(
         Watched {
             group: cfg.group_id.clone(),
             topics: vec![topics.enriched.clone(), topics.dead_letters.clone()],
-            assigned: Box::new(move || consumer.assignment().map_or(0, |a| a.count())),
+            held: Box::new(move || watch::held(consumer.as_ref())),
+            lag_metric: Metric::ConsumerLag.name(),
         }
     };
     tokio::spawn(watch::watch(
@@ -298,32 +317,48 @@ async fn consume(
                     };
                     if m.topic() == topics.dead_letters {
                         *rows += 1;
-                        batch
-                            .dead_letters
-                            .push(decode_dead_letter(payload, lineage));
+                        let (row, decoded) = decode_dead_letter(payload, lineage);
+                        batch.undecodable += u64::from(!decoded);
+                        batch.dead_letter_bytes += payload.len();
+                        batch.dead_letters.push(row);
                     } else {
                         let row = EnrichedEvent::decode(payload)
                             .map_err(|e| e.to_string())
                             .and_then(|en| {
-                                EventRow::from_enriched(en, lineage).ok_or_else(|| {
-                                    "no event, or an event without a payload".to_owned()
-                                })
+                                let received = en
+                                    .event
+                                    .as_ref()
+                                    .and_then(|e| e.received_at.as_ref())
+                                    .map_or(0, xoflow_proto::to_unix_millis);
+                                EventRow::from_enriched(en, lineage)
+                                    .map(|row| (row, received))
+                                    .ok_or_else(|| {
+                                        "no event, or an event without a payload".to_owned()
+                                    })
                             });
                         match row {
-                            Ok(mut row) => {
+                            Ok((mut row, received)) => {
                                 if state.recent.first_time(&mut row.event_id, row.revision) {
                                     *rows += 1;
+                                    if row.revision == 0 {
+                                        batch.first_stored.push((row.occurred_ms, received));
+                                    }
+                                    batch.event_bytes += payload.len();
                                     batch.events.push(row);
                                 } else {
                                     batch.skipped_duplicates += 1;
                                 }
                             }
-                            Err(why) => batch.dead_letters.push(undecodable(
-                                payload,
-                                lineage,
-                                "xoflow.v1.EnrichedEvent with an event and a payload",
-                                &why,
-                            )),
+                            Err(why) => {
+                                batch.undecodable += 1;
+                                batch.dead_letter_bytes += payload.len();
+                                batch.dead_letters.push(undecodable(
+                                    payload,
+                                    lineage,
+                                    "xoflow.v1.EnrichedEvent with an event and a payload",
+                                    &why,
+                                ));
+                            }
                         }
                     }
                 }
@@ -381,10 +416,15 @@ fn drop_revoked(
     }
 }
 
-fn decode_dead_letter(payload: &[u8], lineage: Lineage<'_>) -> DeadLetterRow {
+/// The row of a dead-letter record, and whether it decoded (else it is the
+/// sink's own `DECODE` dead letter of it).
+fn decode_dead_letter(payload: &[u8], lineage: Lineage<'_>) -> (DeadLetterRow, bool) {
     match DeadLetter::decode(payload) {
-        Ok(d) => DeadLetterRow::from_dead_letter(d, lineage),
-        Err(e) => undecodable(payload, lineage, "xoflow.v1.DeadLetter", &e),
+        Ok(d) => (DeadLetterRow::from_dead_letter(d, lineage), true),
+        Err(e) => (
+            undecodable(payload, lineage, "xoflow.v1.DeadLetter", &e),
+            false,
+        ),
     }
 }
 

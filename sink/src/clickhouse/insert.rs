@@ -124,8 +124,14 @@ pub(super) async fn flush(
         ErrorKind::Commit.emit(Metric::Errors.name(), &e, "offset commit failed");
     }
     telemetry::BatchWritten {
+        records: batch.records as u64,
         events: batch.events.len() as u64 - refused,
         dead_letters: batch.dead_letters.len() as u64,
+        undecodable: batch.undecodable,
+        event_bytes: batch.event_bytes as u64,
+        dead_letter_bytes: batch.dead_letter_bytes as u64,
+        first_stored: &batch.first_stored,
+        stored_ms: clock::now_unix_millis(),
         refused,
         skipped_stored: batch.skipped_stored,
         skipped_duplicates: batch.skipped_duplicates,
@@ -254,7 +260,10 @@ async fn insert_events(
         let chunk = &rows[lo..hi];
         let e = match insert_with_retry(client, "events", chunk, cfg, retrying).await {
             Ok(()) => continue,
-            Err(SinkError::InsertFailed { source, .. }) if source.is_refused_data() => source,
+            Err(SinkError::InsertFailed { source, .. }) if source.is_refused_data() => {
+                telemetry::insert_error("events", "refused");
+                source
+            }
             Err(e) => return Err(e),
         };
         if let [row] = chunk {
@@ -325,6 +334,7 @@ where
                     Reason::ClickHouseUnreachable,
                     format_args!("insert into {table}, attempt {attempt}: {e}"),
                 );
+                telemetry::insert_error(table, "transient");
                 telemetry::InsertRetried {
                     table,
                     attempt,
@@ -336,6 +346,9 @@ where
                 }
             }
             Err(e) => {
+                if !e.is_refused_data() {
+                    telemetry::insert_error(table, "permanent");
+                }
                 return Err(SinkError::InsertFailed {
                     table,
                     attempts: attempt,

@@ -16,6 +16,10 @@
 //! answer's `received_at` it would time the generator's feed, not the
 //! pipeline. Those are counted apart, with that figure shown for what it
 //! is, and only first-pass alerts make the ingest → webhook percentiles.
+//!
+//! With `XOFLOW_BENCH_TRACE` set, one line per first-pass alert goes to
+//! stderr: `TRACE <ms into the feed> <ingest → enriched ms> <enriched →
+//! webhook ms>`, to see whether a backlog builds and where.
 
 use std::time::Duration;
 
@@ -40,6 +44,9 @@ pub(super) struct AlertsResult {
     pub(super) max_ms: f64,
     pub(super) stage_p50_ms: f64,
     pub(super) stage_p99_ms: f64,
+    /// Ingest → enrich's join of the triggering event: the pipeline's share.
+    pub(super) enriched_p50_ms: f64,
+    pub(super) enriched_p99_ms: f64,
     /// Alerts raised by a repair, and their p99 from the answer's ingest.
     pub(super) repaired: u64,
     pub(super) repaired_p99_ms: f64,
@@ -105,6 +112,7 @@ pub(super) async fn measure(
     let mut total = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
     let mut stage = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
     let mut repaired = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
+    let mut enriched = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
     let mut invalid = 0;
     for d in &deliveries {
         if !d.valid {
@@ -125,6 +133,17 @@ pub(super) async fn measure(
             repaired.record(from_ingest)?;
         } else {
             total.record(from_ingest)?;
+            if let Some(at) = d.enriched_ms {
+                enriched.record((at - ingested).max(1) as u64)?;
+                if std::env::var_os("XOFLOW_BENCH_TRACE").is_some() {
+                    eprintln!(
+                        "TRACE {} {} {}",
+                        ingested - from_ms,
+                        at - ingested,
+                        d.received_ms - at
+                    );
+                }
+            }
         }
         if let Some(raised) = d.raised_ms {
             stage.record((d.received_ms - raised).max(1) as u64)?;
@@ -139,6 +158,8 @@ pub(super) async fn measure(
         max_ms: total.max() as f64,
         stage_p50_ms: stage.value_at_quantile(0.50) as f64,
         stage_p99_ms: stage.value_at_quantile(0.99) as f64,
+        enriched_p50_ms: enriched.value_at_quantile(0.50) as f64,
+        enriched_p99_ms: enriched.value_at_quantile(0.99) as f64,
         repaired: repaired.len(),
         repaired_p99_ms: repaired.value_at_quantile(0.99) as f64,
     })

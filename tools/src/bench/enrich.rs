@@ -15,6 +15,10 @@ use rdkafka::{
 };
 use xoflow_app::{Config, Stages};
 use xoflow_common::{kafka::Outgoing, shutdown::Shutdown};
+
+/// Where the bench's reading consumer counts its errors (the bench reads
+/// the enriched topic itself; nothing scrapes it).
+const BENCH_ERRORS: &str = "xoflow_bench_consume_errors_total";
 use xoflow_proto::{Message as _, v1::Event};
 
 use super::support::send_keyed;
@@ -158,8 +162,15 @@ pub(super) async fn measure(cfg: &Config, events: &[Event], id: i64) -> anyhow::
             consumer.subscribe(&[&input])?;
             let producer = kafka.batch_producer()?;
             loop {
-                let batch =
-                    xoflow_common::kafka::recv_batch(&consumer, max, wait, None, &stop).await?;
+                let batch = xoflow_common::kafka::recv_batch(
+                    &consumer,
+                    max,
+                    wait,
+                    None,
+                    &stop,
+                    BENCH_ERRORS,
+                )
+                .await?;
                 if batch.is_empty() {
                     return anyhow::Ok(());
                 }

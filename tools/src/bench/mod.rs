@@ -205,6 +205,16 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
         rows.push(p99);
         rows.push(row("A ingest→webhook latency max", a.max_ms, "ms"));
         rows.push(row(
+            "A ingest→enriched (the triggering event joined) p50",
+            a.enriched_p50_ms,
+            "ms",
+        ));
+        rows.push(row(
+            "A ingest→enriched (the triggering event joined) p99",
+            a.enriched_p99_ms,
+            "ms",
+        ));
+        rows.push(row(
             "A alerts raised by a repair (not in the percentiles above)",
             a.repaired as f64,
             "alerts",
