@@ -199,16 +199,27 @@ async fn drop_stored_anywhere(
                 break v;
             }
             Err(e) if e.is_transient() => {
-                tracing::warn!(attempt, error = %e, "looking up stored event ids failed; retrying");
                 retrying.readiness.fail(
                     Reason::ClickHouseUnreachable,
                     format_args!("looking up stored event ids, attempt {attempt}: {e}"),
                 );
+                // The write path's first ClickHouse call of a flush: its
+                // failures count with the inserts', under its own table.
+                telemetry::insert_error("event_ids", "transient");
+                telemetry::InsertRetried {
+                    table: "event_ids",
+                    attempt,
+                    error: &e.to_string(),
+                }
+                .emit();
                 if !policy.sleep(attempt, retrying.stop).await {
                     return Err(SinkError::Stopped);
                 }
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                telemetry::insert_error("event_ids", "permanent");
+                return Err(e);
+            }
         }
     };
     if stored.is_empty() {
