@@ -6,5 +6,5 @@
 //! only re-exports them, so the tests start exactly what the binary starts,
 //! in-process, with port 0 and random names.
 
-pub use xoflow_app::{Config, Running, Stages, config, console, start};
+pub use xoflow_app::{Config, Running, Stages, config, console, erase, replay, start};
 pub use xoflow_tools::{bench, datagen, demo, sample, scenario};

@@ -57,6 +57,66 @@ enum Command {
         #[command(subcommand)]
         command: IdentitiesCommand,
     },
+    /// Send dead letters through ingest again, fixed: the rows of
+    /// `dead_letters` never replayed that match the filters, with the
+    /// fix-ups applied in order, on the backfill lane with their original
+    /// ids; each row is then marked so that no replay sends it twice.
+    /// docs/collectors.md, "Replaying dead letters".
+    Replay {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this reason (INVALID, MISSING, OUT_OF_RANGE, ...).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only this field at fault (e.g. order.currency).
+        #[arg(long)]
+        field: Option<String>,
+        /// Refused at or after (RFC 3339 or Unix seconds).
+        #[arg(long)]
+        since: Option<String>,
+        /// Refused before (RFC 3339 or Unix seconds).
+        #[arg(long)]
+        until: Option<String>,
+        /// The records are a source's native JSON of this kind (survey,
+        /// call, social, order, click), not canonical events.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Set a field of every record: PATH=VALUE (e.g. order.currency=CNY).
+        #[arg(long = "set")]
+        set: Vec<String>,
+        /// Replace a value: PATH:FROM=TO (e.g. order.currency:rmb=CNY).
+        #[arg(long = "map")]
+        map: Vec<String>,
+        /// Remove a field: PATH.
+        #[arg(long = "drop")]
+        drop: Vec<String>,
+        /// Most dead letters per run.
+        #[arg(long, default_value_t = 100_000)]
+        limit: u64,
+        /// Count what would be replayed; send nothing, mark nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete the rows older than each tenant's retention (`[retention]`)
+    /// from ClickHouse, and print what went; run it daily. docs/privacy.md.
+    Retention {
+        /// Count what would go, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Forget a customer (PIPL, GDPR): anonymise their rows in every
+    /// ClickHouse table, delete their profile, remove their links and join
+    /// state from Kafka and from running enrich instances, and record a
+    /// receipt without the personal data (printed as JSON). Idempotent.
+    /// docs/privacy.md.
+    Erase {
+        /// The tenant the customer belongs to.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        subject: EraseSubject,
+    },
     /// Print, per partition of the sink's input topics, Kafka's high
     /// watermark, the sink group's committed offset and what ClickHouse
     /// stores (reconciliation); exits 1 if a committed offset is not stored.
@@ -126,6 +186,24 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
+}
+
+/// Exactly one identifier of the customer to erase.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct EraseSubject {
+    /// The tenant's customer id.
+    #[arg(long)]
+    customer: Option<String>,
+    /// An e-mail address (hashed with the tenant's key, as ingest does).
+    #[arg(long)]
+    email: Option<String>,
+    /// A phone number.
+    #[arg(long)]
+    phone: Option<String>,
+    /// A social-media handle.
+    #[arg(long)]
+    handle: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +315,108 @@ async fn main() -> anyhow::Result<()> {
             chunk,
         } => {
             return run_import(&cfg, &file, &format, kind.as_deref(), tenant, source, chunk).await;
+        }
+        Command::Replay {
+            tenant,
+            reason,
+            field,
+            since,
+            until,
+            kind,
+            set,
+            map,
+            drop,
+            limit,
+            dry_run,
+        } => {
+            use xoflow::replay::{Fixup, ReplayOptions, parse_time, replay};
+            let mut fixups = Vec::new();
+            for s in &set {
+                fixups.push(Fixup::parse_set(s).map_err(anyhow::Error::msg)?);
+            }
+            for m in &map {
+                fixups.push(Fixup::parse_map(m).map_err(anyhow::Error::msg)?);
+            }
+            for d in drop {
+                fixups.push(Fixup::Drop { path: d });
+            }
+            let time = |t: Option<String>| {
+                t.map(|t| parse_time(&t).map_err(anyhow::Error::msg))
+                    .transpose()
+            };
+            let opts = ReplayOptions {
+                tenant,
+                reason,
+                field,
+                since: time(since)?,
+                until: time(until)?,
+                kind: kind
+                    .map(|k| {
+                        xoflow_proto::EventKind::parse(&k).with_context(|| {
+                            format!("unknown --kind {k:?}: survey, call, social, order, click")
+                        })
+                    })
+                    .transpose()?,
+                fixups,
+                limit,
+                dry_run,
+            };
+            let t = &cfg.kafka.topics;
+            cfg.kafka
+                .ensure_topics(&[&t.backfill, &t.dead_letters])
+                .await
+                .context("creating the backfill and dead-letter topics")?;
+            let r = replay(&cfg, &opts).await?;
+            if dry_run {
+                println!("{} dead letters would be replayed", r.selected);
+            } else {
+                println!(
+                    "replay {}: {} dead letters selected: {} accepted onto {}, {} refused again (new dead letters), {} unreplayable; all marked",
+                    r.replay_id, r.selected, r.accepted, t.backfill, r.refused, r.unreplayable
+                );
+                for (id, field, reason) in &r.first_refusals {
+                    println!("  {id}: {field} {reason}");
+                }
+            }
+            return Ok(());
+        }
+        Command::Retention { dry_run } => {
+            xoflow_sink::migrate(&cfg.clickhouse).await?;
+            let report = xoflow_sink::clickhouse::retention::enforce(
+                &cfg.clickhouse,
+                &cfg.retention,
+                dry_run,
+            )
+            .await?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            println!("{:<24} {:<20} {:>12}", "tenant", "table", verb);
+            for ((tenant, table), rows) in &report {
+                println!("{tenant:<24} {table:<20} {rows:>12}");
+            }
+            if report.is_empty() {
+                println!("no tenant has a retention configured ([retention] in the configuration)");
+            }
+            return Ok(());
+        }
+        Command::Erase { tenant, subject } => {
+            use xoflow::erase::Subject;
+            let subject = match subject {
+                EraseSubject {
+                    customer: Some(c), ..
+                } => Subject::Customer(c),
+                EraseSubject { email: Some(e), .. } => Subject::Email(e),
+                EraseSubject { phone: Some(p), .. } => Subject::Phone(p),
+                EraseSubject {
+                    handle: Some(h), ..
+                } => Subject::Handle(h),
+                _ => anyhow::bail!("one of --customer, --email, --phone, --handle is required"),
+            };
+            let receipt = xoflow::erase::erase(&cfg, &tenant, subject, "cli").await?;
+            println!("{}", receipt.json());
+            if !receipt.found {
+                eprintln!("nothing was held for this subject: no change");
+            }
+            return Ok(());
         }
         Command::Identities {
             command:

@@ -21,7 +21,9 @@
 //!    `customer_profile`.
 //!    The alert tables (migration 10) get a fixture of alerts, deliveries
 //!    and case actions written with the alert stage's own row types
-//!    (`alert_fixture`), so that they and their views have rows to compare.
+//!    (`alert_fixture`), so that they and their views have rows to compare;
+//!    and an erasure request for an unknown customer leaves a row in
+//!    `erasure_receipts`.
 //! 3. Exports what the sink wrote (and the alert fixture), `SELECT <columns> FROM <table> ORDER BY
 //!    <lineage> FORMAT RowBinary` (each partition's rows in the order the
 //!    sink inserted them, which decides `customer_profile` among an event's
@@ -393,6 +395,19 @@ async fn clickhouse_26_9_returns_the_same_figures_as_18_16() {
     // pipeline above raises no alert), written with the alert stage's row
     // types.
     alert_fixture(&cfg.clickhouse.client(), now).await;
+    // An erasure request (docs/privacy.md) for a customer nobody holds:
+    // it changes no row (erasing a real one would change the `customers`
+    // sketches 18.16 already merged, which 26.9 rebuilds from the exported
+    // rows) and leaves a receipt to compare.
+    let receipt = xoflow::erase::erase(
+        &cfg,
+        "hotpot-house",
+        xoflow::erase::Subject::Customer(format!("nobody-{id}")),
+        "test",
+    )
+    .await
+    .expect("erasure");
+    assert!(!receipt.found, "{receipt:?}");
 
     let dir = scratch().join(format!("clickhouse_current-{id}"));
     std::fs::create_dir_all(&dir).expect("work dir");
@@ -447,6 +462,28 @@ async fn clickhouse_26_9_returns_the_same_figures_as_18_16() {
             "alert_actions",
             ActionRow::COLUMN_NAMES,
             Some("alert_id, at_ms"),
+        )
+        .await,
+        export(
+            &ch,
+            &dir,
+            "erasure_receipts",
+            &[
+                "erasure_id",
+                "tenant",
+                "subject",
+                "requested_by",
+                "requested_at",
+                "completed_at",
+                "customers",
+                "identifiers",
+                "tables",
+                "rows",
+                "link_tombstones",
+                "changelog_tombstones",
+                "notices",
+            ],
+            Some("erasure_id"),
         )
         .await,
     ];

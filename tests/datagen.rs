@@ -263,7 +263,7 @@ fn the_truth_says_which_alerts_the_demo_rules_must_raise() {
             r.rule
         );
     }
-    // Every opted-out customer's events say so.
+    // Every opted-out customer's events say so (Event.contact_consent).
     for e in &g.events {
         let who = e
             .customer
@@ -271,10 +271,7 @@ fn the_truth_says_which_alerts_the_demo_rules_must_raise() {
             .map(|c| c.customer_id.as_str())
             .unwrap_or("");
         if opted_out.contains(who) {
-            assert_eq!(
-                e.attributes.get("do_not_contact").map(String::as_str),
-                Some("true")
-            );
+            assert_eq!(e.do_not_contact(), Some(true));
         }
     }
 }

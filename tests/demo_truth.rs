@@ -37,6 +37,11 @@ async fn the_demo_figures_equal_the_ground_truth() {
     the_loop_is_closed(&truth, &report);
 
     assert_eq!(report.events_by_kind, truth.by_kind);
+    assert!(truth.survey_answers > 0);
+    assert_eq!(
+        report.survey_answers, truth.survey_answers,
+        "survey_answers"
+    );
     assert!(!truth.planted_pii.is_empty());
     assert_eq!(
         report.unmasked_pii, 0,
@@ -105,7 +110,8 @@ struct RegionMonth {
 }
 
 /// Store/day aggregates rolled up to region/month equal the same figures
-/// recomputed from the raw events.
+/// recomputed from the raw events, both in the tenants' local time
+/// (Asia/Shanghai in the demo).
 async fn rollups_equal_a_recomputation_from_events(ch: &clickhouse::Client) {
     let rolled: Vec<RegionMonth> = ch
         .query(
@@ -119,7 +125,7 @@ async fn rollups_equal_a_recomputation_from_events(ch: &clickhouse::Client) {
         .expect("roll-up");
     let recomputed: Vec<RegionMonth> = ch
         .query(
-            "SELECT tenant, region, toUInt16(toYYYYMM(occurred_at) % 10000) AS month, \
+            "SELECT tenant, region, toUInt16(toYYYYMM(occurred_local) % 10000) AS month, \
                countIf(nps_category = 'promoter') AS promoters, countIf(nps_category = 'passive') AS passives, \
                countIf(nps_category = 'detractor') AS detractors, toUInt64(sum(csat_top2)) AS csat_top2, \
                sum(ifNull(ces_score, 0)) AS ces_sum \

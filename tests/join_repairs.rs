@@ -132,7 +132,10 @@ async fn dump(ch: &clickhouse::Client) -> Outcome {
         .filter(|c| !PROCESSING.contains(&c.name.as_str()))
         .map(|c| {
             if c.ty.starts_with("Array") {
-                format!("arrayStringConcat({}, ',')", c.name)
+                format!(
+                    "arrayStringConcat(arrayMap(x -> toString(x), {}), ',')",
+                    c.name
+                )
             } else {
                 format!("ifNull(toString({}), 'NULL')", c.name)
             }
@@ -154,8 +157,10 @@ async fn dump(ch: &clickhouse::Client) -> Outcome {
                toString(sumMerge(csat_responses)), '|', toString(sumMerge(csat_top2)), '|', \
                toString(sumMerge(ces_sum)), '|', toString(round(sumMerge(sentiment_sum), 6)), '|', \
                toString(sumMerge(negative_texts)), '|', toString(uniqMerge(customers)), '|', \
-               toString(sumMerge(orders)), '|', toString(sumMerge(revenue_minor)), '|', \
-               toString(sumMerge(support_contacts)), '|', toString(uniqMerge(sessions))) \
+               toString(sumMerge(orders)), '|', \
+               toString(sumMerge(support_contacts)), '|', toString(uniqMerge(sessions)), '|', \
+               (SELECT toString(groupArray((currency, r))) FROM (SELECT currency, sumMerge(revenue_minor) AS r \
+                FROM revenue_metrics GROUP BY currency ORDER BY currency))) \
              FROM touchpoint_metrics \
              GROUP BY tenant, hour, journey, stage, touchpoint, channel, region, store_id \
              ORDER BY tenant, hour, journey, stage, touchpoint, channel, region, store_id",
@@ -229,7 +234,9 @@ async fn an_enrich_killed_while_repairing_leaves_the_same_contents() {
     })
     .await;
 
-    let (cfg, id) = common::config("");
+    // The demo's tenants (their time zones for ingest, their journey maps
+    // for enrich), as the reference ran with.
+    let (cfg, id) = common::config(xoflow::demo::DEMO_CONFIG);
     let running = common::start(
         &cfg,
         xoflow::Stages {

@@ -1,8 +1,10 @@
 //! The sink's exactly-once effect under SIGKILL, against the real broker and
 //! ClickHouse: enriched events (with redelivered copies of some) are loaded
 //! while the sink process is killed at random points ten times and
-//! restarted; at the end `events` holds every distinct event exactly once
-//! and every count in `touchpoint_metrics` equals the distinct events sent.
+//! restarted; at the end `events` holds every distinct event exactly once,
+//! every count in `touchpoint_metrics` equals the distinct events sent,
+//! `survey_answers` holds every answer of their surveys once and
+//! `revenue_metrics` every paid order once.
 
 mod common;
 
@@ -164,5 +166,27 @@ async fn killed_ten_times_under_load_every_event_is_stored_exactly_once() {
     assert_eq!(aggregated.1, expected("call"), "support contacts");
     // The sample orders are all PAID, so none count as placed.
     assert_eq!(aggregated.2, 0);
+    // Every answer of every survey once in survey_answers, no FINAL; every
+    // paid order once in revenue_metrics.
+    let answers: u64 = events
+        .iter()
+        .map(|e| match &e.payload {
+            Some(xoflow_proto::v1::event::Payload::Survey(s)) => s.answers.len() as u64,
+            _ => 0,
+        })
+        .sum();
+    assert!(answers > 0);
+    let (rows, distinct): (u64, u64) = ch
+        .query("SELECT count(), uniqExact(event_id, answer_index) FROM survey_answers")
+        .fetch_one()
+        .await
+        .expect("survey_answers");
+    assert_eq!((rows, distinct), (answers, answers), "survey_answers");
+    let paid: u64 = ch
+        .query("SELECT sumMerge(paid_orders) FROM revenue_metrics")
+        .fetch_one()
+        .await
+        .expect("revenue_metrics");
+    assert_eq!(paid, expected("order"), "paid orders");
     common::drop_database(&cfg).await;
 }

@@ -8,7 +8,7 @@ use xoflow_alert::AlertConfig;
 use xoflow_common::{kafka::KafkaConfig, telemetry::LogConfig};
 use xoflow_enrich::{EnrichConfig, join::Owners};
 use xoflow_ingest::IngestConfig;
-use xoflow_sink::{ClickHouseConfig, SinkConfig};
+use xoflow_sink::{ClickHouseConfig, RetentionConfig, SinkConfig};
 
 use crate::console::ConsoleConfig;
 
@@ -24,6 +24,9 @@ pub struct Config {
     pub sink: SinkConfig,
     pub alert: AlertConfig,
     pub clickhouse: ClickHouseConfig,
+    /// How long each tenant's rows are kept (`xoflow retention`).
+    #[serde(default)]
+    pub retention: RetentionConfig,
     pub console: ConsoleConfig,
 }
 

@@ -9,6 +9,8 @@
 
 pub mod config;
 pub mod console;
+pub mod erase;
+pub mod replay;
 mod start;
 
 pub use config::{AdminConfig, Config};

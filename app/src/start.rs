@@ -205,9 +205,13 @@ pub async fn start(cfg: Config, stages: Stages, shutdown: Shutdown) -> anyhow::R
             }),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // The erasure API (docs/privacy.md) shares the case API's listener
+        // and keys.
+        let erasures = crate::erase::api::router(cfg.clone(), keys.clone());
         let stage =
             xoflow_alert::AlertStage::bind(&cfg.alert, &cfg.kafka, cfg.clickhouse.client(), keys)
-                .await?;
+                .await?
+                .with_routes(erasures);
         alert_api_addr = Some(stage.api_addr()?);
         let readiness = health.register("alert");
         let api_readiness = health.register("alert-api");

@@ -41,9 +41,28 @@ impl Links {
         self.map.is_empty()
     }
 
-    /// Records a link read from the links topic (the latest wins).
+    /// Records a link read from the links topic (the latest wins); an
+    /// empty customer id (a tombstone: the identifier was erased) removes
+    /// it.
     pub fn insert(&mut self, identifier: String, customer_id: String) {
-        self.map.insert(identifier, customer_id);
+        if customer_id.is_empty() {
+            self.map.remove(&identifier);
+        } else {
+            self.map.insert(identifier, customer_id);
+        }
+    }
+
+    /// Forgets `identifier` (erasure).
+    pub fn remove(&mut self, identifier: &str) -> Option<String> {
+        self.map.remove(identifier)
+    }
+
+    /// Every identifier linked to `customer_id`.
+    pub fn identifiers_of<'a>(&'a self, customer_id: &'a str) -> impl Iterator<Item = &'a str> {
+        self.map
+            .iter()
+            .filter(move |(_, c)| c.as_str() == customer_id)
+            .map(|(h, _)| h.as_str())
     }
 
     /// The customer `identifier` is linked to.

@@ -17,6 +17,7 @@
 pub mod alert;
 pub mod config;
 pub mod derive;
+pub mod erase;
 pub mod identities;
 pub mod identity;
 pub mod join;

@@ -131,6 +131,13 @@ pub struct TenantConfig {
     /// matching rule wins.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// The tenant's IANA time zone (`Asia/Shanghai`): the days, weeks and
+    /// months of every BI view and documented query are the tenant's local
+    /// ones, so that "Tuesday" runs midnight to midnight where the brand
+    /// is. Ingest stamps each event with the zone's UTC offset at its time
+    /// (`Event.utc_offset_seconds`, daylight saving included). Default UTC.
+    #[serde(default)]
+    pub time_zone: Option<String>,
 }
 
 /// One source's API key. Only its SHA-256 is stored, so the config file is
@@ -344,6 +351,13 @@ impl IngestConfig {
                 && s.0.len() < 16
             {
                 return Err(format!("{at}.hash_secret must be at least 16 bytes"));
+            }
+            if let Some(z) = &t.time_zone
+                && crate::tenant::parse_zone(z).is_none()
+            {
+                return Err(format!(
+                    "{at}.time_zone {z:?} is not an IANA time zone name (e.g. \"Asia/Shanghai\", \"UTC\")"
+                ));
             }
             for (i, k) in t.api_keys.iter().enumerate() {
                 let at = format!("{at}.api_keys[{i}]");

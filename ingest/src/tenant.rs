@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 
+use chrono::{Offset, TimeZone};
+use chrono_tz::Tz;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use xoflow_proto::v1::{Channel, Event, OrderStatus, Touchpoint, event::Payload};
@@ -47,6 +49,15 @@ pub struct Tenant {
     /// HMAC pre-keyed with the tenant's secret: a hash costs no key set-up.
     pub(crate) mac: Hmac<Sha256>,
     rules: Vec<Rule>,
+    /// The tenant's time zone: its offset at an event's time is stamped on
+    /// the event.
+    zone: Tz,
+}
+
+/// An IANA time zone by name (`Asia/Shanghai`, `UTC`), from the database
+/// compiled into the binary.
+pub fn parse_zone(name: &str) -> Option<Tz> {
+    name.parse().ok()
 }
 
 #[derive(Clone)]
@@ -100,6 +111,12 @@ impl Tenants {
                 Tenant {
                     mac: mac(secret)?,
                     rules,
+                    // Checked by the config's validation; UTC otherwise.
+                    zone: t
+                        .time_zone
+                        .as_deref()
+                        .and_then(parse_zone)
+                        .unwrap_or(Tz::UTC),
                 },
             );
         }
@@ -108,6 +125,7 @@ impl Tenants {
             fallback: Tenant {
                 mac: mac(fallback_secret)?,
                 rules: Vec::new(),
+                zone: Tz::UTC,
             },
         })
     }
@@ -119,6 +137,7 @@ impl Tenants {
             fallback: Tenant {
                 mac: mac(secret)?,
                 rules: Vec::new(),
+                zone: Tz::UTC,
             },
         })
     }
@@ -170,6 +189,15 @@ fn compile(r: &RuleConfig, tp: &TouchpointConfig) -> Rule {
 }
 
 impl Tenant {
+    /// The tenant's offset from UTC at `unix_ms`, in seconds (daylight
+    /// saving included).
+    pub fn utc_offset_seconds(&self, unix_ms: i64) -> i32 {
+        match self.zone.timestamp_millis_opt(unix_ms).single() {
+            Some(t) => t.offset().fix().local_minus_utc(),
+            None => 0,
+        }
+    }
+
     /// Names the event's touchpoint from the journey rules when the source
     /// named none. Returns whether a rule matched.
     pub fn resolve_touchpoint(&self, e: &mut Event) -> bool {

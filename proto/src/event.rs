@@ -67,10 +67,32 @@ impl std::fmt::Display for EventKind {
     }
 }
 
+/// The attribute that carried the do-not-contact statement before
+/// `Event.contact_consent` existed: ingest reads it into the field (and
+/// removes it); events accepted before that still carry it.
+pub const DO_NOT_CONTACT_ATTRIBUTE: &str = "do_not_contact";
+
 impl v1::Event {
     /// The payload kind, or `None` for an event without a payload.
     pub fn kind(&self) -> Option<EventKind> {
         self.payload.as_ref().map(EventKind::of)
+    }
+
+    /// The customer's contact statement made with this event: `Some(true)`
+    /// do not contact, `Some(false)` contact allowed, `None` no statement.
+    /// The one reading of consent every stage uses: `contact_consent`, or,
+    /// for an event accepted before that field existed, its
+    /// `do_not_contact` attribute ("true", "1", "yes", "y": do not contact;
+    /// any other value: allowed).
+    pub fn do_not_contact(&self) -> Option<bool> {
+        match v1::ContactConsent::try_from(self.contact_consent) {
+            Ok(v1::ContactConsent::Withdrawn) => Some(true),
+            Ok(v1::ContactConsent::Granted) => Some(false),
+            _ => self
+                .attributes
+                .get(DO_NOT_CONTACT_ATTRIBUTE)
+                .map(|v| attribute_says_yes(v)),
+        }
     }
 
     /// The Kafka key: the strongest customer key the event carries, so that
@@ -108,6 +130,14 @@ pub fn from_unix_millis(ms: i64) -> crate::Timestamp {
         // The remainder is in 0..1000, so the product fits an i32.
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     }
+}
+
+/// How the `do_not_contact` attribute said yes.
+pub fn attribute_says_yes(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "true" | "1" | "yes" | "y"
+    )
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ pub mod v1 {
 
 mod event;
 
-pub use event::{EventKind, from_unix_millis, to_unix_millis};
+pub use event::{
+    DO_NOT_CONTACT_ATTRIBUTE, EventKind, attribute_says_yes, from_unix_millis, to_unix_millis,
+};
 pub use pbjson_types::Timestamp;
 pub use prost::Message;

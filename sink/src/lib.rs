@@ -18,6 +18,6 @@ pub mod clickhouse;
 mod telemetry;
 
 pub use clickhouse::{
-    ClickHouseConfig, ConfigError, PartitionStatus, SinkConfig, SinkError, migrate, run,
-    sink_status,
+    ClickHouseConfig, ConfigError, PartitionStatus, RetentionConfig, SinkConfig, SinkError,
+    migrate, run, sink_status,
 };

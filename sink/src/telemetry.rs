@@ -197,6 +197,11 @@ pub(crate) fn init() {
     for reason in [Reason::Decode, Reason::ClickHouseRefused] {
         counter!(Metric::DeadLetters.name(), "reason" => reason.as_str()).increment(0);
     }
+    // The lookup in event_ids before each insert fails like an insert.
+    for error in ["transient", "permanent"] {
+        counter!(Metric::InsertErrors.name(), "table" => "event_ids", "error" => error)
+            .increment(0);
+    }
     for table in ["events", "dead_letters"] {
         for error in ["transient", "refused", "permanent"] {
             counter!(Metric::InsertErrors.name(), "table" => table, "error" => error).increment(0);

@@ -60,6 +60,8 @@ pub struct BiReport {
     /// Planted personal data found verbatim in stored text.
     pub unmasked_pii: u64,
     pub events_by_kind: BTreeMap<String, u64>,
+    /// Rows of `survey_answers`: one per answer of every survey.
+    pub survey_answers: u64,
     pub touchpoints: Vec<TouchpointFigures>,
     pub stores: Vec<StoreFigures>,
     pub negative_topics: BTreeMap<String, u64>,
@@ -595,6 +597,10 @@ pub async fn query_report(ch: &clickhouse::Client) -> anyhow::Result<BiReport> {
             .fetch_all()
             .await?,
     );
+    let survey_answers = ch
+        .query("SELECT count() FROM survey_answers")
+        .fetch_one::<u64>()
+        .await?;
     // CX figures come from the aggregate states (hourly, per store) rolled
     // up at query time: if they equal the truth, the roll-up is exact.
     let touchpoints = ch
@@ -642,6 +648,7 @@ pub async fn query_report(ch: &clickhouse::Client) -> anyhow::Result<BiReport> {
     Ok(BiReport {
         unmasked_pii: 0,
         events_by_kind,
+        survey_answers,
         touchpoints,
         stores,
         negative_topics,
@@ -671,6 +678,12 @@ pub fn print_report(truth: &Truth, r: &BiReport) {
         let t = truth.by_kind.get(kind).copied().unwrap_or(0);
         println!("  {kind:<8} {n:>8}  [{t}] {}", check(*n == t));
     }
+    println!(
+        "  survey answers (one row each) {:>8}  [{}] {}",
+        r.survey_answers,
+        truth.survey_answers,
+        check(r.survey_answers == truth.survey_answers)
+    );
 
     println!();
     println!("NPS, CSAT and CES per touchpoint");

@@ -172,6 +172,9 @@ pub fn events(seed: u64, n: usize, tenant: &str, prefix: &str, now_ms: i64) -> V
                     region: region.into(),
                 }),
                 attributes: [("campaign".to_string(), format!("c{}", i % 7))].into(),
+                // Stamped by ingest from the tenant's time zone.
+                utc_offset_seconds: 0,
+                contact_consent: 0,
                 payload: Some(payload),
             }
         })

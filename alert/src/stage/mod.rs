@@ -90,6 +90,9 @@ pub struct AlertStage {
     listener: TcpListener,
     client: WebhookClient,
     departments: BTreeMap<DepartmentKey, Arc<Department>>,
+    /// Routes served beside the case API on its listener (the process's
+    /// erasure API, `POST /v1/erasures`): same port, same keys.
+    extra_routes: Option<axum::Router>,
 }
 
 impl std::fmt::Debug for AlertStage {
@@ -156,7 +159,14 @@ impl AlertStage {
             listener,
             client,
             departments,
+            extra_routes: None,
         })
+    }
+
+    /// Serves `routes` beside the case API, on its listener.
+    pub fn with_routes(mut self, routes: axum::Router) -> Self {
+        self.extra_routes = Some(routes);
+        self
     }
 
     /// Where the case API listens.
@@ -183,6 +193,7 @@ impl AlertStage {
             listener,
             client,
             departments,
+            extra_routes,
         } = self;
         // Every task of the stage lives in this set: dropped with the
         // future, it aborts them all.
@@ -190,7 +201,10 @@ impl AlertStage {
         let stop_all = stop.child_token();
         let _stop_on_drop = stop_all.clone().drop_guard();
         {
-            let router = api::router(store.clone(), keys);
+            let mut router = api::router(store.clone(), keys);
+            if let Some(extra) = extra_routes {
+                router = extra.merge(router);
+            }
             let (r, s) = (api_readiness.clone(), stop_all.clone());
             let addr = listener.local_addr().ok();
             tasks.spawn(async move {

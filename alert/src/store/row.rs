@@ -58,6 +58,9 @@ pub struct AlertRow {
     pub call_id: String,
 
     pub alert_proto: Vec<u8>,
+    /// The tenant's offset from UTC at the triggering event (stamped by
+    /// ingest): the closed loop is counted per local day.
+    pub utc_offset_s: i32,
 }
 
 /// Seconds for a `DateTime` column: clamped into its range.
@@ -134,6 +137,7 @@ impl AlertRow {
                 .and_then(|t| t.call.as_ref())
                 .map_or_else(String::new, |c| c.call_id.clone()),
             alert_proto: alert.encode_to_vec(),
+            utc_offset_s: e.map_or(0, |e| e.utc_offset_seconds),
         }
     }
 }

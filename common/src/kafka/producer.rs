@@ -23,7 +23,8 @@ use rdkafka::{
 };
 use tokio::sync::Notify;
 
-/// One record to produce.
+/// One record to produce. An empty `payload` without `headers` is sent as
+/// a tombstone (a record without a value).
 #[derive(Debug)]
 pub struct Outgoing<'a> {
     pub key: &'a [u8],
@@ -174,9 +175,14 @@ impl BatchProducer {
     ) -> Result<(), BatchError> {
         let ack = BatchAck::new();
         for rec in records {
-            let mut record = BaseRecord::with_opaque_to(topic, ack.clone())
-                .key(rec.key)
-                .payload(rec.payload);
+            let mut record = BaseRecord::with_opaque_to(topic, ack.clone()).key(rec.key);
+            // An empty value without headers is a deletion in a compacted
+            // topic (the changelog, the links): written as a tombstone (no
+            // value at all), so that compaction removes the key too, not
+            // only its earlier values (an erased customer's id is a key).
+            if !rec.payload.is_empty() || rec.headers.is_some() {
+                record = record.payload(rec.payload);
+            }
             if let Some(p) = partition {
                 record = record.partition(p);
             }

@@ -39,9 +39,10 @@ use xoflow_proto::{
 
 pub use rules::{AlertRules, AlertsSettings, Rule, RulesError};
 
-/// The event attribute a source sets to "true" when the customer asked not
-/// to be contacted (and to "false" when they allow it again).
-pub const DO_NOT_CONTACT: &str = "do_not_contact";
+/// The attribute that carried the do-not-contact statement before
+/// `Event.contact_consent`; ingest reads it into the field. Consent is read
+/// with `Event::do_not_contact` (field, or this attribute on older events).
+pub use xoflow_proto::DO_NOT_CONTACT_ATTRIBUTE as DO_NOT_CONTACT;
 
 /// Alert ids remembered per customer, newest kept.
 const MAX_RAISED: usize = 256;
@@ -131,21 +132,13 @@ pub struct Alerter {
     stats: AlertStats,
 }
 
-/// Whether an attribute value says yes.
-fn yes(v: &str) -> bool {
-    matches!(
-        v.trim().to_ascii_lowercase().as_str(),
-        "true" | "1" | "yes" | "y"
-    )
-}
-
 /// The customer asked not to be contacted, by this event or before.
 pub fn do_not_contact(o: &EnrichedEvent) -> bool {
     let on_event = o
         .event
         .as_ref()
-        .and_then(|e| e.attributes.get(DO_NOT_CONTACT))
-        .is_some_and(|v| yes(v));
+        .and_then(|e| e.do_not_contact())
+        .unwrap_or(false);
     on_event || o.customer.as_ref().is_some_and(|c| c.do_not_contact)
 }
 
@@ -428,6 +421,16 @@ impl Alerter {
 
     pub fn take_stats(&mut self) -> AlertStats {
         std::mem::take(&mut self.stats)
+    }
+
+    /// Forgets a customer's book (erasure); its changelog record becomes a
+    /// tombstone. Returns whether there was one.
+    pub fn forget(&mut self, customer: &str) -> bool {
+        let had = self.books.remove(customer).is_some();
+        if had {
+            self.dirty.insert(customer.to_owned());
+        }
+        had
     }
 
     /// Changed books as changelog records (`NUL NUL <customer>`; an empty

@@ -329,6 +329,49 @@ impl Join {
         }
     }
 
+    /// Erasure: forgets everything this partition holds of `customer_id`:
+    /// its base state, its history, its alert book and its events still in
+    /// the lateness buffer (they are not emitted). Each changelog record it
+    /// had becomes a tombstone at the next [`Join::take_changes`]. Returns
+    /// whether anything was held.
+    pub fn erase_customer(&mut self, customer_id: &str) -> bool {
+        let mut held = false;
+        if let Some(c) = self.customers.remove(customer_id) {
+            held = true;
+            self.dirty_bases.insert(customer_id.to_owned());
+            for e in c.history {
+                self.history_len -= 1;
+                self.unmet -= usize::from(e.unmet);
+                self.removed.insert((customer_id.to_owned(), e.id));
+            }
+        }
+        self.touched.retain(|c| c != customer_id);
+        let before = self.held.len();
+        self.held
+            .retain(|_, h| h.who.customer_id.as_deref() != Some(customer_id));
+        held |= self.held.len() != before;
+        held |= self.alerter.forget(customer_id);
+        held
+    }
+
+    /// Erasure: forgets a hashed identifier: the link this partition knew
+    /// for it and the unresolved events waiting under it (also those still
+    /// in the lateness buffer). Returns whether anything was held.
+    pub fn erase_identifier(&mut self, identifier: &str) -> bool {
+        let mut held = self.unresolved.forget(identifier).is_some();
+        if held {
+            self.dirty_identifiers.insert(identifier.to_owned());
+        }
+        let before = self.held.len();
+        self.held.retain(|_, h| {
+            h.who.customer_id.is_some()
+                || identity::wait_identifier(h.event.customer.as_ref()) != Some(identifier)
+        });
+        held |= self.held.len() != before;
+        self.links.remove(identifier);
+        held
+    }
+
     /// The events to send to their customers' partitions (see [`Moved`]).
     pub fn take_moves(&mut self) -> Vec<Moved> {
         std::mem::take(&mut self.moves)

@@ -190,12 +190,9 @@ impl CustomerState {
     /// Folds one event in.
     pub(super) fn update(&mut self, e: &Event, cx: &CxFields, at: i64, cfg: &JoinConfig) {
         self.last_seen_ms = self.last_seen_ms.max(at);
-        if let Some(v) = e.attributes.get(crate::alert::DO_NOT_CONTACT) {
+        if let Some(dnc) = e.do_not_contact() {
             // Folded in event-time order: the latest statement wins.
-            self.do_not_contact = matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "true" | "1" | "yes" | "y"
-            );
+            self.do_not_contact = dnc;
         }
         if cx.sentiment.is_some() {
             self.texts += 1;

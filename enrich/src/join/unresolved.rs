@@ -107,6 +107,18 @@ impl Unresolved {
         (changed, n)
     }
 
+    /// Forgets `identifier` (erasure): its link and the events waiting
+    /// under it. Returns how many events were waiting, or `None` when
+    /// nothing was kept.
+    pub fn forget(&mut self, identifier: &str) -> Option<usize> {
+        let id = self.ids.remove(identifier)?;
+        for w in &id.waiting {
+            self.by_time
+                .remove(&(w.at, identifier.to_owned(), w.event.event_id.clone()));
+        }
+        Some(id.waiting.len())
+    }
+
     /// The changelog value of `identifier`: empty when nothing is kept.
     pub fn encoded(&self, identifier: &str) -> Vec<u8> {
         match self.ids.get(identifier) {

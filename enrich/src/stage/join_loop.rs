@@ -32,7 +32,8 @@ use xoflow_proto::{
 };
 
 use super::{
-    EnrichError, InternalTopics, LINK_HEADER, REVISION_HEADER, UNRESOLVED, output, restore,
+    ERASE_HEADER, EnrichError, InternalTopics, LINK_HEADER, REVISION_HEADER, UNRESOLVED, output,
+    restore,
 };
 use crate::{
     EnrichConfig,
@@ -111,6 +112,17 @@ impl Joiner<'_> {
                 let Some(j) = self.joins.get_mut(&p) else {
                     continue;
                 };
+                if header(m, ERASE_HEADER).is_some() {
+                    let erased = match key.strip_prefix(&[UNRESOLVED]) {
+                        Some(identifier) => {
+                            j.erase_identifier(&String::from_utf8_lossy(identifier))
+                        }
+                        None => j.erase_customer(&String::from_utf8_lossy(key)),
+                    };
+                    // Neither the customer id nor the identifier is logged.
+                    tracing::info!(partition = p, held = erased, "erasure notice applied");
+                    continue;
+                }
                 if header(m, LINK_HEADER).is_some() {
                     if let (Some(identifier), Ok(customer)) = (
                         key.strip_prefix(&[UNRESOLVED]),

@@ -108,6 +108,37 @@ const LINK_HEADER: &str = "xoflow-link";
 /// a link: the revision its next output gets (decimal).
 const REVISION_HEADER: &str = "xoflow-revision";
 
+/// Header of an erasure notice on the repartition topic (no value): the
+/// join partition the key leads to forgets what it holds of that customer
+/// (key = customer id) or hashed identifier (key = `\0<identifier>`), and
+/// writes tombstones for its changelog records. Sent by `xoflow erase`
+/// (docs/privacy.md).
+pub const ERASE_HEADER: &str = "xoflow-erase";
+
+/// The repartition keys of erasure notices for these customers and hashed
+/// identifiers: each reaches the join partition holding its state.
+pub fn erase_notice_keys(customers: &[String], identifiers: &[String]) -> Vec<Vec<u8>> {
+    customers
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .chain(identifiers.iter().map(|h| unresolved_key(h)))
+        .collect()
+}
+
+/// One erasure notice record (see [`ERASE_HEADER`]).
+pub fn erase_notice(key: &[u8]) -> Outgoing<'_> {
+    Outgoing {
+        key,
+        payload: &[],
+        headers: Some(
+            rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: ERASE_HEADER,
+                value: Some(&[][..]),
+            }),
+        ),
+    }
+}
+
 /// The repartition key of an event no customer was found for: its wait
 /// identifier (see [`crate::identity::wait_identifier`]) or, without one,
 /// its event id, marked so the join knows it is unresolved.
@@ -167,6 +198,17 @@ pub async fn read_link_table(
     internal: &InternalTopics,
 ) -> Result<(rdkafka::consumer::BaseConsumer, crate::identity::Links), EnrichError> {
     restore::link_table(kafka, cfg, internal).await
+}
+
+/// Every key of one changelog partition that still holds a value (for
+/// `xoflow erase`).
+pub(crate) async fn changelog_keys(
+    kafka: &KafkaConfig,
+    cfg: &EnrichConfig,
+    internal: &InternalTopics,
+    partition: i32,
+) -> Result<Vec<Vec<u8>>, EnrichError> {
+    restore::changelog_keys(kafka, cfg, internal, partition).await
 }
 
 /// Every topic the stage reads or writes: the plain ones and the compacted

@@ -28,8 +28,10 @@ const READ_BACK_QUIET: Duration = Duration::from_millis(300);
 /// value is no link).
 pub(super) fn links_record(key: Option<&[u8]>, value: Option<&[u8]>) -> Option<(String, String)> {
     let k = std::str::from_utf8(key?).ok()?;
-    let v = std::str::from_utf8(value?).ok()?;
-    (!v.is_empty()).then(|| (k.to_owned(), v.to_owned()))
+    // A tombstone (no value, or an empty one: the identifier was erased)
+    // reads as an empty customer id, which `Links::insert` removes.
+    let v = std::str::from_utf8(value.unwrap_or_default()).ok()?;
+    Some((k.to_owned(), v.to_owned()))
 }
 
 /// The whole link table. Returns the consumer that read it, assigned to
@@ -49,6 +51,31 @@ pub(super) async fn link_table(
         links.insert(k, v);
     }
     Ok((follower, links))
+}
+
+/// Every key of one changelog partition whose latest record holds a value
+/// (deleted keys left out): what `xoflow erase` looks through.
+pub(crate) async fn changelog_keys(
+    kafka: &KafkaConfig,
+    cfg: &EnrichConfig,
+    internal: &InternalTopics,
+    partition: i32,
+) -> Result<Vec<Vec<u8>>, EnrichError> {
+    let reader = kafka
+        .base_consumer(&format!("{}.changelog-reader", cfg.group_id))
+        .map_err(EnrichError::Setup)?;
+    let (_, records) = read_back(
+        reader,
+        internal.changelog.clone(),
+        Some(partition),
+        |k, v| Some((k?.to_vec(), !v.unwrap_or_default().is_empty())),
+    )
+    .await?;
+    let latest: std::collections::HashMap<Vec<u8>, bool> = records.into_iter().collect();
+    Ok(latest
+        .into_iter()
+        .filter_map(|(k, held)| held.then_some(k))
+        .collect())
 }
 
 /// A join partition's state, read back from its changelog partition (the

@@ -196,6 +196,12 @@ pub(super) fn check_payload(v: &mut Vec<Violation>, p: &Payload, now_ms: i64, n:
                     Reason::Invalid,
                     "an ISO-4217 code of three upper-case letters, e.g. CNY",
                 ));
+            } else if !super::currency::is_currency(&o.currency) {
+                v.push(Violation::new(
+                    "order.currency",
+                    Reason::Invalid,
+                    format!("{} is not an ISO-4217 currency code", o.currency),
+                ));
             }
             for (i, item) in o.items.iter().enumerate() {
                 if item.quantity == 0 {

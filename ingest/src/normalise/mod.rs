@@ -10,12 +10,13 @@
 //! `received_at` stamped) or the list of every field at fault with a stable
 //! reason code, so a caller can fix all of them at once.
 //!
-//! - `checks`: the field rules and limits.
+//! - `checks`: the field rules and limits; [`currency`]: the ISO 4217 table.
 //! - [`identity`]: natural event ids, e-mail and phone forms, keyed hashes.
 //! - [`text`]: PII masking of free text and language detection.
 //! - [`pii`], [`lang`]: the scanners `text` uses.
 
 mod checks;
+pub mod currency;
 pub mod identity;
 pub mod lang;
 pub mod pii;
@@ -23,7 +24,7 @@ pub mod text;
 
 use std::{sync::Arc, time::Duration};
 
-use xoflow_proto::v1::{Channel, Event, event::Payload};
+use xoflow_proto::v1::{Channel, ContactConsent, Event, event::Payload};
 
 pub use identity::{natural_id, normalise_email, normalise_phone};
 pub use text::redact_rejected;
@@ -183,6 +184,9 @@ impl Normaliser {
                 ));
             }
         }
+        if ContactConsent::try_from(e.contact_consent).is_err() {
+            v.push(unknown_enum("contact_consent", e.contact_consent));
+        }
         match &e.payload {
             None => v.push(Violation::new(
                 "payload",
@@ -209,6 +213,21 @@ impl Normaliser {
         }
         text::mask_free_text(e, names, masked);
         tenant.resolve_touchpoint(e);
+        // One notion of consent downstream: the field. The attribute that
+        // carried it before is read into it (an explicit field wins) and
+        // removed.
+        if let Some(v) = e.attributes.remove(xoflow_proto::DO_NOT_CONTACT_ATTRIBUTE)
+            && e.contact_consent == ContactConsent::Unspecified as i32
+        {
+            e.contact_consent = if xoflow_proto::attribute_says_yes(&v) {
+                ContactConsent::Withdrawn as i32
+            } else {
+                ContactConsent::Granted as i32
+            };
+        }
+        e.utc_offset_seconds = e.occurred_at.as_ref().map_or(0, |t| {
+            tenant.utc_offset_seconds(xoflow_proto::to_unix_millis(t))
+        });
         e.received_at = Some(xoflow_proto::from_unix_millis(now_ms));
         Ok(())
     }
@@ -298,6 +317,109 @@ mod tests {
                 ("survey.answers[0].score", Reason::OutOfRange),
             ]
         );
+    }
+
+    #[test]
+    fn a_currency_outside_iso_4217_is_refused_with_its_field() {
+        let mut e = order();
+        if let Some(Payload::Order(o)) = &mut e.payload {
+            o.currency = "XXQ".into();
+        }
+        let v = normaliser().normalise(&mut e, NOW).expect_err("XXQ");
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(
+            (v[0].field.as_str(), v[0].reason),
+            ("order.currency", Reason::Invalid)
+        );
+        assert!(v[0].description.contains("XXQ"), "{}", v[0].description);
+        let mut e = order();
+        if let Some(Payload::Order(o)) = &mut e.payload {
+            o.currency = "USD".into();
+        }
+        normaliser().normalise(&mut e, NOW).expect("USD");
+    }
+
+    #[test]
+    fn the_tenant_time_zone_offset_is_stamped() {
+        let mut cfg: crate::config::IngestConfig = xoflow_common::config::from_toml::<Wrap>("")
+            .expect("defaults")
+            .ingest;
+        cfg.tenants.insert(
+            "acme".into(),
+            crate::config::TenantConfig {
+                time_zone: Some("Asia/Shanghai".into()),
+                ..Default::default()
+            },
+        );
+        cfg.tenants.insert(
+            "nyc".into(),
+            crate::config::TenantConfig {
+                time_zone: Some("America/New_York".into()),
+                ..Default::default()
+            },
+        );
+        cfg.validate().expect("valid zones");
+        let n = Normaliser::with_tenants(
+            Arc::new(Tenants::from_config(&cfg).expect("tenants")),
+            Duration::from_secs(300),
+            Duration::from_secs(400 * 86_400),
+        );
+        let mut e = order();
+        n.normalise(&mut e, NOW).expect("valid");
+        assert_eq!(e.utc_offset_seconds, 8 * 3600);
+        // New York: -5 h in winter (NOW is in November), -4 h in summer.
+        let mut e = order();
+        e.tenant = "nyc".into();
+        n.normalise(&mut e, NOW).expect("valid");
+        assert_eq!(e.utc_offset_seconds, -5 * 3600);
+        let mut e = order();
+        e.tenant = "nyc".into();
+        e.occurred_at = Some(xoflow_proto::from_unix_millis(NOW - 150 * 86_400_000));
+        n.normalise(&mut e, NOW).expect("valid");
+        assert_eq!(e.utc_offset_seconds, -4 * 3600);
+        // A tenant without a zone is UTC, whatever the client sent.
+        let mut e = order();
+        e.tenant = "other".into();
+        e.utc_offset_seconds = 3600;
+        n.normalise(&mut e, NOW).expect("valid");
+        assert_eq!(e.utc_offset_seconds, 0);
+
+        cfg.tenants.get_mut("acme").expect("acme").time_zone = Some("Mars/Olympus".into());
+        let err = cfg.validate().expect_err("unknown zone").0;
+        assert!(err.contains("ingest.tenants.acme.time_zone"), "{err}");
+    }
+
+    #[test]
+    fn the_do_not_contact_attribute_becomes_the_consent_field() {
+        for (value, field, want) in [
+            ("true", 0, ContactConsent::Withdrawn),
+            ("no", 0, ContactConsent::Granted),
+            // An explicit field wins over the attribute.
+            (
+                "true",
+                ContactConsent::Granted as i32,
+                ContactConsent::Granted,
+            ),
+        ] {
+            let mut e = order();
+            e.contact_consent = field;
+            e.attributes.insert("do_not_contact".into(), value.into());
+            normaliser().normalise(&mut e, NOW).expect("valid");
+            assert_eq!(e.contact_consent, want as i32, "{value} {field}");
+            assert!(!e.attributes.contains_key("do_not_contact"));
+        }
+        let mut e = order();
+        e.contact_consent = 7;
+        let v = normaliser().normalise(&mut e, NOW).expect_err("unknown");
+        assert_eq!(
+            (v[0].field.as_str(), v[0].reason),
+            ("contact_consent", Reason::UnknownEnum)
+        );
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Wrap {
+        ingest: crate::config::IngestConfig,
     }
 
     #[test]

@@ -227,7 +227,11 @@ mod tests {
                 "customer_profile",
                 "alerts",
                 "alert_deliveries",
-                "alert_actions"
+                "alert_actions",
+                "revenue_metrics",
+                "survey_answers",
+                "erasure_receipts",
+                "event_ids"
             ]
         );
         let schema = cluster_schema();

@@ -85,6 +85,8 @@ pub(super) async fn flush(
     // position, so a crash between the two inserts re-delivers (and may
     // repeat) dead letters, never skips events.
     insert_with_retry(client, "dead_letters", &batch.dead_letters, cfg, retrying).await?;
+    let copies = drop_stored_anywhere(client, &mut batch.events, positions, cfg, retrying).await?;
+    batch.skipped_duplicates += copies;
     let refused = insert_events(client, &batch.events, cfg, retrying).await?;
     let mut tpl = TopicPartitionList::new();
     for (topic, partition, state) in positions.iter_mut() {
@@ -104,9 +106,17 @@ pub(super) async fn flush(
         .emit();
     }
     // Bound the dedup memory: a partition whose id set outgrew the window
-    // is reloaded (with just the window) when its next record arrives.
+    // forgets it and starts a new one. Nothing is lost: every pair written
+    // is in `event_ids`, which each flush looks up. (Dropping the whole
+    // partition state instead, to reload it, would re-read from the stored
+    // position; after a long run of copies, which store nothing, that
+    // position stays behind and the re-read would never end.)
     let window = usize::try_from(cfg.dedup_window).unwrap_or(usize::MAX);
-    positions.retain(|s| s.recent.len() <= window.saturating_mul(2));
+    for (_, _, s) in positions.iter_mut() {
+        if s.recent.len() > window.saturating_mul(2) {
+            s.recent.clear();
+        }
+    }
     if !tpl.elements().is_empty()
         && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
     {
@@ -131,6 +141,116 @@ pub(super) async fn flush(
     .emit();
     batch.reset();
     Ok(())
+}
+
+/// Drops from `rows` every (tenant, event id, revision) `event_ids` holds:
+/// copies of revisions stored at any time, beyond the in-memory window of
+/// recent pairs (`sink.dedup_window`). One lookup per flush by the index's
+/// primary key (tenant, day, event id): the batch's keys travel as one
+/// string literal split in SQL (a literal list of tuples costs far more to
+/// parse), and the `IN` set prunes the index to the batch's days. Returns
+/// how many were dropped (their offsets are still committed: a copy
+/// stores nothing).
+async fn drop_stored_anywhere(
+    client: &Client,
+    rows: &mut Vec<EventRow>,
+    positions: &mut Positions,
+    cfg: &SinkConfig,
+    retrying: Retrying<'_>,
+) -> Result<u64, SinkError> {
+    if rows.is_empty() || !cfg.dedup_index {
+        return Ok(0);
+    }
+    // Tenants and event ids hold no control characters (ingest refuses
+    // them): tab and newline separate them.
+    let mut keys = String::with_capacity(rows.len() * 48);
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            keys.push('\n');
+        }
+        keys.push_str(&r.tenant);
+        keys.push('\t');
+        keys.push_str(&r.occurred_at.to_string());
+        keys.push('\t');
+        keys.push_str(&r.event_id);
+    }
+    let mut sql = String::with_capacity(keys.len() + 512);
+    sql.push_str(
+        "SELECT tenant, event_id, revision FROM event_ids WHERE (tenant, day, event_id) IN \
+         (SELECT p[1], toDate(toDateTime(toUInt32(p[2]))), p[3] FROM \
+         (SELECT splitByChar('\\t', arrayJoin(splitByChar('\\n', ",
+    );
+    push_literal(&mut sql, &keys);
+    sql.push_str("))) AS p))");
+    let size = (sql.len() + 4096).to_string();
+    let lookup = client.clone().with_setting("max_query_size", size);
+    let policy = retry_policy(cfg);
+    let mut attempt = 0;
+    let stored: Vec<(String, String, u32)> = loop {
+        attempt += 1;
+        match lookup
+            .query(&sql)
+            .fetch_all::<(String, String, u32)>()
+            .await
+            .map_err(SinkError::clickhouse)
+        {
+            Ok(v) => {
+                recovered(retrying.readiness, attempt);
+                break v;
+            }
+            Err(e) if e.is_transient() => {
+                retrying.readiness.fail(
+                    Reason::ClickHouseUnreachable,
+                    format_args!("looking up stored event ids, attempt {attempt}: {e}"),
+                );
+                // The write path's first ClickHouse call of a flush: its
+                // failures count with the inserts', under its own table.
+                telemetry::insert_error("event_ids", "transient");
+                telemetry::InsertRetried {
+                    table: "event_ids",
+                    attempt,
+                    error: &e.to_string(),
+                }
+                .emit();
+                if !policy.sleep(attempt, retrying.stop).await {
+                    return Err(SinkError::Stopped);
+                }
+            }
+            Err(e) => {
+                telemetry::insert_error("event_ids", "permanent");
+                return Err(e);
+            }
+        }
+    };
+    if stored.is_empty() {
+        return Ok(0);
+    }
+    let stored: std::collections::HashSet<(String, String, u32)> = stored.into_iter().collect();
+    let before = rows.len();
+    rows.retain(|r| {
+        let copy = stored.contains(&(r.tenant.clone(), r.event_id.clone(), r.revision));
+        if copy {
+            positions.uncount(&r.kafka_topic, r.kafka_partition);
+        }
+        !copy
+    });
+    Ok((before - rows.len()) as u64)
+}
+
+/// Appends `s` as a ClickHouse string literal: quote and backslash
+/// escaped, tab and newline as `\t` and `\n`.
+fn push_literal(out: &mut String, s: &str) {
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("\\'"),
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
 }
 
 /// Inserts `rows` into `events`. When ClickHouse refuses the data itself,
@@ -308,6 +428,7 @@ mod tests {
             retry_max_backoff: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(60),
             dedup_window: 1,
+            dedup_index: true,
             insert_retries: None,
         };
         let p = retry_policy(&cfg);
@@ -318,5 +439,12 @@ mod tests {
         assert!(p.wait(1_000) <= Duration::from_secs(30));
         // An outage of any length is ridden out.
         assert!(p.retries_after(u32::MAX - 1));
+    }
+
+    #[test]
+    fn keys_travel_as_one_escaped_literal() {
+        let mut out = String::new();
+        push_literal(&mut out, "a'b\\c\td\ne");
+        assert_eq!(out, "'a\\'b\\\\c\\td\\ne'");
     }
 }

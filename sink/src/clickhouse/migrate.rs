@@ -121,6 +121,36 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0010_alerts.sql"),
         requires: &[],
     },
+    Migration {
+        version: 11,
+        name: "local_time_and_currencies",
+        sql: include_str!("../../migrations/0011_local_time_and_currencies.sql"),
+        requires: &[],
+    },
+    Migration {
+        version: 12,
+        name: "survey_answers",
+        sql: include_str!("../../migrations/0012_survey_answers.sql"),
+        requires: &[],
+    },
+    Migration {
+        version: 13,
+        name: "consent_and_erasure",
+        sql: include_str!("../../migrations/0013_consent_and_erasure.sql"),
+        requires: &[],
+    },
+    Migration {
+        version: 14,
+        name: "dead_letter_replay",
+        sql: include_str!("../../migrations/0014_dead_letter_replay.sql"),
+        requires: &[],
+    },
+    Migration {
+        version: 15,
+        name: "event_ids",
+        sql: include_str!("../../migrations/0015_event_ids.sql"),
+        requires: &[],
+    },
 ];
 
 impl Migration {
@@ -217,9 +247,11 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, SinkErro
         }
         for stmt in target.statements(m) {
             match exec(&root, &stmt).await {
-                // 18.16 has no `ADD COLUMN IF NOT EXISTS`: a sink starting at
-                // the same moment may have added the column first.
-                Err(e) if stmt.contains("ADD COLUMN") && server_code(&e) == Some(15) => {}
+                // 18.16 has no `ADD COLUMN IF NOT EXISTS` nor `DROP COLUMN
+                // IF EXISTS`: a sink starting at the same moment may have
+                // added or dropped the column first.
+                Err(e) if stmt.contains("ADD COLUMN") && already_done(&e, "already exists") => {}
+                Err(e) if stmt.contains("DROP COLUMN") && already_done(&e, "find column") => {}
                 r => r?,
             }
         }
@@ -321,6 +353,18 @@ pub fn script(cfg: &ClickHouseConfig) -> Result<String, SinkError> {
         }
     }
     Ok(out)
+}
+
+/// Whether an ALTER failed only because a concurrent run made the same
+/// change first: code 15 (`DUPLICATE_COLUMN`) or 16 (`NO_SUCH_COLUMN_IN_TABLE`)
+/// on current releases; 18.16 answers code 44 with the words `what` for
+/// both.
+fn already_done(e: &SinkError, what: &str) -> bool {
+    match server_code(e) {
+        Some(15 | 16) => true,
+        Some(44) => e.to_string().contains(what),
+        _ => false,
+    }
 }
 
 async fn exec(client: &Client, sql: &str) -> Result<(), SinkError> {

@@ -10,7 +10,7 @@
 //! batch from Kafka, its `run`), `insert` (write a batch, retry, bisect
 //! refused rows, commit), [`position`] (where each partition stands, read
 //! from ClickHouse), [`row`] (the rows), [`migrate`](mod@migrate) (the schema),
-//! [`status`] (`xoflow sink-status`), `cluster` (the migrations rewritten
+//! [`status`] (`xoflow sink-status`), [`retention`] (`xoflow retention`), `cluster` (the migrations rewritten
 //! for a ClickHouse cluster). The watchdog that tells readiness
 //! when the sink stalls is `xoflow_common::kafka::watch`. This module owns
 //! [`SinkError`].
@@ -21,12 +21,14 @@ mod consume;
 mod insert;
 pub mod migrate;
 pub mod position;
+pub mod retention;
 pub mod row;
 pub mod status;
 
 pub use config::{ClickHouseConfig, ConfigError, SinkConfig};
 pub use consume::run;
 pub use migrate::{MIGRATIONS, MigrationReport, migrate};
+pub use retention::{Retention, RetentionConfig, RetentionReport};
 pub use status::{PartitionStatus, sink_status};
 
 use rdkafka::error::KafkaError;

@@ -90,6 +90,11 @@ impl Written {
         self.pairs.len()
     }
 
+    /// Forgets every pair (bounds the memory; `event_ids` still knows them).
+    pub fn clear(&mut self) {
+        self.pairs.clear();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()
     }
@@ -279,6 +284,17 @@ impl Positions {
 
     pub fn retain(&mut self, mut keep: impl FnMut(&PartitionState) -> bool) {
         self.parts.retain(|(_, _, s)| keep(s));
+    }
+
+    /// One row fewer to be stored from the partition in the pending batch
+    /// (a copy found already stored).
+    pub fn uncount(&mut self, topic: &str, partition: i32) {
+        if let Some((_, rows)) = self
+            .get_mut(topic, partition)
+            .and_then(|s| s.pending.as_mut())
+        {
+            *rows = rows.saturating_sub(1);
+        }
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, i32, &mut PartitionState)> {

@@ -23,6 +23,9 @@ pub struct EventRow {
     pub kind: i8,
     pub occurred_at: u32,
     pub occurred_ms: i64,
+    /// The tenant's offset from UTC at `occurred_at` (stamped by ingest):
+    /// local days, weeks and months are computed with it.
+    pub utc_offset_s: i32,
     pub received_at: u32,
     pub enriched_at: u32,
 
@@ -101,6 +104,23 @@ pub struct EventRow {
     pub ctx_call_duration_s: u32,
     pub ctx_call_sentiment_label: i8,
 
+    /// Every answer of a survey, as parallel arrays (one element per
+    /// answer, in the survey's order): `survey_answers` is derived from
+    /// them. `answer_has_score` is 0 for a text-only answer.
+    pub answer_question_ids: Vec<String>,
+    pub answer_kinds: Vec<i8>,
+    pub answer_scores: Vec<f64>,
+    pub answer_has_score: Vec<u8>,
+    pub answer_scale_min: Vec<i32>,
+    pub answer_scale_max: Vec<i32>,
+    pub answer_texts: Vec<String>,
+
+    /// The event's contact statement (Enum8: 0 unspecified, 1 granted, 2
+    /// withdrawn) and the customer's standing do-not-contact as enrich knew
+    /// it.
+    pub contact_consent: i8,
+    pub ctx_do_not_contact: u8,
+
     /// Which enrichment of the event this row is: with `event_id`, the
     /// sink's dedup key and the end of the table's sorting key.
     pub revision: u32,
@@ -146,6 +166,12 @@ impl EventRow {
             kind,
             occurred_at: secs(&e.occurred_at),
             occurred_ms: millis(&e.occurred_at).unwrap_or(0),
+            utc_offset_s: e.utc_offset_seconds,
+            contact_consent: if (0..=2).contains(&e.contact_consent) {
+                e.contact_consent as i8
+            } else {
+                0
+            },
             received_at: secs(&e.received_at),
             enriched_at: secs(&en.enriched_at),
             revision: en.revision,
@@ -188,6 +214,22 @@ impl EventRow {
 
         match e.payload.take() {
             Some(Payload::Survey(s)) => {
+                let n = s.answers.len();
+                r.answer_question_ids.reserve(n);
+                for a in s.answers {
+                    r.answer_question_ids.push(a.question_id);
+                    // The table's enum names the proto's values 0-4.
+                    r.answer_kinds.push(if (0..=4).contains(&a.kind) {
+                        a.kind as i8
+                    } else {
+                        0
+                    });
+                    r.answer_scores.push(a.score.unwrap_or(0.0));
+                    r.answer_has_score.push(u8::from(a.score.is_some()));
+                    r.answer_scale_min.push(a.scale_min);
+                    r.answer_scale_max.push(a.scale_max);
+                    r.answer_texts.push(a.text);
+                }
                 r.survey_id = s.survey_id;
                 r.language = s.language;
                 r.text = s.comment;
@@ -281,6 +323,7 @@ impl EventRow {
             r.ctx_days_since_last_order = c.days_since_last_order;
             r.ctx_last_nps = c.last_nps.and_then(|n| i8::try_from(n).ok());
             r.ctx_churn_risk = c.churn_risk;
+            r.ctx_do_not_contact = u8::from(c.do_not_contact);
         }
         if let Some(c) = en.call.take() {
             r.ctx_call_id = c.call_id;
@@ -474,5 +517,47 @@ mod tests {
         assert_eq!(dead.kafka_offset, 41);
         let plain = DeadLetterRow::from_dead_letter(DeadLetter::default(), LINEAGE);
         assert_eq!((plain.refused, plain.revision), (0, 0));
+    }
+
+    #[test]
+    fn every_answer_becomes_an_element_of_the_answer_arrays() {
+        use xoflow_proto::v1::{MetricKind, SurveyAnswer};
+        let mut en = survey(0);
+        if let Some(Payload::Survey(s)) = en.event.as_mut().and_then(|e| e.payload.as_mut()) {
+            s.answers = vec![
+                SurveyAnswer {
+                    question_id: "nps".into(),
+                    kind: MetricKind::Nps as i32,
+                    score: Some(3.0),
+                    scale_min: 0,
+                    scale_max: 10,
+                    ..Default::default()
+                },
+                SurveyAnswer {
+                    question_id: "why".into(),
+                    kind: MetricKind::Other as i32,
+                    text: "late again".into(),
+                    ..Default::default()
+                },
+                SurveyAnswer {
+                    question_id: "speed".into(),
+                    kind: MetricKind::Other as i32,
+                    score: Some(2.0),
+                    scale_min: 1,
+                    scale_max: 5,
+                    ..Default::default()
+                },
+            ];
+        }
+        let r = EventRow::from_enriched(en, LINEAGE).expect("row");
+        assert_eq!(r.answer_question_ids, ["nps", "why", "speed"]);
+        assert_eq!(r.answer_kinds, [1, 4, 4]);
+        assert_eq!(r.answer_has_score, [1, 0, 1]);
+        assert_eq!(r.answer_scores, [3.0, 0.0, 2.0]);
+        assert_eq!(
+            (r.answer_scale_min, r.answer_scale_max),
+            (vec![0, 0, 1], vec![10, 0, 5])
+        );
+        assert_eq!(r.answer_texts, ["", "late again", ""]);
     }
 }

@@ -275,17 +275,10 @@ struct OrderFold {
     counted_value: bool,
 }
 
-fn yes(v: &str) -> bool {
-    matches!(
-        v.trim().to_ascii_lowercase().as_str(),
-        "true" | "1" | "yes" | "y"
-    )
-}
-
 impl Folded {
     fn update(&mut self, e: &Event, nps: Option<i32>, at: i64, cfg: &JoinConfig) {
-        if let Some(v) = e.attributes.get(xoflow_enrich::alert::DO_NOT_CONTACT) {
-            self.do_not_contact = yes(v);
+        if let Some(dnc) = e.do_not_contact() {
+            self.do_not_contact = dnc;
         }
         match &e.payload {
             Some(Payload::Order(o)) => {

@@ -93,6 +93,9 @@ pub struct Truth {
     /// Valid (acceptable) events.
     pub events: u64,
     pub by_kind: BTreeMap<String, u64>,
+    /// Answers of the valid surveys: rows `survey_answers` must hold.
+    #[serde(default)]
+    pub survey_answers: u64,
     pub by_tenant: BTreeMap<String, u64>,
     /// Malformed records by the reason code ingest must give them.
     pub invalid: BTreeMap<String, u64>,

@@ -203,19 +203,21 @@ impl Sim<'_> {
                 store_id: store.id.into(),
                 region: store.region.into(),
             }),
-            attributes: if c.do_not_contact {
-                [(
-                    xoflow_enrich::alert::DO_NOT_CONTACT.to_owned(),
-                    "true".to_owned(),
-                )]
-                .into()
+            attributes: Default::default(),
+            contact_consent: if c.do_not_contact {
+                xoflow_proto::v1::ContactConsent::Withdrawn as i32
             } else {
-                Default::default()
+                0
             },
+            // Stamped by ingest from the tenant's time zone.
+            utc_offset_seconds: 0,
             payload: Some(payload),
         };
         let kind = event.kind().map(|k| k.as_str()).unwrap_or("none");
         *self.truth.truth.by_kind.entry(kind.into()).or_default() += 1;
+        if let Some(Payload::Survey(s)) = &event.payload {
+            self.truth.truth.survey_answers += s.answers.len() as u64;
+        }
         *self.truth.truth.by_tenant.entry(t.name.into()).or_default() += 1;
         self.truth.truth.events += 1;
         self.events.push((at, event));

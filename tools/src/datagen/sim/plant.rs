@@ -9,8 +9,8 @@
 //! - **A regular complainer** (restaurant): table-service detractor answers
 //!   at the understaffed store on days 1, 2 and 5: the quiet period holds
 //!   the second back.
-//! - **Do not contact** (every tenant): the attribute `do_not_contact =
-//!   "true"` on every event, and answers that would otherwise alert: a
+//! - **Do not contact** (every tenant): `contact_consent = WITHDRAWN` on
+//!   every event, and answers that would otherwise alert: a
 //!   detractor at the understaffed store's table service; a late parcel
 //!   answered with a detractor score by a valuable customer who then goes
 //!   silent; a broken toy.

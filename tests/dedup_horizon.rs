@@ -1,0 +1,141 @@
+//! Idempotency without a horizon (docs/clickhouse.md, "Exactly once"): with
+//! `sink.dedup_window` forced down to 10 offsets, every event is sent once
+//! and then again, thousands of offsets later (a re-run import far beyond
+//! the window): `events` holds each revision once without `FINAL`, and the
+//! aggregates, `survey_answers` and `revenue_metrics` count each event once;
+//! a third pass read by a restarted sink stores nothing either.
+
+mod common;
+
+use std::time::Duration;
+
+use xoflow::sample;
+use xoflow_common::kafka::Outgoing;
+use xoflow_proto::{
+    Message,
+    v1::{EnrichedEvent, Event},
+};
+
+const EVENTS: usize = 3_000;
+
+async fn count(ch: &clickhouse::Client, sql: &str) -> u64 {
+    ch.query(sql)
+        .fetch_one::<u64>()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+async fn produce(cfg: &xoflow::Config, encoded: &[(Vec<u8>, String)]) {
+    let producer = cfg.kafka.batch_producer().expect("producer");
+    let records: Vec<Outgoing<'_>> = encoded
+        .iter()
+        .map(|(b, k)| Outgoing::keyed(k.as_bytes(), b))
+        .collect();
+    producer
+        .send_all(&cfg.kafka.topics.enriched, &records)
+        .await
+        .expect("produce");
+}
+
+/// Waits until the sink group committed every record of the enriched
+/// topic (copies are committed without being stored).
+async fn drained(cfg: &xoflow::Config, group: &str) {
+    common::wait_for(
+        "the sink to commit every record",
+        Duration::from_secs(90),
+        || {
+            let c = cfg.clone();
+            let group = group.to_owned();
+            async move {
+                xoflow_sink::sink_status(&c.kafka, &c.clickhouse, &group)
+                    .await
+                    .is_ok_and(|parts| {
+                        parts
+                            .iter()
+                            .filter(|p| p.topic == c.kafka.topics.enriched)
+                            .all(|p| p.committed == Some(p.high_watermark))
+                    })
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_far_beyond_the_dedup_window_count_nothing_twice() {
+    let (mut cfg, id) = common::config("");
+    cfg.sink.dedup_window = 10;
+    cfg.sink.batch_rows = 500;
+    let t = &cfg.kafka.topics;
+    cfg.kafka
+        .ensure_topics(&[&t.enriched, &t.dead_letters])
+        .await
+        .expect("topics");
+    let events: Vec<Event> = sample::events(23, EVENTS, "acme", &id, common::now_ms());
+    let encoded: Vec<(Vec<u8>, String)> = events
+        .iter()
+        .map(|e| {
+            let en = EnrichedEvent {
+                cx: Some(xoflow_enrich::derive::cx_fields(e)),
+                resolved_customer_id: e
+                    .customer
+                    .as_ref()
+                    .map(|c| c.customer_id.clone())
+                    .unwrap_or_default(),
+                event: Some(e.clone()),
+                ..Default::default()
+            };
+            (en.encode_to_vec(), e.event_id.clone())
+        })
+        .collect();
+    let answers: u64 = events
+        .iter()
+        .map(|e| match &e.payload {
+            Some(xoflow_proto::v1::event::Payload::Survey(s)) => s.answers.len() as u64,
+            _ => 0,
+        })
+        .sum();
+    let orders = events
+        .iter()
+        .filter(|e| matches!(e.payload, Some(xoflow_proto::v1::event::Payload::Order(_))))
+        .count() as u64;
+
+    // Once, then every event again: each copy ~EVENTS / partitions offsets
+    // after its original, far beyond the window of 10.
+    produce(&cfg, &encoded).await;
+    produce(&cfg, &encoded).await;
+    let running = common::start(&cfg, xoflow::Stages::SINK).await;
+    drained(&cfg, &cfg.sink.group_id).await;
+    running.stop();
+    running.wait().await.expect("clean stop");
+
+    // A third pass, read by a new sink (a new group: it reads everything
+    // from the start, its window loaded from ClickHouse).
+    produce(&cfg, &encoded).await;
+    cfg.sink.group_id = format!("g-{id}-sink-2");
+    let running = common::start(&cfg, xoflow::Stages::SINK).await;
+    drained(&cfg, &cfg.sink.group_id).await;
+    running.stop();
+    running.wait().await.expect("clean stop");
+
+    let ch = cfg.clickhouse.client();
+    let n = EVENTS as u64;
+    assert_eq!(
+        count(&ch, "SELECT count() FROM events").await,
+        n,
+        "each event stored once, no FINAL"
+    );
+    assert_eq!(
+        count(&ch, "SELECT sumMerge(events) FROM touchpoint_metrics").await,
+        n
+    );
+    assert_eq!(
+        count(&ch, "SELECT count() FROM survey_answers").await,
+        answers
+    );
+    assert_eq!(
+        count(&ch, "SELECT sumMerge(paid_orders) FROM revenue_metrics").await,
+        orders
+    );
+    common::drop_database(&cfg).await;
+}
