@@ -104,7 +104,10 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
     println!("[bench] {n} generated events, {avg} bytes each on average (protobuf)");
 
     let mut rows = Vec::new();
-    let b1 = if wanted(Part::Raw) || wanted(Part::Pipeline) || wanted(Part::Alerts) {
+    let b1 = if wanted(Part::Raw)
+        || wanted(Part::Pipeline)
+        || (wanted(Part::Alerts) && fixed_peak().is_none())
+    {
         let b1 = kafka::measure(&cfg, &format!("bench-{id}-raw"), &encoded).await?;
         rows.push(row("B1 raw rdkafka produce→consume", b1, "msg/s"));
         b1
@@ -163,6 +166,20 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
         write(out, &rows)?;
         return Ok(rows);
     }
+    // The alert measurement alone at a given peak (`XOFLOW_BENCH_PEAK`,
+    // events/s): skips the closed loop whose peak it would halve, so runs
+    // compared with each other are fed at the same rate.
+    if let Some(peak) = fixed_peak()
+        && !wanted(Part::Pipeline)
+    {
+        rows.extend(alert_rows(
+            alerts::measure(&cfg, &events, peak).await?,
+            peak,
+        ));
+        let _ = cfg.clickhouse.drop_database().await;
+        write(out, &rows)?;
+        return Ok(rows);
+    }
     let p = pipeline::measure(&cfg, events.clone()).await?;
     rows.push(compared(
         "P whole pipeline gRPC→ClickHouse",
@@ -186,53 +203,9 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
     rows.push(row("P peak RSS, xoflow", p.rss_mib, "MiB"));
 
     if wanted(Part::Alerts) {
-        let a = alerts::measure(&cfg, &events, p.rate).await?;
-        let mut rate = row("A alerts at half peak, rate sent", a.rate, "events/s");
-        rate.goal = Some(format!("{:.0} events/s", p.rate / 2.0));
-        rows.push(rate);
-        let mut n = row(
-            "A alerts delivered, raised on the event's first pass (signature checked; invalid ones counted apart)",
-            a.alerts as f64,
-            "alerts",
-        );
-        n.goal = Some("0 invalid".into());
-        n.met = Some(a.invalid == 0 && a.alerts > 0);
-        rows.push(n);
-        rows.push(row("A ingest→webhook latency p50", a.p50_ms, "ms"));
-        let mut p99 = row("A ingest→webhook latency p99", a.p99_ms, "ms");
-        p99.goal = Some("< 5000 ms".into());
-        p99.met = Some(a.p99_ms < 5_000.0);
-        rows.push(p99);
-        rows.push(row("A ingest→webhook latency max", a.max_ms, "ms"));
-        rows.push(row(
-            "A ingest→enriched (the triggering event joined) p50",
-            a.enriched_p50_ms,
-            "ms",
-        ));
-        rows.push(row(
-            "A ingest→enriched (the triggering event joined) p99",
-            a.enriched_p99_ms,
-            "ms",
-        ));
-        rows.push(row(
-            "A alerts raised by a repair (not in the percentiles above)",
-            a.repaired as f64,
-            "alerts",
-        ));
-        rows.push(row(
-            "A repair-raised alerts, answer's ingest→webhook p99 (includes the wait for the late data)",
-            a.repaired_p99_ms,
-            "ms",
-        ));
-        rows.push(row(
-            "A raised→webhook (alert stage) p50",
-            a.stage_p50_ms,
-            "ms",
-        ));
-        rows.push(row(
-            "A raised→webhook (alert stage) p99",
-            a.stage_p99_ms,
-            "ms",
+        rows.extend(alert_rows(
+            alerts::measure(&cfg, &events, p.rate).await?,
+            p.rate,
         ));
     }
     if !wanted(Part::Pipeline) {
@@ -275,4 +248,62 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
     let _ = cfg.clickhouse.drop_database().await;
     write(out, &rows)?;
     Ok(rows)
+}
+
+/// The peak `XOFLOW_BENCH_PEAK` gives, if set.
+fn fixed_peak() -> Option<f64> {
+    std::env::var("XOFLOW_BENCH_PEAK").ok()?.parse().ok()
+}
+
+/// A's rows, fed at half `peak`.
+fn alert_rows(a: alerts::AlertsResult, peak: f64) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut rate = row("A alerts at half peak, rate sent", a.rate, "events/s");
+    rate.goal = Some(format!("{:.0} events/s", peak / 2.0));
+    rows.push(rate);
+    let mut n = row(
+        "A alerts delivered, raised on the event's first pass (signature checked; invalid ones counted apart)",
+        a.alerts as f64,
+        "alerts",
+    );
+    n.goal = Some("0 invalid".into());
+    n.met = Some(a.invalid == 0 && a.alerts > 0);
+    rows.push(n);
+    rows.push(row("A ingest→webhook latency p50", a.p50_ms, "ms"));
+    let mut p99 = row("A ingest→webhook latency p99", a.p99_ms, "ms");
+    p99.goal = Some("< 5000 ms".into());
+    p99.met = Some(a.p99_ms < 5_000.0);
+    rows.push(p99);
+    rows.push(row("A ingest→webhook latency max", a.max_ms, "ms"));
+    rows.push(row(
+        "A ingest→enriched (the triggering event joined) p50",
+        a.enriched_p50_ms,
+        "ms",
+    ));
+    rows.push(row(
+        "A ingest→enriched (the triggering event joined) p99",
+        a.enriched_p99_ms,
+        "ms",
+    ));
+    rows.push(row(
+        "A alerts raised by a repair (not in the percentiles above)",
+        a.repaired as f64,
+        "alerts",
+    ));
+    rows.push(row(
+        "A repair-raised alerts, answer's ingest→webhook p99 (includes the wait for the late data)",
+        a.repaired_p99_ms,
+        "ms",
+    ));
+    rows.push(row(
+        "A raised→webhook (alert stage) p50",
+        a.stage_p50_ms,
+        "ms",
+    ));
+    rows.push(row(
+        "A raised→webhook (alert stage) p99",
+        a.stage_p99_ms,
+        "ms",
+    ));
+    rows
 }
