@@ -345,6 +345,16 @@ nps = ["detractor"]
         }
     })
     .await;
+    // Marked, so that the wait below cannot be met by the old page when the
+    // reload is slow to replace it (a loaded machine): a new page has a new
+    // body.
+    wait_page(
+        port,
+        s,
+        "the old page marked",
+        "document.body.dataset.stale = 'true'; return true;",
+    )
+    .await;
     wd(
         port,
         "POST",
@@ -356,7 +366,7 @@ nps = ["detractor"]
         port,
         s,
         "the console to load again",
-        "return document.body.dataset.cxLoaded === 'true' && Number(document.getElementById('updated').dataset.polls) >= 2",
+        "return document.body.dataset.stale !== 'true' && document.body.dataset.cxLoaded === 'true' && Number(document.getElementById('updated').dataset.polls) >= 2",
     )
     .await;
 
