@@ -195,16 +195,7 @@ async fn post_json(addr: &str, path: &str, body: &str) -> (u16, String) {
     s.write_all(req.as_bytes()).await.expect("write");
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf).await;
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    common::parse_http_response(&buf)
 }
 
 /// Every table of the database as text (TSV of `SELECT *`).

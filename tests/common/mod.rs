@@ -508,6 +508,12 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     }
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf).await;
+    parse_http_response(&buf)
+}
+
+/// Status and body of a whole HTTP/1.0 response read to its end (status 0
+/// when there was none).
+pub fn parse_http_response(buf: &str) -> (u16, String) {
     let code = buf
         .split_whitespace()
         .nth(1)
