@@ -1,8 +1,10 @@
 //! Kafka client helpers shared by the stages.
 //!
-//! Producers are idempotent with `acks=all`; consumers never auto-commit and
-//! never auto-store offsets: a stage stores an offset only after the record's
-//! effect is durable downstream. Topics are created up front because some
+//! Producers use `acks=all` and are idempotent (a partition's records land
+//! once each, in the order sent, whatever is retried) unless their readers
+//! order and deduplicate on their own ([`KafkaConfig::unordered_producer`]);
+//! consumers never auto-commit and never auto-store offsets: a stage stores
+//! an offset only after the record's effect is durable downstream. Topics are created up front because some
 //! Kafka-protocol brokers (Tansu, nisshi) do not auto-create them and silently drop
 //! records sent to a missing topic.
 //!
@@ -145,12 +147,34 @@ impl KafkaConfig {
     /// for the acknowledgement of a few records pays the linger on every
     /// request.
     pub fn batch_producer_lingering(&self, linger: Duration) -> Result<BatchProducer, KafkaError> {
-        BatchProducer::new(&self.producer_config(linger))
+        BatchProducer::new(&self.producer_config(linger, true))
     }
 
-    fn producer_config(&self, linger: Duration) -> ClientConfig {
+    /// An `acks=all` producer that is not idempotent: a retried request may
+    /// land twice, or behind a later request to the same partition. Only for
+    /// topics whose readers put records in order and drop copies themselves
+    /// (the collectors' events: the join orders each customer's events by
+    /// event time and recognises an event it has folded; the sink stores
+    /// each event id and revision once).
+    ///
+    /// Why it exists: librdkafka 2.12's idempotent producer sends a
+    /// partition's next request only once fewer than five of its records
+    /// are in flight, and meanwhile polls without sleeping when the next
+    /// batch is ready (confluentinc/librdkafka#4989). Under many concurrent
+    /// callers, as at the collectors, its thread then spins on a core for as
+    /// long as the load lasts (BENCHMARKS.md, "A: where the stall comes
+    /// from"). Stages that wait for each batch before the next never have a
+    /// batch ready behind one in flight, so they keep the ordered producer.
+    /// At most five requests are in flight per connection, as an idempotent
+    /// producer would send: deeper pipelining stalled the local broker.
+    pub fn unordered_producer(&self, linger: Duration) -> Result<BatchProducer, KafkaError> {
+        BatchProducer::new(&self.producer_config(linger, false))
+    }
+
+    fn producer_config(&self, linger: Duration, ordered: bool) -> ClientConfig {
         let mut c = self.base();
-        c.set("enable.idempotence", "true")
+        c.set("enable.idempotence", if ordered { "true" } else { "false" })
+            .set("max.in.flight.requests.per.connection", "5")
             .set("acks", "all")
             .set("compression.type", &self.compression)
             .set("linger.ms", (linger.as_secs_f64() * 1e3).to_string())

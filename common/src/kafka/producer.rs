@@ -230,3 +230,104 @@ impl BatchProducer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rdkafka::{
+        Message, Offset, TopicPartitionList,
+        consumer::{BaseConsumer, Consumer},
+        mocking::MockCluster,
+        types::{RDKafkaApiKey, RDKafkaRespErr},
+    };
+
+    use super::Outgoing;
+    use crate::kafka::KafkaConfig;
+
+    /// The compacted topics (the join's changelog, the identity links) take
+    /// a key's last record as its state, so a retried request must never
+    /// land behind a later one of the same partition: every record once,
+    /// in the order sent, a retried one at most repeated where it stood.
+    /// Requests here are small (20 records) and many are queued at once;
+    /// every third answer of the in-process mock broker is a retriable
+    /// error, and every seventh closes the connection with requests in
+    /// flight.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retried_requests_keep_the_partition_order() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("t", 1, 1).expect("topic");
+        let errors: Vec<RDKafkaRespErr> = (0..400)
+            .map(|i| match i {
+                i if i % 50 == 25 => RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT,
+                i if i % 3 == 0 => RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+                _ => RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
+            })
+            .collect();
+        mock.request_errors(RDKafkaApiKey::Produce, &errors);
+
+        let mut cfg = KafkaConfig::with_brokers(mock.bootstrap_servers());
+        cfg.message_timeout = Duration::from_secs(60);
+        for (k, v) in [
+            ("batch.num.messages", "20"),
+            ("retry.backoff.ms", "1"),
+            ("reconnect.backoff.ms", "1"),
+            ("reconnect.backoff.max.ms", "10"),
+        ] {
+            cfg.options.insert(k.into(), v.into());
+        }
+        let producer = cfg
+            .batch_producer_lingering(Duration::from_millis(1))
+            .expect("producer");
+
+        const BATCHES: usize = 100;
+        const PER_BATCH: usize = 50;
+        let payloads: Vec<Vec<Vec<u8>>> = (0..BATCHES)
+            .map(|b| {
+                (0..PER_BATCH)
+                    .map(|i| ((b * PER_BATCH + i) as u32).to_be_bytes().to_vec())
+                    .collect()
+            })
+            .collect();
+        let batches: Vec<Vec<Outgoing<'_>>> = payloads
+            .iter()
+            .map(|b| b.iter().map(|p| Outgoing::keyed(b"k", p)).collect())
+            .collect();
+        // Polled in order, each send queues its whole batch before it first
+        // waits: the queue's order is the records' numbering.
+        let sends = batches.iter().map(|b| producer.send_all("t", b));
+        for result in futures::future::join_all(sends).await {
+            result.expect("every batch acknowledged after its retries");
+        }
+
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("group.id", "order-check")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("t", 0, Offset::Beginning)
+            .expect("partition");
+        consumer.assign(&tpl).expect("assign");
+        let total = BATCHES * PER_BATCH;
+        let mut log = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let p = m.payload().expect("payload");
+                    log.push(u32::from_be_bytes(p.try_into().expect("4 bytes")));
+                }
+                Some(Err(e)) => panic!("consume: {e}"),
+                None if log.last() == Some(&(total as u32 - 1)) => break,
+                None => {}
+            }
+        }
+        if let Some(w) = log.windows(2).find(|w| w[1] < w[0]) {
+            panic!("record {} landed after record {}", w[1], w[0]);
+        }
+        let mut distinct = log.clone();
+        distinct.dedup();
+        assert_eq!(distinct, (0..total as u32).collect::<Vec<_>>());
+    }
+}

@@ -18,10 +18,11 @@ use crate::{IngestError, telemetry};
 /// The collectors' Kafka side.
 #[derive(Clone)]
 pub struct KafkaDelivery {
-    /// The producer, replaced after the broker stopped acknowledging: an
-    /// idempotent producer whose records timed out may wait forever for an
-    /// epoch bump that a restarted broker (or one without KIP-360) never
-    /// grants. A lock per batch, never per event.
+    /// The producer ([`KafkaConfig::unordered_producer`]: the join orders
+    /// events by their time and the sink drops copies, so a retried request
+    /// landing late or twice changes nothing), replaced after the broker
+    /// stopped acknowledging so that nothing of the outage's connections
+    /// outlives it. A lock per batch, never per event.
     producer: Arc<std::sync::Mutex<(Arc<BatchProducer>, std::time::Instant)>>,
     kafka: Arc<KafkaConfig>,
     events_topic: Arc<str>,
@@ -47,7 +48,7 @@ impl KafkaDelivery {
             producer: Arc::new(std::sync::Mutex::new((
                 Arc::new(
                     kafka
-                        .batch_producer_lingering(linger)?
+                        .unordered_producer(linger)?
                         .reporting_queue(crate::telemetry::Metric::ProducerQueue.name()),
                 ),
                 std::time::Instant::now(),
@@ -117,7 +118,7 @@ impl KafkaDelivery {
         if p.1.elapsed() < self.kafka.message_timeout {
             return;
         }
-        match self.kafka.batch_producer_lingering(self.linger) {
+        match self.kafka.unordered_producer(self.linger) {
             Ok(fresh) => {
                 let fresh = fresh.reporting_queue(crate::telemetry::Metric::ProducerQueue.name());
                 *p = (Arc::new(fresh), std::time::Instant::now());
