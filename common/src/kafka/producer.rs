@@ -251,7 +251,7 @@ mod tests {
     /// in the order sent, a retried one at most repeated where it stood.
     /// Requests here are small (20 records) and many are queued at once;
     /// every third answer of the in-process mock broker is a retriable
-    /// error, and every seventh closes the connection with requests in
+    /// error, and every fiftieth closes the connection with requests in
     /// flight.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn retried_requests_keep_the_partition_order() {
