@@ -15,7 +15,8 @@
 //! `order_window` behind the latest event) decide when an event leaves the
 //! history for the base; from then on it is never repaired again.
 //!
-//! An entry keeps its event encoded, as the changelog writes it: the
+//! An entry keeps its event encoded, as the changelog writes it: the bytes
+//! the stage read from the repartition topic, not encoded again here. The
 //! in-order path hands the event itself to its output instead of copying
 //! it, and a re-fold, a repair or an eviction decodes it when it needs it
 //! (and keeps it decoded for the next re-fold).
@@ -35,7 +36,8 @@ pub(super) struct Entry {
     pub at: i64,
     /// The event's id: the history's order, and the changelog key.
     pub id: String,
-    /// The event, encoded (the changelog record's `event`).
+    /// The event, encoded (the changelog record's `event`): as read from
+    /// the repartition topic, or from the changelog.
     bytes: Vec<u8>,
     /// The event, decoded, once something needed it since it was admitted
     /// or read back; boxed, so that an entry without it stays small.
@@ -65,10 +67,12 @@ pub(super) struct Entry {
 }
 
 impl Entry {
-    /// A new entry for `event`, kept encoded only (see [`Entry::keep`]).
+    /// A new entry for `event`, kept encoded only, as `bytes` (see
+    /// [`Entry::keep`]).
     pub fn new(
         at: i64,
         event: &Event,
+        bytes: Vec<u8>,
         resolution: IdentityResolution,
         cx: CxFields,
         revision: u32,
@@ -76,7 +80,7 @@ impl Entry {
         Entry {
             at,
             id: event.event_id.clone(),
-            bytes: event.encode_to_vec(),
+            bytes,
             event: None,
             resolution,
             cx,

@@ -79,6 +79,8 @@ use crate::{
 #[derive(Debug)]
 struct Held {
     event: Event,
+    /// The event as the stage read it (see [`Join::offer_received`]).
+    bytes: Vec<u8>,
     who: Resolved,
     offset: i64,
     arrived_ms: i64,
@@ -256,14 +258,23 @@ impl Join {
     /// lateness buffer, no waiting for links): for callers that see every
     /// event of a customer in order, such as benchmarks and single-process
     /// tools. Returns the event's own output; repairs of earlier events
-    /// (if it arrived out of order) are dropped.
+    /// (if it arrived out of order) are dropped. Encodes the event for its
+    /// history entry: a caller holding its bytes already calls
+    /// [`Join::process_received`].
     pub fn process(&mut self, e: Event, now_ms: i64) -> EnrichedEvent {
+        let bytes = e.encode_to_vec();
+        self.process_received(e, bytes, now_ms)
+    }
+
+    /// [`Join::process`] for an event read as `bytes` (its encoding, as in
+    /// [`Join::offer_received`]).
+    pub fn process_received(&mut self, e: Event, bytes: Vec<u8>, now_ms: i64) -> EnrichedEvent {
         self.links.learn(&e, |_, _| {});
         let who = self.links.resolve(&e);
         let id = e.event_id.clone();
         let mut out = std::mem::take(&mut self.scratch);
         if who.customer_id.is_some() {
-            self.admit(e, who, 0, 0, now_ms, &mut out);
+            self.admit(e, bytes, who, 0, 0, now_ms, &mut out);
         } else {
             out.push(Released {
                 offset: 0,
@@ -282,7 +293,8 @@ impl Join {
         own
     }
 
-    /// Puts an event resolved upstream into the lateness buffer.
+    /// Puts an event resolved upstream into the lateness buffer (encoding
+    /// it for its history entry; see [`Join::offer_received`]).
     pub fn offer(&mut self, e: Event, who: Resolved, offset: i64, now_ms: i64) {
         self.offer_moved(e, who, 0, offset, now_ms);
     }
@@ -292,6 +304,22 @@ impl Join {
     pub fn offer_moved(
         &mut self,
         e: Event,
+        who: Resolved,
+        revision: u32,
+        offset: i64,
+        now_ms: i64,
+    ) {
+        let bytes = e.encode_to_vec();
+        self.offer_received(e, bytes, who, revision, offset, now_ms);
+    }
+
+    /// [`Join::offer_moved`] for an event decoded from `bytes`, the record
+    /// the stage read: its history entry (and changelog record) keeps these
+    /// bytes instead of encoding the event again.
+    pub fn offer_received(
+        &mut self,
+        e: Event,
+        bytes: Vec<u8>,
         who: Resolved,
         revision: u32,
         offset: i64,
@@ -307,6 +335,7 @@ impl Join {
             key,
             Held {
                 event: e,
+                bytes,
                 who,
                 offset,
                 arrived_ms: now_ms,
@@ -519,7 +548,7 @@ impl Join {
 
     fn apply_held(&mut self, h: Held, now_ms: i64, out: &mut Vec<Released>) {
         if h.who.customer_id.is_some() {
-            self.admit(h.event, h.who, h.revision, h.offset, now_ms, out);
+            self.admit(h.event, h.bytes, h.who, h.revision, h.offset, now_ms, out);
         } else {
             self.admit_unresolved(h.event, h.revision, h.offset, now_ms, out);
         }
@@ -654,10 +683,12 @@ impl Join {
 
     /// Puts a resolved event in its customer's history: folded and emitted
     /// at once when it is the customer's latest, else left for
-    /// [`Join::settle`].
+    /// [`Join::settle`]. `bytes` is `e` encoded.
+    #[allow(clippy::too_many_arguments)]
     fn admit(
         &mut self,
         e: Event,
+        bytes: Vec<u8>,
         who: Resolved,
         revision: u32,
         offset: i64,
@@ -708,7 +739,7 @@ impl Join {
                 // folded and emitted now, without a re-fold, and the event
                 // goes to its output, the entry keeping its encoding.
                 let in_order = matches!(place, Place::Last) && c.dirty_from.is_none();
-                let mut entry = Entry::new(at, &e, resolution, cx, revision);
+                let mut entry = Entry::new(at, &e, bytes, resolution, cx, revision);
                 entry.twice = twice(resolution, revision);
                 self.history_len += 1;
                 list_unsaved(&mut self.unsaved, &id, c);
