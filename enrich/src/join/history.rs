@@ -20,12 +20,27 @@
 //! in-order path hands the event itself to its output instead of copying
 //! it, and a re-fold, a repair or an eviction decodes it when it needs it
 //! (and keeps it decoded for the next re-fold).
+//!
+//! A repair is told from an unchanged output by a hash of its joined
+//! context ([`context_hash`]), kept with the entry and in its changelog
+//! record with the version of the hash ([`HASH_VERSION`]): version 1 hashes
+//! the fields, version 0 (records written before the version existed)
+//! hashed their encoding. An entry read back with version 0 compares its
+//! next output with the old hash ([`context_hash_v0`]) and takes the new
+//! one when it is emitted again, so that a changed hash alone never emits
+//! a revision.
 
-use std::{collections::VecDeque, hash::BuildHasher as _};
+use std::{
+    collections::VecDeque,
+    hash::{BuildHasher as _, Hasher as _},
+};
 
 use xoflow_proto::{
-    Message,
-    v1::{CxFields, EnrichedEvent, Event, IdentityResolution, JoinHistoryEntry},
+    Message, Timestamp,
+    v1::{
+        CallContext, CustomerContext, CxFields, EnrichedEvent, Event, IdentityResolution,
+        JoinHistoryEntry, OrderContext, SessionContext,
+    },
 };
 
 use super::{JoinConfig, state::CustomerState};
@@ -49,6 +64,10 @@ pub(super) struct Entry {
     pub revision: u32,
     /// [`context_hash`] of the last output emitted.
     pub output_hash: u64,
+    /// How `output_hash` was computed: [`HASH_VERSION`], or 0 for an entry
+    /// read back from a changelog written before (see
+    /// [`context_hash_v0`]) and not emitted since.
+    pub hash_version: u32,
     /// Its first output has been emitted.
     pub emitted: bool,
     /// Emit it at the next settle even if unchanged, with a copy at
@@ -86,6 +105,7 @@ impl Entry {
             cx,
             revision,
             output_hash: 0,
+            hash_version: HASH_VERSION,
             emitted: false,
             force: false,
             unmet: false,
@@ -127,6 +147,7 @@ impl Entry {
             cx: Some(self.cx.clone()),
             revision: self.revision,
             output_hash: self.output_hash,
+            hash_version: self.hash_version,
         }
     }
 
@@ -144,6 +165,7 @@ impl Entry {
             cx: p.cx.unwrap_or_default(),
             revision: p.revision,
             output_hash: p.output_hash,
+            hash_version: p.hash_version,
             emitted: true,
             force: false,
             unmet: false,
@@ -333,7 +355,14 @@ fn emit(
 ) -> Option<Emission> {
     let hash = context_hash(enriched);
     entry.unmet = state.unmet_reference(event);
-    let repaired = entry.emitted && hash != entry.output_hash;
+    // An entry read back with an older hash compares the same way it was
+    // written: a changed hash alone is no repair. (A version this build
+    // does not know compares as the current one: at most one revision.)
+    let last = match entry.hash_version {
+        0 => context_hash_v0(enriched),
+        _ => hash,
+    };
+    let repaired = entry.emitted && last != entry.output_hash;
     if repaired {
         entry.revision += 1;
     }
@@ -344,6 +373,7 @@ fn emit(
         return None;
     }
     entry.output_hash = hash;
+    entry.hash_version = HASH_VERSION;
     let mut before = None;
     if forced && entry.revision > 0 {
         // A replay: the outputs of the flush that recorded this entry may
@@ -364,10 +394,129 @@ fn emit(
     })
 }
 
+/// The way [`context_hash`] hashes, written with each entry
+/// (`JoinHistoryEntry.hash_version`); entries read back with another keep
+/// theirs until their next output (see [`Entry::hash_version`]).
+pub(super) const HASH_VERSION: u32 = 1;
+
 /// A hash of what a repair can change in an output: the customer and how
-/// it was found, and the joined order, session, customer and call context.
-fn context_hash(e: &EnrichedEvent) -> u64 {
-    use std::hash::Hasher as _;
+/// it was found, and the joined order, session, customer and call context,
+/// field by field, without encoding them (hash version 1). Each context is
+/// taken apart whole, so that a field added to one does not compile until
+/// it is hashed here too (and the version raised).
+pub(super) fn context_hash(e: &EnrichedEvent) -> u64 {
+    let mut h = Fields(foldhash::fast::FixedState::with_seed(0x786f_666c_6f77).build_hasher());
+    h.str(&e.resolved_customer_id);
+    h.int(i64::from(e.resolution));
+    h.opt(e.order.as_ref(), |h, o| {
+        let OrderContext {
+            order_id,
+            r#match,
+            status,
+            amount_minor,
+            currency,
+            placed_at,
+            promised_delivery_at,
+            delivered_at,
+            delivery_late_seconds,
+        } = o;
+        h.str(order_id);
+        h.int(i64::from(*r#match));
+        h.int(i64::from(*status));
+        h.int(*amount_minor);
+        h.str(currency);
+        h.time(placed_at.as_ref());
+        h.time(promised_delivery_at.as_ref());
+        h.time(delivered_at.as_ref());
+        h.opt(delivery_late_seconds.as_ref(), |h, s| h.int(*s));
+    });
+    h.opt(e.session.as_ref(), |h, s| {
+        let SessionContext {
+            session_id,
+            page_views,
+            error_pages,
+            abandoned_checkout,
+        } = s;
+        h.str(session_id);
+        h.int(i64::from(*page_views));
+        h.int(i64::from(*error_pages));
+        h.int(i64::from(*abandoned_checkout));
+    });
+    h.opt(e.customer.as_ref(), |h, c| {
+        let CustomerContext {
+            orders_90d,
+            value_90d_minor,
+            lifetime_value_minor,
+            support_contacts_30d,
+            days_since_last_order,
+            last_nps,
+            churn_risk,
+            do_not_contact,
+        } = c;
+        h.int(i64::from(*orders_90d));
+        h.int(*value_90d_minor);
+        h.int(*lifetime_value_minor);
+        h.int(i64::from(*support_contacts_30d));
+        h.opt(days_since_last_order.as_ref(), |h, d| h.int(i64::from(*d)));
+        h.opt(last_nps.as_ref(), |h, n| h.int(i64::from(*n)));
+        h.opt(churn_risk.as_ref(), |h, r| h.int(r.to_bits() as i64));
+        h.int(i64::from(*do_not_contact));
+    });
+    h.opt(e.call.as_ref(), |h, c| {
+        let CallContext {
+            call_id,
+            started_at,
+            queue,
+            agent_id,
+            duration_seconds,
+            disposition,
+            sentiment_label,
+        } = c;
+        h.str(call_id);
+        h.time(started_at.as_ref());
+        h.str(queue);
+        h.str(agent_id);
+        h.int(i64::from(*duration_seconds));
+        h.str(disposition);
+        h.int(i64::from(*sentiment_label));
+    });
+    h.0.finish()
+}
+
+/// Writes fields to a hasher so that no two sequences of fields write the
+/// same: strings with their length, optional parts with whether they are
+/// there.
+struct Fields(foldhash::fast::FoldHasher<'static>);
+
+impl Fields {
+    fn int(&mut self, v: i64) {
+        self.0.write_i64(v);
+    }
+
+    fn str(&mut self, s: &str) {
+        self.0.write_usize(s.len());
+        self.0.write(s.as_bytes());
+    }
+
+    fn opt<T>(&mut self, v: Option<&T>, f: impl FnOnce(&mut Self, &T)) {
+        self.0.write_u8(u8::from(v.is_some()));
+        if let Some(v) = v {
+            f(self, v);
+        }
+    }
+
+    fn time(&mut self, t: Option<&Timestamp>) {
+        self.opt(t, |h, t| {
+            h.int(t.seconds);
+            h.int(i64::from(t.nanos));
+        });
+    }
+}
+
+/// [`context_hash`] as it was before `JoinHistoryEntry.hash_version`
+/// (version 0): over the encoded contexts. Kept for entries read back from
+/// a changelog written then, until each is emitted again.
+pub(super) fn context_hash_v0(e: &EnrichedEvent) -> u64 {
     thread_local! {
         // Reused: the hash runs for every output.
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };

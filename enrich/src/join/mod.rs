@@ -1264,6 +1264,81 @@ mod tests {
     }
 
     #[test]
+    fn a_history_written_before_hash_version_1_is_read_back_without_spurious_revisions() {
+        let events = xoflow_tools::scenario::journeys(5, 0..3, 1_800_000_000_000);
+        let mut links = Links::default();
+        for e in &events {
+            links.learn(e, |_, _| {});
+        }
+        let now = 1_900_000_000_000;
+        let half = events.len() / 2;
+        let mut a = Join::new(cfg());
+        // The last output of each event: what its entry's hash is of.
+        let last: HashMap<String, EnrichedEvent> = feed(&mut a, &events[..half], &links, now)
+            .into_iter()
+            .map(|o| (o.event.as_ref().expect("event").event_id.clone(), o))
+            .collect();
+        let records = a.take_changes();
+        // The same records as the join wrote them before the version field:
+        // each entry's hash over the encoded contexts, no version (0). And
+        // the same again with that field read as version 1.
+        let rewrite = |version: u32| -> ChangelogRecords {
+            records
+                .iter()
+                .map(|(k, v)| {
+                    if k.first() == Some(&0) || !k.contains(&0) || v.is_empty() {
+                        return (k.clone(), v.clone());
+                    }
+                    let mut p = JoinHistoryEntry::decode(v.as_slice()).expect("entry");
+                    let id = Event::decode(p.event.as_slice()).expect("event").event_id;
+                    assert_eq!(p.hash_version, history::HASH_VERSION);
+                    assert_eq!(p.output_hash, history::context_hash(&last[&id]));
+                    p.output_hash = history::context_hash_v0(&last[&id]);
+                    p.hash_version = version;
+                    (k.clone(), p.encode_to_vec())
+                })
+                .collect()
+        };
+        let old = rewrite(0);
+        assert_ne!(old, records);
+        let mut b = Join::new(cfg());
+        assert_eq!(b.restore_records(old, now), 0);
+        let mut misread = Join::new(cfg());
+        assert_eq!(misread.restore_records(rewrite(1), now), 0);
+        // A replay of the last events emits them at the revisions they had:
+        // no repair. Read with the wrong hash, every entry replayed would
+        // count as changed.
+        let replay = &events[half - 3..half];
+        let revisions = |outputs: Vec<EnrichedEvent>| -> Vec<u32> {
+            outputs.iter().map(|o| o.revision).collect()
+        };
+        let got = revisions(feed(&mut b, replay, &links, now));
+        assert!(got.iter().all(|r| *r == 0), "{got:?}");
+        assert_eq!(b.take_stats().repairs, 0);
+        let wrong = revisions(feed(&mut misread, replay, &links, now));
+        assert!(wrong.iter().any(|r| *r > 0), "{wrong:?}");
+        // The old entries are written again with the current hash as they
+        // are emitted, and the restored state continues as the original.
+        for (k, v) in b.take_changes() {
+            if k.first() != Some(&0) && k.contains(&0) && !v.is_empty() {
+                let p = JoinHistoryEntry::decode(v.as_slice()).expect("entry");
+                assert_eq!(p.hash_version, history::HASH_VERSION);
+            }
+        }
+        feed(&mut a, replay, &links, now);
+        for e in &events[half..] {
+            let want = feed(&mut a, std::slice::from_ref(e), &links, now);
+            let got = feed(&mut b, std::slice::from_ref(e), &links, now);
+            assert_eq!(
+                got.into_iter().map(without_time).collect::<Vec<_>>(),
+                want.into_iter().map(without_time).collect::<Vec<_>>(),
+                "{}",
+                e.event_id
+            );
+        }
+    }
+
+    #[test]
     fn the_changelog_writes_each_changed_key_once_and_deletes_what_left() {
         let mut j = Join::new(JoinConfig {
             max_history_per_customer: 2,
