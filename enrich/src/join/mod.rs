@@ -50,10 +50,7 @@ mod history;
 mod state;
 mod unresolved;
 
-use std::{
-    borrow::Cow,
-    collections::{BTreeMap, HashMap, HashSet},
-};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use xoflow_proto::{
     Message as _,
@@ -64,7 +61,7 @@ use xoflow_proto::{
 };
 
 pub use config::{JoinConfig, Owners};
-use history::{Customer, Emission, Entry, Place};
+use history::{Customer, Entry, Outputs, Place};
 use state::CustomerState;
 use unresolved::{Unresolved, Waiter};
 
@@ -90,7 +87,7 @@ struct Held {
 }
 
 /// An output and the input offset that caused it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Released {
     pub offset: i64,
     pub enriched: EnrichedEvent,
@@ -287,7 +284,8 @@ impl Join {
             .iter()
             .position(|r| r.enriched.event.as_ref().is_some_and(|e| e.event_id == id))
             .expect("an admitted event is emitted");
-        let own = out.swap_remove(i).enriched;
+        // Taken in place: a 1.3 KB output moved out of the vector once.
+        let own = std::mem::take(&mut out[i].enriched);
         out.clear();
         self.scratch = out;
         own
@@ -745,8 +743,14 @@ impl Join {
                 list_unsaved(&mut self.unsaved, &id, c);
                 if in_order {
                     let cfg = &self.cfg;
-                    let (o, emission) = c.push_last(cfg, entry, &e, |state, entry, event| {
-                        output(
+                    let mut outputs = Outputs {
+                        out,
+                        offset,
+                        stats: &mut self.stats,
+                    };
+                    c.push_last(cfg, entry, e, &mut outputs, |state, entry, event, o| {
+                        fill_output(
+                            o,
                             cfg,
                             state,
                             event,
@@ -758,9 +762,6 @@ impl Join {
                         )
                     });
                     self.unmet += usize::from(c.history.back().is_some_and(|x| x.unmet));
-                    if let Some(emission) = emission {
-                        deliver(out, &mut self.stats, offset, o, emission, Cow::Owned(e));
-                    }
                     self.evict(&id);
                 } else {
                     let i = match place {
@@ -848,23 +849,24 @@ impl Join {
         };
         let from = c.dirty_from.unwrap_or(c.history.len());
         let unmet_before = c.history.range(from..).filter(|e| e.unmet).count();
-        let stats = &mut self.stats;
-        let emitted = c.settle(
-            cfg,
-            |state, entry, event| {
-                output(
-                    cfg,
-                    state,
-                    event,
-                    entry.at,
-                    entry.resolution,
-                    &entry.cx,
-                    id,
-                    now_ms,
-                )
-            },
-            |event, o, emission| deliver(out, stats, offset, o, emission, Cow::Borrowed(event)),
-        );
+        let mut outputs = Outputs {
+            out,
+            offset,
+            stats: &mut self.stats,
+        };
+        let emitted = c.settle(cfg, &mut outputs, |state, entry, event, o| {
+            fill_output(
+                o,
+                cfg,
+                state,
+                event,
+                entry.at,
+                entry.resolution,
+                &entry.cx,
+                id,
+                now_ms,
+            )
+        });
         let unmet_after = c.history.range(from..).filter(|e| e.unmet).count();
         self.unmet = (self.unmet + unmet_after).saturating_sub(unmet_before);
         if emitted {
@@ -967,36 +969,6 @@ fn twice(resolution: IdentityResolution, revision: u32) -> bool {
     resolution == IdentityResolution::Linked && revision == 0
 }
 
-/// Appends an entry's outputs (see [`Emission`]) to `out`, each with the
-/// event: a copy of it for the one before the last, and `event` itself for
-/// the last when it is the caller's to give.
-fn deliver(
-    out: &mut Vec<Released>,
-    stats: &mut JoinStats,
-    offset: i64,
-    mut o: EnrichedEvent,
-    emission: Emission,
-    event: Cow<'_, Event>,
-) {
-    if let Some((revision, repaired)) = emission.before {
-        let mut first = o.clone();
-        first.revision = revision;
-        first.event = Some(event.as_ref().clone());
-        stats.repairs += u64::from(repaired);
-        out.push(Released {
-            offset,
-            enriched: first,
-        });
-    }
-    stats.repairs += u64::from(emission.repaired);
-    o.revision = emission.revision;
-    o.event = Some(event.into_owned());
-    out.push(Released {
-        offset,
-        enriched: o,
-    });
-}
-
 /// The output of a resolved event (at `at`, with its CX fields `cx`) from
 /// the state right after it was folded in, without the event itself
 /// (attached once it is emitted).
@@ -1011,18 +983,43 @@ fn output(
     customer_id: &str,
     now_ms: i64,
 ) -> EnrichedEvent {
-    EnrichedEvent {
-        resolved_customer_id: customer_id.to_owned(),
-        resolution: resolution as i32,
-        owner_department: department(cfg, event),
-        enriched_at: Some(xoflow_proto::from_unix_millis(now_ms)),
-        order: state.order_context(event, at, cfg),
-        session: state.session_context(),
-        customer: Some(state.context(at, cfg)),
-        call: state.call_context(event),
-        cx: Some(cx.clone()),
-        ..Default::default()
-    }
+    let mut o = EnrichedEvent::default();
+    fill_output(
+        &mut o,
+        cfg,
+        state,
+        event,
+        at,
+        resolution,
+        cx,
+        customer_id,
+        now_ms,
+    );
+    o
+}
+
+/// [`output`] built in `o`, an empty output already in its place.
+#[allow(clippy::too_many_arguments)]
+fn fill_output(
+    o: &mut EnrichedEvent,
+    cfg: &JoinConfig,
+    state: &CustomerState,
+    event: &Event,
+    at: i64,
+    resolution: IdentityResolution,
+    cx: &xoflow_proto::v1::CxFields,
+    customer_id: &str,
+    now_ms: i64,
+) {
+    o.resolved_customer_id = customer_id.to_owned();
+    o.resolution = resolution as i32;
+    o.owner_department = department(cfg, event);
+    o.enriched_at = Some(xoflow_proto::from_unix_millis(now_ms));
+    o.order = state.order_context(event, at, cfg);
+    o.session = state.session_context();
+    o.customer = Some(state.context(at, cfg));
+    o.call = state.call_context(event);
+    o.cx = Some(cx.clone());
 }
 
 fn event_ms(e: &Event, now_ms: i64) -> i64 {
