@@ -230,26 +230,24 @@ impl Customer {
 
     /// Appends `entry`, made from `event`, as the customer's latest, with
     /// nothing else pending, and folds it into the current state: the
-    /// in-order path, no re-fold. Its output, built by `output`, goes to
-    /// `outputs` with `event` if it is emitted; returns whether it was.
+    /// in-order path, no re-fold. Its output, built by `output` in a new
+    /// slot of `outputs`, is for the caller to keep with the event (moved
+    /// into [`Outputs::event`], then [`Outputs::keep`]) or discard, as the
+    /// returned emission says.
     pub fn push_last(
         &mut self,
         cfg: &JoinConfig,
         mut entry: Entry,
-        event: Event,
+        event: &Event,
         outputs: &mut Outputs<'_>,
         output: impl FnOnce(&CustomerState, &Entry, &Event, &mut EnrichedEvent),
-    ) -> bool {
-        self.current.update(&event, &entry.cx, entry.at, cfg);
+    ) -> Option<Emission> {
+        self.current.update(event, &entry.cx, entry.at, cfg);
         let o = outputs.slot();
-        output(&self.current, &entry, &event, o);
-        let emission = emit(&mut entry, &event, &self.current, o);
+        output(&self.current, &entry, event, o);
+        let emission = emit(&mut entry, event, &self.current, o);
         self.history.push_back(entry);
-        match emission {
-            Some(emission) => outputs.keep(emission, event),
-            None => outputs.discard(),
-        }
-        emission.is_some()
+        emission
     }
 
     /// Folds the history again from the base and appends to `outputs` the
@@ -277,7 +275,12 @@ impl Customer {
             output(&self.current, entry, &event, o);
             let emission = emit(entry, &event, &self.current, o);
             match emission {
-                Some(emission) => outputs.keep(emission, event.as_ref().clone()),
+                Some(emission) => {
+                    outputs
+                        .event()
+                        .get_or_insert_with(|| event.as_ref().clone());
+                    outputs.keep(emission);
+                }
                 None => outputs.discard(),
             }
             entry.put(event);
@@ -293,7 +296,10 @@ impl Customer {
                 output(&state, entry, &event, o);
                 match emit(entry, &event, &state, o) {
                     Some(emission) => {
-                        outputs.keep(emission, event.as_ref().clone());
+                        outputs
+                            .event()
+                            .get_or_insert_with(|| event.as_ref().clone());
+                        outputs.keep(emission);
                         any = true;
                     }
                     None => outputs.discard(),
@@ -355,7 +361,7 @@ pub(super) struct Outputs<'a> {
 
 impl Outputs<'_> {
     /// A new, empty output at the end, for an entry's output to be built in.
-    fn slot(&mut self) -> &mut EnrichedEvent {
+    pub fn slot(&mut self) -> &mut EnrichedEvent {
         self.out.push(Released {
             offset: self.offset,
             enriched: EnrichedEvent::default(),
@@ -365,16 +371,23 @@ impl Outputs<'_> {
 
     /// Drops the output built in the last slot (in place, not moved out
     /// first): it is not emitted.
-    fn discard(&mut self) {
+    pub fn discard(&mut self) {
         self.out.truncate(self.out.len() - 1);
     }
 
-    /// Keeps the output built in the last slot, as `emission` says, with
-    /// `event` (moved in once): at its revision, after a copy of it at the
-    /// `before` revision if there is one.
-    fn keep(&mut self, emission: Emission, event: Event) {
+    /// The event of the output built in the last slot, empty, for the
+    /// caller to fill in place before [`Outputs::keep`]: an `Event` is 704
+    /// bytes, copied at every hand-over (and twice by an assignment, which
+    /// drops what it replaces first).
+    pub fn event(&mut self) -> &mut Option<Event> {
+        &mut self.out.last_mut().expect("a slot").enriched.event
+    }
+
+    /// Keeps the output built in the last slot, its event in place, as
+    /// `emission` says: at its revision, after a copy of it at the `before`
+    /// revision if there is one.
+    pub fn keep(&mut self, emission: Emission) {
         let last = self.out.last_mut().expect("a slot");
-        last.enriched.event = Some(event);
         last.enriched.revision = emission.revision;
         self.stats.repairs += u64::from(emission.repaired);
         if let Some((revision, repaired)) = emission.before {
@@ -456,14 +469,15 @@ fn emit(
 /// theirs until their next output (see [`Entry::hash_version`]).
 pub(super) const HASH_VERSION: u32 = 1;
 
-/// A hash of what a repair can change in an output: the customer and how
-/// it was found, and the joined order, session, customer and call context,
-/// field by field, without encoding them (hash version 1). Each context is
-/// taken apart whole, so that a field added to one does not compile until
-/// it is hashed here too (and the version raised).
+/// A hash of what a repair can change in an output: how its customer was
+/// found, and the joined order, session, customer and call context, field
+/// by field, without encoding them (hash version 1). Not the customer id:
+/// every output of an entry carries the id of the customer whose history
+/// holds it. Each context is taken apart whole, so that a field added to
+/// one does not compile until it is hashed here too (and the version
+/// raised).
 pub(super) fn context_hash(e: &EnrichedEvent) -> u64 {
     let mut h = Fields(foldhash::fast::FixedState::with_seed(0x786f_666c_6f77).build_hasher());
-    h.str(&e.resolved_customer_id);
     h.int(i64::from(e.resolution));
     h.opt(e.order.as_ref(), |h, o| {
         let OrderContext {
