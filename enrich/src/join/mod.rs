@@ -143,8 +143,10 @@ pub struct Join {
     /// Links for [`Join::process`], which resolves by itself; the stage
     /// resolves upstream against the global link table instead.
     links: Links,
-    /// Events not applied yet, by (event time, event id).
-    held: BTreeMap<(i64, String), Held>,
+    /// Events not applied yet, by (event time, event id). Boxed: the
+    /// buffer is taken from the front, and a B-tree node shifts the values
+    /// it keeps at each removal (eleven 800-byte `Held`s, unboxed).
+    held: BTreeMap<(i64, String), Box<Held>>,
     /// The latest event time offered, and the wall-clock time it was
     /// offered at (the re-scoring's clock: event time, running on with the
     /// wall clock while nothing newer arrives).
@@ -336,14 +338,14 @@ impl Join {
         let key = (at, e.event_id.clone());
         self.held.insert(
             key,
-            Held {
+            Box::new(Held {
                 event: e,
                 bytes,
                 who,
                 offset,
                 arrived_ms: now_ms,
                 revision,
-            },
+            }),
         );
     }
 
@@ -549,7 +551,8 @@ impl Join {
         self.alerter.take_stats()
     }
 
-    fn apply_held(&mut self, h: Held, now_ms: i64, out: &mut Vec<Released>) {
+    fn apply_held(&mut self, h: Box<Held>, now_ms: i64, out: &mut Vec<Released>) {
+        let h = *h;
         if h.who.customer_id.is_some() {
             self.admit(h.event, h.bytes, h.who, h.revision, h.offset, now_ms, out);
         } else {
