@@ -15,19 +15,35 @@
 //! `order_window` behind the latest event) decide when an event leaves the
 //! history for the base; from then on it is never repaired again.
 //!
-//! An entry keeps its event encoded, as the changelog writes it: the
+//! An entry keeps its event encoded, as the changelog writes it: the bytes
+//! the stage read from the repartition topic, not encoded again here. The
 //! in-order path hands the event itself to its output instead of copying
 //! it, and a re-fold, a repair or an eviction decodes it when it needs it
 //! (and keeps it decoded for the next re-fold).
+//!
+//! A repair is told from an unchanged output by a hash of its joined
+//! context ([`context_hash`]), kept with the entry and in its changelog
+//! record with the version of the hash ([`HASH_VERSION`]): version 1 hashes
+//! the fields, version 0 (records written before the version existed)
+//! hashed their encoding. An entry read back with version 0 compares its
+//! next output with the old hash ([`context_hash_v0`]) and takes the new
+//! one when it is emitted again, so that a changed hash alone never emits
+//! a revision.
 
-use std::{collections::VecDeque, hash::BuildHasher as _};
-
-use xoflow_proto::{
-    Message,
-    v1::{CxFields, EnrichedEvent, Event, IdentityResolution, JoinHistoryEntry},
+use std::{
+    collections::VecDeque,
+    hash::{BuildHasher as _, Hasher as _},
 };
 
-use super::{JoinConfig, state::CustomerState};
+use xoflow_proto::{
+    Message, Timestamp,
+    v1::{
+        CallContext, CustomerContext, CxFields, EnrichedEvent, Event, IdentityResolution,
+        JoinHistoryEntry, OrderContext, SessionContext,
+    },
+};
+
+use super::{JoinConfig, JoinStats, Released, state::CustomerState};
 
 /// One event of a customer's history.
 #[derive(Debug, Clone)]
@@ -35,7 +51,8 @@ pub(super) struct Entry {
     pub at: i64,
     /// The event's id: the history's order, and the changelog key.
     pub id: String,
-    /// The event, encoded (the changelog record's `event`).
+    /// The event, encoded (the changelog record's `event`): as read from
+    /// the repartition topic, or from the changelog.
     bytes: Vec<u8>,
     /// The event, decoded, once something needed it since it was admitted
     /// or read back; boxed, so that an entry without it stays small.
@@ -47,6 +64,10 @@ pub(super) struct Entry {
     pub revision: u32,
     /// [`context_hash`] of the last output emitted.
     pub output_hash: u64,
+    /// How `output_hash` was computed: [`HASH_VERSION`], or 0 for an entry
+    /// read back from a changelog written before (see
+    /// [`context_hash_v0`]) and not emitted since.
+    pub hash_version: u32,
     /// Its first output has been emitted.
     pub emitted: bool,
     /// Emit it at the next settle even if unchanged, with a copy at
@@ -65,10 +86,12 @@ pub(super) struct Entry {
 }
 
 impl Entry {
-    /// A new entry for `event`, kept encoded only (see [`Entry::keep`]).
+    /// A new entry for `event`, kept encoded only, as `bytes` (see
+    /// [`Entry::keep`]).
     pub fn new(
         at: i64,
         event: &Event,
+        bytes: Vec<u8>,
         resolution: IdentityResolution,
         cx: CxFields,
         revision: u32,
@@ -76,12 +99,13 @@ impl Entry {
         Entry {
             at,
             id: event.event_id.clone(),
-            bytes: event.encode_to_vec(),
+            bytes,
             event: None,
             resolution,
             cx,
             revision,
             output_hash: 0,
+            hash_version: HASH_VERSION,
             emitted: false,
             force: false,
             unmet: false,
@@ -123,6 +147,7 @@ impl Entry {
             cx: Some(self.cx.clone()),
             revision: self.revision,
             output_hash: self.output_hash,
+            hash_version: self.hash_version,
         }
     }
 
@@ -140,6 +165,7 @@ impl Entry {
             cx: p.cx.unwrap_or_default(),
             revision: p.revision,
             output_hash: p.output_hash,
+            hash_version: p.hash_version,
             emitted: true,
             force: false,
             unmet: false,
@@ -204,26 +230,30 @@ impl Customer {
 
     /// Appends `entry`, made from `event`, as the customer's latest, with
     /// nothing else pending, and folds it into the current state: the
-    /// in-order path, no re-fold. Returns its output, built by `output`,
-    /// and what to emit; `event` stays the caller's, for the output.
+    /// in-order path, no re-fold. Its output, built by `output` in a new
+    /// slot of `outputs`, is for the caller to keep with the event (moved
+    /// into [`Outputs::event`], then [`Outputs::keep`]) or discard, as the
+    /// returned emission says.
     pub fn push_last(
         &mut self,
         cfg: &JoinConfig,
         mut entry: Entry,
         event: &Event,
-        output: impl FnOnce(&CustomerState, &Entry, &Event) -> EnrichedEvent,
-    ) -> (EnrichedEvent, Option<Emission>) {
+        outputs: &mut Outputs<'_>,
+        output: impl FnOnce(&CustomerState, &Entry, &Event, &mut EnrichedEvent),
+    ) -> Option<Emission> {
         self.current.update(event, &entry.cx, entry.at, cfg);
-        let enriched = output(&self.current, &entry, event);
-        let emission = emit(&mut entry, event, &self.current, &enriched);
+        let o = outputs.slot();
+        output(&self.current, &entry, event, o);
+        let emission = emit(&mut entry, event, &self.current, o);
         self.history.push_back(entry);
-        (enriched, emission)
+        emission
     }
 
-    /// Folds the history again from the base and hands `sink` the outputs
-    /// to emit, in history order, each with its event and what to emit
+    /// Folds the history again from the base and appends to `outputs` the
+    /// outputs to emit, in history order, each with a copy of its event
     /// (see [`Emission`]): entries never emitted, entries whose joined
-    /// context changed (revision + 1), and forced ones. `output` builds an
+    /// context changed (revision + 1), and forced ones. `output` fills an
     /// entry's output from the state right after it was folded in. When the
     /// only dirty entry is a new last one, it is folded into the current
     /// state instead: no re-fold. Returns whether anything was emitted
@@ -231,8 +261,8 @@ impl Customer {
     pub fn settle(
         &mut self,
         cfg: &JoinConfig,
-        mut output: impl FnMut(&CustomerState, &Entry, &Event) -> EnrichedEvent,
-        mut sink: impl FnMut(&Event, EnrichedEvent, Emission),
+        outputs: &mut Outputs<'_>,
+        mut output: impl FnMut(&CustomerState, &Entry, &Event, &mut EnrichedEvent),
     ) -> bool {
         let Some(from) = self.dirty_from.take() else {
             return false;
@@ -241,14 +271,20 @@ impl Customer {
             let entry = &mut self.history[from];
             let event = entry.take();
             self.current.update(&event, &entry.cx, entry.at, cfg);
-            let enriched = output(&self.current, entry, &event);
-            let emission = emit(entry, &event, &self.current, &enriched);
-            let any = emission.is_some();
-            if let Some(emission) = emission {
-                sink(&event, enriched, emission);
+            let o = outputs.slot();
+            output(&self.current, entry, &event, o);
+            let emission = emit(entry, &event, &self.current, o);
+            match emission {
+                Some(emission) => {
+                    outputs
+                        .event()
+                        .get_or_insert_with(|| event.as_ref().clone());
+                    outputs.keep(emission);
+                }
+                None => outputs.discard(),
             }
             entry.put(event);
-            return any;
+            return emission.is_some();
         }
         let mut state = self.base.clone();
         let mut any = false;
@@ -256,10 +292,17 @@ impl Customer {
             let event = entry.take();
             state.update(&event, &entry.cx, entry.at, cfg);
             if index >= from {
-                let enriched = output(&state, entry, &event);
-                if let Some(emission) = emit(entry, &event, &state, &enriched) {
-                    any = true;
-                    sink(&event, enriched, emission);
+                let o = outputs.slot();
+                output(&state, entry, &event, o);
+                match emit(entry, &event, &state, o) {
+                    Some(emission) => {
+                        outputs
+                            .event()
+                            .get_or_insert_with(|| event.as_ref().clone());
+                        outputs.keep(emission);
+                        any = true;
+                    }
+                    None => outputs.discard(),
                 }
             }
             entry.put(event);
@@ -305,6 +348,59 @@ impl Customer {
     }
 }
 
+/// Where a batch's outputs go: appended to the operator's output, each
+/// built in place. An `EnrichedEvent` is 1.3 KB: built apart, an output was
+/// copied four or five times on its way there (returned, handed on,
+/// wrapped, pushed).
+pub(super) struct Outputs<'a> {
+    pub out: &'a mut Vec<Released>,
+    /// The input offset that caused them.
+    pub offset: i64,
+    pub stats: &'a mut JoinStats,
+}
+
+impl Outputs<'_> {
+    /// A new, empty output at the end, for an entry's output to be built in.
+    pub fn slot(&mut self) -> &mut EnrichedEvent {
+        self.out.push(Released {
+            offset: self.offset,
+            enriched: EnrichedEvent::default(),
+        });
+        &mut self.out.last_mut().expect("just pushed").enriched
+    }
+
+    /// Drops the output built in the last slot (in place, not moved out
+    /// first): it is not emitted.
+    pub fn discard(&mut self) {
+        self.out.truncate(self.out.len() - 1);
+    }
+
+    /// The event of the output built in the last slot, empty, for the
+    /// caller to fill in place before [`Outputs::keep`]: an `Event` is 704
+    /// bytes, copied at every hand-over (and twice by an assignment, which
+    /// drops what it replaces first).
+    pub fn event(&mut self) -> &mut Option<Event> {
+        &mut self.out.last_mut().expect("a slot").enriched.event
+    }
+
+    /// Keeps the output built in the last slot, its event in place, as
+    /// `emission` says: at its revision, after a copy of it at the `before`
+    /// revision if there is one.
+    pub fn keep(&mut self, emission: Emission) {
+        let last = self.out.last_mut().expect("a slot");
+        last.enriched.revision = emission.revision;
+        self.stats.repairs += u64::from(emission.repaired);
+        if let Some((revision, repaired)) = emission.before {
+            // The copy comes first: the slot becomes it, and the output
+            // follows it.
+            let after = last.clone();
+            last.enriched.revision = revision;
+            self.stats.repairs += u64::from(repaired);
+            self.out.push(after);
+        }
+    }
+}
+
 /// What an entry emits: its output at `revision`, after, when `before` is
 /// set, a copy of it at that revision (a replay's revision 0, or a linked
 /// event's first revision); `repaired` tells each whether it counts as a
@@ -329,7 +425,14 @@ fn emit(
 ) -> Option<Emission> {
     let hash = context_hash(enriched);
     entry.unmet = state.unmet_reference(event);
-    let repaired = entry.emitted && hash != entry.output_hash;
+    // An entry read back with an older hash compares the same way it was
+    // written: a changed hash alone is no repair. (A version this build
+    // does not know compares as the current one: at most one revision.)
+    let last = match entry.hash_version {
+        0 => context_hash_v0(enriched),
+        _ => hash,
+    };
+    let repaired = entry.emitted && last != entry.output_hash;
     if repaired {
         entry.revision += 1;
     }
@@ -340,6 +443,7 @@ fn emit(
         return None;
     }
     entry.output_hash = hash;
+    entry.hash_version = HASH_VERSION;
     let mut before = None;
     if forced && entry.revision > 0 {
         // A replay: the outputs of the flush that recorded this entry may
@@ -360,10 +464,130 @@ fn emit(
     })
 }
 
-/// A hash of what a repair can change in an output: the customer and how
-/// it was found, and the joined order, session, customer and call context.
-fn context_hash(e: &EnrichedEvent) -> u64 {
-    use std::hash::Hasher as _;
+/// The way [`context_hash`] hashes, written with each entry
+/// (`JoinHistoryEntry.hash_version`); entries read back with another keep
+/// theirs until their next output (see [`Entry::hash_version`]).
+pub(super) const HASH_VERSION: u32 = 1;
+
+/// A hash of what a repair can change in an output: how its customer was
+/// found, and the joined order, session, customer and call context, field
+/// by field, without encoding them (hash version 1). Not the customer id:
+/// every output of an entry carries the id of the customer whose history
+/// holds it. Each context is taken apart whole, so that a field added to
+/// one does not compile until it is hashed here too (and the version
+/// raised).
+pub(super) fn context_hash(e: &EnrichedEvent) -> u64 {
+    let mut h = Fields(foldhash::fast::FixedState::with_seed(0x786f_666c_6f77).build_hasher());
+    h.int(i64::from(e.resolution));
+    h.opt(e.order.as_ref(), |h, o| {
+        let OrderContext {
+            order_id,
+            r#match,
+            status,
+            amount_minor,
+            currency,
+            placed_at,
+            promised_delivery_at,
+            delivered_at,
+            delivery_late_seconds,
+        } = o;
+        h.str(order_id);
+        h.int(i64::from(*r#match));
+        h.int(i64::from(*status));
+        h.int(*amount_minor);
+        h.str(currency);
+        h.time(placed_at.as_ref());
+        h.time(promised_delivery_at.as_ref());
+        h.time(delivered_at.as_ref());
+        h.opt(delivery_late_seconds.as_ref(), |h, s| h.int(*s));
+    });
+    h.opt(e.session.as_ref(), |h, s| {
+        let SessionContext {
+            session_id,
+            page_views,
+            error_pages,
+            abandoned_checkout,
+        } = s;
+        h.str(session_id);
+        h.int(i64::from(*page_views));
+        h.int(i64::from(*error_pages));
+        h.int(i64::from(*abandoned_checkout));
+    });
+    h.opt(e.customer.as_ref(), |h, c| {
+        let CustomerContext {
+            orders_90d,
+            value_90d_minor,
+            lifetime_value_minor,
+            support_contacts_30d,
+            days_since_last_order,
+            last_nps,
+            churn_risk,
+            do_not_contact,
+        } = c;
+        h.int(i64::from(*orders_90d));
+        h.int(*value_90d_minor);
+        h.int(*lifetime_value_minor);
+        h.int(i64::from(*support_contacts_30d));
+        h.opt(days_since_last_order.as_ref(), |h, d| h.int(i64::from(*d)));
+        h.opt(last_nps.as_ref(), |h, n| h.int(i64::from(*n)));
+        h.opt(churn_risk.as_ref(), |h, r| h.int(r.to_bits() as i64));
+        h.int(i64::from(*do_not_contact));
+    });
+    h.opt(e.call.as_ref(), |h, c| {
+        let CallContext {
+            call_id,
+            started_at,
+            queue,
+            agent_id,
+            duration_seconds,
+            disposition,
+            sentiment_label,
+        } = c;
+        h.str(call_id);
+        h.time(started_at.as_ref());
+        h.str(queue);
+        h.str(agent_id);
+        h.int(i64::from(*duration_seconds));
+        h.str(disposition);
+        h.int(i64::from(*sentiment_label));
+    });
+    h.0.finish()
+}
+
+/// Writes fields to a hasher so that no two sequences of fields write the
+/// same: strings with their length, optional parts with whether they are
+/// there.
+struct Fields(foldhash::fast::FoldHasher<'static>);
+
+impl Fields {
+    fn int(&mut self, v: i64) {
+        self.0.write_i64(v);
+    }
+
+    fn str(&mut self, s: &str) {
+        self.0.write_usize(s.len());
+        self.0.write(s.as_bytes());
+    }
+
+    fn opt<T>(&mut self, v: Option<&T>, f: impl FnOnce(&mut Self, &T)) {
+        self.0.write_u8(u8::from(v.is_some()));
+        if let Some(v) = v {
+            f(self, v);
+        }
+    }
+
+    fn time(&mut self, t: Option<&Timestamp>) {
+        self.opt(t, |h, t| {
+            h.int(t.seconds);
+            h.int(i64::from(t.nanos));
+        });
+    }
+}
+
+/// [`context_hash`] as it was before `JoinHistoryEntry.hash_version`
+/// (version 0): over the encoded contexts. Kept for entries read back from
+/// a changelog written then, until each is emitted again.
+pub(super) fn context_hash_v0(e: &EnrichedEvent) -> u64 {
     thread_local! {
         // Reused: the hash runs for every output.
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };

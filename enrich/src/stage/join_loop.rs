@@ -132,7 +132,8 @@ impl Joiner<'_> {
                     }
                     continue;
                 }
-                let event = match Event::decode(m.payload().unwrap_or_default()) {
+                let payload = m.payload().unwrap_or_default();
+                let event = match Event::decode(payload) {
                     Ok(e) => e,
                     Err(err) => {
                         dead.push(output::undecodable(m, &err));
@@ -143,7 +144,9 @@ impl Joiner<'_> {
                 let revision = header(m, REVISION_HEADER)
                     .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
                     .unwrap_or(0);
-                j.offer_moved(event, who, revision, m.offset(), now);
+                // The history keeps the record's bytes: the event is not
+                // encoded again for it.
+                j.offer_received(event, payload.to_vec(), who, revision, m.offset(), now);
             }
             let stopping = stop.is_cancelled();
             if rescored.elapsed() >= rescore_every {
