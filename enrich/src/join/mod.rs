@@ -50,7 +50,7 @@ mod history;
 mod state;
 mod unresolved;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use xoflow_proto::{
     Message as _,
@@ -181,8 +181,10 @@ pub struct Join {
 }
 
 /// Customer-keyed maps: foldhash, not SipHash (hashing was a tenth of the
-/// join's time); keys are customer ids, seeded per process.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// join's time); keys are customer ids, seeded per process. hashbrown's
+/// map for `entry_ref`: an event's customer is found, or inserted, with one
+/// look-up of a borrowed id, which is cloned only for a new customer.
+type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
 
 impl Join {
     pub fn new(cfg: JoinConfig) -> Self {
@@ -676,15 +678,7 @@ impl Join {
     /// Derives an event's own CX fields: scores, and sentiment and topics
     /// of its text.
     fn cx(&self, e: &Event) -> xoflow_proto::v1::CxFields {
-        let mut cx = derive::cx_fields(e);
-        let text = experience_text(e);
-        if !text.is_empty() {
-            let s = sentiment::score(&text);
-            cx.sentiment = Some(s.score);
-            cx.sentiment_label = s.label as i32;
-            cx.topics = sentiment::topics(self.topics.for_tenant(&e.tenant), &text);
-        }
-        cx
+        cx_fields(&self.topics, e)
     }
 
     /// Puts a resolved event in its customer's history: folded and emitted
@@ -710,15 +704,14 @@ impl Join {
         } = who;
         let Some(id) = customer_id else { return };
         self.evict_if_full(at);
-        let (place, known) = match self.customers.get(&id) {
-            Some(c) => (c.place(at, &e.event_id), true),
-            None => (Place::Last, false),
-        };
+        // One look-up for the whole admission: a new customer is inserted
+        // empty, where every event is the latest.
+        let c = self.customers.entry_ref(id.as_str()).or_default();
+        let place = c.place(at, &e.event_id);
         match place {
             Place::Known(i) => {
                 // A replay: emit it and what follows again, at their
                 // current revisions unless something changed.
-                let c = self.customers.get_mut(&id).expect("placed");
                 for entry in c.history.iter_mut().skip(i) {
                     entry.force = true;
                 }
@@ -728,8 +721,7 @@ impl Join {
             Place::Forgotten => {
                 // Folded into the base long ago: emitted again as the
                 // current state sees it (the sink keeps the copy it has).
-                let cx = self.cx(&e);
-                let c = &self.customers[&id];
+                let cx = cx_fields(&self.topics, &e);
                 let mut o = output(&self.cfg, &c.current, &e, at, resolution, &cx, &id, now_ms);
                 o.event = Some(e);
                 out.push(Released {
@@ -738,11 +730,7 @@ impl Join {
                 });
             }
             Place::Last | Place::At(_) => {
-                let cx = self.cx(&e);
-                if !known {
-                    self.customers.insert(id.clone(), Customer::default());
-                }
-                let c = self.customers.get_mut(&id).expect("inserted");
+                let cx = cx_fields(&self.topics, &e);
                 // In order (after the customer's latest, nothing pending):
                 // folded and emitted now, without a re-fold, and the event
                 // goes to its output, the entry keeping its encoding.
@@ -781,7 +769,8 @@ impl Join {
                         None => outputs.discard(),
                     }
                     self.unmet += usize::from(c.history.back().is_some_and(|x| x.unmet));
-                    self.evict(&id);
+                    let gone = c.evict(&self.cfg);
+                    self.evicted(&id, gone);
                 } else {
                     let i = match place {
                         Place::At(i) => i,
@@ -900,6 +889,12 @@ impl Join {
             return;
         };
         let gone = c.evict(&self.cfg);
+        self.evicted(id, gone);
+    }
+
+    /// Accounts for the entries `gone` from customer `id`'s history into
+    /// its base.
+    fn evicted(&mut self, id: &str, gone: Vec<Entry>) {
         if gone.is_empty() {
             return;
         }
@@ -949,6 +944,21 @@ impl Join {
             self.dirty_bases.insert(id);
         }
     }
+}
+
+/// An event's own CX fields: scores, and sentiment and topics of its text
+/// (`topics`: the join's rules). Apart from [`Join`], so that it can be
+/// derived while a customer of the join is borrowed.
+fn cx_fields(topics: &sentiment::TopicsConfig, e: &Event) -> xoflow_proto::v1::CxFields {
+    let mut cx = derive::cx_fields(e);
+    let text = experience_text(e);
+    if !text.is_empty() {
+        let s = sentiment::score(&text);
+        cx.sentiment = Some(s.score);
+        cx.sentiment_label = s.label as i32;
+        cx.topics = sentiment::topics(topics.for_tenant(&e.tenant), &text);
+    }
+    cx
 }
 
 /// The department owning `e`'s touchpoint in its tenant's journey config.
@@ -1072,7 +1082,7 @@ pub fn experience_text(e: &Event) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{collections::HashMap, time::Duration};
 
     use super::*;
     use crate::identity::Links;
