@@ -1252,6 +1252,16 @@ mod tests {
         out.into_iter().map(|r| r.enriched).collect()
     }
 
+    /// Three days of five customers' journeys, and the links they teach.
+    fn journeys_and_links() -> (Vec<Event>, Links) {
+        let events = xoflow_tools::scenario::journeys(5, 0..3, 1_800_000_000_000);
+        let mut links = Links::default();
+        for e in &events {
+            links.learn(e, |_, _| {});
+        }
+        (events, links)
+    }
+
     fn without_time(mut e: EnrichedEvent) -> EnrichedEvent {
         e.enriched_at = None;
         e
@@ -1259,11 +1269,7 @@ mod tests {
 
     #[test]
     fn state_survives_the_changelog_and_replays_are_not_applied_twice() {
-        let events = xoflow_tools::scenario::journeys(5, 0..3, 1_800_000_000_000);
-        let mut links = Links::default();
-        for e in &events {
-            links.learn(e, |_, _| {});
-        }
+        let (events, links) = journeys_and_links();
         let now = 1_900_000_000_000;
         let half = events.len() / 2;
         let mut a = Join::new(cfg());
@@ -1291,11 +1297,7 @@ mod tests {
 
     #[test]
     fn a_history_written_before_hash_version_1_is_read_back_without_spurious_revisions() {
-        let events = xoflow_tools::scenario::journeys(5, 0..3, 1_800_000_000_000);
-        let mut links = Links::default();
-        for e in &events {
-            links.learn(e, |_, _| {});
-        }
+        let (events, links) = journeys_and_links();
         let now = 1_900_000_000_000;
         let half = events.len() / 2;
         let mut a = Join::new(cfg());
