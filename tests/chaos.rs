@@ -542,10 +542,18 @@ async fn every_fault_ends_with_each_acknowledged_event_stored_and_counted_once()
         let stored = stored_ids().await;
         let missing = match &stored {
             Ok(stored) if acknowledged.is_subset(stored) => break stored.clone(),
-            Ok(stored) => format!(
-                "{} acknowledged events never stored",
-                acknowledged.difference(stored).count()
-            ),
+            Ok(stored) => {
+                // The ids, to follow them through the topics the broker
+                // kept in this test's scratch directory.
+                let mut missing: Vec<&String> = acknowledged.difference(stored).collect();
+                missing.sort();
+                format!(
+                    "{} acknowledged events never stored, e.g. {:?} (topics kept in {})",
+                    missing.len(),
+                    &missing[..missing.len().min(10)],
+                    scratch.display()
+                )
+            }
             Err(e) => format!("stored events not read: {e}"),
         };
         assert!(Instant::now() < until, "{missing}");

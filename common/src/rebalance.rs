@@ -15,8 +15,22 @@
 //! to [`crate::resume::REWIND`] records earlier, and [`RebalanceLog::admit`]
 //! drops what comes before the committed offset, seeking further back where
 //! the broker still answered past it ([`crate::resume`]).
+//!
+//! A loop that holds per-partition state reads through [`Batches`]: a batch
+//! never spans a rebalance, and it comes with the changes recorded before
+//! its first record. A record fetched under an assignment is handled with
+//! that assignment's state, never with the state rebuilt after the
+//! partition was revoked (which does not hold what the old state held, so
+//! committing past the record would lose those).
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use rdkafka::{
     ClientContext, Offset, TopicPartitionList,
@@ -29,6 +43,7 @@ use rdkafka::{
 };
 
 use crate::{
+    kafka::batch,
     resume::{self, Resume, ResumeCheck},
     telemetry::ErrorKind,
 };
@@ -52,6 +67,8 @@ pub struct RebalanceLog {
     /// Which changes the loop wants; the rest are only logged.
     keep: Keep,
     changes: Mutex<Vec<Change>>,
+    /// Rebalance callbacks so far: [`Batches`] ends a batch where it moves.
+    rebalances: AtomicU64,
     /// Whether assigned partitions are checked against their committed
     /// offsets.
     check_commits: bool,
@@ -80,6 +97,7 @@ impl RebalanceLog {
             name,
             keep,
             changes: Mutex::new(Vec::new()),
+            rebalances: AtomicU64::new(0),
             check_commits: false,
             resuming: Mutex::new(HashMap::new()),
             errors: None,
@@ -235,6 +253,81 @@ impl RebalanceLog {
 
 impl ClientContext for RebalanceLog {}
 
+/// One batch from [`Batches::next`]: the rebalances recorded before its
+/// first record, to act on first, then its records.
+#[derive(Debug)]
+pub struct Batch<'c> {
+    pub changes: Vec<Change>,
+    pub records: Vec<BorrowedMessage<'c>>,
+}
+
+/// Reads a consumer in batches that never span a rebalance.
+///
+/// librdkafka runs the rebalance callbacks inside `recv()`, between two
+/// records, and after a revocation it no longer returns the partition's
+/// records fetched before it. A batch gathered across that point holds
+/// records of the old assignment, yet the changes a loop takes after the
+/// batch would be acted on before them: a revoked partition's state
+/// dropped, then its remaining records handled by a state rebuilt from the
+/// changelog, which lacks the events the dropped state held, and committed
+/// past them. So the record `recv()` returns after a callback starts the
+/// next batch, which carries the changes.
+pub struct Batches<'c> {
+    consumer: &'c StreamConsumer<RebalanceLog>,
+    /// The record that came after a rebalance: the next batch's first.
+    carry: Option<BorrowedMessage<'c>>,
+}
+
+impl<'c> Batches<'c> {
+    pub fn new(consumer: &'c StreamConsumer<RebalanceLog>) -> Self {
+        Batches {
+            consumer,
+            carry: None,
+        }
+    }
+
+    /// Waits for the first record (or `stop`, or `idle` without one), then
+    /// gathers more until `max` records, `max_wait` after the first, or a
+    /// rebalance; the records pass through [`RebalanceLog::admit`]. Otherwise
+    /// as [`crate::kafka::recv_batch`]: an empty batch once `stop` is
+    /// cancelled or `idle` passed with no record (with the changes recorded
+    /// meanwhile), and an error while filling ends the batch, counted in
+    /// `errors`. Records stay borrowed from the consumer.
+    pub async fn next(
+        &mut self,
+        max: usize,
+        max_wait: Duration,
+        idle: Option<Duration>,
+        stop: &tokio_util::sync::CancellationToken,
+        errors: &'static str,
+    ) -> Result<Batch<'c>, KafkaError> {
+        let log = self.consumer.context();
+        let first = match self.carry.take() {
+            Some(m) => m,
+            None => match batch::first(self.consumer, idle, stop).await? {
+                Some(m) => m,
+                None => {
+                    return Ok(Batch {
+                        changes: log.take(),
+                        records: Vec::new(),
+                    });
+                }
+            },
+        };
+        // Every callback so far ran before `first` was returned.
+        let changes = log.take();
+        let seen = log.rebalances.load(Ordering::Acquire);
+        let mut records = Vec::with_capacity(max.min(1024));
+        records.push(first);
+        self.carry = batch::fill(self.consumer, &mut records, max, max_wait, errors, || {
+            log.rebalances.load(Ordering::Acquire) != seen
+        })
+        .await;
+        log.admit(self.consumer, &mut records);
+        Ok(Batch { changes, records })
+    }
+}
+
 impl ConsumerContext for RebalanceLog {
     /// rdkafka's own rebalance, with the assignment's starting offsets
     /// rewound first when the stage checks where partitions resume.
@@ -244,6 +337,7 @@ impl ConsumerContext for RebalanceLog {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        self.rebalances.fetch_add(1, Ordering::AcqRel);
         let assigning = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
         let revoking = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS;
         let cooperative = matches!(
@@ -318,5 +412,151 @@ impl ConsumerContext for RebalanceLog {
                 }));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashSet, time::Duration};
+
+    use rdkafka::{
+        ClientConfig, Message,
+        consumer::{Consumer, StreamConsumer},
+        mocking::MockCluster,
+        producer::{BaseProducer, BaseRecord, Producer},
+    };
+    use tokio_util::sync::CancellationToken;
+
+    use super::{Batch, Batches, Change, Keep, RebalanceLog};
+
+    fn member(bootstrap: &str) -> StreamConsumer<RebalanceLog> {
+        let c: StreamConsumer<RebalanceLog> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "g")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("heartbeat.interval.ms", "100")
+            .set("session.timeout.ms", "2500")
+            .set("fetch.wait.max.ms", "10")
+            .create_with_context(RebalanceLog::new("test", Keep::Both))
+            .expect("consumer");
+        c.subscribe(&["t"]).expect("subscribe");
+        c
+    }
+
+    /// A member whose batches are long and always full of records, while a
+    /// second member joins and leaves the group: each revocation comes while
+    /// a batch fills. Acting on each batch's changes before its records, no
+    /// record is handled for a partition the member no longer holds (whose
+    /// state is gone). Read the old way, the changes taken after the batch,
+    /// this fails: "a record of partition 1 after it was revoked".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_batch_holds_a_record_of_a_partition_revoked_before_it() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("t", 4, 1).expect("topic");
+        let bootstrap = mock.bootstrap_servers();
+
+        let stop_feed = CancellationToken::new();
+        let feed = {
+            let bootstrap = bootstrap.clone();
+            let stop = stop_feed.clone();
+            tokio::task::spawn_blocking(move || {
+                let producer: BaseProducer = ClientConfig::new()
+                    .set("bootstrap.servers", &bootstrap)
+                    .set("linger.ms", "1")
+                    .create()
+                    .expect("producer");
+                let mut n = 0u64;
+                while !stop.is_cancelled() {
+                    for p in 0..4 {
+                        let payload = n.to_be_bytes();
+                        let _ = producer
+                            .send(BaseRecord::<(), _>::to("t").partition(p).payload(&payload));
+                        n += 1;
+                    }
+                    producer.poll(Duration::from_millis(2));
+                }
+                let _ = producer.flush(Duration::from_secs(5));
+            })
+        };
+
+        // A failed assertion must not leave the feed or the second member
+        // running: the runtime would wait for them.
+        let _stop_feed = stop_feed.clone().drop_guard();
+        let leave = CancellationToken::new();
+        let _leave = leave.clone().drop_guard();
+        let a = member(&bootstrap);
+        let mut batches = Batches::new(&a);
+        let stop = CancellationToken::new();
+        let mut held: HashSet<i32> = HashSet::new();
+        let (mut revoked, mut assigned, mut records) = (0, 0, 0usize);
+        let mut second: Option<tokio::task::JoinHandle<()>> = None;
+        let started = std::time::Instant::now();
+        let idle = Some(Duration::from_millis(200));
+        while started.elapsed() < Duration::from_secs(60) {
+            let Batch {
+                changes,
+                records: batch,
+            } = batches
+                .next(100_000, Duration::from_millis(500), idle, &stop, "test")
+                .await
+                .expect("batch");
+            for change in changes {
+                match change {
+                    Change::Assigned { partition, .. } => {
+                        assigned += 1;
+                        held.insert(partition);
+                    }
+                    Change::Revoked { partition, .. } => {
+                        revoked += 1;
+                        held.remove(&partition);
+                    }
+                }
+            }
+            for m in &batch {
+                assert!(
+                    held.contains(&m.partition()),
+                    "a record of partition {} after it was revoked (held: {held:?})",
+                    m.partition()
+                );
+            }
+            records += batch.len();
+            // Once the member reads, a second one joins; once that
+            // rebalance is done, it leaves again: two rebalances, each
+            // while this member's batches are filling.
+            if second.is_none() && records > 0 {
+                let bootstrap = bootstrap.clone();
+                let leave = leave.clone();
+                second = Some(tokio::spawn(async move {
+                    let b = member(&bootstrap);
+                    let stop = CancellationToken::new();
+                    let mut batches = Batches::new(&b);
+                    while !leave.is_cancelled() {
+                        let idle = Some(Duration::from_millis(50));
+                        let wait = Duration::from_millis(50);
+                        let _ = batches.next(1000, wait, idle, &stop, "test").await;
+                    }
+                    b.unsubscribe();
+                }));
+            }
+            if second.is_some() && held.len() < 4 && !leave.is_cancelled() {
+                leave.cancel();
+            }
+            // Eager rebalances: all 4 revoked, 2 assigned; then those 2
+            // revoked, all 4 assigned again.
+            if leave.is_cancelled() && held.len() == 4 && assigned >= 10 {
+                break;
+            }
+        }
+        stop_feed.cancel();
+        feed.await.expect("feed");
+        if let Some(s) = second {
+            s.await.expect("second member");
+        }
+        assert!(
+            revoked >= 6 && assigned >= 10,
+            "both rebalances seen: {revoked} revoked, {assigned} assigned"
+        );
+        assert!(records > 0, "records read");
     }
 }

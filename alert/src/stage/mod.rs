@@ -48,10 +48,10 @@ use xoflow_common::{
     clock,
     dead_letter::{self, Stage},
     kafka::{
-        ErrorClass, KafkaConfig, Outgoing, recv_batch,
+        ErrorClass, KafkaConfig, Outgoing,
         watch::{self, Watched},
     },
-    rebalance::{Change, Keep, RebalanceLog},
+    rebalance::{Batch, Batches, Change, Keep, RebalanceLog},
     retry::RetryPolicy,
     telemetry::ErrorKind,
 };
@@ -511,6 +511,7 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     async fn run(&mut self) -> Result<(), Interrupted> {
+        let mut batches = Batches::new(self.consumer);
         loop {
             self.take_reports();
             self.dispatch_overflow()?;
@@ -518,15 +519,21 @@ impl Loop<'_> {
                 self.flush(CommitMode::Async).await?;
             }
             self.pause_or_resume();
-            let mut batch = match recv_batch(
-                self.consumer,
-                self.cfg.batch_max_records,
-                self.cfg.batch_max_wait,
-                Some(IDLE_TICK.min(self.cfg.batch_max_wait)),
-                self.stop,
-                Metric::Errors.name(),
-            )
-            .await
+            // Rebalances come before the records fetched after them: a
+            // revoked partition's records are never handled after its
+            // offsets were dropped.
+            let Batch {
+                changes,
+                records: batch,
+            } = match batches
+                .next(
+                    self.cfg.batch_max_records,
+                    self.cfg.batch_max_wait,
+                    Some(IDLE_TICK.min(self.cfg.batch_max_wait)),
+                    self.stop,
+                    Metric::Errors.name(),
+                )
+                .await
             {
                 Ok(_) if self.stop.is_cancelled() => break,
                 Ok(b) => b,
@@ -536,8 +543,7 @@ impl Loop<'_> {
                     continue;
                 }
             };
-            self.consumer.context().admit(self.consumer, &mut batch);
-            for change in self.consumer.context().take() {
+            for change in changes {
                 if let Change::Revoked { partition, .. } = change {
                     self.offsets.drop_partition(partition);
                 }

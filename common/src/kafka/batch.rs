@@ -28,20 +28,46 @@ pub async fn recv_batch<'c, C: ConsumerContext + 'static>(
     stop: &tokio_util::sync::CancellationToken,
     errors: &'static str,
 ) -> Result<Vec<BorrowedMessage<'c>>, KafkaError> {
-    // `recv` itself is cancel-safe: a message is only taken when returned.
-    let first = tokio::select! {
-        biased;
-        _ = stop.cancelled() => return Ok(Vec::new()),
-        _ = tokio::time::sleep(idle.unwrap_or(Duration::MAX)), if idle.is_some() => {
-            return Ok(Vec::new());
-        }
-        m = consumer.recv() => m?,
+    let Some(first) = first(consumer, idle, stop).await? else {
+        return Ok(Vec::new());
     };
     let mut batch = Vec::with_capacity(max.min(1024));
     batch.push(first);
+    fill(consumer, &mut batch, max, max_wait, errors, || false).await;
+    Ok(batch)
+}
+
+/// The first message of a batch; `None` once `stop` is cancelled or `idle`
+/// passed without one.
+pub(crate) async fn first<'c, C: ConsumerContext + 'static>(
+    consumer: &'c StreamConsumer<C>,
+    idle: Option<Duration>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<Option<BorrowedMessage<'c>>, KafkaError> {
+    // `recv` itself is cancel-safe: a message is only taken when returned.
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => Ok(None),
+        _ = tokio::time::sleep(idle.unwrap_or(Duration::MAX)), if idle.is_some() => Ok(None),
+        m = consumer.recv() => m.map(Some),
+    }
+}
+
+/// Adds messages to `batch` until `max`, `max_wait` from now, an error
+/// (counted in `errors`), or a message received once `ends()` says so:
+/// that one is returned, for the next batch.
+pub(crate) async fn fill<'c, C: ConsumerContext + 'static>(
+    consumer: &'c StreamConsumer<C>,
+    batch: &mut Vec<BorrowedMessage<'c>>,
+    max: usize,
+    max_wait: Duration,
+    errors: &'static str,
+    ends: impl Fn() -> bool,
+) -> Option<BorrowedMessage<'c>> {
     let deadline = tokio::time::Instant::now() + max_wait;
     while batch.len() < max {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) if ends() => return Some(m),
             Ok(Ok(m)) => batch.push(m),
             Ok(Err(e)) => {
                 crate::telemetry::ErrorKind::Consume.emit(
@@ -54,7 +80,7 @@ pub async fn recv_batch<'c, C: ConsumerContext + 'static>(
             Err(_) => break,
         }
     }
-    Ok(batch)
+    None
 }
 
 /// The offsets to commit after `batch` is fully handled: for each partition

@@ -15,7 +15,7 @@
 //! broker reachability probe behind readiness, [`watch`] the consuming
 //! stages' stall watchdog.
 
-mod batch;
+pub(crate) mod batch;
 mod error;
 pub mod probe;
 mod producer;

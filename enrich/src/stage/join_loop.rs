@@ -16,15 +16,15 @@ use std::{collections::HashMap, time::Duration};
 
 use rdkafka::{
     Offset, TopicPartitionList,
-    consumer::{Consumer, StreamConsumer},
+    consumer::StreamConsumer,
     message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders},
 };
 use tokio_util::sync::CancellationToken;
 use xoflow_common::{
     admin::Readiness,
     clock,
-    kafka::{BatchProducer, KafkaConfig, Outgoing, recv_batch},
-    rebalance::{Change, RebalanceLog},
+    kafka::{BatchProducer, KafkaConfig, Outgoing},
+    rebalance::{Batch, Batches, Change, RebalanceLog},
 };
 use xoflow_proto::{
     Message as _,
@@ -62,6 +62,7 @@ pub(super) struct Joiner<'a> {
 
 impl Joiner<'_> {
     pub async fn run(mut self, stop: &CancellationToken) -> Result<(), EnrichError> {
+        let mut batches = Batches::new(self.consumer);
         let tick = (self.cfg.join.max_hold / 4).max(Duration::from_millis(50));
         let rescore_every = self.cfg.alerts.rescore_interval();
         let mut rescored = tokio::time::Instant::now();
@@ -76,33 +77,38 @@ impl Joiner<'_> {
             } else {
                 Some(until_rescore.max(Duration::from_millis(1)))
             };
-            let batch = recv_batch(
-                self.consumer,
-                self.cfg.batch_max_records,
-                self.cfg.batch_max_wait,
-                wake,
-                stop,
-                crate::telemetry::Metric::Errors.name(),
-            )
-            .await;
-            let mut batch = match batch {
+            // Committed offsets sit below held events, inside record
+            // batches: `Batches` checks where the broker resumes such a
+            // partition, and hands over the rebalances before the records
+            // fetched after them.
+            let batch = batches
+                .next(
+                    self.cfg.batch_max_records,
+                    self.cfg.batch_max_wait,
+                    wake,
+                    stop,
+                    crate::telemetry::Metric::Errors.name(),
+                )
+                .await;
+            let Batch {
+                changes,
+                records: batch,
+            } = match batch {
                 Ok(b) => b,
                 Err(e) => {
                     output::consumer_error(&e).await;
                     continue;
                 }
             };
-            // Committed offsets sit below held events, inside record
-            // batches: check where the broker resumes such a partition.
-            self.consumer.context().admit(self.consumer, &mut batch);
-            self.rebalance().await?;
+            self.rebalance(changes).await?;
             let now = clock::now_unix_millis();
             let mut dead = Vec::new();
             for m in &batch {
                 let p = m.partition();
                 if !self.joins.contains_key(&p) {
-                    // The assignment callback may come after the first
-                    // records in some client versions: restore now.
+                    // Assigned without a recorded change (none is dropped,
+                    // but a record of a partition is never handled
+                    // without its state): restore now.
                     let join = self.restore(p).await?;
                     self.joins.insert(p, join);
                 }
@@ -311,8 +317,8 @@ impl Joiner<'_> {
     }
 
     /// Acts on the assignments the rebalance callbacks recorded.
-    async fn rebalance(&mut self) -> Result<(), EnrichError> {
-        for change in self.consumer.context().take() {
+    async fn rebalance(&mut self, changes: Vec<Change>) -> Result<(), EnrichError> {
+        for change in changes {
             match change {
                 Change::Revoked { partition, .. } => {
                     // Held events were not committed: the next owner reads

@@ -17,15 +17,15 @@ use std::{collections::HashMap, time::Duration};
 
 use rdkafka::{
     Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer, StreamConsumer},
+    consumer::{BaseConsumer, StreamConsumer},
     message::Message,
 };
 use tokio_util::sync::CancellationToken;
 use xoflow_common::{
     admin::Readiness,
     clock,
-    kafka::{BatchProducer, KafkaConfig, Outgoing, next_offsets, recv_batch},
-    rebalance::{Change, RebalanceLog},
+    kafka::{BatchProducer, KafkaConfig, Outgoing, next_offsets},
+    rebalance::{Batch, Batches, Change, RebalanceLog},
     telemetry::ErrorKind,
 };
 use xoflow_proto::{Message as _, v1::EventIdentityView};
@@ -62,19 +62,27 @@ impl Resolver<'_> {
     pub async fn run(mut self, stop: &CancellationToken) -> Result<(), EnrichError> {
         let max_hold_ms = self.cfg.join.max_hold.as_millis() as i64;
         let tick = (self.cfg.join.max_hold / 4).max(Duration::from_millis(50));
+        let mut batches = Batches::new(self.consumer);
         loop {
             // Waiting events are due by wall-clock time even when no input
             // arrives: wake up after `tick` without a message then.
             let idle = (!self.waiting.is_empty()).then_some(tick);
-            let mut batch = match recv_batch(
-                self.consumer,
-                self.cfg.batch_max_records,
-                self.cfg.batch_max_wait,
-                idle,
-                stop,
-                crate::telemetry::Metric::Errors.name(),
-            )
-            .await
+            // Both loops commit below events still held, often inside a
+            // record batch: `Batches` checks where the broker resumes such a
+            // partition, and hands over the rebalances before the records
+            // fetched after them.
+            let Batch {
+                changes,
+                records: batch,
+            } = match batches
+                .next(
+                    self.cfg.batch_max_records,
+                    self.cfg.batch_max_wait,
+                    idle,
+                    stop,
+                    crate::telemetry::Metric::Errors.name(),
+                )
+                .await
             {
                 // Stopping: waiting events were not committed; whoever
                 // reads these partitions next reads them again.
@@ -85,10 +93,7 @@ impl Resolver<'_> {
                     continue;
                 }
             };
-            // Both loops commit below events still held, often inside a
-            // record batch: check where the broker resumes such a partition.
-            self.consumer.context().admit(self.consumer, &mut batch);
-            for change in self.consumer.context().take() {
+            for change in changes {
                 if let Change::Revoked { topic, partition } = change {
                     self.waiting.drop_partition(&topic, partition);
                     self.read.remove(&(topic, partition));
