@@ -7,6 +7,9 @@
 //!   request);
 //! - B3: the sink (Kafka → ClickHouse) against `clickhouse-client` inserting
 //!   the same rows as RowBinary;
+//! - B6: the sink against a raw loop on the same records and schema
+//!   (rdkafka consumer → the sink's row → `clickhouse` crate insert, no
+//!   dedup, positions or retries), fed and timed the same way;
 //! - B5: the enrich stage (resolve, repartition, join) against a
 //!   consume → produce passthrough of the same events on the same broker,
 //!   both as steady-state rates (outputs between 10% and 90% of the input,
@@ -26,7 +29,7 @@
 //!   alert's triggering event reaching ingest to its delivery.
 //!
 //! One module per measurement — `kafka` (B1), `collector` and its echo
-//! server `grpc` (B2), `sink` (B3), `enrich` (B5), `pipeline` and
+//! server `grpc` (B2), `sink` (B3, B6), `enrich` (B5), `pipeline` and
 //! `open_loop` (P) — each starting what it measures through `xoflow-app`
 //! exactly as `xoflow run` would; `process` reads CPU time and memory from
 //! `/proc`, `support` holds what several share. Results are printed as a
@@ -146,17 +149,29 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
     }
 
     if wanted(Part::Sink) {
-        let (sink_rate, client_rate) = sink::measure(&cfg, &events).await?;
+        let rates = sink::measure(&cfg, &events).await?;
         rows.push(compared(
             "B3 sink Kafka→ClickHouse",
-            sink_rate,
+            rates.sink,
             "rows/s",
-            client_rate,
+            rates.client,
             0.95,
         ));
         rows.push(row(
             "B3 baseline clickhouse-client RowBinary insert",
-            client_rate,
+            rates.client,
+            "rows/s",
+        ));
+        rows.push(compared(
+            "B6 sink ÷ raw consume→insert loop",
+            rates.sink,
+            "rows/s",
+            rates.raw_loop,
+            0.85,
+        ));
+        rows.push(row(
+            "B6 baseline raw rdkafka→clickhouse loop",
+            rates.raw_loop,
             "rows/s",
         ));
     }

@@ -1,5 +1,7 @@
 //! B3: the sink (Kafka → ClickHouse) against `clickhouse-client` inserting
-//! the same rows as RowBinary.
+//! the same rows as RowBinary; B6: against a raw loop that reads the same
+//! records and inserts the same rows with the `clickhouse` crate, without
+//! the sink's dedup and position logic.
 
 use std::{
     process::Stdio,
@@ -7,16 +9,32 @@ use std::{
 };
 
 use anyhow::bail;
+use rdkafka::{
+    Message as _,
+    consumer::{Consumer, DefaultConsumerContext},
+};
 use xoflow_app::{Config, Stages};
-use xoflow_common::shutdown::Shutdown;
-use xoflow_proto::{Message as _, v1::Event};
+use xoflow_common::{kafka::BatchProducer, shutdown::Shutdown};
+use xoflow_proto::{
+    Message as _,
+    v1::{EnrichedEvent, Event},
+};
+use xoflow_sink::clickhouse::row::{EventRow, Lineage};
 
 use super::support::{count, send_keyed, wait_rows};
 
+/// Rows per second: the sink, `clickhouse-client` (B3) and the raw loop
+/// (B6).
+pub(super) struct SinkRates {
+    pub sink: f64,
+    pub client: f64,
+    pub raw_loop: f64,
+}
+
 /// The sink alone, warmed up, draining the enriched events as they are
 /// produced, against `clickhouse-client` inserting the rows the sink wrote,
-/// as RowBinary.
-pub(super) async fn measure(cfg: &Config, events: &[Event]) -> anyhow::Result<(f64, f64)> {
+/// as RowBinary, and against the raw loop fed the same way.
+pub(super) async fn measure(cfg: &Config, events: &[Event]) -> anyhow::Result<SinkRates> {
     let t = &cfg.kafka.topics;
     cfg.kafka
         .ensure_topics(&[&t.enriched, &t.dead_letters])
@@ -101,5 +119,91 @@ pub(super) async fn measure(cfg: &Config, events: &[Event]) -> anyhow::Result<(f
         bail!("clickhouse-client inserted {copied} rows, expected {n}");
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok((sink_rate, n as f64 / secs))
+    let raw_loop = raw_loop(cfg, &producer, &encoded).await?;
+    Ok(SinkRates {
+        sink: sink_rate,
+        client: n as f64 / secs,
+        raw_loop,
+    })
+}
+
+/// B6: what the sink's work costs at least. A consumer reads the records
+/// as they are produced, as the sink did (to a topic of its own, the same
+/// producer and chunks), decodes each, builds its row with the sink's own
+/// `EventRow::from_enriched`, and inserts the rows with the `clickhouse`
+/// crate in batches of the sink's `batch_rows` or `batch_max_wait`, into
+/// the same schema in a database of its own (so it pays for the
+/// materialized views too). No dedup look-up, no positions, no retries, no
+/// commits. Timed like the sink: from the first produce after one record
+/// was visible, to the last row visible.
+async fn raw_loop(
+    cfg: &Config,
+    producer: &BatchProducer,
+    encoded: &[(Vec<u8>, &str)],
+) -> anyhow::Result<f64> {
+    let topic = format!("{}.raw-loop", cfg.kafka.topics.enriched);
+    cfg.kafka.ensure_topics(&[&topic]).await?;
+    let mut raw_cfg = cfg.clickhouse.clone();
+    raw_cfg.database = format!("{}_raw", cfg.clickhouse.database);
+    xoflow_sink::migrate(&raw_cfg).await?;
+    let ch = raw_cfg.client();
+    let consumer = cfg.kafka.consumer(
+        &format!("{}.raw-loop", cfg.sink.group_id),
+        DefaultConsumerContext,
+    )?;
+    consumer.subscribe(&[&topic])?;
+    let n = encoded.len();
+    let (batch_rows, max_wait) = (cfg.sink.batch_rows.max(1), cfg.sink.batch_max_wait);
+    let client = ch.clone();
+    let reader = tokio::spawn(async move {
+        let mut rows: Vec<EventRow> = Vec::with_capacity(batch_rows);
+        let mut since: Option<Instant> = None;
+        let mut inserted = 0;
+        while inserted < n {
+            let m = match since {
+                Some(t) => {
+                    let left = (t + max_wait).saturating_duration_since(Instant::now());
+                    tokio::time::timeout(left, consumer.recv()).await.ok()
+                }
+                None => Some(consumer.recv().await),
+            };
+            if let Some(m) = m {
+                let m = m?;
+                let en = EnrichedEvent::decode(m.payload().unwrap_or_default())?;
+                let lineage = Lineage {
+                    topic: m.topic(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                };
+                let Some(row) = EventRow::from_enriched(en, lineage) else {
+                    bail!("a record without its event");
+                };
+                rows.push(row);
+                since.get_or_insert_with(Instant::now);
+            }
+            let due = since.is_some_and(|t| t.elapsed() >= max_wait);
+            if rows.len() >= batch_rows || (due && !rows.is_empty()) {
+                let mut insert = client.insert::<EventRow>("events").await?;
+                for r in &rows {
+                    insert.write(r).await?;
+                }
+                insert.end().await?;
+                inserted += rows.len();
+                rows.clear();
+                since = None;
+            }
+        }
+        Ok(())
+    });
+    send_keyed(producer, &topic, &encoded[..1]).await?;
+    wait_rows(&ch, "events", 1, Duration::from_secs(600)).await?;
+    let start = Instant::now();
+    for chunk in encoded[1..].chunks(10_000) {
+        send_keyed(producer, &topic, chunk).await?;
+    }
+    wait_rows(&ch, "events", n as u64, Duration::from_secs(600)).await?;
+    let rate = (n - 1) as f64 / start.elapsed().as_secs_f64();
+    reader.await??;
+    let _ = raw_cfg.drop_database().await;
+    Ok(rate)
 }

@@ -1,0 +1,71 @@
+//! A short run of `xoflow bench` on the real broker and ClickHouse, so the
+//! benchmark cannot rot: every measurement runs to its end and reports a
+//! figure. Nothing here asserts a speed (3,000 events in a debug build
+//! say nothing about it); `BENCHMARKS.md` holds the measured runs.
+
+mod common;
+
+use std::collections::HashSet;
+
+/// Every measurement's rows, by the start of their names: what a full run
+/// must produce (B1 raw Kafka, B2 collectors, B3 and B6 sink, B5 enrich,
+/// P pipeline closed and open loop, A alerts).
+const EXPECTED: &[&str] = &[
+    "B1 raw rdkafka produce→consume",
+    "B2 collector, batched",
+    "B2 collector, client streaming",
+    "B2 collector, unary",
+    "B2 baseline echo, batched",
+    "B3 sink Kafka→ClickHouse",
+    "B3 baseline clickhouse-client RowBinary insert",
+    "B5 enrich stage (resolve + join), time order",
+    "B5 baseline consume→produce passthrough",
+    "B6 sink ÷ raw consume→insert loop",
+    "B6 baseline raw rdkafka→clickhouse loop",
+    "P whole pipeline gRPC→ClickHouse",
+    "P CPU per event, xoflow",
+    "P ack→visible latency p99 (half peak)",
+    "P twice the peak: RSS growth",
+    "A alerts delivered",
+    "A ingest→webhook latency p99",
+];
+
+#[test]
+fn every_measurement_runs_to_its_end_and_reports_a_figure() {
+    let (cfg, id) = common::config("");
+    let out = std::env::temp_dir().join(format!("xoflow-bench-smoke-{id}"));
+    let run = common::xoflow_command(&cfg, &["bench", "--events", "3000", "--out"])
+        .arg(&out)
+        .output()
+        .expect("xoflow bench");
+    assert!(
+        run.status.success(),
+        "xoflow bench failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json = std::fs::read(out.join("results.json")).expect("results.json written");
+    let rows: serde_json::Value = serde_json::from_slice(&json).expect("results.json parses");
+    let rows = rows.as_array().expect("a list of rows");
+    let mut seen = HashSet::new();
+    for r in rows {
+        let name = r["name"].as_str().expect("each row has a name");
+        let value = r["value"].as_f64().expect("each row has a value");
+        assert!(value.is_finite(), "{name}: {value}");
+        if let Some(e) = EXPECTED.iter().find(|e| name.starts_with(**e)) {
+            seen.insert(*e);
+            // A rate or a count of zero means the measurement saw nothing.
+            if !name.contains("latency") && !name.contains("RSS") {
+                assert!(value > 0.0, "{name} is 0");
+            }
+        }
+    }
+    let missing: Vec<_> = EXPECTED.iter().filter(|e| !seen.contains(*e)).collect();
+    assert!(missing.is_empty(), "rows missing: {missing:?}");
+    assert!(
+        std::fs::read_to_string(out.join("results.md"))
+            .expect("results.md written")
+            .contains("| measurement |"),
+        "results.md holds the table"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
