@@ -230,20 +230,18 @@ impl Customer {
 
     /// Appends `entry`, made from `event`, as the customer's latest, with
     /// nothing else pending, and folds it into the current state: the
-    /// in-order path, no re-fold. Its output, built by `output` in a new
-    /// slot of `outputs`, is for the caller to keep with the event (moved
-    /// into [`Outputs::event`], then [`Outputs::keep`]) or discard, as the
-    /// returned emission says.
+    /// in-order path, no re-fold. Its output, built by `output` in `o` (an
+    /// empty output where the caller wants it), is for the caller to keep
+    /// with the event or discard, as the returned emission says.
     pub fn push_last(
         &mut self,
         cfg: &JoinConfig,
         mut entry: Entry,
         event: &Event,
-        outputs: &mut Outputs<'_>,
+        o: &mut EnrichedEvent,
         output: impl FnOnce(&CustomerState, &Entry, &Event, &mut EnrichedEvent),
     ) -> Option<Emission> {
         self.current.update(event, &entry.cx, entry.at, cfg);
-        let o = outputs.slot();
         output(&self.current, &entry, event, o);
         let emission = emit(&mut entry, event, &self.current, o);
         self.history.push_back(entry);
@@ -410,6 +408,18 @@ pub(super) struct Emission {
     pub before: Option<(u32, bool)>,
     pub revision: u32,
     pub repaired: bool,
+}
+
+impl Emission {
+    /// The revision of its first output: the copy's, when there is one.
+    pub fn first_revision(&self) -> u32 {
+        self.before.map_or(self.revision, |(revision, _)| revision)
+    }
+
+    /// How many of its outputs count as repairs.
+    pub fn repairs(&self) -> u64 {
+        u64::from(self.repaired) + self.before.map_or(0, |(_, repaired)| u64::from(repaired))
+    }
 }
 
 /// Decides what `entry`, made from `event`, emits given its output
