@@ -164,10 +164,10 @@ pub struct Join {
     /// Changelog keys changed since [`Join::take_changes`]: bases and
     /// identifiers by key; history entries flagged in place
     /// ([`Entry::unsaved`]) under customers listed once per batch; entries
-    /// that left a history by (customer, event id).
+    /// that left a history by their key ([`entry_key`]).
     dirty_bases: HashSet<String, foldhash::fast::RandomState>,
     unsaved: Vec<String>,
-    removed: HashSet<(String, String), foldhash::fast::RandomState>,
+    removed: HashSet<Vec<u8>, foldhash::fast::RandomState>,
     dirty_identifiers: HashSet<String, foldhash::fast::RandomState>,
     /// Events in every customer's history, and those among them naming an
     /// order or call not met yet.
@@ -381,7 +381,7 @@ impl Join {
             for e in c.history {
                 self.history_len -= 1;
                 self.unmet -= usize::from(e.unmet);
-                self.removed.insert((customer_id.to_owned(), e.id));
+                self.removed.insert(entry_key(customer_id, e.id()));
             }
         }
         self.touched.retain(|c| c != customer_id);
@@ -595,7 +595,7 @@ impl Join {
             }
             for e in c.history.iter_mut().filter(|e| e.unsaved) {
                 e.unsaved = false;
-                out.push((entry_key(&id, &e.id), e.to_proto().encode_to_vec()));
+                out.push((entry_key(&id, e.id()), e.to_proto().encode_to_vec()));
             }
         }
         if !self.removed.is_empty() {
@@ -607,7 +607,6 @@ impl Join {
             let gone: Vec<Vec<u8>> = self
                 .removed
                 .drain()
-                .map(|(id, event_id)| entry_key(&id, &event_id))
                 .filter(|k| !kept.contains(k.as_slice()))
                 .collect();
             out.extend(gone.into_iter().map(|k| (k, Vec::new())));
@@ -949,7 +948,7 @@ impl Join {
                 self.unmet -= 1;
                 self.stats.expired_reference += 1;
             }
-            self.removed.insert((id.to_owned(), e.id));
+            self.removed.insert(entry_key(id, e.id()));
         }
         self.dirty_bases.insert(id.to_owned());
     }
@@ -984,7 +983,7 @@ impl Join {
             for e in history {
                 self.history_len -= 1;
                 self.unmet -= usize::from(e.unmet);
-                self.removed.insert((id.clone(), e.id));
+                self.removed.insert(entry_key(&id, e.id()));
             }
             self.dirty_bases.insert(id);
         }
@@ -1028,11 +1027,11 @@ fn list_unsaved(unsaved: &mut Vec<String>, id: &str, c: &mut Customer) {
 }
 
 /// A history entry's changelog key: customer id, NUL, event id.
-fn entry_key(customer_id: &str, event_id: &str) -> Vec<u8> {
+fn entry_key(customer_id: &str, event_id: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(customer_id.len() + 1 + event_id.len());
     key.extend_from_slice(customer_id.as_bytes());
     key.push(0);
-    key.extend_from_slice(event_id.as_bytes());
+    key.extend_from_slice(event_id);
     key
 }
 
