@@ -284,7 +284,7 @@ impl Join {
         let built = if who.customer_id.is_some() {
             self.admit(e, bytes, who, 0, 0, now_ms, &mut out, Some(&mut own))
         } else {
-            own = self.unresolved_output(e, 0, now_ms);
+            self.fill_unresolved(&mut own, e, 0, now_ms);
             true
         };
         self.settle(0, now_ms, &mut out);
@@ -872,16 +872,21 @@ impl Join {
     }
 
     fn unresolved_output(&self, e: Event, revision: u32, now_ms: i64) -> EnrichedEvent {
-        EnrichedEvent {
-            resolution: IdentityResolution::Unresolved as i32,
-            owner_department: department(&self.cfg, &e),
-            enriched_at: Some(xoflow_proto::from_unix_millis(now_ms)),
-            order: derive::own_order(&e),
-            cx: Some(self.cx(&e)),
-            revision,
-            event: Some(e),
-            ..Default::default()
-        }
+        let mut o = EnrichedEvent::default();
+        self.fill_unresolved(&mut o, e, revision, now_ms);
+        o
+    }
+
+    /// [`Join::unresolved_output`] built in `o`, an empty output already in
+    /// its place (see `process_received`).
+    fn fill_unresolved(&self, o: &mut EnrichedEvent, e: Event, revision: u32, now_ms: i64) {
+        o.resolution = IdentityResolution::Unresolved as i32;
+        o.owner_department = department(&self.cfg, &e);
+        o.enriched_at = Some(xoflow_proto::from_unix_millis(now_ms));
+        o.order = derive::own_order(&e);
+        o.cx = Some(self.cx(&e));
+        o.revision = revision;
+        o.event.get_or_insert(e);
     }
 
     /// Re-folds the customers late events landed in front of, and emits
@@ -937,11 +942,16 @@ impl Join {
     }
 
     /// Accounts for the entries `gone` from customer `id`'s history into
-    /// its base.
+    /// its base. Inlined for the usual nothing, as [`Customer::evict`].
+    #[inline]
     fn evicted(&mut self, id: &str, gone: Vec<Entry>) {
-        if gone.is_empty() {
-            return;
+        if !gone.is_empty() {
+            self.evicted_some(id, gone);
         }
+    }
+
+    #[inline(never)]
+    fn evicted_some(&mut self, id: &str, gone: Vec<Entry>) {
         for e in gone {
             self.history_len -= 1;
             if e.unmet {
