@@ -50,7 +50,7 @@ use super::{JoinConfig, JoinStats, Released, state::CustomerState};
 pub(super) struct Entry {
     pub at: i64,
     /// The event's id: the history's order, and the changelog key.
-    pub id: String,
+    id: EventId,
     /// The event, encoded (the changelog record's `event`): as read from
     /// the repartition topic, or from the changelog.
     bytes: Vec<u8>,
@@ -98,7 +98,7 @@ impl Entry {
     ) -> Self {
         Entry {
             at,
-            id: event.event_id.clone(),
+            id: EventId::find(&bytes, &event.event_id),
             bytes,
             event: None,
             resolution,
@@ -157,7 +157,7 @@ impl Entry {
         let event = Event::decode(p.event.as_slice()).ok()?;
         Some(Entry {
             at: super::event_ms(&event, now_ms),
-            id: event.event_id.clone(),
+            id: EventId::find(&p.event, &event.event_id),
             bytes: p.event,
             // The re-fold after the read-back reads it.
             event: Some(Box::new(event)),
@@ -174,8 +174,54 @@ impl Entry {
         })
     }
 
-    fn key(&self) -> (i64, &str) {
-        (self.at, self.id.as_str())
+    /// The event's id, as bytes: the history orders by it (as it would
+    /// by the text: UTF-8 sorts as its code points) and the changelog keys
+    /// by it, and neither needs it as text.
+    pub fn id(&self) -> &[u8] {
+        match &self.id {
+            EventId::InBytes(start, end) => &self.bytes[*start as usize..*end as usize],
+            EventId::Own(id) => id.as_bytes(),
+        }
+    }
+
+    fn key(&self) -> (i64, &[u8]) {
+        (self.at, self.id())
+    }
+}
+
+/// An entry's event id: where it lies in the entry's bytes, or a copy when
+/// they do not start with it. An event encoded by prost starts with its
+/// id (field 1), so an entry needs no copy of it (an allocation per event,
+/// and memory for as long as the entry is kept).
+#[derive(Debug, Clone)]
+enum EventId {
+    /// `bytes[start..end]`.
+    InBytes(u32, u32),
+    Own(String),
+}
+
+impl EventId {
+    /// `id` in `bytes`, the encoded event it was decoded from.
+    fn find(bytes: &[u8], id: &str) -> Self {
+        // Field 1, length-delimited (tag 0x0a), and its length: a varint of
+        // one or two bytes for any id up to 16 KiB (they are at most 128).
+        let (len, at) = match bytes {
+            [0x0a, l, ..] if *l < 0x80 => (usize::from(*l), 2),
+            [0x0a, l0, l1, ..] if *l1 < 0x80 => {
+                (usize::from(*l0 & 0x7f) | usize::from(*l1) << 7, 3)
+            }
+            _ => (usize::MAX, 0),
+        };
+        // The last field 1 is the id when a record repeats it: compared, not
+        // trusted.
+        if len == id.len()
+            && let Some(found) = bytes.get(at..at + len)
+            && found == id.as_bytes()
+            && let (Ok(start), Ok(end)) = (u32::try_from(at), u32::try_from(at + len))
+        {
+            return EventId::InBytes(start, end);
+        }
+        EventId::Own(id.to_owned())
     }
 }
 
@@ -208,7 +254,7 @@ impl Customer {
     /// Where `(at, event_id)` belongs. An event's time comes from the
     /// event itself, so a replay lands on its own entry.
     pub fn place(&self, at: i64, event_id: &str) -> Place {
-        let key = (at, event_id);
+        let key = (at, event_id.as_bytes());
         if self.history.back().is_none_or(|last| last.key() < key) {
             return if self.base.folded(event_id) {
                 Place::Forgotten
@@ -230,20 +276,18 @@ impl Customer {
 
     /// Appends `entry`, made from `event`, as the customer's latest, with
     /// nothing else pending, and folds it into the current state: the
-    /// in-order path, no re-fold. Its output, built by `output` in a new
-    /// slot of `outputs`, is for the caller to keep with the event (moved
-    /// into [`Outputs::event`], then [`Outputs::keep`]) or discard, as the
-    /// returned emission says.
+    /// in-order path, no re-fold. Its output, built by `output` in `o` (an
+    /// empty output where the caller wants it), is for the caller to keep
+    /// with the event or discard, as the returned emission says.
     pub fn push_last(
         &mut self,
         cfg: &JoinConfig,
         mut entry: Entry,
         event: &Event,
-        outputs: &mut Outputs<'_>,
+        o: &mut EnrichedEvent,
         output: impl FnOnce(&CustomerState, &Entry, &Event, &mut EnrichedEvent),
     ) -> Option<Emission> {
         self.current.update(event, &entry.cx, entry.at, cfg);
-        let o = outputs.slot();
         output(&self.current, &entry, event, o);
         let emission = emit(&mut entry, event, &self.current, o);
         self.history.push_back(entry);
@@ -313,20 +357,39 @@ impl Customer {
 
     /// Moves the entries beyond the bounds into the base, oldest first, and
     /// returns them. Never an entry waiting to be emitted.
+    ///
+    /// Asked after every in-order event, and almost always answered with
+    /// nothing: the check is inlined, the eviction (whose frame alone cost
+    /// as much as the check) is not.
+    #[inline]
     pub fn evict(&mut self, cfg: &JoinConfig) -> Vec<Entry> {
-        let newest = self.history.back().map_or(i64::MIN, |e| e.at);
+        if self.front_over(cfg) {
+            self.evict_over(cfg)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Whether the oldest entry is beyond the bounds and may leave.
+    #[inline]
+    fn front_over(&self, cfg: &JoinConfig) -> bool {
+        let (Some(front), Some(newest)) = (self.history.front(), self.history.back()) else {
+            return false;
+        };
         let window = cfg.order_window.as_millis() as i64;
-        let max = cfg.max_history_per_customer.max(1);
+        let over = self.history.len() > cfg.max_history_per_customer.max(1)
+            || front.at < newest.at.saturating_sub(window);
+        over && front.emitted && self.dirty_from.is_none()
+    }
+
+    #[inline(never)]
+    fn evict_over(&mut self, cfg: &JoinConfig) -> Vec<Entry> {
         let mut gone = Vec::new();
-        while let Some(front) = self.history.front() {
-            let over = self.history.len() > max || front.at < newest.saturating_sub(window);
-            if !over || !front.emitted || self.dirty_from.is_some() {
-                break;
-            }
+        while self.front_over(cfg) {
             let mut e = self.history.pop_front().expect("front exists");
             let event = e.take();
             self.base.update(&event, &e.cx, e.at, cfg);
-            self.base.forget(&e.id);
+            self.base.forget(e.id());
             gone.push(e);
         }
         gone
@@ -410,6 +473,18 @@ pub(super) struct Emission {
     pub before: Option<(u32, bool)>,
     pub revision: u32,
     pub repaired: bool,
+}
+
+impl Emission {
+    /// The revision of its first output: the copy's, when there is one.
+    pub fn first_revision(&self) -> u32 {
+        self.before.map_or(self.revision, |(revision, _)| revision)
+    }
+
+    /// How many of its outputs count as repairs.
+    pub fn repairs(&self) -> u64 {
+        u64::from(self.repaired) + self.before.map_or(0, |(_, repaired)| u64::from(repaired))
+    }
 }
 
 /// Decides what `entry`, made from `event`, emits given its output

@@ -164,10 +164,10 @@ pub struct Join {
     /// Changelog keys changed since [`Join::take_changes`]: bases and
     /// identifiers by key; history entries flagged in place
     /// ([`Entry::unsaved`]) under customers listed once per batch; entries
-    /// that left a history by (customer, event id).
+    /// that left a history by their key ([`entry_key`]).
     dirty_bases: HashSet<String, foldhash::fast::RandomState>,
     unsaved: Vec<String>,
-    removed: HashSet<(String, String), foldhash::fast::RandomState>,
+    removed: HashSet<Vec<u8>, foldhash::fast::RandomState>,
     dirty_identifiers: HashSet<String, foldhash::fast::RandomState>,
     /// Events in every customer's history, and those among them naming an
     /// order or call not met yet.
@@ -278,22 +278,25 @@ impl Join {
         id.clear();
         id.push_str(&e.event_id);
         let mut out = std::mem::take(&mut self.scratch);
-        if who.customer_id.is_some() {
-            self.admit(e, bytes, who, 0, 0, now_ms, &mut out);
+        // The event's own output is the first of its outputs, before any
+        // that `settle` adds.
+        let mut own = EnrichedEvent::default();
+        let built = if who.customer_id.is_some() {
+            self.admit(e, bytes, who, 0, 0, now_ms, &mut out, Some(&mut own))
         } else {
-            out.push(Released {
-                offset: 0,
-                enriched: self.unresolved_output(e, 0, now_ms),
-            });
-        }
+            self.fill_unresolved(&mut own, e, 0, now_ms);
+            true
+        };
         self.settle(0, now_ms, &mut out);
         self.moves.clear();
-        let i = out
-            .iter()
-            .position(|r| r.enriched.event.as_ref().is_some_and(|e| e.event_id == id))
-            .expect("an admitted event is emitted");
-        // Taken in place: a 1.3 KB output moved out of the vector once.
-        let own = std::mem::take(&mut out[i].enriched);
+        if !built {
+            let i = out
+                .iter()
+                .position(|r| r.enriched.event.as_ref().is_some_and(|e| e.event_id == id))
+                .expect("an admitted event is emitted");
+            // Taken in place: a 1.3 KB output moved out of the vector once.
+            own = std::mem::take(&mut out[i].enriched);
+        }
         out.clear();
         self.scratch = out;
         self.scratch_id = id;
@@ -378,7 +381,7 @@ impl Join {
             for e in c.history {
                 self.history_len -= 1;
                 self.unmet -= usize::from(e.unmet);
-                self.removed.insert((customer_id.to_owned(), e.id));
+                self.removed.insert(entry_key(customer_id, e.id()));
             }
         }
         self.touched.retain(|c| c != customer_id);
@@ -556,7 +559,9 @@ impl Join {
     fn apply_held(&mut self, h: Box<Held>, now_ms: i64, out: &mut Vec<Released>) {
         let h = *h;
         if h.who.customer_id.is_some() {
-            self.admit(h.event, h.bytes, h.who, h.revision, h.offset, now_ms, out);
+            self.admit(
+                h.event, h.bytes, h.who, h.revision, h.offset, now_ms, out, None,
+            );
         } else {
             self.admit_unresolved(h.event, h.revision, h.offset, now_ms, out);
         }
@@ -590,7 +595,7 @@ impl Join {
             }
             for e in c.history.iter_mut().filter(|e| e.unsaved) {
                 e.unsaved = false;
-                out.push((entry_key(&id, &e.id), e.to_proto().encode_to_vec()));
+                out.push((entry_key(&id, e.id()), e.to_proto().encode_to_vec()));
             }
         }
         if !self.removed.is_empty() {
@@ -602,7 +607,6 @@ impl Join {
             let gone: Vec<Vec<u8>> = self
                 .removed
                 .drain()
-                .map(|(id, event_id)| entry_key(&id, &event_id))
                 .filter(|k| !kept.contains(k.as_slice()))
                 .collect();
             out.extend(gone.into_iter().map(|k| (k, Vec::new())));
@@ -685,6 +689,11 @@ impl Join {
     /// at once when it is the customer's latest, else left for
     /// [`Join::settle`]. `bytes` is `e` encoded. Inlined into its two
     /// callers, so that `e` (704 bytes) is not copied on the way in.
+    ///
+    /// With `own` (an empty output), an in-order event's first output is
+    /// built there instead of in `out`, and the call returns true: for
+    /// [`Join::process_received`], which returns that output alone, and
+    /// would otherwise copy 1.3 KB out of `out` and drop what it leaves.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn admit(
@@ -696,13 +705,14 @@ impl Join {
         offset: i64,
         now_ms: i64,
         out: &mut Vec<Released>,
-    ) {
+        mut own: Option<&mut EnrichedEvent>,
+    ) -> bool {
         let at = event_ms(&e, now_ms);
         let Resolved {
             customer_id,
             resolution,
         } = who;
-        let Some(id) = customer_id else { return };
+        let Some(id) = customer_id else { return false };
         self.evict_if_full(at);
         // One look-up for the whole admission: a new customer is inserted
         // empty, where every event is the latest.
@@ -741,36 +751,69 @@ impl Join {
                 list_unsaved(&mut self.unsaved, &id, c);
                 if in_order {
                     let cfg = &self.cfg;
-                    let mut outputs = Outputs {
-                        out,
-                        offset,
-                        stats: &mut self.stats,
+                    let fill = |state: &CustomerState,
+                                entry: &Entry,
+                                event: &Event,
+                                o: &mut EnrichedEvent| {
+                        fill_context(
+                            o,
+                            cfg,
+                            state,
+                            event,
+                            entry.at,
+                            entry.resolution,
+                            &entry.cx,
+                            now_ms,
+                        )
                     };
-                    let emission =
-                        c.push_last(cfg, entry, &e, &mut outputs, |state, entry, event, o| {
-                            fill_output(
-                                o,
-                                cfg,
-                                state,
-                                event,
-                                entry.at,
-                                entry.resolution,
-                                &entry.cx,
-                                &id,
-                                now_ms,
-                            )
-                        });
-                    match emission {
-                        Some(emission) => {
-                            // Moved into place once (the slot's is `None`).
-                            outputs.event().get_or_insert(e);
-                            outputs.keep(emission);
+                    // Built where it goes: in the caller's own output, or in
+                    // a new slot at the end of `out`.
+                    let emission = match own.as_deref_mut() {
+                        Some(o) => c.push_last(cfg, entry, &e, o, fill),
+                        None => {
+                            out.push(Released {
+                                offset,
+                                enriched: EnrichedEvent::default(),
+                            });
+                            let o = &mut out.last_mut().expect("just pushed").enriched;
+                            c.push_last(cfg, entry, &e, o, fill)
                         }
-                        None => outputs.discard(),
-                    }
+                    };
                     self.unmet += usize::from(c.history.back().is_some_and(|x| x.unmet));
                     let gone = c.evict(&self.cfg);
                     self.evicted(&id, gone);
+                    let Some(emission) = emission else {
+                        if own.is_none() {
+                            out.pop();
+                        }
+                        return false;
+                    };
+                    // The event and the customer id are moved into the
+                    // output, not copied: the id came with the event's
+                    // resolution and has no other use left.
+                    match own {
+                        Some(o) => {
+                            o.event.get_or_insert(e);
+                            o.resolved_customer_id = id;
+                            // The caller wants the first output only (see
+                            // `process_received`); the copy that would
+                            // follow it counts all the same.
+                            o.revision = emission.first_revision();
+                            self.stats.repairs += emission.repairs();
+                            return true;
+                        }
+                        None => {
+                            let last = &mut out.last_mut().expect("a slot").enriched;
+                            last.event.get_or_insert(e);
+                            last.resolved_customer_id = id;
+                            let mut outputs = Outputs {
+                                out,
+                                offset,
+                                stats: &mut self.stats,
+                            };
+                            outputs.keep(emission);
+                        }
+                    }
                 } else {
                     let i = match place {
                         Place::At(i) => i,
@@ -784,6 +827,7 @@ impl Join {
                 }
             }
         }
+        false
     }
 
     /// An event no customer was found for: moved at once if its identifier
@@ -828,16 +872,21 @@ impl Join {
     }
 
     fn unresolved_output(&self, e: Event, revision: u32, now_ms: i64) -> EnrichedEvent {
-        EnrichedEvent {
-            resolution: IdentityResolution::Unresolved as i32,
-            owner_department: department(&self.cfg, &e),
-            enriched_at: Some(xoflow_proto::from_unix_millis(now_ms)),
-            order: derive::own_order(&e),
-            cx: Some(self.cx(&e)),
-            revision,
-            event: Some(e),
-            ..Default::default()
-        }
+        let mut o = EnrichedEvent::default();
+        self.fill_unresolved(&mut o, e, revision, now_ms);
+        o
+    }
+
+    /// [`Join::unresolved_output`] built in `o`, an empty output already in
+    /// its place (see `process_received`).
+    fn fill_unresolved(&self, o: &mut EnrichedEvent, e: Event, revision: u32, now_ms: i64) {
+        o.resolution = IdentityResolution::Unresolved as i32;
+        o.owner_department = department(&self.cfg, &e);
+        o.enriched_at = Some(xoflow_proto::from_unix_millis(now_ms));
+        o.order = derive::own_order(&e);
+        o.cx = Some(self.cx(&e));
+        o.revision = revision;
+        o.event.get_or_insert(e);
     }
 
     /// Re-folds the customers late events landed in front of, and emits
@@ -893,18 +942,23 @@ impl Join {
     }
 
     /// Accounts for the entries `gone` from customer `id`'s history into
-    /// its base.
+    /// its base. Inlined for the usual nothing, as [`Customer::evict`].
+    #[inline]
     fn evicted(&mut self, id: &str, gone: Vec<Entry>) {
-        if gone.is_empty() {
-            return;
+        if !gone.is_empty() {
+            self.evicted_some(id, gone);
         }
+    }
+
+    #[inline(never)]
+    fn evicted_some(&mut self, id: &str, gone: Vec<Entry>) {
         for e in gone {
             self.history_len -= 1;
             if e.unmet {
                 self.unmet -= 1;
                 self.stats.expired_reference += 1;
             }
-            self.removed.insert((id.to_owned(), e.id));
+            self.removed.insert(entry_key(id, e.id()));
         }
         self.dirty_bases.insert(id.to_owned());
     }
@@ -939,7 +993,7 @@ impl Join {
             for e in history {
                 self.history_len -= 1;
                 self.unmet -= usize::from(e.unmet);
-                self.removed.insert((id.clone(), e.id));
+                self.removed.insert(entry_key(&id, e.id()));
             }
             self.dirty_bases.insert(id);
         }
@@ -983,11 +1037,11 @@ fn list_unsaved(unsaved: &mut Vec<String>, id: &str, c: &mut Customer) {
 }
 
 /// A history entry's changelog key: customer id, NUL, event id.
-fn entry_key(customer_id: &str, event_id: &str) -> Vec<u8> {
+fn entry_key(customer_id: &str, event_id: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(customer_id.len() + 1 + event_id.len());
     key.extend_from_slice(customer_id.as_bytes());
     key.push(0);
-    key.extend_from_slice(event_id.as_bytes());
+    key.extend_from_slice(event_id);
     key
 }
 
@@ -1041,6 +1095,22 @@ fn fill_output(
     now_ms: i64,
 ) {
     o.resolved_customer_id = customer_id.to_owned();
+    fill_context(o, cfg, state, event, at, resolution, cx, now_ms);
+}
+
+/// [`fill_output`] but for the customer id, which a caller owning it moves
+/// in afterwards (it is not part of [`history::context_hash`]).
+#[allow(clippy::too_many_arguments)]
+fn fill_context(
+    o: &mut EnrichedEvent,
+    cfg: &JoinConfig,
+    state: &CustomerState,
+    event: &Event,
+    at: i64,
+    resolution: IdentityResolution,
+    cx: &xoflow_proto::v1::CxFields,
+    now_ms: i64,
+) {
     o.resolution = resolution as i32;
     o.owner_department = department(cfg, event);
     o.enriched_at = Some(xoflow_proto::from_unix_millis(now_ms));
