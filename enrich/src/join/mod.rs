@@ -679,12 +679,6 @@ impl Join {
         bad
     }
 
-    /// Derives an event's own CX fields: scores, and sentiment and topics
-    /// of its text.
-    fn cx(&self, e: &Event) -> xoflow_proto::v1::CxFields {
-        cx_fields(&self.topics, e)
-    }
-
     /// Puts a resolved event in its customer's history: folded and emitted
     /// at once when it is the customer's latest, else left for
     /// [`Join::settle`]. `bytes` is `e` encoded. Inlined into its two
@@ -884,7 +878,7 @@ impl Join {
         o.owner_department = department(&self.cfg, &e);
         o.enriched_at = Some(xoflow_proto::from_unix_millis(now_ms));
         o.order = derive::own_order(&e);
-        o.cx = Some(self.cx(&e));
+        o.cx = Some(cx_fields(&self.topics, &e));
         o.revision = revision;
         o.event.get_or_insert(e);
     }

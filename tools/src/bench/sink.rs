@@ -50,19 +50,8 @@ pub(super) async fn measure(cfg: &Config, events: &[Event]) -> anyhow::Result<Si
     xoflow_sink::migrate(&cfg.clickhouse).await?;
     let ch = cfg.clickhouse.client();
     let n = events.len() as u64;
-    // The sink joins its group and reads its positions first (seconds on
-    // the local broker): one record, until it is visible. Then the rest is
-    // timed from its first produce to its last row visible: the sink
-    // drains it while it arrives, as it would in service.
     let running = xoflow_app::start(cfg.clone(), Stages::SINK, Shutdown::new()).await?;
-    send_keyed(&producer, &t.enriched, &encoded[..1]).await?;
-    wait_rows(&ch, "events", 1, Duration::from_secs(600)).await?;
-    let start = Instant::now();
-    for chunk in encoded[1..].chunks(10_000) {
-        send_keyed(&producer, &t.enriched, chunk).await?;
-    }
-    wait_rows(&ch, "events", n, Duration::from_secs(600)).await?;
-    let sink_rate = (n - 1) as f64 / start.elapsed().as_secs_f64();
+    let sink_rate = timed_feed(&producer, &t.enriched, &encoded, &ch).await?;
     running.stop();
     running.wait().await?;
 
@@ -155,7 +144,7 @@ async fn raw_loop(
     let n = encoded.len();
     let (batch_rows, max_wait) = (cfg.sink.batch_rows.max(1), cfg.sink.batch_max_wait);
     let client = ch.clone();
-    let reader = tokio::spawn(async move {
+    let mut reader = tokio::spawn(async move {
         let mut rows: Vec<EventRow> = Vec::with_capacity(batch_rows);
         let mut since: Option<Instant> = None;
         let mut inserted = 0;
@@ -195,15 +184,42 @@ async fn raw_loop(
         }
         Ok(())
     });
-    send_keyed(producer, &topic, &encoded[..1]).await?;
-    wait_rows(&ch, "events", 1, Duration::from_secs(600)).await?;
-    let start = Instant::now();
-    for chunk in encoded[1..].chunks(10_000) {
-        send_keyed(producer, &topic, chunk).await?;
-    }
-    wait_rows(&ch, "events", n as u64, Duration::from_secs(600)).await?;
-    let rate = (n - 1) as f64 / start.elapsed().as_secs_f64();
-    reader.await??;
+    // A loop that fails says why at once, not after the feed's wait.
+    let feed = timed_feed(producer, &topic, encoded, &ch);
+    tokio::pin!(feed);
+    let rate = tokio::select! {
+        rate = &mut feed => {
+            reader.await??;
+            rate?
+        }
+        done = &mut reader => {
+            done??;
+            feed.await?
+        }
+    };
     let _ = raw_cfg.drop_database().await;
     Ok(rate)
+}
+
+/// Feeds `encoded` to `topic` for a reader that writes them to `ch`'s
+/// `events`, and returns its rate in rows/s. The reader joins its group
+/// and reads its positions first (seconds on the local broker): one
+/// record, until it is visible. Then the rest is timed from its first
+/// produce to its last row visible: the reader drains it while it arrives,
+/// as it would in service.
+async fn timed_feed(
+    producer: &BatchProducer,
+    topic: &str,
+    encoded: &[(Vec<u8>, &str)],
+    ch: &clickhouse::Client,
+) -> anyhow::Result<f64> {
+    let n = encoded.len() as u64;
+    send_keyed(producer, topic, &encoded[..1]).await?;
+    wait_rows(ch, "events", 1, Duration::from_secs(600)).await?;
+    let start = Instant::now();
+    for chunk in encoded[1..].chunks(10_000) {
+        send_keyed(producer, topic, chunk).await?;
+    }
+    wait_rows(ch, "events", n, Duration::from_secs(600)).await?;
+    Ok((n - 1) as f64 / start.elapsed().as_secs_f64())
 }
