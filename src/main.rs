@@ -136,7 +136,17 @@ enum Command {
         /// Events per measurement.
         #[arg(long, default_value_t = 100_000)]
         events: usize,
-        /// Where to write results.json and results.md.
+        /// Times the whole table is measured (each row reported as the
+        /// median with its spread).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Seconds the open loop runs at half the peak (and alerts are fed).
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Seconds the open loop runs at twice the peak.
+        #[arg(long, default_value_t = 20.0)]
+        overload_seconds: f64,
+        /// Where to write results.json, results-runs.json and results.md.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
         /// Only these measurements (comma-separated); all by default.
@@ -302,8 +312,22 @@ async fn main() -> anyhow::Result<()> {
             let generator = generator.config()?;
             return demo::run(cfg, demo::DemoOptions { generator, batch }).await;
         }
-        Command::Bench { events, out, only } => {
-            xoflow::bench::run(cfg, events, &out, &only).await?;
+        Command::Bench {
+            events,
+            runs,
+            seconds,
+            overload_seconds,
+            out,
+            only,
+        } => {
+            let opts = xoflow::bench::Options {
+                events,
+                runs,
+                half_secs: seconds,
+                overload_secs: overload_seconds,
+                only,
+            };
+            xoflow::bench::run(cfg, &opts, &out).await?;
             return Ok(());
         }
         Command::Import {

@@ -34,7 +34,17 @@ const EXPECTED: &[&str] = &[
 fn every_measurement_runs_to_its_end_and_reports_a_figure() {
     let (cfg, id) = common::config("");
     let out = std::env::temp_dir().join(format!("xoflow-bench-smoke-{id}"));
-    let run = common::xoflow_command(&cfg, &["bench", "--events", "3000", "--out"])
+    let args = [
+        "bench",
+        "--events",
+        "3000",
+        "--seconds",
+        "5",
+        "--overload-seconds",
+        "6",
+        "--out",
+    ];
+    let run = common::xoflow_command(&cfg, &args)
         .arg(&out)
         .output()
         .expect("xoflow bench");
@@ -45,7 +55,7 @@ fn every_measurement_runs_to_its_end_and_reports_a_figure() {
     );
     let json = std::fs::read(out.join("results.json")).expect("results.json written");
     let rows: serde_json::Value = serde_json::from_slice(&json).expect("results.json parses");
-    let rows = rows.as_array().expect("a list of rows");
+    let rows = rows.as_array().expect("a list of each row's summary");
     let mut seen = HashSet::new();
     for r in rows {
         let name = r["name"].as_str().expect("each row has a name");
@@ -67,5 +77,10 @@ fn every_measurement_runs_to_its_end_and_reports_a_figure() {
             .contains("| measurement |"),
         "results.md holds the table"
     );
+    let runs: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("results-runs.json")).expect("results-runs.json written"),
+    )
+    .expect("results-runs.json parses");
+    assert_eq!(runs.as_array().map(Vec::len), Some(1), "one run's rows");
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -1,8 +1,8 @@
 //! A: alert latency. A fresh pipeline with every stage, the demo's journey
 //! maps and alert rules (`deploy/config/demo.toml`), and each department's
 //! webhook on a receiver in this process that checks every signature; fed
-//! open loop at half the peak the closed loop measured, about 20 s of the
-//! generator's week (its planted problems raise the alerts).
+//! open loop at half the peak the closed loop measured, for `--seconds`
+//! of the generator's week (its planted problems raise the alerts).
 //!
 //! Per alert delivered: from its triggering event's `received_at` — stamped
 //! by the collector before the Kafka write its acknowledgement waits for,
@@ -56,9 +56,9 @@ pub(super) async fn measure(
     cfg: &Config,
     events: &[Event],
     peak: f64,
+    secs: f64,
 ) -> anyhow::Result<AlertsResult> {
     const BATCH: usize = 100;
-    const SECONDS: f64 = 20.0;
     let mut cfg = own_pipeline(cfg, "al");
     let demo = DemoConfig::embedded();
     demo::apply_demo_config(&mut cfg, &demo)?;
@@ -84,7 +84,7 @@ pub(super) async fn measure(
     let from_ms = xoflow_common::clock::now_unix_millis();
 
     let half = (peak / 2.0).max(100.0);
-    let n = ((half * SECONDS) as usize).max(BATCH);
+    let n = ((half * secs) as usize).max(BATCH);
     let sent = load::send(
         &addr,
         round_of(events, "a", 1, n),

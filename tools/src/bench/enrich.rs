@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
     message::Message,
@@ -21,7 +21,7 @@ use xoflow_common::{kafka::Outgoing, shutdown::Shutdown};
 const BENCH_ERRORS: &str = "xoflow_bench_consume_errors_total";
 use xoflow_proto::{Message as _, v1::Event};
 
-use super::support::send_keyed;
+use super::support::{send_keyed, wait_assigned};
 
 /// The key ingest gives an event: its strongest customer key.
 fn customer_key(e: &Event) -> &str {
@@ -53,14 +53,7 @@ impl OutputReader {
             rdkafka::consumer::DefaultConsumerContext,
         )?;
         consumer.subscribe(&[topic])?;
-        let until = Instant::now() + Duration::from_secs(60);
-        while consumer.assignment()?.count() == 0 {
-            if Instant::now() > until {
-                bail!("{topic}: reader got no partitions");
-            }
-            // Polling drives the group join; the topic is still empty.
-            let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
-        }
+        wait_assigned(&consumer, topic).await?;
         Ok(OutputReader { consumer })
     }
 

@@ -1,7 +1,8 @@
 //! B1: raw rdkafka produce → consume of the same encoded events, the
-//! ceiling every stage is compared against.
+//! ceiling every stage is compared against: consumed records per second
+//! as a steady state ([`Flow`]), with the whole run beside it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::{
@@ -11,7 +12,16 @@ use rdkafka::{
 use xoflow_app::Config;
 use xoflow_common::kafka::Outgoing;
 
-pub(super) async fn measure(cfg: &Config, topic: &str, encoded: &[Vec<u8>]) -> anyhow::Result<f64> {
+use super::{
+    report::Figure,
+    support::{Flow, wait_assigned},
+};
+
+pub(super) async fn measure(
+    cfg: &Config,
+    topic: &str,
+    encoded: &[Vec<u8>],
+) -> anyhow::Result<Figure> {
     cfg.kafka.ensure_topics(&[topic]).await?;
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &cfg.kafka.brokers)
@@ -19,17 +29,21 @@ pub(super) async fn measure(cfg: &Config, topic: &str, encoded: &[Vec<u8>]) -> a
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "10")
         .create()?;
-    consumer.subscribe(&[topic])?;
-    let producer = cfg.kafka.batch_producer()?;
-    let start = Instant::now();
     let n = encoded.len();
+    // The earlier method timed from here, the consumer's group join
+    // included; the steady state starts once records flow.
+    let mut flow = Flow::start(n as u64);
+    consumer.subscribe(&[topic])?;
+    wait_assigned(&consumer, topic).await?;
+    let producer = cfg.kafka.batch_producer()?;
     let consume = async {
-        let mut got = 0usize;
-        while got < n {
+        let mut got = 0u64;
+        while got < n as u64 {
             let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
                 .await
                 .context("B1: consumer stalled")??;
-            got += usize::from(m.payload().is_some());
+            got += u64::from(m.payload().is_some());
+            flow.observe(got);
         }
         anyhow::Ok(())
     };
@@ -47,5 +61,5 @@ pub(super) async fn measure(cfg: &Config, topic: &str, encoded: &[Vec<u8>]) -> a
     let (c, p) = tokio::join!(consume, produce);
     c?;
     p?;
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    Ok(flow.rate())
 }

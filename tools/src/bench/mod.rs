@@ -28,6 +28,14 @@
 //!   webhook receiver in this process, fed at half the peak: from each
 //!   alert's triggering event reaching ingest to its delivery.
 //!
+//! Rates are steady states where the measurement is a flow (B1, B3, B6,
+//! P: the middle 80% of the items, [`support::Flow`]; B5 reads its own
+//! output the same way), with the whole run beside them, the method of
+//! the runs published before. `--runs` repeats the whole table and reports
+//! each row's median and spread; `benches/pipeline.sh` runs the steady-state
+//! method (1M events, 60 s at half the peak, 5 minutes at twice the peak,
+//! three runs).
+//!
 //! One module per measurement — `kafka` (B1), `collector` and its echo
 //! server `grpc` (B2), `sink` (B3, B6), `enrich` (B5), `pipeline` and
 //! `open_loop` (P) — each starting what it measures through `xoflow-app`
@@ -54,7 +62,7 @@ mod report;
 mod sink;
 mod support;
 
-pub use report::Row;
+pub use report::{Row, Summary};
 use report::{compared, row, write};
 
 /// The measurements `xoflow bench` can run (`--only`).
@@ -76,10 +84,62 @@ pub enum Part {
     Alerts,
 }
 
-/// Runs the benchmark with `n` events (only the parts in `only`, or all)
-/// and writes results under `out`.
-pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow::Result<Vec<Row>> {
-    let wanted = |p: Part| only.is_empty() || only.contains(&p);
+/// How long and how often `xoflow bench` measures.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Events per measurement.
+    pub events: usize,
+    /// Times the whole table is measured; each row is reported as the
+    /// median over the runs with its spread.
+    pub runs: usize,
+    /// How long the open loop runs at half the peak (ack → visible) and
+    /// the alert measurement is fed, in seconds.
+    pub half_secs: f64,
+    /// How long the open loop runs at twice the peak (memory), in seconds.
+    pub overload_secs: f64,
+    /// Only these measurements; all when empty.
+    pub only: Vec<Part>,
+}
+
+/// Runs the benchmark (`opts.runs` times the measurements in `opts.only`,
+/// or all) and writes the results under `out`: every run's rows and each
+/// row's median and spread.
+pub async fn run(cfg: Config, opts: &Options, out: &Path) -> anyhow::Result<Vec<Summary>> {
+    let now = xoflow_common::clock::now_unix_millis();
+    let g = datagen::generate(&GenConfig {
+        start_ms: now - now.rem_euclid(86_400_000) - 7 * 86_400_000,
+        invalid_share: 0.0,
+        scale: (opts.events as f64 / 146_000.0).max(0.01),
+        ..GenConfig::default()
+    });
+    let mut events = g.events;
+    events.truncate(opts.events);
+    let encoded: Vec<Vec<u8>> = events.iter().map(|e| e.encode_to_vec()).collect();
+    let avg = encoded.iter().map(Vec::len).sum::<usize>() / events.len().max(1);
+    println!(
+        "[bench] {} generated events, {avg} bytes each on average (protobuf)",
+        events.len()
+    );
+    let mut runs = Vec::new();
+    let mut summaries = Vec::new();
+    for i in 0..opts.runs.max(1) {
+        println!("[bench] run {} of {}", i + 1, opts.runs.max(1));
+        runs.push(run_once(cfg.clone(), &events, &encoded, opts).await?);
+        // Written after every run, so that a long session interrupted late
+        // still leaves what it measured.
+        summaries = write(out, &runs)?;
+    }
+    Ok(summaries)
+}
+
+/// One run of the table on topics, groups and databases of its own.
+async fn run_once(
+    mut cfg: Config,
+    events: &[xoflow_proto::v1::Event],
+    encoded: &[Vec<u8>],
+    opts: &Options,
+) -> anyhow::Result<Vec<Row>> {
+    let wanted = |p: Part| opts.only.is_empty() || opts.only.contains(&p);
     let id = xoflow_common::clock::now_unix_millis();
     cfg.kafka.topics.suffix(&format!(".bench-{id}"));
     cfg.enrich.group_id = format!("bench-{id}-enrich");
@@ -92,38 +152,24 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
     cfg.admin.addr = "127.0.0.1:0".parse()?;
     cfg.ingest.hash_secret = xoflow_ingest::config::Secret::new("xoflow-bench-hash-secret");
 
-    let now = xoflow_common::clock::now_unix_millis();
-    let g = datagen::generate(&GenConfig {
-        start_ms: now - now.rem_euclid(86_400_000) - 7 * 86_400_000,
-        invalid_share: 0.0,
-        scale: (n as f64 / 146_000.0).max(0.01),
-        ..GenConfig::default()
-    });
-    let mut events = g.events;
-    events.truncate(n);
-    let n = events.len();
-    let encoded: Vec<Vec<u8>> = events.iter().map(|e| e.encode_to_vec()).collect();
-    let avg = encoded.iter().map(Vec::len).sum::<usize>() / n.max(1);
-    println!("[bench] {n} generated events, {avg} bytes each on average (protobuf)");
-
     let mut rows = Vec::new();
     let b1 = if wanted(Part::Raw)
         || wanted(Part::Pipeline)
         || (wanted(Part::Alerts) && fixed_peak().is_none())
     {
-        let b1 = kafka::measure(&cfg, &format!("bench-{id}-raw"), &encoded).await?;
+        let b1 = kafka::measure(&cfg, &format!("bench-{id}-raw"), encoded).await?;
         rows.push(row("B1 raw rdkafka produce→consume", b1, "msg/s"));
         b1
     } else {
-        f64::NAN
+        f64::NAN.into()
     };
 
     if wanted(Part::Collector) {
-        rows.extend(collector::measure(&cfg, &events).await?);
+        rows.extend(collector::measure(&cfg, events).await?);
     }
 
     if wanted(Part::Enrich) {
-        let b5 = enrich::measure(&cfg, &events, id).await?;
+        let b5 = enrich::measure(&cfg, events, id).await?;
         rows.push(compared(
             "B5 enrich stage (resolve + join), time order",
             b5.in_order,
@@ -132,14 +178,16 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
             0.8,
         ));
         rows.push(compared(
-            &format!(
-                "B5 enrich stage, history first ({} repairs while 80% of the events passed)",
-                b5.repairs
-            ),
+            "B5 enrich stage, history first",
             b5.history_first,
             "events/s",
             b5.passthrough,
             0.8,
+        ));
+        rows.push(row(
+            "B5 history first: repairs read while 80% of the events passed",
+            b5.repairs as f64,
+            "records",
         ));
         rows.push(row(
             "B5 baseline consume→produce passthrough",
@@ -149,7 +197,7 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
     }
 
     if wanted(Part::Sink) {
-        let rates = sink::measure(&cfg, &events).await?;
+        let rates = sink::measure(&cfg, events).await?;
         rows.push(compared(
             "B3 sink Kafka→ClickHouse",
             rates.sink,
@@ -178,7 +226,6 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
 
     if !wanted(Part::Pipeline) && !wanted(Part::Alerts) {
         let _ = cfg.clickhouse.drop_database().await;
-        write(out, &rows)?;
         return Ok(rows);
     }
     // The alert measurement alone at a given peak (`XOFLOW_BENCH_PEAK`,
@@ -188,24 +235,23 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
         && !wanted(Part::Pipeline)
     {
         rows.extend(alert_rows(
-            alerts::measure(&cfg, &events, peak).await?,
+            alerts::measure(&cfg, events, peak, opts.half_secs).await?,
             peak,
         ));
         let _ = cfg.clickhouse.drop_database().await;
-        write(out, &rows)?;
         return Ok(rows);
     }
-    let p = pipeline::measure(&cfg, events.clone()).await?;
+    let p = pipeline::measure(&cfg, events.to_vec()).await?;
     rows.push(compared(
         "P whole pipeline gRPC→ClickHouse",
         p.rate,
         "events/s",
         b1,
-        0.33,
+        0.5,
     ));
     let mut abs = row("P whole pipeline (absolute)", p.rate, "events/s");
     abs.goal = Some("≥ 50000 events/s".into());
-    abs.met = Some(p.rate >= 50_000.0);
+    abs.met = Some(p.rate.value >= 50_000.0);
     rows.push(abs);
     rows.push(row("P ack latency p50 (closed loop)", p.p50_ms, "ms"));
     rows.push(row("P ack latency p99 (closed loop)", p.p99_ms, "ms"));
@@ -217,26 +263,28 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
     ));
     rows.push(row("P peak RSS, xoflow", p.rss_mib, "MiB"));
 
+    // The open loops are fed at fractions of the peak the closed loop
+    // reached in its steady state.
+    let peak = p.rate.value;
     if wanted(Part::Alerts) {
         rows.extend(alert_rows(
-            alerts::measure(&cfg, &events, p.rate).await?,
-            p.rate,
+            alerts::measure(&cfg, events, peak, opts.half_secs).await?,
+            peak,
         ));
     }
     if !wanted(Part::Pipeline) {
         let _ = cfg.clickhouse.drop_database().await;
-        write(out, &rows)?;
         return Ok(rows);
     }
 
-    let o = open_loop::measure(&cfg, &events, p.rate).await?;
+    let o = open_loop::measure(&cfg, events, peak, opts.half_secs, opts.overload_secs).await?;
     let mut half = row("P open loop at half peak, rate sent", o.rate, "events/s");
-    half.goal = Some(format!("{:.0} events/s", p.rate / 2.0));
+    half.goal = Some(format!("{:.0} events/s", peak / 2.0));
     rows.push(half);
     rows.push(row("P ack→visible latency p50 (half peak)", o.p50_ms, "ms"));
     let mut p99 = row("P ack→visible latency p99 (half peak)", o.p99_ms, "ms");
-    p99.goal = Some("≤ 2000 ms".into());
-    p99.met = Some(o.p99_ms <= 2_000.0);
+    p99.goal = Some("≤ 1000 ms".into());
+    p99.met = Some(o.p99_ms <= 1_000.0);
     rows.push(p99);
     rows.push(row(
         "P twice the peak: events offered",
@@ -261,7 +309,6 @@ pub async fn run(mut cfg: Config, n: usize, out: &Path, only: &[Part]) -> anyhow
     rows.push(flat);
 
     let _ = cfg.clickhouse.drop_database().await;
-    write(out, &rows)?;
     Ok(rows)
 }
 

@@ -1,7 +1,8 @@
 //! P, open loop: a fresh pipeline fed on a schedule at half the peak the
 //! closed loop measured (ack → visible latency), then at twice the peak
 //! with this process's resident memory sampled throughout (it should stay
-//! flat: the collector sheds what it cannot persist).
+//! flat: the collector sheds what it cannot persist). How long each phase
+//! runs is the caller's (`--seconds`, `--overload-seconds`).
 
 use std::time::Duration;
 
@@ -27,9 +28,10 @@ pub(super) struct OpenLoopResult {
     pub(super) rss_growth: f64,
 }
 
-/// A fresh pipeline fed open loop: first at half of `peak` for about 20 s,
+/// A fresh pipeline fed open loop: first at half of `peak` for `half_secs`,
 /// measuring when each acknowledged request's rows are visible; then at
-/// twice `peak` for about 20 s, sampling this process's resident memory.
+/// twice `peak` for `overload_secs`, sampling this process's resident
+/// memory.
 ///
 /// Visibility is read from `count()` of the events table every 10 ms: the
 /// k-th acknowledged event counts as visible when the table holds k rows.
@@ -39,9 +41,10 @@ pub(super) async fn measure(
     cfg: &Config,
     events: &[Event],
     peak: f64,
+    half_secs: f64,
+    overload_secs: f64,
 ) -> anyhow::Result<OpenLoopResult> {
     const BATCH: usize = 100;
-    const SECONDS: f64 = 20.0;
     let cfg = own_pipeline(cfg, "ol");
     let ch = cfg.clickhouse.client();
     let running = xoflow_app::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
@@ -65,7 +68,7 @@ pub(super) async fn measure(
 
     // Half the peak, with the visibility timeline polled alongside.
     let half = (peak / 2.0).max(100.0);
-    let n = ((half * SECONDS) as usize).max(BATCH);
+    let n = ((half * half_secs) as usize).max(BATCH);
     let batch = round_of(events, "r", 1, n);
     let stop_polling = tokio_util::sync::CancellationToken::new();
     let poller = {
@@ -123,7 +126,7 @@ pub(super) async fn measure(
     // Twice the peak, in rounds of about 2 s, memory sampled every 250 ms.
     let twice = peak * 2.0;
     let per_round = ((twice * 2.0) as usize).max(BATCH);
-    let rounds = (SECONDS / 2.0) as usize;
+    let rounds = ((overload_secs / 2.0) as usize).max(1);
     let stop_sampling = tokio_util::sync::CancellationToken::new();
     let sampler = {
         let stop = stop_sampling.clone();

@@ -1,9 +1,10 @@
 //! P, closed loop: the whole pipeline in this process (gRPC → ingest →
-//! Kafka → enrich → Kafka → sink → ClickHouse), events/s until every row is
-//! visible, CPU seconds per event of this process and of the servers, and
-//! peak RSS.
+//! Kafka → enrich → Kafka → sink → ClickHouse), rows visible per second as
+//! a steady state ([`Flow`], the whole run until every row is visible
+//! beside it), CPU seconds per event of this process and of the servers
+//! over the whole run, and peak RSS.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use xoflow_app::{Config, Stages};
@@ -12,12 +13,13 @@ use xoflow_proto::v1::Event;
 
 use super::{
     process::{cpu_seconds, myself, peak_rss_mib, servers},
-    support::{own_pipeline, ready, wait_rows},
+    report::Figure,
+    support::{Flow, follow_rows, own_pipeline, ready},
 };
 use crate::datagen::load;
 
 pub(super) struct PipelineResult {
-    pub(super) rate: f64,
+    pub(super) rate: Figure,
     pub(super) p50_ms: f64,
     pub(super) p99_ms: f64,
     pub(super) cpu_us_self: f64,
@@ -37,8 +39,8 @@ pub(super) async fn measure(cfg: &Config, events: Vec<Event>) -> anyhow::Result<
     let srv0: f64 = servers.iter().filter_map(cpu_seconds).sum();
     let n = events.len() as u64;
     let addr = format!("http://{}", running.grpc_addr.context("no collector")?);
-    let start = Instant::now();
-    let sent = load::send(
+    let mut flow = Flow::start(n);
+    let send = load::send(
         &addr,
         events,
         &load::LoadOptions {
@@ -46,23 +48,38 @@ pub(super) async fn measure(cfg: &Config, events: Vec<Event>) -> anyhow::Result<
             rate: None,
             concurrency: 4,
         },
-    )
-    .await?;
-    wait_rows(
-        &ch,
-        "events",
-        sent.accepted.min(n),
-        Duration::from_secs(600),
-    )
-    .await?;
-    let secs = start.elapsed().as_secs_f64();
+    );
+    // Rows are followed while the events are sent; a refused event would
+    // leave the follower waiting for a row that never comes: say so at once.
+    let sent = {
+        let follow = follow_rows(&ch, "events", 0, &mut flow, Duration::from_secs(900));
+        tokio::pin!(send, follow);
+        let mut followed = None;
+        let sent = tokio::select! {
+            sent = &mut send => sent?,
+            done = &mut follow => {
+                followed = Some(done);
+                send.await?
+            }
+        };
+        anyhow::ensure!(
+            sent.accepted == n,
+            "P: the collector accepted {} of {n} events",
+            sent.accepted
+        );
+        match followed {
+            Some(done) => done?,
+            None => follow.await?,
+        }
+        sent
+    };
     let cpu = cpu() - cpu0;
     let srv: f64 = servers.iter().filter_map(cpu_seconds).sum::<f64>() - srv0;
     running.stop();
     running.wait().await?;
     let _ = cfg.clickhouse.drop_database().await;
     Ok(PipelineResult {
-        rate: n as f64 / secs,
+        rate: flow.rate(),
         p50_ms: sent.p50_us as f64 / 1000.0,
         p99_ms: sent.p99_us as f64 / 1000.0,
         cpu_us_self: cpu * 1e6 / n as f64,

@@ -21,14 +21,17 @@ use xoflow_proto::{
 };
 use xoflow_sink::clickhouse::row::{EventRow, Lineage};
 
-use super::support::{count, send_keyed, wait_rows};
+use super::{
+    report::Figure,
+    support::{Flow, count, follow_rows, send_keyed, wait_rows},
+};
 
 /// Rows per second: the sink, `clickhouse-client` (B3) and the raw loop
 /// (B6).
 pub(super) struct SinkRates {
-    pub sink: f64,
+    pub sink: Figure,
     pub client: f64,
-    pub raw_loop: f64,
+    pub raw_loop: Figure,
 }
 
 /// The sink alone, warmed up, draining the enriched events as they are
@@ -123,13 +126,12 @@ pub(super) async fn measure(cfg: &Config, events: &[Event]) -> anyhow::Result<Si
 /// crate in batches of the sink's `batch_rows` or `batch_max_wait`, into
 /// the same schema in a database of its own (so it pays for the
 /// materialized views too). No dedup look-up, no positions, no retries, no
-/// commits. Timed like the sink: from the first produce after one record
-/// was visible, to the last row visible.
+/// commits. Timed like the sink ([`timed_feed`]).
 async fn raw_loop(
     cfg: &Config,
     producer: &BatchProducer,
     encoded: &[(Vec<u8>, &str)],
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Figure> {
     let topic = format!("{}.raw-loop", cfg.kafka.topics.enriched);
     cfg.kafka.ensure_topics(&[&topic]).await?;
     let mut raw_cfg = cfg.clickhouse.clone();
@@ -202,24 +204,32 @@ async fn raw_loop(
 }
 
 /// Feeds `encoded` to `topic` for a reader that writes them to `ch`'s
-/// `events`, and returns its rate in rows/s. The reader joins its group
-/// and reads its positions first (seconds on the local broker): one
-/// record, until it is visible. Then the rest is timed from its first
-/// produce to its last row visible: the reader drains it while it arrives,
-/// as it would in service.
+/// `events`, and returns its rate in rows/s (a steady state, with the
+/// whole run beside it: [`Flow`]). The reader joins its group and reads its
+/// positions first (seconds on the local broker): one record, until it is
+/// visible. Then the rest is timed from its first produce to its last row
+/// visible: the reader drains it while it arrives, as it would in service.
 async fn timed_feed(
     producer: &BatchProducer,
     topic: &str,
     encoded: &[(Vec<u8>, &str)],
     ch: &clickhouse::Client,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Figure> {
     let n = encoded.len() as u64;
     send_keyed(producer, topic, &encoded[..1]).await?;
     wait_rows(ch, "events", 1, Duration::from_secs(600)).await?;
-    let start = Instant::now();
-    for chunk in encoded[1..].chunks(10_000) {
-        send_keyed(producer, topic, chunk).await?;
-    }
-    wait_rows(ch, "events", n, Duration::from_secs(600)).await?;
-    Ok((n - 1) as f64 / start.elapsed().as_secs_f64())
+    let mut flow = Flow::start(n - 1);
+    let feed = async {
+        for chunk in encoded[1..].chunks(10_000) {
+            send_keyed(producer, topic, chunk).await?;
+        }
+        anyhow::Ok(())
+    };
+    // The rows are followed while they are fed: a rate taken only after
+    // the last produce would miss the middle of the flow.
+    let followed = follow_rows(ch, "events", 1, &mut flow, Duration::from_secs(600));
+    let (fed, followed) = tokio::join!(feed, followed);
+    fed?;
+    followed?;
+    Ok(flow.rate())
 }

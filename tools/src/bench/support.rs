@@ -1,12 +1,14 @@
-//! What several measurements share: ClickHouse row counts, keyed
-//! produces, a pipeline on its own database and topics, and waiting for
-//! readiness.
+//! What several measurements share: ClickHouse row counts, a flow's
+//! steady-state rate ([`Flow`]), keyed produces, a pipeline on its own
+//! database and topics, and waiting for readiness.
 
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use xoflow_app::{Config, Running};
 use xoflow_common::kafka::Outgoing;
+
+use super::report::Figure;
 
 pub(super) async fn count(ch: &clickhouse::Client, table: &str) -> u64 {
     ch.query(&format!("SELECT count() FROM {table}"))
@@ -27,6 +29,116 @@ pub(super) async fn wait_rows(
             bail!("{table}: fewer than {n} rows after {limit:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// A flow of `n` items (records consumed, rows visible) timed two ways
+/// from the counts observed as it goes:
+///
+/// - steady state: the items between the first count at or past 10% of
+///   `n` and the first at or past 90%, over the time between those two
+///   observations, so that neither the warm-up (group joins, first
+///   fetches, empty caches) nor the tail (the sink's batch age on the last
+///   rows, the last partition's stragglers) weighs in;
+/// - whole run: `n` over the time from the start to the last item, the
+///   method of every run published before 2026-12-03, kept beside it.
+///
+/// A flow too short to tell the two marks apart (a smoke run's events land
+/// in one insert) reports its whole-run rate as its steady rate.
+#[derive(Debug, Clone)]
+pub(super) struct Flow {
+    n: u64,
+    start: Instant,
+    low: Option<(Instant, u64)>,
+    high: Option<(Instant, u64)>,
+    end: Option<Instant>,
+}
+
+impl Flow {
+    /// A flow of `n` items starting now.
+    pub(super) fn start(n: u64) -> Self {
+        Flow {
+            n,
+            start: Instant::now(),
+            low: None,
+            high: None,
+            end: None,
+        }
+    }
+
+    /// Records that `count` items have passed by now.
+    pub(super) fn observe(&mut self, count: u64) {
+        self.observe_at(Instant::now(), count);
+    }
+
+    fn observe_at(&mut self, at: Instant, count: u64) {
+        if self.low.is_none() && count * 10 >= self.n {
+            self.low = Some((at, count));
+        }
+        if self.high.is_none() && count * 10 >= self.n * 9 {
+            self.high = Some((at, count));
+        }
+        if self.end.is_none() && count >= self.n {
+            self.end = Some(at);
+        }
+    }
+
+    /// The steady-state rate with the whole-run rate beside it, per second.
+    pub(super) fn rate(&self) -> Figure {
+        let end = self.end.unwrap_or_else(Instant::now);
+        let whole = self.n as f64 / end.duration_since(self.start).as_secs_f64().max(1e-9);
+        let steady = match (self.low, self.high) {
+            (Some((t0, c0)), Some((t1, c1))) if t1 > t0 && c1 > c0 => {
+                (c1 - c0) as f64 / t1.duration_since(t0).as_secs_f64()
+            }
+            _ => whole,
+        };
+        Figure {
+            value: steady,
+            whole_run: Some(whole),
+        }
+    }
+}
+
+/// Polls `table`'s row count every 20 ms into `flow` (rows past the
+/// `base` already there) until the flow has passed whole.
+pub(super) async fn follow_rows(
+    ch: &clickhouse::Client,
+    table: &str,
+    base: u64,
+    flow: &mut Flow,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + limit;
+    loop {
+        let c = count(ch, table).await.saturating_sub(base);
+        flow.observe(c);
+        if c >= flow.n {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            bail!("{table}: {c} of {} rows after {limit:?}", flow.n);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `consumer` (subscribed to `topic`, still empty) until the group
+/// gave it partitions: a reader that joins before its input flows sees the
+/// flow as it is written, and the seconds of the join are not in its rate.
+pub(super) async fn wait_assigned(
+    consumer: &rdkafka::consumer::StreamConsumer,
+    topic: &str,
+) -> anyhow::Result<()> {
+    use rdkafka::consumer::Consumer as _;
+    let until = Instant::now() + Duration::from_secs(60);
+    while consumer.assignment()?.count() == 0 {
+        if Instant::now() > until {
+            bail!("{topic}: reader got no partitions");
+        }
+        // Polling drives the group join; the topic is still empty.
+        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
     }
     Ok(())
 }
@@ -95,4 +207,33 @@ pub(super) async fn ready(running: &Running) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flow_times_its_middle_and_its_whole_run_apart() {
+        // 1,000 items: a slow first second (warm-up), 800 in the next two
+        // seconds, then a two-second tail for the last 100.
+        let mut f = Flow::start(1_000);
+        let start = f.start;
+        let points = [(1_000, 100), (2_000, 500), (3_000, 900), (5_000, 1_000)];
+        for (ms, c) in points {
+            f.observe_at(start + Duration::from_millis(ms), c);
+        }
+        let r = f.rate();
+        assert!((r.value - 400.0).abs() < 1e-6, "{}", r.value);
+        assert_eq!(r.whole_run.map(|w| (w - 200.0).abs() < 1e-6), Some(true));
+    }
+
+    #[test]
+    fn a_flow_seen_in_one_step_reports_its_whole_run() {
+        let mut f = Flow::start(100);
+        let at = f.start + Duration::from_millis(500);
+        f.observe_at(at, 100);
+        let r = f.rate();
+        assert_eq!(Some(r.value), r.whole_run);
+    }
 }
