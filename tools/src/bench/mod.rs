@@ -307,6 +307,16 @@ async fn run_once(
     ));
     flat.met = Some(o.rss_growth <= 0.10);
     rows.push(flat);
+    rows.push(row(
+        "P most active parts in one partition, half peak",
+        o.parts_half as f64,
+        "parts",
+    ));
+    rows.push(row(
+        "P most active parts in one partition, twice the peak",
+        o.parts_twice as f64,
+        "parts",
+    ));
 
     let _ = cfg.clickhouse.drop_database().await;
     Ok(rows)

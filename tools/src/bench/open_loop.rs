@@ -26,6 +26,38 @@ pub(super) struct OpenLoopResult {
     pub(super) rss_second_quarter_mib: f64,
     pub(super) rss_last_quarter_mib: f64,
     pub(super) rss_growth: f64,
+    /// The most active parts one partition of one table held, sampled
+    /// every second, at half the peak and at twice the peak: what the
+    /// sink's insert rate asks of ClickHouse's merges.
+    pub(super) parts_half: u64,
+    pub(super) parts_twice: u64,
+}
+
+/// The most active parts in one partition of any table of the database.
+async fn most_parts(ch: &clickhouse::Client) -> u64 {
+    ch.query(
+        "SELECT max(c) FROM (SELECT count() AS c FROM system.parts \
+         WHERE active AND database = currentDatabase() GROUP BY table, partition)",
+    )
+    .fetch_one::<u64>()
+    .await
+    .unwrap_or(0)
+}
+
+/// Samples [`most_parts`] every second until `stop`; the maximum seen.
+fn sample_parts(
+    ch: &clickhouse::Client,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<u64> {
+    let ch = ch.clone();
+    tokio::spawn(async move {
+        let mut most = 0;
+        while !stop.is_cancelled() {
+            most = most.max(most_parts(&ch).await);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        most
+    })
 }
 
 /// A fresh pipeline fed open loop: first at half of `peak` for `half_secs`,
@@ -71,6 +103,7 @@ pub(super) async fn measure(
     let n = ((half * half_secs) as usize).max(BATCH);
     let batch = round_of(events, "r", 1, n);
     let stop_polling = tokio_util::sync::CancellationToken::new();
+    let parts_half = sample_parts(&ch, stop_polling.clone());
     let poller = {
         let ch = ch.clone();
         let stop = stop_polling.clone();
@@ -103,6 +136,7 @@ pub(super) async fn measure(
     .await?;
     stop_polling.cancel();
     let seen = poller.await?;
+    let parts_half = parts_half.await?;
     let mut acks = sent.acks.clone();
     acks.sort_by_key(|(at, _)| *at);
     let mut latencies = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
@@ -128,6 +162,7 @@ pub(super) async fn measure(
     let per_round = ((twice * 2.0) as usize).max(BATCH);
     let rounds = ((overload_secs / 2.0) as usize).max(1);
     let stop_sampling = tokio_util::sync::CancellationToken::new();
+    let parts_twice = sample_parts(&ch, stop_sampling.clone());
     let sampler = {
         let stop = stop_sampling.clone();
         tokio::spawn(async move {
@@ -158,6 +193,7 @@ pub(super) async fn measure(
     }
     stop_sampling.cancel();
     let samples = sampler.await?;
+    let parts_twice = parts_twice.await?;
     running.stop();
     running.wait().await?;
     let _ = cfg.clickhouse.drop_database().await;
@@ -184,5 +220,7 @@ pub(super) async fn measure(
         } else {
             0.0
         },
+        parts_half,
+        parts_twice,
     })
 }

@@ -158,13 +158,18 @@ pub(super) async fn send_keyed(
 }
 
 /// `n` of `events`, cycled, with every id suffixed `-<tag><round>-<i>`: a
-/// round the pipeline has not seen.
+/// round the pipeline has not seen. Each pass over `events` after the
+/// first pass of round 0 is a generation of customers of its own (see
+/// [`new_customers`]): replayed to the same customers, the same event times
+/// would land behind their histories and be measured as repairs, not as
+/// the live flow the open loops stand for.
 pub(super) fn round_of(
     events: &[xoflow_proto::v1::Event],
     tag: &str,
     round: usize,
     n: usize,
 ) -> Vec<xoflow_proto::v1::Event> {
+    let len = events.len().max(1);
     events
         .iter()
         .cycle()
@@ -173,9 +178,45 @@ pub(super) fn round_of(
         .map(|(i, e)| {
             let mut e = e.clone();
             e.event_id = format!("{}-{tag}{round}-{i}", e.event_id);
+            let generation = round * 100_000 + i / len;
+            if generation > 0 {
+                new_customers(&mut e, generation);
+            }
             e
         })
         .collect()
+}
+
+/// Rewrites the raw identity of `e` (before ingest: the keys ingest hashes)
+/// for `generation`, consistently, so that the events of one generation
+/// still link the same customer's keys to each other and to no other
+/// generation's. A phone keeps the generator's shape (China mobile, 11
+/// digits) with digits drawn from its hash.
+fn new_customers(e: &mut xoflow_proto::v1::Event, generation: usize) {
+    let Some(c) = e.customer.as_mut() else {
+        return;
+    };
+    let g = format!("g{generation}");
+    if !c.customer_id.is_empty() {
+        c.customer_id = format!("{}-{g}", c.customer_id);
+    }
+    if let Some((local, domain)) = c.email.split_once('@') {
+        c.email = format!("{local}.{g}@{domain}");
+    }
+    if !c.phone.is_empty() {
+        use std::hash::Hasher as _;
+        let mut h = std::hash::DefaultHasher::new();
+        h.write(c.phone.as_bytes());
+        h.write_usize(generation);
+        let d = h.finish() % 100_000_000;
+        c.phone = format!("+86 137 {:04} {:04}", d / 10_000, d % 10_000);
+    }
+    if !c.social_handle.is_empty() {
+        c.social_handle = format!("{}_{g}", c.social_handle);
+    }
+    if !c.device_id.is_empty() {
+        c.device_id = format!("{}-{g}", c.device_id);
+    }
 }
 
 /// A whole pipeline of its own: the database, topics and consumer groups
@@ -226,6 +267,48 @@ mod tests {
         let r = f.rate();
         assert!((r.value - 400.0).abs() < 1e-6, "{}", r.value);
         assert_eq!(r.whole_run.map(|w| (w - 200.0).abs() < 1e-6), Some(true));
+    }
+
+    #[test]
+    fn every_pass_after_the_first_is_a_generation_of_customers_of_its_own() {
+        use xoflow_proto::v1::{CustomerIdentity, Event};
+        let e = |id: &str, customer: &str, email: &str| Event {
+            event_id: id.into(),
+            customer: Some(CustomerIdentity {
+                customer_id: customer.into(),
+                email: email.into(),
+                phone: "+86 139 0001 0002".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let events = [e("a", "c1", "x@m.example"), e("b", "", "x@m.example")];
+        let r = round_of(&events, "r", 0, 5);
+        let ids: Vec<&str> = r.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["a-r0-0", "b-r0-1", "a-r0-2", "b-r0-3", "a-r0-4"]);
+        let who = |e: &Event| e.customer.clone().unwrap_or_default();
+        // The first pass as generated, the second one rewritten, its two
+        // events still linked by the same e-mail and phone.
+        assert_eq!(who(&r[0]).customer_id, "c1");
+        assert_eq!(who(&r[1]).email, "x@m.example");
+        let (a, b) = (who(&r[2]), who(&r[3]));
+        assert_eq!(a.customer_id, "c1-g1");
+        assert_eq!(
+            (a.email.as_str(), b.email.as_str()),
+            ("x.g1@m.example", "x.g1@m.example")
+        );
+        assert_eq!(a.phone, b.phone);
+        assert_ne!(a.phone, who(&r[0]).phone);
+        assert!(
+            a.phone.starts_with("+86 137 ") && a.phone.len() == 17,
+            "{}",
+            a.phone
+        );
+        // Another round: other generations from its first pass.
+        assert_eq!(
+            who(&round_of(&events, "r", 1, 1)[0]).customer_id,
+            "c1-g100000"
+        );
     }
 
     #[test]
