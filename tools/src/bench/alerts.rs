@@ -29,7 +29,7 @@ use xoflow_app::{Config, Stages};
 use xoflow_common::shutdown::Shutdown;
 use xoflow_proto::v1::Event;
 
-use super::support::{own_pipeline, ready, round_of, wait_rows};
+use super::support::{VISIBLE_EVENTS, own_pipeline, ready, round_of, wait_rows};
 use crate::{
     datagen::{alerts::DemoConfig, load},
     demo::{self, Receiver},
@@ -80,7 +80,7 @@ pub(super) async fn measure(
         },
     )
     .await?;
-    wait_rows(&ch, "events", warm.accepted, Duration::from_secs(600)).await?;
+    wait_rows(&ch, VISIBLE_EVENTS, warm.accepted, Duration::from_secs(600)).await?;
     let from_ms = xoflow_common::clock::now_unix_millis();
 
     let half = (peak / 2.0).max(100.0);

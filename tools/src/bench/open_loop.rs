@@ -13,7 +13,7 @@ use xoflow_proto::v1::Event;
 
 use super::{
     process::rss_mib,
-    support::{count, own_pipeline, ready, round_of, wait_rows},
+    support::{VISIBLE_EVENTS, count, own_pipeline, ready, round_of, wait_rows},
 };
 use crate::datagen::load;
 
@@ -65,8 +65,9 @@ fn sample_parts(
 /// twice `peak` for `overload_secs`, sampling this process's resident
 /// memory.
 ///
-/// Visibility is read from `count()` of the events table every 10 ms: the
-/// k-th acknowledged event counts as visible when the table holds k rows.
+/// Visibility is read from `count()` of the events table's revision-0 rows
+/// every 10 ms ([`VISIBLE_EVENTS`]): the k-th acknowledged event counts as
+/// visible when the table holds k of them.
 /// Rows overtake each other across partitions, so this is the latency of
 /// the pipeline as a queue, not of one particular event.
 pub(super) async fn measure(
@@ -95,8 +96,8 @@ pub(super) async fn measure(
         },
     )
     .await?;
-    wait_rows(&ch, "events", warm.accepted, Duration::from_secs(600)).await?;
-    let base = count(&ch, "events").await;
+    wait_rows(&ch, VISIBLE_EVENTS, warm.accepted, Duration::from_secs(600)).await?;
+    let base = count(&ch, VISIBLE_EVENTS).await;
 
     // Half the peak, with the visibility timeline polled alongside.
     let half = (peak / 2.0).max(100.0);
@@ -110,7 +111,7 @@ pub(super) async fn measure(
         tokio::spawn(async move {
             let mut seen: Vec<(tokio::time::Instant, u64)> = Vec::new();
             while !stop.is_cancelled() {
-                let c = count(&ch, "events").await.saturating_sub(base);
+                let c = count(&ch, VISIBLE_EVENTS).await.saturating_sub(base);
                 seen.push((tokio::time::Instant::now(), c));
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -129,7 +130,7 @@ pub(super) async fn measure(
     .await?;
     wait_rows(
         &ch,
-        "events",
+        VISIBLE_EVENTS,
         base + sent.accepted,
         Duration::from_secs(600),
     )

@@ -14,7 +14,7 @@ use xoflow_proto::v1::Event;
 use super::{
     process::{cpu_seconds, myself, peak_rss_mib, servers},
     report::Figure,
-    support::{Flow, follow_rows, own_pipeline, ready},
+    support::{Flow, VISIBLE_EVENTS, follow_rows, own_pipeline, ready},
 };
 use crate::datagen::load;
 
@@ -52,7 +52,7 @@ pub(super) async fn measure(cfg: &Config, events: Vec<Event>) -> anyhow::Result<
     // Rows are followed while the events are sent; a refused event would
     // leave the follower waiting for a row that never comes: say so at once.
     let sent = {
-        let follow = follow_rows(&ch, "events", 0, &mut flow, Duration::from_secs(900));
+        let follow = follow_rows(&ch, VISIBLE_EVENTS, 0, &mut flow, Duration::from_secs(900));
         tokio::pin!(send, follow);
         let mut followed = None;
         let sent = tokio::select! {

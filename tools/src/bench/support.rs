@@ -10,6 +10,14 @@ use xoflow_common::kafka::Outgoing;
 
 use super::report::Figure;
 
+/// What counts as an event visible to BI in a pipeline's `events` table:
+/// its revision 0, of which the sink keeps exactly one per event. Every
+/// row would count an event twice once it is repaired or emitted again with
+/// its linked customer (revision 1), and a run would seem to end, or a row
+/// to be visible, before it is.
+pub(super) const VISIBLE_EVENTS: &str = "events WHERE revision = 0";
+
+/// Rows of `table`, which may carry a `WHERE` (see [`VISIBLE_EVENTS`]).
 pub(super) async fn count(ch: &clickhouse::Client, table: &str) -> u64 {
     ch.query(&format!("SELECT count() FROM {table}"))
         .fetch_one::<u64>()
