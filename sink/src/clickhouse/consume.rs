@@ -41,6 +41,7 @@ use xoflow_proto::{
 
 use super::{
     ClickHouseConfig, SinkConfig, SinkError,
+    event_ids::EventIds,
     insert::{Retrying, flush, recovered, retry_policy},
     migrate,
     position::{self, Input, Positions, Resume},
@@ -191,6 +192,7 @@ async fn consume(
         return Ok(());
     }
     let client = ch.client();
+    let ids = EventIds::new(ch);
     // Keeps revocations only: an assigned partition's position is read on
     // its first record.
     let consumer: std::sync::Arc<StreamConsumer<RebalanceLog>> = kafka
@@ -374,6 +376,7 @@ async fn consume(
         }
         flush(
             &client,
+            &ids,
             &consumer,
             cfg,
             &mut batch,
@@ -390,6 +393,7 @@ async fn consume(
     drop_revoked(&consumer, &mut positions, &mut batch);
     flush(
         &client,
+        &ids,
         &consumer,
         cfg,
         &mut batch,
