@@ -35,7 +35,9 @@ pub struct SinkConfig {
     /// Flush once a batch holds this many encoded bytes: bounds memory.
     pub batch_bytes: usize,
     /// Flush once the oldest row waited this long: bounds latency and keeps
-    /// inserts to about one per second per table under load.
+    /// inserts to about one per second per table under load. Rows that
+    /// waited in the consumer's queue while the previous batch was written
+    /// have waited since that write began.
     #[serde(with = "humantime_serde")]
     pub batch_max_wait: Duration,
     /// First back-off between retries of a ClickHouse call that failed

@@ -5,6 +5,14 @@
 //! the consumer's [`RebalanceLog`] recorded. Out: [`Batch`]es of rows with
 //! their lineage. A batch flushes on whichever comes first of `batch_rows`, `batch_bytes`
 //! or `batch_max_wait` since its first record, as one INSERT per table.
+//! The loop does not read Kafka while it writes (rebalances must not
+//! interleave with a write, docs/clickhouse.md, "Exactly once", point 4), so
+//! records arriving meanwhile wait in the consumer's queue: a batch whose
+//! first record waited through the previous write counts its age from that
+//! write's start, and a due batch still takes what is already waiting
+//! before it flushes. Under load that makes one insert per `batch_max_wait`
+//! from start to start, as a loop reading while it writes would, instead
+//! of the write's duration plus `batch_max_wait`.
 //! Records already stored (by offset) or already written (by event id and
 //! revision) are skipped, using the positions read from ClickHouse itself
 //! ([`super::position`]), so that after any crash, restart or rebalance no
@@ -41,6 +49,7 @@ use xoflow_proto::{
 
 use super::{
     ClickHouseConfig, SinkConfig, SinkError,
+    event_ids::EventIds,
     insert::{Retrying, flush, recovered, retry_policy},
     migrate,
     position::{self, Input, Positions, Resume},
@@ -61,6 +70,8 @@ pub(super) struct Batch {
     pub records: usize,
     pub skipped_stored: u64,
     pub skipped_duplicates: u64,
+    /// Where the batch's age counts from: its first record's arrival, or
+    /// the start of the previous write when that record waited through it.
     pub started: Option<Instant>,
     /// Records the sink could not decode (dead-lettered as `DECODE`).
     pub undecodable: u64,
@@ -191,6 +202,7 @@ async fn consume(
         return Ok(());
     }
     let client = ch.client();
+    let ids = EventIds::new(ch);
     // Keeps revocations only: an assigned partition's position is read on
     // its first record.
     let consumer: std::sync::Arc<StreamConsumer<RebalanceLog>> = kafka
@@ -236,22 +248,41 @@ async fn consume(
     let timer = tokio::time::sleep(cfg.batch_max_wait);
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
+    // When the last write began, while records are waiting that arrived
+    // during it: the next batch's age counts from then (see `Batch`).
+    let mut written_from: Option<Instant> = None;
     loop {
         let deadline = batch.started.map(|s| s + cfg.batch_max_wait);
-        let msg = if deadline.is_some_and(|d| Instant::now() >= d) {
-            None
-        } else {
-            if deadline != armed {
-                if let Some(d) = deadline {
-                    timer.as_mut().reset(d);
-                }
-                armed = deadline;
-            }
+        let due = deadline.is_some_and(|d| Instant::now() >= d);
+        // A due batch still takes what is already waiting, as it would have
+        // had the sink been reading during the write; so does a batch not
+        // yet begun after a write.
+        let waiting = if due || written_from.is_some() {
             tokio::select! {
                 biased;
                 m = consumer.recv() => Some(m),
-                _ = &mut cancelled => break,
-                _ = &mut timer, if deadline.is_some() => None,
+                () = std::future::ready(()) => None,
+            }
+        } else {
+            None
+        };
+        let msg = match waiting {
+            Some(m) => Some(m),
+            None if due => None,
+            None => {
+                written_from = None;
+                if deadline != armed {
+                    if let Some(d) = deadline {
+                        timer.as_mut().reset(d);
+                    }
+                    armed = deadline;
+                }
+                tokio::select! {
+                    biased;
+                    m = consumer.recv() => Some(m),
+                    _ = &mut cancelled => break,
+                    _ = &mut timer, if deadline.is_some() => None,
+                }
             }
         };
         // Revocations arrive inside recv(): handle them before the record
@@ -301,7 +332,9 @@ async fn consume(
                         telemetry::log_gap(m.topic(), m.partition(), to - from);
                     }
                 }
-                batch.started.get_or_insert_with(Instant::now);
+                batch
+                    .started
+                    .get_or_insert_with(|| written_from.take().unwrap_or_else(Instant::now));
                 let (max_offset, rows) = state.pending.get_or_insert((m.offset(), 0));
                 *max_offset = (*max_offset).max(m.offset());
                 batch.records += 1;
@@ -372,8 +405,11 @@ async fn consume(
             }
             None => {}
         }
+        let write_began = Instant::now();
+        let wrote = batch.records > 0;
         flush(
             &client,
+            &ids,
             &consumer,
             cfg,
             &mut batch,
@@ -381,6 +417,7 @@ async fn consume(
             retrying,
         )
         .await?;
+        written_from = wrote.then_some(write_began);
         if stop.is_cancelled() {
             break;
         }
@@ -390,6 +427,7 @@ async fn consume(
     drop_revoked(&consumer, &mut positions, &mut batch);
     flush(
         &client,
+        &ids,
         &consumer,
         cfg,
         &mut batch,

@@ -30,6 +30,7 @@ use xoflow_common::{
 use super::{
     SinkConfig, SinkError,
     consume::Batch,
+    event_ids::{EventIds, Key},
     position::Positions,
     row::{DeadLetterRow, EventRow},
 };
@@ -70,6 +71,7 @@ impl Lineaged for DeadLetterRow {
 /// empties it.
 pub(super) async fn flush(
     client: &Client,
+    ids: &EventIds,
     consumer: &StreamConsumer<RebalanceLog>,
     cfg: &SinkConfig,
     batch: &mut Batch,
@@ -85,7 +87,7 @@ pub(super) async fn flush(
     // position, so a crash between the two inserts re-delivers (and may
     // repeat) dead letters, never skips events.
     insert_with_retry(client, "dead_letters", &batch.dead_letters, cfg, retrying).await?;
-    let copies = drop_stored_anywhere(client, &mut batch.events, positions, cfg, retrying).await?;
+    let copies = drop_stored_anywhere(ids, &mut batch.events, positions, cfg, retrying).await?;
     batch.skipped_duplicates += copies;
     let refused = insert_events(client, &batch.events, cfg, retrying).await?;
     let mut tpl = TopicPartitionList::new();
@@ -146,13 +148,13 @@ pub(super) async fn flush(
 /// Drops from `rows` every (tenant, event id, revision) `event_ids` holds:
 /// copies of revisions stored at any time, beyond the in-memory window of
 /// recent pairs (`sink.dedup_window`). One lookup per flush by the index's
-/// primary key (tenant, day, event id): the batch's keys travel as one
-/// string literal split in SQL (a literal list of tuples costs far more to
-/// parse), and the `IN` set prunes the index to the batch's days. Returns
+/// primary key (tenant, day, event id): the batch's keys travel as
+/// external data ([`EventIds`]), and the `IN` set prunes the index to the
+/// batch's days. Returns
 /// how many were dropped (their offsets are still committed: a copy
 /// stores nothing).
 async fn drop_stored_anywhere(
-    client: &Client,
+    ids: &EventIds,
     rows: &mut Vec<EventRow>,
     positions: &mut Positions,
     cfg: &SinkConfig,
@@ -161,39 +163,16 @@ async fn drop_stored_anywhere(
     if rows.is_empty() || !cfg.dedup_index {
         return Ok(0);
     }
-    // Tenants and event ids hold no control characters (ingest refuses
-    // them): tab and newline separate them.
-    let mut keys = String::with_capacity(rows.len() * 48);
-    for (i, r) in rows.iter().enumerate() {
-        if i > 0 {
-            keys.push('\n');
-        }
-        keys.push_str(&r.tenant);
-        keys.push('\t');
-        keys.push_str(&r.occurred_at.to_string());
-        keys.push('\t');
-        keys.push_str(&r.event_id);
-    }
-    let mut sql = String::with_capacity(keys.len() + 512);
-    sql.push_str(
-        "SELECT tenant, event_id, revision FROM event_ids WHERE (tenant, day, event_id) IN \
-         (SELECT p[1], toDate(toDateTime(toUInt32(p[2]))), p[3] FROM \
-         (SELECT splitByChar('\\t', arrayJoin(splitByChar('\\n', ",
-    );
-    push_literal(&mut sql, &keys);
-    sql.push_str("))) AS p))");
-    let size = (sql.len() + 4096).to_string();
-    let lookup = client.clone().with_setting("max_query_size", size);
     let policy = retry_policy(cfg);
     let mut attempt = 0;
     let stored: Vec<(String, String, u32)> = loop {
         attempt += 1;
-        match lookup
-            .query(&sql)
-            .fetch_all::<(String, String, u32)>()
-            .await
-            .map_err(SinkError::clickhouse)
-        {
+        let keys = rows.iter().map(|r| Key {
+            tenant: &r.tenant,
+            occurred_at: r.occurred_at,
+            event_id: &r.event_id,
+        });
+        match ids.stored(keys).await {
             Ok(v) => {
                 recovered(retrying.readiness, attempt);
                 break v;
@@ -235,22 +214,6 @@ async fn drop_stored_anywhere(
         !copy
     });
     Ok((before - rows.len()) as u64)
-}
-
-/// Appends `s` as a ClickHouse string literal: quote and backslash
-/// escaped, tab and newline as `\t` and `\n`.
-fn push_literal(out: &mut String, s: &str) {
-    out.push('\'');
-    for c in s.chars() {
-        match c {
-            '\'' => out.push_str("\\'"),
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
 }
 
 /// Inserts `rows` into `events`. When ClickHouse refuses the data itself,
@@ -439,12 +402,5 @@ mod tests {
         assert!(p.wait(1_000) <= Duration::from_secs(30));
         // An outage of any length is ridden out.
         assert!(p.retries_after(u32::MAX - 1));
-    }
-
-    #[test]
-    fn keys_travel_as_one_escaped_literal() {
-        let mut out = String::new();
-        push_literal(&mut out, "a'b\\c\td\ne");
-        assert_eq!(out, "'a\\'b\\\\c\\td\\ne'");
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! Modules: `config` (`[sink]`, `[clickhouse]`), `consume` (the loop: fill a
 //! batch from Kafka, its `run`), `insert` (write a batch, retry, bisect
-//! refused rows, commit), [`position`] (where each partition stands, read
+//! refused rows, commit), `event_ids` (the look-up of a batch's stored event
+//! ids, with the keys sent as external data), [`position`] (where each partition stands, read
 //! from ClickHouse), [`row`] (the rows), [`migrate`](mod@migrate) (the schema),
 //! [`status`] (`xoflow sink-status`), [`retention`] (`xoflow retention`), `cluster` (the migrations rewritten
 //! for a ClickHouse cluster). The watchdog that tells readiness
@@ -18,6 +19,7 @@
 mod cluster;
 mod config;
 mod consume;
+mod event_ids;
 mod insert;
 pub mod migrate;
 pub mod position;

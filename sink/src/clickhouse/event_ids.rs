@@ -1,0 +1,246 @@
+//! The `event_ids` look-up: which of a batch's (tenant, event id,
+//! revision) ClickHouse already stores (docs/clickhouse.md, "Exactly
+//! once", idempotency without a horizon).
+//!
+//! In: the batch's keys (tenant, event time in seconds, event id). Out: the
+//! (tenant, event id, revision) triples `event_ids` holds for them. The
+//! keys travel as HTTP *external data*: a tab-separated file part of a
+//! multipart request that ClickHouse reads as a temporary table. Sent as a
+//! string literal inside the query instead, 50,000 keys made a 2.4 MB
+//! query that ClickHouse 18.16 took 0.35 s to parse and 0.65 s in all to
+//! answer against an empty table; as external data the same look-up takes
+//! 0.07 s. The `clickhouse` crate sends no file parts, so this module
+//! speaks to the HTTP interface itself, with the crate's credentials
+//! headers, over the same plain-HTTP connection pool kind.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+
+use super::{ClickHouseConfig, SinkError};
+
+/// The table name the keys take inside the query.
+const KEYS: &str = "batch_keys";
+
+/// Looks batches up in `event_ids` on one server (or, on a cluster, through
+/// its `Distributed` table: ClickHouse sends external data on to every
+/// shard).
+#[derive(Clone)]
+pub(super) struct EventIds {
+    http: Client<HttpConnector, Full<Bytes>>,
+    uri: String,
+    user: String,
+    password: String,
+}
+
+/// One key of a batch: what `event_ids` is sorted by.
+pub(super) struct Key<'a> {
+    pub tenant: &'a str,
+    /// The event time, Unix seconds: its day (in the server's time zone,
+    /// as the materialized view computes it) prunes the index.
+    pub occurred_at: u32,
+    pub event_id: &'a str,
+}
+
+impl EventIds {
+    pub fn new(ch: &ClickHouseConfig) -> Self {
+        let sql = format!(
+            "SELECT tenant, event_id, revision FROM event_ids \
+             WHERE (tenant, day, event_id) IN \
+             (SELECT tenant, toDate(toDateTime(occurred_at)), event_id FROM {KEYS}) \
+             FORMAT RowBinary"
+        );
+        let params = [
+            ("database", ch.database.as_str()),
+            ("query", sql.as_str()),
+            (
+                &format!("{KEYS}_structure"),
+                "tenant String, occurred_at UInt32, event_id String",
+            ),
+            (&format!("{KEYS}_format"), "TabSeparated"),
+            // The whole answer before the status line: an error found while
+            // reading is a status code, not a truncated body.
+            ("wait_end_of_query", "1"),
+        ];
+        let mut uri = ch.url.trim_end_matches('/').to_owned();
+        uri.push('/');
+        for (i, (name, value)) in params.iter().enumerate() {
+            uri.push(if i == 0 { '?' } else { '&' });
+            percent_encode(&mut uri, name);
+            uri.push('=');
+            percent_encode(&mut uri, value);
+        }
+        EventIds {
+            http: Client::builder(TokioExecutor::new()).build_http(),
+            uri,
+            user: ch.user.clone(),
+            password: ch.password.clone(),
+        }
+    }
+
+    /// The stored (tenant, event id, revision) of `keys`' events.
+    pub async fn stored<'a>(
+        &self,
+        keys: impl Iterator<Item = Key<'a>>,
+    ) -> Result<Vec<(String, String, u32)>, SinkError> {
+        let boundary = "xoflow-event-ids-5c0f3b7e9a1d4e26";
+        let mut body = Vec::with_capacity(64 * 1024);
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{KEYS}\"; \
+                 filename=\"{KEYS}\"\r\nContent-Type: text/tab-separated-values\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        for k in keys {
+            push_escaped(&mut body, k.tenant);
+            body.push(b'\t');
+            body.extend_from_slice(k.occurred_at.to_string().as_bytes());
+            body.push(b'\t');
+            push_escaped(&mut body, k.event_id);
+            body.push(b'\n');
+        }
+        // The escaped keys hold no CR, so no line of them can be the
+        // boundary.
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let request = Request::post(&self.uri)
+            .header(
+                "Content-Type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .header("X-ClickHouse-User", &self.user)
+            .header("X-ClickHouse-Key", &self.password)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| {
+                SinkError::clickhouse(clickhouse::error::Error::InvalidParams(Box::new(e)))
+            })?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|e| SinkError::clickhouse(e.into()))?;
+        let status = response.status();
+        let answer = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| SinkError::clickhouse(e.into()))?
+            .to_bytes();
+        if status != StatusCode::OK {
+            let text = String::from_utf8_lossy(&answer);
+            let message = if text.trim().is_empty() {
+                format!("HTTP {status}")
+            } else {
+                text.trim().to_owned()
+            };
+            return Err(SinkError::clickhouse(
+                clickhouse::error::Error::BadResponse(message),
+            ));
+        }
+        parse_rows(&answer).ok_or_else(|| {
+            SinkError::clickhouse(clickhouse::error::Error::BadResponse(format!(
+                "event_ids look-up: unreadable answer of {} bytes",
+                answer.len()
+            )))
+        })
+    }
+}
+
+/// Appends `s` as a TabSeparated field: backslash, tab, newline and
+/// carriage return escaped.
+fn push_escaped(out: &mut Vec<u8>, s: &str) {
+    for &b in s.as_bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b => out.push(b),
+        }
+    }
+}
+
+/// Appends `s` percent-encoded for a URL's query string.
+fn percent_encode(out: &mut String, s: &str) {
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+/// Reads RowBinary (String, String, UInt32) rows; `None` when the answer
+/// is cut or not such rows.
+fn parse_rows(mut data: &[u8]) -> Option<Vec<(String, String, u32)>> {
+    fn string(data: &mut &[u8]) -> Option<String> {
+        let mut len: usize = 0;
+        let mut shift = 0;
+        loop {
+            let (&b, rest) = data.split_first()?;
+            *data = rest;
+            len |= usize::from(b & 0x7f).checked_shl(shift)?;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 63 {
+                return None;
+            }
+        }
+        if data.len() < len {
+            return None;
+        }
+        let (s, rest) = data.split_at(len);
+        *data = rest;
+        String::from_utf8(s.to_vec()).ok()
+    }
+    let mut rows = Vec::new();
+    while !data.is_empty() {
+        let tenant = string(&mut data)?;
+        let event_id = string(&mut data)?;
+        let (revision, rest) = data.split_first_chunk::<4>()?;
+        data = rest;
+        rows.push((tenant, event_id, u32::from_le_bytes(*revision)));
+    }
+    Some(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_escaped_as_tab_separated_fields() {
+        let mut out = Vec::new();
+        push_escaped(&mut out, "a\\b\tc\nd\re'f");
+        assert_eq!(out, b"a\\\\b\\tc\\nd\\re'f");
+    }
+
+    #[test]
+    fn the_query_string_is_percent_encoded() {
+        let mut out = String::new();
+        percent_encode(&mut out, "a b,(c)=d&é");
+        assert_eq!(out, "a%20b%2C%28c%29%3Dd%26%C3%A9");
+    }
+
+    #[test]
+    fn row_binary_answers_are_read_and_cut_ones_refused() {
+        let mut data = vec![4];
+        data.extend_from_slice(b"shop");
+        data.push(2);
+        data.extend_from_slice(b"e1");
+        data.extend_from_slice(&7u32.to_le_bytes());
+        assert_eq!(
+            parse_rows(&data),
+            Some(vec![("shop".to_owned(), "e1".to_owned(), 7)])
+        );
+        assert_eq!(parse_rows(&data[..data.len() - 1]), None);
+        assert_eq!(parse_rows(&[]), Some(vec![]));
+    }
+}
