@@ -303,6 +303,38 @@ impl KafkaConfig {
         }
     }
 
+    /// Deletes every topic whose name contains `part`, and returns their
+    /// names: for tools that make topics of their own per run (the
+    /// benchmark, whose millions of records would otherwise stay in a
+    /// broker that keeps them in memory), never for the stages' topics.
+    pub async fn delete_topics_containing(&self, part: &str) -> Result<Vec<String>, KafkaError> {
+        let admin: AdminClient<DefaultClientContext> = self.with_options(self.base()).create()?;
+        let names: Vec<String> = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))?
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .filter(|n| n.contains(part))
+            .collect();
+        if names.is_empty() {
+            return Ok(names);
+        }
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(10)))
+            .request_timeout(Some(Duration::from_secs(10)));
+        for result in admin.delete_topics(&refs, &opts).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((name, code)) => {
+                    tracing::warn!(topic = %name, error = %code, "cannot delete topic");
+                }
+            }
+        }
+        Ok(names)
+    }
+
     async fn create_topics(
         &self,
         names: &[&str],

@@ -164,12 +164,25 @@ async fn run_once(
         f64::NAN.into()
     };
 
+    // Each measurement's topics are deleted when it is done: a broker that
+    // keeps records in memory would otherwise hold every run's millions.
+    let done = |cfg: &Config| {
+        let (kafka, part) = (cfg.kafka.clone(), format!("bench-{id}"));
+        async move {
+            if let Err(e) = kafka.delete_topics_containing(&part).await {
+                println!("[bench] could not delete the topics of {part}: {e}");
+            }
+        }
+    };
+    done(&cfg).await;
     if wanted(Part::Collector) {
         rows.extend(collector::measure(&cfg, events).await?);
+        done(&cfg).await;
     }
 
     if wanted(Part::Enrich) {
         let b5 = enrich::measure(&cfg, events, id).await?;
+        done(&cfg).await;
         rows.push(compared(
             "B5 enrich stage (resolve + join), time order",
             b5.in_order,
@@ -198,6 +211,7 @@ async fn run_once(
 
     if wanted(Part::Sink) {
         let rates = sink::measure(&cfg, events).await?;
+        done(&cfg).await;
         rows.push(compared(
             "B3 sink Kafka→ClickHouse",
             rates.sink,
@@ -238,10 +252,12 @@ async fn run_once(
             alerts::measure(&cfg, events, peak, opts.half_secs).await?,
             peak,
         ));
+        done(&cfg).await;
         let _ = cfg.clickhouse.drop_database().await;
         return Ok(rows);
     }
     let p = pipeline::measure(&cfg, events.to_vec()).await?;
+    done(&cfg).await;
     rows.push(compared(
         "P whole pipeline gRPC→ClickHouse",
         p.rate,
@@ -271,6 +287,7 @@ async fn run_once(
             alerts::measure(&cfg, events, peak, opts.half_secs).await?,
             peak,
         ));
+        done(&cfg).await;
     }
     if !wanted(Part::Pipeline) {
         let _ = cfg.clickhouse.drop_database().await;
@@ -278,6 +295,7 @@ async fn run_once(
     }
 
     let o = open_loop::measure(&cfg, events, peak, opts.half_secs, opts.overload_secs).await?;
+    done(&cfg).await;
     let mut half = row("P open loop at half peak, rate sent", o.rate, "events/s");
     half.goal = Some(format!("{:.0} events/s", peak / 2.0));
     rows.push(half);
