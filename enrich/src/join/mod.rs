@@ -139,7 +139,9 @@ pub type ChangelogRecords = Vec<(Vec<u8>, Vec<u8>)>;
 #[derive(Debug)]
 pub struct Join {
     cfg: JoinConfig,
-    customers: Map<String, Customer>,
+    /// Boxed: a customer is over 500 bytes (two states and its history's
+    /// head), and the map copied every one of them each time it grew.
+    customers: Map<String, Box<Customer>>,
     /// Links for [`Join::process`], which resolves by itself; the stage
     /// resolves upstream against the global link table instead.
     links: Links,
