@@ -516,7 +516,7 @@ impl Join {
                 continue;
             };
             let (at, resolution) = (entry.at, entry.resolution);
-            let cx = entry.cx.clone();
+            let cx = entry.cx().clone();
             let event = entry.event();
             let tenant = &event.tenant;
             if !self.alerter.wants_silence(tenant) {
@@ -758,7 +758,7 @@ impl Join {
                             event,
                             entry.at,
                             entry.resolution,
-                            &entry.cx,
+                            entry.cx(),
                             now_ms,
                         )
                     };
@@ -915,7 +915,7 @@ impl Join {
                 event,
                 entry.at,
                 entry.resolution,
-                &entry.cx,
+                entry.cx(),
                 id,
                 now_ms,
             )
