@@ -39,7 +39,7 @@ use xoflow_proto::{
     Message, Timestamp,
     v1::{
         CallContext, CustomerContext, CxFields, EnrichedEvent, Event, IdentityResolution,
-        JoinHistoryEntry, OrderContext, SessionContext,
+        JoinCustomerState, JoinHistoryEntry, OrderContext, SessionContext,
     },
 };
 
@@ -260,7 +260,10 @@ impl EventId {
 /// One customer: base state, history, current state.
 #[derive(Debug, Default)]
 pub(super) struct Customer {
-    pub base: CustomerState,
+    /// The fold of the events that left the history; `None` until one
+    /// does, as for most customers: a state is 264 bytes, written for every
+    /// new customer.
+    base: Option<Box<CustomerState>>,
     pub history: VecDeque<Entry>,
     pub current: CustomerState,
     /// The lowest history index whose output must be computed again.
@@ -283,12 +286,36 @@ pub(super) enum Place {
 }
 
 impl Customer {
+    /// The base state, for the changelog.
+    pub fn base_proto(&self) -> JoinCustomerState {
+        match &self.base {
+            Some(base) => base.to_proto(),
+            None => CustomerState::default().to_proto(),
+        }
+    }
+
+    /// Sets the base state, read back from the changelog.
+    pub fn set_base(&mut self, base: CustomerState) {
+        self.base = Some(Box::new(base));
+    }
+
+    /// A copy of the base state, for a re-fold to start from.
+    fn base_state(&self) -> CustomerState {
+        self.base.as_deref().cloned().unwrap_or_default()
+    }
+
+    /// Whether the base folded `event_id` in (see
+    /// [`CustomerState::folded`]).
+    fn folded(&self, event_id: &str) -> bool {
+        self.base.as_ref().is_some_and(|b| b.folded(event_id))
+    }
+
     /// Where `(at, event_id)` belongs. An event's time comes from the
     /// event itself, so a replay lands on its own entry.
     pub fn place(&self, at: i64, event_id: &str) -> Place {
         let key = (at, event_id.as_bytes());
         if self.history.back().is_none_or(|last| last.key() < key) {
-            return if self.base.folded(event_id) {
+            return if self.folded(event_id) {
                 Place::Forgotten
             } else {
                 Place::Last
@@ -296,7 +323,7 @@ impl Customer {
         }
         match self.history.binary_search_by(|e| e.key().cmp(&key)) {
             Ok(i) => Place::Known(i),
-            Err(_) if self.base.folded(event_id) => Place::Forgotten,
+            Err(_) if self.folded(event_id) => Place::Forgotten,
             Err(i) => Place::At(i),
         }
     }
@@ -362,7 +389,7 @@ impl Customer {
             entry.put(event);
             return emission.is_some();
         }
-        let mut state = self.base.clone();
+        let mut state = self.base_state();
         let mut any = false;
         for (index, entry) in self.history.iter_mut().enumerate() {
             let event = entry.take();
@@ -420,8 +447,9 @@ impl Customer {
         while self.front_over(cfg) {
             let mut e = self.history.pop_front().expect("front exists");
             let event = e.take();
-            self.base.update(&event, e.cx(), e.at, cfg);
-            self.base.forget(e.id());
+            let base = self.base.get_or_insert_default();
+            base.update(&event, e.cx(), e.at, cfg);
+            base.forget(e.id());
             gone.push(e);
         }
         gone
@@ -432,7 +460,7 @@ impl Customer {
         self.history
             .make_contiguous()
             .sort_by(|a, b| a.key().cmp(&b.key()));
-        let mut state = self.base.clone();
+        let mut state = self.base_state();
         for e in &mut self.history {
             let event = e.take();
             state.update(&event, e.cx(), e.at, cfg);

@@ -581,7 +581,7 @@ impl Join {
             let value = self
                 .customers
                 .get(&id)
-                .map(|c| c.base.to_proto().encode_to_vec())
+                .map(|c| c.base_proto().encode_to_vec())
                 .unwrap_or_default();
             out.push((id.into_bytes(), value));
         }
@@ -668,7 +668,10 @@ impl Join {
                 let id = String::from_utf8_lossy(&key).into_owned();
                 JoinCustomerState::decode(value.as_slice())
                     .map(|s| {
-                        self.customers.entry(id).or_default().base = CustomerState::from_proto(s)
+                        self.customers
+                            .entry(id)
+                            .or_default()
+                            .set_base(CustomerState::from_proto(s))
                     })
                     .is_ok()
             };
