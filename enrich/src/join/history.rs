@@ -39,13 +39,18 @@ use xoflow_proto::{
     Message, Timestamp,
     v1::{
         CallContext, CustomerContext, CxFields, EnrichedEvent, Event, IdentityResolution,
-        JoinHistoryEntry, OrderContext, SessionContext,
+        JoinCustomerState, JoinHistoryEntry, OrderContext, SessionContext,
     },
 };
 
 use super::{JoinConfig, JoinStats, Released, state::CustomerState};
 
 /// One event of a customer's history.
+///
+/// Small (88 bytes): a history keeps one per event it can still repair,
+/// each written to fresh memory and copied whenever its customer's history
+/// grows. What only a re-fold, a repair or the changelog reads is behind a
+/// pointer or in the event's bytes.
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
     pub at: i64,
@@ -53,12 +58,14 @@ pub(super) struct Entry {
     id: EventId,
     /// The event, encoded (the changelog record's `event`): as read from
     /// the repartition topic, or from the changelog.
-    bytes: Vec<u8>,
+    bytes: Box<[u8]>,
     /// The event, decoded, once something needed it since it was admitted
     /// or read back; boxed, so that an entry without it stays small.
     event: Option<Box<Event>>,
     pub resolution: IdentityResolution,
-    pub cx: CxFields,
+    /// The event's CX fields (see [`Entry::cx`]); `None` when they are all
+    /// empty, as they are for every event without a score or text.
+    cx: Option<Box<CxFields>>,
     /// The last revision emitted; for an entry not emitted yet, the
     /// revision its first output gets.
     pub revision: u32,
@@ -99,10 +106,10 @@ impl Entry {
         Entry {
             at,
             id: EventId::find(&bytes, &event.event_id),
-            bytes,
+            bytes: bytes.into_boxed_slice(),
             event: None,
             resolution,
-            cx,
+            cx: boxed_cx(cx),
             revision,
             output_hash: 0,
             hash_version: HASH_VERSION,
@@ -126,7 +133,7 @@ impl Entry {
     pub fn take(&mut self) -> Box<Event> {
         self.event
             .take()
-            .unwrap_or_else(|| Box::new(Event::decode(self.bytes.as_slice()).unwrap_or_default()))
+            .unwrap_or_else(|| Box::new(Event::decode(&*self.bytes).unwrap_or_default()))
     }
 
     pub fn put(&mut self, event: Box<Event>) {
@@ -137,14 +144,20 @@ impl Entry {
     pub fn event(&mut self) -> &Event {
         let bytes = &self.bytes;
         self.event
-            .get_or_insert_with(|| Box::new(Event::decode(bytes.as_slice()).unwrap_or_default()))
+            .get_or_insert_with(|| Box::new(Event::decode(&**bytes).unwrap_or_default()))
+    }
+
+    /// The event's CX fields, derived once when it was admitted (or read
+    /// back with it).
+    pub fn cx(&self) -> &CxFields {
+        self.cx.as_deref().unwrap_or(&NO_CX)
     }
 
     pub fn to_proto(&self) -> JoinHistoryEntry {
         JoinHistoryEntry {
-            event: self.bytes.clone(),
+            event: self.bytes.to_vec(),
             resolution: self.resolution as i32,
-            cx: Some(self.cx.clone()),
+            cx: Some(self.cx().clone()),
             revision: self.revision,
             output_hash: self.output_hash,
             hash_version: self.hash_version,
@@ -158,11 +171,11 @@ impl Entry {
         Some(Entry {
             at: super::event_ms(&event, now_ms),
             id: EventId::find(&p.event, &event.event_id),
-            bytes: p.event,
+            bytes: p.event.into_boxed_slice(),
             // The re-fold after the read-back reads it.
             event: Some(Box::new(event)),
             resolution: IdentityResolution::try_from(p.resolution).unwrap_or_default(),
-            cx: p.cx.unwrap_or_default(),
+            cx: p.cx.and_then(boxed_cx),
             revision: p.revision,
             output_hash: p.output_hash,
             hash_version: p.hash_version,
@@ -189,6 +202,25 @@ impl Entry {
     }
 }
 
+/// Empty CX fields, for entries that keep none.
+static NO_CX: CxFields = CxFields {
+    nps_score: None,
+    nps_category: 0,
+    csat_score: None,
+    csat_normalised: None,
+    csat_top2: false,
+    ces_score: None,
+    ces_normalised: None,
+    sentiment: None,
+    sentiment_label: 0,
+    topics: Vec::new(),
+};
+
+/// `cx` as an entry keeps it: nothing for empty fields.
+fn boxed_cx(cx: CxFields) -> Option<Box<CxFields>> {
+    (cx != NO_CX).then(|| Box::new(cx))
+}
+
 /// An entry's event id: where it lies in the entry's bytes, or a copy when
 /// they do not start with it. An event encoded by prost starts with its
 /// id (field 1), so an entry needs no copy of it (an allocation per event,
@@ -197,7 +229,7 @@ impl Entry {
 enum EventId {
     /// `bytes[start..end]`.
     InBytes(u32, u32),
-    Own(String),
+    Own(Box<str>),
 }
 
 impl EventId {
@@ -221,14 +253,17 @@ impl EventId {
         {
             return EventId::InBytes(start, end);
         }
-        EventId::Own(id.to_owned())
+        EventId::Own(id.into())
     }
 }
 
 /// One customer: base state, history, current state.
 #[derive(Debug, Default)]
 pub(super) struct Customer {
-    pub base: CustomerState,
+    /// The fold of the events that left the history; `None` until one
+    /// does, as for most customers: a state is 264 bytes, written for every
+    /// new customer.
+    base: Option<Box<CustomerState>>,
     pub history: VecDeque<Entry>,
     pub current: CustomerState,
     /// The lowest history index whose output must be computed again.
@@ -251,12 +286,36 @@ pub(super) enum Place {
 }
 
 impl Customer {
+    /// The base state, for the changelog.
+    pub fn base_proto(&self) -> JoinCustomerState {
+        match &self.base {
+            Some(base) => base.to_proto(),
+            None => CustomerState::default().to_proto(),
+        }
+    }
+
+    /// Sets the base state, read back from the changelog.
+    pub fn set_base(&mut self, base: CustomerState) {
+        self.base = Some(Box::new(base));
+    }
+
+    /// A copy of the base state, for a re-fold to start from.
+    fn base_state(&self) -> CustomerState {
+        self.base.as_deref().cloned().unwrap_or_default()
+    }
+
+    /// Whether the base folded `event_id` in (see
+    /// [`CustomerState::folded`]).
+    fn folded(&self, event_id: &str) -> bool {
+        self.base.as_ref().is_some_and(|b| b.folded(event_id))
+    }
+
     /// Where `(at, event_id)` belongs. An event's time comes from the
     /// event itself, so a replay lands on its own entry.
     pub fn place(&self, at: i64, event_id: &str) -> Place {
         let key = (at, event_id.as_bytes());
         if self.history.back().is_none_or(|last| last.key() < key) {
-            return if self.base.folded(event_id) {
+            return if self.folded(event_id) {
                 Place::Forgotten
             } else {
                 Place::Last
@@ -264,7 +323,7 @@ impl Customer {
         }
         match self.history.binary_search_by(|e| e.key().cmp(&key)) {
             Ok(i) => Place::Known(i),
-            Err(_) if self.base.folded(event_id) => Place::Forgotten,
+            Err(_) if self.folded(event_id) => Place::Forgotten,
             Err(i) => Place::At(i),
         }
     }
@@ -287,7 +346,7 @@ impl Customer {
         o: &mut EnrichedEvent,
         output: impl FnOnce(&CustomerState, &Entry, &Event, &mut EnrichedEvent),
     ) -> Option<Emission> {
-        self.current.update(event, &entry.cx, entry.at, cfg);
+        self.current.update(event, entry.cx(), entry.at, cfg);
         output(&self.current, &entry, event, o);
         let emission = emit(&mut entry, event, &self.current, o);
         self.history.push_back(entry);
@@ -314,7 +373,7 @@ impl Customer {
         if from + 1 == self.history.len() && !self.history[from].emitted {
             let entry = &mut self.history[from];
             let event = entry.take();
-            self.current.update(&event, &entry.cx, entry.at, cfg);
+            self.current.update(&event, entry.cx(), entry.at, cfg);
             let o = outputs.slot();
             output(&self.current, entry, &event, o);
             let emission = emit(entry, &event, &self.current, o);
@@ -330,11 +389,11 @@ impl Customer {
             entry.put(event);
             return emission.is_some();
         }
-        let mut state = self.base.clone();
+        let mut state = self.base_state();
         let mut any = false;
         for (index, entry) in self.history.iter_mut().enumerate() {
             let event = entry.take();
-            state.update(&event, &entry.cx, entry.at, cfg);
+            state.update(&event, entry.cx(), entry.at, cfg);
             if index >= from {
                 let o = outputs.slot();
                 output(&state, entry, &event, o);
@@ -388,8 +447,9 @@ impl Customer {
         while self.front_over(cfg) {
             let mut e = self.history.pop_front().expect("front exists");
             let event = e.take();
-            self.base.update(&event, &e.cx, e.at, cfg);
-            self.base.forget(e.id());
+            let base = self.base.get_or_insert_default();
+            base.update(&event, e.cx(), e.at, cfg);
+            base.forget(e.id());
             gone.push(e);
         }
         gone
@@ -400,10 +460,10 @@ impl Customer {
         self.history
             .make_contiguous()
             .sort_by(|a, b| a.key().cmp(&b.key()));
-        let mut state = self.base.clone();
+        let mut state = self.base_state();
         for e in &mut self.history {
             let event = e.take();
-            state.update(&event, &e.cx, e.at, cfg);
+            state.update(&event, e.cx(), e.at, cfg);
             e.unmet = state.unmet_reference(&event);
             e.put(event);
         }
@@ -699,5 +759,80 @@ impl<M: Message> DynEncode for M {
         // The same bytes as `encode`, without its first pass over the
         // message to check the room left, which a `Vec` does not need.
         self.encode_raw(buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An entry keeps empty CX fields as nothing and its id where its bytes
+    /// hold it, and still writes back exactly the record it was read from,
+    /// or the fields it was made with.
+    #[test]
+    fn an_entry_writes_back_what_it_was_given() {
+        let scored = CxFields {
+            nps_score: Some(3),
+            nps_category: 1,
+            sentiment: Some(-0.0),
+            topics: vec!["delivery".into(), "price".into()],
+            ..CxFields::default()
+        };
+        // The id first, as prost encodes it; no id; the id after another
+        // field, so that the entry keeps a copy.
+        let mut late_id = Event {
+            tenant: "t".into(),
+            ..Event::default()
+        }
+        .encode_to_vec();
+        Event {
+            event_id: "e3".into(),
+            ..Event::default()
+        }
+        .encode(&mut late_id)
+        .expect("a vector grows");
+        let events = [
+            Event {
+                event_id: "e1".into(),
+                tenant: "t".into(),
+                ..Event::default()
+            }
+            .encode_to_vec(),
+            Event {
+                tenant: "t".into(),
+                ..Event::default()
+            }
+            .encode_to_vec(),
+            late_id,
+        ];
+        for bytes in events {
+            let event = Event::decode(bytes.as_slice()).expect("decodes");
+            for cx in [CxFields::default(), scored.clone()] {
+                let p = JoinHistoryEntry {
+                    event: bytes.clone(),
+                    resolution: IdentityResolution::Linked as i32,
+                    cx: Some(cx.clone()),
+                    revision: 2,
+                    output_hash: 7,
+                    hash_version: 1,
+                };
+                let read = Entry::from_proto(p.clone(), 0).expect("decodes");
+                assert_eq!(read.id(), event.event_id.as_bytes());
+                assert_eq!(read.cx(), &cx);
+                assert_eq!(read.to_proto(), p);
+                let new = Entry::new(
+                    0,
+                    &event,
+                    bytes.clone(),
+                    IdentityResolution::Linked,
+                    cx.clone(),
+                    2,
+                );
+                assert_eq!(new.id(), event.event_id.as_bytes());
+                assert_eq!(new.cx.is_none(), cx == CxFields::default());
+                let written = new.to_proto();
+                assert_eq!((written.event, written.cx), (bytes.clone(), Some(cx)));
+            }
+        }
     }
 }

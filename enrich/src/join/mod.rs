@@ -139,7 +139,9 @@ pub type ChangelogRecords = Vec<(Vec<u8>, Vec<u8>)>;
 #[derive(Debug)]
 pub struct Join {
     cfg: JoinConfig,
-    customers: Map<String, Customer>,
+    /// Boxed: a customer is over 500 bytes (two states and its history's
+    /// head), and the map copied every one of them each time it grew.
+    customers: Map<String, Box<Customer>>,
     /// Links for [`Join::process`], which resolves by itself; the stage
     /// resolves upstream against the global link table instead.
     links: Links,
@@ -514,7 +516,7 @@ impl Join {
                 continue;
             };
             let (at, resolution) = (entry.at, entry.resolution);
-            let cx = entry.cx.clone();
+            let cx = entry.cx().clone();
             let event = entry.event();
             let tenant = &event.tenant;
             if !self.alerter.wants_silence(tenant) {
@@ -579,7 +581,7 @@ impl Join {
             let value = self
                 .customers
                 .get(&id)
-                .map(|c| c.base.to_proto().encode_to_vec())
+                .map(|c| c.base_proto().encode_to_vec())
                 .unwrap_or_default();
             out.push((id.into_bytes(), value));
         }
@@ -666,7 +668,10 @@ impl Join {
                 let id = String::from_utf8_lossy(&key).into_owned();
                 JoinCustomerState::decode(value.as_slice())
                     .map(|s| {
-                        self.customers.entry(id).or_default().base = CustomerState::from_proto(s)
+                        self.customers
+                            .entry(id)
+                            .or_default()
+                            .set_base(CustomerState::from_proto(s))
                     })
                     .is_ok()
             };
@@ -756,7 +761,7 @@ impl Join {
                             event,
                             entry.at,
                             entry.resolution,
-                            &entry.cx,
+                            entry.cx(),
                             now_ms,
                         )
                     };
@@ -913,7 +918,7 @@ impl Join {
                 event,
                 entry.at,
                 entry.resolution,
-                &entry.cx,
+                entry.cx(),
                 id,
                 now_ms,
             )
