@@ -321,10 +321,7 @@ impl KafkaConfig {
             return Ok(names);
         }
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let opts = AdminOptions::new()
-            .operation_timeout(Some(Duration::from_secs(10)))
-            .request_timeout(Some(Duration::from_secs(10)));
-        for result in admin.delete_topics(&refs, &opts).await? {
+        for result in admin.delete_topics(&refs, &admin_options()).await? {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
                 Err((name, code)) => {
@@ -354,10 +351,7 @@ impl KafkaConfig {
                 )
             })
             .collect();
-        let opts = AdminOptions::new()
-            .operation_timeout(Some(Duration::from_secs(10)))
-            .request_timeout(Some(Duration::from_secs(10)));
-        for result in admin.create_topics(&topics, &opts).await? {
+        for result in admin.create_topics(&topics, &admin_options()).await? {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => {
@@ -368,6 +362,13 @@ impl KafkaConfig {
         }
         Ok(())
     }
+}
+
+/// How long a topic creation or deletion may take on the broker.
+fn admin_options() -> AdminOptions {
+    AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)))
 }
 
 #[cfg(test)]
