@@ -13,6 +13,8 @@
 //! speaks to the HTTP interface itself, with the crate's credentials
 //! headers, over the same plain-HTTP connection pool kind.
 
+use std::io::Write as _;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
@@ -100,7 +102,8 @@ impl EventIds {
         for k in keys {
             push_escaped(&mut body, k.tenant);
             body.push(b'\t');
-            body.extend_from_slice(k.occurred_at.to_string().as_bytes());
+            // Into the body itself: no string per key.
+            let _ = write!(body, "{}", k.occurred_at);
             body.push(b'\t');
             push_escaped(&mut body, k.event_id);
             body.push(b'\n');

@@ -25,20 +25,14 @@ pub(super) async fn count(ch: &clickhouse::Client, table: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until `table` holds `n` rows (polled like [`follow_rows`]).
 pub(super) async fn wait_rows(
     ch: &clickhouse::Client,
     table: &str,
     n: u64,
     limit: Duration,
 ) -> anyhow::Result<()> {
-    let until = Instant::now() + limit;
-    while count(ch, table).await < n {
-        if Instant::now() > until {
-            bail!("{table}: fewer than {n} rows after {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    follow_rows(ch, table, 0, &mut Flow::start(n), limit).await
 }
 
 /// A flow of `n` items (records consumed, rows visible) timed two ways
