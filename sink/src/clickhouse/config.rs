@@ -93,6 +93,21 @@ pub struct ClickHouseConfig {
     /// docs/clickhouse.md, "On a cluster".
     #[serde(default)]
     pub cluster: Option<String>,
+    /// How inserts travel: `lz4` compresses each block on the sink's CPU
+    /// (worth it when ClickHouse is across a network), `none` sends it as
+    /// is (on loopback or a fast LAN, where LZ4 was 2-3 % of the whole
+    /// pipeline's CPU and saved nothing; BENCHMARKS.md).
+    #[serde(default)]
+    pub compression: InsertCompression,
+}
+
+/// The `[clickhouse] compression` of inserts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InsertCompression {
+    #[default]
+    Lz4,
+    None,
 }
 
 impl ClickHouseConfig {
@@ -106,7 +121,11 @@ impl ClickHouseConfig {
             .with_user(&self.user)
             .with_password(&self.password)
             .with_database(&self.database)
-            .with_validation(false);
+            .with_validation(false)
+            .with_compression(match self.compression {
+                InsertCompression::Lz4 => clickhouse::Compression::Lz4,
+                InsertCompression::None => clickhouse::Compression::None,
+            });
         match &self.cluster {
             // An insert into a Distributed table returns once every shard
             // holds its rows, as the sink's positions (read back from
@@ -151,6 +170,7 @@ mod tests {
             user: "default".into(),
             password: String::new(),
             cluster: None,
+            compression: InsertCompression::default(),
         };
         assert_eq!(cfg("xoflow_test_1").validate(), Ok(()));
         for bad in ["", "x;DROP", "a-b", &"x".repeat(65)] {
