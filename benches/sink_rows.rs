@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
                 };
                 if let Some(row) = EnrichedEvent::decode(bytes.as_slice())
                     .ok()
-                    .and_then(|en| EventRow::from_enriched(en, lineage))
+                    .and_then(|en| EventRow::from_record(en, bytes, lineage))
                 {
                     n += row.event_id.len();
                 }
@@ -67,7 +67,7 @@ fn bench(c: &mut Criterion) {
                     };
                     if let Some(mut row) = EnrichedEvent::decode(bytes.as_slice())
                         .ok()
-                        .and_then(|en| EventRow::from_enriched(en, lineage))
+                        .and_then(|en| EventRow::from_record(en, bytes, lineage))
                         && written.first_time(&mut row.event_id, row.revision)
                     {
                         n += row.event_id.len();

@@ -363,7 +363,7 @@ async fn consume(
                                     .as_ref()
                                     .and_then(|e| e.received_at.as_ref())
                                     .map_or(0, xoflow_proto::to_unix_millis);
-                                EventRow::from_enriched(en, lineage)
+                                EventRow::from_record(en, payload, lineage)
                                     .map(|row| (row, received))
                                     .ok_or_else(|| {
                                         "no event, or an event without a payload".to_owned()

@@ -122,7 +122,7 @@ pub(super) async fn measure(cfg: &Config, events: &[Event]) -> anyhow::Result<Si
 /// B6: what the sink's work costs at least. A consumer reads the records
 /// as they are produced, as the sink did (to a topic of its own, the same
 /// producer and chunks), decodes each, builds its row with the sink's own
-/// `EventRow::from_enriched`, and inserts the rows with the `clickhouse`
+/// `EventRow::from_record`, and inserts the rows with the `clickhouse`
 /// crate in batches of the sink's `batch_rows` or `batch_max_wait`, into
 /// the same schema in a database of its own (so it pays for the
 /// materialized views too). No dedup look-up, no positions, no retries, no
@@ -160,13 +160,14 @@ async fn raw_loop(
             };
             if let Some(m) = m {
                 let m = m?;
-                let en = EnrichedEvent::decode(m.payload().unwrap_or_default())?;
+                let payload = m.payload().unwrap_or_default();
+                let en = EnrichedEvent::decode(payload)?;
                 let lineage = Lineage {
                     topic: m.topic(),
                     partition: m.partition(),
                     offset: m.offset(),
                 };
-                let Some(row) = EventRow::from_enriched(en, lineage) else {
+                let Some(row) = EventRow::from_record(en, payload, lineage) else {
                     bail!("a record without its event");
                 };
                 rows.push(row);
