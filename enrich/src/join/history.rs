@@ -628,8 +628,9 @@ impl Customer {
             .sort_by(|a, b| a.key().cmp(&b.key()));
         let mut state = self.base_state();
         for e in &mut self.history {
-            // Not kept decoded: the history read back takes the memory it
-            // took when it was written, encoded but for what was re-folded.
+            // Not kept decoded: read back, a history takes what an encoded
+            // one takes, as most did when written (a re-fold alone keeps
+            // its events decoded).
             let event = e.take();
             state.update(&event, e.cx(), e.at, cfg);
             e.unmet = state.unmet_reference(&event);

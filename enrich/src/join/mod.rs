@@ -2195,6 +2195,26 @@ last_nps_at_most = 6
         );
     }
 
+    /// Shedding moves events into the base, which the current state already
+    /// holds: events arriving in order are emitted exactly as without a
+    /// budget, however little it is.
+    #[test]
+    fn shedding_changes_nothing_for_events_in_order() {
+        let (events, links) = journeys_and_links();
+        let now = 1_900_000_000_000;
+        let want = feed(&mut Join::new(cfg()), &events, &links, now);
+        for budget in [0, 1_000, 2_000] {
+            let mut j = budgeted(budget);
+            let got = feed(&mut j, &events, &links, now);
+            assert!(j.take_stats().shed_events > 0, "{budget}");
+            assert_eq!(
+                got.into_iter().map(without_time).collect::<Vec<_>>(),
+                want.iter().cloned().map(without_time).collect::<Vec<_>>(),
+                "{budget}"
+            );
+        }
+    }
+
     /// Shed histories are not repaired, but a late event is still applied;
     /// the most recently active customers keep their repairs.
     #[test]
