@@ -20,7 +20,7 @@
 //!   one higher. A batch's late events are folded once per customer.
 //!   All histories together are bounded in memory too: over its budget
 //!   after a batch, the join moves the least recently active customers'
-//!   histories into their bases early ([`Join::shed`]).
+//!   histories into their bases early (`Join::shed`).
 //! - **Waiting for a link.** An event known only by an identifier no link
 //!   resolves is emitted unresolved and waits under that identifier
 //!   (`unresolved`) until a link names its customer ([`Join::link`]); it is
@@ -461,7 +461,7 @@ impl Join {
     /// due (`lateness` behind the watermark, or held `max_hold` long), then
     /// the repairs they cause. Then, if the histories take more than their
     /// budget, sheds the least recently active customers' (see
-    /// [`Join::shed`]).
+    /// `Join::shed`).
     pub fn release(&mut self, now_ms: i64, out: &mut Vec<Released>) {
         let bound = self.cfg.lateness.as_millis() as i64;
         let hold = self.cfg.max_hold.as_millis() as i64;
