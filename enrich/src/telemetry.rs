@@ -38,6 +38,12 @@ pub(crate) enum Metric {
     WaitsExpired,
     /// Events kept in customers' histories, repairable (gauge).
     HistoryEvents,
+    /// Memory the customers' histories take in this instance, estimated
+    /// (gauge).
+    HistoryBytes,
+    /// Events that left their customer's history early, the histories
+    /// over `max_history_bytes`: never repaired again.
+    HistoryShedEvents,
     /// Events in the join waiting, by `waiting_for` (`link`, `reference`)
     /// (gauge).
     JoinWaiting,
@@ -69,7 +75,7 @@ pub(crate) enum Metric {
 
 impl Metric {
     #[cfg(test)]
-    pub(crate) const ALL: [Metric; 22] = [
+    pub(crate) const ALL: [Metric; 24] = [
         Metric::EventsResolved,
         Metric::EventsEnriched,
         Metric::Batches,
@@ -82,6 +88,8 @@ impl Metric {
         Metric::EventsMoved,
         Metric::WaitsExpired,
         Metric::HistoryEvents,
+        Metric::HistoryBytes,
+        Metric::HistoryShedEvents,
         Metric::JoinWaiting,
         Metric::EventsHeld,
         Metric::EventsWaiting,
@@ -108,6 +116,8 @@ impl Metric {
             Metric::EventsMoved => "xoflow_enrich_events_moved_total",
             Metric::WaitsExpired => "xoflow_enrich_waits_expired_total",
             Metric::HistoryEvents => "xoflow_enrich_history_events",
+            Metric::HistoryBytes => "xoflow_enrich_history_bytes",
+            Metric::HistoryShedEvents => "xoflow_enrich_history_shed_events_total",
             Metric::JoinWaiting => "xoflow_enrich_join_waiting",
             Metric::EventsHeld => "xoflow_enrich_events_held",
             Metric::EventsWaiting => "xoflow_enrich_events_waiting",
@@ -160,6 +170,10 @@ pub(crate) struct BatchEnriched {
     pub stats: crate::join::JoinStats,
     /// Events kept in customers' histories for repairs, afterwards.
     pub history: u64,
+    /// The memory those histories take, afterwards, and what they may take
+    /// (`max_history_bytes`).
+    pub history_bytes: u64,
+    pub history_budget: u64,
     /// Of those, events naming an order or call not met yet.
     pub waiting_for_reference: u64,
     /// Unresolved events waiting for a link, afterwards.
@@ -189,6 +203,18 @@ impl BatchEnriched {
         counter!(Metric::WaitsExpired.name(), "waiting_for" => "reference")
             .increment(self.stats.expired_reference);
         gauge!(Metric::HistoryEvents.name()).set(self.history as f64);
+        gauge!(Metric::HistoryBytes.name()).set(self.history_bytes as f64);
+        counter!(Metric::HistoryShedEvents.name()).increment(self.stats.shed_events);
+        if self.stats.shed_events > 0 {
+            // Once per fifth of the budget admitted, not per batch.
+            tracing::info!(
+                events = self.stats.shed_events,
+                customers = self.stats.shed_customers,
+                history_bytes = self.history_bytes,
+                budget = self.history_budget,
+                "join histories over their memory budget: the least recently active customers' shed"
+            );
+        }
         gauge!(Metric::JoinWaiting.name(), "waiting_for" => "reference")
             .set(self.waiting_for_reference as f64);
         gauge!(Metric::JoinWaiting.name(), "waiting_for" => "link")
@@ -264,6 +290,7 @@ mod tests {
                         | Metric::EventsHeld
                         | Metric::EventsWaiting
                         | Metric::HistoryEvents
+                        | Metric::HistoryBytes
                         | Metric::JoinWaiting
                         | Metric::ConsumerLag
                         | Metric::ProducerQueue

@@ -35,6 +35,14 @@ pub struct JoinConfig {
     /// history also ends `order_window` behind the customer's latest event.
     #[serde(default = "default_max_history")]
     pub max_history_per_customer: usize,
+    /// Memory the repairable histories of all customers may take in one
+    /// instance, in bytes: the per-customer bounds alone let the total grow
+    /// with every new customer. The stage splits it evenly over the join
+    /// partitions it holds ([`super::Join::set_history_budget`]); over its
+    /// share, a partition's least recently active customers' histories
+    /// leave for their base state (see docs/enrich.md, "Bounds").
+    #[serde(default = "default_max_history_bytes")]
+    pub max_history_bytes: usize,
     /// Most unresolved events waiting for a link, per partition (oldest
     /// dropped first); they also stop waiting `order_window` behind the
     /// partition's latest event.
@@ -103,6 +111,7 @@ impl JoinConfig {
             lateness,
             max_hold: lateness,
             max_history_per_customer: default_max_history(),
+            max_history_bytes: default_max_history_bytes(),
             max_waiting: default_max_waiting(),
             departments: None,
             owners: Owners::default(),
@@ -131,6 +140,15 @@ impl JoinConfig {
 
 const fn default_max_history() -> usize {
     256
+}
+
+/// 512 MiB: at about 280 bytes per event kept encoded (its entry and its
+/// bytes), some 1.9 million repairable events per instance; an eighth of
+/// the shipped Kubernetes pod's 4 GiB limit, which also holds the
+/// customers' states (up to `max_customers`), the lateness buffer and the
+/// Kafka clients' queues.
+const fn default_max_history_bytes() -> usize {
+    512 * 1024 * 1024
 }
 
 const fn default_max_waiting() -> usize {

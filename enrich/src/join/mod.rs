@@ -18,6 +18,9 @@
 //!   its place, and every later event whose joined context (order, session,
 //!   customer, call, identity) changes is emitted again with `revision`
 //!   one higher. A batch's late events are folded once per customer.
+//!   All histories together are bounded in memory too: over its budget
+//!   after a batch, the join moves the least recently active customers'
+//!   histories into their bases early (`Join::shed`).
 //! - **Waiting for a link.** An event known only by an identifier no link
 //!   resolves is emitted unresolved and waits under that identifier
 //!   (`unresolved`) until a link names its customer ([`Join::link`]); it is
@@ -61,7 +64,7 @@ use xoflow_proto::{
 };
 
 pub use config::{JoinConfig, Owners};
-use history::{Customer, Entry, Outputs, Place};
+use history::{Activity, Customer, Entry, Outputs, Place};
 use state::CustomerState;
 use unresolved::{Unresolved, Waiter};
 
@@ -129,6 +132,10 @@ pub struct JoinStats {
     /// Events that left their customer's history still missing the order or
     /// call they name.
     pub expired_reference: u64,
+    /// Events that left their customer's history early, the histories over
+    /// their memory budget, and the customers they were shed from.
+    pub shed_events: u64,
+    pub shed_customers: u64,
 }
 
 /// Changelog records: key, value (empty deletes). See `state.proto` for the
@@ -175,6 +182,13 @@ pub struct Join {
     /// order or call not met yet.
     history_len: usize,
     unmet: usize,
+    /// The memory customers' histories take ([`Customer::footprint`],
+    /// summed), and what they may take before the least recently active
+    /// are shed ([`Join::set_history_budget`]).
+    history_bytes: usize,
+    history_budget: usize,
+    /// Events admitted so far: the clock of [`Customer::last_active`].
+    admissions: u64,
     stats: JoinStats,
     /// Topic rules per tenant (`[enrich.topics]`).
     topics: sentiment::TopicsConfig,
@@ -193,6 +207,7 @@ impl Join {
         // Decodes the sentiment model now rather than on the first text.
         sentiment::load();
         Self {
+            history_budget: cfg.max_history_bytes,
             cfg,
             customers: Map::default(),
             links: Links::default(),
@@ -210,6 +225,8 @@ impl Join {
             dirty_identifiers: HashSet::default(),
             history_len: 0,
             unmet: 0,
+            history_bytes: 0,
+            admissions: 0,
             stats: JoinStats::default(),
             topics: sentiment::TopicsConfig::default(),
             alerter: Alerter::default(),
@@ -241,6 +258,21 @@ impl Join {
     /// Events kept in customers' histories (repairable).
     pub fn history_events(&self) -> usize {
         self.history_len
+    }
+
+    /// The memory customers' histories take, in bytes (an estimate: each
+    /// entry, the event's encoding, the event decoded where it is kept, its
+    /// CX fields).
+    pub fn history_bytes(&self) -> usize {
+        self.history_bytes
+    }
+
+    /// Sets the memory customers' histories may take on this partition
+    /// (the whole `max_history_bytes` until then): the stage splits the
+    /// instance's budget over the partitions it holds. Over it after a
+    /// batch, the join sheds (see [`Join::release`]).
+    pub fn set_history_budget(&mut self, bytes: usize) {
+        self.history_budget = bytes;
     }
 
     /// History events naming an order or call not met yet.
@@ -290,6 +322,7 @@ impl Join {
             true
         };
         self.settle(0, now_ms, &mut out);
+        self.shed_if_over();
         self.moves.clear();
         if !built {
             let i = out
@@ -379,6 +412,7 @@ impl Join {
         let mut held = false;
         if let Some(c) = self.customers.remove(customer_id) {
             held = true;
+            self.history_bytes -= c.footprint();
             self.dirty_bases.insert(customer_id.to_owned());
             for e in c.history {
                 self.history_len -= 1;
@@ -425,7 +459,9 @@ impl Join {
 
     /// Applies and emits, in event-time order, the held events that are
     /// due (`lateness` behind the watermark, or held `max_hold` long), then
-    /// the repairs they cause.
+    /// the repairs they cause. Then, if the histories take more than their
+    /// budget, sheds the least recently active customers' (see
+    /// `Join::shed`).
     pub fn release(&mut self, now_ms: i64, out: &mut Vec<Released>) {
         let bound = self.cfg.lateness.as_millis() as i64;
         let hold = self.cfg.max_hold.as_millis() as i64;
@@ -445,6 +481,7 @@ impl Join {
         if let Some(offset) = last_offset {
             self.settle(offset, now_ms, out);
         }
+        self.shed_if_over();
         self.expire_waiting();
         self.alert(&out[start..], now_ms);
     }
@@ -460,6 +497,7 @@ impl Join {
         if let Some(offset) = last_offset {
             self.settle(offset, now_ms, out);
         }
+        self.shed_if_over();
         self.expire_waiting();
         self.alert(&out[start..], now_ms);
     }
@@ -512,9 +550,12 @@ impl Join {
             if silent_ms <= gap_ms {
                 continue;
             }
-            let Some(entry) = c.history.back_mut() else {
+            // A customer whose whole history was shed has nothing to be
+            // alerted on until its next event.
+            let Some((entry, current, decoded)) = c.latest() else {
                 continue;
             };
+            self.history_bytes += decoded;
             let (at, resolution) = (entry.at, entry.resolution);
             let cx = entry.cx().clone();
             let event = entry.event();
@@ -522,7 +563,7 @@ impl Join {
             if !self.alerter.wants_silence(tenant) {
                 continue;
             }
-            probe.customer = Some(c.current.context(clock, &self.cfg));
+            probe.customer = Some(current.context(clock, &self.cfg));
             let ratio = silent_ms as f64 / gap_ms.max(1) as f64;
             if !self
                 .alerter
@@ -530,10 +571,8 @@ impl Join {
             {
                 continue;
             }
-            let mut o = output(
-                &self.cfg, &c.current, event, at, resolution, &cx, id, now_ms,
-            );
-            o.customer = Some(c.current.context(clock, &self.cfg));
+            let mut o = output(&self.cfg, current, event, at, resolution, &cx, id, now_ms);
+            o.customer = Some(current.context(clock, &self.cfg));
             o.event = Some(event.clone());
             silent.push(Silent {
                 customer_id: id.clone(),
@@ -681,6 +720,7 @@ impl Join {
             c.refold(&self.cfg);
             self.unmet += c.history.iter().filter(|e| e.unmet).count();
         }
+        self.history_bytes = self.customers.values().map(|c| c.footprint()).sum();
         bad
     }
 
@@ -716,6 +756,8 @@ impl Join {
         // One look-up for the whole admission: a new customer is inserted
         // empty, where every event is the latest.
         let c = self.customers.entry_ref(id.as_str()).or_default();
+        self.admissions += 1;
+        c.last_active = self.admissions;
         let place = c.place(at, &e.event_id);
         match place {
             Place::Known(i) => {
@@ -744,6 +786,7 @@ impl Join {
                 // folded and emitted now, without a re-fold, and the event
                 // goes to its output, the entry keeping its encoding.
                 let in_order = matches!(place, Place::Last) && c.dirty_from.is_none();
+                let footprint = c.footprint();
                 let mut entry = Entry::new(at, &e, bytes, resolution, cx, revision);
                 entry.twice = twice(resolution, revision);
                 self.history_len += 1;
@@ -780,6 +823,7 @@ impl Join {
                     };
                     self.unmet += usize::from(c.history.back().is_some_and(|x| x.unmet));
                     let gone = c.evict(&self.cfg);
+                    self.history_bytes = self.history_bytes + c.footprint() - footprint;
                     self.evicted(&id, gone);
                     let Some(emission) = emission else {
                         if own.is_none() {
@@ -820,7 +864,8 @@ impl Join {
                     };
                     // Read by the re-fold at the end of the batch.
                     entry.keep(e);
-                    c.history.insert(i, entry);
+                    c.insert(i, entry);
+                    self.history_bytes = self.history_bytes + c.footprint() - footprint;
                     c.dirty(i);
                     self.touched.push(id);
                 }
@@ -903,6 +948,7 @@ impl Join {
         let Some(c) = self.customers.get_mut(id) else {
             return;
         };
+        let footprint = c.footprint();
         let from = c.dirty_from.unwrap_or(c.history.len());
         let unmet_before = c.history.range(from..).filter(|e| e.unmet).count();
         let mut outputs = Outputs {
@@ -928,15 +974,9 @@ impl Join {
         if emitted {
             list_unsaved(&mut self.unsaved, id, c);
         }
-        self.evict(id);
-    }
-
-    /// Moves a customer's history entries beyond the bounds into its base.
-    fn evict(&mut self, id: &str) {
-        let Some(c) = self.customers.get_mut(id) else {
-            return;
-        };
+        // Beyond the bounds, into the base.
         let gone = c.evict(&self.cfg);
+        self.history_bytes = self.history_bytes + c.footprint() - footprint;
         self.evicted(id, gone);
     }
 
@@ -981,13 +1021,16 @@ impl Join {
         }
         let idle = self.cfg.value_window.as_millis() as i64;
         let mut dropped = Vec::new();
+        let mut freed = 0;
         self.customers.retain(|id, c| {
             let keep = now - c.current.last_seen_ms < idle || c.dirty_from.is_some();
             if !keep {
+                freed += c.footprint();
                 dropped.push((id.clone(), std::mem::take(&mut c.history)));
             }
             keep
         });
+        self.history_bytes -= freed;
         for (id, history) in dropped {
             for e in history {
                 self.history_len -= 1;
@@ -996,6 +1039,144 @@ impl Join {
             }
             self.dirty_bases.insert(id);
         }
+    }
+
+    /// Sheds if the histories take more than their budget: a comparison
+    /// per batch.
+    #[inline]
+    fn shed_if_over(&mut self) {
+        if self.history_bytes > self.history_budget {
+            self.shed();
+        }
+    }
+
+    /// Brings the histories down to [`SHED_TO_PERCENT`] of their budget,
+    /// the least recently active customers' first: their events leave for
+    /// the base as they would beyond the per-customer bounds (the base's
+    /// changelog record rewritten, the entries' deleted), and are never
+    /// repaired again. First each customer's history but its latest event
+    /// (see [`Customer::shed`]); only if that is not enough, the latest
+    /// events too, again the least recently active first.
+    ///
+    /// Least recently active: whose latest event was admitted longest ago
+    /// here. Arrival, not event time: an event arrives late by the time
+    /// its source took to send it (order CDC lagging, a survey tool's
+    /// retries), so the customers whose events arrived longest ago are
+    /// the least likely to receive one; and a backfill's customers, busy
+    /// now with events of last year, would be the first shed by event
+    /// time. Counted in admissions rather than read off the wall clock: a
+    /// batch admits thousands of events in the same millisecond.
+    ///
+    /// Down to the low-water mark, not just below the budget: the pass over
+    /// every customer then comes once per fifth of the budget admitted, not
+    /// once per batch.
+    #[inline(never)]
+    fn shed(&mut self) {
+        let target = self.history_budget / 100 * SHED_TO_PERCENT;
+        let need = self.history_bytes.saturating_sub(target);
+        let sheddable = |c: &Customer| c.dirty_from.is_none() && !c.history.is_empty();
+        // What shedding all but their latest event frees, per customer.
+        let mut older: Vec<(Activity, usize)> = self
+            .customers
+            .values()
+            .filter(|c| sheddable(c) && c.history.len() > 1)
+            .map(|c| (c.activity(), c.footprint() - c.floor()))
+            .collect();
+        let older_bytes: usize = older.iter().map(|(_, b)| b).sum();
+        let (older_cut, latest_cut) = if older_bytes >= need {
+            (Cut::at(&mut older, need), None)
+        } else {
+            drop(older);
+            // Every history down to its latest event, and the latest events
+            // of the least recently active too.
+            let rest = need - older_bytes;
+            let mut latest: Vec<(Activity, usize)> = self
+                .customers
+                .values()
+                .filter(|c| sheddable(c))
+                .map(|c| (c.activity(), c.floor()))
+                .collect();
+            (Cut::All, Some(Cut::at(&mut latest, rest)))
+        };
+        let mut chosen: Vec<(String, bool)> = Vec::new();
+        let (mut freed_older, mut freed_latest) = (0, 0);
+        for (id, c) in &self.customers {
+            if !sheddable(c) {
+                continue;
+            }
+            let (activity, floor) = (c.activity(), c.floor());
+            let whole = latest_cut.as_ref().is_some_and(|cut| {
+                cut.takes(activity, floor, &mut freed_latest, need - older_bytes)
+            });
+            let older = c.history.len() > 1
+                && older_cut.takes(activity, c.footprint() - floor, &mut freed_older, need);
+            if whole || older {
+                chosen.push((id.clone(), !whole));
+            }
+        }
+        for (id, keep_latest) in chosen {
+            let Some(c) = self.customers.get_mut(&id) else {
+                continue;
+            };
+            let footprint = c.footprint();
+            let gone = c.shed(&self.cfg, keep_latest);
+            self.history_bytes = self.history_bytes + c.footprint() - footprint;
+            self.stats.shed_customers += u64::from(!gone.is_empty());
+            self.stats.shed_events += gone.len() as u64;
+            self.evicted(&id, gone);
+        }
+    }
+}
+
+/// Where shedding brings the histories, in percent of their budget.
+const SHED_TO_PERCENT: usize = 80;
+
+/// Which customers a shedding takes from (see [`Join::shed`]).
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    /// Every one.
+    All,
+    /// Those less recently active than this, and of those as active as it,
+    /// enough to free what is needed.
+    Before(Activity),
+}
+
+impl Cut {
+    /// Where the least recently active candidates' bytes, added up oldest
+    /// first, reach `need`. Expected O(n): a quickselect on activity that
+    /// keeps the side holding the cut.
+    fn at(mut candidates: &mut [(Activity, usize)], mut need: usize) -> Cut {
+        while !candidates.is_empty() {
+            if need == 0 {
+                return Cut::Before((0, i64::MIN));
+            }
+            let mid = candidates.len() / 2;
+            let (older, pivot, newer) =
+                std::mem::take(&mut candidates).select_nth_unstable_by_key(mid, |(a, _)| *a);
+            let older_bytes: usize = older.iter().map(|(_, b)| b).sum();
+            if older_bytes >= need {
+                candidates = older;
+            } else if older_bytes + pivot.1 >= need {
+                return Cut::Before(pivot.0);
+            } else {
+                need -= older_bytes + pivot.1;
+                candidates = newer;
+            }
+        }
+        Cut::All
+    }
+
+    /// Whether a customer this active, whose shedding frees `bytes`, is
+    /// taken; `freed` adds up what those taken free, against `need`.
+    fn takes(&self, activity: Activity, bytes: usize, freed: &mut usize, need: usize) -> bool {
+        let taken = match self {
+            Cut::All => true,
+            Cut::Before(cut) => activity < *cut || (activity == *cut && *freed < need),
+        };
+        if taken {
+            *freed += bytes;
+        }
+        taken
     }
 }
 
@@ -1865,5 +2046,308 @@ last_nps_at_most = 6
         k.offer(post, Resolved::unresolved(), 3, 0);
         k.drain(0, &mut out);
         assert_eq!(k.take_moves().len(), 1);
+    }
+
+    /// The memory budget at work: customers who each answer a survey
+    /// naming an order not sent yet, then click; in `budget` bytes.
+    fn budgeted(budget: usize) -> Join {
+        Join::new(JoinConfig {
+            max_history_bytes: budget,
+            ..cfg()
+        })
+    }
+
+    /// Customer `c`'s survey at `at`, naming its order `<c>-o`, then
+    /// `clicks` clicks a minute apart.
+    fn survey_then_clicks(c: &str, at: i64, clicks: i64) -> Vec<Event> {
+        let who = CustomerIdentity {
+            customer_id: c.into(),
+            ..Default::default()
+        };
+        let mut events = vec![event(
+            &format!("{c}-s"),
+            at,
+            who.clone(),
+            Payload::Survey(SurveyResponse {
+                trigger: Some(SurveyTrigger {
+                    r#ref: Some(Ref::OrderId(format!("{c}-o"))),
+                }),
+                ..Default::default()
+            }),
+        )];
+        for k in 1..=clicks {
+            events.push(event(
+                &format!("{c}-k{k}"),
+                at + k * 60_000,
+                who.clone(),
+                Payload::Click(xoflow_proto::v1::ClickEvent {
+                    session_id: format!("{c}-session"),
+                    ..Default::default()
+                }),
+            ));
+        }
+        events
+    }
+
+    /// Customer `c`'s order `<c>-o`, paid a day before `at`: late.
+    fn late_order(c: &str, at: i64) -> Event {
+        event(
+            &format!("{c}-o-paid"),
+            at - DAY_MS,
+            CustomerIdentity {
+                customer_id: c.into(),
+                ..Default::default()
+            },
+            Payload::Order(Order {
+                order_id: format!("{c}-o"),
+                status: OrderStatus::Paid as i32,
+                amount_minor: 100,
+                ..Default::default()
+            }),
+        )
+    }
+
+    impl Join {
+        /// [`Join::history_bytes`] counted again from every entry.
+        fn recount_history_bytes(&self) -> usize {
+            self.customers.values().map(|c| c.recount()).sum()
+        }
+    }
+
+    /// Batches of new customers, each batch with a late order for a
+    /// customer of five batches before (a re-fold, which keeps a history
+    /// decoded): after every batch the histories are within the budget and
+    /// take what a recount of every entry says. The changelog written
+    /// meanwhile, shedding included, restores the same state.
+    #[test]
+    fn histories_stay_within_their_budget_and_are_counted_exactly() {
+        let budget = 64 * 1024;
+        let mut j = budgeted(budget);
+        let links = Links::default();
+        let mut out = Vec::new();
+        let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let (mut shed, mut peak) = (0, 0);
+        for batch in 0..40_i64 {
+            for i in 0..25 {
+                let at = DAY_MS + (batch * 25 + i) * 600_000;
+                for e in survey_then_clicks(&format!("c{batch}-{i}"), at, 2) {
+                    j.offer(e.clone(), links.resolve(&e), 0, 0);
+                }
+            }
+            if batch >= 5 {
+                let o = late_order(&format!("c{}-0", batch - 5), DAY_MS + batch * 25 * 600_000);
+                j.offer(o.clone(), links.resolve(&o), 0, 0);
+            }
+            j.drain(0, &mut out);
+            peak = peak.max(j.history_bytes());
+            assert!(
+                j.history_bytes() <= budget,
+                "batch {batch}: {} bytes",
+                j.history_bytes()
+            );
+            assert_eq!(
+                j.history_bytes(),
+                j.recount_history_bytes(),
+                "batch {batch}"
+            );
+            shed += j.take_stats().shed_events;
+            changelog.extend(j.take_changes());
+        }
+        // 3,000 events, a fraction kept.
+        assert!(shed > 1_000, "{shed} shed");
+        assert_eq!(j.history_events() as u64 + shed, 3_000 + 35);
+        assert!(peak > budget / 2, "{peak}");
+        // Both ways of shedding happened: histories down to their latest
+        // event, and whole histories.
+        assert!(j.customers.values().any(|c| c.history.len() == 1));
+        assert!(j.customers.values().any(|c| c.history.is_empty()));
+        // Read back: the same customers, histories and bases.
+        let mut k = budgeted(budget);
+        assert_eq!(k.restore_records(changelog, 0), 0);
+        assert_eq!(k.customers(), j.customers());
+        assert_eq!(k.history_events(), j.history_events());
+        assert_eq!(k.history_bytes(), k.recount_history_bytes());
+        assert!(k.history_bytes() <= j.history_bytes());
+        for (id, c) in &j.customers {
+            let r = &k.customers[id];
+            let ids = |c: &Customer| {
+                c.history
+                    .iter()
+                    .map(|e| e.id().to_vec())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(ids(r), ids(c), "{id}");
+            assert_eq!(r.base_proto(), c.base_proto(), "{id}");
+        }
+        // And both go on alike: late orders of a long-shed customer, of a
+        // recent one, and a new customer (with room: whom each sheds next
+        // is not what is compared).
+        j.set_history_budget(usize::MAX);
+        k.set_history_budget(usize::MAX);
+        let end = DAY_MS + 40 * 25 * 600_000;
+        let mut next = vec![late_order("c1-3", end), late_order("c39-24", end)];
+        next.extend(survey_then_clicks("new", end, 1));
+        let want = feed(&mut j, &next, &links, 0);
+        let got = feed(&mut k, &next, &links, 0);
+        assert_eq!(
+            got.into_iter().map(without_time).collect::<Vec<_>>(),
+            want.into_iter().map(without_time).collect::<Vec<_>>()
+        );
+    }
+
+    /// Shedding moves events into the base, which the current state already
+    /// holds: events arriving in order are emitted exactly as without a
+    /// budget, however little it is.
+    #[test]
+    fn shedding_changes_nothing_for_events_in_order() {
+        let (events, links) = journeys_and_links();
+        let now = 1_900_000_000_000;
+        let want = feed(&mut Join::new(cfg()), &events, &links, now);
+        for budget in [0, 1_000, 2_000] {
+            let mut j = budgeted(budget);
+            let got = feed(&mut j, &events, &links, now);
+            assert!(j.take_stats().shed_events > 0, "{budget}");
+            assert_eq!(
+                got.into_iter().map(without_time).collect::<Vec<_>>(),
+                want.iter().cloned().map(without_time).collect::<Vec<_>>(),
+                "{budget}"
+            );
+        }
+    }
+
+    /// Shed histories are not repaired, but a late event is still applied;
+    /// the most recently active customers keep their repairs.
+    #[test]
+    fn a_late_order_repairs_a_recent_customers_survey_but_not_a_long_idle_ones() {
+        let budget = 48 * 1024;
+        let mut j = budgeted(budget);
+        let links = Links::default();
+        let mut at = DAY_MS;
+        let mut next = |n: i64| {
+            at += n * 600_000;
+            at
+        };
+        let old = next(1);
+        feed(&mut j, &survey_then_clicks("old", old, 2), &links, 0);
+        for i in 0..200 {
+            feed(
+                &mut j,
+                &survey_then_clicks(&format!("f{i}"), next(1), 2),
+                &links,
+                0,
+            );
+        }
+        feed(&mut j, &survey_then_clicks("recent", next(1), 2), &links, 0);
+        assert!(j.take_stats().shed_events > 0);
+        // The long idle customer kept its latest click, the recent one all.
+        assert_eq!(j.customers["old"].history.len(), 1);
+        assert_eq!(j.customers["recent"].history.len(), 3);
+        let outputs = |o: &[EnrichedEvent], id: &str| -> Vec<EnrichedEvent> {
+            o.iter()
+                .filter(|o| o.event.as_ref().is_some_and(|e| e.event_id == id))
+                .cloned()
+                .collect()
+        };
+        // Recent: its survey emitted again, a revision up, with the order.
+        let at = next(1);
+        let out = feed(&mut j, &[late_order("recent", at)], &links, 0);
+        let repaired = outputs(&out, "recent-s");
+        assert_eq!(repaired.len(), 1, "{out:#?}");
+        assert_eq!(repaired[0].revision, 1);
+        let o = repaired[0].order.as_ref().expect("order joined");
+        assert_eq!(o.order_id, "recent-o");
+        // Old: its survey left with the shedding and is not emitted again;
+        // the order itself is emitted and applied (its later click sees it).
+        let out = feed(&mut j, &[late_order("old", old)], &links, 0);
+        assert!(outputs(&out, "old-s").is_empty(), "{out:#?}");
+        let order = outputs(&out, "old-o-paid");
+        assert_eq!(order.len(), 1);
+        assert_eq!(order[0].revision, 0);
+        let click = outputs(&out, "old-k2");
+        assert_eq!(click.len(), 1);
+        assert_eq!(click[0].revision, 1);
+        assert_eq!(
+            click[0].customer.as_ref().map(|c| c.lifetime_value_minor),
+            Some(100)
+        );
+        // A later survey about that order meets it.
+        let who = CustomerIdentity {
+            customer_id: "old".into(),
+            ..Default::default()
+        };
+        let again = event(
+            "old-s2",
+            next(1),
+            who,
+            Payload::Survey(SurveyResponse {
+                trigger: Some(SurveyTrigger {
+                    r#ref: Some(Ref::OrderId("old-o".into())),
+                }),
+                ..Default::default()
+            }),
+        );
+        let out = feed(&mut j, &[again], &links, 0);
+        assert_eq!(
+            out[0].order.as_ref().map(|o| o.r#match),
+            Some(OrderMatch::Referenced as i32)
+        );
+    }
+
+    /// The cut of a shedding frees what is needed from the least recently
+    /// active, as sorting everyone would: checked against a sort on
+    /// random activities (with ties) and sizes.
+    #[test]
+    fn the_shedding_cut_takes_the_least_recently_active_first() {
+        let mut seed = 0x5eed_u64;
+        let mut rand = |n: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) % n
+        };
+        for round in 0..200 {
+            let n = 1 + rand(300) as usize;
+            let candidates: Vec<(Activity, usize)> = (0..n)
+                .map(|_| ((rand(50), rand(3) as i64), 1 + rand(1_000) as usize))
+                .collect();
+            let total: usize = candidates.iter().map(|(_, b)| b).sum();
+            let need = 1 + rand(total as u64 + 200) as usize;
+            let mut sorted = candidates.clone();
+            sorted.sort_by_key(|(a, _)| *a);
+            // The first activity at which the sum, oldest first, reaches it.
+            let mut sum = 0;
+            let want = sorted.iter().find_map(|(a, b)| {
+                sum += b;
+                (sum >= need).then_some(*a)
+            });
+            let mut c = candidates.clone();
+            let got = Cut::at(&mut c, need);
+            match (want, got) {
+                (None, Cut::All) => {}
+                (Some(w), Cut::Before(g)) => assert_eq!(g, w, "round {round}"),
+                (w, g) => panic!("round {round}: want {w:?}, got {g:?}"),
+            }
+            // What is taken frees at least what is needed, and what is
+            // left is all at least as recently active.
+            let mut freed = 0;
+            let taken: Vec<bool> = candidates
+                .iter()
+                .map(|(a, b)| got.takes(*a, *b, &mut freed, need))
+                .collect();
+            assert!(freed >= need.min(total), "round {round}");
+            let newest_taken = candidates
+                .iter()
+                .zip(&taken)
+                .filter(|(_, t)| **t)
+                .map(|((a, _), _)| *a)
+                .max();
+            let oldest_left = candidates
+                .iter()
+                .zip(&taken)
+                .filter(|(_, t)| !**t)
+                .map(|((a, _), _)| *a)
+                .min();
+            if let (Some(t), Some(l)) = (newest_taken, oldest_left) {
+                assert!(t <= l, "round {round}");
+            }
+        }
     }
 }

@@ -11,6 +11,10 @@
 //! the changed state to the changelog partition of the same number; then
 //! input offsets are committed, each partition's only below the lowest event
 //! its lateness buffer still holds.
+//!
+//! The instance's memory budget for the customers' histories
+//! (`max_history_bytes`) is split evenly over the partitions it holds, again
+//! at every rebalance; each partition's join keeps within its share.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -111,6 +115,7 @@ impl Joiner<'_> {
                     // without its state): restore now.
                     let join = self.restore(p).await?;
                     self.joins.insert(p, join);
+                    self.split_history_budget();
                 }
                 let next = self.read.entry(p).or_insert(0);
                 *next = (*next).max(m.offset() + 1);
@@ -205,6 +210,8 @@ impl Joiner<'_> {
             stats.repairs += s.repairs;
             stats.expired_link += s.expired_link;
             stats.expired_reference += s.expired_reference;
+            stats.shed_events += s.shed_events;
+            stats.shed_customers += s.shed_customers;
             let c = j.take_changes();
             if !c.is_empty() {
                 changes.push((*p, c));
@@ -292,6 +299,7 @@ impl Joiner<'_> {
             self.committed.insert(*p, next);
         }
         output::commit(self.consumer, &tpl, stop);
+        let history_bytes = self.joins.values().map(|j| j.history_bytes() as u64).sum();
         telemetry::BatchEnriched {
             records: enriched.len() as u64,
             dead_letters: dead_out.len() as u64,
@@ -301,6 +309,8 @@ impl Joiner<'_> {
             stats,
             alerts: alert_stats,
             history: self.joins.values().map(|j| j.history_events() as u64).sum(),
+            history_bytes,
+            history_budget: self.cfg.join.max_history_bytes as u64,
             waiting_for_reference: self
                 .joins
                 .values()
@@ -336,7 +346,20 @@ impl Joiner<'_> {
                 }
             }
         }
+        self.split_history_budget();
         Ok(())
+    }
+
+    /// Gives each join partition held an even share of the instance's
+    /// history budget (`max_history_bytes`), after every change of the
+    /// partitions held: the bound is the instance's memory, and a
+    /// partition's customers are as many as another's (keys hashed). A
+    /// partition over its new share sheds at its next batch.
+    fn split_history_budget(&mut self) {
+        let share = self.cfg.join.max_history_bytes / self.joins.len().max(1);
+        for j in self.joins.values_mut() {
+            j.set_history_budget(share);
+        }
     }
 
     async fn restore(&self, partition: i32) -> Result<Join, EnrichError> {

@@ -116,6 +116,7 @@ pub(super) async fn join_state(
         records = n,
         customers = join.customers(),
         history = join.history_events(),
+        history_bytes = join.history_bytes(),
         waiting_for_link = join.waiting_for_link(),
         seconds = started.elapsed().as_secs_f64(),
         "join state restored from the changelog"
