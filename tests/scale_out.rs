@@ -7,7 +7,7 @@
 //!   dynamic enrich members; one is SIGKILLed while it holds the second
 //!   wave of events. The survivors must hold all of its partitions, in both
 //!   of enrich's groups (`<group>.resolve` over the input topics, `<group>`
-//!   over the repartition topic), within the session timeout plus a margin,
+//!   over the events and repartition topics), within the session timeout plus a margin,
 //!   restore their join state from the changelog, and the enriched output
 //!   (the latest revision of each event, what BI reads) must equal a
 //!   single-instance run on the same input, event by event — including a
