@@ -3,7 +3,7 @@
 //!
 //! In: batches from two topics, partition p of both assigned together
 //! (the range assignor over two topics of the same partition count, checked
-//! at start-up; see [`super::check_co_partitioned`]):
+//! at start-up; see [`super::restore::co_partitioned`]):
 //! - the events topic, of which only *direct* events are handled: those
 //!   whose record key is their own customer id (the collectors key an event
 //!   by its customer id when it carries one), which are therefore already in
@@ -136,8 +136,11 @@ impl Joiner<'_> {
                     read.events += 1;
                     // Only direct events; the resolve loop forwards the
                     // others (and dead-letters what does not decode).
-                    // Decoded whole at once: most events are direct, and
-                    // the event is needed whole when it is.
+                    // Decoded whole at once: most events are direct (79%
+                    // of the generator's), and the event is needed whole
+                    // when it is. Deciding on `EventIdentityView` first
+                    // cost more there: 726-739 ns per record against
+                    // 699-715 (the view alone is 173-176 ns).
                     let payload = m.payload().unwrap_or_default();
                     if key.is_empty() {
                         continue;
