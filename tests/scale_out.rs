@@ -582,7 +582,10 @@ async fn enrich_run(members: usize, waves: &[Vec<Event>; 3]) -> (Reader, Option<
             let mut resolved = 0.0;
             let mut waiting = 0.0;
             for p in &procs {
+                // Forwarded to the repartition topic, or direct (left to
+                // the join, which reads them from the events topic).
                 resolved += p.metric("xoflow_enrich_events_resolved_total").await;
+                resolved += p.metric("xoflow_enrich_events_direct_total").await;
                 waiting += p.metric("xoflow_enrich_events_waiting").await;
             }
             let held = procs[victim].metric("xoflow_enrich_events_held").await;
