@@ -7,7 +7,7 @@
 //!   dynamic enrich members; one is SIGKILLed while it holds the second
 //!   wave of events. The survivors must hold all of its partitions, in both
 //!   of enrich's groups (`<group>.resolve` over the input topics, `<group>`
-//!   over the repartition topic), within the session timeout plus a margin,
+//!   over the events and repartition topics), within the session timeout plus a margin,
 //!   restore their join state from the changelog, and the enriched output
 //!   (the latest revision of each event, what BI reads) must equal a
 //!   single-instance run on the same input, event by event — including a
@@ -582,7 +582,10 @@ async fn enrich_run(members: usize, waves: &[Vec<Event>; 3]) -> (Reader, Option<
             let mut resolved = 0.0;
             let mut waiting = 0.0;
             for p in &procs {
+                // Forwarded to the repartition topic, or direct (left to
+                // the join, which reads them from the events topic).
                 resolved += p.metric("xoflow_enrich_events_resolved_total").await;
+                resolved += p.metric("xoflow_enrich_events_direct_total").await;
                 waiting += p.metric("xoflow_enrich_events_waiting").await;
             }
             let held = procs[victim].metric("xoflow_enrich_events_held").await;

@@ -3,8 +3,9 @@
 //! writes `EnrichedEvent`s for the sink.
 //!
 //! ```text
-//! events ──► stage (resolve) ──► repartition ──► stage (join: join::Join per partition) ──► enriched
-//!              │ identity::Links ◄── links topic         │ state ◄──► changelog topic
+//! events ─┬─────────── direct events (keyed by their own customer id) ─────┐
+//!         └► stage (resolve) ──► repartition (the rest) ──► stage (join: join::Join per partition) ──► enriched
+//!              │ identity::Links ◄── links topic                 │ state ◄──► changelog topic
 //! ```
 //!
 //! [`join`] and [`identity`] are pure operators (no I/O); [`stage`] owns the

@@ -9,8 +9,15 @@ use metrics::{counter, gauge};
 /// Every metric the enrich stage reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Metric {
-    /// Events the resolve loop forwarded to the repartition topic.
+    /// Events (and link notices) the resolve loop forwarded to the
+    /// repartition topic: every event but the direct ones.
     EventsResolved,
+    /// Direct events (keyed by their own customer id): the resolve loop
+    /// leaves them to the join, which reads them from the events topic.
+    EventsDirect,
+    /// Records the join loop read, by `input` (`events`: every record of
+    /// the events topic, direct or skipped; `repartition`).
+    JoinRecordsIn,
     /// Events the join loop enriched and produced.
     EventsEnriched,
     /// Join batches produced and committed.
@@ -77,6 +84,8 @@ impl Metric {
     #[cfg(test)]
     pub(crate) const ALL: [Metric; 24] = [
         Metric::EventsResolved,
+        Metric::EventsDirect,
+        Metric::JoinRecordsIn,
         Metric::EventsEnriched,
         Metric::Batches,
         Metric::DeadLetters,
@@ -105,6 +114,8 @@ impl Metric {
     pub(crate) const fn name(self) -> &'static str {
         match self {
             Metric::EventsResolved => "xoflow_enrich_events_resolved_total",
+            Metric::EventsDirect => "xoflow_enrich_events_direct_total",
+            Metric::JoinRecordsIn => "xoflow_enrich_join_records_in_total",
             Metric::EventsEnriched => "xoflow_enrich_events_enriched_total",
             Metric::Batches => "xoflow_enrich_batches_total",
             Metric::DeadLetters => "xoflow_enrich_dead_letters_total",
@@ -137,6 +148,8 @@ pub(crate) struct BatchResolved {
     /// Records of the input batch.
     pub taken: u64,
     pub records: u64,
+    /// Direct events, left to the join (not forwarded).
+    pub direct: u64,
     pub dead_letters: u64,
     pub links_learnt: u64,
     /// Links in the table now.
@@ -149,10 +162,28 @@ impl BatchResolved {
     pub fn emit(&self) {
         counter!(Metric::RecordsIn.name()).increment(self.taken);
         counter!(Metric::EventsResolved.name()).increment(self.records);
+        counter!(Metric::EventsDirect.name()).increment(self.direct);
         counter!(Metric::LinksLearnt.name()).increment(self.links_learnt);
         gauge!(Metric::LinksKnown.name()).set(self.links as f64);
         gauge!(Metric::EventsWaiting.name()).set(self.waiting as f64);
         dead_letters(self.dead_letters);
+    }
+}
+
+/// What one join batch read, per input topic.
+#[derive(Debug, Default)]
+pub(crate) struct JoinRead {
+    /// Records of the events topic, direct or not.
+    pub events: u64,
+    /// Records of the repartition topic (events and notices).
+    pub repartition: u64,
+}
+
+impl JoinRead {
+    pub fn emit(&self) {
+        counter!(Metric::JoinRecordsIn.name(), "input" => "events").increment(self.events);
+        counter!(Metric::JoinRecordsIn.name(), "input" => "repartition")
+            .increment(self.repartition);
     }
 }
 

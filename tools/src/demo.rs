@@ -537,7 +537,11 @@ pub async fn wait_settled(cfg: &Config, deadline: Duration) -> anyhow::Result<()
             format!("{}.resolve", cfg.enrich.group_id),
             vec![t.events.clone(), t.backfill.clone()],
         ),
-        (cfg.enrich.group_id.clone(), vec![internal.repartition]),
+        // The join group reads direct events from the events topic itself.
+        (
+            cfg.enrich.group_id.clone(),
+            vec![t.events.clone(), internal.repartition],
+        ),
         (
             cfg.sink.group_id.clone(),
             vec![t.enriched.clone(), t.dead_letters.clone()],

@@ -179,6 +179,14 @@ impl KafkaConfig {
             .set("compression.type", &self.compression)
             .set("linger.ms", (linger.as_secs_f64() * 1e3).to_string())
             .set("batch.num.messages", "10000")
+            // Every producer (the collectors', enrich's) hashes a key to the
+            // same partition number: the join reads an event keyed by its
+            // customer id from the events topic with the state of that
+            // customer's repartition partition of the same number. Spelt out
+            // (librdkafka's default today) so that no default of another
+            // version or client drifts one topic from the other; an override
+            // in `options` must be the same for every stage.
+            .set("partitioner", "consistent_random")
             .set("queue.buffering.max.messages", "200000")
             .set(
                 "message.timeout.ms",

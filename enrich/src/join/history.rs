@@ -21,7 +21,8 @@
 //! moves whole histories into their bases ([`Customer::shed`]).
 //!
 //! An entry keeps its event encoded, as the changelog writes it: the bytes
-//! the stage read from the repartition topic, not encoded again here. The
+//! the stage read from the events or the repartition topic, not encoded
+//! again here. The
 //! in-order path hands the event itself to its output instead of copying
 //! it, and a re-fold, a repair or an eviction decodes it when it needs it
 //! (and keeps it decoded for the next re-fold).
@@ -62,7 +63,7 @@ pub(super) struct Entry {
     /// The event's id: the history's order, and the changelog key.
     id: EventId,
     /// The event, encoded (the changelog record's `event`): as read from
-    /// the repartition topic, or from the changelog.
+    /// the events or the repartition topic, or from the changelog.
     bytes: Box<[u8]>,
     /// The event, decoded, once something needed it since it was admitted
     /// or read back; boxed, so that an entry without it stays small.

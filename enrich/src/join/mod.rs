@@ -82,11 +82,26 @@ struct Held {
     /// The event as the stage read it (see [`Join::offer_received`]).
     bytes: Vec<u8>,
     who: Resolved,
+    /// The input topic it was read from, and its offset there: offsets
+    /// are committed per topic.
+    input: Input,
     offset: i64,
     arrived_ms: i64,
     /// The revision its first output here gets (above 0 for an event moved
     /// from the partition where it waited for a link).
     revision: u32,
+}
+
+/// The input topic a held event was read from. The stage commits each
+/// topic's partition below the lowest event of that topic still held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Input {
+    /// `<group>.repartition`: events the resolve loop keyed by customer
+    /// (linked, unresolved, moved, backfill), link and erasure notices.
+    Repartition,
+    /// The events topic itself: direct events, keyed by their own customer
+    /// id by the collectors (docs/enrich.md, "Direct events").
+    Events,
 }
 
 /// An output and the input offset that caused it.
@@ -285,10 +300,14 @@ impl Join {
         self.unresolved.len()
     }
 
-    /// The lowest input offset still held: input offsets may be committed
-    /// only below it.
-    pub fn lowest_held_offset(&self) -> Option<i64> {
-        self.held.values().map(|h| h.offset).min()
+    /// The lowest offset of `input` still held: that topic's partition may
+    /// be committed only below it.
+    pub fn lowest_held_offset(&self, input: Input) -> Option<i64> {
+        self.held
+            .values()
+            .filter(|h| h.input == input)
+            .map(|h| h.offset)
+            .min()
     }
 
     /// Resolves with this operator's own links, then enriches at once (no
@@ -370,6 +389,36 @@ impl Join {
         offset: i64,
         now_ms: i64,
     ) {
+        self.hold(
+            e,
+            bytes,
+            who,
+            revision,
+            (Input::Repartition, offset),
+            now_ms,
+        );
+    }
+
+    /// A direct event read as `bytes` at `offset` of the events topic: one
+    /// whose record key is its own customer id, so the collectors already
+    /// put it in its customer's partition. Resolved `DIRECT`, revision 0.
+    pub fn offer_direct(&mut self, e: Event, bytes: Vec<u8>, offset: i64, now_ms: i64) {
+        let who = Resolved {
+            customer_id: e.customer.as_ref().map(|c| c.customer_id.clone()),
+            resolution: IdentityResolution::Direct,
+        };
+        self.hold(e, bytes, who, 0, (Input::Events, offset), now_ms);
+    }
+
+    fn hold(
+        &mut self,
+        e: Event,
+        bytes: Vec<u8>,
+        who: Resolved,
+        revision: u32,
+        (input, offset): (Input, i64),
+        now_ms: i64,
+    ) {
         let at = event_ms(&e, now_ms);
         if at > self.watermark {
             self.watermark = at;
@@ -382,6 +431,7 @@ impl Join {
                 event: e,
                 bytes,
                 who,
+                input,
                 offset,
                 arrived_ms: now_ms,
                 revision,
@@ -1543,6 +1593,101 @@ mod tests {
                 e.event_id
             );
         }
+    }
+
+    /// As the stage feeds the join: events carrying a customer id from the
+    /// events topic ([`Join::offer_direct`]), the rest through the
+    /// repartition topic.
+    fn feed_both(j: &mut Join, events: &[Event], links: &Links, now: i64) -> Vec<EnrichedEvent> {
+        let mut out = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            if e.customer
+                .as_ref()
+                .is_some_and(|c| !c.customer_id.is_empty())
+            {
+                j.offer_direct(e.clone(), e.encode_to_vec(), i as i64, now);
+            } else {
+                j.offer(e.clone(), links.resolve(e), i as i64, now);
+            }
+            j.drain(now, &mut out);
+        }
+        out.into_iter().map(|r| r.enriched).collect()
+    }
+
+    #[test]
+    fn direct_events_join_as_the_repartitioned_ones_and_replays_from_either_topic_count_once() {
+        let (events, links) = journeys_and_links();
+        let now = 1_900_000_000_000;
+        // Same outputs whichever topic brought a direct event.
+        let mut one = Join::new(cfg());
+        let mut two = Join::new(cfg());
+        assert_eq!(
+            feed_both(&mut one, &events, &links, now)
+                .into_iter()
+                .map(without_time)
+                .collect::<Vec<_>>(),
+            feed(&mut two, &events, &links, now)
+                .into_iter()
+                .map(without_time)
+                .collect::<Vec<_>>(),
+        );
+        // A new owner restores the changelog of one that read both topics,
+        // and the last events it applied come again through the other
+        // topic (an upgrade's overlap): recognised, no repair.
+        let half = events.len() / 2;
+        let mut a = Join::new(cfg());
+        feed_both(&mut a, &events[..half], &links, now);
+        let mut b = Join::new(cfg());
+        assert_eq!(b.restore_records(a.take_changes(), now), 0);
+        let replayed = feed(&mut b, &events[half - 5..half], &links, now);
+        assert!(
+            replayed.iter().all(|o| o.revision == 0),
+            "a replay is no repair"
+        );
+        for e in &events[half..] {
+            let want = feed_both(&mut a, std::slice::from_ref(e), &links, now);
+            let got = feed_both(&mut b, std::slice::from_ref(e), &links, now);
+            assert_eq!(
+                got.into_iter().map(without_time).collect::<Vec<_>>(),
+                want.into_iter().map(without_time).collect::<Vec<_>>(),
+                "{}",
+                e.event_id
+            );
+        }
+    }
+
+    #[test]
+    fn held_offsets_are_told_apart_by_input_topic() {
+        let (events, links) = journeys_and_links();
+        let now = 1_900_000_000_000;
+        let mut j = Join::new(cfg());
+        assert_eq!(j.lowest_held_offset(Input::Events), None);
+        let direct: Vec<&Event> = events
+            .iter()
+            .filter(|e| {
+                e.customer
+                    .as_ref()
+                    .is_some_and(|c| !c.customer_id.is_empty())
+            })
+            .take(2)
+            .collect();
+        j.offer_direct(direct[0].clone(), direct[0].encode_to_vec(), 40, now);
+        j.offer_direct(direct[1].clone(), direct[1].encode_to_vec(), 17, now);
+        j.offer(events[0].clone(), links.resolve(&events[0]), 900, now);
+        assert_eq!(j.lowest_held_offset(Input::Events), Some(17));
+        assert_eq!(j.lowest_held_offset(Input::Repartition), Some(900));
+        let mut out = Vec::new();
+        j.drain(now, &mut out);
+        assert_eq!(j.lowest_held_offset(Input::Events), None);
+        assert_eq!(j.lowest_held_offset(Input::Repartition), None);
+        let direct_out = out
+            .iter()
+            .find(|o| o.enriched.event.as_ref().map(|e| &e.event_id) == Some(&direct[0].event_id))
+            .expect("emitted");
+        assert_eq!(
+            direct_out.enriched.resolution,
+            IdentityResolution::Direct as i32
+        );
     }
 
     #[test]

@@ -1,26 +1,37 @@
 //! The enrich stage: two consumer-group loops in one process.
 //!
 //! ```text
-//! events, backfill ──► resolve ──► repartition topic (key = customer) ──► join ──► enriched (key = event id)
-//!                       │  ▲                                              │  ▲
-//!                       ▼  │ read whole at start-up, then followed        ▼  │ read back when a partition is assigned
-//!                     links topic (global table)                     changelog topic (partition = join partition)
+//!            direct events (key = own customer id), partition p ────────────────┐
+//!                                                                                ▼
+//! events, backfill ──► resolve ──► repartition topic (key = customer) ──► join (partition p of both) ──► enriched (key = event id)
+//!   (the rest)          │  ▲                                                     │  ▲
+//!                       ▼  │ read whole at start-up, then followed               ▼  │ read back when a partition is assigned
+//!                     links topic (global table)                            changelog topic (partition = join partition)
 //! ```
 //!
-//! Resolve (group `<group_id>.resolve`): decodes each event, learns links
-//! from events that carry a customer id and weak identifiers, resolves the
-//! rest through the link table, and forwards the original bytes keyed by
-//! customer id, so that every event of a customer reaches the same join
-//! partition (unresolved events are keyed `\0<identifier>`, or `\0<event
-//! id>` without one). Links it learns go to the links topic, which every
-//! instance reads whole at start-up and then follows: a global table, and
-//! are announced on the repartition topic as link notices (see
-//! [`link_notice`]). An event known only by weak identifiers that no link
-//! resolves yet waits up to the join's `max_hold` for one ([`Waiting`]);
-//! after that, in the join, until a link notice comes.
+//! Resolve (group `<group_id>.resolve`): decodes each event's identity,
+//! learns links from events that carry a customer id and weak identifiers,
+//! resolves the rest through the link table, and forwards the original
+//! bytes keyed by customer id, so that every event of a customer reaches the
+//! same join partition (unresolved events are keyed `\0<identifier>`, or
+//! `\0<event id>` without one) — every event but the *direct* ones
+//! ([`is_direct`]: on the events topic, keyed by their own customer id, as
+//! the collectors key every event that carries one): those are in their
+//! customer's partition already, and the join reads them there. Links it
+//! learns go to the links topic, which every instance reads whole at
+//! start-up and then follows: a global table, and are announced on the
+//! repartition topic as link notices (see [`link_notice`]). An event known
+//! only by weak identifiers that no link resolves yet waits up to the
+//! join's `max_hold` for one ([`Waiting`]); after that, in the join, until a
+//! link notice comes.
 //!
-//! Join (group `<group_id>`): one [`Join`](crate::join::Join) per assigned
-//! partition, so a customer's state lives with its partition. The
+//! Join (group `<group_id>`): subscribed to the events topic and the
+//! repartition topic, which have the same partition count (checked at
+//! start-up) and the same partitioner, so that a customer id lands in
+//! partition p of both and the range assignor gives partition p of both to
+//! the same member. One [`Join`](crate::join::Join) per partition number,
+//! fed by both topics, so a customer's state lives with its partition. It
+//! takes the direct events of the events topic and skips the rest. The
 //! rebalance callbacks only record assignments (they run inside `recv()`);
 //! between batches a revoked partition's state is dropped and an assigned
 //! one is restored from its changelog partition (the latest record per key
@@ -30,10 +41,11 @@
 //! and the changed state, before the outputs) are produced and
 //! acknowledged, then input offsets are committed — only below the lowest
 //! event still held (in resolve, waiting for its link; in join, by the
-//! lateness buffer). A crash replays uncommitted input: outputs are emitted
-//! again with the same event ids and revisions (the sink drops the copies),
-//! and state restored from the changelog knows which events it already
-//! applied. Internal topics are named after the group: `<group_id>.links`,
+//! lateness buffer, per input topic). A crash replays uncommitted input, of
+//! both join inputs: outputs are emitted again with the same event ids and
+//! revisions (the sink drops the copies), and state restored from the
+//! changelog knows which events it already applied, by event id, whichever
+//! topic brought them. Internal topics are named after the group: `<group_id>.links`,
 //! `<group_id>.repartition`, `<group_id>.changelog`.
 //!
 //! Modules: `resolve_loop` and `join_loop` are the two loops, `restore`
@@ -84,15 +96,37 @@ pub enum EnrichError {
         #[source]
         source: KafkaError,
     },
+    /// The join reads partition p of both topics with one state: they must
+    /// have as many partitions (docs/enrich.md, "Direct events").
+    #[error(
+        "{events} has {events_partitions} partitions but {repartition} has {repartition_partitions}: \
+         the join reads partition p of both with one state, so they must have as many \
+         (set kafka.partitions to the events topic's count, or add partitions to the smaller)"
+    )]
+    NotCoPartitioned {
+        events: String,
+        events_partitions: usize,
+        repartition: String,
+        repartition_partitions: usize,
+    },
+    #[error("reading or seeding the join group's offsets on {topic} failed: {source}")]
+    Offsets {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
 }
 
 impl EnrichError {
     pub fn is_transient(&self) -> bool {
         match self {
-            EnrichError::Setup(_) | EnrichError::Stopped => false,
+            EnrichError::Setup(_) | EnrichError::Stopped | EnrichError::NotCoPartitioned { .. } => {
+                false
+            }
             EnrichError::Produce { source, .. }
             | EnrichError::Commit(source)
-            | EnrichError::Restore { source, .. } => ErrorClass::of(source).is_transient(),
+            | EnrichError::Restore { source, .. }
+            | EnrichError::Offsets { source, .. } => ErrorClass::of(source).is_transient(),
         }
     }
 }
@@ -170,6 +204,15 @@ pub(crate) fn link_notice<'a>(key: &'a [u8], customer: &'a [u8]) -> Outgoing<'a>
             }),
         ),
     }
+}
+
+/// Whether a record of the events topic is a *direct* event: keyed by the
+/// event's own (non-empty) customer id. The collectors key every event that
+/// carries a customer id so; it is then in the partition of the same number
+/// as its customer's join partition, and the join reads it from the events
+/// topic itself instead of through the repartition topic.
+pub(crate) fn is_direct(key: &[u8], customer: Option<&xoflow_proto::v1::CustomerIdentity>) -> bool {
+    !key.is_empty() && customer.is_some_and(|c| c.customer_id.as_bytes() == key)
 }
 
 /// The stage's internal topics, named after its consumer group.
@@ -274,6 +317,13 @@ pub async fn run(
         .map_err(EnrichError::Setup)?
         .reporting_queue(Metric::ProducerQueue.name());
 
+    // The join reads partition p of the events topic with the state of
+    // repartition partition p: refuse to start when that cannot hold, and
+    // give the join group a start on the events topic before the resolve
+    // group commits anything there.
+    let partitions = restore::co_partitioned(kafka, &t.events, &internal.repartition).await?;
+    restore::seed_direct_offsets(kafka, cfg, &t.events, partitions).await?;
+
     // The global link table: read whole before resolving anything.
     let (follower, links) = restore::link_table(kafka, cfg, &internal).await?;
     tracing::info!(links = links.len(), "link table read");
@@ -303,8 +353,11 @@ pub async fn run(
                 .counting_errors(Metric::Errors.name()),
         )
         .map_err(EnrichError::Setup)?;
+    // Partition p of both topics goes to the same member: the range
+    // assignor hands out each topic's partitions in the same order to the
+    // same sorted members, and both topics have as many partitions.
     join_consumer
-        .subscribe(&[&internal.repartition])
+        .subscribe(&[&t.events, &internal.repartition])
         .map_err(EnrichError::Setup)?;
     readiness.set(true);
     tracing::info!(group = %cfg.group_id, input = %t.events, output = %t.enriched, "enrich started");
@@ -355,7 +408,7 @@ pub async fn run(
         },
         Watched {
             group: cfg.group_id.clone(),
-            topics: vec![internal.repartition.clone()],
+            topics: vec![t.events.clone(), internal.repartition.clone()],
             held: Box::new(|| watch::held(&join_consumer)),
             lag_metric: Metric::ConsumerLag.name(),
         },

@@ -1,11 +1,16 @@
-//! The resolve loop: events → customer-keyed repartition topic.
+//! The resolve loop: events → customer-keyed repartition topic, for the
+//! events not already in their customer's partition.
 //!
 //! In: batches of `xoflow.v1.Event` from the events and backfill topics
-//! (only the identity is decoded, as `EventIdentityView`). Out, per batch
-//! and in this order: the original event bytes to `<group>.repartition`
-//! keyed by customer id (`\0<first weak identifier>` when none was found,
-//! `\0<event id>` without any), and after them a link notice per link
-//! learnt; the links it learnt to `<group>.links`; undecodable records to
+//! (only the identity is decoded, as `EventIdentityView`). It learns links
+//! from every event, but forwards only those the join does not read from
+//! the events topic itself: every event but the *direct* ones (an events
+//! topic record keyed by its own customer id, see [`super::is_direct`]);
+//! backfill events are all forwarded (the join does not read that topic).
+//! Out, per batch and in this order: the original event bytes to
+//! `<group>.repartition` keyed by customer id (`\0<first weak identifier>`
+//! when none was found, `\0<event id>` without any), and after them a link
+//! notice per link learnt; the links it learnt to `<group>.links`; undecodable records to
 //! the dead-letter topic; then the input offsets are committed.
 //!
 //! An event known only by weak identifiers that no link resolves yet waits
@@ -31,8 +36,8 @@ use xoflow_common::{
 use xoflow_proto::{Message as _, v1::EventIdentityView};
 
 use super::{
-    EnrichError, InternalTopics, link_notice, link_notice_records, output, restore::links_record,
-    unresolved_key,
+    EnrichError, InternalTopics, is_direct, link_notice, link_notice_records, output,
+    restore::links_record, unresolved_key,
 };
 use crate::{
     EnrichConfig,
@@ -134,7 +139,16 @@ impl Resolver<'_> {
             }
             let mut keys: Vec<Vec<u8>> = Vec::with_capacity(events.len());
             let mut forward: Vec<&[u8]> = Vec::with_capacity(events.len());
+            let mut direct = 0u64;
             for (m, e) in &events {
+                // The join reads direct events from the events topic: they
+                // are in their customer's partition already.
+                if m.topic() == self.kafka.topics.events
+                    && is_direct(m.key().unwrap_or_default(), e.customer.as_ref())
+                {
+                    direct += 1;
+                    continue;
+                }
                 let payload = m.payload().unwrap_or_default();
                 let resolved = self.links.resolve_from(e.customer.as_ref());
                 match resolved.customer_id {
@@ -203,6 +217,7 @@ impl Resolver<'_> {
             telemetry::BatchResolved {
                 taken: batch.len() as u64,
                 records: forward.len() as u64,
+                direct,
                 dead_letters: dead_out.len() as u64,
                 links_learnt: links_out.len() as u64,
                 links: self.links.len() as u64,

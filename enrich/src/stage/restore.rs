@@ -1,5 +1,7 @@
 //! Reading a compacted topic back: the link table at start-up, a join
-//! partition's state when it is assigned.
+//! partition's state when it is assigned; and the start-up checks of the
+//! join's two inputs (equal partition counts, a committed offset on the
+//! events topic).
 //!
 //! In: a topic (one partition, or all) and a decoder of its records. Out:
 //! the decoded records, latest last, read from the beginning up to the high
@@ -10,7 +12,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use rdkafka::{
     Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
+    consumer::{BaseConsumer, CommitMode, Consumer},
     error::KafkaError,
     message::Message,
 };
@@ -206,4 +208,139 @@ async fn read_back<T: Send + 'static>(
             .count(crate::telemetry::Metric::Errors.name());
         restore_err(KafkaError::Canceled)
     })?
+}
+
+/// How long a start-up look at metadata or committed offsets may wait.
+const START_WAIT: Duration = Duration::from_secs(10);
+
+/// The partition count of `events` and `repartition`, or
+/// [`EnrichError::NotCoPartitioned`] when they differ: the join reads
+/// partition p of both with one state.
+pub(super) async fn co_partitioned(
+    kafka: &KafkaConfig,
+    events: &str,
+    repartition: &str,
+) -> Result<i32, EnrichError> {
+    let consumer = kafka
+        .base_consumer("xoflow-metadata")
+        .map_err(EnrichError::Setup)?;
+    let (events, repartition) = (events.to_owned(), repartition.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let count = |topic: &str| -> Result<usize, EnrichError> {
+            let md = consumer
+                .fetch_metadata(Some(topic), START_WAIT)
+                .map_err(EnrichError::Setup)?;
+            Ok(md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .map_or(0, |t| t.partitions().len()))
+        };
+        // A topic just created may show no partitions for a moment.
+        let mut counts = (count(&events)?, count(&repartition)?);
+        for _ in 0..20 {
+            if counts.0 > 0 && counts.1 > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+            counts = (count(&events)?, count(&repartition)?);
+        }
+        let (e, r) = counts;
+        if e != r || e == 0 {
+            return Err(EnrichError::NotCoPartitioned {
+                events,
+                events_partitions: e,
+                repartition,
+                repartition_partitions: r,
+            });
+        }
+        Ok(e as i32)
+    })
+    .await
+    .map_err(|_| EnrichError::Setup(KafkaError::Canceled))?
+}
+
+/// Gives the join group a committed offset on every partition of the events
+/// topic that has none, before either loop starts:
+///
+/// - where the resolve group has one, the deployment ran the old contract
+///   (every event went through the repartition topic): everything below
+///   the resolve group's offset was forwarded there already, so the join
+///   starts the events topic at that offset. Above it, the resolve loop
+///   reads on and forwards only what is not direct.
+/// - elsewhere nothing was read yet: the join starts at the partition's
+///   first offset, as the resolve loop does.
+///
+/// So the join group always has an offset wherever the resolve group has
+/// one: a join that has not read a partition yet never resumes at the
+/// resolve group's offset past direct events it never handled. Another
+/// instance seeding at the same moment is fine: whichever commits first,
+/// both commit the same offsets.
+pub(super) async fn seed_direct_offsets(
+    kafka: &KafkaConfig,
+    cfg: &EnrichConfig,
+    events: &str,
+    partitions: i32,
+) -> Result<(), EnrichError> {
+    let join = kafka
+        .base_consumer(&cfg.group_id)
+        .map_err(EnrichError::Setup)?;
+    let resolve = kafka
+        .base_consumer(&format!("{}.resolve", cfg.group_id))
+        .map_err(EnrichError::Setup)?;
+    let topic = events.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let err = |source| EnrichError::Offsets {
+            topic: topic.clone(),
+            source,
+        };
+        let mut all = TopicPartitionList::new();
+        for p in 0..partitions {
+            all.add_partition(&topic, p);
+        }
+        let missing = |join: &BaseConsumer| -> Result<TopicPartitionList, EnrichError> {
+            let mine = join
+                .committed_offsets(all.clone(), START_WAIT)
+                .map_err(err)?;
+            let mut missing = TopicPartitionList::new();
+            for e in mine.elements() {
+                if !matches!(e.offset(), Offset::Offset(_)) {
+                    missing.add_partition(&topic, e.partition());
+                }
+            }
+            Ok(missing)
+        };
+        let todo = missing(&join)?;
+        if todo.count() == 0 {
+            return Ok(());
+        }
+        let theirs = resolve
+            .committed_offsets(todo, START_WAIT)
+            .map_err(err)?;
+        let mut seed = TopicPartitionList::new();
+        for e in theirs.elements() {
+            let p = e.partition();
+            let (at, why) = match e.offset() {
+                Offset::Offset(o) => (o, "upgrade: the resolve group forwarded everything below"),
+                _ => (
+                    join.fetch_watermarks(&topic, p, START_WAIT)
+                        .map_err(err)?
+                        .0,
+                    "nothing read yet",
+                ),
+            };
+            tracing::info!(topic = %topic, partition = p, offset = at, reason = why, "join starts the events topic here");
+            seed.add_partition_offset(&topic, p, Offset::Offset(at))
+                .map_err(err)?;
+        }
+        if let Err(e) = join.commit(&seed, CommitMode::Sync) {
+            // Refused while another member holds the group: it seeded them.
+            if missing(&join)?.count() > 0 {
+                return Err(err(e));
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| EnrichError::Setup(KafkaError::Canceled))?
 }

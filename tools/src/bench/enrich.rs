@@ -1,4 +1,5 @@
-//! B5: the enrich stage (resolve, repartition, join) against a consume →
+//! B5: the enrich stage (resolve, repartition of the events not keyed by
+//! their customer id, join) against a consume →
 //! produce passthrough of the same pre-filled input on the same broker,
 //! both as steady-state rates read back from their output topics: first
 //! outputs (revision 0) per second. The enrich stage runs twice: on the

@@ -10,7 +10,8 @@
 //! - B6: the sink against a raw loop on the same records and schema
 //!   (rdkafka consumer → the sink's row → `clickhouse` crate insert, no
 //!   dedup, positions or retries), fed and timed the same way;
-//! - B5: the enrich stage (resolve, repartition, join) against a
+//! - B5: the enrich stage (resolve; repartition of the events not keyed
+//!   by their customer id; join) against a
 //!   consume → produce passthrough of the same events on the same broker,
 //!   both as steady-state rates (outputs between 10% and 90% of the input,
 //!   read back from the output topic);
