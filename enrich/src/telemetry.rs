@@ -82,7 +82,7 @@ pub(crate) enum Metric {
 
 impl Metric {
     #[cfg(test)]
-    pub(crate) const ALL: [Metric; 24] = [
+    pub(crate) const ALL: [Metric; 26] = [
         Metric::EventsResolved,
         Metric::EventsDirect,
         Metric::JoinRecordsIn,
