@@ -281,8 +281,9 @@ async fn run_once(
     rows.push(row("P peak RSS, xoflow", p.rss_mib, "MiB"));
 
     // The open loops are fed at fractions of the peak the closed loop
-    // reached in its steady state.
-    let peak = p.rate.value;
+    // reached in its steady state, or of `XOFLOW_BENCH_PEAK`: runs that
+    // compare settings are then fed at the same rate.
+    let peak = fixed_peak().unwrap_or(p.rate.value);
     if wanted(Part::Alerts) {
         rows.extend(alert_rows(
             alerts::measure(&cfg, events, peak, opts.half_secs).await?,

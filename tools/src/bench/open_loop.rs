@@ -2,7 +2,9 @@
 //! closed loop measured (ack → visible latency), then at twice the peak
 //! with this process's resident memory sampled throughout (it should stay
 //! flat: the collector sheds what it cannot persist). How long each phase
-//! runs is the caller's (`--seconds`, `--overload-seconds`).
+//! runs is the caller's (`--seconds`, `--overload-seconds`). The half-peak
+//! latencies are also printed per second of acknowledgement, which tells a
+//! queue that keeps growing from a stall that clears.
 
 use std::time::Duration;
 
@@ -141,6 +143,10 @@ pub(super) async fn measure(
     let mut acks = sent.acks.clone();
     acks.sort_by_key(|(at, _)| *at);
     let mut latencies = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    // The same latencies per second of acknowledgement: a queue that grows
+    // and a stall that clears look alike in the p99, not here.
+    let mut seconds = Vec::<hdrhistogram::Histogram<u64>>::new();
+    let start = acks.first().map(|(at, _)| *at);
     let mut cumulative = 0u64;
     let mut v = 0usize;
     for (at, accepted) in acks {
@@ -156,6 +162,20 @@ pub(super) async fn measure(
         };
         let us = visible.saturating_duration_since(at).as_micros() as u64;
         latencies.record_n(us.max(1), u64::from(accepted))?;
+        let second = start.map_or(0, |s| at.saturating_duration_since(s).as_secs() as usize);
+        while seconds.len() <= second {
+            seconds.push(hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)?);
+        }
+        seconds[second].record_n(us.max(1), u64::from(accepted))?;
+    }
+    for (i, h) in seconds.iter().enumerate() {
+        println!(
+            "[bench] half peak, acknowledged in second {i}: {} events, ack → visible p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            h.len(),
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            h.max() as f64 / 1000.0,
+        );
     }
 
     // Twice the peak, in rounds of about 2 s, memory sampled every 250 ms.
