@@ -17,7 +17,7 @@ use std::{
 
 use rdkafka::{
     Offset, TopicPartitionList,
-    consumer::{CommitMode, Consumer, StreamConsumer},
+    consumer::{CommitMode, Consumer},
     message::{Headers, Message as _},
 };
 use xoflow::Stages;
@@ -64,73 +64,79 @@ async fn produce(cfg: &xoflow::config::Config, events: &[(Vec<u8>, Event)]) {
         .expect("produce");
 }
 
-/// The enriched outputs by event id (the latest revision of each), read
-/// until `want` are all there or `deadline` passed, then `linger` longer.
+/// A config whose join holds events at most half a second, with the
+/// events topic created: events are produced before the stage starts.
+async fn setup() -> (xoflow::config::Config, String) {
+    let (cfg, id) = common::config("[enrich.join]\nlateness = \"2s\"\nmax_hold = \"500ms\"\n");
+    cfg.kafka
+        .ensure_topics(&[&cfg.kafka.topics.events])
+        .await
+        .expect("topics");
+    (cfg, id)
+}
+
+/// `n` direct events `{prefix}{i}`, of the customers `c-{first}` to
+/// `c-{first + customers - 1}` in turn, keyed by their customer id.
+fn direct_events(prefix: &str, n: usize, first: usize, customers: usize) -> Vec<(Vec<u8>, Event)> {
+    (0..n)
+        .map(|i| {
+            let c = format!("c-{}", first + i % customers);
+            (
+                c.clone().into_bytes(),
+                survey(&format!("{prefix}{i}"), customer(&c, "")),
+            )
+        })
+        .collect()
+}
+
+/// The enriched outputs by event id (the latest revision of each), once
+/// every event of `want` has one (failing the test if one has none after
+/// 60 s); read on until nothing came for `linger`.
 async fn enriched(
     cfg: &xoflow::config::Config,
     id: &str,
     want: &BTreeSet<String>,
     linger: Duration,
 ) -> BTreeMap<String, EnrichedEvent> {
-    let consumer: StreamConsumer = cfg
-        .kafka
-        .consumer(&format!("g-{id}-check"), Default::default())
-        .expect("consumer");
-    consumer
-        .subscribe(&[&cfg.kafka.topics.enriched])
-        .expect("subscribe");
-    let mut seen: BTreeMap<String, EnrichedEvent> = BTreeMap::new();
-    let mut deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut lingering = false;
-    loop {
-        if !lingering && want.iter().all(|w| seen.contains_key(w)) {
-            lingering = true;
-            deadline = tokio::time::Instant::now() + linger;
-        }
-        let m = match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(m) => m.expect("message"),
-            Err(_) => break,
-        };
-        let e = EnrichedEvent::decode(m.payload().unwrap_or_default()).expect("enriched");
-        let id = e
-            .event
-            .as_ref()
-            .map(|e| e.event_id.clone())
-            .unwrap_or_default();
-        match seen.get(&id) {
-            Some(old) if old.revision >= e.revision => {}
-            _ => {
-                seen.insert(id, e);
-            }
-        }
-    }
-    seen
+    let out = common::read_enriched(
+        cfg,
+        &format!("g-{id}-check"),
+        Duration::from_secs(60),
+        linger,
+        |seen| want.iter().all(|w| seen.contains_key(w)),
+    )
+    .await;
+    let missing: Vec<_> = want.iter().filter(|w| !out.contains_key(*w)).collect();
+    assert!(missing.is_empty(), "never enriched: {missing:?}");
+    out
 }
 
-/// The ids of the events (not notices) on the repartition topic.
-async fn repartitioned(cfg: &xoflow::config::Config, id: &str) -> BTreeSet<String> {
-    let topic = format!("{}.repartition", cfg.enrich.group_id);
-    let consumer: StreamConsumer = cfg
-        .kafka
-        .consumer(&format!("g-{id}-repartition"), Default::default())
-        .expect("consumer");
-    consumer.subscribe(&[&topic]).expect("subscribe");
-    let mut ids = BTreeSet::new();
-    loop {
-        let m = match tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
-            Ok(m) => m.expect("message"),
-            Err(_) => break,
-        };
-        if m.headers().is_some_and(|h| {
-            h.iter()
-                .any(|h| h.key == "xoflow-link" || h.key == "xoflow-erase")
-        }) {
-            continue;
-        }
-        let e = Event::decode(m.payload().unwrap_or_default()).expect("event");
-        ids.insert(e.event_id);
-    }
-    ids
+/// The ids of the events (not notices) on the repartition topic, once
+/// `want` are all there and nothing more came for 5 s.
+async fn repartitioned(
+    cfg: &xoflow::config::Config,
+    id: &str,
+    want: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    common::read_topic(
+        cfg,
+        &format!("g-{id}-repartition"),
+        &format!("{}.repartition", cfg.enrich.group_id),
+        Duration::from_secs(60),
+        Duration::from_secs(5),
+        |ids: &mut BTreeSet<String>, m| {
+            let notice = m.headers().is_some_and(|h| {
+                h.iter()
+                    .any(|h| h.key == "xoflow-link" || h.key == "xoflow-erase")
+            });
+            if !notice {
+                let e = Event::decode(m.payload().unwrap_or_default()).expect("event");
+                ids.insert(e.event_id);
+            }
+        },
+        |ids| want.is_subset(ids),
+    )
+    .await
 }
 
 fn resolution(e: &EnrichedEvent) -> (IdentityResolution, String) {
@@ -142,25 +148,15 @@ fn resolution(e: &EnrichedEvent) -> (IdentityResolution, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_events_never_cross_the_repartition_topic_and_the_rest_do() {
-    let (cfg, id) = common::config("[enrich.join]\nlateness = \"2s\"\nmax_hold = \"500ms\"\n");
-    cfg.kafka
-        .ensure_topics(&[&cfg.kafka.topics.events])
-        .await
-        .expect("topics");
+    let (cfg, id) = setup().await;
     // Direct, produced before the stage starts: the join reads the events
     // topic from its first offset. It teaches the link h-1 → c-1.
     let order = survey("d-teacher", customer("c-1", "h-1"));
     produce(&cfg, &[(b"c-1".to_vec(), order)]).await;
     let running = common::start(&cfg, Stages::ENRICH).await;
 
-    let mut input: Vec<(Vec<u8>, Event)> = Vec::new();
-    let mut direct = BTreeSet::new();
-    for i in 0..40 {
-        let c = format!("c-{}", 10 + i % 13);
-        let id = format!("d-{i}");
-        direct.insert(id.clone());
-        input.push((c.clone().into_bytes(), survey(&id, customer(&c, ""))));
-    }
+    let mut input = direct_events("d-", 40, 10, 13);
+    let mut direct: BTreeSet<String> = input.iter().map(|(_, e)| e.event_id.clone()).collect();
     direct.insert("d-teacher".into());
     // Known by e-mail only, keyed by it (as the collectors key it): linked.
     input.push((b"h-1".to_vec(), survey("l-1", customer("", "h-1"))));
@@ -171,14 +167,9 @@ async fn direct_events_never_cross_the_repartition_topic_and_the_rest_do() {
     input.push((b"k-1".to_vec(), survey("k-1", customer("c-3", ""))));
     produce(&cfg, &input).await;
 
-    let want: BTreeSet<String> = direct
-        .iter()
-        .cloned()
-        .chain(["l-1", "u-1", "k-1"].map(String::from))
-        .collect();
+    let rest: BTreeSet<String> = ["l-1", "u-1", "k-1"].map(String::from).into();
+    let want: BTreeSet<String> = direct.union(&rest).cloned().collect();
     let out = enriched(&cfg, &id, &want, Duration::from_secs(1)).await;
-    let missing: Vec<_> = want.iter().filter(|w| !out.contains_key(*w)).collect();
-    assert!(missing.is_empty(), "never enriched: {missing:?}");
     for d in &direct {
         let (r, c) = resolution(&out[d]);
         assert_eq!(r, IdentityResolution::Direct, "{d}");
@@ -194,13 +185,13 @@ async fn direct_events_never_cross_the_repartition_topic_and_the_rest_do() {
         (IdentityResolution::Direct, "c-3".into())
     );
 
-    let through = repartitioned(&cfg, &id).await;
+    let through = repartitioned(&cfg, &id, &rest).await;
     let crossed: Vec<_> = direct.intersection(&through).collect();
     assert!(
         crossed.is_empty(),
         "direct events repartitioned: {crossed:?}"
     );
-    for rest in ["l-1", "u-1", "k-1"] {
+    for rest in &rest {
         assert!(
             through.contains(rest),
             "{rest} not repartitioned: {through:?}"
@@ -212,22 +203,12 @@ async fn direct_events_never_cross_the_repartition_topic_and_the_rest_do() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgraded_deployment_starts_the_join_at_the_resolve_groups_offsets() {
-    let (cfg, id) = common::config("[enrich.join]\nlateness = \"2s\"\nmax_hold = \"500ms\"\n");
+    let (cfg, id) = setup().await;
     let events = cfg.kafka.topics.events.clone();
-    cfg.kafka.ensure_topics(&[&events]).await.expect("topics");
 
     // What the earlier version handled: read by its resolve group, which
     // committed past it (and forwarded it all to the repartition topic).
-    let before: Vec<(Vec<u8>, Event)> = (0..30)
-        .map(|i| {
-            let c = format!("c-{}", i % 7);
-            (
-                c.clone().into_bytes(),
-                survey(&format!("old-{i}"), customer(&c, "")),
-            )
-        })
-        .collect();
-    produce(&cfg, &before).await;
+    produce(&cfg, &direct_events("old-", 30, 0, 7)).await;
     let resolve_group = format!("{}.resolve", cfg.enrich.group_id);
     let kafka = cfg.kafka.clone();
     let topic = events.clone();
@@ -252,20 +233,10 @@ async fn an_upgraded_deployment_starts_the_join_at_the_resolve_groups_offsets() 
 
     // The new version starts; then new events arrive.
     let running = common::start(&cfg, Stages::ENRICH).await;
-    let after: Vec<(Vec<u8>, Event)> = (0..30)
-        .map(|i| {
-            let c = format!("c-{}", i % 7);
-            (
-                c.clone().into_bytes(),
-                survey(&format!("new-{i}"), customer(&c, "")),
-            )
-        })
-        .collect();
+    let after = direct_events("new-", 30, 0, 7);
     produce(&cfg, &after).await;
     let want: BTreeSet<String> = after.iter().map(|(_, e)| e.event_id.clone()).collect();
     let out = enriched(&cfg, &id, &want, Duration::from_secs(3)).await;
-    let missing: Vec<_> = want.iter().filter(|w| !out.contains_key(*w)).collect();
-    assert!(missing.is_empty(), "never enriched: {missing:?}");
     let again: Vec<_> = out.keys().filter(|k| k.starts_with("old-")).collect();
     assert!(
         again.is_empty(),

@@ -7,16 +7,9 @@ mod common;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use rdkafka::{
-    consumer::{Consumer, StreamConsumer},
-    message::Message as _,
-};
 use xoflow::{Stages, sample};
 use xoflow_common::kafka::Outgoing;
-use xoflow_proto::{
-    Message,
-    v1::{EnrichedEvent, Event},
-};
+use xoflow_proto::{Message, v1::Event};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_of_a_trickle_is_enriched() {
@@ -45,24 +38,17 @@ async fn every_event_of_a_trickle_is_enriched() {
         tokio::time::sleep(Duration::from_millis(7)).await;
     }
 
-    let consumer: StreamConsumer = cfg
-        .kafka
-        .consumer(&format!("g-{id}-check"), Default::default())
-        .expect("consumer");
-    consumer
-        .subscribe(&[&cfg.kafka.topics.enriched])
-        .expect("subscribe");
     let want: BTreeSet<String> = events.iter().map(|e| e.event_id.clone()).collect();
-    let mut seen = BTreeSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while seen.len() < want.len() {
-        let m = match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(m) => m.expect("message"),
-            Err(_) => break,
-        };
-        let e = EnrichedEvent::decode(m.payload().unwrap_or_default()).expect("enriched");
-        seen.insert(e.event.map(|e| e.event_id).unwrap_or_default());
-    }
+    let seen: BTreeSet<String> = common::read_enriched(
+        &cfg,
+        &format!("g-{id}-check"),
+        Duration::from_secs(60),
+        Duration::ZERO,
+        |seen| want.iter().all(|w| seen.contains_key(w)),
+    )
+    .await
+    .into_keys()
+    .collect();
     let missing: Vec<_> = want.difference(&seen).collect();
     assert!(
         missing.is_empty(),

@@ -17,17 +17,10 @@ mod common;
 #[path = "ingest_support/mod.rs"]
 mod ingest_support;
 
-use std::{collections::HashMap, process::Stdio, time::Duration};
+use std::{collections::BTreeSet, process::Stdio, time::Duration};
 
-use rdkafka::{
-    consumer::{Consumer, StreamConsumer},
-    message::Message as _,
-};
 use xoflow::Stages;
-use xoflow_proto::{
-    Message as _,
-    v1::{CustomerIdentity, EnrichedEvent, IdentityResolution, event::Payload},
-};
+use xoflow_proto::v1::{CustomerIdentity, IdentityResolution, event::Payload};
 
 /// Runs `xoflow identities import` against the test's topics; its stdout.
 async fn import(cfg: &xoflow::Config, file: &std::path::Path, format: &str) -> String {
@@ -111,29 +104,20 @@ async fn imported_identities_resolve_email_and_handle_only_surveys() {
     let r = ingest_support::http(http, "/v1/events", &[], Some(body.as_bytes())).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 
-    let consumer: StreamConsumer = cfg
-        .kafka
-        .consumer(&format!("g-{id}-check"), Default::default())
-        .expect("consumer");
-    consumer
-        .subscribe(&[&cfg.kafka.topics.enriched])
-        .expect("subscribe");
-    let mut got: HashMap<String, EnrichedEvent> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while got.len() < surveys.len() {
-        let m = tokio::time::timeout_at(deadline, consumer.recv())
-            .await
-            .expect("every survey enriched in time")
-            .expect("message");
-        if let Ok(e) = EnrichedEvent::decode(m.payload().unwrap_or_default()) {
-            let id = e
-                .event
-                .as_ref()
-                .map(|e| e.event_id.clone())
-                .unwrap_or_default();
-            got.insert(id, e);
-        }
-    }
+    let want: BTreeSet<&String> = surveys.iter().map(|s| &s.event_id).collect();
+    let got = common::read_enriched(
+        &cfg,
+        &format!("g-{id}-check"),
+        Duration::from_secs(90),
+        Duration::ZERO,
+        |seen| want.iter().all(|w| seen.contains_key(*w)),
+    )
+    .await;
+    assert!(
+        want.iter().all(|w| got.contains_key(*w)),
+        "every survey enriched in time: {:?}",
+        got.keys()
+    );
     let of = |i: usize| &got[&surveys[i].event_id];
     assert_eq!(of(0).resolved_customer_id, format!("{id}-c1"));
     assert_eq!(of(0).resolution, IdentityResolution::Linked as i32);
@@ -154,18 +138,18 @@ async fn imported_identities_resolve_email_and_handle_only_surveys() {
     .expect("csv");
     let imported = import(&cfg, &late, "csv").await;
     assert!(imported.contains("links 1 new"), "{imported}");
-    let repaired = loop {
-        let m = tokio::time::timeout_at(deadline, consumer.recv())
-            .await
-            .expect("the unresolved survey emitted again in time")
-            .expect("message");
-        let Ok(e) = EnrichedEvent::decode(m.payload().unwrap_or_default()) else {
-            continue;
-        };
-        if e.event.as_ref().map(|e| &e.event_id) == Some(&surveys[2].event_id) && e.revision > 0 {
-            break e;
-        }
-    };
+    let unresolved = &surveys[2].event_id;
+    let repaired = common::read_enriched(
+        &cfg,
+        &format!("g-{id}-repaired"),
+        Duration::from_secs(90),
+        Duration::ZERO,
+        |seen| seen.get(unresolved).is_some_and(|e| e.revision > 0),
+    )
+    .await
+    .remove(unresolved)
+    .filter(|e| e.revision > 0)
+    .expect("the unresolved survey emitted again in time");
     assert_eq!(repaired.revision, 1);
     assert_eq!(repaired.resolved_customer_id, format!("{id}-c7"));
     assert_eq!(repaired.resolution, IdentityResolution::Linked as i32);

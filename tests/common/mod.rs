@@ -8,7 +8,10 @@
 
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use rand::Rng;
 use xoflow::{Config, Running, Stages};
@@ -539,6 +542,84 @@ pub async fn produce_enriched(cfg: &Config, records: &[(Vec<u8>, String)]) {
         .send_all(&cfg.kafka.topics.enriched, &out)
         .await
         .expect("produce");
+}
+
+/// Reads `topic` from its start, as the new consumer group `group`,
+/// filing each record into `read` with `keep`, until `enough(&read)` or
+/// `within` passed; once enough, on until nothing came for `linger`, so
+/// what must *not* be there had its chance to show (0: stop at once).
+/// Fails nothing at the deadline: callers assert on what was read, naming
+/// what is missing.
+pub async fn read_topic<S: Default>(
+    cfg: &Config,
+    group: &str,
+    topic: &str,
+    within: Duration,
+    linger: Duration,
+    mut keep: impl FnMut(&mut S, &rdkafka::message::BorrowedMessage<'_>),
+    enough: impl Fn(&S) -> bool,
+) -> S {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = cfg
+        .kafka
+        .consumer(group, Default::default())
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut read = S::default();
+    let deadline = tokio::time::Instant::now() + within;
+    let mut lingering = false;
+    loop {
+        if !lingering && enough(&read) {
+            if linger.is_zero() {
+                break;
+            }
+            lingering = true;
+        }
+        let next = if lingering {
+            tokio::time::timeout(linger, consumer.recv()).await
+        } else {
+            tokio::time::timeout_at(deadline, consumer.recv()).await
+        };
+        let Ok(m) = next else { break };
+        keep(&mut read, &m.expect("message"));
+    }
+    read
+}
+
+/// [`read_topic`] of the enriched topic: every output by event id, the
+/// latest revision of each (a repair replaces what it repaired).
+pub async fn read_enriched(
+    cfg: &Config,
+    group: &str,
+    within: Duration,
+    linger: Duration,
+    enough: impl Fn(&BTreeMap<String, xoflow_proto::v1::EnrichedEvent>) -> bool,
+) -> BTreeMap<String, xoflow_proto::v1::EnrichedEvent> {
+    use rdkafka::message::Message as _;
+    use xoflow_proto::{Message as _, v1::EnrichedEvent};
+    read_topic(
+        cfg,
+        group,
+        &cfg.kafka.topics.enriched,
+        within,
+        linger,
+        |seen: &mut BTreeMap<String, EnrichedEvent>, m| {
+            let e = EnrichedEvent::decode(m.payload().unwrap_or_default()).expect("enriched");
+            let id = e
+                .event
+                .as_ref()
+                .map(|e| e.event_id.clone())
+                .unwrap_or_default();
+            match seen.get(&id) {
+                Some(old) if old.revision >= e.revision => {}
+                _ => {
+                    seen.insert(id, e);
+                }
+            }
+        },
+        enough,
+    )
+    .await
 }
 
 /// Asserts that the CX figures BI reads back per touchpoint (NPS counts,

@@ -1567,25 +1567,22 @@ mod tests {
         e
     }
 
-    #[test]
-    fn state_survives_the_changelog_and_replays_are_not_applied_twice() {
-        let (events, links) = journeys_and_links();
-        let now = 1_900_000_000_000;
-        let half = events.len() / 2;
-        let mut a = Join::new(cfg());
-        feed(&mut a, &events[..half], &links, now);
-        // A new owner restores the changelog, then re-reads the last few
-        // events the old owner applied but did not commit.
-        let mut b = Join::new(cfg());
-        assert_eq!(b.restore_records(a.take_changes(), now), 0);
-        let replayed = feed(&mut b, &events[half - 3..half], &links, now);
-        assert!(
-            replayed.iter().all(|o| o.revision == 0),
-            "a replay is no repair"
-        );
-        for e in &events[half..] {
-            let want = feed(&mut a, std::slice::from_ref(e), &links, now);
-            let got = feed(&mut b, std::slice::from_ref(e), &links, now);
+    /// How a test hands events to a join: [`feed`] or [`feed_both`].
+    type Feed = fn(&mut Join, &[Event], &Links, i64) -> Vec<EnrichedEvent>;
+
+    /// `events` handed one by one to `a` and to `b` (with `with`): both
+    /// emit the same outputs for each.
+    fn assert_continue_alike(
+        a: &mut Join,
+        b: &mut Join,
+        events: &[Event],
+        links: &Links,
+        now: i64,
+        with: Feed,
+    ) {
+        for e in events {
+            let want = with(a, std::slice::from_ref(e), links, now);
+            let got = with(b, std::slice::from_ref(e), links, now);
             assert_eq!(
                 got.into_iter().map(without_time).collect::<Vec<_>>(),
                 want.into_iter().map(without_time).collect::<Vec<_>>(),
@@ -1593,6 +1590,32 @@ mod tests {
                 e.event_id
             );
         }
+    }
+
+    /// An owner reads the first half of the journeys (with `with`); a new
+    /// owner restores its changelog, then re-reads the last `replayed` of
+    /// them through the repartition topic ([`feed`]): applied already,
+    /// they are no repair. Both then read the second half alike.
+    fn assert_restored_owner_continues_alike(with: Feed, replayed: usize) {
+        let (events, links) = journeys_and_links();
+        let now = 1_900_000_000_000;
+        let half = events.len() / 2;
+        let mut a = Join::new(cfg());
+        with(&mut a, &events[..half], &links, now);
+        let mut b = Join::new(cfg());
+        assert_eq!(b.restore_records(a.take_changes(), now), 0);
+        let again = feed(&mut b, &events[half - replayed..half], &links, now);
+        assert!(
+            again.iter().all(|o| o.revision == 0),
+            "a replay is no repair"
+        );
+        assert_continue_alike(&mut a, &mut b, &events[half..], &links, now, with);
+    }
+
+    #[test]
+    fn state_survives_the_changelog_and_replays_are_not_applied_twice() {
+        // The last few events the old owner applied but did not commit.
+        assert_restored_owner_continues_alike(feed, 3);
     }
 
     /// As the stage feeds the join: events carrying a customer id from the
@@ -1634,26 +1657,7 @@ mod tests {
         // A new owner restores the changelog of one that read both topics,
         // and the last events it applied come again through the other
         // topic (an upgrade's overlap): recognised, no repair.
-        let half = events.len() / 2;
-        let mut a = Join::new(cfg());
-        feed_both(&mut a, &events[..half], &links, now);
-        let mut b = Join::new(cfg());
-        assert_eq!(b.restore_records(a.take_changes(), now), 0);
-        let replayed = feed(&mut b, &events[half - 5..half], &links, now);
-        assert!(
-            replayed.iter().all(|o| o.revision == 0),
-            "a replay is no repair"
-        );
-        for e in &events[half..] {
-            let want = feed_both(&mut a, std::slice::from_ref(e), &links, now);
-            let got = feed_both(&mut b, std::slice::from_ref(e), &links, now);
-            assert_eq!(
-                got.into_iter().map(without_time).collect::<Vec<_>>(),
-                want.into_iter().map(without_time).collect::<Vec<_>>(),
-                "{}",
-                e.event_id
-            );
-        }
+        assert_restored_owner_continues_alike(feed_both, 5);
     }
 
     #[test]
@@ -1749,16 +1753,7 @@ mod tests {
             }
         }
         feed(&mut a, replay, &links, now);
-        for e in &events[half..] {
-            let want = feed(&mut a, std::slice::from_ref(e), &links, now);
-            let got = feed(&mut b, std::slice::from_ref(e), &links, now);
-            assert_eq!(
-                got.into_iter().map(without_time).collect::<Vec<_>>(),
-                want.into_iter().map(without_time).collect::<Vec<_>>(),
-                "{}",
-                e.event_id
-            );
-        }
+        assert_continue_alike(&mut a, &mut b, &events[half..], &links, now, feed);
     }
 
     #[test]
