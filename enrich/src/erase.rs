@@ -86,7 +86,6 @@ impl Eraser {
             .chain(&more_customers)
             .flat_map(|c| self.links.identifiers_of(c))
             .filter(|h| !identifiers.iter().any(|x| x == h))
-            .map(str::to_owned)
             .collect();
         more_identifiers.sort();
         more_identifiers.dedup();

@@ -27,18 +27,44 @@ impl Resolved {
 }
 
 /// Hashed weak identifier → customer id.
+///
+/// The global table grows with every identifier an instance has seen (a
+/// new customer brings two or three), so each link is kept small: an
+/// identifier as ingest hashes it (64 lowercase hex digits of an
+/// HMAC-SHA256) as its 32 bytes, in the map's slot, rather than 64 digits
+/// on the heap; the customer id as a boxed `str`. Identifiers of any other
+/// shape (hashed elsewhere, a test's) are kept as text in a map of their
+/// own. The bench's customers (two or three identifiers each) take about
+/// 220 bytes each in the table instead of 470 (BENCHMARKS.md, "Customers
+/// kept encoded").
 #[derive(Debug, Default)]
 pub struct Links {
-    map: HashMap<String, String, foldhash::fast::RandomState>,
+    digests: HashMap<[u8; 32], Box<str>, foldhash::fast::RandomState>,
+    texts: HashMap<Box<str>, Box<str>, foldhash::fast::RandomState>,
+}
+
+/// `identifier` as [`Links`] keys it: `Ok` its digest, `Err` its text.
+fn key(identifier: &str) -> Result<[u8; 32], &str> {
+    let mut digest = [0u8; 32];
+    // Lowercase only: the text must come back as it went in.
+    let lower_hex = identifier
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if identifier.len() == 64 && lower_hex && hex::decode_to_slice(identifier, &mut digest).is_ok()
+    {
+        Ok(digest)
+    } else {
+        Err(identifier)
+    }
 }
 
 impl Links {
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.digests.len() + self.texts.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     /// Records a link read from the links topic (the latest wins); an
@@ -46,28 +72,50 @@ impl Links {
     /// it.
     pub fn insert(&mut self, identifier: String, customer_id: String) {
         if customer_id.is_empty() {
-            self.map.remove(&identifier);
+            self.remove(&identifier);
         } else {
-            self.map.insert(identifier, customer_id);
+            self.set(&identifier, &customer_id);
         }
+    }
+
+    fn set(&mut self, identifier: &str, customer_id: &str) {
+        match key(identifier) {
+            Ok(d) => self.digests.insert(d, customer_id.into()),
+            Err(t) => self.texts.insert(t.into(), customer_id.into()),
+        };
     }
 
     /// Forgets `identifier` (erasure).
     pub fn remove(&mut self, identifier: &str) -> Option<String> {
-        self.map.remove(identifier)
+        match key(identifier) {
+            Ok(d) => self.digests.remove(&d),
+            Err(t) => self.texts.remove(t),
+        }
+        .map(String::from)
     }
 
     /// Every identifier linked to `customer_id`.
-    pub fn identifiers_of<'a>(&'a self, customer_id: &'a str) -> impl Iterator<Item = &'a str> {
-        self.map
+    pub fn identifiers_of<'a>(&'a self, customer_id: &'a str) -> impl Iterator<Item = String> + 'a {
+        let digests = self
+            .digests
             .iter()
-            .filter(move |(_, c)| c.as_str() == customer_id)
-            .map(|(h, _)| h.as_str())
+            .filter(move |(_, c)| &***c == customer_id)
+            .map(|(d, _)| hex::encode(d));
+        let texts = self
+            .texts
+            .iter()
+            .filter(move |(_, c)| &***c == customer_id)
+            .map(|(t, _)| t.to_string());
+        digests.chain(texts)
     }
 
     /// The customer `identifier` is linked to.
     pub fn get(&self, identifier: &str) -> Option<&str> {
-        self.map.get(identifier).map(String::as_str)
+        match key(identifier) {
+            Ok(d) => self.digests.get(&d),
+            Err(t) => self.texts.get(t),
+        }
+        .map(|c| &**c)
     }
 
     /// Learns the links `e` teaches; calls `new_link` for each link that is
@@ -95,8 +143,8 @@ impl Links {
             if h.is_empty() {
                 continue;
             }
-            match self.map.get(h.as_str()) {
-                Some(known) if *known == c.customer_id => continue,
+            match self.get(h) {
+                Some(known) if known == c.customer_id => continue,
                 Some(known) => crate::telemetry::LinkRepointed {
                     origin: "event",
                     identifier: h,
@@ -106,7 +154,7 @@ impl Links {
                 .emit(),
                 None => {}
             }
-            self.map.insert(h.clone(), c.customer_id.clone());
+            self.set(h, &c.customer_id);
             new_link(h, &c.customer_id);
         }
     }
@@ -136,9 +184,9 @@ impl Links {
         ]
         .into_iter()
         .filter(|h| !h.is_empty())
-        .find_map(|h| self.map.get(h.as_str()))
+        .find_map(|h| self.get(h))
         .map_or_else(Resolved::unresolved, |id| Resolved {
-            customer_id: Some(id.clone()),
+            customer_id: Some(id.to_string()),
             resolution: IdentityResolution::Linked,
         })
     }
@@ -273,6 +321,44 @@ mod tests {
             email_hash: email.into(),
             ..Default::default()
         }
+    }
+
+    /// A digest kept as its bytes and any other identifier as its text
+    /// come back exactly as they went in, and never meet each other.
+    #[test]
+    fn links_give_back_the_identifiers_they_were_given() {
+        let digest = "0f".repeat(32);
+        let upper = "0F".repeat(32);
+        let short = "abc123";
+        let mut links = Links::default();
+        links.insert(digest.clone(), "c1".into());
+        links.insert(upper.clone(), "c1".into());
+        links.insert(short.into(), "c2".into());
+        assert_eq!(links.len(), 3);
+        assert_eq!(links.get(&digest), Some("c1"));
+        assert_eq!(links.get(&upper), Some("c1"));
+        assert_eq!(links.get(short), Some("c2"));
+        assert_eq!(links.get(&"1f".repeat(32)), None);
+        let mut of_c1: Vec<String> = links.identifiers_of("c1").collect();
+        of_c1.sort();
+        assert_eq!(of_c1, vec![upper.clone(), digest.clone()]);
+        // Learnt from an event too, and a tombstone removes it.
+        let e = Event {
+            customer: Some(CustomerIdentity {
+                customer_id: "c3".into(),
+                phone_hash: "2e".repeat(32),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut learnt = Vec::new();
+        links.learn(&e, |h, c| learnt.push((h.to_owned(), c.to_owned())));
+        assert_eq!(learnt, vec![("2e".repeat(32), "c3".to_owned())]);
+        assert_eq!(links.remove(&digest).as_deref(), Some("c1"));
+        links.insert(upper.clone(), String::new());
+        assert_eq!(links.len(), 2);
+        assert_eq!(links.get(&digest), None);
+        assert_eq!(links.get(&upper), None);
     }
 
     fn waiter(partition: i32, offset: i64, email: &str, since_ms: i64) -> Waiter {

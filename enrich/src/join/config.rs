@@ -35,9 +35,10 @@ pub struct JoinConfig {
     /// history also ends `order_window` behind the customer's latest event.
     #[serde(default = "default_max_history")]
     pub max_history_per_customer: usize,
-    /// Memory the repairable histories of all customers may take in one
-    /// instance, in bytes: the per-customer bounds alone let the total grow
-    /// with every new customer. The stage splits it evenly over the join
+    /// Memory the repairable histories of all customers, and the customers
+    /// that have one (decoded), may take in one instance, in bytes: the
+    /// per-customer bounds alone let the total grow with every new
+    /// customer. The stage splits it evenly over the join
     /// partitions it holds ([`super::Join::set_history_budget`]); over its
     /// share, a partition's least recently active customers' histories
     /// leave for their base state (see docs/enrich.md, "Bounds").

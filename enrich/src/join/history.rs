@@ -312,6 +312,14 @@ impl EventId {
     }
 }
 
+/// What a customer with a history takes besides its entries: its box, its
+/// two states and what their queues and strings hold, its id and its slot
+/// in the map. Measured, not computed: resident memory grew by about 2 KB
+/// per customer shed down to its latest event (`benches/join_memory.rs`,
+/// BENCHMARKS.md "Customers kept encoded"). Counted in the histories'
+/// budget, so that the budget bounds how many customers are kept decoded.
+pub(super) const DECODED_CUSTOMER_BYTES: usize = 2048;
+
 /// One customer: base state, history, current state.
 #[derive(Debug, Default)]
 pub(super) struct Customer {
@@ -353,18 +361,28 @@ pub(super) enum Place {
 }
 
 impl Customer {
-    /// The memory the history takes, in bytes: a slot per entry it has
-    /// room for, and what each entry holds ([`Entry::held_bytes`]).
+    /// The memory the customer takes while it has a history, in bytes: a
+    /// slot per entry the history has room for, what each entry holds
+    /// ([`Entry::held_bytes`]), and the customer itself
+    /// ([`DECODED_CUSTOMER_BYTES`]). Without one it is kept encoded
+    /// (`Join::cold`), outside the budget this counts against.
     pub fn footprint(&self) -> usize {
-        self.held + self.history.capacity() * size_of::<Entry>()
+        if self.history.capacity() == 0 {
+            return self.held;
+        }
+        self.held + self.history.capacity() * size_of::<Entry>() + DECODED_CUSTOMER_BYTES
     }
 
     /// [`Customer::footprint`] counted again from the entries, for tests
     /// of the accounting.
     #[cfg(test)]
     pub fn recount(&self) -> usize {
+        if self.history.capacity() == 0 {
+            return 0;
+        }
         self.history.iter().map(Entry::held_bytes).sum::<usize>()
             + self.history.capacity() * size_of::<Entry>()
+            + DECODED_CUSTOMER_BYTES
     }
 
     /// The latest entry, with its event decoded and kept, and the current
@@ -390,9 +408,9 @@ impl Customer {
     /// What the history would take with its latest entry alone, kept
     /// encoded ([`Customer::shed`]).
     pub fn floor(&self) -> usize {
-        self.history
-            .back()
-            .map_or(0, |e| size_of::<Entry>() + e.held_encoded())
+        self.history.back().map_or(0, |e| {
+            size_of::<Entry>() + e.held_encoded() + DECODED_CUSTOMER_BYTES
+        })
     }
 
     /// Puts `entry`, its event kept decoded for the re-fold, at `index`.
@@ -411,6 +429,24 @@ impl Customer {
 
     /// Sets the base state, read back from the changelog.
     pub fn set_base(&mut self, base: CustomerState) {
+        self.base = Some(Box::new(base));
+    }
+
+    /// The customer as [`super::Cold`] keeps it, if it has no history (and
+    /// so its current state is its base).
+    pub(super) fn frozen(&self) -> Option<super::Cold> {
+        if !self.history.is_empty() || self.dirty_from.is_some() {
+            return None;
+        }
+        Some(super::Cold {
+            last_seen_ms: self.current.last_seen_ms,
+            base: self.base_proto().encode_to_vec().into_boxed_slice(),
+        })
+    }
+
+    /// Continues from `base`, with no history: as read back, or thawed.
+    pub(super) fn thaw(&mut self, base: CustomerState) {
+        self.current = base.clone();
         self.base = Some(Box::new(base));
     }
 

@@ -65,6 +65,7 @@ mod support;
 
 pub use report::{Row, Summary};
 use report::{compared, row, write};
+pub use support::new_customers;
 
 /// The measurements `xoflow bench` can run (`--only`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -194,7 +194,7 @@ pub(super) fn round_of(
 /// still link the same customer's keys to each other and to no other
 /// generation's. A phone keeps the generator's shape (China mobile, 11
 /// digits) with digits drawn from its hash.
-fn new_customers(e: &mut xoflow_proto::v1::Event, generation: usize) {
+pub fn new_customers(e: &mut xoflow_proto::v1::Event, generation: usize) {
     let Some(c) = e.customer.as_mut() else {
         return;
     };

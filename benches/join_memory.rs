@@ -1,0 +1,141 @@
+//! Memory the enrich join keeps per customer, measured the way the
+//! pipeline bench's twice-the-peak phase feeds it: the generator's two days
+//! at scale 1, over and over, each pass a generation of customers of its
+//! own (`xoflow::bench::new_customers`), events normalised as ingest hands
+//! them on, resolved upstream (an identity table outside the join, as the
+//! stage's), offered and released in batches of 5,000 with the changelog
+//! taken after each batch, as the stage does.
+//!
+//! Not a criterion bench: it reports bytes, not time: resident memory from
+//! `/proc/self/status`, with mimalloc as the binary runs it. Run with
+//! `cargo bench --bench join_memory -- [passes] [budget MiB] [links]`:
+//! `links` measures the identity table alone, so that the join's share is
+//! the difference.
+
+use std::time::Duration;
+
+use xoflow::datagen::{self, GenConfig};
+use xoflow_enrich::{
+    identity::Links,
+    join::{Join, JoinConfig},
+};
+use xoflow_ingest::normalise::Normaliser;
+use xoflow_proto::Message as _;
+
+// The allocator the `xoflow` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn resident() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+const BATCH: usize = 5_000;
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn main() {
+    // `cargo bench` passes `--bench`; the rest are ours.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let passes: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(40);
+    let budget_mib: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(128);
+    let links_only = args.get(2).is_some_and(|a| a == "links");
+
+    let g = datagen::generate(&GenConfig {
+        days: 2,
+        scale: 1.0,
+        invalid_share: 0.0,
+        ..GenConfig::default()
+    });
+    let normaliser = Normaliser::new(
+        b"bench-secret-0123456789",
+        Duration::from_secs(300),
+        Duration::from_secs(400 * 86_400),
+    )
+    .expect("key");
+    let now = 1_794_787_200_000 + 3 * 86_400_000;
+    let cfg =
+        JoinConfig::new(Duration::from_secs(2)).with_owners(&[("t", "delivery", "logistics")]);
+    let mut join = Join::new(cfg);
+    join.set_history_budget(budget_mib << 20);
+    // Customers a pass brings, for the identity table alone.
+    let per_pass = g
+        .events
+        .iter()
+        .filter_map(|e| e.customer.as_ref())
+        .map(|c| c.customer_id.as_str())
+        .filter(|id| !id.is_empty())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let mut links = Links::default();
+    let mut out = Vec::new();
+    let mut offset = 0i64;
+    let mut since_batch = 0usize;
+
+    println!(
+        "{} events a pass, {passes} passes, history budget {budget_mib} MiB{}",
+        g.events.len(),
+        if links_only {
+            ", identity table only"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "pass | customers | waiting for a link | history MiB | RSS growth MiB | RSS bytes per new customer (last 10 passes)"
+    );
+    let start = resident();
+    let mut mark = (0usize, start);
+    for pass in 0..passes {
+        for raw in &g.events {
+            let mut e = raw.clone();
+            e.event_id = format!("{}-m{pass}", e.event_id);
+            if pass > 0 {
+                xoflow::bench::new_customers(&mut e, pass);
+            }
+            if normaliser.normalise(&mut e, now).is_err() {
+                continue;
+            }
+            links.learn(&e, |_, _| {});
+            if links_only {
+                continue;
+            }
+            let who = links.resolve(&e);
+            let bytes = e.encode_to_vec();
+            join.offer_received(e, bytes, who, 0, offset, now);
+            offset += 1;
+            since_batch += 1;
+            if since_batch == BATCH {
+                since_batch = 0;
+                join.drain(now, &mut out);
+                out.clear();
+                drop(join.take_changes());
+                drop(join.take_moves());
+            }
+        }
+        if (pass + 1) % 10 == 0 || pass + 1 == passes {
+            let rss = resident();
+            let customers = if links_only {
+                (pass + 1) * per_pass
+            } else {
+                join.customers()
+            };
+            let per = rss.saturating_sub(mark.1) as f64 / (customers - mark.0).max(1) as f64;
+            println!(
+                "{:>4} | {customers:>9} | {:>18} | {:>11.0} | {:>14.0} | {per:.0}",
+                pass + 1,
+                join.waiting_for_link(),
+                join.history_bytes() as f64 / MIB,
+                rss.saturating_sub(start) as f64 / MIB,
+            );
+            mark = (customers, rss);
+        }
+    }
+}
