@@ -24,12 +24,11 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use hdrhistogram::Histogram;
 use xoflow_app::{Config, Stages};
 use xoflow_common::shutdown::Shutdown;
 use xoflow_proto::v1::Event;
 
-use super::support::{VISIBLE_EVENTS, own_pipeline, ready, round_of, wait_rows};
+use super::support::{VISIBLE_EVENTS, latency_histogram, own_pipeline, ready, round_of, wait_rows};
 use crate::{
     datagen::{alerts::DemoConfig, load},
     demo::{self, Receiver},
@@ -109,10 +108,12 @@ pub(super) async fn measure(
     receiver.stop().await;
     let _ = cfg.clickhouse.drop_database().await;
 
-    let mut total = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
-    let mut stage = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
-    let mut repaired = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
-    let mut enriched = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
+    // An hour, in ms.
+    const MAX_MS: u64 = 3_600_000;
+    let mut total = latency_histogram(MAX_MS)?;
+    let mut stage = latency_histogram(MAX_MS)?;
+    let mut repaired = latency_histogram(MAX_MS)?;
+    let mut enriched = latency_histogram(MAX_MS)?;
     let mut invalid = 0;
     for d in &deliveries {
         if !d.valid {

@@ -15,7 +15,7 @@ use xoflow_proto::v1::Event;
 
 use super::{
     process::rss_mib,
-    support::{VISIBLE_EVENTS, count, own_pipeline, ready, round_of, wait_rows},
+    support::{VISIBLE_EVENTS, count, latency_histogram, own_pipeline, ready, round_of, wait_rows},
 };
 use crate::datagen::load;
 
@@ -142,7 +142,9 @@ pub(super) async fn measure(
     let parts_half = parts_half.await?;
     let mut acks = sent.acks.clone();
     acks.sort_by_key(|(at, _)| *at);
-    let mut latencies = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    // Ten minutes, in µs.
+    const MAX_US: u64 = 600_000_000;
+    let mut latencies = latency_histogram(MAX_US)?;
     // The same latencies per second of acknowledgement: a queue that grows
     // and a stall that clears look alike in the p99, not here.
     let mut seconds = Vec::<hdrhistogram::Histogram<u64>>::new();
@@ -164,7 +166,7 @@ pub(super) async fn measure(
         latencies.record_n(us.max(1), u64::from(accepted))?;
         let second = start.map_or(0, |s| at.saturating_duration_since(s).as_secs() as usize);
         while seconds.len() <= second {
-            seconds.push(hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)?);
+            seconds.push(latency_histogram(MAX_US)?);
         }
         seconds[second].record_n(us.max(1), u64::from(accepted))?;
     }

@@ -159,6 +159,14 @@ pub(super) async fn send_keyed(
     Ok(())
 }
 
+/// A histogram for the bench's latencies: from 1 to `max` units (µs in the
+/// open loop, ms for alerts), three significant digits.
+pub(super) fn latency_histogram(
+    max: u64,
+) -> Result<hdrhistogram::Histogram<u64>, hdrhistogram::CreationError> {
+    hdrhistogram::Histogram::new_with_bounds(1, max, 3)
+}
+
 /// `n` of `events`, cycled, with every id suffixed `-<tag><round>-<i>`: a
 /// round the pipeline has not seen. Each pass over `events` after the
 /// first pass of round 0 is a generation of customers of its own (see
