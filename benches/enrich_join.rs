@@ -9,36 +9,22 @@
 //! variants are the method before the join took those bytes: the event
 //! alone, which the join then encodes itself.
 
-use std::time::Duration;
-
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use xoflow::datagen::{self, GenConfig};
-use xoflow_enrich::{
-    identity::Links,
-    join::{Join, JoinConfig},
-};
-use xoflow_ingest::normalise::Normaliser;
+use xoflow_enrich::{identity::Links, join::Join};
 use xoflow_proto::Message as _;
+
+#[path = "join_support/mod.rs"]
+mod join_support;
 
 // The allocator the `xoflow` binary runs with.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn bench(c: &mut Criterion) {
-    let g = datagen::generate(&GenConfig {
-        days: 2,
-        scale: 0.3,
-        invalid_share: 0.0,
-        ..GenConfig::default()
-    });
+    let g = join_support::generated(0.3);
     // Events as ingest would hand them on: identifiers hashed, text masked.
-    let normaliser = Normaliser::new(
-        b"bench-secret-0123456789",
-        Duration::from_secs(300),
-        Duration::from_secs(400 * 86_400),
-    )
-    .expect("key");
-    let now = 1_794_787_200_000 + 3 * 86_400_000;
+    let normaliser = join_support::normaliser();
+    let now = join_support::NOW;
     let events: Vec<_> = g
         .events
         .into_iter()
@@ -46,8 +32,7 @@ fn bench(c: &mut Criterion) {
         .collect();
     // As the broker holds them.
     let encoded: Vec<Vec<u8>> = events.iter().map(|e| e.encode_to_vec()).collect();
-    let cfg =
-        JoinConfig::new(Duration::from_secs(2)).with_owners(&[("t", "delivery", "logistics")]);
+    let cfg = join_support::join_config();
     let mut group = c.benchmark_group("enrich_join");
     group.throughput(Throughput::Elements(events.len() as u64));
     group.sample_size(10);

@@ -12,15 +12,11 @@
 //! `links` measures the identity table alone, so that the join's share is
 //! the difference.
 
-use std::time::Duration;
-
-use xoflow::datagen::{self, GenConfig};
-use xoflow_enrich::{
-    identity::Links,
-    join::{Join, JoinConfig},
-};
-use xoflow_ingest::normalise::Normaliser;
+use xoflow_enrich::{identity::Links, join::Join};
 use xoflow_proto::Message as _;
+
+#[path = "join_support/mod.rs"]
+mod join_support;
 
 // The allocator the `xoflow` binary runs with.
 #[global_allocator]
@@ -48,21 +44,10 @@ fn main() {
     let budget_mib: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(128);
     let links_only = args.get(2).is_some_and(|a| a == "links");
 
-    let g = datagen::generate(&GenConfig {
-        days: 2,
-        scale: 1.0,
-        invalid_share: 0.0,
-        ..GenConfig::default()
-    });
-    let normaliser = Normaliser::new(
-        b"bench-secret-0123456789",
-        Duration::from_secs(300),
-        Duration::from_secs(400 * 86_400),
-    )
-    .expect("key");
-    let now = 1_794_787_200_000 + 3 * 86_400_000;
-    let cfg =
-        JoinConfig::new(Duration::from_secs(2)).with_owners(&[("t", "delivery", "logistics")]);
+    let g = join_support::generated(1.0);
+    let normaliser = join_support::normaliser();
+    let now = join_support::NOW;
+    let cfg = join_support::join_config();
     let mut join = Join::new(cfg);
     join.set_history_budget(budget_mib << 20);
     // Customers a pass brings, for the identity table alone.

@@ -444,12 +444,6 @@ impl Customer {
         })
     }
 
-    /// Continues from `base`, with no history: as read back, or thawed.
-    pub(super) fn thaw(&mut self, base: CustomerState) {
-        self.current = base.clone();
-        self.base = Some(Box::new(base));
-    }
-
     /// A copy of the base state, for a re-fold to start from.
     fn base_state(&self) -> CustomerState {
         self.base.as_deref().cloned().unwrap_or_default()

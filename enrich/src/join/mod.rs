@@ -834,11 +834,11 @@ impl Join {
         self.evict_if_full(at);
         // One look-up for the whole admission: a new customer is inserted
         // empty, where every event is the latest.
-        let cold = &mut self.cold;
+        let (cold, cfg) = (&mut self.cold, &self.cfg);
         let c = self
             .customers
             .entry_ref(id.as_str())
-            .or_insert_with(|| thaw(cold, &id));
+            .or_insert_with(|| thaw(cold, &id, cfg));
         self.admissions += 1;
         c.last_active = self.admissions;
         let place = c.place(at, &e.event_id);
@@ -1236,15 +1236,16 @@ struct Cold {
     base: Box<[u8]>,
 }
 
-/// Customer `id`, taken out of `cold` and decoded if it is there, else a
-/// new one.
+/// Customer `id`, taken out of `cold` and read back as a restore reads
+/// its base (no history to fold) if it is there, else a new one.
 #[inline(never)]
-fn thaw(cold: &mut Map<String, Cold>, id: &str) -> Box<Customer> {
+fn thaw(cold: &mut Map<String, Cold>, id: &str, cfg: &JoinConfig) -> Box<Customer> {
     let mut c = Box::<Customer>::default();
     if let Some(frozen) = cold.remove(id) {
         // Encoded by this process from a state: it decodes.
         if let Ok(state) = JoinCustomerState::decode(&*frozen.base) {
-            c.thaw(CustomerState::from_proto(state));
+            c.set_base(CustomerState::from_proto(state));
+            c.refold(cfg);
         }
     }
     c
