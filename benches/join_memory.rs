@@ -8,11 +8,16 @@
 //!
 //! Not a criterion bench: it reports bytes, not time: resident memory from
 //! `/proc/self/status`, with mimalloc as the binary runs it. Run with
-//! `cargo bench --bench join_memory -- [passes] [budget MiB] [links]`:
-//! `links` measures the identity table alone, so that the join's share is
-//! the difference.
+//! `cargo bench --bench join_memory -- [passes] [budget MiB] [links]
+//! [memory]`: `links` measures the identity table alone, so that the
+//! join's share is the difference, and the time it takes per event;
+//! `memory` keeps the table in the heap instead of the stage's default
+//! store on disk (`[enrich.link_table]`).
 
-use xoflow_enrich::{identity::Links, join::Join};
+use xoflow_enrich::{
+    identity::{LinkStore, LinkTableConfig, Links},
+    join::Join,
+};
 use xoflow_proto::Message as _;
 
 #[path = "join_support/mod.rs"]
@@ -42,7 +47,12 @@ fn main() {
         .collect();
     let passes: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(40);
     let budget_mib: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(128);
-    let links_only = args.get(2).is_some_and(|a| a == "links");
+    let links_only = args.iter().skip(2).any(|a| a == "links");
+    let store = if args.iter().skip(2).any(|a| a == "memory") {
+        LinkStore::Memory
+    } else {
+        LinkStore::Disk
+    };
 
     let g = join_support::generated(1.0);
     let normaliser = join_support::normaliser();
@@ -59,13 +69,18 @@ fn main() {
         .filter(|id| !id.is_empty())
         .collect::<std::collections::HashSet<_>>()
         .len();
-    let mut links = Links::default();
+    let mut links = Links::open(&LinkTableConfig {
+        store,
+        ..LinkTableConfig::default()
+    })
+    .expect("the link store opens");
+    let mut learning = std::time::Duration::ZERO;
     let mut out = Vec::new();
     let mut offset = 0i64;
     let mut since_batch = 0usize;
 
     println!(
-        "{} events a pass, {passes} passes, history budget {budget_mib} MiB{}",
+        "{} events a pass, {passes} passes, history budget {budget_mib} MiB, link table {store:?}{}",
         g.events.len(),
         if links_only {
             ", identity table only"
@@ -74,7 +89,7 @@ fn main() {
         }
     );
     println!(
-        "pass | customers | waiting for a link | history MiB | RSS growth MiB | RSS bytes per new customer (last 10 passes)"
+        "pass | customers | links | waiting for a link | history MiB | RSS growth MiB | RSS bytes per new customer (last 10 passes) | link table ns per event"
     );
     let start = resident();
     let mut mark = (0usize, start);
@@ -88,11 +103,13 @@ fn main() {
             if normaliser.normalise(&mut e, now).is_err() {
                 continue;
             }
+            let t = std::time::Instant::now();
             links.learn(&e, |_, _| {});
+            let who = links.resolve(&e);
+            learning += t.elapsed();
             if links_only {
                 continue;
             }
-            let who = links.resolve(&e);
             let bytes = e.encode_to_vec();
             join.offer_received(e, bytes, who, 0, offset, now);
             offset += 1;
@@ -114,11 +131,13 @@ fn main() {
             };
             let per = rss.saturating_sub(mark.1) as f64 / (customers - mark.0).max(1) as f64;
             println!(
-                "{:>4} | {customers:>9} | {:>18} | {:>11.0} | {:>14.0} | {per:.0}",
+                "{:>4} | {customers:>9} | {:>9} | {:>18} | {:>11.0} | {:>14.0} | {per:.0} | {:.0}",
                 pass + 1,
+                links.len(),
                 join.waiting_for_link(),
                 join.history_bytes() as f64 / MIB,
                 rss.saturating_sub(start) as f64 / MIB,
+                learning.as_nanos() as f64 / ((pass + 1) * g.events.len()) as f64,
             );
             mark = (customers, rss);
         }

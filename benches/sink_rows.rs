@@ -65,10 +65,10 @@ fn bench(c: &mut Criterion) {
                         partition: 0,
                         offset: i as i64,
                     };
-                    if let Some(mut row) = EnrichedEvent::decode(bytes.as_slice())
+                    if let Some(row) = EnrichedEvent::decode(bytes.as_slice())
                         .ok()
                         .and_then(|en| EventRow::from_record(en, bytes, lineage))
-                        && written.first_time(&mut row.event_id, row.revision)
+                        && written.first_time(&row.event_id, row.revision)
                     {
                         n += row.event_id.len();
                     }

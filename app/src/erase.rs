@@ -175,7 +175,7 @@ pub async fn erase(
     // Twice: an e-mail leads to a customer, whose other identifiers (and
     // their customers, after a re-point) are the same person's.
     for _ in 0..2 {
-        let (c, h) = eraser.linked(&customers, &identifiers);
+        let (c, h) = eraser.linked(&customers, &identifiers)?;
         customers.extend(c);
         identifiers.extend(h);
         if !identifiers.is_empty() {

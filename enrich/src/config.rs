@@ -1,6 +1,6 @@
 //! Enrichment settings (`[enrich]`).
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
@@ -31,6 +31,9 @@ pub struct EnrichConfig {
     pub stall_timeout: Duration,
     /// Windows and bounds of the per-customer join state.
     pub join: JoinConfig,
+    /// Where the global link table is kept.
+    #[serde(default)]
+    pub link_table: LinkTableConfig,
     /// Topic rules per tenant, checked when the configuration is read.
     #[serde(default)]
     pub topics: TopicsConfig,
@@ -42,4 +45,45 @@ pub struct EnrichConfig {
 
 const fn default_stall_timeout() -> Duration {
     Duration::from_secs(60)
+}
+
+/// Where the link table is kept (`[enrich.link_table]`, docs/enrich.md
+/// "The memory bound"). Every start rebuilds it from the links topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkTableConfig {
+    /// `disk`: a local store whose memory is bounded by the settings
+    /// below, whatever the number of links; `memory`: every link in the
+    /// heap (some 100 bytes each, growing with every identifier seen).
+    pub store: LinkStore,
+    /// The directory the store's own directory is made in (default: the
+    /// system's temporary directory). It needs about 60 bytes per link.
+    pub directory: Option<PathBuf>,
+    /// The store's block cache.
+    pub cache_mib: u64,
+    /// The store's write buffer (links not yet written out to its files).
+    pub memtable_mib: u64,
+    /// Links used lately kept in memory in front of the store, per
+    /// generation (two generations; ~100 bytes a link).
+    pub recent_links: usize,
+}
+
+/// See [`LinkTableConfig::store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkStore {
+    Disk,
+    Memory,
+}
+
+impl Default for LinkTableConfig {
+    fn default() -> Self {
+        LinkTableConfig {
+            store: LinkStore::Disk,
+            directory: None,
+            cache_mib: 32,
+            memtable_mib: 16,
+            recent_links: 100_000,
+        }
+    }
 }

@@ -69,15 +69,15 @@ impl Eraser {
     /// The customers the link table names for `identifiers`, and the
     /// identifiers it links to `customers`: the rest of the subject.
     pub fn linked(
-        &self,
+        &mut self,
         customers: &[String],
         identifiers: &[String],
-    ) -> (Vec<String>, Vec<String>) {
+    ) -> Result<(Vec<String>, Vec<String>), EnrichError> {
         let mut more_customers: Vec<String> = identifiers
             .iter()
             .filter_map(|h| self.links.get(h))
             .filter(|c| !customers.iter().any(|x| x == c))
-            .map(str::to_owned)
+            .map(std::borrow::Cow::into_owned)
             .collect();
         more_customers.sort();
         more_customers.dedup();
@@ -89,7 +89,10 @@ impl Eraser {
             .collect();
         more_identifiers.sort();
         more_identifiers.dedup();
-        (more_customers, more_identifiers)
+        match self.links.take_error() {
+            Some(e) => Err(EnrichError::LinkStore(e.into())),
+            None => Ok((more_customers, more_identifiers)),
+        }
     }
 
     /// Erases `customers` and `identifiers` (see the module doc).
@@ -116,6 +119,9 @@ impl Eraser {
             .iter()
             .filter(|h| self.links.get(h).is_some())
             .collect();
+        if let Some(e) = self.links.take_error() {
+            return Err(EnrichError::LinkStore(e.into()));
+        }
         let tombstones: Vec<Outgoing<'_>> = linked
             .iter()
             .map(|h| Outgoing::keyed(h.as_bytes(), &[]))

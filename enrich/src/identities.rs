@@ -74,7 +74,7 @@ impl Seeder {
                     telemetry::LinkRepointed {
                         origin: "import",
                         identifier: &identifier,
-                        from: known,
+                        from: &known,
                         to: &customer,
                     }
                     .emit();

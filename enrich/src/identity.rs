@@ -6,7 +6,9 @@
 //! global table: every instance reads the whole links topic at start-up and
 //! follows it, and writes the links it learns there (see [`crate::stage`]).
 
-use std::collections::HashMap;
+use std::{borrow::Cow, collections::HashMap, path::PathBuf};
+
+pub use crate::config::{LinkStore, LinkTableConfig};
 
 use xoflow_proto::v1::{CustomerIdentity, Event, IdentityResolution};
 
@@ -29,42 +31,359 @@ impl Resolved {
 /// Hashed weak identifier → customer id.
 ///
 /// The global table grows with every identifier an instance has seen (a
-/// new customer brings two or three), so each link is kept small: an
-/// identifier as ingest hashes it (64 lowercase hex digits of an
-/// HMAC-SHA256) as its 32 bytes, in the map's slot, rather than 64 digits
-/// on the heap; the customer id as a boxed `str`. Identifiers of any other
-/// shape (hashed elsewhere, a test's) are kept as text in a map of their
-/// own. The bench's customers (two or three identifiers each) take about
-/// 220 bytes each in the table instead of 470 (BENCHMARKS.md, "Customers
-/// kept encoded").
-#[derive(Debug, Default)]
+/// new customer brings two or three), so in the stage it is kept in a
+/// local store on disk ([`LinkTableConfig`], "disk"): an LSM tree
+/// (`fjall`) in a directory of its own, whose memory is bounded by its
+/// block cache and write buffer, with the links used lately in memory in
+/// front of it ([`Recent`]). The directory is a cache of the links topic,
+/// not a copy of record: every start reads the topic into a fresh one, as
+/// the in-memory table always did, so it needs no durability and nothing
+/// in it outlives the process (the directories a killed process left are
+/// removed by the next start). "memory" keeps the whole table in the heap
+/// (tests, the join's own [`crate::join::Join::process`]).
+///
+/// Either way an identifier as ingest hashes it (64 lowercase hex digits
+/// of an HMAC-SHA256) is keyed by its 32 bytes, and identifiers of any
+/// other shape (hashed elsewhere, a test's) by their text, so that each
+/// comes back exactly as it went in.
+///
+/// A store that fails (a full disk) cannot answer: the failure is kept and
+/// every later look-up reads as no link, until [`Links::take_error`]
+/// hands it to the caller, who must not commit what it read since (the
+/// resolve loop fails the stage, and the restart rebuilds the table).
 pub struct Links {
+    store: Store,
+}
+
+enum Store {
+    Memory(Memory),
+    Disk(Box<Disk>),
+}
+
+impl Default for Links {
+    /// An empty table in memory.
+    fn default() -> Self {
+        Links {
+            store: Store::Memory(Memory::default()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let store = match &self.store {
+            Store::Memory(_) => "memory",
+            Store::Disk(_) => "disk",
+        };
+        f.debug_struct("Links")
+            .field("store", &store)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// Links in the heap: a digest in the map's slot, a customer id boxed.
+#[derive(Default)]
+struct Memory {
     digests: HashMap<[u8; 32], Box<str>, foldhash::fast::RandomState>,
     texts: HashMap<Box<str>, Box<str>, foldhash::fast::RandomState>,
 }
 
-/// `identifier` as [`Links`] keys it: `Ok` its digest, `Err` its text.
-fn key(identifier: &str) -> Result<[u8; 32], &str> {
-    let mut digest = [0u8; 32];
-    // Lowercase only: the text must come back as it went in.
-    let lower_hex = identifier
-        .bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if identifier.len() == 64 && lower_hex && hex::decode_to_slice(identifier, &mut digest).is_ok()
-    {
-        Ok(digest)
-    } else {
-        Err(identifier)
+impl Memory {
+    fn len(&self) -> usize {
+        self.digests.len() + self.texts.len()
+    }
+
+    fn get(&self, key: &Key<'_>) -> Option<&str> {
+        match key {
+            Key::Digest(d) => self.digests.get(d),
+            Key::Text(t) => self.texts.get(*t),
+        }
+        .map(|c| &**c)
+    }
+
+    fn set(&mut self, key: &Key<'_>, customer_id: &str) {
+        self.set_boxed(key, customer_id.into());
+    }
+
+    fn set_boxed(&mut self, key: &Key<'_>, customer_id: Box<str>) {
+        match key {
+            Key::Digest(d) => self.digests.insert(*d, customer_id),
+            Key::Text(t) => self.texts.insert((*t).into(), customer_id),
+        };
+    }
+
+    fn remove(&mut self, key: &Key<'_>) -> Option<Box<str>> {
+        match key {
+            Key::Digest(d) => self.digests.remove(d),
+            Key::Text(t) => self.texts.remove(*t),
+        }
+    }
+}
+
+/// The links used lately, in front of the disk store: two generations of
+/// at most `per_generation` links each. A link read or written goes into
+/// the young one; when it is full, it becomes the old one and the old one
+/// is dropped, so a link stays at least one generation after its last use
+/// and a customer's identifiers, read again with each of their events,
+/// stay in memory while the customer is active. Written through: the
+/// store always holds every link.
+struct Recent {
+    young: Memory,
+    old: Memory,
+    per_generation: usize,
+}
+
+impl Recent {
+    fn get(&self, key: &Key<'_>) -> Option<&str> {
+        self.young.get(key).or_else(|| self.old.get(key))
+    }
+
+    fn keep(&mut self, key: &Key<'_>, customer_id: &str) {
+        self.keep_boxed(key, customer_id.into());
+    }
+
+    fn keep_boxed(&mut self, key: &Key<'_>, customer_id: Box<str>) {
+        if self.young.len() >= self.per_generation {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.set_boxed(key, customer_id);
+    }
+
+    fn forget(&mut self, key: &Key<'_>) {
+        self.young.remove(key);
+        self.old.remove(key);
+    }
+}
+
+/// The store on disk, its directory (removed when dropped, after the
+/// store), the links used lately, and the links it holds.
+struct Disk {
+    table: fjall::Keyspace,
+    /// Its background workers live as long as this does.
+    _db: fjall::Database,
+    _dir: tempfile::TempDir,
+    recent: Recent,
+    len: usize,
+    /// The first failure since [`Links::take_error`]: behind a lock only
+    /// so that a read through `&self` can record it (taken with
+    /// `get_mut`, no lock).
+    error: std::sync::Mutex<Option<fjall::Error>>,
+}
+
+impl Disk {
+    fn get(&self, key: &Key<'_>) -> Result<Option<Cow<'_, str>>, fjall::Error> {
+        if let Some(c) = self.recent.get(key) {
+            return Ok(Some(Cow::Borrowed(c)));
+        }
+        let Some(v) = self.table.get(key.stored())? else {
+            return Ok(None);
+        };
+        // Only this table writes it, and only from `&str`s.
+        Ok(Some(Cow::Owned(String::from_utf8_lossy(&v).into_owned())))
+    }
+
+    fn set(&mut self, key: &Key<'_>, customer_id: &str) -> Result<(), fjall::Error> {
+        self.table
+            .insert(key.stored().as_ref(), customer_id.as_bytes())?;
+        self.recent.keep(key, customer_id);
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &Key<'_>) -> Result<(), fjall::Error> {
+        self.table.remove(key.stored().as_ref())?;
+        self.recent.forget(key);
+        Ok(())
+    }
+
+    /// Keeps the first failure (later ones follow from it).
+    fn failed(&self, e: fjall::Error) {
+        tracing::error!(error = %e, "link store failed");
+        if let Ok(mut first) = self.error.lock() {
+            first.get_or_insert(e);
+        }
+    }
+}
+
+/// `identifier` as [`Links`] keys it.
+enum Key<'a> {
+    Digest([u8; 32]),
+    Text(&'a str),
+}
+
+impl<'a> Key<'a> {
+    fn of(identifier: &'a str) -> Self {
+        let mut digest = [0u8; 32];
+        // Lowercase only: the text must come back as it went in.
+        let lower_hex = identifier
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if identifier.len() == 64
+            && lower_hex
+            && hex::decode_to_slice(identifier, &mut digest).is_ok()
+        {
+            Key::Digest(digest)
+        } else {
+            Key::Text(identifier)
+        }
+    }
+
+    /// The key in the disk store: a tag byte, so that a 32-byte text never
+    /// meets a digest, then the bytes (a digest's on the stack).
+    fn stored(&self) -> Stored {
+        match self {
+            Key::Digest(d) => {
+                let mut k = [b'd'; 33];
+                k[1..].copy_from_slice(d);
+                Stored::Digest(k)
+            }
+            Key::Text(t) => Stored::Text([b"t", t.as_bytes()].concat()),
+        }
+    }
+
+    /// The identifier a stored key stands for.
+    fn identifier(stored: &[u8]) -> Option<String> {
+        match stored.split_first()? {
+            (b'd', d) => Some(hex::encode(d)),
+            (b't', t) => std::str::from_utf8(t).ok().map(str::to_owned),
+            _ => None,
+        }
+    }
+}
+
+/// A key as the disk store holds it (see [`Key::stored`]).
+enum Stored {
+    Digest([u8; 33]),
+    Text(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Stored {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Stored::Digest(k) => k,
+            Stored::Text(k) => k,
+        }
+    }
+}
+
+/// The link store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkStoreError {
+    #[error("creating the link store's directory under {dir} failed: {source}")]
+    Directory {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the link store failed: {0}")]
+    Store(#[from] fjall::Error),
+}
+
+/// Directories of link stores start with this; what follows is random.
+const DIR_PREFIX: &str = "xoflow-links-";
+
+/// Removes the link stores under `parent` that no process has open: left
+/// by a process that was killed (a store is locked while open; its lock
+/// file is the store's own, `fjall`'s `lock`). One that has no lock file
+/// yet is left alone unless it is an hour old: it may be opening.
+fn remove_abandoned(parent: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+            continue;
+        }
+        let dir = entry.path();
+        let abandoned = match std::fs::File::open(dir.join("lock")) {
+            Ok(lock) => lock.try_lock().is_ok(),
+            Err(_) => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(3600)),
+        };
+        if abandoned {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => tracing::info!(dir = %dir.display(), "removed an abandoned link store"),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "an abandoned link store could not be removed")
+                }
+            }
+        }
     }
 }
 
 impl Links {
+    /// An empty table kept as `cfg` says.
+    pub fn open(cfg: &LinkTableConfig) -> Result<Links, LinkStoreError> {
+        match cfg.store {
+            LinkStore::Memory => Ok(Links::default()),
+            LinkStore::Disk => Ok(Links {
+                store: Store::Disk(Box::new(Self::open_disk(cfg)?)),
+            }),
+        }
+    }
+
+    fn open_disk(cfg: &LinkTableConfig) -> Result<Disk, LinkStoreError> {
+        let parent = cfg.directory.clone().unwrap_or_else(std::env::temp_dir);
+        let directory = |source| LinkStoreError::Directory {
+            dir: parent.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&parent).map_err(directory)?;
+        remove_abandoned(&parent);
+        let dir = tempfile::Builder::new()
+            .prefix(DIR_PREFIX)
+            .tempdir_in(&parent)
+            .map_err(directory)?;
+        // No fsync and no write per insert (the journal is buffered): the
+        // directory is rebuilt from the links topic on every start.
+        let db = fjall::Database::builder(dir.path())
+            .cache_size(cfg.cache_mib * 1024 * 1024)
+            .max_journaling_size(64 * 1024 * 1024)
+            .manual_journal_persist(true)
+            .worker_threads(1)
+            .open()?;
+        let memtable = cfg.memtable_mib * 1024 * 1024;
+        let table = db.keyspace("links", || {
+            fjall::KeyspaceCreateOptions::default()
+                .manual_journal_persist(true)
+                .max_memtable_size(memtable)
+        })?;
+        Ok(Disk {
+            table,
+            _db: db,
+            _dir: dir,
+            recent: Recent {
+                young: Memory::default(),
+                old: Memory::default(),
+                per_generation: cfg.recent_links,
+            },
+            len: 0,
+            error: std::sync::Mutex::new(None),
+        })
+    }
+
     pub fn len(&self) -> usize {
-        self.digests.len() + self.texts.len()
+        match &self.store {
+            Store::Memory(m) => m.len(),
+            Store::Disk(d) => d.len,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The first failure of the store since the last call, if any: what
+    /// was read since may have missed links.
+    pub fn take_error(&mut self) -> Option<fjall::Error> {
+        match &mut self.store {
+            Store::Memory(_) => None,
+            Store::Disk(d) => d.error.get_mut().ok().and_then(Option::take),
+        }
     }
 
     /// Records a link read from the links topic (the latest wins); an
@@ -73,49 +392,123 @@ impl Links {
     pub fn insert(&mut self, identifier: String, customer_id: String) {
         if customer_id.is_empty() {
             self.remove(&identifier);
-        } else {
-            self.set(&identifier, &customer_id);
+            return;
         }
+        let key = Key::of(&identifier);
+        let new = match self.lookup(&key) {
+            // The resolve loop reads back every link it published itself.
+            Some(known) if known == customer_id => return,
+            known => known.is_none(),
+        };
+        self.set(&key, &customer_id, new);
     }
 
-    fn set(&mut self, identifier: &str, customer_id: &str) {
-        match key(identifier) {
-            Ok(d) => self.digests.insert(d, customer_id.into()),
-            Err(t) => self.texts.insert(t.into(), customer_id.into()),
-        };
+    /// Links `key` to `customer_id`; `new` when it was linked to none.
+    fn set(&mut self, key: &Key<'_>, customer_id: &str, new: bool) {
+        match &mut self.store {
+            Store::Memory(m) => m.set(key, customer_id),
+            Store::Disk(d) => match d.set(key, customer_id) {
+                Ok(()) => d.len += usize::from(new),
+                Err(e) => d.failed(e),
+            },
+        }
     }
 
     /// Forgets `identifier` (erasure).
     pub fn remove(&mut self, identifier: &str) -> Option<String> {
-        match key(identifier) {
-            Ok(d) => self.digests.remove(&d),
-            Err(t) => self.texts.remove(t),
+        let key = Key::of(identifier);
+        match &mut self.store {
+            Store::Memory(m) => m.remove(&key).map(String::from),
+            Store::Disk(d) => {
+                let known = match d.get(&key) {
+                    Ok(known) => known.map(Cow::into_owned),
+                    Err(e) => {
+                        d.failed(e);
+                        return None;
+                    }
+                };
+                known.as_ref()?;
+                match d.remove(&key) {
+                    Ok(()) => d.len -= 1,
+                    Err(e) => d.failed(e),
+                }
+                known
+            }
         }
-        .map(String::from)
     }
 
-    /// Every identifier linked to `customer_id`.
-    pub fn identifiers_of<'a>(&'a self, customer_id: &'a str) -> impl Iterator<Item = String> + 'a {
-        let digests = self
-            .digests
-            .iter()
-            .filter(move |(_, c)| &***c == customer_id)
-            .map(|(d, _)| hex::encode(d));
-        let texts = self
-            .texts
-            .iter()
-            .filter(move |(_, c)| &***c == customer_id)
-            .map(|(t, _)| t.to_string());
-        digests.chain(texts)
+    /// Every identifier linked to `customer_id` (erasure: a whole scan).
+    pub fn identifiers_of(&self, customer_id: &str) -> Vec<String> {
+        match &self.store {
+            Store::Memory(m) => {
+                let digests = m
+                    .digests
+                    .iter()
+                    .filter(|(_, c)| &***c == customer_id)
+                    .map(|(d, _)| hex::encode(d));
+                let texts = m
+                    .texts
+                    .iter()
+                    .filter(|(_, c)| &***c == customer_id)
+                    .map(|(t, _)| t.to_string());
+                digests.chain(texts).collect()
+            }
+            Store::Disk(d) => {
+                let mut out = Vec::new();
+                for kv in d.table.iter() {
+                    match kv.into_inner() {
+                        Ok((k, v)) if *v == *customer_id.as_bytes() => {
+                            out.extend(Key::identifier(&k));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            d.failed(e);
+                            break;
+                        }
+                    }
+                }
+                out
+            }
+        }
     }
 
     /// The customer `identifier` is linked to.
-    pub fn get(&self, identifier: &str) -> Option<&str> {
-        match key(identifier) {
-            Ok(d) => self.digests.get(&d),
-            Err(t) => self.texts.get(t),
+    pub fn get(&self, identifier: &str) -> Option<Cow<'_, str>> {
+        let key = Key::of(identifier);
+        match &self.store {
+            Store::Memory(m) => m.get(&key).map(Cow::Borrowed),
+            Store::Disk(d) => d.get(&key).unwrap_or_else(|e| {
+                d.failed(e);
+                None
+            }),
         }
-        .map(|c| &**c)
+    }
+
+    /// [`Links::get`] for the learning path: a link read from the store
+    /// is kept among the recent ones, and a failure is recorded.
+    fn lookup(&mut self, key: &Key<'_>) -> Option<&str> {
+        match &mut self.store {
+            Store::Memory(m) => m.get(key),
+            Store::Disk(d) => {
+                if d.recent.young.get(key).is_none() {
+                    // From the old generation (moved, not copied) or the
+                    // store, into the young one.
+                    let found = match d.recent.old.remove(key) {
+                        Some(c) => c,
+                        None => match d.table.get(key.stored()) {
+                            Ok(Some(v)) => String::from_utf8_lossy(&v).into(),
+                            Ok(None) => return None,
+                            Err(e) => {
+                                d.failed(e);
+                                return None;
+                            }
+                        },
+                    };
+                    d.recent.keep_boxed(key, found);
+                }
+                d.recent.young.get(key)
+            }
+        }
     }
 
     /// Learns the links `e` teaches; calls `new_link` for each link that is
@@ -143,18 +536,22 @@ impl Links {
             if h.is_empty() {
                 continue;
             }
-            match self.get(h) {
+            let key = Key::of(h);
+            let new = match self.lookup(&key) {
                 Some(known) if known == c.customer_id => continue,
-                Some(known) => crate::telemetry::LinkRepointed {
-                    origin: "event",
-                    identifier: h,
-                    from: known,
-                    to: &c.customer_id,
+                Some(known) => {
+                    crate::telemetry::LinkRepointed {
+                        origin: "event",
+                        identifier: h,
+                        from: known,
+                        to: &c.customer_id,
+                    }
+                    .emit();
+                    false
                 }
-                .emit(),
-                None => {}
-            }
-            self.set(h, &c.customer_id);
+                None => true,
+            };
+            self.set(&key, &c.customer_id, new);
             new_link(h, &c.customer_id);
         }
     }
@@ -323,42 +720,116 @@ mod tests {
         }
     }
 
+    /// A table on disk in a directory of the test's own, with a recent
+    /// generation of `recent` links and the smallest write buffer (so that
+    /// a few ten thousand links are written out to the store's files).
+    fn on_disk(dir: &std::path::Path, recent: usize) -> Links {
+        Links::open(&LinkTableConfig {
+            directory: Some(dir.to_owned()),
+            recent_links: recent,
+            memtable_mib: 1,
+            ..LinkTableConfig::default()
+        })
+        .expect("a link store opens")
+    }
+
     /// A digest kept as its bytes and any other identifier as its text
-    /// come back exactly as they went in, and never meet each other.
+    /// come back exactly as they went in, and never meet each other, in
+    /// memory and on disk (where a generation of two recent links makes
+    /// most reads go to the store).
     #[test]
     fn links_give_back_the_identifiers_they_were_given() {
-        let digest = "0f".repeat(32);
-        let upper = "0F".repeat(32);
-        let short = "abc123";
-        let mut links = Links::default();
-        links.insert(digest.clone(), "c1".into());
-        links.insert(upper.clone(), "c1".into());
-        links.insert(short.into(), "c2".into());
-        assert_eq!(links.len(), 3);
-        assert_eq!(links.get(&digest), Some("c1"));
-        assert_eq!(links.get(&upper), Some("c1"));
-        assert_eq!(links.get(short), Some("c2"));
-        assert_eq!(links.get(&"1f".repeat(32)), None);
-        let mut of_c1: Vec<String> = links.identifiers_of("c1").collect();
-        of_c1.sort();
-        assert_eq!(of_c1, vec![upper.clone(), digest.clone()]);
-        // Learnt from an event too, and a tombstone removes it.
-        let e = Event {
-            customer: Some(CustomerIdentity {
-                customer_id: "c3".into(),
-                phone_hash: "2e".repeat(32),
+        let dir = tempfile::tempdir().expect("a test directory");
+        for mut links in [Links::default(), on_disk(dir.path(), 2)] {
+            let digest = "0f".repeat(32);
+            let upper = "0F".repeat(32);
+            let short = "abc123";
+            // 32 bytes of text: the digest "0f0f…"'s bytes as a text key.
+            let thirty_two = "\u{f}".repeat(32);
+            links.insert(digest.clone(), "c1".into());
+            links.insert(upper.clone(), "c1".into());
+            links.insert(short.into(), "c2".into());
+            links.insert(short.into(), "c2".into());
+            assert_eq!(links.len(), 3, "{links:?}");
+            assert_eq!(links.get(&digest).as_deref(), Some("c1"));
+            assert_eq!(links.get(&upper).as_deref(), Some("c1"));
+            assert_eq!(links.get(short).as_deref(), Some("c2"));
+            assert_eq!(links.get(&thirty_two), None);
+            assert_eq!(links.get(&"1f".repeat(32)), None);
+            let mut of_c1 = links.identifiers_of("c1");
+            of_c1.sort();
+            assert_eq!(of_c1, vec![upper.clone(), digest.clone()]);
+            // Learnt from an event too, and a tombstone removes it.
+            let e = Event {
+                customer: Some(CustomerIdentity {
+                    customer_id: "c3".into(),
+                    phone_hash: "2e".repeat(32),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
+            };
+            let mut learnt = Vec::new();
+            links.learn(&e, |h, c| learnt.push((h.to_owned(), c.to_owned())));
+            links.learn(&e, |h, c| learnt.push((h.to_owned(), c.to_owned())));
+            assert_eq!(learnt, vec![("2e".repeat(32), "c3".to_owned())]);
+            assert_eq!(links.len(), 4);
+            assert_eq!(links.remove(&digest).as_deref(), Some("c1"));
+            assert_eq!(links.remove(&digest), None);
+            links.insert(upper.clone(), String::new());
+            assert_eq!(links.len(), 2);
+            assert_eq!(links.get(&digest), None);
+            assert_eq!(links.get(&upper), None);
+            // A link moved to another customer is one link still.
+            links.insert(short.into(), "c4".into());
+            assert_eq!(links.len(), 2);
+            assert_eq!(links.get(short).as_deref(), Some("c4"));
+            assert!(links.take_error().is_none());
+        }
+    }
+
+    /// On disk, the table holds every link whatever the recent generations
+    /// keep, and its directory goes with it; one a killed process left
+    /// behind is removed by the next open, one still open is not.
+    #[test]
+    fn a_table_on_disk_holds_every_link_and_leaves_no_directory() {
+        let dir = tempfile::tempdir().expect("a test directory");
+        let stores = || {
+            std::fs::read_dir(dir.path())
+                .expect("the test directory reads")
+                .filter(|e| {
+                    e.as_ref()
+                        .expect("an entry")
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(DIR_PREFIX)
+                })
+                .count()
         };
-        let mut learnt = Vec::new();
-        links.learn(&e, |h, c| learnt.push((h.to_owned(), c.to_owned())));
-        assert_eq!(learnt, vec![("2e".repeat(32), "c3".to_owned())]);
-        assert_eq!(links.remove(&digest).as_deref(), Some("c1"));
-        links.insert(upper.clone(), String::new());
-        assert_eq!(links.len(), 2);
-        assert_eq!(links.get(&digest), None);
-        assert_eq!(links.get(&upper), None);
+        let digest = |i: u32| format!("{:064x}", u64::from(i) * 0x9e37_79b9);
+        let mut links = on_disk(dir.path(), 100);
+        for i in 0..40_000 {
+            links.insert(digest(i), format!("c{}", i / 3));
+        }
+        assert_eq!(links.len(), 40_000);
+        for i in (0..40_000).step_by(7) {
+            assert_eq!(
+                links.get(&digest(i)).as_deref(),
+                Some(&*format!("c{}", i / 3))
+            );
+        }
+        assert_eq!(stores(), 1);
+        // A store nobody holds open (a killed process's): removed when the
+        // next one opens; the open one is left alone.
+        let abandoned = dir.path().join(format!("{DIR_PREFIX}killed"));
+        std::fs::create_dir(&abandoned).expect("a directory");
+        std::fs::write(abandoned.join("lock"), b"").expect("a lock file");
+        let other = on_disk(dir.path(), 100);
+        assert!(!abandoned.exists());
+        assert_eq!(stores(), 2);
+        assert_eq!(links.get(&digest(9_999)).as_deref(), Some("c3333"));
+        drop(other);
+        drop(links);
+        assert_eq!(stores(), 0);
     }
 
     fn waiter(partition: i32, offset: i64, email: &str, since_ms: i64) -> Waiter {

@@ -109,6 +109,11 @@ pub enum EnrichError {
         repartition: String,
         repartition_partitions: usize,
     },
+    /// The link table's local store failed (docs/enrich.md, "The memory
+    /// bound"): nothing read through it since was committed, and a restart
+    /// builds it again from the links topic.
+    #[error("{0}")]
+    LinkStore(#[source] crate::identity::LinkStoreError),
     #[error("reading or seeding the join group's offsets on {topic} failed: {source}")]
     Offsets {
         topic: String,
@@ -120,9 +125,12 @@ pub enum EnrichError {
 impl EnrichError {
     pub fn is_transient(&self) -> bool {
         match self {
-            EnrichError::Setup(_) | EnrichError::Stopped | EnrichError::NotCoPartitioned { .. } => {
-                false
-            }
+            // A local store that failed (a full disk) fails the process:
+            // its restart builds the table again in a new directory.
+            EnrichError::Setup(_)
+            | EnrichError::Stopped
+            | EnrichError::NotCoPartitioned { .. }
+            | EnrichError::LinkStore(_) => false,
             EnrichError::Produce { source, .. }
             | EnrichError::Commit(source)
             | EnrichError::Restore { source, .. }

@@ -196,6 +196,11 @@ impl Resolver<'_> {
                 .map(|(h, c)| Outgoing::keyed(h.as_bytes(), c.as_bytes()))
                 .collect();
             let dead_out = output::dead_letter_records(&dead);
+            // A link store that failed may have read as no link: nothing
+            // of this batch goes out, nor is committed.
+            if let Some(e) = self.links.take_error() {
+                return Err(EnrichError::LinkStore(e.into()));
+            }
             // The events and link notices before the links: a link is
             // announced (notice) only when it is new to the table, so a crash
             // after the links landed but before their notices would leave the

@@ -48,11 +48,13 @@ pub(super) async fn link_table(
         .base_consumer(&format!("{}.links-reader", cfg.group_id))
         .map_err(EnrichError::Setup)?;
     let (follower, records) = read_back(reader, internal.links.clone(), None, links_record).await?;
-    let mut links = Links::default();
+    let mut links = Links::open(&cfg.link_table).map_err(EnrichError::LinkStore)?;
     for (k, v) in records {
         links.insert(k, v);
     }
-    Ok((follower, links))
+    links.take_error().map_or(Ok((follower, links)), |e| {
+        Err(EnrichError::LinkStore(e.into()))
+    })
 }
 
 /// Every key of one changelog partition whose latest record holds a value

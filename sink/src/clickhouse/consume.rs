@@ -370,8 +370,8 @@ async fn consume(
                                     })
                             });
                         match row {
-                            Ok((mut row, received)) => {
-                                if state.recent.first_time(&mut row.event_id, row.revision) {
+                            Ok((row, received)) => {
+                                if state.recent.first_time(&row.event_id, row.revision) {
                                     *rows += 1;
                                     if row.revision == 0 {
                                         batch.first_stored.push((row.occurred_ms, received));
