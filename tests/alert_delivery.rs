@@ -37,14 +37,13 @@ struct LogRow {
     status: u16,
     outcome: String,
     error: String,
-    at_ms: i64,
 }
 
 async fn delivery_log(cfg: &xoflow::Config) -> Vec<LogRow> {
     alert_support::all(
         cfg,
         "SELECT alert_id, department, webhook, host, toString(format) AS format, attempt, status, \
-         toString(outcome) AS outcome, error, at_ms FROM alert_deliveries ORDER BY alert_id, webhook, attempt",
+         toString(outcome) AS outcome, error FROM alert_deliveries ORDER BY alert_id, webhook, attempt",
     )
     .await
 }
@@ -343,8 +342,11 @@ async fn a_failing_receiver_is_retried_with_backoff_and_a_dead_one_slows_no_one_
 
     // Waves of the fast department's alerts while the others fail and hang.
     let mut fast_alerts = Vec::new();
+    // When each was produced, on the monotonic clock (see `Received::at`).
+    let mut produced: HashMap<String, tokio::time::Instant> = HashMap::new();
     for wave in 0..5 {
         let raised = common::now_ms();
+        let at = tokio::time::Instant::now();
         let alerts: Vec<Alert> = (0..4)
             .map(|i| {
                 alert_support::alert(&Spec {
@@ -357,6 +359,7 @@ async fn a_failing_receiver_is_retried_with_backoff_and_a_dead_one_slows_no_one_
             })
             .collect();
         alert_support::produce(&cfg, &alerts, &[]).await;
+        produced.extend(alerts.iter().map(|a| (a.alert_id.clone(), at)));
         fast_alerts.extend(alerts);
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
@@ -371,19 +374,13 @@ async fn a_failing_receiver_is_retried_with_backoff_and_a_dead_one_slows_no_one_
         },
     )
     .await;
-    let raised: HashMap<String, i64> = fast_alerts
-        .iter()
-        .map(|a| {
-            (
-                a.alert_id.clone(),
-                a.raised_at.as_ref().map_or(0, xoflow_proto::to_unix_millis),
-            )
-        })
-        .collect();
-    let mut latencies: Vec<i64> = fast
+    let mut latencies: Vec<u128> = fast
         .delivered()
         .iter()
-        .map(|x| x.at_ms - raised[&alert_support::verify(x, Format::Generic, Some("q"))])
+        .map(|x| {
+            let id = alert_support::verify(x, Format::Generic, Some("q"));
+            (x.at - produced[&id]).as_millis()
+        })
         .collect();
     latencies.sort_unstable();
     assert_eq!(latencies.len(), want, "each fast alert once");
@@ -413,8 +410,11 @@ async fn a_failing_receiver_is_retried_with_backoff_and_a_dead_one_slows_no_one_
         started.elapsed() >= Duration::from_secs(60),
         "delivered only once the receiver recovered"
     );
+    // Each flaky alert's attempts as the receiver saw them, in order.
+    let mut attempts: HashMap<String, Vec<tokio::time::Instant>> = HashMap::new();
     for x in flaky.received() {
-        alert_support::verify(&x, Format::Generic, Some("f"));
+        let id = alert_support::verify(&x, Format::Generic, Some("f"));
+        attempts.entry(id).or_default().push(x.at);
     }
     wait_for_log(&cfg, "flaky", 3).await;
     let log = delivery_log(&cfg).await;
@@ -433,7 +433,16 @@ async fn a_failing_receiver_is_retried_with_backoff_and_a_dead_one_slows_no_one_
                 .enumerate()
                 .all(|(i, r)| r.attempt == i as u32 + 1)
         );
-        let gaps: Vec<i64> = rows.windows(2).map(|w| w[1].at_ms - w[0].at_ms).collect();
+        // The gaps between attempts as the receiver measured them on the
+        // monotonic clock: the log's `at_ms` is wall-clock time, which a
+        // step of the machine's clock moves (a gap of 109 s was once seen
+        // in a test that ran 66 s).
+        let seen = &attempts[&a.alert_id];
+        assert_eq!(seen.len(), rows.len(), "every attempt logged once");
+        let gaps: Vec<i64> = seen
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_millis() as i64)
+            .collect();
         println!(
             "flaky alert {}: gaps between attempts (ms) {gaps:?}",
             &a.alert_id[..8]

@@ -35,7 +35,7 @@ impl Resolved {
 /// local store on disk ([`LinkTableConfig`], "disk"): an LSM tree
 /// (`fjall`) in a directory of its own, whose memory is bounded by its
 /// block cache and write buffer, with the links used lately in memory in
-/// front of it ([`Recent`]). The directory is a cache of the links topic,
+/// front of it (`Recent`). The directory is a cache of the links topic,
 /// not a copy of record: every start reads the topic into a fresh one, as
 /// the in-memory table always did, so it needs no durability and nothing
 /// in it outlives the process (the directories a killed process left are
@@ -47,10 +47,11 @@ impl Resolved {
 /// other shape (hashed elsewhere, a test's) by their text, so that each
 /// comes back exactly as it went in.
 ///
-/// A store that fails (a full disk) cannot answer: the failure is kept and
-/// every later look-up reads as no link, until [`Links::take_error`]
-/// hands it to the caller, who must not commit what it read since (the
-/// resolve loop fails the stage, and the restart rebuilds the table).
+/// A store that fails (a full disk) cannot answer: a look-up that failed
+/// reads as no link and a write that failed is lost, and the first
+/// failure is kept until [`Links::take_error`] hands it to the caller, who
+/// must not commit what it read since (the resolve loop fails the stage,
+/// and the restart rebuilds the table).
 pub struct Links {
     store: Store,
 }

@@ -264,6 +264,10 @@ pub enum Behaviour {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub at_ms: i64,
+    /// When it came, on the monotonic clock: what durations are measured
+    /// with, since the wall clock (`at_ms`) can step (a virtual machine
+    /// paused and resumed catches its wall clock up at once).
+    pub at: tokio::time::Instant,
     pub query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -355,6 +359,7 @@ async fn receive(
     body: Bytes,
 ) -> impl IntoResponse {
     let at_ms = common::now_ms();
+    let at = tokio::time::Instant::now();
     let status = match s.behaviour {
         Behaviour::Ok => 200,
         Behaviour::FailUntil(t) if tokio::time::Instant::now() < t => 500,
@@ -367,6 +372,7 @@ async fn receive(
     };
     s.got.lock().expect("lock").push(Received {
         at_ms,
+        at,
         query: query.unwrap_or_default(),
         headers,
         body,
