@@ -57,7 +57,7 @@ pub struct LinkTableConfig {
     /// heap (some 100 bytes each, growing with every identifier seen).
     pub store: LinkStore,
     /// The directory the store's own directory is made in (default: the
-    /// system's temporary directory). It needs about 60 bytes per link.
+    /// system's temporary directory). It needs about 120 bytes per link (measured, journal included).
     pub directory: Option<PathBuf>,
     /// The store's block cache.
     pub cache_mib: u64,
