@@ -85,6 +85,10 @@ impl Seeder {
             self.links.insert(identifier.clone(), customer.clone());
             out.push((identifier, customer));
         }
+        // A link store that failed may have read a known link as new.
+        if let Some(e) = self.links.take_error() {
+            return Err(EnrichError::LinkStore(e.into()));
+        }
         if out.is_empty() {
             return Ok(());
         }
