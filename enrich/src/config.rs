@@ -61,7 +61,8 @@ pub struct LinkTableConfig {
     pub directory: Option<PathBuf>,
     /// The store's block cache.
     pub cache_mib: u64,
-    /// The store's write buffer (links not yet written out to its files).
+    /// The store's write buffer (links not yet written out to its files);
+    /// up to four more, sealed, wait for their flush.
     pub memtable_mib: u64,
     /// Links used lately kept in memory in front of the store, per
     /// generation (two generations; ~100 bytes a link).

@@ -54,6 +54,7 @@ impl Resolved {
 /// and the restart rebuilds the table).
 pub struct Links {
     store: Store,
+    new_links: NewLinks,
 }
 
 enum Store {
@@ -66,6 +67,7 @@ impl Default for Links {
     fn default() -> Self {
         Links {
             store: Store::Memory(Memory::default()),
+            new_links: NewLinks::default(),
         }
     }
 }
@@ -103,11 +105,7 @@ impl Memory {
         .map(|c| &**c)
     }
 
-    fn set(&mut self, key: &Key<'_>, customer_id: &str) {
-        self.set_boxed(key, customer_id.into());
-    }
-
-    fn set_boxed(&mut self, key: &Key<'_>, customer_id: Box<str>) {
+    fn set(&mut self, key: &Key<'_>, customer_id: Box<str>) {
         match key {
             Key::Digest(d) => self.digests.insert(*d, customer_id),
             Key::Text(t) => self.texts.insert((*t).into(), customer_id),
@@ -140,15 +138,11 @@ impl Recent {
         self.young.get(key).or_else(|| self.old.get(key))
     }
 
-    fn keep(&mut self, key: &Key<'_>, customer_id: &str) {
-        self.keep_boxed(key, customer_id.into());
-    }
-
-    fn keep_boxed(&mut self, key: &Key<'_>, customer_id: Box<str>) {
+    fn keep(&mut self, key: &Key<'_>, customer_id: Box<str>) {
         if self.young.len() >= self.per_generation {
             self.old = std::mem::take(&mut self.young);
         }
-        self.young.set_boxed(key, customer_id);
+        self.young.set(key, customer_id);
     }
 
     fn forget(&mut self, key: &Key<'_>) {
@@ -162,10 +156,14 @@ impl Recent {
 struct Disk {
     table: fjall::Keyspace,
     /// Its background workers live as long as this does.
-    _db: fjall::Database,
+    db: fjall::Database,
     _dir: tempfile::TempDir,
     recent: Recent,
     len: usize,
+    /// Bytes written since the write buffer was last sealed, counted as the
+    /// store counts them or more (see [`Disk::written`]), and the bound.
+    unsealed: u64,
+    write_buffer: u64,
     /// The first failure since [`Links::take_error`]: behind a lock only
     /// so that a read through `&self` can record it (taken with
     /// `get_mut`, no lock).
@@ -177,23 +175,50 @@ impl Disk {
         if let Some(c) = self.recent.get(key) {
             return Ok(Some(Cow::Borrowed(c)));
         }
-        let Some(v) = self.table.get(key.stored())? else {
-            return Ok(None);
-        };
+        Ok(self.read_store(key)?.map(|c| Cow::Owned(c.into())))
+    }
+
+    /// The link in the store itself, past the recent ones.
+    fn read_store(&self, key: &Key<'_>) -> Result<Option<Box<str>>, fjall::Error> {
         // Only this table writes it, and only from `&str`s.
-        Ok(Some(Cow::Owned(String::from_utf8_lossy(&v).into_owned())))
+        Ok(self
+            .table
+            .get(key.stored())?
+            .map(|v| String::from_utf8_lossy(&v).into()))
     }
 
     fn set(&mut self, key: &Key<'_>, customer_id: &str) -> Result<(), fjall::Error> {
-        self.table
-            .insert(key.stored().as_ref(), customer_id.as_bytes())?;
-        self.recent.keep(key, customer_id);
-        Ok(())
+        let stored = key.stored();
+        self.table.insert(stored.as_ref(), customer_id.as_bytes())?;
+        self.recent.keep(key, customer_id.into());
+        self.written(stored.as_ref().len() + customer_id.len())
     }
 
     fn remove(&mut self, key: &Key<'_>) -> Result<(), fjall::Error> {
-        self.table.remove(key.stored().as_ref())?;
+        let stored = key.stored();
+        self.table.remove(stored.as_ref())?;
         self.recent.forget(key);
+        self.written(stored.as_ref().len())
+    }
+
+    /// Seals the write buffer (and has it flushed) once `write_buffer`
+    /// bytes were written into it. The store would seal it itself, but it
+    /// asks its one background worker to, once per write while the buffer
+    /// is over its size, on a queue that worker also posts its own flush
+    /// to: under a steady stream of new links the requests fill the queue
+    /// while the worker is busy, the worker blocks posting its flush, and
+    /// nothing is flushed again — the buffer then grows with every link
+    /// (fjall 3.1, seen at twice the peak: 16 MiB to 235 MiB in three
+    /// minutes; fjall-rs/fjall#323). Sealing it here, before the store's
+    /// own bound (twice this one) is reached, never asks the worker. Each
+    /// entry is counted at more than the store counts it (key, value and a
+    /// 64-byte entry header), so its bound is never the first reached.
+    fn written(&mut self, bytes: usize) -> Result<(), fjall::Error> {
+        self.unsealed += bytes as u64 + 128;
+        if self.unsealed >= self.write_buffer {
+            self.unsealed = 0;
+            self.table.rotate_memtable()?;
+        }
         Ok(())
     }
 
@@ -203,6 +228,48 @@ impl Disk {
         if let Ok(mut first) = self.error.lock() {
             first.get_or_insert(e);
         }
+    }
+}
+
+/// The identifiers [`Links`] linked since [`Links::take_new_links`], as
+/// tags (a digest's first 8 bytes, a text's hash): a tag two identifiers
+/// share only makes [`Waiting::release`] look the other one up for
+/// nothing. Past `MAX` tags (a start-up reading the whole links topic, a
+/// caller that never takes them) it stops counting and answers "maybe"
+/// for every identifier, so it never grows with the table.
+#[derive(Default)]
+pub struct NewLinks {
+    tags: std::collections::HashSet<u64, foldhash::fast::RandomState>,
+    overflowed: bool,
+}
+
+impl NewLinks {
+    const MAX: usize = 65_536;
+
+    fn add(&mut self, key: &Key<'_>) {
+        if self.overflowed {
+            return;
+        }
+        if self.tags.len() >= Self::MAX {
+            self.overflowed = true;
+            self.tags = Default::default();
+            return;
+        }
+        self.tags.insert(key.tag());
+    }
+
+    /// Whether a link to one of `customer`'s identifiers may be among them.
+    pub fn may_resolve(&self, customer: &CustomerIdentity) -> bool {
+        self.overflowed
+            || (!self.tags.is_empty()
+                && [
+                    &customer.email_hash,
+                    &customer.phone_hash,
+                    &customer.social_handle_hash,
+                    &customer.device_id_hash,
+                ]
+                .into_iter()
+                .any(|h| !h.is_empty() && self.tags.contains(&Key::of(h).tag())))
     }
 }
 
@@ -226,6 +293,17 @@ impl<'a> Key<'a> {
             Key::Digest(digest)
         } else {
             Key::Text(identifier)
+        }
+    }
+
+    /// Its tag in [`NewLinks`].
+    fn tag(&self) -> u64 {
+        match self {
+            Key::Digest(d) => u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]),
+            Key::Text(t) => {
+                use std::hash::BuildHasher as _;
+                foldhash::fast::FixedState::with_seed(0).hash_one(t)
+            }
         }
     }
 
@@ -323,6 +401,7 @@ impl Links {
             LinkStore::Memory => Ok(Links::default()),
             LinkStore::Disk => Ok(Links {
                 store: Store::Disk(Box::new(Self::open_disk(cfg)?)),
+                new_links: NewLinks::default(),
             }),
         }
     }
@@ -347,15 +426,16 @@ impl Links {
             .manual_journal_persist(true)
             .worker_threads(1)
             .open()?;
-        let memtable = cfg.memtable_mib * 1024 * 1024;
+        let write_buffer = cfg.memtable_mib * 1024 * 1024;
         let table = db.keyspace("links", || {
             fjall::KeyspaceCreateOptions::default()
                 .manual_journal_persist(true)
-                .max_memtable_size(memtable)
+                // Sealed by `Disk::written` before this is reached.
+                .max_memtable_size(2 * write_buffer)
         })?;
         Ok(Disk {
             table,
-            _db: db,
+            db,
             _dir: dir,
             recent: Recent {
                 young: Memory::default(),
@@ -363,6 +443,8 @@ impl Links {
                 per_generation: cfg.recent_links,
             },
             len: 0,
+            unsealed: 0,
+            write_buffer,
             error: std::sync::Mutex::new(None),
         })
     }
@@ -378,6 +460,15 @@ impl Links {
         self.len() == 0
     }
 
+    /// Bytes of links written to the store and not yet flushed to its
+    /// files (0 in memory).
+    pub fn write_buffer_bytes(&self) -> u64 {
+        match &self.store {
+            Store::Memory(_) => 0,
+            Store::Disk(d) => d.db.write_buffer_size(),
+        }
+    }
+
     /// The first failure of the store since the last call, if any: what
     /// was read since may have missed links.
     pub fn take_error(&mut self) -> Option<fjall::Error> {
@@ -385,6 +476,13 @@ impl Links {
             Store::Memory(_) => None,
             Store::Disk(d) => d.error.get_mut().ok().and_then(Option::take),
         }
+    }
+
+    /// The identifiers linked since the last call: the only ones that can
+    /// resolve an event [`Waiting`] holds (it was held because none of its
+    /// identifiers was linked).
+    pub fn take_new_links(&mut self) -> NewLinks {
+        std::mem::take(&mut self.new_links)
     }
 
     /// Records a link read from the links topic (the latest wins); an
@@ -406,8 +504,9 @@ impl Links {
 
     /// Links `key` to `customer_id`; `new` when it was linked to none.
     fn set(&mut self, key: &Key<'_>, customer_id: &str, new: bool) {
+        self.new_links.add(key);
         match &mut self.store {
-            Store::Memory(m) => m.set(key, customer_id),
+            Store::Memory(m) => m.set(key, customer_id.into()),
             Store::Disk(d) => match d.set(key, customer_id) {
                 Ok(()) => d.len += usize::from(new),
                 Err(e) => d.failed(e),
@@ -485,8 +584,9 @@ impl Links {
         }
     }
 
-    /// [`Links::get`] for the learning path: a link read from the store
-    /// is kept among the recent ones, and a failure is recorded.
+    /// [`Links::get`] for the resolve loop (learning and resolving): a link
+    /// read from the store is kept among the recent ones, and a failure is
+    /// recorded.
     fn lookup(&mut self, key: &Key<'_>) -> Option<&str> {
         match &mut self.store {
             Store::Memory(m) => m.get(key),
@@ -496,8 +596,8 @@ impl Links {
                     // store, into the young one.
                     let found = match d.recent.old.remove(key) {
                         Some(c) => c,
-                        None => match d.table.get(key.stored()) {
-                            Ok(Some(v)) => String::from_utf8_lossy(&v).into(),
+                        None => match d.read_store(key) {
+                            Ok(Some(c)) => c,
                             Ok(None) => return None,
                             Err(e) => {
                                 d.failed(e);
@@ -505,7 +605,7 @@ impl Links {
                             }
                         },
                     };
-                    d.recent.keep_boxed(key, found);
+                    d.recent.keep(key, found);
                 }
                 d.recent.young.get(key)
             }
@@ -565,29 +665,45 @@ impl Links {
 
     /// [`Links::resolve`] from an event's identity alone.
     pub fn resolve_from(&self, customer: Option<&CustomerIdentity>) -> Resolved {
-        let Some(c) = customer else {
-            return Resolved::unresolved();
-        };
-        if !c.customer_id.is_empty() {
-            return Resolved {
-                customer_id: Some(c.customer_id.clone()),
-                resolution: IdentityResolution::Direct,
-            };
-        }
-        [
-            &c.email_hash,
-            &c.phone_hash,
-            &c.social_handle_hash,
-            &c.device_id_hash,
-        ]
-        .into_iter()
-        .filter(|h| !h.is_empty())
-        .find_map(|h| self.get(h))
-        .map_or_else(Resolved::unresolved, |id| Resolved {
-            customer_id: Some(id.to_string()),
-            resolution: IdentityResolution::Linked,
-        })
+        resolve_with(customer, |h| self.get(h).map(Cow::into_owned))
     }
+
+    /// [`Links::resolve_from`] for the resolve loop: a link read from the
+    /// store is kept among the recent ones, so that the customer's next
+    /// events find it in memory.
+    pub fn resolve_keeping(&mut self, customer: Option<&CustomerIdentity>) -> Resolved {
+        resolve_with(customer, |h| self.lookup(&Key::of(h)).map(str::to_owned))
+    }
+}
+
+/// The customer of `customer`: its own id, else the first weak identifier
+/// `find` links to one.
+fn resolve_with(
+    customer: Option<&CustomerIdentity>,
+    mut find: impl FnMut(&str) -> Option<String>,
+) -> Resolved {
+    let Some(c) = customer else {
+        return Resolved::unresolved();
+    };
+    if !c.customer_id.is_empty() {
+        return Resolved {
+            customer_id: Some(c.customer_id.clone()),
+            resolution: IdentityResolution::Direct,
+        };
+    }
+    [
+        &c.email_hash,
+        &c.phone_hash,
+        &c.social_handle_hash,
+        &c.device_id_hash,
+    ]
+    .into_iter()
+    .filter(|h| !h.is_empty())
+    .find_map(|h| find(h))
+    .map_or_else(Resolved::unresolved, |id| Resolved {
+        customer_id: Some(id),
+        resolution: IdentityResolution::Linked,
+    })
 }
 
 /// The identifier an event no link resolved waits under, in the join, for
@@ -671,17 +787,25 @@ impl Waiting {
     }
 
     /// Takes the waiters `links` now resolves, and those that waited
-    /// `max_hold_ms` (unresolved), in the order they arrived.
+    /// `max_hold_ms` (unresolved), in the order they arrived. Only a waiter
+    /// one of whose identifiers was linked since the last call is looked
+    /// up again: the others are as unresolved as when they were held, and
+    /// on disk each look-up would be a store read per waiter per batch.
     pub fn release(
         &mut self,
-        links: &Links,
+        links: &mut Links,
         now_ms: i64,
         max_hold_ms: i64,
     ) -> Vec<(Waiter, Resolved)> {
+        let new_links = links.take_new_links();
         let mut out = Vec::new();
         let mut keep = Vec::with_capacity(self.waiters.len());
         for w in self.waiters.drain(..) {
-            let r = links.resolve_from(Some(&w.customer));
+            let r = if new_links.may_resolve(&w.customer) {
+                links.resolve_keeping(Some(&w.customer))
+            } else {
+                Resolved::unresolved()
+            };
             if r.customer_id.is_some() || now_ms - w.since_ms >= max_hold_ms {
                 out.push((w, r));
             } else {
@@ -788,6 +912,27 @@ mod tests {
         }
     }
 
+    /// A steady stream of new links keeps the store's write buffer within
+    /// its bound (four sealed buffers waiting for the flush and the one
+    /// being written). The stall this guards against (see `Disk::written`)
+    /// needs a worker slower than the writer, as on a saturated machine;
+    /// here it shows only if the sealing stops keeping the bound.
+    #[test]
+    fn the_store_keeps_its_write_buffer_under_a_stream_of_new_links() {
+        let dir = tempfile::tempdir().expect("a test directory");
+        let mut links = on_disk(dir.path(), 100);
+        let mut most = 0;
+        for i in 0..200_000u64 {
+            links.insert(format!("{:064x}", i * 0x9e37_79b9), format!("c{i}"));
+            if i % 1_000 == 0 {
+                most = most.max(links.write_buffer_bytes());
+            }
+        }
+        assert!(links.take_error().is_none());
+        assert!(most <= 5 * 1024 * 1024, "{most} bytes unflushed");
+        assert_eq!(links.len(), 200_000);
+    }
+
     /// On disk, the table holds every link whatever the recent generations
     /// keep, and its directory goes with it; one a killed process left
     /// behind is removed by the next open, one still open is not.
@@ -865,17 +1010,17 @@ mod tests {
         w.hold(waiter(0, 12, "e2", 1_000));
         w.hold(waiter(1, 5, "e3", 1_200));
         let mut links = Links::default();
-        assert!(w.release(&links, 1_100, 500).is_empty());
+        assert!(w.release(&mut links, 1_100, 500).is_empty());
         assert_eq!(w.lowest_offset("events", 0), Some(10));
 
         links.insert("e2".into(), "c2".into());
-        let out = w.release(&links, 1_200, 500);
+        let out = w.release(&mut links, 1_200, 500);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0.offset, 12);
         assert_eq!(out[0].1.customer_id.as_deref(), Some("c2"));
         assert_eq!(out[0].1.resolution, IdentityResolution::Linked);
 
-        let out = w.release(&links, 1_500, 500);
+        let out = w.release(&mut links, 1_500, 500);
         assert_eq!(out.len(), 1, "e1 waited 500 ms");
         assert_eq!(out[0].0.offset, 10);
         assert_eq!(out[0].1, Resolved::unresolved());
@@ -884,5 +1029,41 @@ mod tests {
 
         w.drop_partition("events", 1);
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn only_an_identifier_linked_since_the_last_release_sends_a_waiter_to_the_table() {
+        let digest = "ab".repeat(32);
+        let mut links = Links::default();
+        links.insert(digest.clone(), "c1".into());
+        links.learn_from(
+            Some(&CustomerIdentity {
+                customer_id: "c2".into(),
+                phone_hash: "p2".into(),
+                ..Default::default()
+            }),
+            |_, _| {},
+        );
+        let new = links.take_new_links();
+        assert!(new.may_resolve(&by_email(&digest)));
+        let phone = CustomerIdentity {
+            email_hash: "e9".into(),
+            phone_hash: "p2".into(),
+            ..Default::default()
+        };
+        assert!(new.may_resolve(&phone), "any of its identifiers");
+        assert!(!new.may_resolve(&by_email("e9")));
+        assert!(!new.may_resolve(&by_email(&"cd".repeat(32))));
+        // Taken: the next release sees only what is linked after it.
+        assert!(!links.take_new_links().may_resolve(&by_email(&digest)));
+
+        // A start-up reading the whole topic: no tag kept past the bound,
+        // every waiter looked up once.
+        for i in 0..=NewLinks::MAX {
+            links.insert(format!("x{i}"), "c3".into());
+        }
+        let new = links.take_new_links();
+        assert!(new.tags.is_empty());
+        assert!(new.may_resolve(&by_email("e9")));
     }
 }

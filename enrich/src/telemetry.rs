@@ -28,6 +28,9 @@ pub(crate) enum Metric {
     LinksLearnt,
     /// Links in this instance's link table (gauge).
     LinksKnown,
+    /// Memory the link store's write buffers take: the links written and
+    /// not yet flushed to its files (gauge; 0 for the table in memory).
+    LinkStoreWriteBuffer,
     /// Links that moved an identifier from one customer to another, by
     /// `origin` (`event`, `import`).
     LinksRepointed,
@@ -82,7 +85,7 @@ pub(crate) enum Metric {
 
 impl Metric {
     #[cfg(test)]
-    pub(crate) const ALL: [Metric; 26] = [
+    pub(crate) const ALL: [Metric; 27] = [
         Metric::EventsResolved,
         Metric::EventsDirect,
         Metric::JoinRecordsIn,
@@ -91,6 +94,7 @@ impl Metric {
         Metric::DeadLetters,
         Metric::LinksLearnt,
         Metric::LinksKnown,
+        Metric::LinkStoreWriteBuffer,
         Metric::LinksRepointed,
         Metric::StateChanges,
         Metric::Repairs,
@@ -121,6 +125,7 @@ impl Metric {
             Metric::DeadLetters => "xoflow_enrich_dead_letters_total",
             Metric::LinksLearnt => "xoflow_enrich_links_learnt_total",
             Metric::LinksKnown => "xoflow_enrich_links_known",
+            Metric::LinkStoreWriteBuffer => "xoflow_enrich_link_store_write_buffer_bytes",
             Metric::LinksRepointed => "xoflow_enrich_links_repointed_total",
             Metric::StateChanges => "xoflow_enrich_state_changes_total",
             Metric::Repairs => "xoflow_enrich_repairs_total",
@@ -154,6 +159,8 @@ pub(crate) struct BatchResolved {
     pub links_learnt: u64,
     /// Links in the table now.
     pub links: u64,
+    /// Bytes in the link store's write buffers now.
+    pub link_store_buffer: u64,
     /// Events waiting for a link afterwards.
     pub waiting: u64,
 }
@@ -165,6 +172,7 @@ impl BatchResolved {
         counter!(Metric::EventsDirect.name()).increment(self.direct);
         counter!(Metric::LinksLearnt.name()).increment(self.links_learnt);
         gauge!(Metric::LinksKnown.name()).set(self.links as f64);
+        gauge!(Metric::LinkStoreWriteBuffer.name()).set(self.link_store_buffer as f64);
         gauge!(Metric::EventsWaiting.name()).set(self.waiting as f64);
         dead_letters(self.dead_letters);
     }
@@ -318,6 +326,7 @@ mod tests {
                 !matches!(
                     m,
                     Metric::LinksKnown
+                        | Metric::LinkStoreWriteBuffer
                         | Metric::EventsHeld
                         | Metric::EventsWaiting
                         | Metric::HistoryEvents

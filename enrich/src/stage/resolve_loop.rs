@@ -150,7 +150,7 @@ impl Resolver<'_> {
                     continue;
                 }
                 let payload = m.payload().unwrap_or_default();
-                let resolved = self.links.resolve_from(e.customer.as_ref());
+                let resolved = self.links.resolve_keeping(e.customer.as_ref());
                 match resolved.customer_id {
                     Some(c) => keys.push(c.into_bytes()),
                     None if max_hold_ms > 0 && Waiting::worth_waiting(e.customer.as_ref()) => {
@@ -171,7 +171,7 @@ impl Resolver<'_> {
                 }
                 forward.push(payload);
             }
-            let released = self.waiting.release(&self.links, now, max_hold_ms);
+            let released = self.waiting.release(&mut self.links, now, max_hold_ms);
             for (w, r) in &released {
                 keys.push(match &r.customer_id {
                     Some(c) => c.clone().into_bytes(),
@@ -226,6 +226,7 @@ impl Resolver<'_> {
                 dead_letters: dead_out.len() as u64,
                 links_learnt: links_out.len() as u64,
                 links: self.links.len() as u64,
+                link_store_buffer: self.links.write_buffer_bytes(),
                 waiting: self.waiting.len() as u64,
             }
             .emit();
