@@ -262,14 +262,7 @@ impl NewLinks {
     pub fn may_resolve(&self, customer: &CustomerIdentity) -> bool {
         self.overflowed
             || (!self.tags.is_empty()
-                && [
-                    &customer.email_hash,
-                    &customer.phone_hash,
-                    &customer.social_handle_hash,
-                    &customer.device_id_hash,
-                ]
-                .into_iter()
-                .any(|h| !h.is_empty() && self.tags.contains(&Key::of(h).tag())))
+                && weak_identifiers(customer).any(|h| self.tags.contains(&Key::of(h).tag())))
     }
 }
 
@@ -628,15 +621,7 @@ impl Links {
         if c.customer_id.is_empty() {
             return;
         }
-        for h in [
-            &c.email_hash,
-            &c.phone_hash,
-            &c.social_handle_hash,
-            &c.device_id_hash,
-        ] {
-            if h.is_empty() {
-                continue;
-            }
+        for h in weak_identifiers(c) {
             let key = Key::of(h);
             let new = match self.lookup(&key) {
                 Some(known) if known == c.customer_id => continue,
@@ -691,19 +676,12 @@ fn resolve_with(
             resolution: IdentityResolution::Direct,
         };
     }
-    [
-        &c.email_hash,
-        &c.phone_hash,
-        &c.social_handle_hash,
-        &c.device_id_hash,
-    ]
-    .into_iter()
-    .filter(|h| !h.is_empty())
-    .find_map(|h| find(h))
-    .map_or_else(Resolved::unresolved, |id| Resolved {
-        customer_id: Some(id),
-        resolution: IdentityResolution::Linked,
-    })
+    weak_identifiers(c)
+        .find_map(&mut find)
+        .map_or_else(Resolved::unresolved, |id| Resolved {
+            customer_id: Some(id),
+            resolution: IdentityResolution::Linked,
+        })
 }
 
 /// The identifier an event no link resolved waits under, in the join, for
@@ -711,7 +689,12 @@ fn resolve_with(
 /// [`Links::resolve`] tries them. `None` when it has none (nothing could
 /// ever resolve it).
 pub fn wait_identifier(customer: Option<&CustomerIdentity>) -> Option<&str> {
-    let c = customer?;
+    weak_identifiers(customer?).next()
+}
+
+/// The weak identifiers `c` carries, in the order [`Links::resolve`] tries
+/// them.
+fn weak_identifiers(c: &CustomerIdentity) -> impl Iterator<Item = &str> {
     [
         &c.email_hash,
         &c.phone_hash,
@@ -719,8 +702,8 @@ pub fn wait_identifier(customer: Option<&CustomerIdentity>) -> Option<&str> {
         &c.device_id_hash,
     ]
     .into_iter()
-    .find(|h| !h.is_empty())
     .map(String::as_str)
+    .filter(|h| !h.is_empty())
 }
 
 /// An event known only by weak identifiers that no link resolves yet,
@@ -769,17 +752,7 @@ impl Waiting {
     /// should wait: it carries a weak identifier a link could still resolve
     /// (and no customer id, which would have resolved it).
     pub fn worth_waiting(customer: Option<&CustomerIdentity>) -> bool {
-        customer.is_some_and(|c| {
-            c.customer_id.is_empty()
-                && [
-                    &c.email_hash,
-                    &c.phone_hash,
-                    &c.social_handle_hash,
-                    &c.device_id_hash,
-                ]
-                .iter()
-                .any(|h| !h.is_empty())
-        })
+        customer.is_some_and(|c| c.customer_id.is_empty() && weak_identifiers(c).next().is_some())
     }
 
     pub fn hold(&mut self, waiter: Waiter) {
