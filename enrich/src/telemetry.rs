@@ -57,6 +57,11 @@ pub(crate) enum Metric {
     /// Events in the join waiting, by `waiting_for` (`link`, `reference`)
     /// (gauge).
     JoinWaiting,
+    /// Links the join partitions remember for the unresolved events that
+    /// come after them (gauge).
+    JoinLinks,
+    /// Links the join partitions forgot, beyond `max_links`.
+    JoinLinksForgotten,
     /// Events waiting in the lateness buffers (gauge).
     EventsHeld,
     /// Events waiting in the resolve loop for a link (gauge).
@@ -85,7 +90,7 @@ pub(crate) enum Metric {
 
 impl Metric {
     #[cfg(test)]
-    pub(crate) const ALL: [Metric; 27] = [
+    pub(crate) const ALL: [Metric; 29] = [
         Metric::EventsResolved,
         Metric::EventsDirect,
         Metric::JoinRecordsIn,
@@ -104,6 +109,8 @@ impl Metric {
         Metric::HistoryBytes,
         Metric::HistoryShedEvents,
         Metric::JoinWaiting,
+        Metric::JoinLinks,
+        Metric::JoinLinksForgotten,
         Metric::EventsHeld,
         Metric::EventsWaiting,
         Metric::Errors,
@@ -135,6 +142,8 @@ impl Metric {
             Metric::HistoryBytes => "xoflow_enrich_history_bytes",
             Metric::HistoryShedEvents => "xoflow_enrich_history_shed_events_total",
             Metric::JoinWaiting => "xoflow_enrich_join_waiting",
+            Metric::JoinLinks => "xoflow_enrich_join_links",
+            Metric::JoinLinksForgotten => "xoflow_enrich_join_links_forgotten_total",
             Metric::EventsHeld => "xoflow_enrich_events_held",
             Metric::EventsWaiting => "xoflow_enrich_events_waiting",
             Metric::Errors => "xoflow_enrich_errors_total",
@@ -217,6 +226,8 @@ pub(crate) struct BatchEnriched {
     pub waiting_for_reference: u64,
     /// Unresolved events waiting for a link, afterwards.
     pub waiting_for_link: u64,
+    /// Links the join partitions remember, afterwards.
+    pub links_remembered: u64,
     /// Alerts raised and suppressed in the batch.
     pub alerts: crate::alert::AlertStats,
 }
@@ -258,6 +269,8 @@ impl BatchEnriched {
             .set(self.waiting_for_reference as f64);
         gauge!(Metric::JoinWaiting.name(), "waiting_for" => "link")
             .set(self.waiting_for_link as f64);
+        gauge!(Metric::JoinLinks.name()).set(self.links_remembered as f64);
+        counter!(Metric::JoinLinksForgotten.name()).increment(self.stats.forgotten_links);
         counter!(Metric::AlertsRaised.name()).increment(self.alerts.raised);
         for (reason, n) in [
             ("repeated", self.alerts.repeated),
@@ -332,6 +345,7 @@ mod tests {
                         | Metric::HistoryEvents
                         | Metric::HistoryBytes
                         | Metric::JoinWaiting
+                        | Metric::JoinLinks
                         | Metric::ConsumerLag
                         | Metric::ProducerQueue
                 ),

@@ -49,6 +49,11 @@ pub struct JoinConfig {
     /// partition's latest event.
     #[serde(default = "default_max_waiting")]
     pub max_waiting: usize,
+    /// Most links a partition remembers for the unresolved events that
+    /// come after their link (oldest forgotten first): see
+    /// docs/enrich.md, "Waiting for a link".
+    #[serde(default = "default_max_links")]
+    pub max_links: usize,
     /// Removed: the owning department of an event comes from its tenant's
     /// journey config (`ingest.tenants.<tenant>.touchpoints`), the one
     /// ownership model. Kept only to refuse old files with that advice
@@ -114,6 +119,7 @@ impl JoinConfig {
             max_history_per_customer: default_max_history(),
             max_history_bytes: default_max_history_bytes(),
             max_waiting: default_max_waiting(),
+            max_links: default_max_links(),
             departments: None,
             owners: Owners::default(),
         }
@@ -154,4 +160,13 @@ const fn default_max_history_bytes() -> usize {
 
 const fn default_max_waiting() -> usize {
     200_000
+}
+
+/// 100,000 per partition: some 250 bytes each (a hashed identifier, a
+/// customer id, their map entry and queue slot), 25 MB; at 2,500 new links a second on one partition
+/// (a stream of 10,000 new customers a second on four), the last 40
+/// seconds of links, against the second or so a resolve loop takes to
+/// apply a link from the links topic.
+const fn default_max_links() -> usize {
+    100_000
 }

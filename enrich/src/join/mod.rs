@@ -151,6 +151,8 @@ pub struct JoinStats {
     /// their memory budget, and the customers they were shed from.
     pub shed_events: u64,
     pub shed_customers: u64,
+    /// Links forgotten, beyond `max_links`.
+    pub forgotten_links: u64,
 }
 
 /// Changelog records: key, value (empty deletes). See `state.proto` for the
@@ -307,6 +309,11 @@ impl Join {
     /// Unresolved events waiting for a link.
     pub fn waiting_for_link(&self) -> usize {
         self.unresolved.len()
+    }
+
+    /// Links remembered for the unresolved events that come after them.
+    pub fn links_remembered(&self) -> usize {
+        self.unresolved.links()
     }
 
     /// The lowest offset of `input` still held: that topic's partition may
@@ -1087,8 +1094,12 @@ impl Join {
         self.dirty_bases.insert(id.to_owned());
     }
 
-    /// Ends the wait of unresolved events beyond the bounds.
+    /// Ends the wait of unresolved events beyond the bounds, and forgets
+    /// the links beyond theirs.
     fn expire_waiting(&mut self) {
+        let (forgotten, n) = self.unresolved.forget_links(self.cfg.max_links);
+        self.stats.forgotten_links += n;
+        self.dirty_identifiers.extend(forgotten);
         if self.unresolved.len() == 0 {
             return;
         }
@@ -2259,6 +2270,82 @@ last_nps_at_most = 6
         k.offer(post, Resolved::unresolved(), 3, 0);
         k.drain(0, &mut out);
         assert_eq!(k.take_moves().len(), 1);
+    }
+
+    #[test]
+    fn a_partition_remembers_only_its_latest_links() {
+        let mut j = Join::new(JoinConfig {
+            max_links: 2,
+            ..cfg()
+        });
+        let post = |id: &str, email: &str| {
+            event(
+                id,
+                DAY_MS,
+                CustomerIdentity {
+                    email_hash: email.into(),
+                    ..Default::default()
+                },
+                Payload::Social(xoflow_proto::v1::SocialPost::default()),
+            )
+        };
+        let mut out = Vec::new();
+        for (identifier, customer) in [("a", "ca"), ("b", "cb"), ("c", "cc")] {
+            j.link(identifier, customer);
+        }
+        j.drain(0, &mut out);
+        assert_eq!(j.links_remembered(), 2);
+        assert_eq!(j.take_stats().forgotten_links, 1);
+        // The forgotten link's changelog record is deleted; the others kept.
+        let changes = j.take_changes();
+        let value = |identifier: &str| {
+            changes
+                .iter()
+                .find(|(k, _)| k[1..] == *identifier.as_bytes() && k[0] == 0)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(value("a"), Some(Vec::new()));
+        assert!(value("b").is_some_and(|v| !v.is_empty()));
+        assert!(value("c").is_some_and(|v| !v.is_empty()));
+        // An event of a remembered identifier moves at once; one of the
+        // forgotten identifier waits, emitted unresolved.
+        j.offer(post("pc", "c"), Resolved::unresolved(), 0, 0);
+        j.offer(post("pa", "a"), Resolved::unresolved(), 1, 0);
+        j.drain(0, &mut out);
+        let moved = j.take_moves();
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].customer_id, "cc");
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].enriched.event.as_ref().map(|e| e.event_id.as_str()),
+            Some("pa")
+        );
+        assert_eq!(j.waiting_for_link(), 1);
+        // A link announced again counts as the latest: `b` stays, `c` goes.
+        j.link("b", "cb");
+        j.link("d", "cd");
+        j.drain(0, &mut out);
+        assert_eq!(j.take_stats().forgotten_links, 1);
+        assert_eq!(j.links_remembered(), 2);
+        let mut k = Join::new(cfg());
+        k.restore_records(j.take_changes(), 0);
+        out.clear();
+        for (i, identifier) in ["b", "c", "d"].into_iter().enumerate() {
+            k.offer(
+                post(&format!("q{i}"), identifier),
+                Resolved::unresolved(),
+                2,
+                0,
+            );
+        }
+        k.drain(0, &mut out);
+        let moved: Vec<String> = k.take_moves().into_iter().map(|m| m.customer_id).collect();
+        assert_eq!(moved, ["cb", "cd"]);
+        assert_eq!(
+            out.len(),
+            1,
+            "the event of the forgotten link is emitted unresolved"
+        );
     }
 
     /// The memory budget at work: customers who each answer a survey

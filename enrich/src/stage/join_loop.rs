@@ -250,6 +250,7 @@ impl Joiner<'_> {
             stats.expired_reference += s.expired_reference;
             stats.shed_events += s.shed_events;
             stats.shed_customers += s.shed_customers;
+            stats.forgotten_links += s.forgotten_links;
             let c = j.take_changes();
             if !c.is_empty() {
                 changes.push((*p, c));
@@ -361,6 +362,11 @@ impl Joiner<'_> {
                 .joins
                 .values()
                 .map(|j| j.waiting_for_link() as u64)
+                .sum(),
+            links_remembered: self
+                .joins
+                .values()
+                .map(|j| j.links_remembered() as u64)
                 .sum(),
         }
         .emit();

@@ -122,6 +122,7 @@ pub(super) async fn join_state(
         history = join.history_events(),
         history_bytes = join.history_bytes(),
         waiting_for_link = join.waiting_for_link(),
+        links = join.links_remembered(),
         seconds = started.elapsed().as_secs_f64(),
         "join state restored from the changelog"
     );
