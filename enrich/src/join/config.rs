@@ -163,10 +163,10 @@ const fn default_max_waiting() -> usize {
 }
 
 /// 100,000 per partition: some 250 bytes each (a hashed identifier, a
-/// customer id, their map entry and queue slot), 25 MB; at 2,500 new links a second on one partition
-/// (a stream of 10,000 new customers a second on four), the last 40
-/// seconds of links, against the second or so a resolve loop takes to
-/// apply a link from the links topic.
+/// customer id, their map entry and queue slot), 25 MB; at 2,500 new
+/// links a second on one partition (a stream of 10,000 new customers a
+/// second on four), the last 40 seconds of links, against the second or
+/// so a resolve loop takes to apply a link from the links topic.
 const fn default_max_links() -> usize {
     100_000
 }

@@ -2301,7 +2301,7 @@ last_nps_at_most = 6
         let value = |identifier: &str| {
             changes
                 .iter()
-                .find(|(k, _)| k[1..] == *identifier.as_bytes() && k[0] == 0)
+                .find(|(k, _)| k.strip_prefix(&[0]) == Some(identifier.as_bytes()))
                 .map(|(_, v)| v.clone())
         };
         assert_eq!(value("a"), Some(Vec::new()));

@@ -248,7 +248,9 @@ impl Unresolved {
                 waiting,
             },
         );
-        self.links = self.links + usize::from(linked_seq != 0)
-            - usize::from(before.is_some_and(|b| b.customer_id.is_some()));
+        if before.is_some_and(|b| b.customer_id.is_some()) {
+            self.links -= 1;
+        }
+        self.links += usize::from(linked_seq != 0);
     }
 }
