@@ -18,7 +18,8 @@ pub struct EnrichConfig {
     /// takes back its partitions (and restores their state) at once.
     #[serde(default)]
     pub instance_id: Option<String>,
-    /// Most records per batch: one produce round trip and one commit each.
+    /// Most records per batch: four produce round trips (see
+    /// docs/enrich.md, "Durability") and one commit each.
     pub batch_max_records: usize,
     /// How long a batch may wait to fill once its first record arrived.
     #[serde(with = "humantime_serde")]

@@ -1,8 +1,9 @@
 //! The batch producer: records of a whole consumed batch sent at once and
 //! acknowledged together.
 //!
-//! In: [`Outgoing`] records for one topic (or one partition of it). Out: `Ok`
-//! once every record is acknowledged, or a [`BatchError`] carrying the first
+//! In: [`Outgoing`] records for one topic (or one partition of it), or for
+//! several at once ([`BatchProducer::send_together`]). Out: `Ok` once every
+//! record is acknowledged, or a [`BatchError`] carrying the first
 //! failure for the caller to classify; a full local queue is backpressure,
 //! never an error.
 
@@ -42,6 +43,10 @@ impl<'a> Outgoing<'a> {
         }
     }
 }
+
+/// Where [`BatchProducer::send_together`] sends records: a topic, the
+/// partition if chosen (else the record's key decides), the records.
+pub type Target<'a> = (&'a str, Option<i32>, &'a [Outgoing<'a>]);
 
 /// A producer whose deliveries are acknowledged per batch, not per record.
 ///
@@ -167,13 +172,37 @@ impl BatchProducer {
         self.send(topic, Some(partition), records).await
     }
 
+    /// Sends several topics' (or partitions') records as one batch: all
+    /// queued first, then one wait until every one is settled. For records
+    /// that need no order among themselves (a changelog's partitions, say):
+    /// one round trip to the broker instead of one per target.
+    pub async fn send_together(&self, targets: &[Target<'_>]) -> Result<(), BatchError> {
+        let ack = BatchAck::new();
+        for (topic, partition, records) in targets {
+            self.queue(&ack, topic, *partition, records).await;
+        }
+        let total = targets.iter().map(|(_, _, r)| r.len()).sum();
+        self.settled(ack, total).await
+    }
+
     async fn send(
         &self,
         topic: &str,
         partition: Option<i32>,
         records: &[Outgoing<'_>],
     ) -> Result<(), BatchError> {
-        let ack = BatchAck::new();
+        self.send_together(&[(topic, partition, records)]).await
+    }
+
+    /// Queues `records`, each carrying `ack`; waits (never fails) while the
+    /// local queue is full.
+    async fn queue(
+        &self,
+        ack: &Arc<BatchAck>,
+        topic: &str,
+        partition: Option<i32>,
+        records: &[Outgoing<'_>],
+    ) {
         for rec in records {
             let mut record = BaseRecord::with_opaque_to(topic, ack.clone()).key(rec.key);
             // An empty value without headers is a deletion in a compacted
@@ -206,6 +235,11 @@ impl BatchProducer {
                 }
             }
         }
+    }
+
+    /// Waits until every record queued with `ack` (`total` of them) is
+    /// settled.
+    async fn settled(&self, ack: Arc<BatchAck>, total: usize) -> Result<(), BatchError> {
         self.report_queue();
         // Drop the sending guard; wait for the rest.
         ack.settle(None);
@@ -225,7 +259,7 @@ impl BatchProducer {
             .unwrap_or(KafkaError::Canceled);
         Err(BatchError {
             failed,
-            total: records.len(),
+            total,
             first,
         })
     }
@@ -329,5 +363,78 @@ mod tests {
         let mut distinct = log.clone();
         distinct.dedup();
         assert_eq!(distinct, (0..total as u32).collect::<Vec<_>>());
+    }
+
+    /// Every record of every target lands where it was sent, once; a
+    /// failure counts the records of all targets.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_sent_together_land_in_each_target() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("a", 2, 1).expect("topic a");
+        mock.create_topic("b", 1, 1).expect("topic b");
+        let cfg = KafkaConfig::with_brokers(mock.bootstrap_servers());
+        let producer = cfg.batch_producer().expect("producer");
+        let payloads: Vec<Vec<u8>> = (0..30u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let records: Vec<Outgoing<'_>> =
+            payloads.iter().map(|p| Outgoing::keyed(b"k", p)).collect();
+        producer
+            .send_together(&[
+                ("a", Some(0), &records[..10]),
+                ("a", Some(1), &records[10..20]),
+                ("b", None, &records[20..]),
+            ])
+            .await
+            .expect("every record acknowledged");
+
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("group.id", "together-check")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in [("a", 0), ("a", 1), ("b", 0)] {
+            tpl.add_partition_offset(topic, partition, Offset::Beginning)
+                .expect("partition");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut landed: Vec<(String, i32, u32)> = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while landed.len() < payloads.len() && std::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let p = m.payload().expect("payload");
+                    let n = u32::from_be_bytes(p.try_into().expect("4 bytes"));
+                    landed.push((m.topic().to_owned(), m.partition(), n));
+                }
+                Some(Err(e)) => panic!("consume: {e}"),
+                None => {}
+            }
+        }
+        landed.sort_by_key(|(_, _, n)| *n);
+        let expected: Vec<(String, i32, u32)> = (0..30u32)
+            .map(|n| match n {
+                0..10 => ("a".to_owned(), 0, n),
+                10..20 => ("a".to_owned(), 1, n),
+                _ => ("b".to_owned(), 0, n),
+            })
+            .collect();
+        assert_eq!(landed, expected);
+
+        // No broker: every record of every target fails, and is counted.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let cfg = KafkaConfig {
+            message_timeout: Duration::from_millis(200),
+            ..KafkaConfig::with_brokers(format!("127.0.0.1:{closed}"))
+        };
+        let producer = cfg.batch_producer().expect("producer");
+        let e = producer
+            .send_together(&[("a", None, &records[..10]), ("b", None, &records[10..])])
+            .await
+            .expect_err("nothing acknowledged without a broker");
+        assert_eq!((e.failed, e.total), (30, 30));
     }
 }

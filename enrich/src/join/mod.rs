@@ -116,13 +116,24 @@ impl Released {
     /// the encoded `EnrichedEvent`. The stage produces exactly this, and the
     /// golden test compares exactly this, so the two cannot drift apart.
     pub fn into_record(self) -> (String, Vec<u8>) {
-        let id = self
-            .enriched
+        let mut value = Vec::with_capacity(self.enriched.encoded_len());
+        self.encode_value(&mut value);
+        (self.key().to_owned(), value)
+    }
+
+    /// The record's key: the event's id.
+    pub fn key(&self) -> &str {
+        self.enriched
             .event
             .as_ref()
-            .map(|e| e.event_id.clone())
-            .unwrap_or_default();
-        (id, self.enriched.encode_to_vec())
+            .map_or("", |e| e.event_id.as_str())
+    }
+
+    /// Appends the record's value to `buf`: the stage encodes a whole
+    /// batch's outputs into one buffer it keeps (see
+    /// `stage::join_loop::Outputs`).
+    pub fn encode_value(&self, buf: &mut Vec<u8>) {
+        self.enriched.encode_raw(buf);
     }
 }
 

@@ -16,7 +16,7 @@
 //!
 //! and the rebalances recorded by the consumer's [`RebalanceLog`]. Out, per
 //! batch: the released `EnrichedEvent`s to the enriched topic (key = event
-//! id, see [`Released::into_record`]), repairs included, dead letters,
+//! id, see [`Released::key`]), repairs included, dead letters,
 //! events a link resolved back to the repartition topic keyed by their
 //! customer, and the changed state to the changelog partition of the same
 //! number; then input offsets are committed per (topic, partition), each
@@ -74,6 +74,42 @@ pub(super) struct Joiner<'a> {
     pub committed: HashMap<(Input, i32), i64>,
     /// Says `kafka_unreachable` while a produce is being retried.
     pub readiness: &'a Readiness,
+    /// The last batch's output buffers, emptied, for the next.
+    pub outputs: Outputs,
+}
+
+/// A batch's released outputs and their encoded values (one buffer; `ends`
+/// marks where each value ends), kept from one flush to the next. A fresh
+/// vector per flush grew by doubling, every time into new pages the kernel
+/// had to zero (22 % of the process's samples in B5's enrich run:
+/// BENCHMARKS.md, "Larger enrich batches"), and each output's value was an
+/// allocation of its own.
+#[derive(Default)]
+pub(super) struct Outputs {
+    released: Vec<Released>,
+    values: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Outputs {
+    /// What is kept of a flush's buffers: emptied, and not beyond
+    /// [`Outputs::KEEP_BYTES`] each, so that one burst (a partition drained
+    /// at a rebalance) does not stay resident.
+    const KEEP_BYTES: usize = 16 << 20;
+
+    fn recycle(mut released: Vec<Released>, mut values: Vec<u8>, mut ends: Vec<usize>) -> Self {
+        released.clear();
+        values.clear();
+        ends.clear();
+        released.shrink_to(Self::KEEP_BYTES / size_of::<Released>());
+        values.shrink_to(Self::KEEP_BYTES);
+        ends.shrink_to(Self::KEEP_BYTES / size_of::<usize>());
+        Outputs {
+            released,
+            values,
+            ends,
+        }
+    }
 }
 
 impl Joiner<'_> {
@@ -220,7 +256,11 @@ impl Joiner<'_> {
         dead: &[Vec<u8>],
         stop: &CancellationToken,
     ) -> Result<(), EnrichError> {
-        let mut released: Vec<Released> = Vec::new();
+        let Outputs {
+            mut released,
+            mut values,
+            mut ends,
+        } = std::mem::take(&mut self.outputs);
         let mut changes: Vec<(i32, ChangelogRecords)> = Vec::new();
         let mut moves = Vec::new();
         let mut alerts = Vec::new();
@@ -256,11 +296,18 @@ impl Joiner<'_> {
                 changes.push((*p, c));
             }
         }
-        let encoded: Vec<(String, Vec<u8>)> =
-            released.into_iter().map(Released::into_record).collect();
-        let enriched: Vec<Outgoing<'_>> = encoded
+        for r in &released {
+            r.encode_value(&mut values);
+            ends.push(values.len());
+        }
+        let enriched: Vec<Outgoing<'_>> = released
             .iter()
-            .map(|(id, b)| Outgoing::keyed(id.as_bytes(), b))
+            .zip(ends.iter().scan(0, |start, &end| {
+                let span = *start..end;
+                *start = end;
+                Some(span)
+            }))
+            .map(|(r, span)| Outgoing::keyed(r.key().as_bytes(), &values[span]))
             .collect();
         let dead_out = output::dead_letter_records(dead);
         // Alerts keyed by customer: one customer's alerts stay in order.
@@ -298,7 +345,7 @@ impl Joiner<'_> {
                 })),
             })
             .collect();
-        // In this order, each acknowledged before the next is sent: alerts
+        // In these steps, each acknowledged before the next is sent: alerts
         // before the books that record them (a crash in between replays the
         // batch against the old books and raises the same alerts, same ids,
         // again: never fewer); events a link resolved before the state that
@@ -307,17 +354,28 @@ impl Joiner<'_> {
         // revision) that the changelog does not know: the replayed input
         // finds its events in their histories and emits them again at the
         // recorded revisions, or, if the state did not land, as if for the
-        // first time.
-        let mut sends: Vec<output::Send<'_>> = vec![
-            (&self.kafka.topics.alerts, None, &alerts_out),
-            (&self.internal.repartition, None, &moved_out),
-        ];
-        for (p, records) in &changelog {
-            sends.push((&self.internal.changelog, Some(*p), records));
-        }
-        sends.push((&self.kafka.topics.enriched, None, &enriched));
-        sends.push((&self.kafka.topics.dead_letters, None, &dead_out));
-        output::produce_batch(self.producer, &sends, stop, self.readiness).await?;
+        // first time. Within a step nothing depends on anything else (each
+        // changelog partition records its own join partition), so a step
+        // is one round trip however many partitions it writes.
+        let changelog_sends: Vec<output::Send<'_>> = changelog
+            .iter()
+            .map(|(p, records)| (self.internal.changelog.as_str(), Some(*p), &records[..]))
+            .collect();
+        output::produce_batch(
+            self.producer,
+            &[
+                &[(&self.kafka.topics.alerts, None, &alerts_out)],
+                &[(&self.internal.repartition, None, &moved_out)],
+                &changelog_sends,
+                &[
+                    (&self.kafka.topics.enriched, None, &enriched),
+                    (&self.kafka.topics.dead_letters, None, &dead_out),
+                ],
+            ],
+            stop,
+            self.readiness,
+        )
+        .await?;
 
         // Commit each assigned partition of each input topic up to what was
         // read, or below the lowest event of that topic it still holds;
@@ -341,9 +399,12 @@ impl Joiner<'_> {
             }
         }
         output::commit(self.consumer, &tpl, stop);
+        let records = enriched.len() as u64;
+        drop(enriched);
+        self.outputs = Outputs::recycle(released, values, ends);
         let history_bytes = self.joins.values().map(|j| j.history_bytes() as u64).sum();
         telemetry::BatchEnriched {
-            records: enriched.len() as u64,
+            records,
             dead_letters: dead_out.len() as u64,
             state_changes: changelog.iter().map(|(_, c)| c.len() as u64).sum(),
             held: self.joins.values().map(|j| j.held() as u64).sum(),

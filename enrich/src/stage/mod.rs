@@ -403,6 +403,7 @@ pub async fn run(
         read: HashMap::new(),
         committed: HashMap::new(),
         readiness: &readiness,
+        outputs: Default::default(),
     };
     // The watchdog runs beside the loops (borrowing their consumers) and
     // ends with them.

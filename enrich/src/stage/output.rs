@@ -3,15 +3,15 @@
 //! records that did not decode.
 //!
 //! In: the encoded records of one batch per topic (and partition, for the
-//! changelog), and the offsets to commit once they are acknowledged. Out:
-//! `Ok` once every record is acknowledged. Transient produce failures (the
-//! broker unreachable, a queue full) are retried without a bound, with
-//! capped exponential backoff and jitter, while readiness says
-//! `kafka_unreachable` (or `producer_queue_stuck` for a full queue); [`EnrichError::Produce`] only for a permanent
-//! error, [`EnrichError::Stopped`] when shutdown comes during a retry wait
-//! (nothing of the batch is committed then). Commit failures are only
-//! logged and counted, because a missed commit only means records are
-//! handled again.
+//! changelog), in the steps their order needs, and the offsets to commit
+//! once they are acknowledged. Out: `Ok` once every record is acknowledged.
+//! Transient produce failures (the broker unreachable, a queue full) are
+//! retried without a bound, with capped exponential backoff and jitter,
+//! while readiness says `kafka_unreachable` (or `producer_queue_stuck` for a
+//! full queue); [`EnrichError::Produce`] only for a permanent error,
+//! [`EnrichError::Stopped`] when shutdown comes during a retry wait (nothing
+//! of the batch is committed then). Commit failures are only logged and
+//! counted, because a missed commit only means records are handled again.
 
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use xoflow_common::{
     admin::{Readiness, Reason},
     clock,
     dead_letter::{self, Stage},
-    kafka::{BatchProducer, ErrorClass, Outgoing},
+    kafka::{BatchProducer, ErrorClass, Outgoing, Target},
     retry::RetryPolicy,
     telemetry::ErrorKind,
 };
@@ -51,15 +51,17 @@ pub(super) async fn consumer_error(e: &rdkafka::error::KafkaError) {
 }
 
 /// One topic's (or one changelog partition's) records of a batch.
-pub(super) type Send<'a> = (&'a str, Option<i32>, &'a [Outgoing<'a>]);
+pub(super) type Send<'a> = Target<'a>;
 
-/// Produces several topics' records of one batch in the order given, each
-/// acknowledged before the next is sent, retrying transient failures (a
-/// retry re-sends acknowledged records too; their consumers drop copies by
-/// event id and revision, or by key).
+/// Produces a batch's records in steps, in the order given: a step's sends
+/// go out together (one round trip to the broker however many topics and
+/// partitions it names), and every record of a step is acknowledged before
+/// the next step is sent. Transient failures are retried (a retry re-sends
+/// acknowledged records too; their consumers drop copies by event id and
+/// revision, or by key).
 pub(super) async fn produce_batch(
     producer: &BatchProducer,
-    sends: &[Send<'_>],
+    steps: &[&[Send<'_>]],
     stop: &CancellationToken,
     readiness: &Readiness,
 ) -> Result<(), EnrichError> {
@@ -67,15 +69,16 @@ pub(super) async fn produce_batch(
     loop {
         attempt += 1;
         let mut result = Ok(());
-        for (topic, partition, records) in sends {
-            if records.is_empty() {
+        for step in steps {
+            let sends: Vec<Send<'_>> = step
+                .iter()
+                .filter(|(_, _, records)| !records.is_empty())
+                .copied()
+                .collect();
+            if sends.is_empty() {
                 continue;
             }
-            let r = match partition {
-                Some(p) => producer.send_all_to_partition(topic, *p, records).await,
-                None => producer.send_all(topic, records).await,
-            };
-            if let Err(e) = r {
+            if let Err(e) = producer.send_together(&sends).await {
                 result = Err(e);
                 break;
             }
@@ -196,7 +199,7 @@ mod tests {
             let (stop, readiness) = (stop.clone(), readiness.clone());
             async move {
                 let records = [Outgoing::keyed(b"k", b"v")];
-                produce_batch(&producer, &[("en", None, &records)], &stop, &readiness).await
+                produce_batch(&producer, &[&[("en", None, &records)]], &stop, &readiness).await
             }
         });
         // Attempt 6 means the old bound (5 attempts) was passed.

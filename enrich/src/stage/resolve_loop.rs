@@ -209,9 +209,11 @@ impl Resolver<'_> {
             output::produce_batch(
                 self.producer,
                 &[
-                    (&self.internal.repartition, None, &forward),
-                    (&self.internal.links, None, &links_out),
-                    (&self.kafka.topics.dead_letters, None, &dead_out),
+                    &[
+                        (&self.internal.repartition, None, &forward),
+                        (&self.kafka.topics.dead_letters, None, &dead_out),
+                    ],
+                    &[(&self.internal.links, None, &links_out)],
                 ],
                 stop,
                 self.readiness,
