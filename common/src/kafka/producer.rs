@@ -279,6 +279,26 @@ mod tests {
     use super::Outgoing;
     use crate::kafka::KafkaConfig;
 
+    /// A consumer assigned `partitions` of the mock cluster from their
+    /// beginning.
+    fn reader(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        partitions: &[(&str, i32)],
+    ) -> BaseConsumer {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("group.id", "reader")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            tpl.add_partition_offset(topic, *partition, Offset::Beginning)
+                .expect("partition");
+        }
+        consumer.assign(&tpl).expect("assign");
+        consumer
+    }
+
     /// The compacted topics (the join's changelog, the identity links) take
     /// a key's last record as its state, so a retried request must never
     /// land behind a later one of the same partition: every record once,
@@ -334,15 +354,7 @@ mod tests {
             result.expect("every batch acknowledged after its retries");
         }
 
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", mock.bootstrap_servers())
-            .set("group.id", "order-check")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("t", 0, Offset::Beginning)
-            .expect("partition");
-        consumer.assign(&tpl).expect("assign");
+        let consumer = reader(&mock, &[("t", 0)]);
         let total = BATCHES * PER_BATCH;
         let mut log = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -386,17 +398,7 @@ mod tests {
             .await
             .expect("every record acknowledged");
 
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", mock.bootstrap_servers())
-            .set("group.id", "together-check")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in [("a", 0), ("a", 1), ("b", 0)] {
-            tpl.add_partition_offset(topic, partition, Offset::Beginning)
-                .expect("partition");
-        }
-        consumer.assign(&tpl).expect("assign");
+        let consumer = reader(&mock, &[("a", 0), ("a", 1), ("b", 0)]);
         let mut landed: Vec<(String, i32, u32)> = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while landed.len() < payloads.len() && std::time::Instant::now() < deadline {

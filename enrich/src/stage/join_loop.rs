@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use xoflow_common::{
     admin::Readiness,
     clock,
-    kafka::{BatchProducer, KafkaConfig, Outgoing},
+    kafka::{BatchProducer, KafkaConfig, Outgoing, Target},
     rebalance::{Batch, Batches, Change, RebalanceLog},
     telemetry::ErrorKind,
 };
@@ -357,7 +357,7 @@ impl Joiner<'_> {
         // first time. Within a step nothing depends on anything else (each
         // changelog partition records its own join partition), so a step
         // is one round trip however many partitions it writes.
-        let changelog_sends: Vec<output::Send<'_>> = changelog
+        let changelog_sends: Vec<Target<'_>> = changelog
             .iter()
             .map(|(p, records)| (self.internal.changelog.as_str(), Some(*p), &records[..]))
             .collect();

@@ -50,9 +50,6 @@ pub(super) async fn consumer_error(e: &rdkafka::error::KafkaError) {
     tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
 }
 
-/// One topic's (or one changelog partition's) records of a batch.
-pub(super) type Send<'a> = Target<'a>;
-
 /// Produces a batch's records in steps, in the order given: a step's sends
 /// go out together (one round trip to the broker however many topics and
 /// partitions it names), and every record of a step is acknowledged before
@@ -61,7 +58,7 @@ pub(super) type Send<'a> = Target<'a>;
 /// revision, or by key).
 pub(super) async fn produce_batch(
     producer: &BatchProducer,
-    steps: &[&[Send<'_>]],
+    steps: &[&[Target<'_>]],
     stop: &CancellationToken,
     readiness: &Readiness,
 ) -> Result<(), EnrichError> {
@@ -70,15 +67,8 @@ pub(super) async fn produce_batch(
         attempt += 1;
         let mut result = Ok(());
         for step in steps {
-            let sends: Vec<Send<'_>> = step
-                .iter()
-                .filter(|(_, _, records)| !records.is_empty())
-                .copied()
-                .collect();
-            if sends.is_empty() {
-                continue;
-            }
-            if let Err(e) = producer.send_together(&sends).await {
+            // A step with no records settles at once: no round trip.
+            if let Err(e) = producer.send_together(step).await {
                 result = Err(e);
                 break;
             }
