@@ -92,23 +92,35 @@ pub(super) struct Outputs {
 }
 
 impl Outputs {
-    /// What is kept of a flush's buffers: emptied, and not beyond
-    /// [`Outputs::KEEP_BYTES`] each, so that one burst (a partition drained
-    /// at a rebalance) does not stay resident.
+    /// What a buffer keeps regardless of use: a quiet flush does not give
+    /// back what the next busy one needs again.
     const KEEP_BYTES: usize = 16 << 20;
 
+    /// A flush's buffers, emptied for the next. Each keeps its capacity
+    /// unless that is more than twice what this flush used (and more than
+    /// [`Outputs::KEEP_BYTES`]): then it shrinks to what was used, so that
+    /// one burst (a partition drained at a rebalance) does not stay
+    /// resident. Shrinking to a fixed size instead cut a full batch's
+    /// buffers below its need at every flush: 20,000 outputs take more than
+    /// 16 MiB, and each flush grew them again into pages the kernel zeroed.
     fn recycle(mut released: Vec<Released>, mut values: Vec<u8>, mut ends: Vec<usize>) -> Self {
-        released.clear();
-        values.clear();
-        ends.clear();
-        released.shrink_to(Self::KEEP_BYTES / size_of::<Released>());
-        values.shrink_to(Self::KEEP_BYTES);
-        ends.shrink_to(Self::KEEP_BYTES / size_of::<usize>());
+        keep_for_next(&mut released);
+        keep_for_next(&mut values);
+        keep_for_next(&mut ends);
         Outputs {
             released,
             values,
             ends,
         }
+    }
+}
+
+/// Empties `buf`, keeping its capacity by the rule of [`Outputs::recycle`].
+fn keep_for_next<T>(buf: &mut Vec<T>) {
+    let keep = buf.len().max(Outputs::KEEP_BYTES / size_of::<T>().max(1));
+    buf.clear();
+    if buf.capacity() > keep.saturating_mul(2) {
+        buf.shrink_to(keep);
     }
 }
 
@@ -579,5 +591,42 @@ fn resolved_from_key(key: &[u8], e: &Event) -> Resolved {
         } else {
             IdentityResolution::Linked
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full batch's buffer stays as large as the batch needed, however
+    /// far past the floor; one far larger than this flush's use shrinks to
+    /// that use; one below the floor is never shrunk.
+    #[test]
+    fn buffers_keep_what_a_batch_used_and_give_back_a_burst() {
+        let floor = Outputs::KEEP_BYTES;
+        let mut full: Vec<u8> = Vec::with_capacity(3 * floor);
+        full.resize(2 * floor, 1);
+        keep_for_next(&mut full);
+        assert!(full.is_empty());
+        assert_eq!(
+            full.capacity(),
+            3 * floor,
+            "a full batch's buffer kept whole"
+        );
+
+        let mut burst: Vec<u8> = Vec::with_capacity(8 * floor);
+        burst.resize(floor + 1, 1);
+        keep_for_next(&mut burst);
+        assert!(burst.is_empty());
+        assert!(
+            (floor + 1..8 * floor).contains(&burst.capacity()),
+            "shrunk to this flush's use: {}",
+            burst.capacity()
+        );
+
+        let mut small: Vec<usize> = Vec::with_capacity(100);
+        small.push(1);
+        keep_for_next(&mut small);
+        assert_eq!(small.capacity(), 100);
     }
 }

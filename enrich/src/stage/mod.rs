@@ -48,14 +48,18 @@
 //! topic brought them. Internal topics are named after the group: `<group_id>.links`,
 //! `<group_id>.repartition`, `<group_id>.changelog`.
 //!
+//! The two loops run as tasks of their own (both cores handle batches at
+//! once); they share the producer, and nothing else but the topics.
+//!
 //! Modules: `resolve_loop` and `join_loop` are the two loops, `restore`
 //! reads the link table and a partition's state back, `output` is what both
 //! do with a handled batch (produce with retries,
 //! commit, dead-letter). This module wires them and owns the errors.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use rdkafka::{consumer::Consumer, error::KafkaError};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use xoflow_common::{
     admin::Readiness,
@@ -300,6 +304,30 @@ pub async fn ensure_topics(
     Ok(internal)
 }
 
+/// Waits for both loops. The first to fail ends the other at once (it is
+/// aborted at its next await, as if dropped: nothing of its batch in flight
+/// is committed) and its error is the stage's; a loop's panic is the
+/// stage's panic. Dropping the set (the stage's own future dropped) aborts
+/// both.
+async fn first_error(loops: &mut JoinSet<Result<(), EnrichError>>) -> Result<(), EnrichError> {
+    let mut result = Ok(());
+    while let Some(done) = loops.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                loops.abort_all();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Aborted above.
+            Err(_) => {}
+        }
+    }
+    result
+}
+
 /// Runs the enrich stage until `stop` is cancelled.
 pub async fn run(
     kafka: &KafkaConfig,
@@ -381,49 +409,75 @@ pub async fn run(
         probe_stop,
     ));
 
-    let resolve = resolve_loop::Resolver {
-        consumer: &resolve_consumer,
-        follower,
-        links,
-        waiting: Waiting::default(),
-        read: HashMap::new(),
-        producer: &producer,
-        kafka,
-        cfg,
-        internal: &internal,
-        readiness: &readiness,
-    };
-    let join = join_loop::Joiner {
-        consumer: &join_consumer,
-        producer: &producer,
-        kafka,
-        cfg,
-        internal: &internal,
-        joins: HashMap::new(),
-        read: HashMap::new(),
-        committed: HashMap::new(),
-        readiness: &readiness,
-        outputs: Default::default(),
-    };
-    // The watchdog runs beside the loops (borrowing their consumers) and
-    // ends with them.
+    // Each loop is a task of its own, so that the two handle their batches
+    // on both cores at once: polled together in one task they took turns on
+    // one thread, and the join waited for the resolve loop's handling as if
+    // for input (BENCHMARKS.md, "The two loops on two cores").
+    let producer = Arc::new(producer);
+    let resolve_consumer = Arc::new(resolve_consumer);
+    let join_consumer = Arc::new(join_consumer);
+    let mut tasks = JoinSet::new();
+    tasks.spawn({
+        let (consumer, producer) = (resolve_consumer.clone(), producer.clone());
+        let (kafka, cfg, internal) = (kafka.clone(), cfg.clone(), internal.clone());
+        let (readiness, stop) = (readiness.clone(), stop.clone());
+        async move {
+            resolve_loop::Resolver {
+                consumer: &consumer,
+                follower,
+                links,
+                waiting: Waiting::default(),
+                read: HashMap::new(),
+                producer: &producer,
+                kafka: &kafka,
+                cfg: &cfg,
+                internal: &internal,
+                readiness: &readiness,
+            }
+            .run(&stop)
+            .await
+        }
+    });
+    tasks.spawn({
+        let (consumer, producer) = (join_consumer.clone(), producer.clone());
+        let (kafka, cfg, internal) = (kafka.clone(), cfg.clone(), internal.clone());
+        let (readiness, stop) = (readiness.clone(), stop.clone());
+        async move {
+            join_loop::Joiner {
+                consumer: &consumer,
+                producer: &producer,
+                kafka: &kafka,
+                cfg: &cfg,
+                internal: &internal,
+                joins: HashMap::new(),
+                read: HashMap::new(),
+                committed: HashMap::new(),
+                readiness: &readiness,
+                outputs: Default::default(),
+            }
+            .run(&stop)
+            .await
+        }
+    });
+    // The watchdog runs beside the loops (reading their consumers'
+    // positions) and ends with them.
     let watch_stop = stop.child_token();
     let watched = vec![
         Watched {
             group: format!("{}.resolve", cfg.group_id),
             topics: vec![t.events.clone(), t.backfill.clone()],
-            held: Box::new(|| watch::held(&resolve_consumer)),
+            held: Box::new(|| watch::held(&*resolve_consumer)),
             lag_metric: Metric::ConsumerLag.name(),
         },
         Watched {
             group: cfg.group_id.clone(),
             topics: vec![t.events.clone(), internal.repartition.clone()],
-            held: Box::new(|| watch::held(&join_consumer)),
+            held: Box::new(|| watch::held(&*join_consumer)),
             lag_metric: Metric::ConsumerLag.name(),
         },
     ];
     let loops = async {
-        let r = tokio::try_join!(resolve.run(&stop), join.run(&stop));
+        let r = first_error(&mut tasks).await;
         watch_stop.cancel();
         r
     };
