@@ -410,9 +410,9 @@ pub async fn run(
     ));
 
     // Each loop is a task of its own, so that the two handle their batches
-    // on both cores at once: polled together in one task they took turns on
-    // one thread, and the join waited for the resolve loop's handling as if
-    // for input (BENCHMARKS.md, "The two loops on two cores").
+    // on both cores at once: polled together in one task their handling
+    // took turns on one thread (BENCHMARKS.md, "The two loops on two
+    // cores").
     let producer = Arc::new(producer);
     let resolve_consumer = Arc::new(resolve_consumer);
     let join_consumer = Arc::new(join_consumer);
