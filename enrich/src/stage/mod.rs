@@ -64,7 +64,7 @@ use tokio_util::sync::CancellationToken;
 use xoflow_common::{
     admin::Readiness,
     kafka::{
-        ErrorClass, KafkaConfig, Outgoing,
+        BatchProducer, ErrorClass, KafkaConfig, Outgoing,
         watch::{self, Watched},
     },
     rebalance::{Keep, RebalanceLog},
@@ -328,6 +328,18 @@ async fn first_error(loops: &mut JoinSet<Result<(), EnrichError>>) -> Result<(),
     result
 }
 
+/// What both loops of a running stage borrow: each task owns a copy
+/// (one `Arc` and a few small clones at start-up, nothing per batch).
+#[derive(Clone)]
+struct Shared {
+    producer: Arc<BatchProducer>,
+    kafka: KafkaConfig,
+    cfg: EnrichConfig,
+    internal: InternalTopics,
+    readiness: Readiness,
+    stop: CancellationToken,
+}
+
 /// Runs the enrich stage until `stop` is cancelled.
 pub async fn run(
     kafka: &KafkaConfig,
@@ -413,14 +425,19 @@ pub async fn run(
     // on both cores at once: polled together in one task their handling
     // took turns on one thread (BENCHMARKS.md, "The two loops on two
     // cores").
-    let producer = Arc::new(producer);
+    let shared = Shared {
+        producer: Arc::new(producer),
+        kafka: kafka.clone(),
+        cfg: cfg.clone(),
+        internal: internal.clone(),
+        readiness: readiness.clone(),
+        stop: stop.clone(),
+    };
     let resolve_consumer = Arc::new(resolve_consumer);
     let join_consumer = Arc::new(join_consumer);
     let mut tasks = JoinSet::new();
     tasks.spawn({
-        let (consumer, producer) = (resolve_consumer.clone(), producer.clone());
-        let (kafka, cfg, internal) = (kafka.clone(), cfg.clone(), internal.clone());
-        let (readiness, stop) = (readiness.clone(), stop.clone());
+        let (consumer, s) = (resolve_consumer.clone(), shared.clone());
         async move {
             resolve_loop::Resolver {
                 consumer: &consumer,
@@ -428,34 +445,32 @@ pub async fn run(
                 links,
                 waiting: Waiting::default(),
                 read: HashMap::new(),
-                producer: &producer,
-                kafka: &kafka,
-                cfg: &cfg,
-                internal: &internal,
-                readiness: &readiness,
+                producer: &s.producer,
+                kafka: &s.kafka,
+                cfg: &s.cfg,
+                internal: &s.internal,
+                readiness: &s.readiness,
             }
-            .run(&stop)
+            .run(&s.stop)
             .await
         }
     });
     tasks.spawn({
-        let (consumer, producer) = (join_consumer.clone(), producer.clone());
-        let (kafka, cfg, internal) = (kafka.clone(), cfg.clone(), internal.clone());
-        let (readiness, stop) = (readiness.clone(), stop.clone());
+        let (consumer, s) = (join_consumer.clone(), shared);
         async move {
             join_loop::Joiner {
                 consumer: &consumer,
-                producer: &producer,
-                kafka: &kafka,
-                cfg: &cfg,
-                internal: &internal,
+                producer: &s.producer,
+                kafka: &s.kafka,
+                cfg: &s.cfg,
+                internal: &s.internal,
                 joins: HashMap::new(),
                 read: HashMap::new(),
                 committed: HashMap::new(),
-                readiness: &readiness,
+                readiness: &s.readiness,
                 outputs: Default::default(),
             }
-            .run(&stop)
+            .run(&s.stop)
             .await
         }
     });
