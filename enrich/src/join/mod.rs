@@ -1001,12 +1001,8 @@ impl Join {
         if let Some(h) = identifier
             && self.unresolved.wait(
                 &h,
-                Waiter {
-                    event_id: e.event_id.clone(),
-                    bytes: bytes.into_boxed_slice(),
-                    at,
-                    revision,
-                },
+                &e.event_id,
+                Waiter::new(&e.event_id, bytes.into_boxed_slice(), at, revision),
             )
         {
             self.dirty_identifiers.insert(h);

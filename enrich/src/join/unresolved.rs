@@ -20,7 +20,7 @@
 //! of the link table grew with the customers.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::Arc,
 };
 
@@ -31,15 +31,48 @@ use xoflow_proto::{
 
 /// One waiting event, kept as its encoding: decoded, an event is about
 /// 1.5 KB against its 300 encoded bytes, and most waiting events leave
-/// unlinked (expired) without being read again.
+/// unlinked (expired) without being read again. Its id is kept only as a
+/// hash (a replay is confirmed from the bytes), and its entry in the
+/// expiry index is its sequence number: with the waiting events at their
+/// bound under a stream of unlinked identifiers, two copies of each
+/// event's id and identifier and a first push's room for four were 38 %
+/// of what a waiting event cost (BENCHMARKS.md, "What the RSS row
+/// measures").
 #[derive(Debug, Clone)]
 pub(super) struct Waiter {
-    pub event_id: String,
     /// The event, encoded (as read, and as its changelog record keeps it).
     pub bytes: Box<[u8]>,
     pub at: i64,
     /// The revision it was last emitted with (unresolved).
     pub revision: u32,
+    /// Hash of the event's id ([`id_hash`]).
+    id_hash: u64,
+    /// Its place in [`Unresolved::by_time`]; unique in the partition.
+    seq: u64,
+}
+
+impl Waiter {
+    /// A waiting event; `event_id` is the id `bytes` decode to.
+    pub fn new(event_id: &str, bytes: Box<[u8]>, at: i64, revision: u32) -> Self {
+        Waiter {
+            bytes,
+            at,
+            revision,
+            id_hash: id_hash(event_id),
+            seq: 0,
+        }
+    }
+
+    /// Whether this is the event `event_id` (the hash first; on a match,
+    /// the id its bytes decode to).
+    fn is(&self, event_id: &str, hash: u64) -> bool {
+        self.id_hash == hash && Event::decode(&*self.bytes).is_ok_and(|e| e.event_id == event_id)
+    }
+}
+
+fn id_hash(event_id: &str) -> u64 {
+    use std::hash::BuildHasher as _;
+    foldhash::fast::FixedState::default().hash_one(event_id)
 }
 
 #[derive(Debug, Default)]
@@ -69,9 +102,11 @@ pub(super) struct Unresolved {
     /// Shared with `linked_order`: a remembered link costs its identifier
     /// once.
     ids: Ids,
-    /// (event time, identifier, event id) of every waiting event, oldest
-    /// first: what expires first.
-    by_time: BTreeSet<(i64, String, String)>,
+    /// (event time, [`Waiter::seq`]) of every waiting event, oldest first
+    /// (what expires first), with the identifier it waits under.
+    by_time: BTreeMap<(i64, u64), Arc<str>>,
+    /// The last [`Waiter::seq`] given.
+    waiter_seq: u64,
     /// Identifiers in the order their links came, with the sequence number
     /// each was given: the oldest are forgotten first. An identifier linked
     /// again is queued again; its earlier entry, whose number no longer
@@ -100,13 +135,20 @@ impl Unresolved {
 
     /// Keeps `w` waiting under `identifier`; false if it already waits (a
     /// replay).
-    pub fn wait(&mut self, identifier: &str, w: Waiter) -> bool {
-        let (_, id) = entry(&mut self.ids, identifier);
-        if id.waiting.iter().any(|x| x.event_id == w.event_id) {
+    pub fn wait(&mut self, identifier: &str, event_id: &str, mut w: Waiter) -> bool {
+        let (key, id) = entry(&mut self.ids, identifier);
+        let hash = id_hash(event_id);
+        if id.waiting.iter().any(|x| x.is(event_id, hash)) {
             return false;
         }
-        self.by_time
-            .insert((w.at, identifier.to_owned(), w.event_id.clone()));
+        self.waiter_seq += 1;
+        w.seq = self.waiter_seq;
+        self.by_time.insert((w.at, w.seq), key);
+        // Most identifiers have one event waiting: room for one, not the
+        // four a first push makes (later pushes grow as usual).
+        if id.waiting.capacity() == 0 {
+            id.waiting.reserve_exact(1);
+        }
         id.waiting.push(w);
         true
     }
@@ -124,8 +166,7 @@ impl Unresolved {
         self.links += usize::from(new);
         self.linked_order.push_back((seq, key));
         for w in &gone {
-            self.by_time
-                .remove(&(w.at, identifier.to_owned(), w.event_id.clone()));
+            self.by_time.remove(&(w.at, w.seq));
         }
         gone
     }
@@ -136,19 +177,19 @@ impl Unresolved {
     pub fn expire(&mut self, before: i64, max: usize) -> (Vec<String>, u64) {
         let mut changed = Vec::new();
         let mut n = 0;
-        while let Some(first) = self.by_time.first() {
-            if first.0 >= before && self.by_time.len() <= max {
+        while let Some((&(at, _), _)) = self.by_time.first_key_value() {
+            if at >= before && self.by_time.len() <= max {
                 break;
             }
-            let (_, identifier, event_id) = self.by_time.pop_first().expect("first exists");
-            if let Some(id) = self.ids.get_mut(identifier.as_str()) {
-                id.waiting.retain(|w| w.event_id != event_id);
+            let ((_, seq), identifier) = self.by_time.pop_first().expect("first exists");
+            if let Some(id) = self.ids.get_mut(&*identifier) {
+                id.waiting.retain(|w| w.seq != seq);
                 if id.waiting.is_empty() && id.customer_id.is_none() {
-                    self.ids.remove(identifier.as_str());
+                    self.ids.remove(&*identifier);
                 }
             }
             n += 1;
-            changed.push(identifier);
+            changed.push(identifier.to_string());
         }
         (changed, n)
     }
@@ -184,8 +225,7 @@ impl Unresolved {
         let id = self.ids.remove(identifier)?;
         self.links -= usize::from(id.customer_id.is_some());
         for w in &id.waiting {
-            self.by_time
-                .remove(&(w.at, identifier.to_owned(), w.event_id.clone()));
+            self.by_time.remove(&(w.at, w.seq));
         }
         Some(id.waiting.len())
     }
@@ -214,25 +254,20 @@ impl Unresolved {
     /// links count as linked in the order they are restored (the changelog
     /// does not keep when each came).
     pub fn restore(&mut self, identifier: String, s: JoinIdentifierState) {
+        let key: Arc<str> = Arc::from(identifier);
         let waiting: Vec<Waiter> = s
             .waiting
             .into_iter()
             .filter_map(|w| {
                 // Decoded once for its id, and to keep only what decodes.
                 let event_id = Event::decode(w.event.as_slice()).ok()?.event_id;
-                Some(Waiter {
-                    event_id,
-                    bytes: w.event.into_boxed_slice(),
-                    at: w.at_ms,
-                    revision: w.revision,
-                })
+                let mut w = Waiter::new(&event_id, w.event.into_boxed_slice(), w.at_ms, w.revision);
+                self.waiter_seq += 1;
+                w.seq = self.waiter_seq;
+                self.by_time.insert((w.at, w.seq), key.clone());
+                Some(w)
             })
             .collect();
-        for w in &waiting {
-            self.by_time
-                .insert((w.at, identifier.clone(), w.event_id.clone()));
-        }
-        let key: Arc<str> = Arc::from(identifier);
         let customer_id = (!s.customer_id.is_empty()).then_some(s.customer_id);
         let mut linked_seq = 0;
         if customer_id.is_some() {
@@ -252,5 +287,107 @@ impl Unresolved {
             self.links -= 1;
         }
         self.links += usize::from(linked_seq != 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter(event_id: &str, at: i64) -> Waiter {
+        let bytes = Event {
+            event_id: event_id.into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        Waiter::new(event_id, bytes.into_boxed_slice(), at, 0)
+    }
+
+    fn wait(u: &mut Unresolved, identifier: &str, event_id: &str, at: i64) -> bool {
+        u.wait(identifier, event_id, waiter(event_id, at))
+    }
+
+    #[test]
+    fn a_replayed_event_waits_once_and_another_under_the_same_identifier_waits_too() {
+        let mut u = Unresolved::default();
+        assert!(wait(&mut u, "phone-1", "e1", 10));
+        assert!(!wait(&mut u, "phone-1", "e1", 10), "a replay");
+        assert!(wait(&mut u, "phone-1", "e2", 10), "same time, other event");
+        assert!(
+            wait(&mut u, "phone-2", "e1", 10),
+            "same id, other identifier"
+        );
+        assert_eq!(u.len(), 3);
+        // Equal hashes alone do not make a replay: the bytes decide.
+        let mut other = waiter("e3", 10);
+        other.id_hash = id_hash("e1");
+        assert!(u.wait("phone-1", "e3", other));
+        assert_eq!(u.len(), 4);
+    }
+
+    #[test]
+    fn expiry_takes_the_oldest_first_and_a_link_or_erasure_takes_its_events_out_of_the_index() {
+        let mut u = Unresolved::default();
+        for (i, (identifier, at)) in [("a", 5), ("b", 1), ("a", 3), ("c", 4), ("b", 2)]
+            .into_iter()
+            .enumerate()
+        {
+            assert!(wait(&mut u, identifier, &format!("e{i}"), at));
+        }
+        // By count: the two oldest (b at 1 and 2) leave.
+        let (changed, n) = u.expire(i64::MIN, 3);
+        assert_eq!((changed, n), (vec!["b".to_owned(), "b".to_owned()], 2));
+        assert_eq!(u.len(), 3);
+        // A link takes both of a's events, and nothing expires twice.
+        let gone = u.link("a", "cust-1");
+        assert_eq!(gone.iter().map(|w| w.at).collect::<Vec<_>>(), vec![5, 3]);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u.linked("a"), Some("cust-1"));
+        assert_eq!(u.forget("c"), Some(1));
+        assert_eq!(u.len(), 0);
+        assert_eq!(u.expire(i64::MAX, 0), (vec![], 0));
+        // By time: only what is older than `before`.
+        assert!(wait(&mut u, "d", "e9", 7));
+        assert!(wait(&mut u, "d", "e10", 9));
+        assert_eq!(u.expire(8, 10), (vec!["d".to_owned()], 1));
+        // The changelog value keeps the one left, as it arrived.
+        let kept = JoinIdentifierState::decode(u.encoded("d").as_slice()).expect("decodes");
+        assert_eq!(kept.waiting.len(), 1);
+        assert_eq!(kept.waiting[0].at_ms, 9);
+        assert_eq!(
+            Event::decode(kept.waiting[0].event.as_slice())
+                .expect("decodes")
+                .event_id,
+            "e10"
+        );
+    }
+
+    #[test]
+    fn restored_events_expire_and_link_as_the_ones_that_arrived() {
+        let mut u = Unresolved::default();
+        let state = JoinIdentifierState {
+            customer_id: String::new(),
+            waiting: [("e1", 2), ("e2", 1)]
+                .into_iter()
+                .map(|(id, at)| JoinWaitingEvent {
+                    event: waiter(id, at).bytes.to_vec(),
+                    at_ms: at,
+                    revision: 1,
+                })
+                .chain([JoinWaitingEvent {
+                    event: vec![0xff, 0xff],
+                    at_ms: 0,
+                    revision: 0,
+                }])
+                .collect(),
+        };
+        u.restore("x".into(), state);
+        assert_eq!(u.len(), 2, "the undecodable one is not kept");
+        assert!(!wait(&mut u, "x", "e1", 2), "a replay of a restored event");
+        assert_eq!(u.expire(i64::MIN, 1), (vec!["x".to_owned()], 1));
+        let gone = u.link("x", "cust-2");
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].at, 2);
+        assert_eq!(u.len(), 0);
     }
 }
