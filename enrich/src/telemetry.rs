@@ -60,6 +60,9 @@ pub(crate) enum Metric {
     /// Links the join partitions remember for the unresolved events that
     /// come after them (gauge).
     JoinLinks,
+    /// Customers whose state the join partitions hold (gauge; at most
+    /// `max_customers`).
+    JoinCustomers,
     /// Links the join partitions forgot, beyond `max_links`.
     JoinLinksForgotten,
     /// Events waiting in the lateness buffers (gauge).
@@ -90,7 +93,7 @@ pub(crate) enum Metric {
 
 impl Metric {
     #[cfg(test)]
-    pub(crate) const ALL: [Metric; 29] = [
+    pub(crate) const ALL: [Metric; 30] = [
         Metric::EventsResolved,
         Metric::EventsDirect,
         Metric::JoinRecordsIn,
@@ -110,6 +113,7 @@ impl Metric {
         Metric::HistoryShedEvents,
         Metric::JoinWaiting,
         Metric::JoinLinks,
+        Metric::JoinCustomers,
         Metric::JoinLinksForgotten,
         Metric::EventsHeld,
         Metric::EventsWaiting,
@@ -143,6 +147,7 @@ impl Metric {
             Metric::HistoryShedEvents => "xoflow_enrich_history_shed_events_total",
             Metric::JoinWaiting => "xoflow_enrich_join_waiting",
             Metric::JoinLinks => "xoflow_enrich_join_links",
+            Metric::JoinCustomers => "xoflow_enrich_join_customers",
             Metric::JoinLinksForgotten => "xoflow_enrich_join_links_forgotten_total",
             Metric::EventsHeld => "xoflow_enrich_events_held",
             Metric::EventsWaiting => "xoflow_enrich_events_waiting",
@@ -228,6 +233,8 @@ pub(crate) struct BatchEnriched {
     pub waiting_for_link: u64,
     /// Links the join partitions remember, afterwards.
     pub links_remembered: u64,
+    /// Customers the join partitions hold, afterwards.
+    pub customers: u64,
     /// Alerts raised and suppressed in the batch.
     pub alerts: crate::alert::AlertStats,
 }
@@ -270,6 +277,7 @@ impl BatchEnriched {
         gauge!(Metric::JoinWaiting.name(), "waiting_for" => "link")
             .set(self.waiting_for_link as f64);
         gauge!(Metric::JoinLinks.name()).set(self.links_remembered as f64);
+        gauge!(Metric::JoinCustomers.name()).set(self.customers as f64);
         counter!(Metric::JoinLinksForgotten.name()).increment(self.stats.forgotten_links);
         counter!(Metric::AlertsRaised.name()).increment(self.alerts.raised);
         for (reason, n) in [
@@ -346,6 +354,7 @@ mod tests {
                         | Metric::HistoryBytes
                         | Metric::JoinWaiting
                         | Metric::JoinLinks
+                        | Metric::JoinCustomers
                         | Metric::ConsumerLag
                         | Metric::ProducerQueue
                 ),

@@ -29,6 +29,9 @@ pub(crate) enum Metric {
     PartitionNextOffset,
     /// Rows stored per partition (gauge).
     PartitionRowsStored,
+    /// (event id, revision) pairs the dedup window of a partition holds
+    /// (gauge; up to twice `dedup_window`).
+    PartitionDedupPairs,
     /// Offsets gone from a partition's log before they were stored.
     LogGapOffsets,
     /// Failures the sink logged and went on from, by `error`
@@ -60,7 +63,7 @@ pub(crate) enum Metric {
 
 impl Metric {
     #[cfg(test)]
-    pub(crate) const ALL: [Metric; 18] = [
+    pub(crate) const ALL: [Metric; 19] = [
         Metric::RowsWritten,
         Metric::InputBytes,
         Metric::FlushDuration,
@@ -69,6 +72,7 @@ impl Metric {
         Metric::RowsRefused,
         Metric::PartitionNextOffset,
         Metric::PartitionRowsStored,
+        Metric::PartitionDedupPairs,
         Metric::LogGapOffsets,
         Metric::Errors,
         Metric::RecordsIn,
@@ -91,6 +95,7 @@ impl Metric {
             Metric::RowsRefused => "xoflow_sink_rows_refused_total",
             Metric::PartitionNextOffset => "xoflow_sink_partition_next_offset",
             Metric::PartitionRowsStored => "xoflow_sink_partition_rows_stored",
+            Metric::PartitionDedupPairs => "xoflow_sink_partition_dedup_pairs",
             Metric::LogGapOffsets => "xoflow_sink_log_gap_offsets_total",
             Metric::Errors => "xoflow_sink_errors_total",
             Metric::RecordsIn => "xoflow_sink_records_in_total",
@@ -256,6 +261,15 @@ impl PartitionPosition<'_> {
     }
 }
 
+/// The pairs a partition's dedup window holds, after a flush bounded it.
+pub(crate) fn dedup_pairs(topic: &str, partition: i32, pairs: usize) {
+    gauge!(
+        Metric::PartitionDedupPairs.name(),
+        &partition_labels(topic, partition)
+    )
+    .set(pairs as f64);
+}
+
 /// Offsets that were gone from a partition's log before the sink stored
 /// them (retention ran ahead of the sink): data the sink could not read.
 pub(crate) fn log_gap(topic: &str, partition: i32, offsets: i64) {
@@ -284,6 +298,7 @@ mod tests {
                 m,
                 Metric::PartitionNextOffset
                     | Metric::PartitionRowsStored
+                    | Metric::PartitionDedupPairs
                     | Metric::FlushDuration
                     | Metric::OccurredToStored
                     | Metric::ReceivedToStored

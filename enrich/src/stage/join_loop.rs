@@ -441,6 +441,7 @@ impl Joiner<'_> {
                 .values()
                 .map(|j| j.links_remembered() as u64)
                 .sum(),
+            customers: self.joins.values().map(|j| j.customers() as u64).sum(),
         }
         .emit();
         Ok(())

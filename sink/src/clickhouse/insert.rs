@@ -114,10 +114,11 @@ pub(super) async fn flush(
     // position; after a long run of copies, which store nothing, that
     // position stays behind and the re-read would never end.)
     let window = usize::try_from(cfg.dedup_window).unwrap_or(usize::MAX);
-    for (_, _, s) in positions.iter_mut() {
+    for (topic, partition, s) in positions.iter_mut() {
         if s.recent.len() > window.saturating_mul(2) {
             s.recent.clear();
         }
+        telemetry::dedup_pairs(topic, partition, s.recent.len());
     }
     if !tpl.elements().is_empty()
         && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
