@@ -25,6 +25,7 @@ const EXPECTED: &[&str] = &[
     "P whole pipeline gRPC→ClickHouse",
     "P CPU per event, xoflow",
     "P ack→visible latency p99 (half peak)",
+    "P twice the peak: rate offered",
     "P twice the peak: RSS growth",
     "A alerts delivered",
     "A ingest→webhook latency p99",

@@ -317,6 +317,18 @@ async fn run_once(
         o.overload_accepted as f64,
         "events",
     ));
+    let mut offered = row(
+        "P twice the peak: rate offered",
+        o.overload_offered as f64 / o.overload_secs.max(f64::EPSILON),
+        "events/s",
+    );
+    offered.goal = Some(format!(
+        "{:.0} events/s ({:.0} s asked, {:.0} s taken)",
+        peak * 2.0,
+        opts.overload_secs,
+        o.overload_secs
+    ));
+    rows.push(offered);
     let mut flat = row(
         "P twice the peak: RSS growth, last vs second quarter",
         o.rss_growth * 100.0,
