@@ -283,8 +283,13 @@ impl Unresolved {
                 waiting,
             },
         );
-        if before.is_some_and(|b| b.customer_id.is_some()) {
-            self.links -= 1;
+        if let Some(b) = before {
+            // Restored again, a key replaces what it held: its earlier
+            // events leave the expiry index too.
+            self.links -= usize::from(b.customer_id.is_some());
+            for w in &b.waiting {
+                self.by_time.remove(&(w.at, w.seq));
+            }
         }
         self.links += usize::from(linked_seq != 0);
     }
@@ -384,6 +389,21 @@ mod tests {
         u.restore("x".into(), state);
         assert_eq!(u.len(), 2, "the undecodable one is not kept");
         assert!(!wait(&mut u, "x", "e1", 2), "a replay of a restored event");
+        // Restored again, the same key replaces it: its events are
+        // counted once.
+        let again = JoinIdentifierState {
+            customer_id: String::new(),
+            waiting: [("e1", 2), ("e2", 1)]
+                .into_iter()
+                .map(|(id, at)| JoinWaitingEvent {
+                    event: waiter(id, at).bytes.to_vec(),
+                    at_ms: at,
+                    revision: 1,
+                })
+                .collect(),
+        };
+        u.restore("x".into(), again);
+        assert_eq!(u.len(), 2);
         assert_eq!(u.expire(i64::MIN, 1), (vec!["x".to_owned()], 1));
         let gone = u.link("x", "cust-2");
         assert_eq!(gone.len(), 1);
