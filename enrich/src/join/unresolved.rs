@@ -133,12 +133,11 @@ impl Unresolved {
         self.ids.get(identifier)?.customer_id.as_deref()
     }
 
-    /// Keeps `w` waiting under `identifier`; false if it already waits (a
-    /// replay).
+    /// Keeps `w` (the event `event_id`) waiting under `identifier`; false
+    /// if it already waits (a replay).
     pub fn wait(&mut self, identifier: &str, event_id: &str, mut w: Waiter) -> bool {
         let (key, id) = entry(&mut self.ids, identifier);
-        let hash = id_hash(event_id);
-        if id.waiting.iter().any(|x| x.is(event_id, hash)) {
+        if id.waiting.iter().any(|x| x.is(event_id, w.id_hash)) {
             return false;
         }
         self.waiter_seq += 1;
