@@ -368,8 +368,9 @@ mod tests {
 
     #[test]
     fn restored_events_expire_and_link_as_the_ones_that_arrived() {
-        let mut u = Unresolved::default();
-        let state = JoinIdentifierState {
+        // Two events as the changelog keeps them, and bytes that do not
+        // decode.
+        let state = || JoinIdentifierState {
             customer_id: String::new(),
             waiting: [("e1", 2), ("e2", 1)]
                 .into_iter()
@@ -385,23 +386,13 @@ mod tests {
                 }])
                 .collect(),
         };
-        u.restore("x".into(), state);
+        let mut u = Unresolved::default();
+        u.restore("x".into(), state());
         assert_eq!(u.len(), 2, "the undecodable one is not kept");
         assert!(!wait(&mut u, "x", "e1", 2), "a replay of a restored event");
         // Restored again, the same key replaces it: its events are
         // counted once.
-        let again = JoinIdentifierState {
-            customer_id: String::new(),
-            waiting: [("e1", 2), ("e2", 1)]
-                .into_iter()
-                .map(|(id, at)| JoinWaitingEvent {
-                    event: waiter(id, at).bytes.to_vec(),
-                    at_ms: at,
-                    revision: 1,
-                })
-                .collect(),
-        };
-        u.restore("x".into(), again);
+        u.restore("x".into(), state());
         assert_eq!(u.len(), 2);
         assert_eq!(u.expire(i64::MIN, 1), (vec!["x".to_owned()], 1));
         let gone = u.link("x", "cust-2");
