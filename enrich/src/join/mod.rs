@@ -164,6 +164,9 @@ pub struct JoinStats {
     pub shed_customers: u64,
     /// Links forgotten, beyond `max_links`.
     pub forgotten_links: u64,
+    /// Times the customers were scanned for idle ones, over
+    /// `max_customers`.
+    pub eviction_scans: u64,
 }
 
 /// Changelog records: key, value (empty deletes). See `state.proto` for the
@@ -225,6 +228,12 @@ pub struct Join {
     history_budget: usize,
     /// Events admitted so far: the clock of [`Customer::last_active`].
     admissions: u64,
+    /// The earliest event time at which a customer held can be idle for
+    /// `value_window` (a lower bound; dirty customers aside): over
+    /// `max_customers`, no scan before it can drop anyone. Without it a
+    /// partition of active customers over the bound scanned them all at
+    /// every event.
+    evict_not_before: i64,
     stats: JoinStats,
     /// Topic rules per tenant (`[enrich.topics]`).
     topics: sentiment::TopicsConfig,
@@ -244,6 +253,7 @@ impl Join {
         sentiment::load();
         Self {
             history_budget: cfg.max_history_bytes,
+            evict_not_before: i64::MIN,
             cfg,
             customers: Map::default(),
             cold: Map::default(),
@@ -852,11 +862,12 @@ impl Join {
         self.evict_if_full(at);
         // One look-up for the whole admission: a new customer is inserted
         // empty, where every event is the latest.
-        let (cold, cfg) = (&mut self.cold, &self.cfg);
-        let c = self
-            .customers
-            .entry_ref(id.as_str())
-            .or_insert_with(|| thaw(cold, &id, cfg));
+        let (cold, cfg, due) = (&mut self.cold, &self.cfg, &mut self.evict_not_before);
+        let c = self.customers.entry_ref(id.as_str()).or_insert_with(|| {
+            // Its latest event time will be `at` or later.
+            *due = (*due).min(at.saturating_add(cfg.value_window.as_millis() as i64));
+            thaw(cold, &id, cfg)
+        });
         self.admissions += 1;
         c.last_active = self.admissions;
         let place = c.place(at, &e.event_id);
@@ -1119,14 +1130,19 @@ impl Join {
     }
 
     fn evict_if_full(&mut self, now: i64) {
-        if self.customers() < self.cfg.max_customers {
+        if self.customers() < self.cfg.max_customers || now < self.evict_not_before {
             return;
         }
+        self.stats.eviction_scans += 1;
         let idle = self.cfg.value_window.as_millis() as i64;
+        // The earliest a customer kept can be dropped by a later scan.
+        let mut due = i64::MAX;
         let dirty_bases = &mut self.dirty_bases;
         self.cold.retain(|id, c| {
             let keep = now - c.last_seen_ms < idle;
-            if !keep {
+            if keep {
+                due = due.min(c.last_seen_ms.saturating_add(idle));
+            } else {
                 dirty_bases.insert(id.clone());
             }
             keep
@@ -1134,13 +1150,20 @@ impl Join {
         let mut dropped = Vec::new();
         let mut freed = 0;
         self.customers.retain(|id, c| {
-            let keep = now - c.current.last_seen_ms < idle || c.dirty_from.is_some();
+            let recent = now - c.current.last_seen_ms < idle;
+            if recent {
+                due = due.min(c.current.last_seen_ms.saturating_add(idle));
+            }
+            // A dirty customer stays until its changes are taken; it is
+            // dropped at the next scan due, not by one of its own.
+            let keep = recent || c.dirty_from.is_some();
             if !keep {
                 freed += c.footprint();
                 dropped.push((id.clone(), std::mem::take(&mut c.history)));
             }
             keep
         });
+        self.evict_not_before = due;
         self.history_bytes -= freed;
         for (id, history) in dropped {
             for e in history {
@@ -2362,6 +2385,46 @@ last_nps_at_most = 6
             max_history_bytes: budget,
             ..cfg()
         })
+    }
+
+    #[test]
+    fn over_max_customers_they_are_scanned_only_once_one_can_be_idle() {
+        const MINUTE: i64 = 60_000;
+        let t0 = 1_800_000_000_000;
+        let mut j = Join::new(JoinConfig {
+            max_customers: 10,
+            value_window: Duration::from_secs(3_600),
+            ..cfg()
+        });
+        let mut click = |c: &str, at: i64| {
+            let who = CustomerIdentity {
+                customer_id: c.into(),
+                ..Default::default()
+            };
+            let e = event(
+                &format!("{c}-{at}"),
+                at,
+                who,
+                Payload::Click(xoflow_proto::v1::ClickEvent {
+                    session_id: format!("{c}-session"),
+                    ..Default::default()
+                }),
+            );
+            j.process(e, at);
+            (j.customers(), j.take_stats().eviction_scans)
+        };
+        // Twenty customers a minute apart, all within the hour: over the
+        // bound from the eleventh on, one scan finds none idle, and none is
+        // due before the first can be (t0 + 60 min).
+        let scans: u64 = (0..20)
+            .map(|i| click(&format!("c{i}"), t0 + i * MINUTE).1)
+            .sum();
+        assert_eq!(scans, 1);
+        // The one due drops the six idle an hour by then (c0..c5).
+        assert_eq!(click("late", t0 + 65 * MINUTE), (21 - 6, 1));
+        // The next is due when c6 can be idle, at t0 + 66 min.
+        assert_eq!(click("later", t0 + 65 * MINUTE + 30_000), (16, 0));
+        assert_eq!(click("latest", t0 + 66 * MINUTE), (17 - 1, 1));
     }
 
     /// Customer `c`'s survey at `at`, naming its order `<c>-o`, then
