@@ -20,8 +20,8 @@ pub struct JoinConfig {
     pub value_window: Duration,
     /// Most orders remembered per customer (oldest forgotten first).
     pub max_orders_per_customer: usize,
-    /// Most customers kept; beyond it, customers idle longer than the value
-    /// window are dropped.
+    /// Most customers kept by one join (a partition); beyond it, customers
+    /// idle longer than the value window are dropped (active ones stay).
     pub max_customers: usize,
     /// How far behind the latest event time seen an event may arrive and
     /// still be applied in event-time order.
