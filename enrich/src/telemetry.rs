@@ -60,8 +60,8 @@ pub(crate) enum Metric {
     /// Links the join partitions remember for the unresolved events that
     /// come after them (gauge).
     JoinLinks,
-    /// Customers whose state the join partitions hold (gauge; at most
-    /// `max_customers`).
+    /// Customers whose state the join partitions hold (gauge; over
+    /// `max_customers` in a partition, the idle ones are dropped).
     JoinCustomers,
     /// Links the join partitions forgot, beyond `max_links`.
     JoinLinksForgotten,

@@ -47,7 +47,7 @@ pub(super) struct Waiter {
     pub revision: u32,
     /// Hash of the event's id ([`id_hash`]).
     id_hash: u64,
-    /// Its place in [`Unresolved::by_time`]; unique in the partition.
+    /// Its place in the [`Expiry`] index; unique in the partition.
     seq: u64,
 }
 
@@ -96,17 +96,35 @@ fn entry<'a>(ids: &'a mut Ids, identifier: &str) -> (Arc<str>, &'a mut Identifie
     (key, id)
 }
 
+/// (event time, [`Waiter::seq`]) of every waiting event, oldest first
+/// (what expires first), with the identifier it waits under.
+#[derive(Debug, Default)]
+struct Expiry {
+    entries: BTreeMap<(i64, u64), Arc<str>>,
+    /// The last [`Waiter::seq`] given.
+    last_seq: u64,
+}
+
+impl Expiry {
+    /// Gives `w` its sequence number and its entry.
+    fn add(&mut self, w: &mut Waiter, identifier: Arc<str>) {
+        self.last_seq += 1;
+        w.seq = self.last_seq;
+        self.entries.insert((w.at, w.seq), identifier);
+    }
+
+    fn remove(&mut self, w: &Waiter) {
+        self.entries.remove(&(w.at, w.seq));
+    }
+}
+
 /// The identifiers of one join partition.
 #[derive(Debug, Default)]
 pub(super) struct Unresolved {
     /// Shared with `linked_order`: a remembered link costs its identifier
     /// once.
     ids: Ids,
-    /// (event time, [`Waiter::seq`]) of every waiting event, oldest first
-    /// (what expires first), with the identifier it waits under.
-    by_time: BTreeMap<(i64, u64), Arc<str>>,
-    /// The last [`Waiter::seq`] given.
-    waiter_seq: u64,
+    expiry: Expiry,
     /// Identifiers in the order their links came, with the sequence number
     /// each was given: the oldest are forgotten first. An identifier linked
     /// again is queued again; its earlier entry, whose number no longer
@@ -120,7 +138,7 @@ pub(super) struct Unresolved {
 impl Unresolved {
     /// Events waiting.
     pub fn len(&self) -> usize {
-        self.by_time.len()
+        self.expiry.entries.len()
     }
 
     /// Links remembered.
@@ -140,9 +158,7 @@ impl Unresolved {
         if id.waiting.iter().any(|x| x.is(event_id, w.id_hash)) {
             return false;
         }
-        self.waiter_seq += 1;
-        w.seq = self.waiter_seq;
-        self.by_time.insert((w.at, w.seq), key);
+        self.expiry.add(&mut w, key);
         // Most identifiers have one event waiting: room for one, not the
         // four a first push makes (later pushes grow as usual).
         if id.waiting.capacity() == 0 {
@@ -165,7 +181,7 @@ impl Unresolved {
         self.links += usize::from(new);
         self.linked_order.push_back((seq, key));
         for w in &gone {
-            self.by_time.remove(&(w.at, w.seq));
+            self.expiry.remove(w);
         }
         gone
     }
@@ -176,11 +192,12 @@ impl Unresolved {
     pub fn expire(&mut self, before: i64, max: usize) -> (Vec<String>, u64) {
         let mut changed = Vec::new();
         let mut n = 0;
-        while let Some((&(at, _), _)) = self.by_time.first_key_value() {
-            if at >= before && self.by_time.len() <= max {
+        let index = &mut self.expiry.entries;
+        while let Some((&(at, _), _)) = index.first_key_value() {
+            if at >= before && index.len() <= max {
                 break;
             }
-            let ((_, seq), identifier) = self.by_time.pop_first().expect("first exists");
+            let ((_, seq), identifier) = index.pop_first().expect("first exists");
             if let Some(id) = self.ids.get_mut(&*identifier) {
                 id.waiting.retain(|w| w.seq != seq);
                 if id.waiting.is_empty() && id.customer_id.is_none() {
@@ -224,7 +241,7 @@ impl Unresolved {
         let id = self.ids.remove(identifier)?;
         self.links -= usize::from(id.customer_id.is_some());
         for w in &id.waiting {
-            self.by_time.remove(&(w.at, w.seq));
+            self.expiry.remove(w);
         }
         Some(id.waiting.len())
     }
@@ -261,9 +278,7 @@ impl Unresolved {
                 // Decoded once for its id, and to keep only what decodes.
                 let event_id = Event::decode(w.event.as_slice()).ok()?.event_id;
                 let mut w = Waiter::new(&event_id, w.event.into_boxed_slice(), w.at_ms, w.revision);
-                self.waiter_seq += 1;
-                w.seq = self.waiter_seq;
-                self.by_time.insert((w.at, w.seq), key.clone());
+                self.expiry.add(&mut w, key.clone());
                 Some(w)
             })
             .collect();
@@ -287,7 +302,7 @@ impl Unresolved {
             // events leave the expiry index too.
             self.links -= usize::from(b.customer_id.is_some());
             for w in &b.waiting {
-                self.by_time.remove(&(w.at, w.seq));
+                self.expiry.remove(w);
             }
         }
         self.links += usize::from(linked_seq != 0);

@@ -319,14 +319,14 @@ async fn run_once(
     ));
     let mut offered = row(
         "P twice the peak: rate offered",
-        o.overload_offered as f64 / o.overload_secs.max(f64::EPSILON),
+        o.overload_offered as f64 / o.overload_taken_secs.max(f64::EPSILON),
         "events/s",
     );
     offered.goal = Some(format!(
         "{:.0} events/s ({:.0} s asked, {:.0} s taken)",
         peak * 2.0,
         opts.overload_secs,
-        o.overload_secs
+        o.overload_taken_secs
     ));
     rows.push(offered);
     let mut flat = row(

@@ -27,7 +27,7 @@ pub(super) struct OpenLoopResult {
     pub(super) overload_accepted: u64,
     /// How long the phase took: rounds are started until `overload_secs`
     /// have passed, and the last runs to its end.
-    pub(super) overload_secs: f64,
+    pub(super) overload_taken_secs: f64,
     pub(super) rss_second_quarter_mib: f64,
     pub(super) rss_last_quarter_mib: f64,
     pub(super) rss_growth: f64,
@@ -251,7 +251,7 @@ pub(super) async fn measure(
         p99_ms: latencies.value_at_quantile(0.99) as f64 / 1000.0,
         overload_offered: offered,
         overload_accepted: accepted,
-        overload_secs: overload_taken,
+        overload_taken_secs: overload_taken,
         rss_second_quarter_mib: second,
         rss_last_quarter_mib: last,
         rss_growth: if second > 0.0 {
