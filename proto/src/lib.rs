@@ -23,4 +23,4 @@ pub use event::{
     DO_NOT_CONTACT_ATTRIBUTE, EventKind, attribute_says_yes, from_unix_millis, to_unix_millis,
 };
 pub use pbjson_types::Timestamp;
-pub use prost::Message;
+pub use prost::{Message, encoding};

@@ -49,7 +49,7 @@ use xoflow_proto::{
     },
 };
 
-use super::{JoinConfig, JoinStats, Released, state::CustomerState};
+use super::{JoinConfig, JoinStats, Released, cold::Frozen, state::CustomerState};
 
 /// One event of a customer's history.
 ///
@@ -432,16 +432,17 @@ impl Customer {
         self.base = Some(Box::new(base));
     }
 
-    /// The customer as [`super::Cold`] keeps it, if it has no history (and
+    /// Customer `id` as `Join::cold` keeps it, if it has no history (and
     /// so its current state is its base).
-    pub(super) fn frozen(&self) -> Option<super::Cold> {
+    pub(super) fn frozen(&self, id: &str) -> Option<Frozen> {
         if !self.history.is_empty() || self.dirty_from.is_some() {
             return None;
         }
-        Some(super::Cold {
-            last_seen_ms: self.current.last_seen_ms,
-            base: self.base_proto().encode_to_vec().into_boxed_slice(),
-        })
+        Some(Frozen::new(
+            id,
+            self.current.last_seen_ms,
+            &self.base_proto(),
+        ))
     }
 
     /// A copy of the base state, for a re-fold to start from.

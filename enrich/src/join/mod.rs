@@ -48,6 +48,7 @@
 //! `state` the fold, `history` a customer's repairable events, `unresolved`
 //! the events waiting for a link.
 
+mod cold;
 mod config;
 mod history;
 mod state;
@@ -63,6 +64,7 @@ use xoflow_proto::{
     },
 };
 
+use cold::ColdCustomers;
 pub use config::{JoinConfig, Owners};
 use history::{Activity, Customer, Entry, Outputs, Place};
 use state::CustomerState;
@@ -182,12 +184,11 @@ pub struct Join {
     customers: Map<String, Box<Customer>>,
     /// Customers whose whole history left for their base (shed, or read
     /// back with none), kept as that base's changelog encoding until their
-    /// next event: some 100-150 bytes resident with the id, measured
-    /// (`benches/join_memory.rs`), instead of the 2 KB a customer takes
-    /// decoded (two states and the boxes, maps and queues that hold them),
-    /// so that the customers a partition has ever seen cost little more
-    /// than their ids. See [`Cold`].
-    cold: Map<String, Cold>,
+    /// next event, instead of the 2 KB a customer takes decoded (two
+    /// states and the boxes, maps and queues that hold them), so that the
+    /// customers a partition has ever seen cost little more than their
+    /// ids. See `cold`.
+    cold: ColdCustomers,
     /// Links for [`Join::process`], which resolves by itself; the stage
     /// resolves upstream against the global link table instead.
     links: Links,
@@ -256,7 +257,7 @@ impl Join {
             evict_not_before: i64::MIN,
             cfg,
             customers: Map::default(),
-            cold: Map::default(),
+            cold: ColdCustomers::default(),
             links: Links::default(),
             held: BTreeMap::new(),
             watermark: i64::MIN,
@@ -718,7 +719,7 @@ impl Join {
                 None => self
                     .cold
                     .get(&id)
-                    .map(|c| c.base.to_vec())
+                    .map(|c| c.base().to_vec())
                     .unwrap_or_default(),
             };
             out.push((id.into_bytes(), value));
@@ -820,9 +821,9 @@ impl Join {
             self.unmet += c.history.iter().filter(|e| e.unmet).count();
         }
         let cold = &mut self.cold;
-        self.customers.retain(|id, c| match c.frozen() {
+        self.customers.retain(|id, c| match c.frozen(id) {
             Some(frozen) => {
-                cold.insert(id.clone(), frozen);
+                cold.insert(frozen);
                 false
             }
             None => true,
@@ -1138,12 +1139,12 @@ impl Join {
         // The earliest a customer kept can be dropped by a later scan.
         let mut due = i64::MAX;
         let dirty_bases = &mut self.dirty_bases;
-        self.cold.retain(|id, c| {
-            let keep = now - c.last_seen_ms < idle;
+        self.cold.retain(|c| {
+            let keep = now - c.last_seen_ms() < idle;
             if keep {
-                due = due.min(c.last_seen_ms.saturating_add(idle));
+                due = due.min(c.last_seen_ms().saturating_add(idle));
             } else {
-                dirty_bases.insert(id.clone());
+                dirty_bases.insert(c.id().to_owned());
             }
             keep
         });
@@ -1255,9 +1256,9 @@ impl Join {
             let footprint = c.footprint();
             let gone = c.shed(&self.cfg, keep_latest);
             self.history_bytes = self.history_bytes + c.footprint() - footprint;
-            if let Some(frozen) = c.frozen() {
+            if let Some(frozen) = c.frozen(&id) {
                 self.customers.remove(&id);
-                self.cold.insert(id.clone(), frozen);
+                self.cold.insert(frozen);
             }
             self.stats.shed_customers += u64::from(!gone.is_empty());
             self.stats.shed_events += gone.len() as u64;
@@ -1266,25 +1267,16 @@ impl Join {
     }
 }
 
-/// A customer with no history, as its base state's changelog encoding
-/// (see [`Join::cold`]). Its next event decodes it ([`thaw`]): the state it
-/// continues from is the one an instance reading the changelog back would
-/// continue from.
-#[derive(Debug)]
-struct Cold {
-    /// The state's latest event time, for [`Join::evict_if_full`].
-    last_seen_ms: i64,
-    base: Box<[u8]>,
-}
-
 /// Customer `id`, taken out of `cold` and read back as a restore reads
-/// its base (no history to fold) if it is there, else a new one.
+/// its base (no history to fold) if it is there, else a new one: the state
+/// it continues from is the one an instance reading the changelog back
+/// would continue from.
 #[inline(never)]
-fn thaw(cold: &mut Map<String, Cold>, id: &str, cfg: &JoinConfig) -> Box<Customer> {
+fn thaw(cold: &mut ColdCustomers, id: &str, cfg: &JoinConfig) -> Box<Customer> {
     let mut c = Box::<Customer>::default();
     if let Some(frozen) = cold.remove(id) {
         // Encoded by this process from a state: it decodes.
-        if let Ok(state) = JoinCustomerState::decode(&*frozen.base) {
+        if let Ok(state) = JoinCustomerState::decode(frozen.base()) {
             c.set_base(CustomerState::from_proto(state));
             c.refold(cfg);
         }
@@ -2551,9 +2543,10 @@ last_nps_at_most = 6
         }
         // Those with no history are kept encoded by both.
         assert_eq!(k.cold.len(), j.cold.len());
-        for (id, c) in &j.cold {
-            let decoded = |c: &Cold| JoinCustomerState::decode(&*c.base).expect("decodes");
-            assert_eq!(decoded(&k.cold[id]), decoded(c), "{id}");
+        for c in j.cold.iter() {
+            let decoded = |c: &cold::Frozen| JoinCustomerState::decode(c.base()).expect("decodes");
+            let read_back = k.cold.get(c.id()).expect("read back");
+            assert_eq!(decoded(read_back), decoded(c), "{}", c.id());
         }
         // And both go on alike: late orders of a long-shed customer, of a
         // recent one, and a new customer (with room: whom each sheds next
