@@ -30,7 +30,8 @@ pub(crate) enum Metric {
     /// Rows stored per partition (gauge).
     PartitionRowsStored,
     /// (event id, revision) pairs the dedup window of a partition holds
-    /// (gauge; up to twice `dedup_window`).
+    /// (gauge; emptied once at least `dedup_window`, before its table
+    /// would grow).
     PartitionDedupPairs,
     /// Offsets gone from a partition's log before they were stored.
     LogGapOffsets,

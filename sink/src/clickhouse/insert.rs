@@ -107,17 +107,16 @@ pub(super) async fn flush(
         }
         .emit();
     }
-    // Bound the dedup memory: a partition whose id set outgrew the window
-    // forgets it and starts a new one. Nothing is lost: every pair written
-    // is in `event_ids`, which each flush looks up. (Dropping the whole
+    // Bound the dedup memory: a partition whose id set holds the window
+    // forgets it before the next batch could grow its table
+    // (`Written::bound`). Nothing is lost: every pair written is in
+    // `event_ids`, which each flush looks up. (Dropping the whole
     // partition state instead, to reload it, would re-read from the stored
     // position; after a long run of copies, which store nothing, that
     // position stays behind and the re-read would never end.)
     let window = usize::try_from(cfg.dedup_window).unwrap_or(usize::MAX);
     for (topic, partition, s) in positions.iter_mut() {
-        if s.recent.len() > window.saturating_mul(2) {
-            s.recent.clear();
-        }
+        s.recent.bound(window, cfg.batch_rows);
         telemetry::dedup_pairs(topic, partition, s.recent.len());
     }
     if !tpl.elements().is_empty()
