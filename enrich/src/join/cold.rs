@@ -85,29 +85,25 @@ impl ColdCustomers {
         self.table.is_empty()
     }
 
-    fn hash(&self, id: &[u8]) -> u64 {
-        self.hasher.hash_one(id)
-    }
-
     /// Keeps `f`, in place of any customer of the same id.
     pub fn insert(&mut self, f: Frozen) {
         let hasher = &self.hasher;
-        let hash = hasher.hash_one(f.id_bytes());
         let entry = self.table.entry(
-            hash,
+            hasher.hash_one(f.id_bytes()),
             |x| x.id_bytes() == f.id_bytes(),
+            // Growing rehashes what is kept the same way.
             |x| hasher.hash_one(x.id_bytes()),
         );
         entry.insert(f);
     }
 
     pub fn get(&self, id: &str) -> Option<&Frozen> {
-        let hash = self.hash(id.as_bytes());
+        let hash = self.hasher.hash_one(id.as_bytes());
         self.table.find(hash, |x| x.id_bytes() == id.as_bytes())
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Frozen> {
-        let hash = self.hash(id.as_bytes());
+        let hash = self.hasher.hash_one(id.as_bytes());
         let found = self
             .table
             .find_entry(hash, |x| x.id_bytes() == id.as_bytes());
