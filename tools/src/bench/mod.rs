@@ -273,7 +273,13 @@ async fn run_once(
     rows.push(abs);
     rows.push(row("P ack latency p50 (closed loop)", p.p50_ms, "ms"));
     rows.push(row("P ack latency p99 (closed loop)", p.p99_ms, "ms"));
-    rows.push(row("P CPU per event, xoflow", p.cpu_us_self, "µs"));
+    // The earlier method's figure, the whole process with the load
+    // generator in it, stands beside the new one.
+    let mut cpu = row("P CPU per event, xoflow", p.cpu_us_self, "µs");
+    cpu.goal = Some("≤ 12 µs".into());
+    cpu.met = Some(p.cpu_us_self.value <= 12.0);
+    rows.push(cpu);
+    rows.push(row("P CPU per event, load generator", p.cpu_us_load, "µs"));
     rows.push(row(
         "P CPU per event, broker + ClickHouse",
         p.cpu_us_servers,

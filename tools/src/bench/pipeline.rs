@@ -1,8 +1,9 @@
 //! P, closed loop: the whole pipeline in this process (gRPC → ingest →
 //! Kafka → enrich → Kafka → sink → ClickHouse), rows visible per second as
 //! a steady state ([`Flow`], the whole run until every row is visible
-//! beside it), CPU seconds per event of this process and of the servers
-//! over the whole run, and peak RSS.
+//! beside it), CPU seconds per event of this process (less the load
+//! generator's own thread, [`send_apart`]) and of the servers over the
+//! whole run, and peak RSS.
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use xoflow_proto::v1::Event;
 use super::{
     process::{cpu_seconds, myself, peak_rss_mib, servers},
     report::Figure,
-    support::{Flow, VISIBLE_EVENTS, follow_rows, own_pipeline, ready},
+    support::{Flow, VISIBLE_EVENTS, follow_rows, own_pipeline, ready, send_apart},
 };
 use crate::datagen::load;
 
@@ -22,7 +23,11 @@ pub(super) struct PipelineResult {
     pub(super) rate: Figure,
     pub(super) p50_ms: f64,
     pub(super) p99_ms: f64,
-    pub(super) cpu_us_self: f64,
+    /// CPU per event of this process less the load generator's thread;
+    /// as a [`Figure`]'s earlier method, the whole process's.
+    pub(super) cpu_us_self: Figure,
+    /// CPU per event of the load generator's thread.
+    pub(super) cpu_us_load: f64,
     pub(super) cpu_us_servers: f64,
     pub(super) rss_mib: f64,
 }
@@ -40,10 +45,10 @@ pub(super) async fn measure(cfg: &Config, events: Vec<Event>) -> anyhow::Result<
     let n = events.len() as u64;
     let addr = format!("http://{}", running.grpc_addr.context("no collector")?);
     let mut flow = Flow::start(n);
-    let send = load::send(
-        &addr,
+    let send = send_apart(
+        addr,
         events,
-        &load::LoadOptions {
+        load::LoadOptions {
             batch: 1_000,
             rate: None,
             concurrency: 4,
@@ -51,7 +56,7 @@ pub(super) async fn measure(cfg: &Config, events: Vec<Event>) -> anyhow::Result<
     );
     // Rows are followed while the events are sent; a refused event would
     // leave the follower waiting for a row that never comes: say so at once.
-    let sent = {
+    let (sent, load_cpu) = {
         let follow = follow_rows(&ch, VISIBLE_EVENTS, 0, &mut flow, Duration::from_secs(900));
         tokio::pin!(send, follow);
         let mut followed = None;
@@ -62,6 +67,7 @@ pub(super) async fn measure(cfg: &Config, events: Vec<Event>) -> anyhow::Result<
                 send.await?
             }
         };
+        let (sent, load_cpu) = sent;
         anyhow::ensure!(
             sent.accepted == n,
             "P: the collector accepted {} of {n} events",
@@ -71,7 +77,7 @@ pub(super) async fn measure(cfg: &Config, events: Vec<Event>) -> anyhow::Result<
             Some(done) => done?,
             None => follow.await?,
         }
-        sent
+        (sent, load_cpu)
     };
     let cpu = cpu() - cpu0;
     let srv: f64 = servers.iter().filter_map(cpu_seconds).sum::<f64>() - srv0;
@@ -82,7 +88,11 @@ pub(super) async fn measure(cfg: &Config, events: Vec<Event>) -> anyhow::Result<
         rate: flow.rate(),
         p50_ms: sent.p50_us as f64 / 1000.0,
         p99_ms: sent.p99_us as f64 / 1000.0,
-        cpu_us_self: cpu * 1e6 / n as f64,
+        cpu_us_self: Figure {
+            value: (cpu - load_cpu) * 1e6 / n as f64,
+            whole_run: Some(cpu * 1e6 / n as f64),
+        },
+        cpu_us_load: load_cpu * 1e6 / n as f64,
         cpu_us_servers: srv * 1e6 / n as f64,
         rss_mib: peak_rss_mib(),
     })

@@ -13,6 +13,18 @@ pub(super) fn cpu_seconds(process: &Process) -> Option<f64> {
     Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
+/// CPU seconds (user + system) of the calling thread so far, read from
+/// `/proc/thread-self`: what a thread of its own costs, apart from the rest
+/// of the process.
+pub(super) fn thread_cpu_seconds() -> Option<f64> {
+    // `/proc/<pid>/task/<tid>`: a thread's directory has a process's `stat`.
+    let own = std::fs::canonicalize("/proc/thread-self").ok()?;
+    Process::new_with_root(own)
+        .ok()
+        .as_ref()
+        .and_then(cpu_seconds)
+}
+
 /// This process, for [`cpu_seconds`].
 pub(super) fn myself() -> Option<Process> {
     Process::myself().ok()
@@ -59,5 +71,36 @@ mod tests {
         assert!(cpu_seconds(&me).is_some_and(|s| s >= 0.0));
         let (now, peak) = (rss_mib(), peak_rss_mib());
         assert!(now > 0.0 && peak >= now, "rss {now} MiB, peak {peak} MiB");
+    }
+
+    #[test]
+    fn a_thread_is_charged_its_own_cpu_and_not_another_threads() {
+        let me = myself().expect("/proc/self");
+        let (mine0, all0) = (
+            thread_cpu_seconds().expect("/proc/thread-self"),
+            cpu_seconds(&me).expect("/proc/self"),
+        );
+        // Another thread works until it has been charged 0.2 s of its own.
+        let busy = std::thread::spawn(|| {
+            let start = std::time::Instant::now();
+            let first = thread_cpu_seconds().expect("/proc/thread-self");
+            let mut spins = 0u64;
+            while thread_cpu_seconds().expect("/proc/thread-self") - first < 0.2 {
+                spins = spins.wrapping_add(std::hint::black_box(1));
+                assert!(
+                    start.elapsed().as_secs() < 60,
+                    "no CPU charged to the thread"
+                );
+            }
+            spins
+        });
+        busy.join().expect("the busy thread");
+        let mine = thread_cpu_seconds().expect("/proc/thread-self") - mine0;
+        let all = cpu_seconds(&me).expect("/proc/self") - all0;
+        assert!(all >= 0.2, "the process was charged {all} s");
+        assert!(
+            mine < all - 0.1,
+            "this waiting thread was charged {mine} s of {all} s"
+        );
     }
 }

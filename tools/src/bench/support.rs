@@ -8,7 +8,8 @@ use anyhow::bail;
 use xoflow_app::{Config, Running};
 use xoflow_common::kafka::Outgoing;
 
-use super::report::Figure;
+use super::{process::thread_cpu_seconds, report::Figure};
+use crate::datagen::load;
 
 /// What counts as an event visible to BI in a pipeline's `events` table:
 /// its revision 0, of which the sink keeps exactly one per event. Every
@@ -157,6 +158,37 @@ pub(super) async fn send_keyed(
         .collect();
     producer.send_all(topic, &out).await?;
     Ok(())
+}
+
+/// The load generator's thread (see [`send_apart`]).
+pub(super) const LOAD_THREAD: &str = "bench-load";
+
+/// Sends `events` as [`load::send`] does, on a thread and a runtime of its
+/// own (the client's connection and requests included), and returns its
+/// report with the CPU seconds that thread used. A client is not part of
+/// the pipeline it feeds: on the stages' runtime its encoding and HTTP/2
+/// framing were charged to xoflow's CPU per event and competed with the
+/// stages for the same worker threads.
+pub(super) async fn send_apart(
+    addr: String,
+    events: Vec<xoflow_proto::v1::Event>,
+    opts: load::LoadOptions,
+) -> anyhow::Result<(load::LoadReport, f64)> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(LOAD_THREAD.into())
+        .spawn(move || {
+            let sent = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(load::send(&addr, events, &opts)));
+            // Read before the thread ends: its `/proc` entry goes with it.
+            let cpu = thread_cpu_seconds().unwrap_or(0.0);
+            let _ = tx.send(sent.map(|r| (r, cpu)));
+        })?;
+    rx.await
+        .map_err(|_| anyhow::anyhow!("the load generator's thread ended without a report"))?
 }
 
 /// A histogram for the bench's latencies: from 1 to `max` units (µs in the
