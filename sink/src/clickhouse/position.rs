@@ -125,8 +125,8 @@ impl Written {
     /// keeps the table. So a partition never holds a larger table than the
     /// first one with room for `window` pairs and a batch: a table doubles
     /// when full (17 bytes a slot), and one cleared only at twice the
-    /// window (as before) took its partition from 36 to 71 MB at the
-    /// default window, at 1.84M pairs. Returns whether it forgot.
+    /// window (as before) took its partition from 36 to 71 MB at a window
+    /// of 1,000,000, at 1.84M pairs. Returns whether it forgot.
     pub fn bound(&mut self, window: usize, headroom: usize) -> bool {
         let len = self.pairs.len();
         let forget = len >= window && len.saturating_add(headroom) > self.pairs.capacity();
