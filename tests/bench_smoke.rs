@@ -24,6 +24,7 @@ const EXPECTED: &[&str] = &[
     "B6 baseline raw rdkafka→clickhouse loop",
     "P whole pipeline gRPC→ClickHouse",
     "P CPU per event, xoflow",
+    "P CPU per event, load generator",
     "P ack→visible latency p99 (half peak)",
     "P twice the peak: rate offered",
     "P twice the peak: RSS growth",
@@ -65,7 +66,12 @@ fn every_measurement_runs_to_its_end_and_reports_a_figure() {
         if let Some(e) = EXPECTED.iter().find(|e| name.starts_with(**e)) {
             seen.insert(*e);
             // A rate or a count of zero means the measurement saw nothing.
-            if !name.contains("latency") && !name.contains("RSS") {
+            // The load generator's thread may be charged less than one
+            // clock tick (10 ms) for 3,000 events: its 0 is a reading.
+            if !name.contains("latency")
+                && !name.contains("RSS")
+                && !name.contains("load generator")
+            {
                 assert!(value > 0.0, "{name} is 0");
             }
         }

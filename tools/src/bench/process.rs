@@ -80,12 +80,15 @@ mod tests {
             thread_cpu_seconds().expect("/proc/thread-self"),
             cpu_seconds(&me).expect("/proc/self"),
         );
-        // Another thread works until it has been charged 0.2 s of its own.
+        // Another thread works until it has been charged 0.3 s of its own:
+        // the kernel rounds a thread's and the process's user and system
+        // times down apart, so the process's total may read a tick or two
+        // under the thread's; the assertions below keep that margin.
         let busy = std::thread::spawn(|| {
             let start = std::time::Instant::now();
             let first = thread_cpu_seconds().expect("/proc/thread-self");
             let mut spins = 0u64;
-            while thread_cpu_seconds().expect("/proc/thread-self") - first < 0.2 {
+            while thread_cpu_seconds().expect("/proc/thread-self") - first < 0.3 {
                 spins = spins.wrapping_add(std::hint::black_box(1));
                 assert!(
                     start.elapsed().as_secs() < 60,
@@ -97,7 +100,7 @@ mod tests {
         busy.join().expect("the busy thread");
         let mine = thread_cpu_seconds().expect("/proc/thread-self") - mine0;
         let all = cpu_seconds(&me).expect("/proc/self") - all0;
-        assert!(all >= 0.2, "the process was charged {all} s");
+        assert!(all >= 0.25, "the process was charged {all} s");
         assert!(
             mine < all - 0.1,
             "this waiting thread was charged {mine} s of {all} s"

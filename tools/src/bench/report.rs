@@ -8,9 +8,12 @@ use std::path::Path;
 
 use serde::Serialize;
 
-/// A measured figure: its value and, for a rate measured as a steady
-/// state, the same flow's rate over the whole run beside it (the method of
-/// the runs published before 2026-12-03; see [`super::support::Flow`]).
+/// A measured figure: its value and, where the method changed, the same
+/// figure by the earlier method beside it: for a rate measured as a steady
+/// state, the flow's rate over the whole run (the method of the runs
+/// published before 2026-12-03; see [`super::support::Flow`]); for the
+/// CPU per event in xoflow, the whole process with the load generator in
+/// it (before 2026-12-05).
 #[derive(Debug, Clone, Copy)]
 pub struct Figure {
     pub value: f64,
@@ -38,9 +41,9 @@ pub struct Row {
     /// The goal for the ratio (or the absolute), and whether it is met.
     pub goal: Option<String>,
     pub met: Option<bool>,
-    /// The whole-run rate (the earlier method), and its ratio to the
-    /// baseline's whole-run rate (or to its value, for a baseline that has
-    /// no steady state, such as one insert of a file).
+    /// The figure by the earlier method (see [`Figure`]), and for a rate
+    /// its ratio to the baseline's whole-run rate (or to its value, for a
+    /// baseline that has no steady state, such as one insert of a file).
     pub whole_run: Option<f64>,
     pub whole_run_ratio: Option<f64>,
 }
