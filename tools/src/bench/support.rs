@@ -1,6 +1,7 @@
 //! What several measurements share: ClickHouse row counts, a flow's
-//! steady-state rate ([`Flow`]), keyed produces, a pipeline on its own
-//! database and topics, and waiting for readiness.
+//! steady-state rate ([`Flow`]), keyed produces, a load generator on a
+//! thread of its own ([`send_apart`]), a pipeline on its own database and
+//! topics, and waiting for readiness.
 
 use std::time::{Duration, Instant};
 
@@ -161,7 +162,7 @@ pub(super) async fn send_keyed(
 }
 
 /// The load generator's thread (see [`send_apart`]).
-pub(super) const LOAD_THREAD: &str = "bench-load";
+const LOAD_THREAD: &str = "bench-load";
 
 /// Sends `events` as [`load::send`] does, on a thread and a runtime of its
 /// own (the client's connection and requests included), and returns its
