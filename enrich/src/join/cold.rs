@@ -5,9 +5,10 @@
 //! most of them are cold: under a stream of new customers they are what
 //! grows. So each is one allocation, its id, latest event time and encoded
 //! base together ([`Frozen`]), in a table whose slot is that allocation's
-//! pointer and length (16 bytes), hashed on the id. Kept as an id `String` mapped to a time and a boxed encoding, a cold
-//! customer cost two allocations and a 48-byte slot (BENCHMARKS.md, "What
-//! the RSS row measures"). Nothing here decodes a state: what crosses the
+//! pointer and length (16 bytes), hashed on the id. Kept as an id `String`
+//! mapped to a time and a boxed encoding, a cold customer cost two
+//! allocations and a 48-byte slot (BENCHMARKS.md, "What the RSS row
+//! measures"). Nothing here decodes a state: what crosses the
 //! boundary is a customer's id, its latest event time and the bytes
 //! `xoflow.v1.JoinCustomerState` encodes to.
 

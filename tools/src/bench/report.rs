@@ -48,6 +48,23 @@ pub struct Row {
     pub whole_run_ratio: Option<f64>,
 }
 
+impl Row {
+    /// This row judged against an absolute `goal`: `met` says whether it
+    /// reached it.
+    pub(super) fn goal(mut self, goal: impl Into<String>, met: bool) -> Row {
+        self.goal = Some(goal.into());
+        self.met = Some(met);
+        self
+    }
+
+    /// This row beside what was asked of it (a rate to send at), which it
+    /// is not judged against.
+    pub(super) fn asked(mut self, asked: impl Into<String>) -> Row {
+        self.goal = Some(asked.into());
+        self
+    }
+}
+
 pub(super) fn row(name: &str, value: impl Into<Figure>, unit: &str) -> Row {
     let f = value.into();
     Row {
