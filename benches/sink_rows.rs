@@ -68,7 +68,7 @@ fn bench(c: &mut Criterion) {
                     if let Some(row) = EnrichedEvent::decode(bytes.as_slice())
                         .ok()
                         .and_then(|en| EventRow::from_record(en, bytes, lineage))
-                        && written.first_time(&row.event_id, row.revision)
+                        && written.first_time(&row.tenant, &row.event_id, row.revision)
                     {
                         n += row.event_id.len();
                     }

@@ -371,7 +371,10 @@ async fn consume(
                             });
                         match row {
                             Ok((row, received)) => {
-                                if state.recent.first_time(&row.event_id, row.revision) {
+                                if state
+                                    .recent
+                                    .first_time(&row.tenant, &row.event_id, row.revision)
+                                {
                                     *rows += 1;
                                     if row.revision == 0 {
                                         batch.first_stored.push((row.occurred_ms, received));

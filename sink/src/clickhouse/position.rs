@@ -6,9 +6,9 @@
 //! it in a rebalance), it reads the highest offset already stored for that
 //! partition — for the enriched topic in `events` and among the rows
 //! ClickHouse refused (kept in `dead_letters` with `refused = 1`), for the
-//! dead-letter topic in `dead_letters` — and the (event id, revision) pairs
-//! written in a recent window. Records at or below that offset are already
-//! stored and are skipped; records whose pair was already written (an
+//! dead-letter topic in `dead_letters` — and the (tenant, event id,
+//! revision) triples written in a recent window. Records at or below that offset are already
+//! stored and are skipped; records whose triple was already written (an
 //! upstream redelivery: enrich retried or replayed, a client re-sent) are
 //! skipped too, while a higher revision of a written event (enrich repaired
 //! its joined context) is written. Kafka's committed offsets only bound how
@@ -41,8 +41,8 @@ pub struct PartitionState {
     /// Rows stored from this partition (ClickHouse's count at load, plus
     /// rows written since): the reconciliation figure.
     pub rows: u64,
-    /// (event id, revision) pairs written from this partition within the
-    /// dedup window.
+    /// (tenant, event id, revision) triples written from this partition
+    /// within the dedup window.
     pub recent: Written,
     /// Whether the broker resumed this partition at `stored + 1` (or
     /// before); see [`xoflow_common::resume`].
@@ -61,8 +61,8 @@ impl PartitionState {
     }
 }
 
-/// The (event id, revision) pairs written from one partition: the dedup
-/// key. A redelivered copy of a revision has the same pair and is skipped;
+/// The (tenant, event id, revision) triples written from one partition:
+/// the dedup key, as in `event_ids`. A redelivered copy of a revision has the same pair and is skipped;
 /// a repair (a higher revision of the same event) has a new one and is
 /// written.
 ///
@@ -91,28 +91,34 @@ impl Default for Written {
 }
 
 impl Written {
-    fn key(&self, event_id: &str, revision: u32) -> u128 {
-        // The revision's four bytes last: the id's bytes before them are
-        // the rest, so no two pairs make the same input. One-shot on a
-        // stack buffer: the streaming hasher costs twice as much.
-        let id = event_id.as_bytes();
-        let mut buf = [0u8; 128];
-        if id.len() + 4 <= buf.len() {
-            buf[..id.len()].copy_from_slice(id);
-            buf[id.len()..id.len() + 4].copy_from_slice(&revision.to_le_bytes());
-            xxhash_rust::xxh3::xxh3_128_with_seed(&buf[..id.len() + 4], self.seed)
+    fn key(&self, tenant: &str, event_id: &str, revision: u32) -> u128 {
+        // The tenant, a NUL (no tenant name holds one), the id and the
+        // revision's four bytes last: no two triples make the same input.
+        // One-shot on a stack buffer: the streaming hasher costs twice as
+        // much.
+        let (tenant, id) = (tenant.as_bytes(), event_id.as_bytes());
+        let len = tenant.len() + 1 + id.len() + 4;
+        let mut buf = [0u8; 160];
+        if len <= buf.len() {
+            buf[..tenant.len()].copy_from_slice(tenant);
+            let at = tenant.len() + 1;
+            buf[at..at + id.len()].copy_from_slice(id);
+            buf[at + id.len()..len].copy_from_slice(&revision.to_le_bytes());
+            xxhash_rust::xxh3::xxh3_128_with_seed(&buf[..len], self.seed)
         } else {
             xxhash_rust::xxh3::xxh3_128_with_seed(
-                &[id, &revision.to_le_bytes()].concat(),
+                &[tenant, &[0], id, &revision.to_le_bytes()].concat(),
                 self.seed,
             )
         }
     }
 
-    /// Records that `(event_id, revision)` is being written; false when it
-    /// already was (a copy).
-    pub fn first_time(&mut self, event_id: &str, revision: u32) -> bool {
-        self.pairs.insert(self.key(event_id, revision))
+    /// Records that `tenant`'s `(event_id, revision)` is being written;
+    /// false when it already was (a copy). The tenant is part of the key:
+    /// event ids are unique within a tenant only (two shops' `order:1001:2`
+    /// are two events).
+    pub fn first_time(&mut self, tenant: &str, event_id: &str, revision: u32) -> bool {
+        self.pairs.insert(self.key(tenant, event_id, revision))
     }
 
     pub fn len(&self) -> usize {
@@ -147,10 +153,10 @@ impl Written {
     }
 }
 
-impl Extend<(String, u32)> for Written {
-    fn extend<I: IntoIterator<Item = (String, u32)>>(&mut self, pairs: I) {
-        for (event_id, revision) in pairs {
-            self.first_time(&event_id, revision);
+impl Extend<(String, String, u32)> for Written {
+    fn extend<I: IntoIterator<Item = (String, String, u32)>>(&mut self, triples: I) {
+        for (tenant, event_id, revision) in triples {
+            self.first_time(&tenant, &event_id, revision);
         }
     }
 }
@@ -168,18 +174,18 @@ pub enum Input {
 
 impl Input {
     /// Rows of `topic`/`partition` already stored for this input, as one
-    /// `kafka_offset`/`event_id`/`revision` relation with two `?` (topic,
+    /// `kafka_offset`/`tenant`/`event_id`/`revision` relation with two `?` (topic,
     /// partition) per branch.
     pub(super) fn stored_rows(self) -> &'static str {
         match self {
             Input::Enriched => {
-                "(SELECT kafka_offset, event_id, revision FROM events \
+                "(SELECT kafka_offset, tenant, event_id, revision FROM events \
                   WHERE kafka_topic = ? AND kafka_partition = ? \
-                  UNION ALL SELECT kafka_offset, event_id, revision FROM dead_letters \
+                  UNION ALL SELECT kafka_offset, tenant, event_id, revision FROM dead_letters \
                   WHERE refused = 1 AND kafka_topic = ? AND kafka_partition = ?)"
             }
             Input::DeadLetters => {
-                "(SELECT kafka_offset, event_id, revision FROM dead_letters \
+                "(SELECT kafka_offset, tenant, event_id, revision FROM dead_letters \
                   WHERE refused = 0 AND kafka_topic = ? AND kafka_partition = ?)"
             }
         }
@@ -244,13 +250,13 @@ pub async fn load(
     let mut recent = Written::default();
     if range.max_offset >= 0 && input == Input::Enriched {
         let mut q = client.query(&format!(
-            "SELECT event_id, revision FROM {} WHERE kafka_offset > ?",
+            "SELECT tenant, event_id, revision FROM {} WHERE kafka_offset > ?",
             input.stored_rows()
         ));
         for _ in 0..input.branches() {
             q = q.bind(topic).bind(partition);
         }
-        let ids: Vec<(String, u32)> = q
+        let ids: Vec<(String, String, u32)> = q
             .bind(range.max_offset - window)
             .fetch_all()
             .await
@@ -385,7 +391,7 @@ mod tests {
             }
             // One batch of `headroom` pairs, as the sink flushes.
             for i in 0..headroom {
-                assert!(w.first_time(&format!("e{batch}-{i}"), 0));
+                assert!(w.first_time("t", &format!("e{batch}-{i}"), 0));
             }
             largest = largest.max(w.room());
         }
@@ -398,16 +404,16 @@ mod tests {
         );
         // Under the window nothing is forgotten, however full the table.
         let mut small = Written::default();
-        small.first_time("e", 0);
+        small.first_time("t", "e", 0);
         assert!(!small.bound(2, usize::MAX));
-        assert!(!small.first_time("e", 0));
+        assert!(!small.first_time("t", "e", 0));
     }
 
     #[test]
     fn a_repair_is_written_and_a_copy_of_a_revision_is_not() {
         let mut w = Written::default();
         // As loaded from ClickHouse: revision 0 of e1 was stored.
-        w.extend([("e1".to_owned(), 0)]);
+        w.extend([("t".to_owned(), "e1".to_owned(), 0)]);
         let id = "e1";
         let table = [
             (1, true, "a repair of e1"),
@@ -417,15 +423,23 @@ mod tests {
             (2, false, "the latest revision re-emitted after a crash"),
         ];
         for (revision, written, what) in table {
-            assert_eq!(w.first_time(id, revision), written, "{what}");
+            assert_eq!(w.first_time("t", id, revision), written, "{what}");
         }
-        assert!(w.first_time("e2", 1), "another event's revision 1");
-        assert!(w.first_time("e", 1), "an id that is a prefix of another");
+        assert!(w.first_time("t", "e2", 1), "another event's revision 1");
+        assert!(
+            w.first_time("t", "e", 1),
+            "an id that is a prefix of another"
+        );
+        // Event ids are unique within a tenant only: two shops' order 1001.
+        assert!(w.first_time("u", "e1", 0), "another tenant's e1");
+        assert!(!w.first_time("u", "e1", 0), "a copy of it");
+        assert!(w.first_time("te", "1", 9), "tenant and id split elsewhere");
         // Ids too long for the stack buffer are hashed the same way.
         let long = "x".repeat(200);
-        assert!(w.first_time(&long, 0));
-        assert!(!w.first_time(&long, 0));
-        assert!(w.first_time(&long, 1));
-        assert_eq!(w.len(), 7);
+        assert!(w.first_time("t", &long, 0));
+        assert!(!w.first_time("t", &long, 0));
+        assert!(w.first_time("t", &long, 1));
+        assert!(w.first_time("u", &long, 1));
+        assert_eq!(w.len(), 10);
     }
 }

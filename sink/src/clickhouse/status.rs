@@ -7,11 +7,11 @@
 //! `committed` is normal for a moment after a flush or after a crash before
 //! the commit; `stored_next` behind `committed` would mean rows lost and is
 //! reported as a gap — unless the records in between are copies the sink
-//! dropped on purpose (an event id and revision it had already stored from
+//! dropped on purpose (a tenant's event id and revision it had already stored from
 //! the partition: enrich retried, a client re-sent). The sink commits past
 //! such copies but stores nothing for them, so for every enriched partition
 //! with `committed > stored_next` the records in between are read back from
-//! Kafka and those whose (event id, revision) is already stored (or offsets
+//! Kafka and those whose (tenant, event id, revision) is already stored (or offsets
 //! that hold no record at all) are counted as `dropped_copies`, not as a
 //! gap. A new revision of a stored event is no copy.
 //!
@@ -155,7 +155,7 @@ pub async fn sink_status(
 }
 
 /// How many offsets of `from..to` hold no row on purpose: records whose
-/// (event id, revision) is already stored from this partition, and offsets
+/// (tenant, event id, revision) is already stored from this partition, and offsets
 /// holding no record. Reads the records back from Kafka (assigned, never subscribed:
 /// the group is not joined and nothing is committed).
 async fn dropped_copies(
@@ -176,20 +176,20 @@ async fn dropped_copies(
     .map_err(SinkError::Task)??;
     let ids: Vec<&str> = read
         .iter()
-        .filter_map(|(_, key)| key.as_ref().map(|(id, _)| id.as_str()))
+        .filter_map(|(_, key)| key.as_ref().map(|(_, id, _)| id.as_str()))
         .collect();
-    let stored: HashSet<(String, u32)> = if ids.is_empty() {
+    let stored: HashSet<(String, String, u32)> = if ids.is_empty() {
         HashSet::new()
     } else {
         let mut q = client.query(&format!(
-            "SELECT DISTINCT event_id, revision FROM {} WHERE has(?, event_id)",
+            "SELECT DISTINCT tenant, event_id, revision FROM {} WHERE has(?, event_id)",
             Input::Enriched.stored_rows()
         ));
         for _ in 0..Input::Enriched.branches() {
             q = q.bind(topic).bind(partition);
         }
         q.bind(ids)
-            .fetch_all::<(String, u32)>()
+            .fetch_all::<(String, String, u32)>()
             .await
             .map_err(SinkError::clickhouse)?
             .into_iter()
@@ -209,9 +209,9 @@ async fn dropped_copies(
 /// How long reading back one partition's range may take.
 const READ_BACK_WAIT: Duration = Duration::from_secs(15);
 
-/// The records of `from..to` as (offset, (event id, revision) when it
-/// decodes), and the offset below which the read is complete.
-type ReadBack = (Vec<(i64, Option<(String, u32)>)>, i64);
+/// The records of `from..to` as (offset, (tenant, event id, revision)
+/// when it decodes), and the offset below which the read is complete.
+type ReadBack = (Vec<(i64, Option<(String, String, u32)>)>, i64);
 
 fn read_ids(
     kafka: &KafkaConfig,
@@ -250,7 +250,7 @@ fn read_ids(
         let id = m
             .payload()
             .and_then(|p| EnrichedEvent::decode(p).ok())
-            .and_then(|en| en.event.map(|e| (e.event_id, en.revision)));
+            .and_then(|en| en.event.map(|e| (e.tenant, e.event_id, en.revision)));
         out.push((m.offset(), id));
         covered_to = m.offset() + 1;
         if covered_to >= to {
