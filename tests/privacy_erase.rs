@@ -354,7 +354,7 @@ async fn an_erased_customer_is_gone_everywhere_and_the_figures_stay() {
     let customers = vec![x.customer.clone()];
     assert!(
         eraser
-            .still_held(&customers, &hashes)
+            .still_held("acme", &customers, &hashes)
             .await
             .expect("changelog")
             > 0,
@@ -407,7 +407,7 @@ async fn an_erased_customer_is_gone_everywhere_and_the_figures_stay() {
     }
     assert_eq!(
         eraser
-            .still_held(&customers, &hashes)
+            .still_held("acme", &customers, &hashes)
             .await
             .expect("changelog"),
         0,

@@ -337,7 +337,7 @@ pub async fn erase(
     }
     m.wait(&ch).await?;
 
-    let kafka = eraser.erase(&customers, &identifiers).await?;
+    let kafka = eraser.erase(tenant, &customers, &identifiers).await?;
     let completed_at = clock::now_unix_secs();
     let found = m.rows.values().any(|n| *n > 0)
         || kafka.link_tombstones > 0

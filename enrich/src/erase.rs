@@ -2,12 +2,13 @@
 //! customer and their hashed identifiers in Kafka and in running enrich
 //! instances.
 //!
-//! In: customer ids and hashed identifiers (as the collectors hash them).
+//! In: a tenant, its customer ids and hashed identifiers (as the collectors
+//! hash them).
 //! Out, in this order, each acknowledged before the next:
 //!
 //! 1. an erasure notice per customer and identifier on
 //!    `<group>.repartition` (header `xoflow-erase`, keyed like the events
-//!    it stands for), so the join partition holding the state forgets it
+//!    it stands for, the tenant as its value), so the join partition holding the state forgets it
 //!    in memory — base, history, alert book, events still in the lateness
 //!    buffer, unresolved events waiting for a link — and writes tombstones
 //!    for its changelog records, whether it runs now or reads the notice
@@ -30,6 +31,7 @@ use crate::{
     EnrichConfig, EnrichError,
     identity::Links,
     stage::{self, InternalTopics},
+    tenancy,
 };
 
 /// What an erasure wrote to Kafka.
@@ -95,9 +97,11 @@ impl Eraser {
         }
     }
 
-    /// Erases `customers` and `identifiers` (see the module doc).
+    /// Erases `tenant`'s `customers` and `identifiers` (see the module
+    /// doc).
     pub async fn erase(
         &mut self,
+        tenant: &str,
         customers: &[String],
         identifiers: &[String],
     ) -> Result<KafkaErasure, EnrichError> {
@@ -108,7 +112,10 @@ impl Eraser {
         };
 
         let keys = stage::erase_notice_keys(customers, identifiers);
-        let notices: Vec<Outgoing<'_>> = keys.iter().map(|k| stage::erase_notice(k)).collect();
+        let notices: Vec<Outgoing<'_>> = keys
+            .iter()
+            .map(|k| stage::erase_notice(k, tenant))
+            .collect();
         self.producer
             .send_all(&self.internal.repartition, &notices)
             .await
@@ -139,7 +146,7 @@ impl Eraser {
             let keys = stage::changelog_keys(&self.kafka, &self.cfg, &self.internal, p).await?;
             let erased: Vec<&Vec<u8>> = keys
                 .iter()
-                .filter(|k| belongs(k, customers, identifiers))
+                .filter(|k| belongs(k, tenant, customers, identifiers))
                 .collect();
             if erased.is_empty() {
                 continue;
@@ -159,6 +166,7 @@ impl Eraser {
     /// `identifiers` (0 once an erasure is complete): for audits and tests.
     pub async fn still_held(
         &self,
+        tenant: &str,
         customers: &[String],
         identifiers: &[String],
     ) -> Result<usize, EnrichError> {
@@ -167,7 +175,7 @@ impl Eraser {
             let keys = stage::changelog_keys(&self.kafka, &self.cfg, &self.internal, p).await?;
             n += keys
                 .iter()
-                .filter(|k| belongs(k, customers, identifiers))
+                .filter(|k| belongs(k, tenant, customers, identifiers))
                 .count();
         }
         Ok(n)
@@ -200,22 +208,31 @@ impl Eraser {
     }
 }
 
-/// Whether a changelog key holds state of one of `customers` (its base
-/// `<id>`, a history event `<id> NUL <event id>`, its alert book `NUL NUL
-/// <id>`) or of one of `identifiers` (`NUL <identifier>`). See
-/// `proto/xoflow/v1/state.proto`.
-fn belongs(key: &[u8], customers: &[String], identifiers: &[String]) -> bool {
-    if let Some(c) = key.strip_prefix(&crate::alert::BOOK_PREFIX) {
-        return customers.iter().any(|x| x.as_bytes() == c);
-    }
-    if let Some(h) = key.strip_prefix(&[0]) {
+/// Whether a changelog key holds state of one of `tenant`'s `customers`
+/// (its base `<customer>`, a history event `<customer> NUL <event id>`, its
+/// alert book `NUL NUL <customer>`, `<customer>` its state key: tenant, US,
+/// customer id) or of one of `identifiers` (`NUL <identifier>`). A key
+/// without a tenant (written before keys had one) is held by whichever
+/// tenant's customer has its id. See `proto/xoflow/v1/state.proto`.
+fn belongs(key: &[u8], tenant: &str, customers: &[String], identifiers: &[String]) -> bool {
+    if let Some(h) = key.strip_prefix(&[0]).filter(|k| k.first() != Some(&0)) {
         return identifiers.iter().any(|x| x.as_bytes() == h);
     }
-    let customer = match key.iter().position(|b| *b == 0) {
-        Some(nul) => &key[..nul],
-        None => key,
+    let customer = match key.strip_prefix(&crate::alert::BOOK_PREFIX) {
+        Some(c) => c,
+        None => key.split(|b| *b == 0).next().unwrap_or_default(),
     };
-    customers.iter().any(|x| x.as_bytes() == customer)
+    let Ok(customer) = std::str::from_utf8(customer) else {
+        return false;
+    };
+    let of_tenant = match customer.split_once(tenancy::SEP) {
+        Some((t, _)) => t == tenant,
+        None => true,
+    };
+    of_tenant
+        && customers
+            .iter()
+            .any(|x| x == tenancy::customer_part(customer))
 }
 
 #[cfg(test)]
@@ -226,17 +243,23 @@ mod tests {
     fn changelog_keys_are_told_apart() {
         let c = vec!["c-1".to_owned()];
         let h = vec!["ab12".to_owned()];
-        assert!(belongs(b"c-1", &c, &h));
-        assert!(belongs(b"c-1\0ev-9", &c, &h));
-        assert!(belongs(b"\0\0c-1", &c, &h));
-        assert!(belongs(b"\0ab12", &c, &h));
-        assert!(!belongs(b"c-10", &c, &h));
-        assert!(!belongs(b"c-10\0ev-9", &c, &h));
-        assert!(!belongs(b"\0\0c-10", &c, &h));
-        assert!(!belongs(b"\0ab123", &c, &h));
-        assert!(
-            !belongs(b"\0c-1", &c, &h),
-            "an identifier key is not a customer"
-        );
+        let belongs = |k: &[u8]| belongs(k, "acme", &c, &h);
+        assert!(belongs(b"acme\x1fc-1"));
+        assert!(belongs(b"acme\x1fc-1\0ev-9"));
+        assert!(belongs(b"\0\0acme\x1fc-1"));
+        assert!(belongs(b"\0ab12"));
+        assert!(!belongs(b"acme\x1fc-10"));
+        assert!(!belongs(b"acme\x1fc-10\0ev-9"));
+        assert!(!belongs(b"\0\0acme\x1fc-10"));
+        assert!(!belongs(b"\0ab123"));
+        assert!(!belongs(b"\0c-1"), "an identifier key is not a customer");
+        // Another tenant's customer with the same id is not erased.
+        assert!(!belongs(b"beta\x1fc-1"));
+        assert!(!belongs(b"beta\x1fc-1\0ev-9"));
+        assert!(!belongs(b"\0\0beta\x1fc-1"));
+        // Keys from before keys had a tenant.
+        assert!(belongs(b"c-1"));
+        assert!(belongs(b"c-1\0ev-9"));
+        assert!(belongs(b"\0\0c-1"));
     }
 }

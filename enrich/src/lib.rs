@@ -25,6 +25,7 @@ pub mod join;
 pub mod sentiment;
 pub mod stage;
 mod telemetry;
+pub mod tenancy;
 
 pub use config::EnrichConfig;
 pub use stage::{EnrichError, run};

@@ -5,12 +5,13 @@
 //! ```text
 //! join outputs ──► Alerter::evaluate ──┐
 //!                                      ├──► alerts (to the alerts topic, before the changelog)
-//! Join::rescore ─► Alerter::silence ───┘    books (to the changelog, `NUL NUL <customer>`)
+//! Join::rescore ─► Alerter::silence ───┘    books (to the changelog, `NUL NUL <tenant US customer>`)
 //! ```
 //!
 //! An alert's id is a hash of (tenant, rule, triggering event id), so every
 //! copy of it — a replay after a crash, a later revision of the event — has
-//! the same id, and the alert stage and ClickHouse keep one. Per customer a
+//! the same id, and the alert stage and ClickHouse keep one. Per customer
+//! (a tenant's: books are keyed like the join's state, `crate::tenancy`) a
 //! small book remembers the ids raised (a revision that meets a rule its
 //! event already raised does not raise it again) and when each rule last
 //! fired, in event time (quiet periods: at most one alert per customer per
@@ -28,6 +29,7 @@ pub mod rules;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use crate::tenancy;
 use sha2::{Digest, Sha256};
 use xoflow_proto::{
     Message as _,
@@ -126,6 +128,7 @@ pub struct Silent {
 #[derive(Debug, Default)]
 pub struct Alerter {
     rules: AlertRules,
+    /// By the customer's state key (tenant and customer id).
     books: HashMap<String, Book, foldhash::fast::RandomState>,
     dirty: HashSet<String, foldhash::fast::RandomState>,
     alerts: Vec<Alert>,
@@ -243,7 +246,7 @@ impl Alerter {
     pub fn silence_due(
         &self,
         tenant: &str,
-        customer_id: &str,
+        customer: &str,
         ratio: f64,
         last_order_ms: i64,
         context: &EnrichedEvent,
@@ -251,7 +254,8 @@ impl Alerter {
         let Some(t) = self.rules.tenant(tenant) else {
             return false;
         };
-        let book = self.books.get(customer_id);
+        let book = self.books.get(customer);
+        let customer_id = tenancy::customer_part(customer);
         let mut scratch = Vec::new();
         t.rules.iter().filter(|r| r.silent).any(|rule| {
             if ratio < rule.min_silence {
@@ -332,8 +336,10 @@ impl Alerter {
         now_ms: i64,
     ) {
         let customer = o.resolved_customer_id.as_str();
+        // Books are per tenant's customer, like the join's state.
+        let key = tenancy::scoped(o.event.as_ref().map_or("", |e| &e.tenant), customer);
         let prefix = id_prefix(&id);
-        let book = self.books.get(customer);
+        let book = self.books.get(&key);
         if book.is_some_and(|b| b.raised.iter().any(|(x, _)| *x == prefix)) {
             self.stats.repeated += 1;
             return;
@@ -352,7 +358,7 @@ impl Alerter {
             self.stats.quiet += 1;
             return;
         }
-        let book = self.books.entry(customer.to_owned()).or_default();
+        let book = self.books.entry(key.clone()).or_default();
         book.raised.push_back((prefix, at));
         if book.raised.len() > MAX_RAISED {
             // Evict the oldest by event time, not by arrival.
@@ -364,7 +370,7 @@ impl Alerter {
             Some(q) => q.1 = q.1.max(at),
             None => book.quiet.push((rule.name.clone(), at)),
         }
-        self.dirty.insert(customer.to_owned());
+        self.dirty.insert(key);
         self.stats.raised += 1;
         let department = rule
             .department
@@ -423,8 +429,13 @@ impl Alerter {
         std::mem::take(&mut self.stats)
     }
 
-    /// Forgets a customer's book (erasure); its changelog record becomes a
-    /// tombstone. Returns whether there was one.
+    /// The state keys (see [`tenancy`]) of the customers with a book.
+    pub fn customers(&self) -> impl Iterator<Item = &str> {
+        self.books.keys().map(String::as_str)
+    }
+
+    /// Forgets the book of a customer, by its state key (erasure); its
+    /// changelog record becomes a tombstone. Returns whether there was one.
     pub fn forget(&mut self, customer: &str) -> bool {
         let had = self.books.remove(customer).is_some();
         if had {
@@ -433,7 +444,7 @@ impl Alerter {
         had
     }
 
-    /// Changed books as changelog records (`NUL NUL <customer>`; an empty
+    /// Changed books as changelog records (`NUL NUL <state key>`; an empty
     /// value deletes).
     pub fn take_changes(&mut self, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
         for id in self.dirty.drain() {

@@ -116,7 +116,6 @@ impl ColdCustomers {
         self.table.retain(|f| keep(f));
     }
 
-    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = &Frozen> {
         self.table.iter()
     }

@@ -213,7 +213,11 @@ impl Joiner<'_> {
                         Some(identifier) => {
                             j.erase_identifier(&String::from_utf8_lossy(identifier))
                         }
-                        None => j.erase_customer(&String::from_utf8_lossy(key)),
+                        // The notice's value names the customer's tenant.
+                        None => j.erase_customer(
+                            &String::from_utf8_lossy(m.payload().unwrap_or_default()),
+                            &String::from_utf8_lossy(key),
+                        ),
                     };
                     // Neither the customer id nor the identifier is logged.
                     tracing::info!(partition = p, held = erased, "erasure notice applied");
@@ -580,7 +584,7 @@ fn resolved_from_key(key: &[u8], e: &Event) -> Resolved {
     if key.first() == Some(&UNRESOLVED) || key.is_empty() {
         return Resolved::unresolved();
     }
-    let customer_id = String::from_utf8_lossy(key).into_owned();
+    let customer_id = crate::tenancy::with_room(&e.tenant, &String::from_utf8_lossy(key));
     let direct = e
         .customer
         .as_ref()

@@ -154,10 +154,11 @@ const LINK_HEADER: &str = "xoflow-link";
 /// a link: the revision its next output gets (decimal).
 const REVISION_HEADER: &str = "xoflow-revision";
 
-/// Header of an erasure notice on the repartition topic (no value): the
-/// join partition the key leads to forgets what it holds of that customer
-/// (key = customer id) or hashed identifier (key = `\0<identifier>`), and
-/// writes tombstones for its changelog records. Sent by `xoflow erase`
+/// Header of an erasure notice on the repartition topic (no header value):
+/// the join partition the key leads to forgets what it holds of that
+/// customer (key = customer id, record value = its tenant) or hashed
+/// identifier (key = `\0<identifier>`), and writes tombstones for its
+/// changelog records. Sent by `xoflow erase`
 /// (docs/privacy.md).
 pub const ERASE_HEADER: &str = "xoflow-erase";
 
@@ -171,11 +172,11 @@ pub fn erase_notice_keys(customers: &[String], identifiers: &[String]) -> Vec<Ve
         .collect()
 }
 
-/// One erasure notice record (see [`ERASE_HEADER`]).
-pub fn erase_notice(key: &[u8]) -> Outgoing<'_> {
+/// One erasure notice record of `tenant` (see [`ERASE_HEADER`]).
+pub fn erase_notice<'a>(key: &'a [u8], tenant: &'a str) -> Outgoing<'a> {
     Outgoing {
         key,
-        payload: &[],
+        payload: tenant.as_bytes(),
         headers: Some(
             rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
                 key: ERASE_HEADER,

@@ -106,13 +106,26 @@ pub(super) async fn join_state(
     let mut join = Join::new(cfg.join.clone())
         .with_topics(cfg.topics.clone())
         .with_alerts(cfg.alerts.clone());
-    let bad = join.restore_records(latest, xoflow_common::clock::now_unix_millis());
+    let skipped = join.restore_records(latest, xoflow_common::clock::now_unix_millis());
 
-    if bad > 0 {
+    if skipped.undecodable > 0 {
         ErrorKind::ReadBack.emit(
             Metric::Errors.name(),
-            &format!("{bad} changelog records of partition {partition} did not decode"),
+            &format!(
+                "{} changelog records of partition {partition} did not decode",
+                skipped.undecodable
+            ),
             "changelog records skipped",
+        );
+    }
+    if skipped.untenanted > 0 {
+        // Not an error of this run: state written before keys named the
+        // tenant, which events rebuild.
+        tracing::warn!(
+            partition,
+            records = skipped.untenanted,
+            "changelog records keyed by customer id alone (written before state keys named \
+             the tenant) skipped: those customers' join state starts afresh"
         );
     }
     tracing::info!(
