@@ -643,36 +643,44 @@ impl Links {
     }
 
     /// The customer of `e`: its own id, else the first weak identifier
-    /// linked to one.
+    /// linked to one. The id comes with room for `e`'s tenant, which the
+    /// join puts in front of it (`crate::tenancy`) without allocating again.
     pub fn resolve(&self, e: &Event) -> Resolved {
-        self.resolve_from(e.customer.as_ref())
+        let room = e.tenant.len() + 1;
+        resolve_with(e.customer.as_ref(), room, |h| {
+            self.get(h)
+                .map(|c| crate::tenancy::with_room(&e.tenant, &c))
+        })
     }
 
     /// [`Links::resolve`] from an event's identity alone.
     pub fn resolve_from(&self, customer: Option<&CustomerIdentity>) -> Resolved {
-        resolve_with(customer, |h| self.get(h).map(Cow::into_owned))
+        resolve_with(customer, 0, |h| self.get(h).map(Cow::into_owned))
     }
 
     /// [`Links::resolve_from`] for the resolve loop: a link read from the
     /// store is kept among the recent ones, so that the customer's next
     /// events find it in memory.
     pub fn resolve_keeping(&mut self, customer: Option<&CustomerIdentity>) -> Resolved {
-        resolve_with(customer, |h| self.lookup(&Key::of(h)).map(str::to_owned))
+        resolve_with(customer, 0, |h| self.lookup(&Key::of(h)).map(str::to_owned))
     }
 }
 
-/// The customer of `customer`: its own id, else the first weak identifier
-/// `find` links to one.
+/// The customer of `customer`: its own id (with `room` bytes to spare),
+/// else the first weak identifier `find` links to one.
 fn resolve_with(
     customer: Option<&CustomerIdentity>,
+    room: usize,
     mut find: impl FnMut(&str) -> Option<String>,
 ) -> Resolved {
     let Some(c) = customer else {
         return Resolved::unresolved();
     };
     if !c.customer_id.is_empty() {
+        let mut id = String::with_capacity(c.customer_id.len() + room);
+        id.push_str(&c.customer_id);
         return Resolved {
-            customer_id: Some(c.customer_id.clone()),
+            customer_id: Some(id),
             resolution: IdentityResolution::Direct,
         };
     }
