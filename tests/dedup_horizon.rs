@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use xoflow::sample;
 use xoflow_common::kafka::Outgoing;
 use xoflow_proto::{
@@ -35,30 +33,6 @@ async fn produce(cfg: &xoflow::Config, encoded: &[(Vec<u8>, String)]) {
         .send_all(&cfg.kafka.topics.enriched, &records)
         .await
         .expect("produce");
-}
-
-/// Waits until the sink group committed every record of the enriched
-/// topic (copies are committed without being stored).
-async fn drained(cfg: &xoflow::Config, group: &str) {
-    common::wait_for(
-        "the sink to commit every record",
-        Duration::from_secs(90),
-        || {
-            let c = cfg.clone();
-            let group = group.to_owned();
-            async move {
-                xoflow_sink::sink_status(&c.kafka, &c.clickhouse, &group)
-                    .await
-                    .is_ok_and(|parts| {
-                        parts
-                            .iter()
-                            .filter(|p| p.topic == c.kafka.topics.enriched)
-                            .all(|p| p.committed == Some(p.high_watermark))
-                    })
-            }
-        },
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +79,7 @@ async fn copies_far_beyond_the_dedup_window_count_nothing_twice() {
     produce(&cfg, &encoded).await;
     produce(&cfg, &encoded).await;
     let running = common::start(&cfg, xoflow::Stages::SINK).await;
-    drained(&cfg, &cfg.sink.group_id).await;
+    common::sink_drained(&cfg, &cfg.sink.group_id).await;
     running.stop();
     running.wait().await.expect("clean stop");
 
@@ -114,7 +88,7 @@ async fn copies_far_beyond_the_dedup_window_count_nothing_twice() {
     produce(&cfg, &encoded).await;
     cfg.sink.group_id = format!("g-{id}-sink-2");
     let running = common::start(&cfg, xoflow::Stages::SINK).await;
-    drained(&cfg, &cfg.sink.group_id).await;
+    common::sink_drained(&cfg, &cfg.sink.group_id).await;
     running.stop();
     running.wait().await.expect("clean stop");
 

@@ -175,7 +175,26 @@ pub async fn erase(
     // Twice: an e-mail leads to a customer, whose other identifiers (and
     // their customers, after a re-point) are the same person's.
     for _ in 0..2 {
-        let (c, h) = eraser.linked(&customers, &identifiers)?;
+        let (c, mut h) = eraser.linked(&customers, &identifiers)?;
+        // The link table names a customer by its id alone, so another
+        // tenant's customer with the same id brings that tenant's
+        // identifiers along. A hash is keyed by its tenant: one stored
+        // under another tenant is that tenant's, and is left alone.
+        if !h.is_empty() {
+            let foreign: BTreeSet<String> = ch
+                .query(&format!(
+                    "SELECT DISTINCT h FROM events \
+                     ARRAY JOIN [email_hash, phone_hash, social_handle_hash, device_id_hash] AS h \
+                     WHERE tenant != {} AND h IN {}",
+                    lit(tenant),
+                    list(&h)
+                ))
+                .fetch_all::<String>()
+                .await?
+                .into_iter()
+                .collect();
+            h.retain(|x| !foreign.contains(x));
+        }
         customers.extend(c);
         identifiers.extend(h);
         if !identifiers.is_empty() {

@@ -159,6 +159,30 @@ where
     }
 }
 
+/// Waits until the sink group committed every record of the enriched
+/// topic (copies are committed without being stored).
+pub async fn sink_drained(cfg: &xoflow::Config, group: &str) {
+    wait_for(
+        "the sink to commit every record",
+        Duration::from_secs(90),
+        || {
+            let c = cfg.clone();
+            let group = group.to_owned();
+            async move {
+                xoflow_sink::sink_status(&c.kafka, &c.clickhouse, &group)
+                    .await
+                    .is_ok_and(|parts| {
+                        parts
+                            .iter()
+                            .filter(|p| p.topic == c.kafka.topics.enriched)
+                            .all(|p| p.committed == Some(p.high_watermark))
+                    })
+            }
+        },
+    )
+    .await;
+}
+
 /// The value after `key` in a log line (`admin=127.0.0.1:9464`), up to a
 /// space or `)`: how tests learn the addresses a process bound to port 0.
 pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {

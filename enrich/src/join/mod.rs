@@ -162,7 +162,8 @@ pub struct Skipped {
     /// A customer's records keyed by its customer id alone, as written
     /// before state keys named the tenant (`crate::tenancy`): which
     /// tenant's customer they held cannot be told, so that customer starts
-    /// afresh.
+    /// afresh; each becomes a tombstone at the next
+    /// [`Join::take_changes`].
     pub untenanted: usize,
 }
 
@@ -209,7 +210,8 @@ pub struct Join {
     /// Links for [`Join::process`], which resolves by itself; the stage
     /// resolves upstream against the global link table instead.
     links: Links,
-    /// Events not applied yet, by (event time, event id). Boxed: the
+    /// Events not applied yet, by (event time, event id US tenant): two
+    /// tenants' events with one id and time are two events. Boxed: the
     /// buffer is taken from the front, and a B-tree node shifts the values
     /// it keeps at each removal (eleven 800-byte `Held`s, unboxed).
     held: BTreeMap<(i64, String), Box<Held>>,
@@ -260,7 +262,8 @@ pub struct Join {
 }
 
 /// Customer-keyed maps: foldhash, not SipHash (hashing was a tenth of the
-/// join's time); keys are customer ids, seeded per process. hashbrown's
+/// join's time); keys are state keys (`crate::tenancy`), seeded per
+/// process. hashbrown's
 /// map for `entry_ref`: an event's customer is found, or inserted, with one
 /// look-up of a borrowed id, which is cloned only for a new customer.
 type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
@@ -848,7 +851,10 @@ impl Join {
             let customer = customer.split(|b| *b == 0).next().unwrap_or_default();
             if identifier.is_none() && !customer.contains(&(tenancy::SEP as u8)) {
                 // Keyed by the customer id alone: no tenant to give it.
+                // Deleted at the next `take_changes`, so that compaction
+                // removes it and it is read back once.
                 skipped.untenanted += 1;
+                self.removed.insert(key);
                 continue;
             }
             let ok = if let Some(customer) = book {
@@ -2055,6 +2061,14 @@ mod tests {
             }
         );
         assert_eq!(old.customers(), 0);
+        // Deleted from the changelog, so that no restore reads them again.
+        let tombstones = old.take_changes();
+        assert_eq!(tombstones.len(), records.len());
+        assert!(
+            tombstones
+                .iter()
+                .all(|(k, v)| v.is_empty() && !k.contains(&0x1f))
+        );
         let mut new = Join::new(cfg());
         assert_eq!(new.restore_records(records, 0), Skipped::default());
         assert_eq!(new.customers(), 1);

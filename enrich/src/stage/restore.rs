@@ -125,7 +125,7 @@ pub(super) async fn join_state(
             partition,
             records = skipped.untenanted,
             "changelog records keyed by customer id alone (written before state keys named \
-             the tenant) skipped: those customers' join state starts afresh"
+             the tenant) skipped and deleted: those customers' join state starts afresh"
         );
     }
     tracing::info!(
