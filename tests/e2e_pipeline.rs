@@ -12,7 +12,7 @@ use serde::Deserialize;
 use xoflow::{Stages, sample};
 use xoflow_proto::{
     EventKind,
-    v1::{Event, IngestRequest, collector_client::CollectorClient, event::Payload},
+    v1::{Event, event::Payload},
 };
 
 const EVENTS: usize = 10_000;
@@ -36,27 +36,8 @@ async fn ten_thousand_events_land_exactly_once_with_fields_intact() {
     let (cfg, id) = common::config("");
     let running = common::start(&cfg, Stages::ALL).await;
     let addr = running.grpc_addr.expect("ingest runs");
-    let mut client = CollectorClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
-
     let sent = sample::events(7, EVENTS, "acme", &id, common::now_ms());
-    for chunk in sent.chunks(1_000) {
-        let r = client
-            .ingest(IngestRequest {
-                events: chunk.to_vec(),
-            })
-            .await
-            .expect("ingest")
-            .into_inner();
-        assert_eq!(
-            r.accepted as usize,
-            chunk.len(),
-            "rejections: {:?}",
-            r.results.iter().find(|r| !r.accepted)
-        );
-        assert_eq!(r.rejected, 0);
-    }
+    common::ingest_all(addr, &sent, 1_000).await;
 
     let ch = cfg.clickhouse.client();
     common::wait_for(
@@ -65,11 +46,8 @@ async fn ten_thousand_events_land_exactly_once_with_fields_intact() {
         || {
             let ch = ch.clone();
             async move {
-                ch.query("SELECT count() FROM events WHERE revision = 0")
-                    .fetch_one::<u64>()
-                    .await
-                    .map(|n| n >= EVENTS as u64)
-                    .unwrap_or(false)
+                common::count(&ch, "SELECT count() FROM events WHERE revision = 0").await
+                    >= EVENTS as u64
             }
         },
     )

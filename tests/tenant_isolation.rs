@@ -12,7 +12,7 @@ use std::time::Duration;
 use clickhouse::Row;
 use serde::Deserialize;
 use xoflow::{Stages, sample};
-use xoflow_proto::v1::{Event, IngestRequest, collector_client::CollectorClient, event::Payload};
+use xoflow_proto::v1::{Event, event::Payload};
 
 const EVENTS: usize = 1_000;
 
@@ -33,9 +33,6 @@ async fn tenants_with_the_same_ids_keep_their_events_and_their_joins_apart() {
     let (cfg, id) = common::config("");
     let running = common::start(&cfg, Stages::ALL).await;
     let addr = running.grpc_addr.expect("ingest runs");
-    let mut client = CollectorClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
 
     // "acme" sends every kind; "beta" the same events under its own name,
     // its orders left out: whatever order context beta's events carry
@@ -59,23 +56,8 @@ async fn tenants_with_the_same_ids_keep_their_events_and_their_joins_apart() {
             ..e.clone()
         })
         .collect();
-    for events in [&acme, &beta] {
-        for chunk in events.chunks(250) {
-            let r = client
-                .ingest(IngestRequest {
-                    events: chunk.to_vec(),
-                })
-                .await
-                .expect("ingest")
-                .into_inner();
-            assert_eq!(
-                (r.accepted as usize, r.rejected),
-                (chunk.len(), 0),
-                "rejections: {:?}",
-                r.results.iter().find(|r| !r.accepted)
-            );
-        }
-    }
+    common::ingest_all(addr, &acme, 250).await;
+    common::ingest_all(addr, &beta, 250).await;
 
     let ch = cfg.clickhouse.client();
     let expected = (acme.len() + beta.len()) as u64;
@@ -85,10 +67,8 @@ async fn tenants_with_the_same_ids_keep_their_events_and_their_joins_apart() {
         || {
             let ch = ch.clone();
             async move {
-                ch.query("SELECT count() FROM events WHERE revision = 0")
-                    .fetch_one::<u64>()
-                    .await
-                    .is_ok_and(|n| n >= expected)
+                common::count(&ch, "SELECT count() FROM events WHERE revision = 0").await
+                    >= expected
             }
         },
     )

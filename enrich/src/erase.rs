@@ -225,11 +225,8 @@ fn belongs(key: &[u8], tenant: &str, customers: &[String], identifiers: &[String
     let Ok(customer) = std::str::from_utf8(customer) else {
         return false;
     };
-    let of_tenant = match customer.split_once(tenancy::SEP) {
-        Some((t, _)) => t == tenant,
-        None => true,
-    };
-    of_tenant
+    let of = tenancy::tenant_part(customer);
+    (of.is_empty() || of == tenant)
         && customers
             .iter()
             .any(|x| x == tenancy::customer_part(customer))

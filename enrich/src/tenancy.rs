@@ -45,7 +45,8 @@ pub fn customer_part(key: &str) -> &str {
     key.split_once(SEP).map_or(key, |(_, c)| c)
 }
 
-/// The tenant of a state key ("" for a key without one).
+/// The tenant of a state key ("" for a key without one: ingest refuses
+/// events without a tenant, so only a key written before keys had one).
 pub fn tenant_part(key: &str) -> &str {
     key.split_once(SEP).map_or("", |(t, _)| t)
 }

@@ -16,6 +16,7 @@ use std::{
 use rand::Rng;
 use xoflow::{Config, Running, Stages};
 use xoflow_common::shutdown::Shutdown;
+use xoflow_proto::v1::{Event, IngestRequest, collector_client::CollectorClient};
 
 /// Broker and ClickHouse addresses from the environment.
 pub fn servers() -> (String, String) {
@@ -156,6 +157,29 @@ where
             "timed out after {deadline:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `events` to the gRPC collector at `addr` in requests of
+/// `per_request`, asserting that every event of every request is accepted.
+pub async fn ingest_all(addr: std::net::SocketAddr, events: &[Event], per_request: usize) {
+    let mut client = CollectorClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    for chunk in events.chunks(per_request) {
+        let r = client
+            .ingest(IngestRequest {
+                events: chunk.to_vec(),
+            })
+            .await
+            .expect("ingest")
+            .into_inner();
+        assert_eq!(
+            (r.accepted as usize, r.rejected),
+            (chunk.len(), 0),
+            "rejections: {:?}",
+            r.results.iter().find(|r| !r.accepted)
+        );
     }
 }
 

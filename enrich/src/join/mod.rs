@@ -1594,6 +1594,41 @@ mod tests {
         }
     }
 
+    /// An NPS answer on the 0-10 scale.
+    fn nps(score: f64) -> SurveyAnswer {
+        SurveyAnswer {
+            kind: MetricKind::Nps as i32,
+            score: Some(score),
+            scale_min: 0,
+            scale_max: 10,
+            ..Default::default()
+        }
+    }
+
+    /// Order `order_id` of customer `customer_id`, paid at `at`.
+    fn paid(
+        event_id: &str,
+        at: i64,
+        customer_id: &str,
+        order_id: &str,
+        amount_minor: i64,
+    ) -> Event {
+        event(
+            event_id,
+            at,
+            CustomerIdentity {
+                customer_id: customer_id.into(),
+                ..Default::default()
+            },
+            Payload::Order(Order {
+                order_id: order_id.into(),
+                status: OrderStatus::Paid as i32,
+                amount_minor,
+                ..Default::default()
+            }),
+        )
+    }
+
     fn event(id: &str, at: i64, customer: CustomerIdentity, payload: Payload) -> Event {
         Event {
             event_id: id.into(),
@@ -1673,13 +1708,7 @@ mod tests {
             },
             Payload::Survey(SurveyResponse {
                 survey_id: "post-delivery".into(),
-                answers: vec![SurveyAnswer {
-                    kind: MetricKind::Nps as i32,
-                    score: Some(3.0),
-                    scale_min: 0,
-                    scale_max: 10,
-                    ..Default::default()
-                }],
+                answers: vec![nps(3.0)],
                 comment: "配送太慢了，等了五天".into(),
                 trigger: Some(SurveyTrigger {
                     r#ref: Some(Ref::OrderId("o1".into())),
@@ -1949,38 +1978,21 @@ mod tests {
     #[test]
     fn two_tenants_customers_with_one_id_share_no_state() {
         let mut j = Join::new(cfg());
-        let c = || CustomerIdentity {
-            customer_id: "1001".into(),
-            ..Default::default()
-        };
         let of = |tenant: &str, mut e: Event| {
             e.tenant = tenant.into();
             e
         };
-        let order = event(
-            "order:7:2",
-            DAY_MS,
-            c(),
-            Payload::Order(Order {
-                order_id: "7".into(),
-                status: OrderStatus::Paid as i32,
-                amount_minor: 56_000,
-                ..Default::default()
-            }),
-        );
+        let order = paid("order:7:2", DAY_MS, "1001", "7", 56_000);
         let survey = event(
             "s-1",
             2 * DAY_MS,
-            c(),
+            CustomerIdentity {
+                customer_id: "1001".into(),
+                ..Default::default()
+            },
             Payload::Survey(SurveyResponse {
                 survey_id: "post-delivery".into(),
-                answers: vec![SurveyAnswer {
-                    kind: MetricKind::Nps as i32,
-                    score: Some(3.0),
-                    scale_min: 0,
-                    scale_max: 10,
-                    ..Default::default()
-                }],
+                answers: vec![nps(3.0)],
                 ..Default::default()
             }),
         );
@@ -2023,21 +2035,7 @@ mod tests {
     #[test]
     fn records_keyed_without_a_tenant_are_skipped_on_restore() {
         let mut j = Join::new(cfg());
-        let c = CustomerIdentity {
-            customer_id: "c1".into(),
-            ..Default::default()
-        };
-        let order = event(
-            "o1",
-            DAY_MS,
-            c,
-            Payload::Order(Order {
-                order_id: "o1".into(),
-                status: OrderStatus::Paid as i32,
-                amount_minor: 100,
-                ..Default::default()
-            }),
-        );
+        let order = paid("o1", DAY_MS, "c1", "o1", 100);
         feed(&mut j, &[order], &Links::default(), 0);
         let records = j.take_changes();
         assert!(!records.is_empty());
@@ -2080,23 +2078,7 @@ mod tests {
             max_history_per_customer: 2,
             ..cfg()
         });
-        let c = CustomerIdentity {
-            customer_id: "c1".into(),
-            ..Default::default()
-        };
-        let order = |i: i64| {
-            event(
-                &format!("o{i}"),
-                i * DAY_MS,
-                c.clone(),
-                Payload::Order(Order {
-                    order_id: format!("o{i}"),
-                    status: OrderStatus::Paid as i32,
-                    amount_minor: 100,
-                    ..Default::default()
-                }),
-            )
-        };
+        let order = |i: i64| paid(&format!("o{i}"), i * DAY_MS, "c1", &format!("o{i}"), 100);
         let links = Links::default();
         feed(&mut j, &[order(0), order(1)], &links, 0);
         let first = j.take_changes();
@@ -2252,13 +2234,7 @@ lifetime_value_at_least = 50000
             2 * DAY_MS,
             c.clone(),
             Payload::Survey(SurveyResponse {
-                answers: vec![SurveyAnswer {
-                    kind: MetricKind::Nps as i32,
-                    score: Some(2.0),
-                    scale_min: 0,
-                    scale_max: 10,
-                    ..Default::default()
-                }],
+                answers: vec![nps(2.0)],
                 trigger: Some(SurveyTrigger {
                     r#ref: Some(Ref::OrderId("o1".into())),
                 }),
@@ -2350,13 +2326,7 @@ last_nps_at_most = 6
             22 * DAY_MS,
             c.clone(),
             Payload::Survey(SurveyResponse {
-                answers: vec![SurveyAnswer {
-                    kind: MetricKind::Nps as i32,
-                    score: Some(3.0),
-                    scale_min: 0,
-                    scale_max: 10,
-                    ..Default::default()
-                }],
+                answers: vec![nps(3.0)],
                 ..Default::default()
             }),
         ));
@@ -2666,19 +2636,12 @@ last_nps_at_most = 6
 
     /// Customer `c`'s order `<c>-o`, paid a day before `at`: late.
     fn late_order(c: &str, at: i64) -> Event {
-        event(
+        paid(
             &format!("{c}-o-paid"),
             at - DAY_MS,
-            CustomerIdentity {
-                customer_id: c.into(),
-                ..Default::default()
-            },
-            Payload::Order(Order {
-                order_id: format!("{c}-o"),
-                status: OrderStatus::Paid as i32,
-                amount_minor: 100,
-                ..Default::default()
-            }),
+            c,
+            &format!("{c}-o"),
+            100,
         )
     }
 
