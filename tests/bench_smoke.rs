@@ -17,6 +17,7 @@ const EXPECTED: &[&str] = &[
     "B2 collector, unary",
     "B2 baseline echo, batched",
     "B3 sink Kafka→ClickHouse",
+    "B3 sink catching up on a backlog",
     "B3 baseline clickhouse-client RowBinary insert",
     "B5 enrich stage (resolve + join), time order",
     "B5 baseline consume→produce passthrough",
