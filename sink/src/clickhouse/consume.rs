@@ -49,7 +49,7 @@ use xoflow_proto::{
 
 use super::{
     ClickHouseConfig, SinkConfig, SinkError,
-    event_ids::EventIds,
+    event_ids::{EventIds, Pending, key},
     insert::{Retrying, flush, recovered, retry_policy},
     migrate,
     position::{self, Input, Positions, Resume},
@@ -82,6 +82,18 @@ pub(super) struct Batch {
     /// (occurred, received), Unix milliseconds, of each revision-0 event
     /// row: the freshness histograms' input once the batch is stored.
     pub first_stored: Vec<(i64, i64)>,
+    /// The `event_ids` look-ups of `events[..looked_up]`, sent while the
+    /// rest of the batch was read ([`Batch::look_up_ahead`]).
+    pub ahead: Vec<Pending>,
+    pub looked_up: usize,
+}
+
+/// Rows per look-up sent ahead of the flush: a fifth of a full batch
+/// (10,000 at the default `batch_rows`), so that a request's own cost is
+/// small beside its keys' and most of a batch is answered by the time it
+/// is written.
+fn look_ahead_rows(cfg: &SinkConfig) -> usize {
+    (cfg.batch_rows / 5).max(100)
 }
 
 impl Batch {
@@ -100,6 +112,7 @@ impl Batch {
         self.event_bytes = 0;
         self.dead_letter_bytes = 0;
         self.first_stored.clear();
+        self.forget_look_ups();
     }
 
     /// Forgets everything read from a partition this sink no longer owns.
@@ -108,6 +121,37 @@ impl Batch {
             .retain(|r| !(r.kafka_topic == topic && r.kafka_partition == partition));
         self.dead_letters
             .retain(|r| !(r.kafka_topic == topic && r.kafka_partition == partition));
+        // The rows moved: the flush looks the whole batch up.
+        self.forget_look_ups();
+    }
+
+    fn forget_look_ups(&mut self) {
+        for lookup in self.ahead.drain(..) {
+            lookup.abort();
+        }
+        self.looked_up = 0;
+    }
+
+    /// Sends the `event_ids` look-up of the rows added since the last one
+    /// once there are `rows` of them ([`look_ahead_rows`]), on a task of its own, so
+    /// that the flush waits only for the last rows' answer (the look-up was
+    /// a tenth of the sink's cycle, BENCHMARKS.md "B3: a settled
+    /// baseline"). Asking before the flush sees the same stored rows: every
+    /// copy of a (tenant, event id, revision) is in one partition (the
+    /// enriched topic is keyed by event id), which only this sink writes
+    /// while it owns it; what it wrote before is stored, since the
+    /// previous flush returned, and so is a previous owner's last insert
+    /// (waited for before the position was read). Copies within the batch
+    /// are the in-memory window's, as before.
+    fn look_up_ahead(&mut self, ids: &EventIds, rows: usize) {
+        if self.events.len() - self.looked_up < rows {
+            return;
+        }
+        let body = EventIds::body(self.events[self.looked_up..].iter().map(key));
+        self.looked_up = self.events.len();
+        let ids = ids.clone();
+        self.ahead
+            .push(tokio::spawn(async move { ids.send(body).await }));
     }
 }
 
@@ -239,6 +283,7 @@ async fn consume(
 
     let mut positions = Positions::default();
     let mut batch = Batch::default();
+    let look_ahead = look_ahead_rows(cfg);
     // One stop future and one timer for the whole run, polled only when no
     // record is ready: polling either takes a lock (a fresh timer registers
     // with the driver), which a record must not pay. Under load the batch
@@ -381,6 +426,9 @@ async fn consume(
                                     }
                                     batch.event_bytes += payload.len();
                                     batch.events.push(row);
+                                    if cfg.dedup_index {
+                                        batch.look_up_ahead(&ids, look_ahead);
+                                    }
                                 } else {
                                     batch.skipped_duplicates += 1;
                                 }

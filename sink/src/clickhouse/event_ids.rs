@@ -24,10 +24,13 @@ use hyper_util::{
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use super::{ClickHouseConfig, SinkError};
+use super::{ClickHouseConfig, SinkError, row::EventRow};
 
 /// The table name the keys take inside the query.
 const KEYS: &str = "batch_keys";
+
+/// The multipart boundary around the keys' file part.
+const BOUNDARY: &str = "xoflow-event-ids-5c0f3b7e9a1d4e26";
 
 /// Looks batches up in `event_ids` on one server (or, on a cluster, through
 /// its `Distributed` table: ClickHouse sends external data on to every
@@ -47,6 +50,21 @@ pub(super) struct Key<'a> {
     /// as the materialized view computes it) prunes the index.
     pub occurred_at: u32,
     pub event_id: &'a str,
+}
+
+/// The (tenant, event id, revision) triples a look-up found stored.
+pub(super) type Stored = Vec<(String, String, u32)>;
+
+/// A look-up running on a task of its own.
+pub(super) type Pending = tokio::task::JoinHandle<Result<Stored, SinkError>>;
+
+/// A row's key in `event_ids`.
+pub(super) fn key(r: &EventRow) -> Key<'_> {
+    Key {
+        tenant: &r.tenant,
+        occurred_at: r.occurred_at,
+        event_id: &r.event_id,
+    }
 }
 
 impl EventIds {
@@ -89,12 +107,17 @@ impl EventIds {
     pub async fn stored<'a>(
         &self,
         keys: impl Iterator<Item = Key<'a>>,
-    ) -> Result<Vec<(String, String, u32)>, SinkError> {
-        let boundary = "xoflow-event-ids-5c0f3b7e9a1d4e26";
+    ) -> Result<Stored, SinkError> {
+        self.send(Self::body(keys)).await
+    }
+
+    /// The look-up of `keys` as the request body [`Self::send`] takes:
+    /// built where the keys are borrowed, sent from a task that owns it.
+    pub fn body<'a>(keys: impl Iterator<Item = Key<'a>>) -> Vec<u8> {
         let mut body = Vec::with_capacity(64 * 1024);
         body.extend_from_slice(
             format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"{KEYS}\"; \
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{KEYS}\"; \
                  filename=\"{KEYS}\"\r\nContent-Type: text/tab-separated-values\r\n\r\n"
             )
             .as_bytes(),
@@ -110,11 +133,16 @@ impl EventIds {
         }
         // The escaped keys hold no CR, so no line of them can be the
         // boundary.
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+        body
+    }
+
+    /// Sends a look-up built by [`Self::body`].
+    pub async fn send(&self, body: Vec<u8>) -> Result<Stored, SinkError> {
         let request = Request::post(&self.uri)
             .header(
                 "Content-Type",
-                format!("multipart/form-data; boundary={boundary}"),
+                format!("multipart/form-data; boundary={BOUNDARY}"),
             )
             .header("X-ClickHouse-User", &self.user)
             .header("X-ClickHouse-Key", &self.password)

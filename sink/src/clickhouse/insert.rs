@@ -30,7 +30,7 @@ use xoflow_common::{
 use super::{
     SinkConfig, SinkError,
     consume::Batch,
-    event_ids::{EventIds, Key},
+    event_ids::{EventIds, Pending, key},
     position::Positions,
     row::{DeadLetterRow, EventRow},
 };
@@ -87,7 +87,12 @@ pub(super) async fn flush(
     // position, so a crash between the two inserts re-delivers (and may
     // repeat) dead letters, never skips events.
     insert_with_retry(client, "dead_letters", &batch.dead_letters, cfg, retrying).await?;
-    let copies = drop_stored_anywhere(ids, &mut batch.events, positions, cfg, retrying).await?;
+    let ahead = LookedUp {
+        answers: std::mem::take(&mut batch.ahead),
+        rows: std::mem::take(&mut batch.looked_up),
+    };
+    let copies =
+        drop_stored_anywhere(ids, ahead, &mut batch.events, positions, cfg, retrying).await?;
     batch.skipped_duplicates += copies;
     let refused = insert_events(client, &batch.events, cfg, retrying).await?;
     let mut tpl = TopicPartitionList::new();
@@ -145,16 +150,26 @@ pub(super) async fn flush(
     Ok(())
 }
 
+/// The look-ups a batch sent while it filled: the answers for its first
+/// `rows` rows (`Batch::look_up_ahead`).
+pub(super) struct LookedUp {
+    pub answers: Vec<Pending>,
+    pub rows: usize,
+}
+
 /// Drops from `rows` every (tenant, event id, revision) `event_ids` holds:
 /// copies of revisions stored at any time, beyond the in-memory window of
-/// recent pairs (`sink.dedup_window`). One lookup per flush by the index's
-/// primary key (tenant, day, event id): the batch's keys travel as
-/// external data ([`EventIds`]), and the `IN` set prunes the index to the
-/// batch's days. Returns
-/// how many were dropped (their offsets are still committed: a copy
-/// stores nothing).
+/// recent pairs (`sink.dedup_window`). The rows `ahead` covers were looked
+/// up while the batch filled; the rest are looked up now, by the index's
+/// primary key (tenant, day, event id): the keys travel as external data
+/// ([`EventIds`]), and the `IN` set prunes the index to the batch's days.
+/// A look-up sent ahead that failed is not retried on its own: the whole
+/// batch is looked up again here, through the outage. Returns how many
+/// were dropped (their offsets are still committed: a copy stores
+/// nothing).
 async fn drop_stored_anywhere(
     ids: &EventIds,
+    ahead: LookedUp,
     rows: &mut Vec<EventRow>,
     positions: &mut Positions,
     cfg: &SinkConfig,
@@ -163,19 +178,30 @@ async fn drop_stored_anywhere(
     if rows.is_empty() || !cfg.dedup_index {
         return Ok(0);
     }
+    let mut stored = Vec::new();
+    let mut from = ahead.rows.min(rows.len());
+    for answer in ahead.answers {
+        match answer.await {
+            Ok(Ok(found)) => stored.extend(found),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "event_ids look-up sent ahead failed; looking the batch up again");
+                from = 0;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "event_ids look-up sent ahead did not finish; looking the batch up again");
+                from = 0;
+            }
+        }
+    }
     let policy = retry_policy(cfg);
     let mut attempt = 0;
-    let stored: Vec<(String, String, u32)> = loop {
+    while from < rows.len() {
         attempt += 1;
-        let keys = rows.iter().map(|r| Key {
-            tenant: &r.tenant,
-            occurred_at: r.occurred_at,
-            event_id: &r.event_id,
-        });
-        match ids.stored(keys).await {
-            Ok(v) => {
+        match ids.stored(rows[from..].iter().map(key)).await {
+            Ok(found) => {
                 recovered(retrying.readiness, attempt);
-                break v;
+                stored.extend(found);
+                break;
             }
             Err(e) if e.is_transient() => {
                 retrying.readiness.fail(
@@ -200,7 +226,7 @@ async fn drop_stored_anywhere(
                 return Err(e);
             }
         }
-    };
+    }
     if stored.is_empty() {
         return Ok(0);
     }
