@@ -138,6 +138,9 @@ pub(crate) struct BatchWritten<'a> {
     pub skipped_duplicates: u64,
     pub bytes: u64,
     pub seconds: f64,
+    /// Of `seconds`, the wait for the `event_ids` look-ups (those sent
+    /// ahead and the rest's).
+    pub look_up_seconds: f64,
 }
 
 impl BatchWritten<'_> {
@@ -146,6 +149,7 @@ impl BatchWritten<'_> {
             events = self.events,
             dead_letters = self.dead_letters,
             seconds = self.seconds,
+            look_up_seconds = self.look_up_seconds,
             "batch written"
         );
         let rows = Metric::RowsWritten.name();

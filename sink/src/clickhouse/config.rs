@@ -65,9 +65,10 @@ pub struct SinkConfig {
     /// Look every batch's (tenant, event id, revision) up in `event_ids`
     /// before inserting, so that a copy arriving beyond `dedup_window` (a
     /// re-run import months later) is dropped too: idempotency without a
-    /// horizon for everything the aggregates count. Costs one lookup per
-    /// flush (docs/clickhouse.md, "Exactly once"); off: copies beyond the
-    /// window are written again, as before.
+    /// horizon for everything the aggregates count. Costs a lookup per
+    /// fifth of `batch_rows`, sent as the batch fills, and one for the rest
+    /// at the flush (docs/clickhouse.md, "Exactly once"); off: copies
+    /// beyond the window are written again, as before.
     pub dedup_index: bool,
     /// Former bound on insert retries. Retries are unbounded now; the key
     /// is still accepted so that existing configuration files load, and

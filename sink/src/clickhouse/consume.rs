@@ -125,6 +125,7 @@ impl Batch {
         self.forget_look_ups();
     }
 
+    /// Stops the look-ups still running: their rows are gone.
     fn forget_look_ups(&mut self) {
         for lookup in self.ahead.drain(..) {
             lookup.abort();
@@ -143,15 +144,24 @@ impl Batch {
     /// previous flush returned, and so is a previous owner's last insert
     /// (waited for before the position was read). Copies within the batch
     /// are the in-memory window's, as before.
-    fn look_up_ahead(&mut self, ids: &EventIds, rows: usize) {
+    /// Returns whether it sent one.
+    fn look_up_ahead(&mut self, ids: &EventIds, rows: usize) -> bool {
         if self.events.len() - self.looked_up < rows {
-            return;
+            return false;
         }
         let body = EventIds::body(self.events[self.looked_up..].iter().map(key));
         self.looked_up = self.events.len();
         let ids = ids.clone();
         self.ahead
             .push(tokio::spawn(async move { ids.send(body).await }));
+        true
+    }
+}
+
+impl Drop for Batch {
+    /// A sink that stops, or fails, stops its look-ups too.
+    fn drop(&mut self) {
+        self.forget_look_ups();
     }
 }
 
@@ -426,8 +436,15 @@ async fn consume(
                                     }
                                     batch.event_bytes += payload.len();
                                     batch.events.push(row);
-                                    if cfg.dedup_index {
-                                        batch.look_up_ahead(&ids, look_ahead);
+                                    if cfg.dedup_index && batch.look_up_ahead(&ids, look_ahead) {
+                                        // A task spawned from a worker
+                                        // waits in that worker's LIFO slot,
+                                        // which no other worker steals, and
+                                        // under load `recv` returns without
+                                        // yielding: without this the
+                                        // look-up would start only at the
+                                        // next spawn or at the flush.
+                                        tokio::task::yield_now().await;
                                     }
                                 } else {
                                     batch.skipped_duplicates += 1;
@@ -534,4 +551,48 @@ fn undecodable(
         clock::now_unix_millis(),
     );
     DeadLetterRow::from_dead_letter(d, l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{super::event_ids::testing::*, *};
+
+    #[tokio::test]
+    async fn look_ups_sent_ahead_follow_the_rows_they_cover() {
+        let ids = unreachable();
+        let mut batch = Batch::default();
+        for offset in 0..2 {
+            batch.events.push(row(0, offset));
+        }
+        assert!(!batch.look_up_ahead(&ids, 3), "two rows of three");
+        batch.events.push(row(1, 2));
+        assert!(batch.look_up_ahead(&ids, 3));
+        assert_eq!((batch.looked_up, batch.ahead.len()), (3, 1));
+        batch.events.push(row(1, 3));
+        assert!(!batch.look_up_ahead(&ids, 3), "one row since the last");
+        let first = batch.ahead[0].abort_handle();
+
+        // Rows of a revoked partition go, the others move: no look-up
+        // covers an index any more, and the running ones stop.
+        batch.drop_partition("enriched", 1);
+        assert_eq!(batch.events.len(), 2);
+        assert_eq!((batch.looked_up, batch.ahead.len()), (0, 0));
+        tokio::task::yield_now().await;
+        assert!(first.is_finished());
+
+        batch.events.push(row(0, 4));
+        assert!(batch.look_up_ahead(&ids, 3));
+        let second = batch.ahead[0].abort_handle();
+        batch.reset();
+        assert_eq!((batch.looked_up, batch.ahead.len()), (0, 0));
+
+        batch.events.push(row(0, 5));
+        batch.events.push(row(0, 6));
+        batch.events.push(row(0, 7));
+        assert!(batch.look_up_ahead(&ids, 3));
+        let third = batch.ahead[0].abort_handle();
+        drop(batch);
+        tokio::task::yield_now().await;
+        assert!(second.is_finished() && third.is_finished());
+    }
 }

@@ -114,7 +114,9 @@ impl EventIds {
     /// The look-up of `keys` as the request body [`Self::send`] takes:
     /// built where the keys are borrowed, sent from a task that owns it.
     pub fn body<'a>(keys: impl Iterator<Item = Key<'a>>) -> Vec<u8> {
-        let mut body = Vec::with_capacity(64 * 1024);
+        // About 60 bytes a key (tenant, time, a 20-40 byte id): one
+        // allocation for the whole body.
+        let mut body = Vec::with_capacity(1024 + 64 * keys.size_hint().0);
         body.extend_from_slice(
             format!(
                 "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{KEYS}\"; \
@@ -238,6 +240,49 @@ fn parse_rows(mut data: &[u8]) -> Option<Vec<(String, String, u32)>> {
         rows.push((tenant, event_id, u32::from_le_bytes(*revision)));
     }
     Some(rows)
+}
+
+/// Rows and a look-up client for the tests of the look-ups sent ahead
+/// (`consume` and `insert`).
+#[cfg(test)]
+pub(super) mod testing {
+    use xoflow_proto::v1::{EnrichedEvent, Event, SurveyResponse, event::Payload};
+
+    use super::{super::row::Lineage, *};
+
+    /// A row of `partition` at `offset` (event `e-<offset>` of tenant
+    /// "shop").
+    pub fn row(partition: i32, offset: i64) -> EventRow {
+        let en = EnrichedEvent {
+            event: Some(Event {
+                event_id: format!("e-{offset}"),
+                tenant: "shop".into(),
+                occurred_at: Some(xoflow_proto::from_unix_millis(1_700_000_000_000)),
+                payload: Some(Payload::Survey(SurveyResponse::default())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let lineage = Lineage {
+            topic: "enriched",
+            partition,
+            offset,
+        };
+        EventRow::from_enriched(en, lineage).expect("a row")
+    }
+
+    /// A client of a port nothing listens on: every look-up fails as
+    /// transient (connection refused).
+    pub fn unreachable() -> EventIds {
+        EventIds::new(&ClickHouseConfig {
+            url: "http://127.0.0.1:9".into(),
+            database: "d".into(),
+            user: "default".into(),
+            password: String::new(),
+            cluster: None,
+            compression: Default::default(),
+        })
+    }
 }
 
 #[cfg(test)]

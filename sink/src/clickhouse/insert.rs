@@ -91,8 +91,10 @@ pub(super) async fn flush(
         answers: std::mem::take(&mut batch.ahead),
         rows: std::mem::take(&mut batch.looked_up),
     };
+    let look_up_began = Instant::now();
     let copies =
         drop_stored_anywhere(ids, ahead, &mut batch.events, positions, cfg, retrying).await?;
+    let look_up_seconds = look_up_began.elapsed().as_secs_f64();
     batch.skipped_duplicates += copies;
     let refused = insert_events(client, &batch.events, cfg, retrying).await?;
     let mut tpl = TopicPartitionList::new();
@@ -144,6 +146,7 @@ pub(super) async fn flush(
         skipped_duplicates: batch.skipped_duplicates,
         bytes: batch.bytes as u64,
         seconds: started.elapsed().as_secs_f64(),
+        look_up_seconds,
     }
     .emit();
     batch.reset();
@@ -181,17 +184,22 @@ async fn drop_stored_anywhere(
     let mut stored = Vec::new();
     let mut from = ahead.rows.min(rows.len());
     for answer in ahead.answers {
-        match answer.await {
-            Ok(Ok(found)) => stored.extend(found),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "event_ids look-up sent ahead failed; looking the batch up again");
-                from = 0;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "event_ids look-up sent ahead did not finish; looking the batch up again");
-                from = 0;
-            }
+        if from == 0 {
+            // The whole batch is looked up again below.
+            answer.abort();
+            continue;
         }
+        let failed = match answer.await {
+            Ok(Ok(found)) => {
+                stored.extend(found);
+                continue;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        telemetry::insert_error("event_ids", "transient");
+        tracing::warn!(error = %failed, "event_ids look-up sent ahead failed; looking the whole batch up again");
+        from = 0;
     }
     let policy = retry_policy(cfg);
     let mut attempt = 0;
@@ -404,7 +412,79 @@ where
 mod tests {
     use std::time::Duration;
 
-    use super::*;
+    use super::{super::event_ids::Stored, *};
+
+    fn config() -> SinkConfig {
+        SinkConfig {
+            group_id: "g".into(),
+            batch_rows: 3,
+            batch_bytes: 1 << 20,
+            batch_max_wait: Duration::from_secs(1),
+            retry_backoff: Duration::from_millis(1),
+            retry_max_backoff: Duration::from_millis(1),
+            stall_timeout: Duration::from_secs(60),
+            dedup_window: 1,
+            dedup_index: true,
+            insert_retries: None,
+        }
+    }
+
+    /// `drop_stored_anywhere` with the look-ups sent ahead answering
+    /// `answers` for the first `covered` of three rows, against a server
+    /// nobody answers on, stopped at its first wait.
+    async fn drop_stored(
+        answers: Vec<Result<Stored, SinkError>>,
+        covered: usize,
+    ) -> (Result<u64, SinkError>, usize) {
+        use super::super::event_ids::testing::*;
+        let mut rows = vec![row(0, 1), row(0, 2), row(0, 3)];
+        let ahead = LookedUp {
+            answers: answers
+                .into_iter()
+                .map(|a| tokio::spawn(async move { a }))
+                .collect(),
+            rows: covered,
+        };
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let readiness = xoflow_common::admin::Health::new().register("sink");
+        let retrying = Retrying {
+            stop: &stop,
+            readiness: &readiness,
+        };
+        let out = drop_stored_anywhere(
+            &unreachable(),
+            ahead,
+            &mut rows,
+            &mut Positions::default(),
+            &config(),
+            retrying,
+        )
+        .await;
+        (out, rows.len())
+    }
+
+    #[tokio::test]
+    async fn answers_sent_ahead_drop_copies_and_a_failed_one_asks_again() {
+        let stored = |id: &str| Ok(vec![("shop".to_owned(), id.to_owned(), 0)]);
+        // Every row answered ahead: no look-up at the flush (the server
+        // would refuse it), and the copy found is dropped.
+        let (out, left) = drop_stored(vec![stored("e-2")], 3).await;
+        assert_eq!(out.expect("no look-up needed"), 1);
+        assert_eq!(left, 2);
+        // The last row not covered: it is looked up at the flush.
+        let (out, _) = drop_stored(vec![stored("e-2")], 2).await;
+        assert!(matches!(out, Err(SinkError::Stopped)), "{out:?}");
+        // One answer failed: the whole batch is looked up again.
+        let failed = Err(SinkError::ClickHouse {
+            message: "connection refused".into(),
+            code: None,
+            transient: true,
+        });
+        let (out, left) = drop_stored(vec![failed, stored("e-2")], 3).await;
+        assert!(matches!(out, Err(SinkError::Stopped)), "{out:?}");
+        assert_eq!(left, 3);
+    }
 
     #[test]
     fn insert_retries_wait_as_configured() {

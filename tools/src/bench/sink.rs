@@ -30,7 +30,7 @@ use xoflow_sink::clickhouse::row::{EventRow, Lineage};
 
 use super::{
     report::Figure,
-    support::{Flow, count, follow_rows, send_keyed, wait_rows},
+    support::{Flow, count, follow_rows, own_pipeline, send_keyed, wait_rows},
 };
 
 /// Rows per second: the sink fed as the records are produced (B3, B6), the
@@ -141,42 +141,53 @@ async fn drain_backlog(
     producer: &BatchProducer,
     encoded: &[(Vec<u8>, &str)],
 ) -> anyhow::Result<Figure> {
-    let mut own = cfg.clone();
-    let t = &mut own.kafka.topics;
-    t.enriched = format!("{}.backlog", t.enriched);
-    t.dead_letters = format!("{}.backlog", t.dead_letters);
-    own.sink.group_id = format!("{}.backlog", cfg.sink.group_id);
-    own.clickhouse.database = format!("{}_backlog", cfg.clickhouse.database);
-    let t = &own.kafka.topics;
-    own.kafka
-        .ensure_topics(&[&t.enriched, &t.dead_letters])
-        .await?;
-    xoflow_sink::migrate(&own.clickhouse).await?;
-    for chunk in encoded.chunks(10_000) {
-        send_keyed(producer, &t.enriched, chunk).await?;
+    let own = own_pipeline(cfg, "backlog");
+    let measured = async {
+        let t = &own.kafka.topics;
+        own.kafka
+            .ensure_topics(&[&t.enriched, &t.dead_letters])
+            .await?;
+        xoflow_sink::migrate(&own.clickhouse).await?;
+        for chunk in encoded.chunks(10_000) {
+            send_keyed(producer, &t.enriched, chunk).await?;
+        }
+        let ch = own.clickhouse.client();
+        settle(&ch, &cfg.clickhouse.database).await;
+        let mut flow = Flow::start(encoded.len() as u64);
+        let running = xoflow_app::start(own.clone(), Stages::SINK, Shutdown::new()).await?;
+        let followed = follow_rows(&ch, "events", 0, &mut flow, Duration::from_secs(600)).await;
+        running.stop();
+        running.wait().await?;
+        followed.map(|()| flow.rate())
     }
-    let ch = own.clickhouse.client();
-    settle(&ch, &cfg.clickhouse.database).await;
-    let mut flow = Flow::start(encoded.len() as u64);
-    let running = xoflow_app::start(own.clone(), Stages::SINK, Shutdown::new()).await?;
-    let followed = follow_rows(&ch, "events", 0, &mut flow, Duration::from_secs(600)).await;
-    running.stop();
-    running.wait().await?;
+    .await;
+    // Its topics go with the run's (named after it); its database here.
     let _ = own.clickhouse.drop_database().await;
-    followed?;
-    Ok(flow.rate())
+    measured
 }
 
 /// Waits, up to half a minute, until ClickHouse merges nothing in the
 /// bench's databases (`db` and the copies named after it). The parts a
 /// measurement wrote are merged for seconds after it ends, and an insert
 /// timed meanwhile shares the cores with those merges: `clickhouse-client`
-/// measured 28k-123k rows/s on the same rows, one run to the next, while
-/// they ran.
+/// measured 27.7k-106.7k rows/s on the same rows, one run to the next,
+/// while they ran. Says so when it stops waiting unsettled.
 async fn settle(ch: &clickhouse::Client, db: &str) {
-    let merging = format!("system.merges WHERE startsWith(database, '{db}')");
+    let sql = format!("SELECT count() FROM system.merges WHERE startsWith(database, '{db}')");
     let until = Instant::now() + Duration::from_secs(30);
-    while count(ch, &merging).await > 0 && Instant::now() < until {
+    loop {
+        match ch.query(&sql).fetch_one::<u64>().await {
+            Ok(0) => return,
+            Ok(n) if Instant::now() >= until => {
+                eprintln!("[bench] {n} merges still running after 30 s; timing anyway");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("[bench] cannot read system.merges ({e}); timing without waiting");
+                return;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -200,6 +211,7 @@ async fn raw_loop(
     raw_cfg.database = format!("{}_raw", cfg.clickhouse.database);
     xoflow_sink::migrate(&raw_cfg).await?;
     let ch = raw_cfg.client();
+    settle(&ch, &cfg.clickhouse.database).await;
     let consumer = cfg.kafka.consumer(
         &format!("{}.raw-loop", cfg.sink.group_id),
         DefaultConsumerContext,
