@@ -134,17 +134,18 @@ impl Batch {
     }
 
     /// Sends the `event_ids` look-up of the rows added since the last one
-    /// once there are `rows` of them ([`look_ahead_rows`]), on a task of its own, so
-    /// that the flush waits only for the last rows' answer (the look-up was
-    /// a tenth of the sink's cycle, BENCHMARKS.md "B3: a settled
-    /// baseline"). Asking before the flush sees the same stored rows: every
-    /// copy of a (tenant, event id, revision) is in one partition (the
-    /// enriched topic is keyed by event id), which only this sink writes
-    /// while it owns it; what it wrote before is stored, since the
-    /// previous flush returned, and so is a previous owner's last insert
-    /// (waited for before the position was read). Copies within the batch
-    /// are the in-memory window's, as before.
-    /// Returns whether it sent one.
+    /// once there are `rows` of them ([`look_ahead_rows`]), on a task of
+    /// its own, and returns whether it did. The flush then waits only for
+    /// the last rows' answer (the look-up was a tenth of the sink's cycle,
+    /// BENCHMARKS.md "B3: a settled baseline").
+    ///
+    /// Asking before the flush sees the same stored rows: every copy of a
+    /// (tenant, event id, revision) is in one partition (the enriched
+    /// topic is keyed by event id), which only this sink writes while it
+    /// owns it; what it wrote before is stored, since the previous flush
+    /// returned, and so is a previous owner's last insert (waited for
+    /// before the position was read). Copies within the batch are the
+    /// in-memory window's, as before.
     fn look_up_ahead(&mut self, ids: &EventIds, rows: usize) -> bool {
         if self.events.len() - self.looked_up < rows {
             return false;

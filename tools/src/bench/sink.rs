@@ -133,9 +133,9 @@ pub(super) async fn measure(cfg: &Config, events: &[Event]) -> anyhow::Result<Si
 }
 
 /// The sink catching up: started on a topic that already holds every
-/// record, with a group and a database of its own, timed by the rows visible (the
-/// middle 80%, [`Flow`]; the whole run, its group join included, beside
-/// it).
+/// record, with a group and a database of its own, timed by the rows
+/// visible (the middle 80%, [`Flow`]; the whole run, its group join
+/// included, beside it).
 async fn drain_backlog(
     cfg: &Config,
     producer: &BatchProducer,
