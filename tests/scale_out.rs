@@ -519,14 +519,20 @@ impl Reader {
         let until = Instant::now() + BOUND;
         while !want.iter().all(|id| self.first.contains_key(id)) {
             let left = until.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "timed out: {} of {} events enriched",
-                want.iter()
-                    .filter(|id| self.first.contains_key(*id))
-                    .count(),
-                want.len()
-            );
+            if left.is_zero() {
+                // The ids name the events to follow through the members'
+                // logs and the changelog.
+                let missing: Vec<&String> = want
+                    .iter()
+                    .filter(|id| !self.first.contains_key(*id))
+                    .collect();
+                panic!(
+                    "timed out: {} of {} events enriched; missing, e.g. {:?}",
+                    want.len() - missing.len(),
+                    want.len(),
+                    &missing[..missing.len().min(10)]
+                );
+            }
             let Ok(m) = tokio::time::timeout(left, self.consumer.recv()).await else {
                 continue;
             };
