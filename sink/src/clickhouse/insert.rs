@@ -238,10 +238,14 @@ async fn drop_stored_anywhere(
     if stored.is_empty() {
         return Ok(0);
     }
-    let stored: std::collections::HashSet<(String, String, u32)> = stored.into_iter().collect();
+    // Borrowed: a row is checked without copying its tenant and id.
+    let stored: std::collections::HashSet<(&str, &str, u32)> = stored
+        .iter()
+        .map(|(tenant, id, revision)| (tenant.as_str(), id.as_str(), *revision))
+        .collect();
     let before = rows.len();
     rows.retain(|r| {
-        let copy = stored.contains(&(r.tenant.clone(), r.event_id.clone(), r.revision));
+        let copy = stored.contains(&(r.tenant.as_str(), r.event_id.as_str(), r.revision));
         if copy {
             positions.uncount(&r.kafka_topic, r.kafka_partition);
         }
@@ -489,16 +493,11 @@ mod tests {
     #[test]
     fn insert_retries_wait_as_configured() {
         let cfg = SinkConfig {
-            group_id: "g".into(),
             batch_rows: 1,
             batch_bytes: 1,
-            batch_max_wait: Duration::from_secs(1),
             retry_backoff: Duration::from_secs(2),
             retry_max_backoff: Duration::from_secs(30),
-            stall_timeout: Duration::from_secs(60),
-            dedup_window: 1,
-            dedup_index: true,
-            insert_retries: None,
+            ..config()
         };
         let p = retry_policy(&cfg);
         let waits: Vec<u64> = (1..=6).map(|a| p.delay(a).as_secs()).collect();

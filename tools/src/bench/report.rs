@@ -57,6 +57,13 @@ impl Row {
         self
     }
 
+    /// This row compared with its baseline but judged against no goal.
+    pub(super) fn unjudged(mut self) -> Row {
+        self.goal = None;
+        self.met = None;
+        self
+    }
+
     /// This row beside what was asked of it (a rate to send at), which it
     /// is not judged against.
     pub(super) fn asked(mut self, asked: impl Into<String>) -> Row {
