@@ -71,7 +71,7 @@ use std::{
 use rand::Rng;
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
-    message::Message as _,
+    message::{Headers as _, Message as _},
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -467,10 +467,13 @@ struct Reader {
     first: BTreeMap<String, EnrichedEvent>,
     latest: BTreeMap<String, EnrichedEvent>,
     copies: usize,
+    /// The run's topics and enrich group, to look for what never came.
+    cfg: xoflow::Config,
+    enrich_group: String,
 }
 
 impl Reader {
-    fn new(cfg: &xoflow::Config) -> Self {
+    fn new(cfg: &xoflow::Config, enrich_group: &str) -> Self {
         let consumer: StreamConsumer = cfg
             .kafka
             .consumer(
@@ -486,6 +489,8 @@ impl Reader {
             first: BTreeMap::new(),
             latest: BTreeMap::new(),
             copies: 0,
+            cfg: cfg.clone(),
+            enrich_group: enrich_group.to_owned(),
         }
     }
 
@@ -526,6 +531,11 @@ impl Reader {
                     .iter()
                     .filter(|id| !self.first.contains_key(*id))
                     .collect();
+                let sample: BTreeSet<String> =
+                    missing.iter().take(10).map(|s| (*s).clone()).collect();
+                for line in locate(&self.cfg, &self.enrich_group, &sample).await {
+                    println!("{line}");
+                }
                 panic!(
                     "timed out: {} of {} events enriched; missing, e.g. {:?}",
                     want.len() - missing.len(),
@@ -540,6 +550,74 @@ impl Reader {
             self.keep(EnrichedEvent::decode(m.payload().unwrap_or_default()).expect("decode"));
         }
     }
+}
+
+/// Where each of `ids` (events that never came out) is in the run's
+/// topics: its input record, its records on the repartition topic (with
+/// their headers), the changelog records naming it, and whether a fresh
+/// reader finds it on the enriched topic after all. One line each.
+async fn locate(cfg: &xoflow::Config, enrich_group: &str, ids: &BTreeSet<String>) -> Vec<String> {
+    let topics = [
+        cfg.kafka.topics.events.clone(),
+        format!("{enrich_group}.repartition"),
+        format!("{enrich_group}.changelog"),
+        cfg.kafka.topics.enriched.clone(),
+    ];
+    let mut found = Vec::new();
+    for topic in topics {
+        let consumer: StreamConsumer = cfg
+            .kafka
+            .consumer(
+                &format!("g-{}-locate", common::unique()),
+                Default::default(),
+            )
+            .expect("consumer");
+        consumer.subscribe(&[&topic]).expect("subscribe");
+        // To the end of the topic: until nothing came for a few seconds
+        // (longer for the first record: the group is formed first).
+        let mut quiet = Duration::from_secs(20);
+        while let Ok(m) = tokio::time::timeout(quiet, consumer.recv()).await {
+            quiet = Duration::from_secs(5);
+            let Ok(m) = m else {
+                found.push(format!("{topic}: {m:?}"));
+                break;
+            };
+            let payload = m.payload().unwrap_or_default();
+            let key = m.key().unwrap_or_default();
+            let named = |id: &str| {
+                let hit = |b: &[u8]| b.windows(id.len()).any(|w| w == id.as_bytes());
+                hit(key) || hit(payload)
+            };
+            for id in ids.iter().filter(|id| named(id)) {
+                let headers: Vec<String> = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                format!(
+                                    "{}={}",
+                                    h.key,
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                found.push(format!(
+                    "{id}: {}/{}@{} key {:?} headers {headers:?} value {} bytes",
+                    m.topic(),
+                    m.partition(),
+                    m.offset(),
+                    String::from_utf8_lossy(key),
+                    payload.len()
+                ));
+            }
+        }
+    }
+    if found.is_empty() {
+        found.push(format!("none of {ids:?} is in any of the run's topics"));
+    }
+    found
 }
 
 /// What a hand-over took, from the SIGKILL.
@@ -570,7 +648,7 @@ async fn enrich_run(members: usize, waves: &[Vec<Event>; 3]) -> (Reader, Option<
     }
     enrich_settled(&run, &procs.iter().collect::<Vec<_>>(), BOUND).await;
 
-    let mut out = Reader::new(&cfg);
+    let mut out = Reader::new(&cfg, &run.enrich_group);
     let mut want = ids(&waves[0]);
     produce(&cfg, &waves[0]).await;
     out.until(&want).await;

@@ -185,6 +185,31 @@ impl RebalanceLog {
         });
     }
 
+    /// Sends an assigned partition back to `offset`, the first not yet
+    /// handled, the way an assigned one resumes at its committed offset:
+    /// from up to [`crate::resume::REWIND`] records earlier, checked by
+    /// [`RebalanceLog::admit`] (only for a context made
+    /// [`RebalanceLog::resuming_at_commits`]; otherwise a plain seek). A
+    /// seek to the exact offset could land inside a record batch, which a
+    /// broker may answer with the next batch.
+    pub fn resume_at(
+        &self,
+        consumer: &StreamConsumer<RebalanceLog>,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<(), KafkaError> {
+        if !self.check_commits {
+            return consumer.seek(topic, partition, Offset::Offset(offset), BROKER_WAIT);
+        }
+        let (check, start) = ResumeCheck::rewound(offset);
+        // Checked before the first record after the seek can arrive.
+        if let Ok(mut resuming) = self.resuming.lock() {
+            resuming.insert((topic.to_owned(), partition), check);
+        }
+        consumer.seek(topic, partition, Offset::Offset(start), BROKER_WAIT)
+    }
+
     /// The changes recorded since the last call, oldest first.
     pub fn take(&self) -> Vec<Change> {
         self.changes
@@ -442,6 +467,61 @@ mod tests {
             .expect("consumer");
         c.subscribe(&["t"]).expect("subscribe");
         c
+    }
+
+    /// A partition sent back with `resume_at` reads on from that offset:
+    /// the records the rewound seek brings back before it are dropped, none
+    /// after it is missing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_sent_back_resumes_at_the_offset_given() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("t", 1, 1).expect("topic");
+        let bootstrap = mock.bootstrap_servers();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .expect("producer");
+        for n in 0u64..100 {
+            let payload = n.to_be_bytes();
+            producer
+                .send(BaseRecord::<(), _>::to("t").partition(0).payload(&payload))
+                .expect("queued");
+        }
+        producer.flush(Duration::from_secs(5)).expect("flushed");
+
+        let c: StreamConsumer<RebalanceLog> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "g")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create_with_context(RebalanceLog::new("test", Keep::Both).resuming_at_commits())
+            .expect("consumer");
+        c.subscribe(&["t"]).expect("subscribe");
+        let mut batches = Batches::new(&c);
+        let stop = CancellationToken::new();
+        let idle = Some(Duration::from_secs(10));
+        let mut first = Vec::new();
+        while first.len() < 100 {
+            let b = batches
+                .next(1000, Duration::from_millis(50), idle, &stop, "test")
+                .await
+                .expect("batch");
+            assert!(!b.records.is_empty(), "read within {idle:?}");
+            first.extend(b.records.iter().map(|m| m.offset()));
+        }
+        assert_eq!(first, (0..100).collect::<Vec<i64>>());
+        c.context().resume_at(&c, "t", 0, 40).expect("sent back");
+        let mut again = Vec::new();
+        while again.len() < 60 {
+            let b = batches
+                .next(1000, Duration::from_millis(50), idle, &stop, "test")
+                .await
+                .expect("batch");
+            assert!(!b.records.is_empty(), "read again within {idle:?}");
+            again.extend(b.records.iter().map(|m| m.offset()));
+        }
+        assert_eq!(again, (40..100).collect::<Vec<i64>>());
     }
 
     /// A member whose batches are long and always full of records, while a

@@ -457,9 +457,13 @@ impl Joiner<'_> {
     /// Both move together (range assignor, equal partition counts); should
     /// one be revoked alone, the other is sent back to its committed offset,
     /// so that what the dropped state held is read again, by the state
-    /// restored for it.
+    /// restored for it. A partition assigned in these changes is not sent
+    /// back: it starts at its committed offset already, checked (the eager
+    /// protocol revokes every partition and assigns the new share, often
+    /// the same partitions again).
     async fn rebalance(&mut self, changes: Vec<Change>) -> Result<(), EnrichError> {
         let mut dropped: Vec<i32> = Vec::new();
+        let mut assigned: Vec<(String, i32)> = Vec::new();
         for change in changes {
             match change {
                 Change::Revoked { topic, partition } => {
@@ -474,7 +478,8 @@ impl Joiner<'_> {
                         self.committed.remove(&(input, partition));
                     }
                 }
-                Change::Assigned { partition, .. } => {
+                Change::Assigned { topic, partition } => {
+                    assigned.push((topic, partition));
                     if !self.joins.contains_key(&partition) {
                         let join = self.restore(partition).await?;
                         self.joins.insert(partition, join);
@@ -483,25 +488,22 @@ impl Joiner<'_> {
             }
         }
         if !dropped.is_empty() {
-            self.rewind_kept(&dropped);
+            self.rewind_kept(&dropped, &assigned);
         }
         self.split_history_budget();
         Ok(())
     }
 
     /// For each partition whose state was dropped, the input topics whose
-    /// partition of that number this consumer still holds go back to their
-    /// committed offsets (see [`Joiner::rebalance`]).
-    fn rewind_kept(&self, dropped: &[i32]) {
-        let Ok(assigned) = self.consumer.assignment() else {
+    /// partition of that number this consumer still holds, and was not
+    /// assigned afresh in the same changes (`assigned`), go back to their
+    /// committed offsets (see [`Joiner::rebalance`]), checked as an assigned
+    /// partition is ([`RebalanceLog::resume_at`]).
+    fn rewind_kept(&self, dropped: &[i32], assigned: &[(String, i32)]) {
+        let Ok(assignment) = self.consumer.assignment() else {
             return;
         };
-        let mut kept = TopicPartitionList::new();
-        for e in assigned.elements() {
-            if dropped.contains(&e.partition()) {
-                kept.add_partition(e.topic(), e.partition());
-            }
-        }
+        let kept = kept_alone(&assignment, dropped, assigned);
         if kept.count() == 0 {
             return;
         }
@@ -528,7 +530,8 @@ impl Joiner<'_> {
             );
             if let Err(err) =
                 self.consumer
-                    .seek(e.topic(), e.partition(), Offset::Offset(at), REWIND_WAIT)
+                    .context()
+                    .resume_at(self.consumer, e.topic(), e.partition(), at)
             {
                 ErrorKind::Rebalance.emit(Metric::Errors.name(), &err, "seek failed");
             }
@@ -568,6 +571,27 @@ impl Joiner<'_> {
     }
 }
 
+/// The partitions of `assignment` whose join partition was `dropped` and
+/// that were not among those `assigned` with the drop: held across it,
+/// while their state was dropped because the other topic's partition of
+/// the same number was revoked.
+fn kept_alone(
+    assignment: &TopicPartitionList,
+    dropped: &[i32],
+    assigned: &[(String, i32)],
+) -> TopicPartitionList {
+    let mut kept = TopicPartitionList::new();
+    for e in assignment.elements() {
+        let again = assigned
+            .iter()
+            .any(|(t, p)| *p == e.partition() && t == e.topic());
+        if dropped.contains(&e.partition()) && !again {
+            kept.add_partition(e.topic(), e.partition());
+        }
+    }
+    kept
+}
+
 /// How long a rewind after a lone revocation waits for the broker.
 const REWIND_WAIT: Duration = Duration::from_secs(10);
 
@@ -602,6 +626,38 @@ fn resolved_from_key(key: &[u8], e: &Event) -> Resolved {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Eager rebalances revoke every partition and assign the new share:
+    /// a partition assigned again there resumes at its committed offset by
+    /// itself and is not sent back; only one held across the drop is.
+    #[test]
+    fn only_a_partition_held_across_the_drop_is_sent_back() {
+        let mut assignment = TopicPartitionList::new();
+        for p in [4, 5] {
+            assignment.add_partition("events", p);
+            assignment.add_partition("repartition", p);
+        }
+        let dropped = [4, 5, 6, 7];
+        let every = |topic: &str, ps: &[i32]| -> Vec<(String, i32)> {
+            ps.iter().map(|p| (topic.to_owned(), *p)).collect()
+        };
+        let mut eager = every("events", &[4, 5]);
+        eager.extend(every("repartition", &[4, 5]));
+        assert_eq!(kept_alone(&assignment, &dropped, &eager).count(), 0);
+
+        // Repartition 5 revoked alone: events 5 was held across the drop.
+        let mut alone = every("events", &[4]);
+        alone.extend(every("repartition", &[4, 5]));
+        let kept = kept_alone(&assignment, &dropped, &alone);
+        let kept: Vec<(String, i32)> = kept
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        assert_eq!(kept, [("events".to_owned(), 5)]);
+
+        assert_eq!(kept_alone(&assignment, &[9], &[]).count(), 0);
+    }
 
     /// A full batch's buffer stays as large as the batch needed, however
     /// far past the floor; one far larger than this flush's use shrinks to
