@@ -470,6 +470,9 @@ struct Reader {
     /// The run's topics and enrich group, to look for what never came.
     cfg: xoflow::Config,
     enrich_group: String,
+    /// Per partition, the offset last read; and where offsets jumped.
+    last: BTreeMap<i32, i64>,
+    gaps: Vec<(i32, i64, i64)>,
 }
 
 impl Reader {
@@ -491,6 +494,8 @@ impl Reader {
             copies: 0,
             cfg: cfg.clone(),
             enrich_group: enrich_group.to_owned(),
+            last: BTreeMap::new(),
+            gaps: Vec::new(),
         }
     }
 
@@ -499,7 +504,22 @@ impl Reader {
     async fn settle(&mut self, quiet: Duration) {
         while let Ok(m) = tokio::time::timeout(quiet, self.consumer.recv()).await {
             let m = m.expect("read enriched");
-            self.keep(EnrichedEvent::decode(m.payload().unwrap_or_default()).expect("decode"));
+            let (partition, offset) = (m.partition(), m.offset());
+            let e = EnrichedEvent::decode(m.payload().unwrap_or_default()).expect("decode");
+            drop(m);
+            self.read_at(partition, offset);
+            self.keep(e);
+        }
+    }
+
+    /// Notes a record read at `offset` of `partition`: the enriched topic
+    /// is neither compacted nor transactional, so each partition's offsets
+    /// follow one another; a gap is a record the broker did not hand over.
+    fn read_at(&mut self, partition: i32, offset: i64) {
+        if let Some(last) = self.last.insert(partition, offset)
+            && offset != last + 1
+        {
+            self.gaps.push((partition, last, offset));
         }
     }
 
@@ -536,6 +556,9 @@ impl Reader {
                 for line in locate(&self.cfg, &self.enrich_group, &sample).await {
                     println!("{line}");
                 }
+                for (partition, last, then) in &self.gaps {
+                    println!("enriched partition {partition}: offset {then} read after {last}");
+                }
                 panic!(
                     "timed out: {} of {} events enriched; missing, e.g. {:?}",
                     want.len() - missing.len(),
@@ -547,21 +570,27 @@ impl Reader {
                 continue;
             };
             let m = m.expect("read enriched");
-            self.keep(EnrichedEvent::decode(m.payload().unwrap_or_default()).expect("decode"));
+            let (partition, offset) = (m.partition(), m.offset());
+            let e = EnrichedEvent::decode(m.payload().unwrap_or_default()).expect("decode");
+            drop(m);
+            self.read_at(partition, offset);
+            self.keep(e);
         }
     }
 }
 
 /// Where each of `ids` (events that never came out) is in the run's
 /// topics: its input record, its records on the repartition topic (with
-/// their headers), the changelog records naming it, and whether a fresh
-/// reader finds it on the enriched topic after all. One line each.
+/// their headers), the changelog records naming it, whether a fresh reader
+/// finds it on the enriched topic after all, and any dead letter of it.
+/// One line each.
 async fn locate(cfg: &xoflow::Config, enrich_group: &str, ids: &BTreeSet<String>) -> Vec<String> {
     let topics = [
         cfg.kafka.topics.events.clone(),
         format!("{enrich_group}.repartition"),
         format!("{enrich_group}.changelog"),
         cfg.kafka.topics.enriched.clone(),
+        cfg.kafka.topics.dead_letters.clone(),
     ];
     let mut found = Vec::new();
     for topic in topics {
@@ -815,8 +844,14 @@ async fn enrich_survivors_take_over_a_sigkilled_member() {
              {:.1?} after the kill (session timeout {SESSION_TIMEOUT:?}), restored their join \
              partitions ({} changelog records for the victim's) {:.1?} after it; {total} events' \
              latest revisions equal to the single instance's ({first_differing} first copies \
-             differed and were repaired), {} copies read",
-            h.held, h.assigned, h.records, h.restored, out.copies,
+             differed and were repaired), {} copies read, {} offset gaps on the enriched \
+             topic",
+            h.held,
+            h.assigned,
+            h.records,
+            h.restored,
+            out.copies,
+            out.gaps.len(),
         );
     }
     for run in [one_run, two_run, three_run] {

@@ -44,7 +44,7 @@ use xoflow_common::{
 };
 use xoflow_proto::{
     Message as _,
-    v1::{Event, IdentityResolution},
+    v1::{Event, EventIdentityView, IdentityResolution},
 };
 
 use super::{
@@ -198,8 +198,20 @@ impl Joiner<'_> {
                     if key.is_empty() {
                         continue;
                     }
-                    let Ok(event) = Event::decode(payload) else {
-                        continue;
+                    let event = match Event::decode(payload) {
+                        Ok(e) => e,
+                        // The resolve loop dead-letters what its identity
+                        // view cannot read, and forwards what is not
+                        // direct; a direct event only the whole decode
+                        // fails on, neither loop would handle: here.
+                        Err(err) => {
+                            if EventIdentityView::decode(payload)
+                                .is_ok_and(|v| is_direct(key, v.customer.as_ref()))
+                            {
+                                dead.push(output::undecodable(m, &err));
+                            }
+                            continue;
+                        }
                     };
                     if !is_direct(key, event.customer.as_ref()) {
                         continue;
