@@ -40,7 +40,7 @@ use crate::{
 
 pub use batch::{next_offsets, recv_batch};
 pub use error::ErrorClass;
-pub use producer::{BatchError, BatchProducer, Outgoing, Target};
+pub use producer::{BatchError, BatchProducer, Outgoing, Queued, Target};
 
 /// Broker connection and topic layout.
 #[derive(Debug, Clone, Deserialize)]

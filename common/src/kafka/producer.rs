@@ -5,7 +5,9 @@
 //! several at once ([`BatchProducer::send_together`]). Out: `Ok` once every
 //! record is acknowledged, or a [`BatchError`] carrying the first
 //! failure for the caller to classify; a full local queue is backpressure,
-//! never an error.
+//! never an error. A caller with other work meanwhile queues first and
+//! awaits the acknowledgements later ([`BatchProducer::queue_together`],
+//! [`BatchProducer::settled`]).
 
 use std::{
     sync::{
@@ -125,6 +127,15 @@ pub struct BatchError {
     pub first: KafkaError,
 }
 
+/// Records queued by [`BatchProducer::queue_together`] whose
+/// acknowledgements are still to come; [`BatchProducer::settled`] awaits
+/// them.
+#[derive(Debug)]
+pub struct Queued {
+    ack: Arc<BatchAck>,
+    total: usize,
+}
+
 impl BatchProducer {
     /// A producer with these settings (see
     /// [`KafkaConfig::batch_producer`](super::KafkaConfig::batch_producer)).
@@ -177,12 +188,51 @@ impl BatchProducer {
     /// that need no order among themselves (a changelog's partitions, say):
     /// one round trip to the broker instead of one per target.
     pub async fn send_together(&self, targets: &[Target<'_>]) -> Result<(), BatchError> {
+        let queued = self.queue_together(targets).await;
+        self.settled(queued).await
+    }
+
+    /// The first half of [`BatchProducer::send_together`]: every record
+    /// queued (librdkafka holds its own copy, so the caller's buffers are
+    /// free once this returns), their acknowledgements still to come. A
+    /// caller awaits them with [`BatchProducer::settled`], meanwhile doing
+    /// other work: a loop reading its next batch while the last one's
+    /// outputs are in flight.
+    pub async fn queue_together(&self, targets: &[Target<'_>]) -> Queued {
         let ack = BatchAck::new();
         for (topic, partition, records) in targets {
             self.queue(&ack, topic, *partition, records).await;
         }
         let total = targets.iter().map(|(_, _, r)| r.len()).sum();
-        self.settled(ack, total).await
+        self.report_queue();
+        // Drop the sending guard: the last delivery now ends the wait.
+        ack.settle(None);
+        Queued { ack, total }
+    }
+
+    /// Waits until every record of `queued` is settled: Ok when every one
+    /// was acknowledged.
+    pub async fn settled(&self, queued: Queued) -> Result<(), BatchError> {
+        let Queued { ack, total } = queued;
+        while ack.remaining.load(Ordering::Acquire) > 0 {
+            ack.done.notified().await;
+        }
+        self.report_queue();
+        let failed = ack.failed.load(Ordering::Acquire);
+        if failed == 0 {
+            return Ok(());
+        }
+        let first = ack
+            .first_error
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take())
+            .unwrap_or(KafkaError::Canceled);
+        Err(BatchError {
+            failed,
+            total,
+            first,
+        })
     }
 
     async fn send(
@@ -235,33 +285,6 @@ impl BatchProducer {
                 }
             }
         }
-    }
-
-    /// Waits until every record queued with `ack` (`total` of them) is
-    /// settled.
-    async fn settled(&self, ack: Arc<BatchAck>, total: usize) -> Result<(), BatchError> {
-        self.report_queue();
-        // Drop the sending guard; wait for the rest.
-        ack.settle(None);
-        while ack.remaining.load(Ordering::Acquire) > 0 {
-            ack.done.notified().await;
-        }
-        self.report_queue();
-        let failed = ack.failed.load(Ordering::Acquire);
-        if failed == 0 {
-            return Ok(());
-        }
-        let first = ack
-            .first_error
-            .lock()
-            .ok()
-            .and_then(|mut f| f.take())
-            .unwrap_or(KafkaError::Canceled);
-        Err(BatchError {
-            failed,
-            total,
-            first,
-        })
     }
 }
 

@@ -19,9 +19,10 @@
 //! id, see [`Released::key`]), repairs included, dead letters,
 //! events a link resolved back to the repartition topic keyed by their
 //! customer, and the changed state to the changelog partition of the same
-//! number; then input offsets are committed per (topic, partition), each
-//! only below the lowest event of that topic its lateness buffer still
-//! holds.
+//! number; then, once the outputs are acknowledged (while the next batch
+//! is read: [`InFlight`]), input offsets are committed per (topic,
+//! partition), each only below the lowest event of that topic its lateness
+//! buffer still holds.
 //!
 //! The instance's memory budget for the customers' histories
 //! (`max_history_bytes`) is split evenly over the partitions it holds, again
@@ -38,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use xoflow_common::{
     admin::Readiness,
     clock,
-    kafka::{BatchProducer, KafkaConfig, Outgoing, Target},
+    kafka::{BatchProducer, KafkaConfig, Outgoing, Queued, Target},
     rebalance::{Batch, Batches, Change, RebalanceLog},
     telemetry::ErrorKind,
 };
@@ -76,6 +77,31 @@ pub(super) struct Joiner<'a> {
     pub readiness: &'a Readiness,
     /// The last batch's output buffers, emptied, for the next.
     pub outputs: Outputs,
+    /// The last batch's outputs, queued but not yet acknowledged, and its
+    /// offsets to commit once they are (see [`InFlight`]).
+    pub in_flight: Option<InFlight>,
+}
+
+/// A batch whose state is in the changelog and whose outputs (enriched
+/// events, dead letters) are queued, awaited while the next batch is read
+/// and joined, before anything of that one is sent. Its input offsets are
+/// committed once the outputs are acknowledged. The wait for the
+/// acknowledgements took 20 of 72 ms per 5,000-record batch with nothing
+/// else to do (BENCHMARKS.md, "Larger enrich batches").
+///
+/// Only the last step goes ahead: the changelog is acknowledged before the
+/// next poll, where a rebalance callback may hand a partition to another
+/// member, which then restores a changelog holding all this batch's state
+/// and reads from below its offsets (not committed yet): it emits the
+/// outputs again, at the revisions recorded, as after a crash between the
+/// changelog and the outputs.
+pub(super) struct InFlight {
+    queued: Queued,
+    /// The queued records' bytes, kept to send them again if the broker
+    /// refuses them; back to [`Joiner::outputs`] once acknowledged.
+    outputs: Outputs,
+    dead: Vec<Vec<u8>>,
+    commit: TopicPartitionList,
 }
 
 /// A batch's released outputs and their encoded values (one buffer; `ends`
@@ -115,6 +141,22 @@ impl Outputs {
     }
 }
 
+impl Outputs {
+    /// The enriched records: each released output keyed by its event id,
+    /// its value in the shared buffer.
+    fn records(&self) -> Vec<Outgoing<'_>> {
+        self.released
+            .iter()
+            .zip(self.ends.iter().scan(0, |start, &end| {
+                let span = *start..end;
+                *start = end;
+                Some(span)
+            }))
+            .map(|(r, span)| Outgoing::keyed(r.key().as_bytes(), &self.values[span]))
+            .collect()
+    }
+}
+
 /// Empties `buf`, keeping its capacity by the rule of [`Outputs::recycle`].
 fn keep_for_next<T>(buf: &mut Vec<T>) {
     let keep = buf.len().max(Outputs::KEEP_BYTES / size_of::<T>().max(1));
@@ -136,11 +178,16 @@ impl Joiner<'_> {
             // time for the next silence re-scoring.
             let holding = self.joins.values().any(|j| j.held() > 0);
             let until_rescore = rescore_every.saturating_sub(rescored.elapsed());
-            let wake = if holding {
+            let mut wake = if holding {
                 Some(tick.min(until_rescore.max(Duration::from_millis(1))))
             } else {
                 Some(until_rescore.max(Duration::from_millis(1)))
             };
+            // Outputs in flight are landed (and their offsets committed) by
+            // the next flush: soon, even when no input follows.
+            if self.in_flight.is_some() {
+                wake = wake.map(|w| w.min(IN_FLIGHT_IDLE));
+            }
             // Committed offsets sit below held events, inside record
             // batches: `Batches` checks where the broker resumes such a
             // partition, and hands over the rebalances before the records
@@ -164,6 +211,11 @@ impl Joiner<'_> {
                     continue;
                 }
             };
+            if !changes.is_empty() {
+                // Committed before the partitions move, as a batch handled
+                // before the rebalance always was.
+                self.land(stop).await?;
+            }
             self.rebalance(changes).await?;
             let now = clock::now_unix_millis();
             let mut dead = Vec::new();
@@ -268,20 +320,22 @@ impl Joiner<'_> {
                     j.rescore(now);
                 }
             }
-            self.flush(now, stopping, &dead, stop).await?;
+            self.flush(now, stopping, dead, stop).await?;
             if batch.is_empty() && stopping {
                 return Ok(());
             }
         }
     }
 
-    /// Releases what is due (everything when stopping), produces outputs and
-    /// state changes, then commits below what is still held.
+    /// Releases what is due (everything when stopping), produces the state
+    /// changes and queues the outputs, to be landed with the next flush
+    /// (see [`InFlight`]; at once when stopping), then the offsets below
+    /// what is still held are committed.
     async fn flush(
         &mut self,
         now: i64,
         all: bool,
-        dead: &[Vec<u8>],
+        dead: Vec<Vec<u8>>,
         stop: &CancellationToken,
     ) -> Result<(), EnrichError> {
         let Outputs {
@@ -328,16 +382,13 @@ impl Joiner<'_> {
             r.encode_value(&mut values);
             ends.push(values.len());
         }
-        let enriched: Vec<Outgoing<'_>> = released
-            .iter()
-            .zip(ends.iter().scan(0, |start, &end| {
-                let span = *start..end;
-                *start = end;
-                Some(span)
-            }))
-            .map(|(r, span)| Outgoing::keyed(r.key().as_bytes(), &values[span]))
-            .collect();
-        let dead_out = output::dead_letter_records(dead);
+        let outputs = Outputs {
+            released,
+            values,
+            ends,
+        };
+        let enriched = outputs.records();
+        let dead_out = output::dead_letter_records(&dead);
         // Alerts keyed by customer: one customer's alerts stay in order.
         let alerts_encoded: Vec<(&str, Vec<u8>)> = alerts
             .iter()
@@ -389,27 +440,34 @@ impl Joiner<'_> {
             .iter()
             .map(|(p, records)| (self.internal.changelog.as_str(), Some(*p), &records[..]))
             .collect();
+        // The last batch's outputs are acknowledged before anything of
+        // this one is sent.
+        self.land(stop).await?;
         output::produce_batch(
             self.producer,
             &[
                 &[(&self.kafka.topics.alerts, None, &alerts_out)],
                 &[(&self.internal.repartition, None, &moved_out)],
                 &changelog_sends,
-                &[
-                    (&self.kafka.topics.enriched, None, &enriched),
-                    (&self.kafka.topics.dead_letters, None, &dead_out),
-                ],
             ],
             stop,
             self.readiness,
         )
         .await?;
+        let queued = self
+            .producer
+            .queue_together(&[
+                (&self.kafka.topics.enriched, None, &enriched),
+                (&self.kafka.topics.dead_letters, None, &dead_out),
+            ])
+            .await;
 
         // Commit each assigned partition of each input topic up to what was
         // read, or below the lowest event of that topic it still holds;
         // only what moved. (A partition whose held events were released
         // without new reads moves too, so a quiet partition does not stay
-        // committed behind what it emitted.)
+        // committed behind what it emitted.) Once the outputs are
+        // acknowledged.
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
             let Some(j) = self.joins.get(p) else { continue };
@@ -426,14 +484,24 @@ impl Joiner<'_> {
                 self.committed.insert((input, *p), next);
             }
         }
-        output::commit(self.consumer, &tpl, stop);
         let records = enriched.len() as u64;
+        let dead_letters = dead_out.len() as u64;
         drop(enriched);
-        self.outputs = Outputs::recycle(released, values, ends);
+        drop(dead_out);
+        self.in_flight = Some(InFlight {
+            queued,
+            outputs,
+            dead,
+            commit: tpl,
+        });
+        // Nothing to wait for (a quiet flush), or stopping: now.
+        if all || records + dead_letters == 0 {
+            self.land(stop).await?;
+        }
         let history_bytes = self.joins.values().map(|j| j.history_bytes() as u64).sum();
         telemetry::BatchEnriched {
             records,
-            dead_letters: dead_out.len() as u64,
+            dead_letters,
             state_changes: changelog.iter().map(|(_, c)| c.len() as u64).sum(),
             held: self.joins.values().map(|j| j.held() as u64).sum(),
             moved: moved_out.len() as u64,
@@ -460,6 +528,50 @@ impl Joiner<'_> {
             customers: self.joins.values().map(|j| j.customers() as u64).sum(),
         }
         .emit();
+        Ok(())
+    }
+
+    /// Waits for the outputs in flight, if any; sends them again (with
+    /// retries) if the broker refused them; then commits their batch's
+    /// offsets, and keeps their buffers for a next batch.
+    async fn land(&mut self, stop: &CancellationToken) -> Result<(), EnrichError> {
+        let Some(InFlight {
+            queued,
+            outputs,
+            dead,
+            commit,
+        }) = self.in_flight.take()
+        else {
+            return Ok(());
+        };
+        if let Err(e) = self.producer.settled(queued).await {
+            let enriched = outputs.records();
+            let dead_out = output::dead_letter_records(&dead);
+            output::resend(
+                self.producer,
+                e,
+                &[
+                    (&self.kafka.topics.enriched, None, &enriched),
+                    (&self.kafka.topics.dead_letters, None, &dead_out),
+                ],
+                stop,
+                self.readiness,
+            )
+            .await?;
+        }
+        output::commit(self.consumer, &commit, stop);
+        let Outputs {
+            released,
+            values,
+            ends,
+        } = outputs;
+        // Two sets alternate under load: the one a flush fills and the one
+        // in flight. Landed outside a flush (a rebalance, a quiet flush),
+        // the larger is kept.
+        let landed = Outputs::recycle(released, values, ends);
+        if landed.values.capacity() >= self.outputs.values.capacity() {
+            self.outputs = landed;
+        }
         Ok(())
     }
 
@@ -603,6 +715,10 @@ fn kept_alone(
     }
     kept
 }
+
+/// How long the loop waits for input before it lands outputs in flight
+/// (and commits their offsets) on its own.
+const IN_FLIGHT_IDLE: Duration = Duration::from_millis(20);
 
 /// How long a rewind after a lone revocation waits for the broker.
 const REWIND_WAIT: Duration = Duration::from_secs(10);

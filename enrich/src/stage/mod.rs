@@ -470,6 +470,7 @@ pub async fn run(
                 committed: HashMap::new(),
                 readiness: &s.readiness,
                 outputs: Default::default(),
+                in_flight: None,
             }
             .run(&s.stop)
             .await

@@ -25,7 +25,7 @@ use xoflow_common::{
     admin::{Readiness, Reason},
     clock,
     dead_letter::{self, Stage},
-    kafka::{BatchProducer, ErrorClass, Outgoing, Target},
+    kafka::{BatchError, BatchProducer, ErrorClass, Outgoing, Target},
     retry::RetryPolicy,
     telemetry::ErrorKind,
 };
@@ -113,6 +113,28 @@ pub(super) async fn produce_batch(
             }
         }
     }
+}
+
+/// After the broker refused some records of `step`, queued ahead of their
+/// acknowledgement ([`BatchProducer::queue_together`]; `failed` says how):
+/// a transient failure sends the whole step again, retried as
+/// [`produce_batch`] retries; a permanent one is [`EnrichError::Produce`].
+pub(super) async fn resend(
+    producer: &BatchProducer,
+    failed: BatchError,
+    step: &[Target<'_>],
+    stop: &CancellationToken,
+    readiness: &Readiness,
+) -> Result<(), EnrichError> {
+    if !ErrorClass::of(&failed.first).is_transient() {
+        return Err(EnrichError::Produce {
+            attempts: 1,
+            source: failed.first,
+        });
+    }
+    tracing::warn!(error = %failed, kind = ErrorKind::Produce.as_str(), "produce failed; retrying the batch's outputs");
+    metrics::counter!(Metric::Errors.name(), "error" => ErrorKind::Produce.as_str()).increment(1);
+    produce_batch(producer, &[step], stop, readiness).await
 }
 
 /// Commits `offsets`: asynchronously while running, synchronously once
