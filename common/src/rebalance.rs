@@ -590,29 +590,34 @@ mod tests {
             .expect("consumer");
         c.subscribe(&["t"]).expect("subscribe");
         let mut batches = Batches::new(&c);
+        assert_eq!(
+            offsets(&mut batches, 100).await,
+            (0..100).collect::<Vec<i64>>()
+        );
+        c.context().resume_at(&c, "t", 0, 40).expect("sent back");
+        let again = offsets(&mut batches, 60).await;
+        assert_eq!(again, (40..100).collect::<Vec<i64>>());
+    }
+
+    /// The offsets of the next `n` records `batches` hands over; each batch
+    /// within 10 s.
+    async fn offsets(batches: &mut Batches<'_>, n: usize) -> Vec<i64> {
         let stop = CancellationToken::new();
         let idle = Some(Duration::from_secs(10));
-        let mut first = Vec::new();
-        while first.len() < 100 {
+        let mut read = Vec::new();
+        while read.len() < n {
             let b = batches
                 .next(1000, Duration::from_millis(50), idle, &stop, "test")
                 .await
                 .expect("batch");
-            assert!(!b.records.is_empty(), "read within {idle:?}");
-            first.extend(b.records.iter().map(|m| m.offset()));
+            assert!(
+                !b.records.is_empty(),
+                "{} of {n} read within {idle:?}",
+                read.len()
+            );
+            read.extend(b.records.iter().map(|m| m.offset()));
         }
-        assert_eq!(first, (0..100).collect::<Vec<i64>>());
-        c.context().resume_at(&c, "t", 0, 40).expect("sent back");
-        let mut again = Vec::new();
-        while again.len() < 60 {
-            let b = batches
-                .next(1000, Duration::from_millis(50), idle, &stop, "test")
-                .await
-                .expect("batch");
-            assert!(!b.records.is_empty(), "read again within {idle:?}");
-            again.extend(b.records.iter().map(|m| m.offset()));
-        }
-        assert_eq!(again, (40..100).collect::<Vec<i64>>());
+        read
     }
 
     /// A member whose batches are long and always full of records, while a
