@@ -75,7 +75,8 @@ pub(super) struct Joiner<'a> {
     pub committed: HashMap<(Input, i32), i64>,
     /// Says `kafka_unreachable` while a produce is being retried.
     pub readiness: &'a Readiness,
-    /// The last batch's output buffers, emptied, for the next.
+    /// Output buffers, emptied, for the next flush (the last batch's are
+    /// in flight meanwhile).
     pub outputs: Outputs,
     /// The last batch's outputs, queued but not yet acknowledged, and its
     /// offsets to commit once they are (see [`InFlight`]).
@@ -139,9 +140,7 @@ impl Outputs {
             ends,
         }
     }
-}
 
-impl Outputs {
     /// The enriched records: each released output keyed by its event id,
     /// its value in the shared buffer.
     fn records(&self) -> Vec<Outgoing<'_>> {
