@@ -514,10 +514,11 @@ impl Reader {
 
     /// Notes a record read at `offset` of `partition`: the enriched topic
     /// is neither compacted nor transactional, so each partition's offsets
-    /// follow one another; a gap is a record the broker did not hand over.
+    /// follow one another; a jump forward is a record the broker did not
+    /// hand over (a step back, reading again, is not).
     fn read_at(&mut self, partition: i32, offset: i64) {
         if let Some(last) = self.last.insert(partition, offset)
-            && offset != last + 1
+            && offset > last + 1
         {
             self.gaps.push((partition, last, offset));
         }

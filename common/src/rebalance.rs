@@ -629,8 +629,8 @@ mod tests {
     ///
     /// The member resumes at its commits (it commits after every batch), so
     /// a partition it gets back is read again from up to 16,384 records
-    /// before them: no record below what it had committed when the
-    /// rebalance came is handled again. With each check ended by the
+    /// before them: no record below its commits of the poll before the
+    /// rebalance is handled again. With each check ended by the
     /// batch's first record at its offset whatever assignment it was read
     /// under, and dropped at the next revocation even when a batch still
     /// held records read before it, this failed in 4 of 9 runs: "partition

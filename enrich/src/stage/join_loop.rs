@@ -70,14 +70,15 @@ pub(super) struct Joiner<'a> {
     /// its partition.
     pub joins: HashMap<i32, Join>,
     /// Per input topic and assigned partition, the offset after the
-    /// highest one read, and the offset last committed.
+    /// highest one read, and the offset last committed (or to be, once the
+    /// outputs in flight are acknowledged).
     pub read: HashMap<(Input, i32), i64>,
     pub committed: HashMap<(Input, i32), i64>,
     /// Says `kafka_unreachable` while a produce is being retried.
     pub readiness: &'a Readiness,
-    /// Output buffers, emptied, for the next flush (the last batch's are
-    /// in flight meanwhile).
-    pub outputs: Outputs,
+    /// Output buffers, emptied, for the next flushes: two sets alternate
+    /// under load, the one a flush fills and the one in flight.
+    pub outputs: Vec<Outputs>,
     /// The last batch's outputs, queued but not yet acknowledged, and its
     /// offsets to commit once they are (see [`InFlight`]).
     pub in_flight: Option<InFlight>,
@@ -95,7 +96,9 @@ pub(super) struct Joiner<'a> {
 /// member, which then restores a changelog holding all this batch's state
 /// and reads from below its offsets (not committed yet): it emits the
 /// outputs again, at the revisions recorded, as after a crash between the
-/// changelog and the outputs.
+/// changelog and the outputs. (So does this member for the partitions it
+/// keeps in an eager rebalance: the callbacks read the group's commits
+/// before this batch's are made.)
 pub(super) struct InFlight {
     queued: Queued,
     /// The queued records' bytes, kept to send them again if the broker
@@ -211,8 +214,13 @@ impl Joiner<'_> {
                 }
             };
             if !changes.is_empty() {
-                // Committed before the partitions move, as a batch handled
-                // before the rebalance always was.
+                // Landed before the partitions' state is dropped or
+                // restored. Its offsets are committed only now, after the
+                // rebalance callbacks read the group's commits: the
+                // partitions this member keeps read that batch again (as
+                // they read the batch a callback came in), and a commit
+                // for a partition gone to another member lands late, below
+                // outputs already acknowledged.
                 self.land(stop).await?;
             }
             self.rebalance(changes).await?;
@@ -328,8 +336,8 @@ impl Joiner<'_> {
 
     /// Releases what is due (everything when stopping), produces the state
     /// changes and queues the outputs, to be landed with the next flush
-    /// (see [`InFlight`]; at once when stopping), then the offsets below
-    /// what is still held are committed.
+    /// (see [`InFlight`]; at once when stopping), which commits the offsets
+    /// below what is still held.
     async fn flush(
         &mut self,
         now: i64,
@@ -341,7 +349,7 @@ impl Joiner<'_> {
             mut released,
             mut values,
             mut ends,
-        } = std::mem::take(&mut self.outputs);
+        } = self.outputs.pop().unwrap_or_default();
         let mut changes: Vec<(i32, ChangelogRecords)> = Vec::new();
         let mut moves = Vec::new();
         let mut alerts = Vec::new();
@@ -564,12 +572,9 @@ impl Joiner<'_> {
             values,
             ends,
         } = outputs;
-        // Two sets alternate under load: the one a flush fills and the one
-        // in flight. Landed outside a flush (a rebalance, a quiet flush),
-        // the larger is kept.
-        let landed = Outputs::recycle(released, values, ends);
-        if landed.values.capacity() >= self.outputs.values.capacity() {
-            self.outputs = landed;
+        // At most the two sets that alternate are kept.
+        if self.outputs.len() < 2 {
+            self.outputs.push(Outputs::recycle(released, values, ends));
         }
         Ok(())
     }

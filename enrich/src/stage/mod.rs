@@ -469,7 +469,7 @@ pub async fn run(
                 read: HashMap::new(),
                 committed: HashMap::new(),
                 readiness: &s.readiness,
-                outputs: Default::default(),
+                outputs: Vec::new(),
                 in_flight: None,
             }
             .run(&s.stop)
