@@ -32,10 +32,7 @@ use std::{
 };
 
 use rand::Rng;
-use rdkafka::{
-    consumer::{Consumer, StreamConsumer},
-    message::Message as _,
-};
+use rdkafka::{consumer::StreamConsumer, message::Message as _};
 use tokio::process::{Child, Command};
 use xoflow_common::kafka::Outgoing;
 use xoflow_proto::{
@@ -175,14 +172,7 @@ struct Reader {
 
 impl Reader {
     fn new(cfg: &xoflow::Config, topic: &str) -> Self {
-        let consumer: StreamConsumer = cfg
-            .kafka
-            .consumer(
-                &format!("g-{}-reader", common::unique()),
-                Default::default(),
-            )
-            .expect("consumer");
-        consumer.subscribe(&[topic]).expect("subscribe");
+        let consumer = common::subscriber(cfg, "reader", topic);
         Reader {
             consumer,
             first: BTreeMap::new(),

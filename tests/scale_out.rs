@@ -70,7 +70,7 @@ use std::{
 
 use rand::Rng;
 use rdkafka::{
-    consumer::{Consumer, StreamConsumer},
+    consumer::StreamConsumer,
     message::{Headers as _, Message as _},
 };
 use tokio::{
@@ -477,16 +477,7 @@ struct Reader {
 
 impl Reader {
     fn new(cfg: &xoflow::Config, enrich_group: &str) -> Self {
-        let consumer: StreamConsumer = cfg
-            .kafka
-            .consumer(
-                &format!("g-{}-reader", common::unique()),
-                Default::default(),
-            )
-            .expect("consumer");
-        consumer
-            .subscribe(&[&cfg.kafka.topics.enriched])
-            .expect("subscribe");
+        let consumer = common::subscriber(cfg, "reader", &cfg.kafka.topics.enriched);
         Reader {
             consumer,
             first: BTreeMap::new(),
@@ -595,14 +586,7 @@ async fn locate(cfg: &xoflow::Config, enrich_group: &str, ids: &BTreeSet<String>
     ];
     let mut found = Vec::new();
     for topic in topics {
-        let consumer: StreamConsumer = cfg
-            .kafka
-            .consumer(
-                &format!("g-{}-locate", common::unique()),
-                Default::default(),
-            )
-            .expect("consumer");
-        consumer.subscribe(&[&topic]).expect("subscribe");
+        let consumer = common::subscriber(cfg, "locate", &topic);
         // To the end of the topic: until nothing came for a few seconds
         // (longer for the first record: the group is formed first).
         let mut quiet = Duration::from_secs(20);

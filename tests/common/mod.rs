@@ -592,6 +592,18 @@ pub async fn produce_enriched(cfg: &Config, records: &[(Vec<u8>, String)]) {
         .expect("produce");
 }
 
+/// A consumer of `topic` in a consumer group of its own (named after
+/// `what`), reading it from its start.
+pub fn subscriber(cfg: &Config, what: &str, topic: &str) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = cfg
+        .kafka
+        .consumer(&format!("g-{}-{what}", unique()), Default::default())
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
 /// Reads `topic` from its start, as the new consumer group `group`,
 /// filing each record into `read` with `keep`, until `enough(&read)` or
 /// `within` passed; once enough, on until nothing came for `linger`, so

@@ -86,21 +86,7 @@ pub(super) async fn produce_batch(
                 if PRODUCE_RETRY.retries_after(attempt)
                     && ErrorClass::of(&e.first).is_transient() =>
             {
-                // A full local queue that a wait did not drain is its own
-                // reason: the broker answers, but not fast enough.
-                let reason = match ErrorClass::of(&e.first) {
-                    ErrorClass::QueueFull => Reason::ProducerQueueStuck,
-                    _ => Reason::KafkaUnreachable,
-                };
-                readiness.fail(
-                    reason,
-                    format_args!("produce, attempt {attempt}: {}", e.first),
-                );
-                // One warn line per retry, with its attempt number, and the
-                // same count ErrorKind::emit keeps.
-                tracing::warn!(attempt, error = %e, kind = ErrorKind::Produce.as_str(), "produce failed; retrying the batch");
-                metrics::counter!(Metric::Errors.name(), "error" => ErrorKind::Produce.as_str())
-                    .increment(1);
+                retrying(attempt, &e, readiness);
                 if !PRODUCE_RETRY.sleep(attempt, stop).await {
                     return Err(EnrichError::Stopped);
                 }
@@ -132,9 +118,26 @@ pub(super) async fn resend(
             source: failed.first,
         });
     }
-    tracing::warn!(error = %failed, kind = ErrorKind::Produce.as_str(), "produce failed; retrying the batch's outputs");
-    metrics::counter!(Metric::Errors.name(), "error" => ErrorKind::Produce.as_str()).increment(1);
+    retrying(0, &failed, readiness);
     produce_batch(producer, &[step], stop, readiness).await
+}
+
+/// Says a transient produce failure `e` of attempt `attempt` (0: the
+/// outputs queued ahead) is retried: readiness, one warn line, the count
+/// ErrorKind::emit keeps.
+fn retrying(attempt: u32, e: &BatchError, readiness: &Readiness) {
+    // A full local queue that a wait did not drain is its own reason: the
+    // broker answers, but not fast enough.
+    let reason = match ErrorClass::of(&e.first) {
+        ErrorClass::QueueFull => Reason::ProducerQueueStuck,
+        _ => Reason::KafkaUnreachable,
+    };
+    readiness.fail(
+        reason,
+        format_args!("produce, attempt {attempt}: {}", e.first),
+    );
+    tracing::warn!(attempt, error = %e, kind = ErrorKind::Produce.as_str(), "produce failed; retrying the batch");
+    metrics::counter!(Metric::Errors.name(), "error" => ErrorKind::Produce.as_str()).increment(1);
 }
 
 /// Commits `offsets`: asynchronously while running, synchronously once
