@@ -494,13 +494,15 @@ impl Reader {
     /// wave (a hold is at most `max_hold` long).
     async fn settle(&mut self, quiet: Duration) {
         while let Ok(m) = tokio::time::timeout(quiet, self.consumer.recv()).await {
-            let m = m.expect("read enriched");
-            let (partition, offset) = (m.partition(), m.offset());
-            let e = EnrichedEvent::decode(m.payload().unwrap_or_default()).expect("decode");
-            drop(m);
-            self.read_at(partition, offset);
-            self.keep(e);
+            let read = decoded(&m.expect("read enriched"));
+            self.file(read);
         }
+    }
+
+    /// Files a record read: its offset, then its event.
+    fn file(&mut self, (partition, offset, e): (i32, i64, EnrichedEvent)) {
+        self.read_at(partition, offset);
+        self.keep(e);
     }
 
     /// Notes a record read at `offset` of `partition`: the enriched topic
@@ -561,14 +563,17 @@ impl Reader {
             let Ok(m) = tokio::time::timeout(left, self.consumer.recv()).await else {
                 continue;
             };
-            let m = m.expect("read enriched");
-            let (partition, offset) = (m.partition(), m.offset());
-            let e = EnrichedEvent::decode(m.payload().unwrap_or_default()).expect("decode");
-            drop(m);
-            self.read_at(partition, offset);
-            self.keep(e);
+            let read = decoded(&m.expect("read enriched"));
+            self.file(read);
         }
     }
+}
+
+/// A record of the enriched topic: its partition, offset and event (owned:
+/// the record borrows the reader's consumer).
+fn decoded(m: &rdkafka::message::BorrowedMessage<'_>) -> (i32, i64, EnrichedEvent) {
+    let e = EnrichedEvent::decode(m.payload().unwrap_or_default()).expect("decode");
+    (m.partition(), m.offset(), e)
 }
 
 /// Where each of `ids` (events that never came out) is in the run's

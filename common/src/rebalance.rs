@@ -93,6 +93,22 @@ struct Resuming {
     check: ResumeCheck,
 }
 
+impl Resuming {
+    /// Adds `check`, set by callback `since`, as the newest of `checks`:
+    /// newest first, a batch's records take the newest check set at or
+    /// before them.
+    fn newest(checks: &mut Vec<Resuming>, since: u64, check: ResumeCheck) {
+        checks.insert(
+            0,
+            Resuming {
+                since,
+                until: None,
+                check,
+            },
+        );
+    }
+}
+
 /// Which changes a [`RebalanceLog`] keeps for its loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keep {
@@ -243,18 +259,10 @@ impl RebalanceLog {
         // every batch from the next on.
         let since = self.rebalances.load(Ordering::Acquire);
         if let Ok(mut resuming) = self.resuming.lock() {
-            let until = None;
             let checks = resuming.entry((topic.to_owned(), partition)).or_default();
             // Every record read from now on is read after the seek.
             checks.retain(|r| r.until.is_some());
-            checks.insert(
-                0,
-                Resuming {
-                    since,
-                    until,
-                    check,
-                },
-            );
+            Resuming::newest(checks, since, check);
         }
         consumer.seek(topic, partition, Offset::Offset(start), BROKER_WAIT)
     }
@@ -323,17 +331,7 @@ impl RebalanceLog {
         let since = self.rebalances.load(Ordering::Acquire);
         if let Ok(mut resuming) = self.resuming.lock() {
             for (k, check) in checks {
-                let until = None;
-                // Newest first: a batch's records take the newest check set
-                // at or before them.
-                resuming.entry(k).or_default().insert(
-                    0,
-                    Resuming {
-                        since,
-                        until,
-                        check,
-                    },
-                );
+                Resuming::newest(resuming.entry(k).or_default(), since, check);
             }
         }
     }

@@ -133,15 +133,11 @@ impl Outputs {
     /// resident. Shrinking to a fixed size instead cut a full batch's
     /// buffers below its need at every flush: 20,000 outputs take more than
     /// 16 MiB, and each flush grew them again into pages the kernel zeroed.
-    fn recycle(mut released: Vec<Released>, mut values: Vec<u8>, mut ends: Vec<usize>) -> Self {
-        keep_for_next(&mut released);
-        keep_for_next(&mut values);
-        keep_for_next(&mut ends);
-        Outputs {
-            released,
-            values,
-            ends,
-        }
+    fn recycle(mut self) -> Self {
+        keep_for_next(&mut self.released);
+        keep_for_next(&mut self.values);
+        keep_for_next(&mut self.ends);
+        self
     }
 
     /// The enriched records: each released output keyed by its event id,
@@ -567,14 +563,9 @@ impl Joiner<'_> {
             .await?;
         }
         output::commit(self.consumer, &commit, stop);
-        let Outputs {
-            released,
-            values,
-            ends,
-        } = outputs;
         // At most the two sets that alternate are kept.
         if self.outputs.len() < 2 {
-            self.outputs.push(Outputs::recycle(released, values, ends));
+            self.outputs.push(outputs.recycle());
         }
         Ok(())
     }
