@@ -48,7 +48,7 @@ fn bench(c: &mut Criterion) {
                 let mut n = 0usize;
                 for (e, bytes) in events.into_iter().zip(&encoded) {
                     n += join
-                        .process_received(e, bytes.to_vec(), now)
+                        .process_received(e, bytes.as_slice(), now)
                         .cx
                         .map(|c| c.topics.len())
                         .unwrap_or(0);
@@ -79,7 +79,28 @@ fn bench(c: &mut Criterion) {
             |(join, events, resolved)| {
                 let offers = events.into_iter().zip(resolved).zip(&encoded);
                 through_buffer(join, offers, now, |join, i, ((e, who), bytes)| {
-                    join.offer_received(e, bytes.to_vec(), who, 0, i as i64, now)
+                    join.offer_received(e, bytes.as_slice(), who, 0, i as i64, now)
+                })
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    // What the stage's join loop does per batch besides: each released
+    // output encoded into one buffer kept from batch to batch, and the
+    // state changes taken as changelog records.
+    group.bench_function("mixed_x_and_o_with_outputs_and_changelog", |b| {
+        b.iter_batched(
+            || {
+                (
+                    Join::new(cfg.clone()),
+                    events.clone(),
+                    as_read(&resolved, &events),
+                )
+            },
+            |(join, events, resolved)| {
+                let offers = events.into_iter().zip(resolved).zip(&encoded);
+                as_the_stage(join, offers, now, |join, i, ((e, who), bytes)| {
+                    join.offer_received(e, bytes.as_slice(), who, 0, i as i64, now)
                 })
             },
             criterion::BatchSize::LargeInput,
@@ -162,6 +183,43 @@ fn through_buffer<T>(
     }
     join.drain(now, &mut out);
     (n + out.len(), join)
+}
+
+/// [`through_buffer`], and at every release what the stage's join loop
+/// does with it: the outputs encoded into one buffer kept across batches,
+/// the changelog records taken. The bytes written, and the join.
+fn as_the_stage<T>(
+    mut join: Join,
+    items: impl Iterator<Item = T>,
+    now: i64,
+    mut offer: impl FnMut(&mut Join, usize, T),
+) -> (usize, Join) {
+    let mut out = Vec::with_capacity(4096);
+    let mut values = Vec::with_capacity(4 << 20);
+    let mut n = 0usize;
+    let mut write = |join: &mut Join, out: &mut Vec<_>| {
+        for r in out.iter_mut() {
+            xoflow_enrich::join::Released::encode_value(r, &mut values);
+        }
+        n += values.len();
+        n += join
+            .take_changes()
+            .iter()
+            .map(|(_, v)| v.len())
+            .sum::<usize>();
+        values.clear();
+        out.clear();
+    };
+    for (i, item) in items.enumerate() {
+        offer(&mut join, i, item);
+        if i % 1024 == 1023 {
+            join.release(now, &mut out);
+            write(&mut join, &mut out);
+        }
+    }
+    join.drain(now, &mut out);
+    write(&mut join, &mut out);
+    (n, join)
 }
 
 criterion_group!(benches, bench);

@@ -39,6 +39,7 @@
 use std::{
     collections::VecDeque,
     hash::{BuildHasher as _, Hasher as _},
+    sync::Arc,
 };
 
 use xoflow_proto::{
@@ -64,7 +65,7 @@ pub(super) struct Entry {
     id: EventId,
     /// The event, encoded (the changelog record's `event`): as read from
     /// the events or the repartition topic, or from the changelog.
-    bytes: Box<[u8]>,
+    bytes: Arc<[u8]>,
     /// The event, decoded, once something needed it since it was admitted
     /// or read back; boxed, so that an entry without it stays small.
     event: Option<Box<Event>>,
@@ -104,7 +105,7 @@ impl Entry {
     pub fn new(
         at: i64,
         event: &Event,
-        bytes: Vec<u8>,
+        bytes: Arc<[u8]>,
         resolution: IdentityResolution,
         cx: CxFields,
         revision: u32,
@@ -112,7 +113,7 @@ impl Entry {
         Entry {
             at,
             id: EventId::find(&bytes, &event.event_id),
-            bytes: bytes.into_boxed_slice(),
+            bytes,
             event: None,
             resolution,
             cx: boxed_cx(cx),
@@ -159,6 +160,9 @@ impl Entry {
         self.cx.as_deref().unwrap_or(&NO_CX)
     }
 
+    /// The entry's changelog record as a message; what
+    /// [`Entry::encode_record`] writes is its encoding.
+    #[cfg(test)]
     pub fn to_proto(&self) -> JoinHistoryEntry {
         JoinHistoryEntry {
             event: self.bytes.to_vec(),
@@ -170,6 +174,69 @@ impl Entry {
         }
     }
 
+    /// The entry's changelog record: the bytes prost writes for its
+    /// `JoinHistoryEntry`, written straight from the entry. Going through
+    /// the message copied the event's bytes twice (into the message, then
+    /// into its encoding) and cloned the CX fields, strings and all, for
+    /// every event the join admitted.
+    pub fn encode_record(&self) -> Vec<u8> {
+        use xoflow_proto::encoding::{self, WireType};
+        let cx = self.cx();
+        let resolution = self.resolution as i32;
+        // Field by field as prost encodes `JoinHistoryEntry` (proto3: a
+        // scalar at its default is left out, a present message never).
+        let event_len = if self.bytes.is_empty() {
+            0
+        } else {
+            encoding::key_len(1)
+                + encoding::encoded_len_varint(self.bytes.len() as u64)
+                + self.bytes.len()
+        };
+        let len = event_len
+            + if resolution != 0 {
+                encoding::int32::encoded_len(2, &resolution)
+            } else {
+                0
+            }
+            + encoding::message::encoded_len(3, cx)
+            + if self.revision != 0 {
+                encoding::uint32::encoded_len(4, &self.revision)
+            } else {
+                0
+            }
+            + if self.output_hash != 0 {
+                encoding::fixed64::encoded_len(5, &self.output_hash)
+            } else {
+                0
+            }
+            + if self.hash_version != 0 {
+                encoding::uint32::encoded_len(6, &self.hash_version)
+            } else {
+                0
+            };
+        let mut buf = Vec::with_capacity(len);
+        if !self.bytes.is_empty() {
+            encoding::encode_key(1, WireType::LengthDelimited, &mut buf);
+            encoding::encode_varint(self.bytes.len() as u64, &mut buf);
+            buf.extend_from_slice(&self.bytes);
+        }
+        if resolution != 0 {
+            encoding::int32::encode(2, &resolution, &mut buf);
+        }
+        encoding::message::encode(3, cx, &mut buf);
+        if self.revision != 0 {
+            encoding::uint32::encode(4, &self.revision, &mut buf);
+        }
+        if self.output_hash != 0 {
+            encoding::fixed64::encode(5, &self.output_hash, &mut buf);
+        }
+        if self.hash_version != 0 {
+            encoding::uint32::encode(6, &self.hash_version, &mut buf);
+        }
+        debug_assert_eq!(buf.len(), len);
+        buf
+    }
+
     /// An entry read back from the changelog; `None` if its event does not
     /// decode.
     pub fn from_proto(p: JoinHistoryEntry, now_ms: i64) -> Option<Self> {
@@ -177,7 +244,7 @@ impl Entry {
         Some(Entry {
             at: super::event_ms(&event, now_ms),
             id: EventId::find(&p.event, &event.event_id),
-            bytes: p.event.into_boxed_slice(),
+            bytes: p.event.into(),
             // The re-fold after the read-back reads it.
             event: Some(Box::new(event)),
             resolution: IdentityResolution::try_from(p.resolution).unwrap_or_default(),
@@ -530,6 +597,7 @@ impl Customer {
                     outputs
                         .event()
                         .get_or_insert_with(|| event.as_ref().clone());
+                    outputs.event_bytes(entry);
                     outputs.keep(emission);
                 }
                 None => outputs.discard(),
@@ -553,6 +621,7 @@ impl Customer {
                         outputs
                             .event()
                             .get_or_insert_with(|| event.as_ref().clone());
+                        outputs.event_bytes(entry);
                         outputs.keep(emission);
                         any = true;
                     }
@@ -691,6 +760,7 @@ impl Outputs<'_> {
         self.out.push(Released {
             offset: self.offset,
             enriched: EnrichedEvent::default(),
+            event_bytes: None,
         });
         &mut self.out.last_mut().expect("just pushed").enriched
     }
@@ -707,6 +777,12 @@ impl Outputs<'_> {
     /// drops what it replaces first).
     pub fn event(&mut self) -> &mut Option<Event> {
         &mut self.out.last_mut().expect("a slot").enriched.event
+    }
+
+    /// Gives the output built in the last slot its event's bytes (see
+    /// [`Released::event_bytes`]), shared with `entry`.
+    pub fn event_bytes(&mut self, entry: &Entry) {
+        self.out.last_mut().expect("a slot").event_bytes = Some(entry.bytes.clone());
     }
 
     /// Keeps the output built in the last slot, its event in place, as
@@ -1026,7 +1102,7 @@ mod tests {
                 let new = Entry::new(
                     0,
                     &event,
-                    bytes.clone(),
+                    bytes.clone().into(),
                     IdentityResolution::Linked,
                     cx.clone(),
                     2,
@@ -1034,6 +1110,18 @@ mod tests {
                 assert_eq!(new.id(), event.event_id.as_bytes());
                 assert_eq!(new.cx.is_none(), cx == CxFields::default());
                 let written = new.to_proto();
+                assert_eq!(new.encode_record(), written.encode_to_vec());
+                assert_eq!(read.encode_record(), p.encode_to_vec());
+                // Every scalar at its default, left out alike.
+                let zero = JoinHistoryEntry {
+                    resolution: 0,
+                    revision: 0,
+                    output_hash: 0,
+                    hash_version: 0,
+                    ..p.clone()
+                };
+                let read = Entry::from_proto(zero.clone(), 0).expect("decodes");
+                assert_eq!(read.encode_record(), zero.encode_to_vec());
                 assert_eq!((written.event, written.cx), (bytes.clone(), Some(cx)));
             }
         }

@@ -59,7 +59,10 @@ mod history;
 mod state;
 mod unresolved;
 
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+};
 
 use xoflow_proto::{
     Message as _,
@@ -87,7 +90,7 @@ use crate::{
 struct Held {
     event: Event,
     /// The event as the stage read it (see [`Join::offer_received`]).
-    bytes: Vec<u8>,
+    bytes: Arc<[u8]>,
     who: Resolved,
     /// The input topic it was read from, and its offset there: offsets
     /// are committed per topic.
@@ -116,13 +119,17 @@ pub enum Input {
 pub struct Released {
     pub offset: i64,
     pub enriched: EnrichedEvent,
+    /// The encoding of `enriched.event` as the stage read it, when the
+    /// join has it at hand: the record's value then carries these bytes
+    /// instead of the event encoded again (see [`Released::encode_value`]).
+    pub event_bytes: Option<Arc<[u8]>>,
 }
 
 impl Released {
     /// The record written to the enriched topic: key = event id, value =
     /// the encoded `EnrichedEvent`. The stage produces exactly this, and the
     /// golden test compares exactly this, so the two cannot drift apart.
-    pub fn into_record(self) -> (String, Vec<u8>) {
+    pub fn into_record(mut self) -> (String, Vec<u8>) {
         let mut value = Vec::with_capacity(self.enriched.encoded_len());
         self.encode_value(&mut value);
         (self.key().to_owned(), value)
@@ -139,8 +146,24 @@ impl Released {
     /// Appends the record's value to `buf`: the stage encodes a whole
     /// batch's outputs into one buffer it keeps (see
     /// `stage::join_loop::Outputs`).
-    pub fn encode_value(&self, buf: &mut Vec<u8>) {
+    ///
+    /// With [`Released::event_bytes`], the event (field 1, which prost
+    /// writes first) is those bytes, copied, and the rest is encoded: the
+    /// same value, since the event was decoded from them and the join
+    /// never changes an event, without walking the event's fields twice
+    /// (once for its length, once to write it) for every output.
+    pub fn encode_value(&mut self, buf: &mut Vec<u8>) {
+        use xoflow_proto::encoding::{self, WireType};
+        let (Some(bytes), Some(event)) = (&self.event_bytes, self.enriched.event.take()) else {
+            self.enriched.encode_raw(buf);
+            return;
+        };
+        debug_assert_eq!(**bytes, *event.encode_to_vec(), "bytes of another event");
+        encoding::encode_key(1, WireType::LengthDelimited, buf);
+        encoding::encode_varint(bytes.len() as u64, buf);
+        buf.extend_from_slice(bytes);
         self.enriched.encode_raw(buf);
+        self.enriched.event = Some(event);
     }
 }
 
@@ -382,7 +405,13 @@ impl Join {
 
     /// [`Join::process`] for an event read as `bytes` (its encoding, as in
     /// [`Join::offer_received`]).
-    pub fn process_received(&mut self, e: Event, bytes: Vec<u8>, now_ms: i64) -> EnrichedEvent {
+    pub fn process_received(
+        &mut self,
+        e: Event,
+        bytes: impl Into<Arc<[u8]>>,
+        now_ms: i64,
+    ) -> EnrichedEvent {
+        let bytes = bytes.into();
         self.links.learn(&e, |_, _| {});
         let mut who = self.links.resolve(&e);
         if let Some(c) = who.customer_id.as_mut() {
@@ -444,7 +473,7 @@ impl Join {
     pub fn offer_received(
         &mut self,
         e: Event,
-        bytes: Vec<u8>,
+        bytes: impl Into<Arc<[u8]>>,
         who: Resolved,
         revision: u32,
         offset: i64,
@@ -452,7 +481,7 @@ impl Join {
     ) {
         self.hold(
             e,
-            bytes,
+            bytes.into(),
             who,
             revision,
             (Input::Repartition, offset),
@@ -463,7 +492,13 @@ impl Join {
     /// A direct event read as `bytes` at `offset` of the events topic: one
     /// whose record key is its own customer id, so the collectors already
     /// put it in its customer's partition. Resolved `DIRECT`, revision 0.
-    pub fn offer_direct(&mut self, e: Event, bytes: Vec<u8>, offset: i64, now_ms: i64) {
+    pub fn offer_direct(
+        &mut self,
+        e: Event,
+        bytes: impl Into<Arc<[u8]>>,
+        offset: i64,
+        now_ms: i64,
+    ) {
         let who = Resolved {
             customer_id: e
                 .customer
@@ -471,13 +506,13 @@ impl Join {
                 .map(|c| tenancy::with_room(&e.tenant, &c.customer_id)),
             resolution: IdentityResolution::Direct,
         };
-        self.hold(e, bytes, who, 0, (Input::Events, offset), now_ms);
+        self.hold(e, bytes.into(), who, 0, (Input::Events, offset), now_ms);
     }
 
     fn hold(
         &mut self,
         e: Event,
-        bytes: Vec<u8>,
+        bytes: Arc<[u8]>,
         mut who: Resolved,
         revision: u32,
         (input, offset): (Input, i64),
@@ -804,7 +839,7 @@ impl Join {
             }
             for e in c.history.iter_mut().filter(|e| e.unsaved) {
                 e.unsaved = false;
-                out.push((entry_key(&id, e.id()), e.to_proto().encode_to_vec()));
+                out.push((entry_key(&id, e.id()), e.encode_record()));
             }
         }
         if !self.removed.is_empty() {
@@ -926,7 +961,7 @@ impl Join {
     fn admit(
         &mut self,
         e: Event,
-        bytes: Vec<u8>,
+        bytes: Arc<[u8]>,
         who: Resolved,
         revision: u32,
         offset: i64,
@@ -973,6 +1008,7 @@ impl Join {
                 out.push(Released {
                     offset,
                     enriched: o,
+                    event_bytes: Some(bytes),
                 });
             }
             Place::Last | Place::At(_) => {
@@ -982,6 +1018,9 @@ impl Join {
                 // goes to its output, the entry keeping its encoding.
                 let in_order = matches!(place, Place::Last) && c.dirty_from.is_none();
                 let footprint = c.footprint();
+                // The output's value carries the bytes too (see
+                // `Released::event_bytes`): shared, not copied.
+                let event_bytes = own.is_none().then(|| bytes.clone());
                 let mut entry = Entry::new(at, &e, bytes, resolution, cx, revision);
                 entry.twice = twice(resolution, revision);
                 self.history_len += 1;
@@ -1011,6 +1050,7 @@ impl Join {
                             out.push(Released {
                                 offset,
                                 enriched: EnrichedEvent::default(),
+                                event_bytes: None,
                             });
                             let o = &mut out.last_mut().expect("just pushed").enriched;
                             c.push_last(cfg, entry, &e, o, fill)
@@ -1042,7 +1082,9 @@ impl Join {
                             return true;
                         }
                         None => {
-                            let last = &mut out.last_mut().expect("a slot").enriched;
+                            let slot = out.last_mut().expect("a slot");
+                            slot.event_bytes = event_bytes;
+                            let last = &mut slot.enriched;
                             last.event.get_or_insert(e);
                             tenancy::unscope(&mut id);
                             last.resolved_customer_id = id;
@@ -1076,7 +1118,7 @@ impl Join {
     fn admit_unresolved(
         &mut self,
         e: Event,
-        bytes: Vec<u8>,
+        bytes: Arc<[u8]>,
         revision: u32,
         offset: i64,
         now_ms: i64,
@@ -1098,7 +1140,7 @@ impl Join {
             && self.unresolved.wait(
                 &h,
                 &e.event_id,
-                Waiter::new(&e.event_id, bytes.into_boxed_slice(), at, revision),
+                Waiter::new(&e.event_id, bytes.clone(), at, revision),
             )
         {
             self.dirty_identifiers.insert(h);
@@ -1107,6 +1149,7 @@ impl Join {
         out.push(Released {
             offset,
             enriched: o,
+            event_bytes: Some(bytes),
         });
     }
 

@@ -41,7 +41,7 @@ use xoflow_proto::{
 #[derive(Debug, Clone)]
 pub(super) struct Waiter {
     /// The event, encoded (as read, and as its changelog record keeps it).
-    pub bytes: Box<[u8]>,
+    pub bytes: Arc<[u8]>,
     pub at: i64,
     /// The revision it was last emitted with (unresolved).
     pub revision: u32,
@@ -53,7 +53,7 @@ pub(super) struct Waiter {
 
 impl Waiter {
     /// A waiting event; `event_id` is the id `bytes` decode to.
-    pub fn new(event_id: &str, bytes: Box<[u8]>, at: i64, revision: u32) -> Self {
+    pub fn new(event_id: &str, bytes: Arc<[u8]>, at: i64, revision: u32) -> Self {
         Waiter {
             bytes,
             at,
@@ -277,7 +277,7 @@ impl Unresolved {
             .filter_map(|w| {
                 // Decoded once for its id, and to keep only what decodes.
                 let event_id = Event::decode(w.event.as_slice()).ok()?.event_id;
-                let mut w = Waiter::new(&event_id, w.event.into_boxed_slice(), w.at_ms, w.revision);
+                let mut w = Waiter::new(&event_id, w.event.into(), w.at_ms, w.revision);
                 self.expiry.add(&mut w, key.clone());
                 Some(w)
             })
@@ -319,7 +319,7 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec();
-        Waiter::new(event_id, bytes.into_boxed_slice(), at, 0)
+        Waiter::new(event_id, bytes.into(), at, 0)
     }
 
     fn wait(u: &mut Unresolved, identifier: &str, event_id: &str, at: i64) -> bool {

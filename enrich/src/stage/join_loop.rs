@@ -28,7 +28,7 @@
 //! (`max_history_bytes`) is split evenly over the partitions it holds, again
 //! at every rebalance; each partition's join keeps within its share.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use rdkafka::{
     Offset, TopicPartitionList,
@@ -271,7 +271,7 @@ impl Joiner<'_> {
                     if !is_direct(key, event.customer.as_ref()) {
                         continue;
                     }
-                    j.offer_direct(event, payload.to_vec(), m.offset(), now);
+                    j.offer_direct(event, Arc::<[u8]>::from(payload), m.offset(), now);
                     continue;
                 }
                 read.repartition += 1;
@@ -313,7 +313,14 @@ impl Joiner<'_> {
                     .unwrap_or(0);
                 // The history keeps the record's bytes: the event is not
                 // encoded again for it.
-                j.offer_received(event, payload.to_vec(), who, revision, m.offset(), now);
+                j.offer_received(
+                    event,
+                    Arc::<[u8]>::from(payload),
+                    who,
+                    revision,
+                    m.offset(),
+                    now,
+                );
             }
             read.emit();
             let stopping = stop.is_cancelled();
@@ -381,7 +388,7 @@ impl Joiner<'_> {
                 changes.push((*p, c));
             }
         }
-        for r in &released {
+        for r in &mut released {
             r.encode_value(&mut values);
             ends.push(values.len());
         }
