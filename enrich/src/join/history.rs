@@ -1083,6 +1083,15 @@ mod tests {
             }
             .encode_to_vec(),
             late_id,
+            // Longer than 127 bytes: a length of two bytes.
+            Event {
+                event_id: "e4".into(),
+                tenant: "t".repeat(300),
+                ..Event::default()
+            }
+            .encode_to_vec(),
+            // An empty event: no field 1 in the record.
+            Vec::new(),
         ];
         for bytes in events {
             let event = Event::decode(bytes.as_slice()).expect("decodes");

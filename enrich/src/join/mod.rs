@@ -153,11 +153,17 @@ impl Released {
     /// changes an event, without walking its fields twice (once for its
     /// length, once to write it) for every output. The same value too,
     /// but for the order of an event's `attributes`, which prost writes
-    /// in the order of the map it decoded them into: the bytes keep the
-    /// collector's order, the same in every revision.
+    /// in the order of the map it decoded them into (the bytes keep the
+    /// collector's order, the same in every revision), and fields this
+    /// build does not know (from a newer collector), which the bytes keep
+    /// and a decode drops.
     pub fn encode_value(&mut self, buf: &mut Vec<u8>) {
         use xoflow_proto::encoding::{self, WireType};
-        let (Some(bytes), Some(event)) = (&self.event_bytes, self.enriched.event.take()) else {
+        let Some(bytes) = &self.event_bytes else {
+            self.enriched.encode_raw(buf);
+            return;
+        };
+        let Some(event) = self.enriched.event.take() else {
             self.enriched.encode_raw(buf);
             return;
         };
@@ -184,6 +190,9 @@ impl Released {
 pub struct Moved {
     pub customer_id: String,
     pub event: Event,
+    /// The event as the join read it: what the stage sends, so that its
+    /// outputs there carry the bytes its first one here did.
+    pub bytes: Arc<[u8]>,
     pub revision: u32,
 }
 
@@ -572,6 +581,7 @@ impl Join {
             self.moves.push(Moved {
                 customer_id: customer_id.to_owned(),
                 event,
+                bytes: w.bytes,
                 revision: w.revision + 1,
             });
         }
@@ -1142,6 +1152,7 @@ impl Join {
             self.moves.push(Moved {
                 customer_id: c.to_owned(),
                 event: e,
+                bytes,
                 revision,
             });
             return;
@@ -1946,9 +1957,8 @@ mod tests {
             }
         }
         j.drain(now, &mut out);
-        assert!(out.len() > events.len(), "repairs emitted: {}", out.len());
-        let with_bytes = out.iter().filter(|r| r.event_bytes.is_some()).count();
-        assert_eq!(with_bytes, out.len());
+        assert!(j.take_stats().repairs > 0, "repairs emitted");
+        assert!(out.iter().all(|r| r.event_bytes.is_some()));
         for r in out {
             let expected = r.enriched.clone();
             let (key, value) = r.into_record();
@@ -2553,6 +2563,7 @@ last_nps_at_most = 6
             vec![Moved {
                 customer_id: "c9".into(),
                 event: post.clone(),
+                bytes: post.encode_to_vec().into(),
                 revision: 1
             }]
         );

@@ -413,15 +413,9 @@ impl Joiner<'_> {
             .map(|(p, c)| (*p, c.iter().map(|(k, v)| Outgoing::keyed(k, v)).collect()))
             .collect();
         // Events a link resolved, to their customers' partitions.
-        let moved: Vec<(String, Vec<u8>, String)> = moves
+        let moved: Vec<(String, Arc<[u8]>, String)> = moves
             .into_iter()
-            .map(|m| {
-                (
-                    m.customer_id,
-                    m.event.encode_to_vec(),
-                    m.revision.to_string(),
-                )
-            })
+            .map(|m| (m.customer_id, m.bytes, m.revision.to_string()))
             .collect();
         let moved_out: Vec<Outgoing<'_>> = moved
             .iter()

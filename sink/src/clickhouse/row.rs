@@ -158,9 +158,12 @@ fn enum8(v: i32) -> i8 {
 /// The encoded `event` (field 1) of an encoded `EnrichedEvent`, as it
 /// stands in the record: what `event_proto` stores, without encoding the
 /// decoded event again (an encode per row was 1-2 % of the whole pipeline's
-/// CPU). Enrich writes each record with prost, which encodes a message the
-/// same way every time, so these bytes equal the event encoded again (test
-/// below). `None` when the field is absent or occurs more than once (a
+/// CPU). Enrich writes there the event's bytes as it read them (the
+/// collector's prost encoding) and prost encodes a message the same way
+/// every time, so these bytes equal the event encoded again (test below),
+/// but for the order of its `attributes` (a map, written in hash order)
+/// and any field this build does not know. `None` when the field is
+/// absent or occurs more than once (a
 /// decoder merges repeated occurrences; the caller encodes the merge then)
 /// or the record does not parse.
 pub fn event_field(record: &[u8]) -> Option<&[u8]> {
