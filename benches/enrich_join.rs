@@ -12,7 +12,7 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use xoflow_enrich::{
     identity::{Links, Resolved},
-    join::Join,
+    join::{Join, Released},
     tenancy,
 };
 use xoflow_proto::Message as _;
@@ -67,20 +67,19 @@ fn bench(c: &mut Criterion) {
         links.learn(e, |_, _| {});
     }
     let resolved: Vec<_> = events.iter().map(|e| links.resolve(e)).collect();
+    let setup = || {
+        (
+            Join::new(cfg.clone()),
+            events.clone(),
+            as_read(&resolved, &events),
+        )
+    };
     group.bench_function("mixed_x_and_o_through_lateness_buffer", |b| {
         b.iter_batched(
-            || {
-                (
-                    Join::new(cfg.clone()),
-                    events.clone(),
-                    as_read(&resolved, &events),
-                )
-            },
+            setup,
             |(join, events, resolved)| {
                 let offers = events.into_iter().zip(resolved).zip(&encoded);
-                through_buffer(join, offers, now, |join, i, ((e, who), bytes)| {
-                    join.offer_received(e, bytes.as_slice(), who, 0, i as i64, now)
-                })
+                through_buffer(join, offers, now, offer_as_read(now), counted)
             },
             criterion::BatchSize::LargeInput,
         )
@@ -90,17 +89,12 @@ fn bench(c: &mut Criterion) {
     // state changes taken as changelog records.
     group.bench_function("mixed_x_and_o_with_outputs_and_changelog", |b| {
         b.iter_batched(
-            || {
-                (
-                    Join::new(cfg.clone()),
-                    events.clone(),
-                    as_read(&resolved, &events),
-                )
-            },
+            setup,
             |(join, events, resolved)| {
                 let offers = events.into_iter().zip(resolved).zip(&encoded);
-                as_the_stage(join, offers, now, |join, i, ((e, who), bytes)| {
-                    join.offer_received(e, bytes.as_slice(), who, 0, i as i64, now)
+                let mut values = Vec::with_capacity(4 << 20);
+                through_buffer(join, offers, now, offer_as_read(now), |join, out| {
+                    written(join, out, &mut values)
                 })
             },
             criterion::BatchSize::LargeInput,
@@ -125,18 +119,12 @@ fn bench(c: &mut Criterion) {
         "mixed_x_and_o_through_lateness_buffer_encoded_by_join",
         |b| {
             b.iter_batched(
-                || {
-                    (
-                        Join::new(cfg.clone()),
-                        events.clone(),
-                        as_read(&resolved, &events),
-                    )
-                },
+                setup,
                 |(join, events, resolved)| {
                     let offers = events.into_iter().zip(resolved);
-                    through_buffer(join, offers, now, |join, i, (e, who)| {
-                        join.offer(e, who, i as i64, now)
-                    })
+                    let offer =
+                        |join: &mut Join, i: usize, (e, who)| join.offer(e, who, i as i64, now);
+                    through_buffer(join, offers, now, offer, counted)
                 },
                 criterion::BatchSize::LargeInput,
             )
@@ -163,13 +151,15 @@ fn as_read(resolved: &[Resolved], events: &[Event]) -> Vec<Resolved> {
 }
 
 /// Offers each item through `offer` and releases every 1,024 as the
-/// stage's batches do, then drains: the outputs' count, and the join (whose
-/// drop falls outside the measurement).
+/// stage's batches do, then drains, handing each release to `released`
+/// (which empties it): the sum of what `released` returned, and the join
+/// (whose drop falls outside the measurement).
 fn through_buffer<T>(
     mut join: Join,
     items: impl Iterator<Item = T>,
     now: i64,
     mut offer: impl FnMut(&mut Join, usize, T),
+    mut released: impl FnMut(&mut Join, &mut Vec<Released>) -> usize,
 ) -> (usize, Join) {
     let mut out = Vec::with_capacity(4096);
     let mut n = 0usize;
@@ -177,49 +167,47 @@ fn through_buffer<T>(
         offer(&mut join, i, item);
         if i % 1024 == 1023 {
             join.release(now, &mut out);
-            n += out.len();
-            out.clear();
+            n += released(&mut join, &mut out);
         }
     }
     join.drain(now, &mut out);
-    (n + out.len(), join)
+    (n + released(&mut join, &mut out), join)
 }
 
-/// [`through_buffer`], and at every release what the stage's join loop
-/// does with it: the outputs encoded into one buffer kept across batches,
-/// the changelog records taken. The bytes written, and the join.
-fn as_the_stage<T>(
-    mut join: Join,
-    items: impl Iterator<Item = T>,
-    now: i64,
-    mut offer: impl FnMut(&mut Join, usize, T),
-) -> (usize, Join) {
-    let mut out = Vec::with_capacity(4096);
-    let mut values = Vec::with_capacity(4 << 20);
-    let mut n = 0usize;
-    let mut write = |join: &mut Join, out: &mut Vec<_>| {
-        for r in out.iter_mut() {
-            xoflow_enrich::join::Released::encode_value(r, &mut values);
-        }
-        n += values.len();
-        n += join
+/// An event resolved upstream, and its encoding as the broker holds it.
+type AsRead<'a> = ((Event, Resolved), &'a Vec<u8>);
+
+/// An event offered with its encoding, resolved upstream, as the stage
+/// offers what it reads from the repartition topic.
+fn offer_as_read<'a>(now: i64) -> impl FnMut(&mut Join, usize, AsRead<'a>) {
+    move |join, i, ((e, who), bytes)| {
+        join.offer_received(e, bytes.as_slice(), who, 0, i as i64, now)
+    }
+}
+
+/// A release counted and dropped.
+fn counted(_: &mut Join, out: &mut Vec<Released>) -> usize {
+    let n = out.len();
+    out.clear();
+    n
+}
+
+/// A release as the stage's join loop writes it: the outputs encoded into
+/// `values`, a buffer kept across batches, and the changelog records
+/// taken. The bytes written.
+fn written(join: &mut Join, out: &mut Vec<Released>, values: &mut Vec<u8>) -> usize {
+    for r in out.iter_mut() {
+        r.encode_value(values);
+    }
+    let n = values.len()
+        + join
             .take_changes()
             .iter()
             .map(|(_, v)| v.len())
             .sum::<usize>();
-        values.clear();
-        out.clear();
-    };
-    for (i, item) in items.enumerate() {
-        offer(&mut join, i, item);
-        if i % 1024 == 1023 {
-            join.release(now, &mut out);
-            write(&mut join, &mut out);
-        }
-    }
-    join.drain(now, &mut out);
-    write(&mut join, &mut out);
-    (n, join)
+    values.clear();
+    out.clear();
+    n
 }
 
 criterion_group!(benches, bench);

@@ -183,38 +183,10 @@ impl Entry {
         use xoflow_proto::encoding::{self, WireType};
         let cx = self.cx();
         let resolution = self.resolution as i32;
+        // Room for the bytes, the CX fields and every scalar with its key.
+        let mut buf = Vec::with_capacity(self.bytes.len() + cx.encoded_len() + 64);
         // Field by field as prost encodes `JoinHistoryEntry` (proto3: a
         // scalar at its default is left out, a present message never).
-        let event_len = if self.bytes.is_empty() {
-            0
-        } else {
-            encoding::key_len(1)
-                + encoding::encoded_len_varint(self.bytes.len() as u64)
-                + self.bytes.len()
-        };
-        let len = event_len
-            + if resolution != 0 {
-                encoding::int32::encoded_len(2, &resolution)
-            } else {
-                0
-            }
-            + encoding::message::encoded_len(3, cx)
-            + if self.revision != 0 {
-                encoding::uint32::encoded_len(4, &self.revision)
-            } else {
-                0
-            }
-            + if self.output_hash != 0 {
-                encoding::fixed64::encoded_len(5, &self.output_hash)
-            } else {
-                0
-            }
-            + if self.hash_version != 0 {
-                encoding::uint32::encoded_len(6, &self.hash_version)
-            } else {
-                0
-            };
-        let mut buf = Vec::with_capacity(len);
         if !self.bytes.is_empty() {
             encoding::encode_key(1, WireType::LengthDelimited, &mut buf);
             encoding::encode_varint(self.bytes.len() as u64, &mut buf);
@@ -233,7 +205,6 @@ impl Entry {
         if self.hash_version != 0 {
             encoding::uint32::encode(6, &self.hash_version, &mut buf);
         }
-        debug_assert_eq!(buf.len(), len);
         buf
     }
 

@@ -159,27 +159,24 @@ impl Released {
     /// and a decode drops.
     pub fn encode_value(&mut self, buf: &mut Vec<u8>) {
         use xoflow_proto::encoding::{self, WireType};
-        let Some(bytes) = &self.event_bytes else {
+        let (Some(bytes), true) = (&self.event_bytes, self.enriched.event.is_some()) else {
             self.enriched.encode_raw(buf);
             return;
         };
-        let Some(event) = self.enriched.event.take() else {
-            self.enriched.encode_raw(buf);
-            return;
-        };
+        let event = self.enriched.event.take();
         // Compared decoded: prost writes a map (`attributes`) in its hash
         // order, which a decode changes, so the same event can be two
         // byte strings.
         debug_assert_eq!(
             Event::decode(&**bytes).as_ref().ok(),
-            Some(&event),
+            event.as_ref(),
             "bytes of another event"
         );
         encoding::encode_key(1, WireType::LengthDelimited, buf);
         encoding::encode_varint(bytes.len() as u64, buf);
         buf.extend_from_slice(bytes);
         self.enriched.encode_raw(buf);
-        self.enriched.event = Some(event);
+        self.enriched.event = event;
     }
 }
 
