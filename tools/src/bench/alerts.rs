@@ -28,7 +28,9 @@ use xoflow_app::{Config, Stages};
 use xoflow_common::shutdown::Shutdown;
 use xoflow_proto::v1::Event;
 
-use super::support::{VISIBLE_EVENTS, latency_histogram, own_pipeline, ready, round_of, wait_rows};
+use super::support::{
+    Rows, count_visible, latency_histogram, own_pipeline, ready, round_of, wait_rows,
+};
 use crate::{
     datagen::{alerts::DemoConfig, load},
     demo::{self, Receiver},
@@ -66,6 +68,7 @@ pub(super) async fn measure(
     let ch = cfg.clickhouse.client();
     let running = xoflow_app::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
     ready(&running).await?;
+    count_visible(&ch, &cfg.clickhouse.database).await?;
     let addr = format!("http://{}", running.grpc_addr.context("no collector")?);
 
     // Warm-up: consumer-group joins are not latency.
@@ -79,7 +82,7 @@ pub(super) async fn measure(
         },
     )
     .await?;
-    wait_rows(&ch, VISIBLE_EVENTS, warm.accepted, Duration::from_secs(600)).await?;
+    wait_rows(&ch, Rows::Visible, warm.accepted, Duration::from_secs(600)).await?;
     let from_ms = xoflow_common::clock::now_unix_millis();
 
     let half = (peak / 2.0).max(100.0);

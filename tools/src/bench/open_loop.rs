@@ -15,7 +15,9 @@ use xoflow_proto::v1::Event;
 
 use super::{
     process::rss_mib,
-    support::{VISIBLE_EVENTS, count, latency_histogram, own_pipeline, ready, round_of, wait_rows},
+    support::{
+        Rows, count, count_visible, latency_histogram, own_pipeline, ready, round_of, wait_rows,
+    },
 };
 use crate::datagen::load;
 
@@ -70,9 +72,9 @@ fn sample_parts(
 /// twice `peak` for `overload_secs`, sampling this process's resident
 /// memory.
 ///
-/// Visibility is read from `count()` of the events table's revision-0 rows
-/// every 10 ms ([`VISIBLE_EVENTS`]): the k-th acknowledged event counts as
-/// visible when the table holds k of them.
+/// Visibility is read from the count of the events table's revision-0 rows
+/// every 50 ms ([`Rows::Visible`]; every 10 ms before 2026-12-06): the k-th
+/// acknowledged event counts as visible when the table holds k of them.
 /// Rows overtake each other across partitions, so this is the latency of
 /// the pipeline as a queue, not of one particular event.
 pub(super) async fn measure(
@@ -87,6 +89,7 @@ pub(super) async fn measure(
     let ch = cfg.clickhouse.client();
     let running = xoflow_app::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
     ready(&running).await?;
+    count_visible(&ch, &cfg.clickhouse.database).await?;
     let addr = format!("http://{}", running.grpc_addr.context("no collector")?);
 
     // Warm-up, so that consumer-group joins (seconds on the local broker)
@@ -101,8 +104,8 @@ pub(super) async fn measure(
         },
     )
     .await?;
-    wait_rows(&ch, VISIBLE_EVENTS, warm.accepted, Duration::from_secs(600)).await?;
-    let base = count(&ch, VISIBLE_EVENTS).await;
+    wait_rows(&ch, Rows::Visible, warm.accepted, Duration::from_secs(600)).await?;
+    let base = count(&ch, Rows::Visible).await;
 
     // Half the peak, with the visibility timeline polled alongside.
     let half = (peak / 2.0).max(100.0);
@@ -116,9 +119,9 @@ pub(super) async fn measure(
         tokio::spawn(async move {
             let mut seen: Vec<(tokio::time::Instant, u64)> = Vec::new();
             while !stop.is_cancelled() {
-                let c = count(&ch, VISIBLE_EVENTS).await.saturating_sub(base);
+                let c = count(&ch, Rows::Visible).await.saturating_sub(base);
                 seen.push((tokio::time::Instant::now(), c));
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(Rows::Visible.every(Duration::from_millis(10))).await;
             }
             seen
         })
@@ -135,7 +138,7 @@ pub(super) async fn measure(
     .await?;
     wait_rows(
         &ch,
-        VISIBLE_EVENTS,
+        Rows::Visible,
         base + sent.accepted,
         Duration::from_secs(600),
     )

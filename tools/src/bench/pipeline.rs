@@ -15,7 +15,7 @@ use xoflow_proto::v1::Event;
 use super::{
     process::{cpu_seconds, myself, peak_rss_mib, servers},
     report::Figure,
-    support::{Flow, VISIBLE_EVENTS, follow_rows, own_pipeline, ready, send_apart},
+    support::{Flow, Rows, count_visible, follow_rows, own_pipeline, ready, send_apart},
 };
 use crate::datagen::load;
 
@@ -28,7 +28,8 @@ pub(super) struct PipelineResult {
     pub(super) cpu_us_self: Figure,
     /// CPU per event of the load generator's thread.
     pub(super) cpu_us_load: f64,
-    pub(super) cpu_us_servers: f64,
+    /// CPU per event of the broker and of ClickHouse.
+    pub(super) cpu_us_servers: [f64; 2],
     pub(super) rss_mib: f64,
 }
 
@@ -37,11 +38,17 @@ pub(super) async fn measure(cfg: &Config, events: Vec<Event>) -> anyhow::Result<
     let ch = cfg.clickhouse.client();
     let running = xoflow_app::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
     ready(&running).await?;
+    count_visible(&ch, &cfg.clickhouse.database).await?;
     let servers = servers();
     let me = myself();
     let cpu = || me.as_ref().and_then(cpu_seconds).unwrap_or(0.0);
     let cpu0 = cpu();
-    let srv0: f64 = servers.iter().filter_map(cpu_seconds).sum();
+    let servers_cpu = || {
+        servers
+            .each_ref()
+            .map(|s| s.as_ref().and_then(cpu_seconds).unwrap_or(0.0))
+    };
+    let srv0 = servers_cpu();
     let n = events.len() as u64;
     let addr = format!("http://{}", running.grpc_addr.context("no collector")?);
     let mut flow = Flow::start(n);
@@ -57,7 +64,7 @@ pub(super) async fn measure(cfg: &Config, events: Vec<Event>) -> anyhow::Result<
     // Rows are followed while the events are sent; a refused event would
     // leave the follower waiting for a row that never comes: say so at once.
     let (sent, load_cpu) = {
-        let follow = follow_rows(&ch, VISIBLE_EVENTS, 0, &mut flow, Duration::from_secs(900));
+        let follow = follow_rows(&ch, Rows::Visible, 0, &mut flow, Duration::from_secs(900));
         tokio::pin!(send, follow);
         let mut followed = None;
         let sent = tokio::select! {
@@ -80,7 +87,7 @@ pub(super) async fn measure(cfg: &Config, events: Vec<Event>) -> anyhow::Result<
         (sent, load_cpu)
     };
     let cpu = cpu() - cpu0;
-    let srv: f64 = servers.iter().filter_map(cpu_seconds).sum::<f64>() - srv0;
+    let srv = servers_cpu();
     running.stop();
     running.wait().await?;
     let _ = cfg.clickhouse.drop_database().await;
@@ -93,7 +100,7 @@ pub(super) async fn measure(cfg: &Config, events: Vec<Event>) -> anyhow::Result<
             whole_run: Some(cpu * 1e6 / n as f64),
         },
         cpu_us_load: load_cpu * 1e6 / n as f64,
-        cpu_us_servers: srv * 1e6 / n as f64,
+        cpu_us_servers: [0, 1].map(|i| (srv[i] - srv0[i]) * 1e6 / n as f64),
         rss_mib: peak_rss_mib(),
     })
 }

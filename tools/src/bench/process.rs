@@ -30,16 +30,14 @@ pub(super) fn myself() -> Option<Process> {
     Process::myself().ok()
 }
 
-/// The local broker's and ClickHouse's processes, when their pid files say
-/// where they are.
-pub(super) fn servers() -> Vec<Process> {
+/// The local broker's and ClickHouse's processes, in that order, each when
+/// its pid file says where it is.
+pub(super) fn servers() -> [Option<Process>; 2] {
     let scratch = std::env::var("XOFLOW_SCRATCH").unwrap_or_else(|_| "target/xoflow-local".into());
-    ["broker", "clickhouse"]
-        .iter()
-        .filter_map(|s| std::fs::read_to_string(format!("{scratch}/{s}.pid")).ok())
-        .filter_map(|p| p.trim().parse::<i32>().ok())
-        .filter_map(|pid| Process::new(pid).ok())
-        .collect()
+    ["broker", "clickhouse"].map(|s| {
+        let pid = std::fs::read_to_string(format!("{scratch}/{s}.pid")).ok()?;
+        Process::new(pid.trim().parse().ok()?).ok()
+    })
 }
 
 /// Peak resident memory of this process (`VmHWM`) in MiB.

@@ -30,7 +30,7 @@ use xoflow_sink::clickhouse::row::{EventRow, Lineage};
 
 use super::{
     report::Figure,
-    support::{Flow, count, follow_rows, own_pipeline, send_keyed, wait_rows},
+    support::{Flow, Rows, count, follow_rows, own_pipeline, send_keyed, wait_rows},
 };
 
 /// Rows per second: the sink fed as the records are produced (B3, B6), the
@@ -117,7 +117,7 @@ pub(super) async fn measure(cfg: &Config, events: &[Event]) -> anyhow::Result<Si
     if !ok {
         bail!("clickhouse-client insert failed");
     }
-    let copied = count(&ch, &format!("{}.events", copy_cfg.database)).await;
+    let copied = count(&ch, Rows::Of(&format!("{}.events", copy_cfg.database))).await;
     let _ = copy_cfg.drop_database().await;
     if copied != n {
         bail!("clickhouse-client inserted {copied} rows, expected {n}");
@@ -155,7 +155,14 @@ async fn drain_backlog(
         settle(&ch, &cfg.clickhouse.database).await;
         let mut flow = Flow::start(encoded.len() as u64);
         let running = xoflow_app::start(own.clone(), Stages::SINK, Shutdown::new()).await?;
-        let followed = follow_rows(&ch, "events", 0, &mut flow, Duration::from_secs(600)).await;
+        let followed = follow_rows(
+            &ch,
+            Rows::Of("events"),
+            0,
+            &mut flow,
+            Duration::from_secs(600),
+        )
+        .await;
         running.stop();
         running.wait().await?;
         followed.map(|()| flow.rate())
@@ -292,7 +299,7 @@ async fn timed_feed(
 ) -> anyhow::Result<Figure> {
     let n = encoded.len() as u64;
     send_keyed(producer, topic, &encoded[..1]).await?;
-    wait_rows(ch, "events", 1, Duration::from_secs(600)).await?;
+    wait_rows(ch, Rows::Of("events"), 1, Duration::from_secs(600)).await?;
     let mut flow = Flow::start(n - 1);
     let feed = async {
         for chunk in encoded[1..].chunks(10_000) {
@@ -302,7 +309,13 @@ async fn timed_feed(
     };
     // The rows are followed while they are fed: a rate taken only after
     // the last produce would miss the middle of the flow.
-    let followed = follow_rows(ch, "events", 1, &mut flow, Duration::from_secs(600));
+    let followed = follow_rows(
+        ch,
+        Rows::Of("events"),
+        1,
+        &mut flow,
+        Duration::from_secs(600),
+    );
     let (fed, followed) = tokio::join!(feed, followed);
     fed?;
     followed?;
