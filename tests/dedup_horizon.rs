@@ -3,7 +3,9 @@
 //! and then again, thousands of offsets later (a re-run import far beyond
 //! the window): `events` holds each revision once without `FINAL`, and the
 //! aggregates, `survey_answers` and `revenue_metrics` count each event once;
-//! a third pass read by a restarted sink stores nothing either.
+//! a third pass read by a restarted sink stores nothing either. Ids stored
+//! before migration 16, in `event_ids` by their day alone, still count as
+//! stored.
 
 mod common;
 
@@ -21,6 +23,26 @@ async fn count(ch: &clickhouse::Client, sql: &str) -> u64 {
         .fetch_one::<u64>()
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Each event as the enrich stage would emit it, keyed by its id.
+fn enriched(events: &[Event]) -> Vec<(Vec<u8>, String)> {
+    events
+        .iter()
+        .map(|e| {
+            let en = EnrichedEvent {
+                cx: Some(xoflow_enrich::derive::cx_fields(e)),
+                resolved_customer_id: e
+                    .customer
+                    .as_ref()
+                    .map(|c| c.customer_id.clone())
+                    .unwrap_or_default(),
+                event: Some(e.clone()),
+                ..Default::default()
+            };
+            (en.encode_to_vec(), e.event_id.clone())
+        })
+        .collect()
 }
 
 async fn produce(cfg: &xoflow::Config, encoded: &[(Vec<u8>, String)]) {
@@ -46,22 +68,7 @@ async fn copies_far_beyond_the_dedup_window_count_nothing_twice() {
         .await
         .expect("topics");
     let events: Vec<Event> = sample::events(23, EVENTS, "acme", &id, common::now_ms());
-    let encoded: Vec<(Vec<u8>, String)> = events
-        .iter()
-        .map(|e| {
-            let en = EnrichedEvent {
-                cx: Some(xoflow_enrich::derive::cx_fields(e)),
-                resolved_customer_id: e
-                    .customer
-                    .as_ref()
-                    .map(|c| c.customer_id.clone())
-                    .unwrap_or_default(),
-                event: Some(e.clone()),
-                ..Default::default()
-            };
-            (en.encode_to_vec(), e.event_id.clone())
-        })
-        .collect();
+    let encoded = enriched(&events);
     let answers: u64 = events
         .iter()
         .map(|e| match &e.payload {
@@ -110,6 +117,67 @@ async fn copies_far_beyond_the_dedup_window_count_nothing_twice() {
     assert_eq!(
         count(&ch, "SELECT sumMerge(paid_orders) FROM revenue_metrics").await,
         orders
+    );
+    common::drop_database(&cfg).await;
+}
+
+/// A database upgraded to migration 16 keeps in `event_ids` the ids stored
+/// before it, by their day only (their hours were never recorded): a copy
+/// of one of them, far beyond the window, is still dropped, and what is
+/// stored from then on is indexed by the hour alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_stored_before_the_hourly_index_still_count() {
+    let (mut cfg, id) = common::config("");
+    cfg.sink.dedup_window = 10;
+    let t = &cfg.kafka.topics;
+    cfg.kafka
+        .ensure_topics(&[&t.enriched, &t.dead_letters])
+        .await
+        .expect("topics");
+    xoflow_sink::migrate(&cfg.clickhouse)
+        .await
+        .expect("migrations");
+    let events: Vec<Event> = sample::events(29, 200, "acme", &id, common::now_ms());
+    let (before, after) = events.split_at(100);
+    // What a sink before migration 16 left: the ids, in `event_ids` only.
+    let ch = cfg.clickhouse.client();
+    let values: Vec<String> = before
+        .iter()
+        .map(|e| {
+            let secs = e.occurred_at.as_ref().expect("time").seconds;
+            format!(
+                "('{}', toDate(toDateTime({secs})), '{}', 0)",
+                e.tenant, e.event_id
+            )
+        })
+        .collect();
+    ch.query(&format!(
+        "INSERT INTO event_ids (tenant, day, event_id, revision) VALUES {}",
+        values.join(", ")
+    ))
+    .execute()
+    .await
+    .expect("ids stored before the upgrade");
+
+    produce(&cfg, &enriched(&events)).await;
+    let running = common::start(&cfg, xoflow::Stages::SINK).await;
+    common::sink_drained(&cfg, &cfg.sink.group_id).await;
+    running.stop();
+    running.wait().await.expect("clean stop");
+
+    assert_eq!(
+        count(&ch, "SELECT count() FROM events").await,
+        after.len() as u64,
+        "the events stored before are copies"
+    );
+    assert_eq!(
+        count(&ch, "SELECT count() FROM event_ids_hourly").await,
+        after.len() as u64
+    );
+    assert_eq!(
+        count(&ch, "SELECT count() FROM event_ids").await,
+        before.len() as u64,
+        "event_ids is no longer fed"
     );
     common::drop_database(&cfg).await;
 }

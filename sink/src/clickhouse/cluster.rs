@@ -231,7 +231,8 @@ mod tests {
                 "revenue_metrics",
                 "survey_answers",
                 "erasure_receipts",
-                "event_ids"
+                "event_ids",
+                "event_ids_hourly"
             ]
         );
         let schema = cluster_schema();

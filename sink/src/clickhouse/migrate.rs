@@ -151,6 +151,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0015_event_ids.sql"),
         requires: &[],
     },
+    Migration {
+        version: 16,
+        name: "event_ids_by_hour",
+        sql: include_str!("../../migrations/0016_event_ids_by_hour.sql"),
+        requires: &[],
+    },
 ];
 
 impl Migration {
