@@ -409,19 +409,6 @@ async fn clickhouse_26_9_returns_the_same_figures_as_18_16() {
     .expect("erasure");
     assert!(!receipt.found, "{receipt:?}");
 
-    // Ids a sink before migration 16 left in `event_ids`, by their day:
-    // nothing feeds that table since, and a database upgraded from then
-    // keeps them (the sink still looks them up).
-    cfg.clickhouse
-        .client()
-        .query(
-            "INSERT INTO event_ids (tenant, day, event_id, revision) VALUES \
-             ('fixture-a', '2026-11-30', 'fx-old-1', 0), ('fixture-b', '2026-12-01', 'fx-old-2', 1)",
-        )
-        .execute()
-        .await
-        .expect("ids stored before migration 16");
-
     let dir = scratch().join(format!("clickhouse_current-{id}"));
     std::fs::create_dir_all(&dir).expect("work dir");
     let ch = cfg.clickhouse.client();
@@ -475,14 +462,6 @@ async fn clickhouse_26_9_returns_the_same_figures_as_18_16() {
             "alert_actions",
             ActionRow::COLUMN_NAMES,
             Some("alert_id, at_ms"),
-        )
-        .await,
-        export(
-            &ch,
-            &dir,
-            "event_ids",
-            &["tenant", "day", "event_id", "revision", "first_stored"],
-            Some("tenant, day, event_id, revision"),
         )
         .await,
         export(

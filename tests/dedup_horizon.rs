@@ -122,9 +122,11 @@ async fn copies_far_beyond_the_dedup_window_count_nothing_twice() {
 }
 
 /// A database upgraded to migration 16 keeps in `event_ids` the ids stored
-/// before it, by their day only (their hours were never recorded): a copy
-/// of one of them, far beyond the window, is still dropped, and what is
-/// stored from then on is indexed by the hour alone.
+/// before it, by their day only (their hours were never recorded), and the
+/// migration records where they end: a copy of one of them, far beyond the
+/// window, is still dropped; a batch entirely after that bound asks
+/// `event_ids_hourly` alone; `event_ids` is still fed, for a sink of the
+/// previous version running beside this one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_stored_before_the_hourly_index_still_count() {
     let (mut cfg, id) = common::config("");
@@ -137,47 +139,82 @@ async fn ids_stored_before_the_hourly_index_still_count() {
     xoflow_sink::migrate(&cfg.clickhouse)
         .await
         .expect("migrations");
-    let events: Vec<Event> = sample::events(29, 200, "acme", &id, common::now_ms());
+    let mut events: Vec<Event> = sample::events(29, 201, "acme", &id, common::now_ms());
+    let stray = events.pop().expect("201 events");
+    // Stored three days ago, before the upgrade.
+    for e in &mut events[..100] {
+        let at = e.occurred_at.as_mut().expect("time");
+        at.seconds -= 3 * 86_400;
+    }
     let (before, after) = events.split_at(100);
-    // What a sink before migration 16 left: the ids, in `event_ids` only.
     let ch = cfg.clickhouse.client();
-    let values: Vec<String> = before
-        .iter()
-        .map(|e| {
-            let secs = e.occurred_at.as_ref().expect("time").seconds;
-            format!(
-                "('{}', toDate(toDateTime({secs})), '{}', 0)",
-                e.tenant, e.event_id
-            )
-        })
-        .collect();
-    ch.query(&format!(
-        "INSERT INTO event_ids (tenant, day, event_id, revision) VALUES {}",
-        values.join(", ")
-    ))
+    let stored_in_event_ids = |events: &[Event]| {
+        let values: Vec<String> = events
+            .iter()
+            .map(|e| {
+                let secs = e.occurred_at.as_ref().expect("time").seconds;
+                format!(
+                    "('{}', toDate(toDateTime({secs})), '{}', 0)",
+                    e.tenant, e.event_id
+                )
+            })
+            .collect();
+        format!(
+            "INSERT INTO event_ids (tenant, day, event_id, revision) VALUES {}",
+            values.join(", ")
+        )
+    };
+    // What a sink before migration 16 left, and what the migration would
+    // have recorded of it.
+    ch.query(&stored_in_event_ids(before))
+        .execute()
+        .await
+        .expect("ids stored before the upgrade");
+    ch.query(
+        "INSERT INTO event_ids_hourly_from (k, at) \
+         SELECT 0, toUInt32(toDateTime(max(day) + 1)) FROM event_ids",
+    )
     .execute()
     .await
-    .expect("ids stored before the upgrade");
+    .expect("the bound");
 
     produce(&cfg, &enriched(&events)).await;
     let running = common::start(&cfg, xoflow::Stages::SINK).await;
+    common::sink_drained(&cfg, &cfg.sink.group_id).await;
+    assert_eq!(
+        count(&ch, "SELECT count() FROM events").await,
+        after.len() as u64,
+        "the events stored before the upgrade are copies"
+    );
+    // An id only `event_ids` holds, of a time after the bound (no sink
+    // leaves one: since migration 16 every id is in `event_ids_hourly`
+    // too): a batch of such times does not ask `event_ids`.
+    ch.query(&stored_in_event_ids(std::slice::from_ref(&stray)))
+        .execute()
+        .await
+        .expect("a stray id");
+    produce(&cfg, &enriched(std::slice::from_ref(&stray))).await;
     common::sink_drained(&cfg, &cfg.sink.group_id).await;
     running.stop();
     running.wait().await.expect("clean stop");
 
     assert_eq!(
         count(&ch, "SELECT count() FROM events").await,
-        after.len() as u64,
-        "the events stored before are copies"
+        after.len() as u64 + 1,
+        "a batch after the bound asks event_ids_hourly alone"
     );
     assert_eq!(
         count(&ch, "SELECT count() FROM event_ids_hourly").await,
-        after.len() as u64
+        after.len() as u64 + 1
     );
     assert_eq!(
-        count(&ch, "SELECT count() FROM event_ids").await,
-        before.len() as u64,
-        "event_ids is no longer fed"
+        count(
+            &ch,
+            "SELECT uniqExact(tenant, event_id, revision) FROM event_ids"
+        )
+        .await,
+        before.len() as u64 + after.len() as u64 + 1,
+        "event_ids is still fed"
     );
     common::drop_database(&cfg).await;
 }

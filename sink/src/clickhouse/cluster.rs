@@ -232,7 +232,8 @@ mod tests {
                 "survey_answers",
                 "erasure_receipts",
                 "event_ids",
-                "event_ids_hourly"
+                "event_ids_hourly",
+                "event_ids_hourly_from"
             ]
         );
         let schema = cluster_schema();
@@ -289,6 +290,15 @@ mod tests {
             .expect("mv");
         assert!(mv.contains("TO xo.touchpoint_metrics_local"), "{mv}");
         assert!(mv.contains("FROM xo.events_local"), "{mv}");
+        // A table whose name starts with another's is rewritten as itself.
+        let ids = schema
+            .iter()
+            .find(|s| {
+                s.starts_with("CREATE MATERIALIZED VIEW IF NOT EXISTS xo.event_ids_hourly_mv")
+            })
+            .expect("event_ids_hourly_mv");
+        assert!(ids.contains("TO xo.event_ids_hourly_local "), "{ids}");
+        assert!(ids.contains("FROM xo.events_local"), "{ids}");
         assert!(
             !mv.contains("xo.events\n") && !mv.contains("xo.events "),
             "{mv}"

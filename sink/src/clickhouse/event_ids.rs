@@ -1,11 +1,11 @@
 //! The `event_ids` look-up: which of a batch's (tenant, event id,
 //! revision) ClickHouse already stores (docs/clickhouse.md, "Exactly
 //! once", idempotency without a horizon), in `event_ids_hourly` by the
-//! hour of each event and, for the ids stored before migration 16, in
-//! `event_ids` by its day.
+//! hour of each event and, for a batch reaching back before migration 16,
+//! in `event_ids` by its day too.
 //!
 //! In: the batch's keys (tenant, event time in seconds, event id). Out: the
-//! (tenant, event id, revision) triples `event_ids` holds for them. The
+//! (tenant, event id, revision) triples the index holds for them. The
 //! keys travel as HTTP *external data*: a tab-separated file part of a
 //! multipart request that ClickHouse reads as a temporary table. Sent as a
 //! string literal inside the query instead, 50,000 keys made a 2.4 MB
@@ -34,7 +34,7 @@ const KEYS: &str = "batch_keys";
 /// The multipart boundary around the keys' file part.
 const BOUNDARY: &str = "xoflow-event-ids-5c0f3b7e9a1d4e26";
 
-/// Looks batches up in `event_ids` on one server (or, on a cluster, through
+/// Looks batches up in the dedup index on one server (or, on a cluster, through
 /// its `Distributed` table: ClickHouse sends external data on to every
 /// shard).
 #[derive(Clone)]
@@ -48,8 +48,9 @@ pub(super) struct EventIds {
     bound: String,
     user: String,
     password: String,
-    /// Unix seconds from which `event_ids` holds no id: read once, at the
-    /// first look-up, after the migrations (see [`EventIds::hourly_from`]).
+    /// Unix seconds of event time from which `event_ids` need not be
+    /// asked: read once, at the first look-up (see
+    /// [`EventIds::hourly_from`]).
     hourly_from: Arc<tokio::sync::OnceCell<u32>>,
 }
 
@@ -60,7 +61,7 @@ pub(super) struct Lookup {
     earliest: u32,
 }
 
-/// One key of a batch: what `event_ids` is sorted by.
+/// One key of a batch: what the index is sorted by.
 pub(super) struct Key<'a> {
     pub tenant: &'a str,
     /// The event time, Unix seconds: its hour and its day (in the server's
@@ -76,7 +77,7 @@ pub(super) type Stored = Vec<(String, String, u32)>;
 /// A look-up running on a task of its own.
 pub(super) type Pending = tokio::task::JoinHandle<Result<Stored, SinkError>>;
 
-/// A row's key in `event_ids`.
+/// A row's key in the index.
 pub(super) fn key(r: &EventRow) -> Key<'_> {
     Key {
         tenant: &r.tenant,
@@ -88,9 +89,10 @@ pub(super) fn key(r: &EventRow) -> Key<'_> {
 impl EventIds {
     pub fn new(ch: &ClickHouseConfig) -> Self {
         // By the hour in `event_ids_hourly`, fed since migration 16; by the
-        // day in `event_ids`, which holds the ids stored before it, only
-        // when a key falls before `hourly_from` (a second set built from
-        // the keys: 17 ms of the server's CPU for 5,000 keys against 9).
+        // day in `event_ids` too, for the ids stored before it, only when a
+        // key falls before `hourly_from`: asking both builds a second set
+        // from the keys (17 ms of the server's CPU for 5,000 keys against
+        // 9) and reads the days' granules again.
         let by_hour = format!(
             "SELECT tenant, event_id, revision FROM event_ids_hourly \
              WHERE (tenant, hour, event_id) IN \
@@ -102,7 +104,7 @@ impl EventIds {
              (SELECT tenant, toDate(toDateTime(occurred_at)), event_id FROM {KEYS})"
         );
         let (structure, format) = (format!("{KEYS}_structure"), format!("{KEYS}_format"));
-        let uri = |sql: &str| {
+        let uri = |sql: &str, keys: bool| {
             let mut params = vec![
                 ("database", ch.database.as_str()),
                 ("query", sql),
@@ -110,7 +112,7 @@ impl EventIds {
                 // while reading is a status code, not a truncated body.
                 ("wait_end_of_query", "1"),
             ];
-            if sql.contains(KEYS) {
+            if keys {
                 params.extend([
                     (
                         structure.as_str(),
@@ -131,14 +133,16 @@ impl EventIds {
         };
         EventIds {
             http: Client::builder(TokioExecutor::new()).build_http(),
-            by_hour: uri(&format!("{by_hour} FORMAT RowBinary")),
-            both: uri(&format!("{by_hour} UNION ALL {by_day} FORMAT RowBinary")),
-            // The start of the day after the last `event_ids` holds, in the
-            // server's time zone as its view computed the days; 0 when it
-            // holds none (installed at migration 16 or later).
+            by_hour: uri(&format!("{by_hour} FORMAT RowBinary"), true),
+            both: uri(
+                &format!("{by_hour} UNION ALL {by_day} FORMAT RowBinary"),
+                true,
+            ),
+            // Recorded by migration 16; the latest, should two sinks have
+            // migrated at once.
             bound: uri(
-                "SELECT toUInt32(if(count() = 0, 0, toUInt32(toDateTime(max(day) + 1)))) \
-                 FROM event_ids FORMAT TabSeparated",
+                "SELECT max(at) FROM event_ids_hourly_from FORMAT TabSeparated",
+                false,
             ),
             user: ch.user.clone(),
             password: ch.password.clone(),
@@ -146,21 +150,21 @@ impl EventIds {
         }
     }
 
-    /// Unix seconds from which every stored id is in `event_ids_hourly`
-    /// alone. `event_ids` is no longer fed once migration 16 ran (which
-    /// every sink does before it reads), so the answer does not change;
-    /// read again after a failure.
+    /// Unix seconds of event time from which every stored id is in
+    /// `event_ids_hourly`: what migration 16 recorded (which every sink
+    /// runs before it reads), the start of the day after the last
+    /// `event_ids` held then. Read once; again after a failure.
     async fn hourly_from(&self) -> Result<u32, SinkError> {
         let bound = self
             .hourly_from
             .get_or_try_init(|| async {
-                let answer = self.post(&self.bound, None).await?;
+                let answer = self.request(&self.bound, None).await?;
                 std::str::from_utf8(&answer)
                     .ok()
                     .and_then(|s| s.trim().parse().ok())
                     .ok_or_else(|| {
                         SinkError::clickhouse(clickhouse::error::Error::BadResponse(format!(
-                            "event_ids: unreadable last day: {:?}",
+                            "event_ids_hourly_from: unreadable answer {:?}",
                             String::from_utf8_lossy(&answer)
                         )))
                     })
@@ -215,7 +219,7 @@ impl EventIds {
         } else {
             &self.by_hour
         };
-        let answer = self.post(uri, Some(lookup.body)).await?;
+        let answer = self.request(uri, Some(lookup.body)).await?;
         parse_rows(&answer).ok_or_else(|| {
             SinkError::clickhouse(clickhouse::error::Error::BadResponse(format!(
                 "event_ids look-up: unreadable answer of {} bytes",
@@ -227,7 +231,7 @@ impl EventIds {
     /// POSTs to `uri` `keys` (a [`Lookup`]'s body) as its external data,
     /// or GETs it without keys (18.16 refuses a POST without a length), and
     /// returns the answer of a 200.
-    async fn post(&self, uri: &str, keys: Option<Vec<u8>>) -> Result<Bytes, SinkError> {
+    async fn request(&self, uri: &str, keys: Option<Vec<u8>>) -> Result<Bytes, SinkError> {
         let request = match keys {
             Some(_) => Request::post(uri).header(
                 "Content-Type",

@@ -116,8 +116,8 @@ pub(super) async fn flush(
     }
     // Bound the dedup memory: a partition whose id set holds the window
     // forgets it before the next batch could grow its table
-    // (`Written::bound`). Nothing is lost: every pair written is in
-    // `event_ids`, which each flush looks up. (Dropping the whole
+    // (`Written::bound`). Nothing is lost: every pair written is in the
+    // dedup index (`event_ids_hourly`), which each flush looks up. (Dropping the whole
     // partition state instead, to reload it, would re-read from the stored
     // position; after a long run of copies, which store nothing, that
     // position stays behind and the re-read would never end.)
@@ -160,12 +160,13 @@ pub(super) struct LookedUp {
     pub rows: usize,
 }
 
-/// Drops from `rows` every (tenant, event id, revision) `event_ids` holds:
-/// copies of revisions stored at any time, beyond the in-memory window of
-/// recent pairs (`sink.dedup_window`). The rows `ahead` covers were looked
-/// up while the batch filled; the rest are looked up now, by the index's
-/// primary key (tenant, day, event id): the keys travel as external data
-/// ([`EventIds`]), and the `IN` set prunes the index to the batch's days.
+/// Drops from `rows` every (tenant, event id, revision) the dedup index
+/// holds: copies of revisions stored at any time, beyond the in-memory
+/// window of recent pairs (`sink.dedup_window`). The rows `ahead` covers
+/// were looked up while the batch filled; the rest are looked up now, by
+/// the index's primary key (tenant, hour, event id): the keys travel as
+/// external data ([`EventIds`]), and the `IN` set prunes the index to the
+/// batch's hours.
 /// A look-up sent ahead that failed is not retried on its own: the whole
 /// batch is looked up again here, through the outage. Returns how many
 /// were dropped (their offsets are still committed: a copy stores
