@@ -172,7 +172,7 @@ async fn ids_stored_before_the_hourly_index_still_count() {
         .expect("ids stored before the upgrade");
     ch.query(
         "INSERT INTO event_ids_hourly_from (k, at) \
-         SELECT 0, toUInt32(toDateTime(max(day) + 1)) FROM event_ids",
+         SELECT 0, toUInt32(toDateTime(max(day) + 2)) FROM event_ids",
     )
     .execute()
     .await

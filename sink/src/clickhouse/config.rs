@@ -62,8 +62,8 @@ pub struct SinkConfig {
     /// remembered to drop redelivered copies of an event (enrich retries,
     /// clients re-sending). Bounds the dedup memory.
     pub dedup_window: i64,
-    /// Look every batch's (tenant, event id, revision) up in `event_ids`
-    /// before inserting, so that a copy arriving beyond `dedup_window` (a
+    /// Look every batch's (tenant, event id, revision) up in the dedup
+    /// index (`event_ids_hourly`) before inserting, so that a copy arriving beyond `dedup_window` (a
     /// re-run import months later) is dropped too: idempotency without a
     /// horizon for everything the aggregates count. Costs a lookup per
     /// fifth of `batch_rows`, sent as the batch fills, and one for the rest

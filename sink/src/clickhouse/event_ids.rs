@@ -141,7 +141,7 @@ impl EventIds {
             // Recorded by migration 16; the latest, should two sinks have
             // migrated at once.
             bound: uri(
-                "SELECT max(at) FROM event_ids_hourly_from FORMAT TabSeparated",
+                "SELECT count(), max(at) FROM event_ids_hourly_from FORMAT TabSeparated",
                 false,
             ),
             user: ch.user.clone(),
@@ -152,25 +152,29 @@ impl EventIds {
 
     /// Unix seconds of event time from which every stored id is in
     /// `event_ids_hourly`: what migration 16 recorded (which every sink
-    /// runs before it reads), the start of the day after the last
-    /// `event_ids` held then. Read once; again after a failure.
+    /// runs before it reads). Read until it is there, then kept: on a
+    /// cluster the migration's row goes through a `Distributed` table and
+    /// may reach its shard after this sink migrated, and until then every
+    /// look-up asks both tables.
     async fn hourly_from(&self) -> Result<u32, SinkError> {
-        let bound = self
-            .hourly_from
-            .get_or_try_init(|| async {
-                let answer = self.request(&self.bound, None).await?;
-                std::str::from_utf8(&answer)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                    .ok_or_else(|| {
-                        SinkError::clickhouse(clickhouse::error::Error::BadResponse(format!(
-                            "event_ids_hourly_from: unreadable answer {:?}",
-                            String::from_utf8_lossy(&answer)
-                        )))
-                    })
-            })
-            .await?;
-        Ok(*bound)
+        if let Some(bound) = self.hourly_from.get() {
+            return Ok(*bound);
+        }
+        let answer = self.request(&self.bound, None).await?;
+        let read = std::str::from_utf8(&answer).ok().and_then(|s| {
+            let (rows, at) = s.trim().split_once('\t')?;
+            Some((rows.parse::<u64>().ok()?, at.parse::<u32>().ok()?))
+        });
+        match read {
+            Some((0, _)) => Ok(u32::MAX),
+            Some((_, at)) => Ok(*self.hourly_from.get_or_init(|| async { at }).await),
+            None => Err(SinkError::clickhouse(
+                clickhouse::error::Error::BadResponse(format!(
+                    "event_ids_hourly_from: unreadable answer {:?}",
+                    String::from_utf8_lossy(&answer)
+                )),
+            )),
+        }
     }
 
     /// The stored (tenant, event id, revision) of `keys`' events.
