@@ -407,7 +407,14 @@ mod tests {
         let mock = MockCluster::new(1).expect("mock cluster");
         mock.create_topic("a", 2, 1).expect("topic a");
         mock.create_topic("b", 1, 1).expect("topic b");
-        let cfg = KafkaConfig::with_brokers(mock.bootstrap_servers());
+        // Not `with_brokers`' 1 s: the idempotent producer's first
+        // connection and producer id come before any record is sent, and
+        // on two cores busy with the rest of the suite that took longer,
+        // failing every record with `MessageTimedOut`.
+        let cfg = KafkaConfig {
+            message_timeout: Duration::from_secs(30),
+            ..KafkaConfig::with_brokers(mock.bootstrap_servers())
+        };
         let producer = cfg.batch_producer().expect("producer");
         let payloads: Vec<Vec<u8>> = (0..30u32).map(|i| i.to_be_bytes().to_vec()).collect();
         let records: Vec<Outgoing<'_>> =
