@@ -5,12 +5,17 @@
 //! arrives exactly once and readiness is 200 again. Real broker; a
 //! ClickHouse of the test's own on free ports (the shared one is never
 //! stopped), started the way deploy/local/up.sh starts it.
+//!
+//! The same through a proxy answering for an absent server (502, 503 with
+//! a page of its own, no ClickHouse error code): a retry, not a reason to
+//! stop, for the look-ups and the inserts alike.
 
 mod common;
 
 use std::time::Duration;
 
 use clickhouse::Row;
+use common::{Gateway, StallingProxy};
 use serde::Deserialize;
 use xoflow::Stages;
 
@@ -148,4 +153,97 @@ async fn the_sink_rides_out_a_clickhouse_outage_and_says_so() {
         .map(|s| s.rows_stored)
         .sum();
     assert_eq!(rows, 4_000);
+}
+
+/// A load balancer's page for a server that is away: no ClickHouse code.
+const NGINX_503: &str = "<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_rides_out_a_proxy_answering_for_an_absent_server() {
+    let (mut cfg, id) = common::config("");
+    // Counted on the server itself, past the proxy.
+    let ch = cfg.clickhouse.client();
+    let proxy = StallingProxy::start(&cfg.clickhouse.url).await;
+    cfg.clickhouse.url = proxy.url();
+    cfg.sink.retry_backoff = Duration::from_millis(100);
+    cfg.sink.retry_max_backoff = Duration::from_secs(1);
+    let t = &cfg.kafka.topics;
+    cfg.kafka
+        .ensure_topics(&[&t.enriched, &t.dead_letters])
+        .await
+        .expect("topics");
+
+    let first: Vec<_> = (0..1_000).map(|i| enriched(&id, i)).collect();
+    common::produce_enriched(&cfg, &first).await;
+    let running = common::start(&cfg, Stages::SINK).await;
+    let admin = running.admin_addr.to_string();
+    common::wait_for("the first rows", Duration::from_secs(90), || {
+        let ch = ch.clone();
+        async move { counts(&ch).await.is_some_and(|c| c.aggregated >= 1_000) }
+    })
+    .await;
+
+    // Every request answered by the proxy with a bare 502 (the look-ups of
+    // the batch's ids come first, so they are what fails), then only the
+    // inserts with nginx's 503 page (the look-ups pass).
+    let phases = [
+        (
+            Gateway {
+                status: "502 Bad Gateway",
+                body: "",
+                only: None,
+            },
+            1_000..2_000,
+        ),
+        (
+            Gateway {
+                status: "503 Service Temporarily Unavailable",
+                body: NGINX_503,
+                only: Some("query=INSERT"),
+            },
+            2_000..3_000,
+        ),
+    ];
+    for (gateway, events) in phases {
+        let before = proxy.answered();
+        proxy.answer(gateway);
+        let batch: Vec<_> = events.map(|i| enriched(&id, i)).collect();
+        common::produce_enriched(&cfg, &batch).await;
+        common::wait_for(
+            &format!("the sink to retry through {}", gateway.status),
+            Duration::from_secs(90),
+            || {
+                let reasons = running.health.check().err().unwrap_or_default();
+                let answered = proxy.answered() - before;
+                async move { answered >= 5 && attempt_in(&reasons).is_some_and(|a| a >= 3) }
+            },
+        )
+        .await;
+        let (code, body) = common::http_get(&admin, "/health/ready").await;
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("sink: clickhouse_unreachable"), "{body}");
+        assert!(
+            !running.shutdown.token.is_cancelled(),
+            "the sink must not exit on a proxy's {}",
+            gateway.status
+        );
+    }
+
+    proxy.resume();
+    common::wait_for("every row", Duration::from_secs(90), || {
+        let ch = ch.clone();
+        async move { counts(&ch).await.is_some_and(|c| c.aggregated >= 3_000) }
+    })
+    .await;
+    common::wait_ready(&running, "readiness to return", Duration::from_secs(30)).await;
+    assert_eq!(
+        counts(&ch).await,
+        Some(Counts {
+            events: 3_000,
+            distinct_events: 3_000,
+            aggregated: 3_000,
+        })
+    );
+    running.stop();
+    running.wait().await.expect("clean shutdown");
 }

@@ -801,14 +801,35 @@ impl StageProcess {
 /// can stall: paused, it cuts every connection through it and closes each
 /// new one at once, as a server that went away; resumed, it forwards again.
 /// A stage pointed at it stops making progress on that server while it
-/// stays up and scrapeable.
+/// stays up and scrapeable. [`StallingProxy::answer`] makes it a gateway
+/// answering for a server that is away, as a load balancer does.
 pub struct StallingProxy {
     pub addr: std::net::SocketAddr,
-    paused: tokio::sync::watch::Sender<bool>,
+    mode: tokio::sync::watch::Sender<ProxyMode>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum ProxyMode {
+    Forward,
+    Cut,
+    Answer(Gateway),
+}
+
+/// What [`StallingProxy::answer`] answers in the server's place.
+#[derive(Clone, Copy, PartialEq)]
+pub struct Gateway {
+    /// The status line's code and reason, e.g. `502 Bad Gateway`.
+    pub status: &'static str,
+    pub body: &'static str,
+    /// Only requests whose head holds this text; the others are forwarded,
+    /// one request per connection so that each is looked at.
+    pub only: Option<&'static str>,
 }
 
 impl StallingProxy {
     pub async fn start(upstream: &str) -> StallingProxy {
+        use std::sync::{Arc, atomic::AtomicU64};
         let upstream = upstream
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -817,28 +838,28 @@ impl StallingProxy {
             .await
             .expect("proxy bind");
         let addr = listener.local_addr().expect("proxy addr");
-        let (paused, _) = tokio::sync::watch::channel(false);
-        let tx = paused.clone();
+        let (mode, _) = tokio::sync::watch::channel(ProxyMode::Forward);
+        let answered = Arc::new(AtomicU64::new(0));
+        let (tx, count) = (mode.clone(), answered.clone());
         tokio::spawn(async move {
-            while let Ok((mut down, _)) = listener.accept().await {
-                if *tx.borrow() {
-                    drop(down);
-                    continue;
-                }
+            while let Ok((down, _)) = listener.accept().await {
+                // Any change of mode cuts what was forwarded before it.
                 let mut cut = tx.subscribe();
-                let upstream = upstream.clone();
+                let now = *cut.borrow_and_update();
+                let (upstream, count) = (upstream.clone(), count.clone());
                 tokio::spawn(async move {
-                    let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
-                        return;
-                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
-                        _ = cut.wait_for(|p| *p) => {}
+                        _ = proxy_connection(down, &upstream, now, &count) => {}
+                        _ = cut.changed() => {}
                     }
                 });
             }
         });
-        StallingProxy { addr, paused }
+        StallingProxy {
+            addr,
+            mode,
+            answered,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -846,12 +867,115 @@ impl StallingProxy {
     }
 
     pub fn pause(&self) {
-        self.paused.send_replace(true);
+        self.mode.send_replace(ProxyMode::Cut);
     }
 
     pub fn resume(&self) {
-        self.paused.send_replace(false);
+        self.mode.send_replace(ProxyMode::Forward);
     }
+
+    /// Answers requests itself, with `gateway`'s status and body, as a
+    /// proxy whose server is away: the request read whole first, the
+    /// connection closed after.
+    pub fn answer(&self, gateway: Gateway) {
+        self.mode.send_replace(ProxyMode::Answer(gateway));
+    }
+
+    /// Requests answered by the proxy itself so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+async fn proxy_connection(
+    mut down: tokio::net::TcpStream,
+    upstream: &str,
+    mode: ProxyMode,
+    answered: &std::sync::atomic::AtomicU64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gateway = match mode {
+        ProxyMode::Cut => return,
+        ProxyMode::Forward => {
+            if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            }
+            return;
+        }
+        ProxyMode::Answer(gateway) => gateway,
+    };
+    // The request's head, then its body (a length, or chunks up to the
+    // last), so that the answer is not cut short by unread bytes.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let find = |b: &[u8], pat: &[u8]| b.windows(pat.len()).position(|w| w == pat);
+    let head_end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        match down.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if gateway
+        .only
+        .is_some_and(|only| !head.contains(&only.to_ascii_lowercase()))
+    {
+        let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+            return;
+        };
+        // One request per connection: each next one is looked at too.
+        let mut first = String::from_utf8_lossy(&buf[..head_end - 2])
+            .lines()
+            .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        first.push_str("\r\nConnection: close\r\n\r\n");
+        if up.write_all(first.as_bytes()).await.is_err()
+            || up.write_all(&buf[head_end..]).await.is_err()
+        {
+            return;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        return;
+    }
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let chunked = head.contains("transfer-encoding: chunked");
+    let read_body = async {
+        loop {
+            let body = &buf[head_end..];
+            let done = match length {
+                Some(n) => body.len() >= n,
+                None if chunked => {
+                    body.starts_with(b"0\r\n\r\n") || find(body, b"\r\n0\r\n\r\n").is_some()
+                }
+                None => true,
+            };
+            if done {
+                return;
+            }
+            match down.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), read_body).await;
+    let answer = format!(
+        "HTTP/1.1 {}\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        gateway.status,
+        gateway.body.len(),
+        gateway.body
+    );
+    if down.write_all(answer.as_bytes()).await.is_ok() {
+        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let _ = down.shutdown().await;
 }
 
 /// The sum of every series of `name` (any labels) in a scrape.

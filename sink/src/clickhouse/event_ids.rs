@@ -44,8 +44,8 @@ pub(super) struct EventIds {
     by_hour: String,
     /// The look-up in `event_ids_hourly` and `event_ids`.
     both: String,
-    /// The query of [`EventIds::hourly_from`].
-    bound: String,
+    /// Reads [`EventIds::hourly_from`]: a plain query, no keys.
+    client: clickhouse::Client,
     user: String,
     password: String,
     /// Unix seconds of event time from which `event_ids` need not be
@@ -104,23 +104,19 @@ impl EventIds {
              (SELECT tenant, toDate(toDateTime(occurred_at)), event_id FROM {KEYS})"
         );
         let (structure, format) = (format!("{KEYS}_structure"), format!("{KEYS}_format"));
-        let uri = |sql: &str, keys: bool| {
-            let mut params = vec![
+        let uri = |sql: &str| {
+            let params = [
                 ("database", ch.database.as_str()),
                 ("query", sql),
                 // The whole answer before the status line: an error found
                 // while reading is a status code, not a truncated body.
                 ("wait_end_of_query", "1"),
+                (
+                    structure.as_str(),
+                    "tenant String, occurred_at UInt32, event_id String",
+                ),
+                (format.as_str(), "TabSeparated"),
             ];
-            if keys {
-                params.extend([
-                    (
-                        structure.as_str(),
-                        "tenant String, occurred_at UInt32, event_id String",
-                    ),
-                    (format.as_str(), "TabSeparated"),
-                ]);
-            }
             let mut uri = ch.url.trim_end_matches('/').to_owned();
             uri.push('/');
             for (i, (name, value)) in params.iter().enumerate() {
@@ -133,17 +129,9 @@ impl EventIds {
         };
         EventIds {
             http: Client::builder(TokioExecutor::new()).build_http(),
-            by_hour: uri(&format!("{by_hour} FORMAT RowBinary"), true),
-            both: uri(
-                &format!("{by_hour} UNION ALL {by_day} FORMAT RowBinary"),
-                true,
-            ),
-            // Recorded by migration 16; the latest, should two sinks have
-            // migrated at once.
-            bound: uri(
-                "SELECT count(), max(at) FROM event_ids_hourly_from FORMAT TabSeparated",
-                false,
-            ),
+            by_hour: uri(&format!("{by_hour} FORMAT RowBinary")),
+            both: uri(&format!("{by_hour} UNION ALL {by_day} FORMAT RowBinary")),
+            client: ch.client(),
             user: ch.user.clone(),
             password: ch.password.clone(),
             hourly_from: Arc::new(tokio::sync::OnceCell::new()),
@@ -160,21 +148,18 @@ impl EventIds {
         if let Some(bound) = self.hourly_from.get() {
             return Ok(*bound);
         }
-        let answer = self.request(&self.bound, None).await?;
-        let read = std::str::from_utf8(&answer).ok().and_then(|s| {
-            let (rows, at) = s.trim().split_once('\t')?;
-            Some((rows.parse::<u64>().ok()?, at.parse::<u32>().ok()?))
-        });
-        match read {
-            Some((0, _)) => Ok(u32::MAX),
-            Some((_, at)) => Ok(*self.hourly_from.get_or_init(|| async { at }).await),
-            None => Err(SinkError::clickhouse(
-                clickhouse::error::Error::BadResponse(format!(
-                    "event_ids_hourly_from: unreadable answer {:?}",
-                    String::from_utf8_lossy(&answer)
-                )),
-            )),
+        // Recorded by migration 16; the latest, should two sinks have
+        // migrated at once.
+        let (rows, at) = self
+            .client
+            .query("SELECT count(), max(at) FROM event_ids_hourly_from")
+            .fetch_one::<(u64, u32)>()
+            .await
+            .map_err(SinkError::clickhouse)?;
+        if rows == 0 {
+            return Ok(u32::MAX);
         }
+        Ok(*self.hourly_from.get_or_init(|| async { at }).await)
     }
 
     /// The stored (tenant, event id, revision) of `keys`' events.
@@ -223,7 +208,7 @@ impl EventIds {
         } else {
             &self.by_hour
         };
-        let answer = self.request(uri, Some(lookup.body)).await?;
+        let answer = self.request(uri, lookup.body).await?;
         parse_rows(&answer).ok_or_else(|| {
             SinkError::clickhouse(clickhouse::error::Error::BadResponse(format!(
                 "event_ids look-up: unreadable answer of {} bytes",
@@ -232,21 +217,17 @@ impl EventIds {
         })
     }
 
-    /// POSTs to `uri` `keys` (a [`Lookup`]'s body) as its external data,
-    /// or GETs it without keys (18.16 refuses a POST without a length), and
-    /// returns the answer of a 200.
-    async fn request(&self, uri: &str, keys: Option<Vec<u8>>) -> Result<Bytes, SinkError> {
-        let request = match keys {
-            Some(_) => Request::post(uri).header(
+    /// POSTs to `uri` `keys` (a [`Lookup`]'s body) as its external data
+    /// and returns the answer of a 200.
+    async fn request(&self, uri: &str, keys: Vec<u8>) -> Result<Bytes, SinkError> {
+        let request = Request::post(uri)
+            .header(
                 "Content-Type",
                 format!("multipart/form-data; boundary={BOUNDARY}"),
-            ),
-            None => Request::get(uri),
-        }
-        .header("X-ClickHouse-User", &self.user)
-        .header("X-ClickHouse-Key", &self.password);
-        let request = request
-            .body(Full::new(keys.map(Bytes::from).unwrap_or_default()))
+            )
+            .header("X-ClickHouse-User", &self.user)
+            .header("X-ClickHouse-Key", &self.password)
+            .body(Full::new(Bytes::from(keys)))
             .map_err(|e| {
                 SinkError::clickhouse(clickhouse::error::Error::InvalidParams(Box::new(e)))
             })?;
@@ -263,11 +244,13 @@ impl EventIds {
             .map_err(|e| SinkError::clickhouse(e.into()))?
             .to_bytes();
         if status != StatusCode::OK {
+            // ClickHouse's own errors carry their code in the body; another
+            // answer (a proxy's) is named by its status, as the client does.
             let text = String::from_utf8_lossy(&answer);
-            let message = if text.trim().is_empty() {
-                format!("HTTP {status}")
-            } else {
+            let message = if text.contains("Code: ") {
                 text.trim().to_owned()
+            } else {
+                format!("{status} {}", text.trim()).trim_end().to_owned()
             };
             return Err(SinkError::clickhouse(
                 clickhouse::error::Error::BadResponse(message),

@@ -74,12 +74,25 @@ impl SinkError {
     /// Folds a client error into the sink's error, deciding whether a retry
     /// can help: network trouble and server overload can, a bad query or a
     /// bad row can't.
+    ///
+    /// An answer that is not a 200 and carries no ClickHouse code is
+    /// retried too: every error ClickHouse answers itself carries its code
+    /// (18.16 in the body, current servers in the body and the
+    /// `X-ClickHouse-Exception-Code` header), so such an answer came from
+    /// something in between, such as a proxy or load balancer answering
+    /// 502, 503 or 504 while the server behind it restarts, and says
+    /// nothing about the query or the rows. Stopping the sink on it would
+    /// turn a restart of ClickHouse into an outage of the sink.
     pub fn clickhouse(e: clickhouse::error::Error) -> Self {
         use clickhouse::error::Error as E;
         let message = e.to_string();
         let code = code_in_message(&message);
-        let transient = matches!(e, E::Network(_) | E::TimedOut)
-            || code.is_some_and(|c| TRANSIENT_CODES.contains(&c));
+        let transient = match (&e, code) {
+            (E::Network(_) | E::TimedOut, _) => true,
+            (_, Some(c)) => TRANSIENT_CODES.contains(&c),
+            (E::BadResponse(_), None) => true,
+            _ => false,
+        };
         SinkError::ClickHouse {
             message,
             code,
@@ -191,5 +204,28 @@ mod tests {
         for (message, code) in table {
             assert_eq!(code_in_message(message), code, "{message}");
         }
+    }
+
+    #[test]
+    fn answers_without_a_code_are_retried_and_refusals_are_not() {
+        use clickhouse::error::Error as E;
+        let bad = |m: &str| SinkError::clickhouse(E::BadResponse(m.into()));
+        // A proxy in front of a restarting server: the client's text for an
+        // empty body, and nginx's page.
+        assert!(bad("502 Bad Gateway").is_transient());
+        assert!(bad("503 Service Unavailable").is_transient());
+        assert!(
+            bad("<html>\r\n<head><title>504 Gateway Time-out</title></head></html>").is_transient()
+        );
+        // ClickHouse's own answers: by their code.
+        assert!(bad("Code: 241, e.displayText() = DB::Exception: Memory limit").is_transient());
+        assert!(
+            !bad("Code: 60, e.displayText() = DB::Exception: Table x.events doesn't exist.")
+                .is_transient()
+        );
+        let refused = bad("Code: 27, e.displayText() = DB::Exception: Cannot parse input");
+        assert!(!refused.is_transient() && refused.is_refused_data());
+        // Not an answer at all: a request the client could not build.
+        assert!(!SinkError::clickhouse(E::Custom("no".into())).is_transient());
     }
 }
