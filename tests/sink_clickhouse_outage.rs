@@ -8,7 +8,7 @@
 //!
 //! The same through a proxy answering for an absent server (502, 503 with
 //! a page of its own, no ClickHouse error code): a retry, not a reason to
-//! stop, for the look-ups and the inserts alike.
+//! stop, for the look-ups and the inserts alike; the proxy's 413 is.
 
 mod common;
 
@@ -244,6 +244,20 @@ async fn the_sink_rides_out_a_proxy_answering_for_an_absent_server() {
             aggregated: 3_000,
         })
     );
-    running.stop();
-    running.wait().await.expect("clean shutdown");
+
+    // A status no retry mends (the proxy's limit on a body's size): the
+    // sink stops, with the error, and commits nothing past what it wrote.
+    proxy.answer(Gateway {
+        status: "413 Request Entity Too Large",
+        body: "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n</html>\r\n",
+        only: Some("query=INSERT"),
+    });
+    let last: Vec<_> = (3_000..3_010).map(|i| enriched(&id, i)).collect();
+    common::produce_enriched(&cfg, &last).await;
+    let error = tokio::time::timeout(Duration::from_secs(60), running.wait())
+        .await
+        .expect("the sink stops")
+        .expect_err("with an error");
+    assert!(format!("{error:#}").contains("413"), "{error:#}");
+    assert_eq!(counts(&ch).await.map(|c| c.events), Some(3_000));
 }

@@ -11,8 +11,11 @@
 //! - [`resume`]: resuming a partition at a position, whatever the broker answers.
 //! - [`retry`]: the backoff policy every retry loop follows.
 //! - [`clock`]: the wall clock, in named units.
+//! - [`clickhouse_errors`]: how a ClickHouse error answer is read and
+//!   whether a retry can help.
 
 pub mod admin;
+pub mod clickhouse_errors;
 pub mod clock;
 pub mod config;
 pub mod dead_letter;

@@ -17,6 +17,7 @@ use std::collections::HashSet;
 
 use clickhouse::{Client, Row};
 use serde::Deserialize;
+use xoflow_common::clickhouse_errors;
 
 pub use row::{Action, ActionRow, AlertRow, DeliveryRow, Outcome};
 
@@ -34,27 +35,27 @@ pub struct StoreError {
     pub transient: bool,
 }
 
-/// Server errors that pass: timeouts, overload, memory, too many parts,
-/// read-only replicas, an insert of unknown status (as the sink reads them).
-const TRANSIENT_CODES: &[u32] = &[159, 202, 203, 209, 210, 241, 242, 252, 285, 319, 425, 999];
-
 /// "Database doesn't exist" and "table doesn't exist": the schema is not
 /// there yet.
 pub const MISSING_CODES: &[u32] = &[60, 81];
 
 impl StoreError {
+    /// Classified as the sink classifies its calls
+    /// ([`clickhouse_errors`]): an answer without a server code by its
+    /// HTTP status, so that a proxy's 502 while ClickHouse restarts is
+    /// waited out here too.
     fn of(e: clickhouse::error::Error) -> Self {
         use clickhouse::error::Error as E;
         let message = e.to_string();
-        let code = message.find("Code: ").and_then(|at| {
-            let rest = &message[at + 6..];
-            let end = rest
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(rest.len());
-            rest[..end].parse().ok()
-        });
-        let transient = matches!(e, E::Network(_) | E::TimedOut)
-            || code.is_some_and(|c| TRANSIENT_CODES.contains(&c));
+        let code = clickhouse_errors::server_code(&message);
+        let transient = match (&e, code) {
+            (E::Network(_) | E::TimedOut, _) => true,
+            (_, Some(c)) => clickhouse_errors::TRANSIENT_CODES.contains(&c),
+            (E::BadResponse(answer), None) => {
+                clickhouse_errors::codeless_answer_is_transient(answer)
+            }
+            _ => false,
+        };
         StoreError {
             message,
             code,

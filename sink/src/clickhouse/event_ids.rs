@@ -209,8 +209,10 @@ impl EventIds {
             &self.by_hour
         };
         let answer = self.request(uri, lookup.body).await?;
+        // A whole 200 answer (`wait_end_of_query`) that does not read is no
+        // passing trouble: not retried.
         parse_rows(&answer).ok_or_else(|| {
-            SinkError::clickhouse(clickhouse::error::Error::BadResponse(format!(
+            SinkError::clickhouse(clickhouse::error::Error::Custom(format!(
                 "event_ids look-up: unreadable answer of {} bytes",
                 answer.len()
             )))

@@ -34,6 +34,7 @@ pub use retention::{Retention, RetentionConfig, RetentionReport};
 pub use status::{PartitionStatus, sink_status};
 
 use rdkafka::error::KafkaError;
+use xoflow_common::clickhouse_errors;
 
 /// Why the sink stopped or a migration failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,24 +74,22 @@ pub enum SinkError {
 impl SinkError {
     /// Folds a client error into the sink's error, deciding whether a retry
     /// can help: network trouble and server overload can, a bad query or a
-    /// bad row can't.
-    ///
-    /// An answer that is not a 200 and carries no ClickHouse code is
-    /// retried too: every error ClickHouse answers itself carries its code
-    /// (18.16 in the body, current servers in the body and the
-    /// `X-ClickHouse-Exception-Code` header), so such an answer came from
-    /// something in between, such as a proxy or load balancer answering
-    /// 502, 503 or 504 while the server behind it restarts, and says
-    /// nothing about the query or the rows. Stopping the sink on it would
-    /// turn a restart of ClickHouse into an outage of the sink.
+    /// bad row can't. An error answer without a server code (a proxy's 502
+    /// while the server behind it restarts, its 413 for a body over its
+    /// limit) goes by its HTTP status
+    /// ([`clickhouse_errors::codeless_answer_is_transient`]): stopping the
+    /// sink on a 502 would turn a restart of ClickHouse into an outage of
+    /// the sink.
     pub fn clickhouse(e: clickhouse::error::Error) -> Self {
         use clickhouse::error::Error as E;
         let message = e.to_string();
-        let code = code_in_message(&message);
+        let code = clickhouse_errors::server_code(&message);
         let transient = match (&e, code) {
             (E::Network(_) | E::TimedOut, _) => true,
-            (_, Some(c)) => TRANSIENT_CODES.contains(&c),
-            (E::BadResponse(_), None) => true,
+            (_, Some(c)) => clickhouse_errors::TRANSIENT_CODES.contains(&c),
+            (E::BadResponse(answer), None) => {
+                clickhouse_errors::codeless_answer_is_transient(answer)
+            }
             _ => false,
         };
         SinkError::ClickHouse {
@@ -129,27 +128,6 @@ pub fn server_code(e: &SinkError) -> Option<u32> {
     }
 }
 
-/// The server's error code, read out of the client error's text.
-///
-/// The `clickhouse` crate (0.15) has no structured code: its
-/// `Error::BadResponse(String)` holds the server's answer body, which starts
-/// `Code: N. DB::Exception: …` (or, on servers as old as 18.16, carries
-/// `Code: N, e.displayText() = …`), and only when the body is empty or
-/// unreadable does it fall back to the `X-ClickHouse-Exception-Code` header
-/// — formatted into the same `Code: N` text. Every path thus puts the code
-/// behind `Code: `, and this is the one place that reads it back.
-fn code_in_message(message: &str) -> Option<u32> {
-    let rest = &message[message.find("Code: ")? + 6..];
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
-/// Server errors that pass: timeouts, overload, memory, too many parts,
-/// read-only replicas, an insert of unknown status.
-const TRANSIENT_CODES: &[u32] = &[159, 202, 203, 209, 210, 241, 242, 252, 285, 319, 425, 999];
-
 /// Server errors about the inserted values: parse failures, out-of-range
 /// values, unknown enum elements, failed `throwIf` defaults and CHECK
 /// constraints.
@@ -165,7 +143,7 @@ mod tests {
     fn server_codes_are_read_from_the_answer() {
         let e = |m: &str| SinkError::ClickHouse {
             message: m.into(),
-            code: code_in_message(m),
+            code: clickhouse_errors::server_code(m),
             transient: false,
         };
         let refused = e(
@@ -182,40 +160,20 @@ mod tests {
     }
 
     #[test]
-    fn the_code_is_found_in_every_form_of_answer() {
-        let table = [
-            // A current server's body.
-            (
-                "bad response: Code: 395. DB::Exception: Value passed to 'throwIf' function is non zero. (FUNCTION_THROW_IF_VALUE_IS_NON_ZERO)",
-                Some(395),
-            ),
-            // ClickHouse 18.16's body.
-            (
-                "bad response: Code: 60, e.displayText() = DB::Exception: Table x.events doesn't exist.",
-                Some(60),
-            ),
-            // An empty body: the client formats the header.
-            ("bad response: Code: 241", Some(241)),
-            // No code at all.
-            ("bad response: 502 Bad Gateway", None),
-            ("network error: connection reset", None),
-            ("bad response: Code: ", None),
-        ];
-        for (message, code) in table {
-            assert_eq!(code_in_message(message), code, "{message}");
-        }
-    }
-
-    #[test]
     fn answers_without_a_code_are_retried_and_refusals_are_not() {
         use clickhouse::error::Error as E;
         let bad = |m: &str| SinkError::clickhouse(E::BadResponse(m.into()));
         // A proxy in front of a restarting server: the client's text for an
-        // empty body, and nginx's page.
+        // empty body, and nginx's page; a proxy refusing a body over its
+        // limit is not retried.
         assert!(bad("502 Bad Gateway").is_transient());
         assert!(bad("503 Service Unavailable").is_transient());
         assert!(
             bad("<html>\r\n<head><title>504 Gateway Time-out</title></head></html>").is_transient()
+        );
+        assert!(
+            !bad("<html>\r\n<head><title>413 Request Entity Too Large</title></head></html>")
+                .is_transient()
         );
         // ClickHouse's own answers: by their code.
         assert!(bad("Code: 241, e.displayText() = DB::Exception: Memory limit").is_transient());

@@ -1,0 +1,129 @@
+//! How an error answer of ClickHouse's HTTP interface is read, for every
+//! stage that calls it (the sink's inserts and look-ups, the alert store):
+//! the server's error code, and whether a retry can help.
+//!
+//! In: the answer's text as the `clickhouse` crate reports it (its
+//! `BadResponse`, the server's body, or `NNN Reason` for an empty one) or
+//! as the sink's own look-up does (`NNN Reason body`). Out: a code, or a
+//! verdict for an answer that carries none. Knows nothing of the crate's
+//! error type, so that the crates classify the same way from one place.
+
+/// Server errors that pass: timeouts, overload, memory, too many parts,
+/// read-only replicas, an insert of unknown status.
+pub const TRANSIENT_CODES: &[u32] = &[159, 202, 203, 209, 210, 241, 242, 252, 285, 319, 425, 999];
+
+/// The server's error code (`Code: N` in its answer), when there is one.
+///
+/// The `clickhouse` crate (0.15) has no structured code: its
+/// `Error::BadResponse(String)` holds the server's answer body, which
+/// starts `Code: N. DB::Exception: …` (or, on servers as old as 18.16,
+/// carries `Code: N, e.displayText() = …`), and only when the body is empty
+/// or unreadable does it fall back to the `X-ClickHouse-Exception-Code`
+/// header, formatted into the same `Code: N` text.
+pub fn server_code(answer: &str) -> Option<u32> {
+    let rest = &answer[answer.find("Code: ")? + 6..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Whether an error answer without a server code is worth retrying.
+///
+/// ClickHouse answers its query errors with their code; what comes without
+/// one is mostly something in between, a proxy or load balancer, or the
+/// server's HTTP layer before a query ran. By the HTTP status where it can
+/// be read (the answer starting `NNN `, or an HTML page's `<title>NNN`):
+/// 5xx, 408 and 429 pass (a server restarting behind a proxy, an overload,
+/// a shutdown), any other status does not (a proxy refusing the user, a
+/// body over the proxy's size limit, a wrong path). With no status to read,
+/// retried, except ClickHouse's own answer to a path it has no handler for.
+pub fn codeless_answer_is_transient(answer: &str) -> bool {
+    let answer = answer.trim();
+    match leading_status(answer).or_else(|| title_status(answer)) {
+        Some(status) => status >= 500 || status == 408 || status == 429,
+        None => !answer.starts_with("There is no handle"),
+    }
+}
+
+/// `NNN` at the start of `s`, followed by nothing or a space.
+fn leading_status(s: &str) -> Option<u16> {
+    let digits = s.get(..3)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit())
+        || s[3..].chars().next().is_some_and(|c| c != ' ')
+    {
+        return None;
+    }
+    digits.parse().ok().filter(|s| (100..600).contains(s))
+}
+
+/// The status at the start of an HTML page's title.
+fn title_status(s: &str) -> Option<u16> {
+    let at = s.to_ascii_lowercase().find("<title>")? + "<title>".len();
+    leading_status(s[at..].trim_start())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_code_is_found_in_every_form_of_answer() {
+        let table = [
+            // A current server's body.
+            (
+                "Code: 395. DB::Exception: Value passed to 'throwIf' function is non zero. (FUNCTION_THROW_IF_VALUE_IS_NON_ZERO)",
+                Some(395),
+            ),
+            // ClickHouse 18.16's body.
+            (
+                "Code: 60, e.displayText() = DB::Exception: Table x.events doesn't exist.",
+                Some(60),
+            ),
+            // An empty body: the client formats the header.
+            ("Code: 241", Some(241)),
+            // No code at all.
+            ("502 Bad Gateway", None),
+            ("connection reset", None),
+            ("Code: ", None),
+        ];
+        for (answer, code) in table {
+            assert_eq!(server_code(answer), code, "{answer}");
+        }
+    }
+
+    #[test]
+    fn answers_without_a_code_pass_by_their_status() {
+        let nginx = |status: &str| {
+            format!(
+                "<html>\r\n<head><title>{status}</title></head>\r\n<body>\r\n<center><h1>{status}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>"
+            )
+        };
+        let table = [
+            // The crate's text for an empty body, and the look-up's own.
+            ("502 Bad Gateway", true),
+            ("503 Service Unavailable", true),
+            ("504 Gateway Timeout", true),
+            ("429 Too Many Requests", true),
+            ("408 Request Timeout", true),
+            ("400 Bad Request", false),
+            ("403 Forbidden user is not allowed", false),
+            ("500 Internal Server Error", true),
+            (&nginx("503 Service Temporarily Unavailable"), true),
+            (&nginx("413 Request Entity Too Large"), false),
+            // No status to read: a proxy's own words (retried), and
+            // ClickHouse's answer to a path it does not serve (not).
+            ("cannot reach 127.0.0.1:8123", true),
+            (
+                "There is no handle /clickhouse\n\nUse / or /ping for health checks.",
+                false,
+            ),
+            // Digits that are not a status.
+            ("5023 rows", true),
+            ("999 bottles", true),
+        ];
+        for (answer, transient) in table {
+            assert_eq!(codeless_answer_is_transient(answer), transient, "{answer}");
+        }
+    }
+}
