@@ -12,7 +12,10 @@
 //! [memory]`: `links` measures the identity table alone, so that the
 //! join's share is the difference, and the time it takes per event;
 //! `memory` keeps the table in the heap instead of the stage's default
-//! store on disk (`[enrich.link_table]`).
+//! store on disk (`[enrich.link_table]`). It also reports the time the
+//! join takes per event (offer, release, the changelog taken) and the
+//! events its history budget shed: at a small budget, what shedding
+//! costs.
 
 use xoflow_enrich::{
     identity::{LinkStore, LinkTableConfig, Links},
@@ -75,6 +78,8 @@ fn main() {
     })
     .expect("the link store opens");
     let mut learning = std::time::Duration::ZERO;
+    let mut joining = std::time::Duration::ZERO;
+    let mut shed = 0u64;
     let mut out = Vec::new();
     let mut offset = 0i64;
     let mut since_batch = 0usize;
@@ -89,7 +94,7 @@ fn main() {
         }
     );
     println!(
-        "pass | customers | links | waiting for a link | history MiB | RSS growth MiB | RSS bytes per new customer (last 10 passes) | link table ns per event"
+        "pass | customers | links | waiting for a link | history MiB | RSS growth MiB | RSS bytes per new customer (last 10 passes) | link table ns per event | join ns per event | events shed"
     );
     let start = resident();
     let mut mark = (0usize, start);
@@ -111,6 +116,7 @@ fn main() {
                 continue;
             }
             let bytes = e.encode_to_vec();
+            let t = std::time::Instant::now();
             join.offer_received(e, bytes, who, 0, offset, now);
             offset += 1;
             since_batch += 1;
@@ -120,7 +126,9 @@ fn main() {
                 out.clear();
                 drop(join.take_changes());
                 drop(join.take_moves());
+                shed += join.take_stats().shed_events;
             }
+            joining += t.elapsed();
         }
         if (pass + 1) % 10 == 0 || pass + 1 == passes {
             let rss = resident();
@@ -131,13 +139,14 @@ fn main() {
             };
             let per = rss.saturating_sub(mark.1) as f64 / (customers - mark.0).max(1) as f64;
             println!(
-                "{:>4} | {customers:>9} | {:>9} | {:>18} | {:>11.0} | {:>14.0} | {per:.0} | {:.0}",
+                "{:>4} | {customers:>9} | {:>9} | {:>18} | {:>11.0} | {:>14.0} | {per:.0} | {:.0} | {:.0} | {shed}",
                 pass + 1,
                 links.len(),
                 join.waiting_for_link(),
                 join.history_bytes() as f64 / MIB,
                 rss.saturating_sub(start) as f64 / MIB,
                 learning.as_nanos() as f64 / ((pass + 1) * g.events.len()) as f64,
+                joining.as_nanos() as f64 / ((pass + 1) * g.events.len()) as f64,
             );
             mark = (customers, rss);
         }

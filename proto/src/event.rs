@@ -116,6 +116,47 @@ impl v1::Event {
     }
 }
 
+/// The event a customer's state folds, from what [`v1::EventFoldView`]
+/// decoded: every field the view holds, the rest empty.
+impl From<v1::EventFoldView> for v1::Event {
+    fn from(v: v1::EventFoldView) -> Self {
+        use v1::event_fold_view::Payload as Fold;
+        v1::Event {
+            occurred_at: v.occurred_at,
+            attributes: v.attributes,
+            contact_consent: v.contact_consent,
+            payload: v.payload.map(|p| match p {
+                Fold::Survey(_) => Payload::Survey(v1::SurveyResponse::default()),
+                Fold::Social(_) => Payload::Social(v1::SocialPost::default()),
+                Fold::Call(c) => Payload::Call(v1::CallTranscript {
+                    call_id: c.call_id,
+                    agent_id: c.agent_id,
+                    queue: c.queue,
+                    started_at: c.started_at,
+                    ended_at: c.ended_at,
+                    disposition: c.disposition,
+                    ..Default::default()
+                }),
+                Fold::Order(o) => Payload::Order(v1::Order {
+                    order_id: o.order_id,
+                    status: o.status,
+                    amount_minor: o.amount_minor,
+                    currency: o.currency,
+                    promised_delivery_at: o.promised_delivery_at,
+                    delivered_at: o.delivered_at,
+                    ..Default::default()
+                }),
+                Fold::Click(c) => Payload::Click(v1::ClickEvent {
+                    session_id: c.session_id,
+                    action: c.action,
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch of a protobuf timestamp.
 pub fn to_unix_millis(ts: &crate::Timestamp) -> i64 {
     ts.seconds

@@ -45,8 +45,8 @@ use std::{
 use xoflow_proto::{
     Message, Timestamp,
     v1::{
-        CallContext, CustomerContext, CxFields, EnrichedEvent, Event, IdentityResolution,
-        JoinCustomerState, JoinHistoryEntry, OrderContext, SessionContext,
+        CallContext, CustomerContext, CxFields, EnrichedEvent, Event, EventFoldView,
+        IdentityResolution, JoinCustomerState, JoinHistoryEntry, OrderContext, SessionContext,
     },
 };
 
@@ -141,6 +141,21 @@ impl Entry {
         self.event
             .take()
             .unwrap_or_else(|| Box::new(Event::decode(&*self.bytes).unwrap_or_default()))
+    }
+
+    /// The event as a customer's base folds it, for an entry leaving the
+    /// history: the kept one if it is decoded, else only what
+    /// `CustomerState::update` reads ([`EventFoldView`]). Most entries
+    /// leave encoded (shed over the join's memory budget, or beyond the
+    /// per-customer bounds), and a whole decode would allocate their texts,
+    /// identifiers and line items only to drop them.
+    pub fn take_for_fold(&mut self) -> Event {
+        match self.event.take() {
+            Some(event) => *event,
+            None => EventFoldView::decode(&*self.bytes)
+                .map(Event::from)
+                .unwrap_or_default(),
+        }
     }
 
     pub fn put(&mut self, event: Box<Event>) {
@@ -686,7 +701,7 @@ impl Customer {
     /// Folds `e`, just taken off the front of the history, into the base.
     fn fold_into_base(&mut self, mut e: Entry, cfg: &JoinConfig) -> Entry {
         self.held -= e.held_bytes();
-        let event = e.take();
+        let event = e.take_for_fold();
         let base = self.base.get_or_insert_default();
         base.update(&event, e.cx(), e.at, cfg);
         base.forget(e.id());
@@ -703,7 +718,7 @@ impl Customer {
             // Not kept decoded: read back, a history takes what an encoded
             // one takes, as most did when written (a re-fold alone keeps
             // its events decoded).
-            let event = e.take();
+            let event = e.take_for_fold();
             state.update(&event, e.cx(), e.at, cfg);
             e.unmet = state.unmet_reference(&event);
         }

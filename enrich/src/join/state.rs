@@ -491,3 +491,200 @@ fn fingerprint(id: &[u8]) -> u64 {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use xoflow_proto::{
+        Message as _, from_unix_millis,
+        v1::{
+            CallTranscript, ClickEvent, ContactConsent, EventFoldView, LineItem, Order, SocialPost,
+            SurveyAnswer, SurveyResponse, SurveyTrigger, TranscriptSegment,
+        },
+    };
+
+    use super::*;
+
+    /// Events of every kind with every field the state reads, and texts,
+    /// identifiers and items it does not.
+    fn events() -> Vec<(Event, CxFields)> {
+        const T: i64 = 1_750_000_000_000;
+        let at = |m: i64| Some(from_unix_millis(T + m * 60_000));
+        let base = |id: &str, m: i64, payload: Payload| Event {
+            event_id: id.into(),
+            tenant: "shop".into(),
+            source: "test".into(),
+            occurred_at: at(m),
+            attributes: [("store".to_owned(), "berlin-3".to_owned())].into(),
+            payload: Some(payload),
+            ..Default::default()
+        };
+        let order = |id: &str, status: OrderStatus, delivered: Option<i64>| Order {
+            order_id: id.into(),
+            status: status as i32,
+            amount_minor: 12_990,
+            currency: "EUR".into(),
+            items: vec![LineItem {
+                sku: "sku-1".into(),
+                name: "kettle".into(),
+                quantity: 1,
+                unit_price_minor: 12_990,
+            }],
+            promised_delivery_at: at(60),
+            delivered_at: delivered.and_then(at),
+        };
+        let click = |session: &str, action: ClickAction| ClickEvent {
+            session_id: session.into(),
+            url: "https://shop.example/cart".into(),
+            path: "/cart".into(),
+            action: action as i32,
+            referrer: "https://search.example".into(),
+            user_agent: "Mozilla/5.0".into(),
+            duration_ms: 1_200,
+        };
+        let mut withdrawn = base(
+            "e8",
+            8,
+            Payload::Social(SocialPost {
+                platform: "x".into(),
+                text: "never again".into(),
+                ..Default::default()
+            }),
+        );
+        withdrawn.contact_consent = ContactConsent::Withdrawn as i32;
+        let mut said_by_attribute = base("e9", 9, Payload::Click(click("s2", ClickAction::View)));
+        said_by_attribute
+            .attributes
+            .insert("do_not_contact".into(), "yes".into());
+        let mut granted = base("e10", 10, Payload::Click(click("s2", ClickAction::Error)));
+        granted.contact_consent = ContactConsent::Granted as i32;
+        let negative = CxFields {
+            sentiment: Some(-0.8),
+            sentiment_label: SentimentLabel::Negative as i32,
+            ..Default::default()
+        };
+        let detractor = CxFields {
+            nps_score: Some(3),
+            nps_category: NpsCategory::Detractor as i32,
+            ..Default::default()
+        };
+        vec![
+            (
+                base(
+                    "e1",
+                    1,
+                    Payload::Order(order("o1", OrderStatus::Placed, None)),
+                ),
+                CxFields::default(),
+            ),
+            (
+                base(
+                    "e2",
+                    2,
+                    Payload::Order(order("o1", OrderStatus::Paid, None)),
+                ),
+                CxFields::default(),
+            ),
+            (
+                base("e3", 3, Payload::Click(click("s1", ClickAction::Checkout))),
+                CxFields::default(),
+            ),
+            (
+                base("e4", 4, Payload::Click(click("s1", ClickAction::Purchase))),
+                CxFields::default(),
+            ),
+            (
+                base(
+                    "e5",
+                    90,
+                    Payload::Order(order("o1", OrderStatus::Delivered, Some(90))),
+                ),
+                CxFields::default(),
+            ),
+            (
+                base(
+                    "e6",
+                    95,
+                    Payload::Call(CallTranscript {
+                        call_id: "call-1".into(),
+                        agent_id: "agent-7".into(),
+                        queue: "billing".into(),
+                        started_at: at(95),
+                        ended_at: at(101),
+                        segments: vec![TranscriptSegment {
+                            text: "my kettle arrived late".into(),
+                            ..Default::default()
+                        }],
+                        disposition: "refund".into(),
+                        language: "en".into(),
+                    }),
+                ),
+                negative.clone(),
+            ),
+            (
+                base(
+                    "e7",
+                    102,
+                    Payload::Survey(SurveyResponse {
+                        survey_id: "nps".into(),
+                        answers: vec![SurveyAnswer {
+                            question_id: "q1".into(),
+                            score: Some(3.0),
+                            scale_max: 10,
+                            text: "slow".into(),
+                            ..Default::default()
+                        }],
+                        comment: "late and rude".into(),
+                        language: "en".into(),
+                        trigger: Some(SurveyTrigger {
+                            r#ref: Some(Ref::OrderId("o1".into())),
+                        }),
+                    }),
+                ),
+                detractor,
+            ),
+            (withdrawn, negative),
+            (said_by_attribute, CxFields::default()),
+            (granted, CxFields::default()),
+            (
+                base(
+                    "e11",
+                    120,
+                    Payload::Order(order("o1", OrderStatus::Returned, Some(90))),
+                ),
+                CxFields::default(),
+            ),
+        ]
+    }
+
+    /// A base folded from the events' encodings read as `EventFoldView`
+    /// is the base folded from the whole events: the view holds every
+    /// field `update` reads.
+    #[test]
+    fn the_fold_view_folds_as_the_whole_event() {
+        let cfg = JoinConfig::new(std::time::Duration::from_secs(2));
+        let (mut whole, mut view) = (CustomerState::default(), CustomerState::default());
+        for (i, (e, cx)) in events().iter().enumerate() {
+            let at = xoflow_proto::to_unix_millis(e.occurred_at.as_ref().expect("a time"));
+            let bytes = e.encode_to_vec();
+            let folded = Event::from(EventFoldView::decode(&*bytes).expect("decodes"));
+            assert!(
+                folded.encoded_len() < bytes.len(),
+                "event {i}: the view skips fields"
+            );
+            whole.update(e, cx, at, &cfg);
+            view.update(&folded, cx, at, &cfg);
+            whole.forget(e.event_id.as_bytes());
+            view.forget(e.event_id.as_bytes());
+            assert_eq!(view.to_proto(), whole.to_proto(), "after event {i}");
+        }
+        // The events reached every branch that reads them.
+        assert_eq!((whole.lifetime_value, whole.returns), (0, 1));
+        assert_eq!((whole.delivered, whole.late_deliveries), (1, 1));
+        assert_eq!(
+            (whole.detractors, whole.texts, whole.negative_texts),
+            (1, 2, 2)
+        );
+        assert_eq!((whole.calls.len(), whole.session.errors), (1, 1));
+        assert!(!whole.do_not_contact);
+    }
+}
