@@ -2,11 +2,41 @@
 //! stage that calls it (the sink's inserts and look-ups, the alert store):
 //! the server's error code, and whether a retry can help.
 //!
-//! In: the answer's text as the `clickhouse` crate reports it (its
-//! `BadResponse`, the server's body, or `NNN Reason` for an empty one) or
-//! as the sink's own look-up does (`NNN Reason body`). Out: a code, or a
-//! verdict for an answer that carries none. Knows nothing of the crate's
-//! error type, so that the crates classify the same way from one place.
+//! In: a `clickhouse` crate error, whose `BadResponse` holds the answer's
+//! text (the server's body, or `NNN Reason` for an empty one; the sink's
+//! own look-up reports `NNN Reason body` the same way). Out:
+//! [`Classified`], its text, the server's code and whether a retry can
+//! help, the same for every crate that calls ClickHouse.
+
+/// A failed ClickHouse call, read.
+#[derive(Debug)]
+pub struct Classified {
+    pub message: String,
+    /// The server's error code, when it answered one.
+    pub code: Option<u32>,
+    /// Whether the same call later can succeed: network trouble, a server
+    /// error in [`TRANSIENT_CODES`], or an answer without a code whose
+    /// status passes ([`codeless_answer_is_transient`]).
+    pub transient: bool,
+}
+
+/// Reads a client error: its code, and whether to retry.
+pub fn classify(e: &clickhouse::error::Error) -> Classified {
+    use clickhouse::error::Error as E;
+    let message = e.to_string();
+    let code = server_code(&message);
+    let transient = match (e, code) {
+        (E::Network(_) | E::TimedOut, _) => true,
+        (_, Some(c)) => TRANSIENT_CODES.contains(&c),
+        (E::BadResponse(answer), None) => codeless_answer_is_transient(answer),
+        _ => false,
+    };
+    Classified {
+        message,
+        code,
+        transient,
+    }
+}
 
 /// Server errors that pass: timeouts, overload, memory, too many parts,
 /// read-only replicas, an insert of unknown status.

@@ -45,21 +45,11 @@ impl StoreError {
     /// HTTP status, so that a proxy's 502 while ClickHouse restarts is
     /// waited out here too.
     fn of(e: clickhouse::error::Error) -> Self {
-        use clickhouse::error::Error as E;
-        let message = e.to_string();
-        let code = clickhouse_errors::server_code(&message);
-        let transient = match (&e, code) {
-            (E::Network(_) | E::TimedOut, _) => true,
-            (_, Some(c)) => clickhouse_errors::TRANSIENT_CODES.contains(&c),
-            (E::BadResponse(answer), None) => {
-                clickhouse_errors::codeless_answer_is_transient(answer)
-            }
-            _ => false,
-        };
+        let c = clickhouse_errors::classify(&e);
         StoreError {
-            message,
-            code,
-            transient,
+            message: c.message,
+            code: c.code,
+            transient: c.transient,
         }
     }
 

@@ -81,21 +81,11 @@ impl SinkError {
     /// sink on a 502 would turn a restart of ClickHouse into an outage of
     /// the sink.
     pub fn clickhouse(e: clickhouse::error::Error) -> Self {
-        use clickhouse::error::Error as E;
-        let message = e.to_string();
-        let code = clickhouse_errors::server_code(&message);
-        let transient = match (&e, code) {
-            (E::Network(_) | E::TimedOut, _) => true,
-            (_, Some(c)) => clickhouse_errors::TRANSIENT_CODES.contains(&c),
-            (E::BadResponse(answer), None) => {
-                clickhouse_errors::codeless_answer_is_transient(answer)
-            }
-            _ => false,
-        };
+        let c = clickhouse_errors::classify(&e);
         SinkError::ClickHouse {
-            message,
-            code,
-            transient,
+            message: c.message,
+            code: c.code,
+            transient: c.transient,
         }
     }
 
