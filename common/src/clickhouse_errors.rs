@@ -63,7 +63,9 @@ pub fn server_code(answer: &str) -> Option<u32> {
 /// ClickHouse answers its query errors with their code; what comes without
 /// one is mostly something in between, a proxy or load balancer, or the
 /// server's HTTP layer before a query ran. By the HTTP status where it can
-/// be read (the answer starting `NNN `, or an HTML page's `<title>NNN`):
+/// be read (the answer starting `NNN `, or an HTML page's `<title>NNN` or
+/// `<h1>NNN`; the `clickhouse` crate keeps the status only for an empty
+/// body):
 /// 5xx, 408 and 429 pass (a server restarting behind a proxy, an overload,
 /// a shutdown), any other status does not (a proxy refusing the user, a
 /// body over the proxy's size limit, a wrong path). With no status to read,
@@ -76,21 +78,26 @@ pub fn codeless_answer_is_transient(answer: &str) -> bool {
     }
 }
 
-/// `NNN` at the start of `s`, followed by nothing or a space.
+/// `NNN` at the start of `s`, followed by nothing or white space.
 fn leading_status(s: &str) -> Option<u16> {
     let digits = s.get(..3)?;
     if !digits.bytes().all(|b| b.is_ascii_digit())
-        || s[3..].chars().next().is_some_and(|c| c != ' ')
+        || s[3..].chars().next().is_some_and(|c| !c.is_whitespace())
     {
         return None;
     }
     digits.parse().ok().filter(|s| (100..600).contains(s))
 }
 
-/// The status at the start of an HTML page's title.
+/// The status at the start of an HTML page's title, or of its first
+/// heading (HAProxy's pages have no title). Lower-cased in ASCII only, so
+/// that an offset in the copy is one in `s`.
 fn title_status(s: &str) -> Option<u16> {
-    let at = s.to_ascii_lowercase().find("<title>")? + "<title>".len();
-    leading_status(s[at..].trim_start())
+    let lower = s.to_ascii_lowercase();
+    ["<title>", "<h1>"].iter().find_map(|tag| {
+        let at = lower.find(tag)? + tag.len();
+        leading_status(s[at..].trim_start())
+    })
 }
 
 #[cfg(test)]
@@ -141,6 +148,16 @@ mod tests {
             ("500 Internal Server Error", true),
             (&nginx("503 Service Temporarily Unavailable"), true),
             (&nginx("413 Request Entity Too Large"), false),
+            // HAProxy's page: a heading, no title.
+            (
+                "<html><body><h1>403 Forbidden</h1>\nRequest forbidden by administrative rules.\n</body></html>",
+                false,
+            ),
+            (
+                "<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n</body></html>",
+                true,
+            ),
+            ("502\r\n", true),
             // No status to read: a proxy's own words (retried), and
             // ClickHouse's answer to a path it does not serve (not).
             ("cannot reach 127.0.0.1:8123", true),

@@ -718,7 +718,7 @@ impl Customer {
             // Not kept decoded: read back, a history takes what an encoded
             // one takes, as most did when written (a re-fold alone keeps
             // its events decoded).
-            let event = e.take_for_fold();
+            let event = e.take();
             state.update(&event, e.cx(), e.at, cfg);
             e.unmet = state.unmet_reference(&event);
         }

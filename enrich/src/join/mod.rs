@@ -2238,6 +2238,32 @@ mod tests {
         );
     }
 
+    /// A restore re-folds each history from the whole events: a survey
+    /// about an order not seen yet still waits for it.
+    #[test]
+    fn a_survey_waiting_for_its_order_still_waits_after_a_restore() {
+        let mut a = Join::new(cfg());
+        let survey = event(
+            "s",
+            2 * DAY_MS,
+            CustomerIdentity {
+                customer_id: "c1".into(),
+                ..Default::default()
+            },
+            Payload::Survey(SurveyResponse {
+                trigger: Some(SurveyTrigger {
+                    r#ref: Some(Ref::OrderId("o1".into())),
+                }),
+                ..Default::default()
+            }),
+        );
+        feed(&mut a, &[survey], &Links::default(), 0);
+        assert_eq!(a.waiting_for_reference(), 1);
+        let mut b = Join::new(cfg());
+        assert_eq!(b.restore_records(a.take_changes(), 0), Skipped::default());
+        assert_eq!(b.waiting_for_reference(), 1);
+    }
+
     #[test]
     fn a_late_order_repairs_the_survey_about_it_once() {
         let mut j = Join::new(cfg());
