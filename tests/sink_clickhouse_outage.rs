@@ -17,7 +17,7 @@ use std::time::Duration;
 use clickhouse::Row;
 use common::{Gateway, StallingProxy};
 use serde::Deserialize;
-use xoflow::Stages;
+use xoflow::{Config, Running, Stages};
 
 /// Attempts the sink must make during the outage before ClickHouse comes
 /// back: the old budget gave up after 9.
@@ -47,6 +47,41 @@ async fn counts(ch: &clickhouse::Client) -> Option<Counts> {
     .ok()
 }
 
+/// Waits until ClickHouse (asked through `ch`) counts `n` events in the
+/// aggregates.
+async fn wait_counted(ch: &clickhouse::Client, what: &str, n: u64, limit: Duration) {
+    common::wait_for(what, limit, || {
+        let ch = ch.clone();
+        async move { counts(&ch).await.is_some_and(|c| c.aggregated >= n) }
+    })
+    .await;
+}
+
+/// The sink started on `cfg` after `n` events were produced, once
+/// ClickHouse (asked through `ch`, past any proxy) counts them. Short
+/// waits between attempts, so that an outage outlasts many: 100 ms
+/// doubling to 1 s, 70 attempts in ~50 s, as long as the old budget (9
+/// attempts) at the default waits, and ten times it at these.
+async fn started_on_first_events(
+    cfg: &mut Config,
+    id: &str,
+    ch: &clickhouse::Client,
+    n: usize,
+) -> Running {
+    cfg.sink.retry_backoff = Duration::from_millis(100);
+    cfg.sink.retry_max_backoff = Duration::from_secs(1);
+    let t = &cfg.kafka.topics;
+    cfg.kafka
+        .ensure_topics(&[&t.enriched, &t.dead_letters])
+        .await
+        .expect("topics");
+    let first: Vec<_> = (0..n).map(|i| enriched(id, i)).collect();
+    common::produce_enriched(cfg, &first).await;
+    let running = common::start(cfg, Stages::SINK).await;
+    wait_counted(ch, "the first rows", n as u64, Duration::from_secs(90)).await;
+    running
+}
+
 /// The attempt number in the sink's `clickhouse_unreachable` reason.
 fn attempt_in(reasons: &[String]) -> Option<u32> {
     let r = reasons
@@ -62,27 +97,9 @@ async fn the_sink_rides_out_a_clickhouse_outage_and_says_so() {
     let mut ch_server = common::OwnClickHouse::new(&id);
     ch_server.start().await;
     cfg.clickhouse.url = ch_server.url();
-    // Short waits, so that the outage outlasts many attempts: 100 ms
-    // doubling to 1 s: 70 attempts take ~50 s, as long as the old budget
-    // (9 attempts) at the default waits, and ten times it at these.
-    cfg.sink.retry_backoff = Duration::from_millis(100);
-    cfg.sink.retry_max_backoff = Duration::from_secs(1);
-    let t = &cfg.kafka.topics;
-    cfg.kafka
-        .ensure_topics(&[&t.enriched, &t.dead_letters])
-        .await
-        .expect("topics");
-
-    let first: Vec<_> = (0..2_000).map(|i| enriched(&id, i)).collect();
-    common::produce_enriched(&cfg, &first).await;
-    let running = common::start(&cfg, Stages::SINK).await;
-    let admin = running.admin_addr.to_string();
     let ch = cfg.clickhouse.client();
-    common::wait_for("the first rows", Duration::from_secs(90), || {
-        let ch = ch.clone();
-        async move { counts(&ch).await.is_some_and(|c| c.aggregated >= 2_000) }
-    })
-    .await;
+    let running = started_on_first_events(&mut cfg, &id, &ch, 2_000).await;
+    let admin = running.admin_addr.to_string();
 
     // ClickHouse goes away; more events arrive.
     ch_server.kill().await;
@@ -118,13 +135,11 @@ async fn the_sink_rides_out_a_clickhouse_outage_and_says_so() {
 
     // ClickHouse returns: progress resumes by itself, every row once.
     ch_server.start().await;
-    common::wait_for(
+    wait_counted(
+        &ch,
         "the rows written during the outage",
+        4_000,
         Duration::from_secs(120),
-        || {
-            let ch = ch.clone();
-            async move { counts(&ch).await.is_some_and(|c| c.aggregated >= 4_000) }
-        },
     )
     .await;
     common::wait_ready(&running, "readiness to return", Duration::from_secs(30)).await;
@@ -165,23 +180,8 @@ async fn the_sink_rides_out_a_proxy_answering_for_an_absent_server() {
     let ch = cfg.clickhouse.client();
     let proxy = StallingProxy::start(&cfg.clickhouse.url).await;
     cfg.clickhouse.url = proxy.url();
-    cfg.sink.retry_backoff = Duration::from_millis(100);
-    cfg.sink.retry_max_backoff = Duration::from_secs(1);
-    let t = &cfg.kafka.topics;
-    cfg.kafka
-        .ensure_topics(&[&t.enriched, &t.dead_letters])
-        .await
-        .expect("topics");
-
-    let first: Vec<_> = (0..1_000).map(|i| enriched(&id, i)).collect();
-    common::produce_enriched(&cfg, &first).await;
-    let running = common::start(&cfg, Stages::SINK).await;
+    let running = started_on_first_events(&mut cfg, &id, &ch, 1_000).await;
     let admin = running.admin_addr.to_string();
-    common::wait_for("the first rows", Duration::from_secs(90), || {
-        let ch = ch.clone();
-        async move { counts(&ch).await.is_some_and(|c| c.aggregated >= 1_000) }
-    })
-    .await;
 
     // Every request answered by the proxy with a bare 502 (the look-ups of
     // the batch's ids come first, so they are what fails), then only the
@@ -230,11 +230,7 @@ async fn the_sink_rides_out_a_proxy_answering_for_an_absent_server() {
     }
 
     proxy.resume();
-    common::wait_for("every row", Duration::from_secs(90), || {
-        let ch = ch.clone();
-        async move { counts(&ch).await.is_some_and(|c| c.aggregated >= 3_000) }
-    })
-    .await;
+    wait_counted(&ch, "every row", 3_000, Duration::from_secs(90)).await;
     common::wait_ready(&running, "readiness to return", Duration::from_secs(30)).await;
     assert_eq!(
         counts(&ch).await,

@@ -2238,6 +2238,16 @@ mod tests {
         );
     }
 
+    /// A survey about order `id`, and nothing else.
+    fn survey_about_order(id: impl Into<String>) -> Payload {
+        Payload::Survey(SurveyResponse {
+            trigger: Some(SurveyTrigger {
+                r#ref: Some(Ref::OrderId(id.into())),
+            }),
+            ..Default::default()
+        })
+    }
+
     /// A restore re-folds each history from the whole events: a survey
     /// about an order not seen yet still waits for it.
     #[test]
@@ -2250,12 +2260,7 @@ mod tests {
                 customer_id: "c1".into(),
                 ..Default::default()
             },
-            Payload::Survey(SurveyResponse {
-                trigger: Some(SurveyTrigger {
-                    r#ref: Some(Ref::OrderId("o1".into())),
-                }),
-                ..Default::default()
-            }),
+            survey_about_order("o1"),
         );
         feed(&mut a, &[survey], &Links::default(), 0);
         assert_eq!(a.waiting_for_reference(), 1);
@@ -2271,17 +2276,7 @@ mod tests {
             customer_id: "c1".into(),
             ..Default::default()
         };
-        let survey = event(
-            "s",
-            2 * DAY_MS,
-            c.clone(),
-            Payload::Survey(SurveyResponse {
-                trigger: Some(SurveyTrigger {
-                    r#ref: Some(Ref::OrderId("o1".into())),
-                }),
-                ..Default::default()
-            }),
-        );
+        let survey = event("s", 2 * DAY_MS, c.clone(), survey_about_order("o1"));
         let order = |id: &str, at: i64, status: OrderStatus| {
             event(
                 id,
@@ -2757,12 +2752,7 @@ last_nps_at_most = 6
             &format!("{c}-s"),
             at,
             who.clone(),
-            Payload::Survey(SurveyResponse {
-                trigger: Some(SurveyTrigger {
-                    r#ref: Some(Ref::OrderId(format!("{c}-o"))),
-                }),
-                ..Default::default()
-            }),
+            survey_about_order(format!("{c}-o")),
         )];
         for k in 1..=clicks {
             events.push(event(
@@ -2968,17 +2958,7 @@ last_nps_at_most = 6
             customer_id: "old".into(),
             ..Default::default()
         };
-        let again = event(
-            "old-s2",
-            next(1),
-            who,
-            Payload::Survey(SurveyResponse {
-                trigger: Some(SurveyTrigger {
-                    r#ref: Some(Ref::OrderId("old-o".into())),
-                }),
-                ..Default::default()
-            }),
-        );
+        let again = event("old-s2", next(1), who, survey_about_order("old-o"));
         let out = feed(&mut j, &[again], &links, 0);
         assert_eq!(
             out[0].order.as_ref().map(|o| o.r#match),
