@@ -34,6 +34,7 @@ use std::{
 
 use rdkafka::{
     ClientContext, Offset, TopicPartitionList,
+    config::RDKafkaLogLevel,
     consumer::{
         BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer,
     },
@@ -135,7 +136,7 @@ impl RebalanceLog {
     }
 
     /// Counts the failures this context logs (a seek, a rebalance, reading
-    /// committed offsets, records gone from the log) in the stage's errors
+    /// committed offsets, records gone from the log, a refused commit) in the stage's errors
     /// counter `metric`, by [`ErrorKind`].
     pub fn counting_errors(self, metric: &'static str) -> Self {
         RebalanceLog {
@@ -347,8 +348,6 @@ fn end(resuming: &mut HashMap<(String, i32), Vec<Resuming>>, key: &(String, i32)
     }
 }
 
-impl ClientContext for RebalanceLog {}
-
 /// One batch from [`Batches::next`]: the rebalances recorded before its
 /// first record, to act on first, then its records.
 #[derive(Debug)]
@@ -421,6 +420,46 @@ impl<'c> Batches<'c> {
         .await;
         log.admit(self.consumer, &mut records, seen);
         Ok(Batch { changes, records })
+    }
+}
+
+impl ClientContext for RebalanceLog {
+    /// librdkafka's own log lines, as rdkafka writes them by default, and
+    /// one of them counted: an asynchronous commit has no answer to wait
+    /// for (rdkafka asks for none; `commit` returns once the request is
+    /// queued), so librdkafka's `COMMITFAIL` warning is the only word of a
+    /// refused one (a member fenced after a rebalance, a coordinator that
+    /// moved). Counted under `commit` in the stage's errors counter, it
+    /// shows a group whose commits fail before a restart re-reads more than
+    /// it should.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac == "COMMITFAIL" {
+            self.count(ErrorKind::Commit);
+            tracing::warn!(
+                target: "librdkafka",
+                consumer = self.name,
+                kind = ErrorKind::Commit.as_str(),
+                "librdkafka: {fac} {log_message}"
+            );
+            return;
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+        }
     }
 }
 
@@ -530,6 +569,7 @@ mod tests {
         consumer::{CommitMode, Consumer, StreamConsumer},
         mocking::MockCluster,
         producer::{BaseProducer, BaseRecord, Producer},
+        types::{RDKafkaApiKey, RDKafkaRespErr},
     };
     use tokio_util::sync::CancellationToken;
 
@@ -595,6 +635,112 @@ mod tests {
         c.context().resume_at(&c, "t", 0, 40).expect("sent back");
         let again = offsets(&mut batches, 60).await;
         assert_eq!(again, (40..100).collect::<Vec<i64>>());
+    }
+
+    /// An asynchronous commit the broker refuses is counted in the stage's
+    /// errors counter under `commit`, though the call itself returned `Ok`
+    /// (the answer comes to the context later); an accepted one is not.
+    /// Without [`RebalanceLog`]'s `log`, librdkafka's `COMMITFAIL` warning
+    /// was logged but never counted, and the count stays 0 here.
+    #[test]
+    fn a_refused_asynchronous_commit_is_counted() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        // librdkafka's log lines reach the context where the consumer is
+        // polled (rdkafka sets `log.queue`): on this thread.
+        let _recorder = metrics::set_default_local_recorder(&recorder);
+        // A snapshot takes the counts since the last one: they add up here.
+        let counted = std::cell::Cell::new(0);
+        let commit_errors = || {
+            let now = snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .find(|(k, _, _, _)| {
+                    k.key().name() == "test_errors"
+                        && k.key().labels().any(|l| l.value() == "commit")
+                })
+                .map_or(0, |(_, _, _, v)| match v {
+                    metrics_util::debugging::DebugValue::Counter(n) => n,
+                    other => panic!("not a counter: {other:?}"),
+                });
+            counted.set(counted.get() + now);
+            counted.get()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mock = MockCluster::new(1).expect("mock cluster");
+            mock.create_topic("t", 1, 1).expect("topic");
+            let bootstrap = mock.bootstrap_servers();
+            let producer: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .create()
+                .expect("producer");
+            for n in 0u64..10 {
+                let payload = n.to_be_bytes();
+                producer
+                    .send(BaseRecord::<(), _>::to("t").partition(0).payload(&payload))
+                    .expect("queued");
+            }
+            producer.flush(Duration::from_secs(5)).expect("flushed");
+            // The stages' consumer settings: with no logger installed, as
+            // here, rdkafka would ask librdkafka for errors only.
+            let c = crate::kafka::KafkaConfig::with_brokers(bootstrap.clone())
+                .consumer(
+                    "g",
+                    RebalanceLog::new("test", Keep::Nothing).counting_errors("test_errors"),
+                )
+                .expect("consumer");
+            c.subscribe(&["t"]).expect("subscribe");
+            let mut batches = Batches::new(&c);
+            assert_eq!(
+                offsets(&mut batches, 10).await,
+                (0..10).collect::<Vec<i64>>()
+            );
+
+            // Polls the consumer (which serves the commit answers) until
+            // `done` or 10 s.
+            let poll_until = async |done: &dyn Fn() -> bool| {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while !done() && tokio::time::Instant::now() < deadline {
+                    let _ = tokio::time::timeout(Duration::from_millis(50), c.recv()).await;
+                }
+            };
+            let at = |offset: i64| {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset("t", 0, Offset::Offset(offset))
+                    .expect("offset");
+                tpl
+            };
+            let committed = || {
+                c.committed(Duration::from_secs(5))
+                    .ok()
+                    .and_then(|t| t.find_partition("t", 0).map(|p| p.offset()))
+            };
+
+            c.commit(&at(5), CommitMode::Async).expect("queued");
+            poll_until(&|| committed() == Some(Offset::Offset(5))).await;
+            assert_eq!(committed(), Some(Offset::Offset(5)), "the first commit");
+            assert_eq!(commit_errors(), 0, "an accepted commit is no error");
+
+            mock.request_errors(
+                RDKafkaApiKey::OffsetCommit,
+                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 4],
+            );
+            c.commit(&at(10), CommitMode::Async)
+                .expect("an asynchronous commit returns once queued");
+            poll_until(&|| commit_errors() > 0).await;
+            assert_eq!(commit_errors(), 1, "the refused commit, counted once");
+            mock.clear_request_errors(RDKafkaApiKey::OffsetCommit);
+            assert_eq!(
+                committed(),
+                Some(Offset::Offset(5)),
+                "not moved by the refused one"
+            );
+        });
     }
 
     /// The offsets of the next `n` records `batches` hands over; each batch

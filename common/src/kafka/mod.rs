@@ -27,6 +27,7 @@ use rdkafka::{
     ClientConfig,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
+    config::RDKafkaLogLevel,
     consumer::{ConsumerContext, StreamConsumer},
     error::{KafkaError, RDKafkaErrorCode},
 };
@@ -244,6 +245,20 @@ impl KafkaConfig {
             .set("partition.assignment.strategy", "range");
         if let Some(instance) = instance {
             c.set("group.instance.id", instance);
+        }
+        // librdkafka's warnings are produced even when the log filter hides
+        // them (rdkafka takes the level from the `log` crate's): a refused
+        // asynchronous commit is known only by its `COMMITFAIL` warning,
+        // which the stages' consumer context counts
+        // (`crate::rebalance::RebalanceLog`).
+        if matches!(
+            c.log_level,
+            RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
+        ) {
+            c.set_log_level(RDKafkaLogLevel::Warning);
         }
         self.with_options(c).create_with_context(context)
     }
