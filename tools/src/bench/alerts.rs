@@ -24,13 +24,10 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use xoflow_app::{Config, Stages};
-use xoflow_common::shutdown::Shutdown;
+use xoflow_app::Config;
 use xoflow_proto::v1::Event;
 
-use super::support::{
-    Rows, count_visible, latency_histogram, own_pipeline, ready, round_of, wait_rows,
-};
+use super::support::{Rows, latency_histogram, own_pipeline, round_of, started, wait_rows};
 use crate::{
     datagen::{alerts::DemoConfig, load},
     demo::{self, Receiver},
@@ -65,10 +62,7 @@ pub(super) async fn measure(
     demo::apply_demo_config(&mut cfg, &demo)?;
     let receiver = Receiver::start("xoflow-bench-webhook-secret".into()).await?;
     demo::route_alerts(&mut cfg, &receiver, &demo.departments())?;
-    let ch = cfg.clickhouse.client();
-    let running = xoflow_app::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
-    ready(&running).await?;
-    count_visible(&ch, &cfg.clickhouse.database).await?;
+    let (running, ch) = started(&cfg).await?;
     let addr = format!("http://{}", running.grpc_addr.context("no collector")?);
 
     // Warm-up: consumer-group joins are not latency.

@@ -9,15 +9,12 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use xoflow_app::{Config, Stages};
-use xoflow_common::shutdown::Shutdown;
+use xoflow_app::Config;
 use xoflow_proto::v1::Event;
 
 use super::{
     process::rss_mib,
-    support::{
-        Rows, count, count_visible, latency_histogram, own_pipeline, ready, round_of, wait_rows,
-    },
+    support::{Rows, count, latency_histogram, own_pipeline, round_of, started, wait_rows},
 };
 use crate::datagen::load;
 
@@ -86,10 +83,7 @@ pub(super) async fn measure(
 ) -> anyhow::Result<OpenLoopResult> {
     const BATCH: usize = 100;
     let cfg = own_pipeline(cfg, "ol");
-    let ch = cfg.clickhouse.client();
-    let running = xoflow_app::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
-    ready(&running).await?;
-    count_visible(&ch, &cfg.clickhouse.database).await?;
+    let (running, ch) = started(&cfg).await?;
     let addr = format!("http://{}", running.grpc_addr.context("no collector")?);
 
     // Warm-up, so that consumer-group joins (seconds on the local broker)

@@ -8,14 +8,13 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use xoflow_app::{Config, Stages};
-use xoflow_common::shutdown::Shutdown;
+use xoflow_app::Config;
 use xoflow_proto::v1::Event;
 
 use super::{
     process::{cpu_seconds, myself, peak_rss_mib, servers},
     report::Figure,
-    support::{Flow, Rows, count_visible, follow_rows, own_pipeline, ready, send_apart},
+    support::{Flow, Rows, follow_rows, own_pipeline, send_apart, started},
 };
 use crate::datagen::load;
 
@@ -35,10 +34,7 @@ pub(super) struct PipelineResult {
 
 pub(super) async fn measure(cfg: &Config, events: Vec<Event>) -> anyhow::Result<PipelineResult> {
     let cfg = own_pipeline(cfg, "p");
-    let ch = cfg.clickhouse.client();
-    let running = xoflow_app::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
-    ready(&running).await?;
-    count_visible(&ch, &cfg.clickhouse.database).await?;
+    let (running, ch) = started(&cfg).await?;
     let servers = servers();
     let me = myself();
     let cpu = || me.as_ref().and_then(cpu_seconds).unwrap_or(0.0);

@@ -6,8 +6,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use xoflow_app::{Config, Running};
+use xoflow_app::{Config, Running, Stages};
 use xoflow_common::kafka::Outgoing;
+use xoflow_common::shutdown::Shutdown;
 
 use super::{process::thread_cpu_seconds, report::Figure};
 use crate::datagen::load;
@@ -355,6 +356,17 @@ pub(super) fn own_pipeline(cfg: &Config, tag: &str) -> Config {
         group.push_str(&format!("-{tag}"));
     }
     cfg
+}
+
+/// Starts every stage of `cfg` in this process, waits until they report
+/// ready, then adds the view the row followers read ([`count_visible`]):
+/// the pipeline a measurement feeds, and a client of its database.
+pub(super) async fn started(cfg: &Config) -> anyhow::Result<(Running, clickhouse::Client)> {
+    let ch = cfg.clickhouse.client();
+    let running = xoflow_app::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
+    ready(&running).await?;
+    count_visible(&ch, &cfg.clickhouse.database).await?;
+    Ok((running, ch))
 }
 
 /// Waits until every started stage reports ready.
