@@ -94,8 +94,9 @@ pub struct AlertConfig {
     /// Alerts waiting in the topic with nothing committed for this long:
     /// readiness says `no_progress` (`no_partitions`, and liveness too,
     /// when this instance holds none). An alert a receiver keeps refusing
-    /// holds its partition's committed offset for up to `give_up_after`,
-    /// so this must be longer.
+    /// holds its partition's committed offset for at least `give_up_after`
+    /// (longer when it first waited for a delivery slot), so this must be
+    /// longer.
     #[serde(default = "default_stall_timeout", with = "humantime_serde")]
     pub stall_timeout: Duration,
     /// Per tenant, its departments' webhooks. A department not listed has

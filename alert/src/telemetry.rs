@@ -180,6 +180,7 @@ impl Delivered<'_> {
 /// alerting on their increase works from the first failure.
 pub(crate) fn init() {
     xoflow_common::telemetry::ErrorKind::init(Metric::Errors.name());
+    counter!(Metric::Errors.name(), "error" => DELIVERY_LOG_DROPPED).increment(0);
     for reason in [
         xoflow_common::dead_letter::Reason::Decode,
         xoflow_common::dead_letter::Reason::Undeliverable,
@@ -187,6 +188,15 @@ pub(crate) fn init() {
         counter!(Metric::DeadLetters.name(), "reason" => reason.as_str()).increment(0);
     }
 }
+
+/// `n` `retry` rows of the delivery log were dropped, the buffer full.
+pub(crate) fn delivery_log_dropped(n: u64) {
+    counter!(Metric::Errors.name(), "error" => DELIVERY_LOG_DROPPED).increment(n);
+}
+
+/// The errors counter's kind for [`delivery_log_dropped`], beside the
+/// common ones.
+const DELIVERY_LOG_DROPPED: &str = "delivery_log_dropped";
 
 /// Dead letters were produced.
 pub(crate) fn dead_letters(reason: &'static str, n: u64) {

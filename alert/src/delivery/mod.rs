@@ -89,24 +89,74 @@ pub enum Report {
     },
 }
 
+/// `retry` rows of the delivery log reported and not stored yet (waiting
+/// here or in the stage's buffer while ClickHouse is away); beyond it
+/// further `retry` rows are dropped as they are reported, and counted in
+/// `xoflow_alert_errors_total{error="delivery_log_dropped"}`. Final rows
+/// and settlements are never dropped: they are bounded by the alerts
+/// pending.
+pub const MAX_BUFFERED_RETRY_ROWS: usize = 100_000;
+
 /// Where workers leave their reports for the stage loop, which takes them
-/// all at once.
+/// all at once. The bound on `retry` rows is kept here, where they arrive:
+/// while ClickHouse is away the loop waits in its store's retries and takes
+/// no reports, and the workers go on reporting an attempt per alert and
+/// retry.
 #[derive(Debug, Clone, Default)]
-pub struct Reports(Arc<Mutex<Vec<Report>>>);
+pub struct Reports(Arc<Mutex<Held>>);
+
+#[derive(Debug, Default)]
+struct Held {
+    reports: Vec<Report>,
+    /// `retry` rows reported and not yet stored: here, and taken by the
+    /// loop but not stored yet ([`Reports::stored_retry_rows`]).
+    retry_rows: usize,
+    /// `retry` rows dropped since the bound was last reached: logged once
+    /// when it is reached and once when there is room again.
+    dropped: u64,
+}
 
 impl Reports {
     pub fn push(&self, r: Report) {
-        if let Ok(mut v) = self.0.lock() {
-            v.push(r);
+        let Ok(mut held) = self.0.lock() else { return };
+        if let Report::Attempt(row) = &r
+            && row.outcome == Outcome::Retry as i8
+        {
+            if held.retry_rows >= MAX_BUFFERED_RETRY_ROWS {
+                if held.dropped == 0 {
+                    tracing::warn!(
+                        buffered = held.retry_rows,
+                        "delivery log buffer full (ClickHouse away?): retry rows dropped until it drains"
+                    );
+                }
+                held.dropped += 1;
+                drop(held);
+                telemetry::delivery_log_dropped(1);
+                return;
+            }
+            held.retry_rows += 1;
         }
+        held.reports.push(r);
     }
 
     /// Everything reported since the last call, in order.
     pub fn take(&self) -> Vec<Report> {
         self.0
             .lock()
-            .map(|mut v| std::mem::take(&mut *v))
+            .map(|mut held| std::mem::take(&mut held.reports))
             .unwrap_or_default()
+    }
+
+    /// `n` `retry` rows taken from here were stored (or left the buffer):
+    /// room for as many more.
+    pub fn stored_retry_rows(&self, n: usize) {
+        if let Ok(mut held) = self.0.lock() {
+            held.retry_rows = held.retry_rows.saturating_sub(n);
+            if held.dropped > 0 && held.retry_rows < MAX_BUFFERED_RETRY_ROWS {
+                tracing::info!(dropped = held.dropped, "delivery log buffer has room again");
+                held.dropped = 0;
+            }
+        }
     }
 }
 
@@ -392,6 +442,45 @@ mod tests {
             give_up_after: Duration::from_secs(30 * 60),
             max_in_flight: 8,
         }
+    }
+
+    /// While the loop takes no reports (ClickHouse away, the loop inside
+    /// its store's retries), the `retry` rows reported stop at the bound
+    /// as they arrive; final rows and settlements still come through, and
+    /// room comes back as rows are stored. Capped where the loop took the
+    /// reports, as before, the workers' reports grew without bound here.
+    #[test]
+    fn retry_rows_stop_at_the_bound_as_they_are_reported() {
+        let row = |alert: usize, outcome: Outcome| {
+            Report::Attempt(DeliveryRow {
+                alert_id: format!("a{alert}"),
+                outcome: outcome as i8,
+                ..Default::default()
+            })
+        };
+        let reports = Reports::default();
+        for n in 0..MAX_BUFFERED_RETRY_ROWS + 50 {
+            reports.push(row(n, Outcome::Retry));
+        }
+        reports.push(row(0, Outcome::Delivered));
+        reports.push(Report::Settled {
+            alert_id: "a0".into(),
+            dead_letters: Vec::new(),
+        });
+        let taken = reports.take();
+        assert_eq!(taken.len(), MAX_BUFFERED_RETRY_ROWS + 2);
+        assert!(matches!(
+            &taken[MAX_BUFFERED_RETRY_ROWS],
+            Report::Attempt(r) if r.outcome == Outcome::Delivered as i8
+        ));
+        // Taken but not stored: still no room.
+        reports.push(row(1, Outcome::Retry));
+        assert!(reports.take().is_empty());
+        reports.stored_retry_rows(10);
+        for n in 0..20 {
+            reports.push(row(n, Outcome::Retry));
+        }
+        assert_eq!(reports.take().len(), 10, "room for the 10 stored");
     }
 
     #[test]

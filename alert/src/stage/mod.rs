@@ -75,11 +75,6 @@ const CLICKHOUSE_RETRY: RetryPolicy =
     RetryPolicy::exponential(Duration::from_millis(200), Duration::from_secs(30));
 /// How often the loop wakes without input, to take the workers' reports.
 const IDLE_TICK: Duration = Duration::from_millis(100);
-/// `retry` rows of the delivery log buffered while they cannot be stored
-/// (ClickHouse away); beyond it further `retry` rows are dropped (counted
-/// in `xoflow_alert_errors_total{error="delivery_log_dropped"}`). Final
-/// rows are never dropped: they are bounded by the alerts pending.
-const MAX_BUFFERED_RETRY_ROWS: usize = 100_000;
 
 /// The alert stage, bound and ready to run.
 pub struct AlertStage {
@@ -557,26 +552,12 @@ impl Loop<'_> {
         self.flush(CommitMode::Sync).await
     }
 
-    /// Moves the workers' reports into the buffers to store.
+    /// Moves the workers' reports into the buffers to store. (`retry`
+    /// rows are bounded where they are reported: [`Reports::push`].)
     fn take_reports(&mut self) {
-        let mut dropped = 0u64;
-        let mut retry_rows = self
-            .log
-            .iter()
-            .filter(|r| r.outcome == Outcome::Retry as i8)
-            .count();
         for r in self.reports.take() {
             match r {
-                Report::Attempt(row) => {
-                    if row.outcome == Outcome::Retry as i8 {
-                        if retry_rows >= MAX_BUFFERED_RETRY_ROWS {
-                            dropped += 1;
-                            continue;
-                        }
-                        retry_rows += 1;
-                    }
-                    self.log.push(row);
-                }
+                Report::Attempt(row) => self.log.push(row),
                 Report::Settled {
                     alert_id,
                     dead_letters,
@@ -590,14 +571,6 @@ impl Loop<'_> {
                     self.settle_after_flush(&alert_id);
                 }
             }
-        }
-        if dropped > 0 {
-            tracing::warn!(
-                dropped,
-                "delivery log buffer full (ClickHouse away?): retry rows dropped"
-            );
-            metrics::counter!(Metric::Errors.name(), "error" => "delivery_log_dropped")
-                .increment(dropped);
         }
     }
 
@@ -636,6 +609,12 @@ impl Loop<'_> {
                 || store.insert_deliveries(log),
             )
             .await?;
+            let retry_rows = self
+                .log
+                .iter()
+                .filter(|r| r.outcome == Outcome::Retry as i8)
+                .count();
+            self.reports.stored_retry_rows(retry_rows);
             self.log.clear();
         }
         for (p, o) in self.after_flush.drain(..) {

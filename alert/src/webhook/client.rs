@@ -150,7 +150,9 @@ impl WebhookClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            // An answer larger than the cap is read no further.
+            // An answer larger than the cap is read no further. One over
+            // it or cut off reads as empty: a robot's 2xx is then not its
+            // answer (retried), a generic receiver's stands.
             let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
@@ -207,11 +209,15 @@ pub fn classify(
 ) -> (Verdict, String) {
     let text = || cut(&String::from_utf8_lossy(body));
     if status.is_success() {
-        return match robot_error(format, body) {
-            None => (Verdict::Delivered, String::new()),
-            Some(code) => (
+        return match robot_answer(format, body) {
+            RobotAnswer::Posted => (Verdict::Delivered, String::new()),
+            RobotAnswer::Error(code) => (
                 Verdict::Retry { after: None },
                 format!("{format} error code {code}: {}", text()),
+            ),
+            RobotAnswer::Unreadable => (
+                Verdict::Retry { after: None },
+                format!("{format}: a 2xx without the robot's answer: {}", text()),
             ),
         };
     }
@@ -226,18 +232,39 @@ pub fn classify(
     }
 }
 
-/// A chat robot's error code in a 200 answer, if not 0.
-fn robot_error(format: Format, body: &[u8]) -> Option<i64> {
+/// What a 2xx says of a chat robot's post.
+enum RobotAnswer {
+    /// Posted: the robot's code is 0, or the format is not a robot's.
+    Posted,
+    /// The robot refused it with this code.
+    Error(i64),
+    /// Not the robot's answer: not JSON or without its code (a proxy's or
+    /// a firewall's page, a body cut off or over the cap). The robot
+    /// always answers with its code, so what answered was not the robot.
+    Unreadable,
+}
+
+/// A chat robot's verdict in a 2xx answer; generic receivers and Slack
+/// are taken at their status.
+fn robot_answer(format: Format, body: &[u8]) -> RobotAnswer {
     let keys: &[&str] = match format {
         // Current answers say `code`; older ones `StatusCode`.
         Format::Feishu => &["code", "StatusCode"],
         Format::Dingtalk | Format::Wecom => &["errcode"],
-        Format::Generic | Format::Slack => return None,
+        Format::Generic | Format::Slack => return RobotAnswer::Posted,
     };
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    keys.iter()
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return RobotAnswer::Unreadable;
+    };
+    let codes: Vec<i64> = keys
+        .iter()
         .filter_map(|k| v.get(*k).and_then(serde_json::Value::as_i64))
-        .find(|c| *c != 0)
+        .collect();
+    match codes.iter().find(|c| **c != 0) {
+        Some(code) => RobotAnswer::Error(*code),
+        None if codes.is_empty() => RobotAnswer::Unreadable,
+        None => RobotAnswer::Posted,
+    }
 }
 
 fn cut(s: &str) -> String {
@@ -317,8 +344,18 @@ mod tests {
                 r#"{"errcode":45009,"errmsg":"api freq out of limit"}"#,
                 retry,
             ),
-            // Not JSON: a 2xx is taken at its word.
-            (Format::Wecom, 200, "ok", Verdict::Delivered),
+            // Not the robot's answer (a proxy's page, a cut or empty
+            // body): the robot may never have had it.
+            (Format::Wecom, 200, "ok", retry),
+            (Format::Dingtalk, 200, "", retry),
+            (
+                Format::Feishu,
+                200,
+                "<html><title>Access denied</title></html>",
+                retry,
+            ),
+            (Format::Dingtalk, 200, r#"{"errmsg":"ok"}"#, retry),
+            (Format::Feishu, 200, r#"{"code":0"#, retry),
             (Format::Slack, 200, "ok", Verdict::Delivered),
             (Format::Slack, 400, "invalid_payload", Verdict::Refused),
             (Format::Slack, 404, "no_team", Verdict::Refused),

@@ -19,11 +19,12 @@
 //! changelog: a crash in between replays the batch with the books as they
 //! were, raising the same alerts with the same ids again, never fewer.
 //!
-//! Not raised, and counted: an output without a customer (an unresolved
-//! event is checked when a link resolves it, a revision up); a customer
-//! who asked not to be contacted (`do_not_contact`, on the event or the
-//! customer); a rule still in its quiet period. `rules` holds the
-//! configuration and the conditions.
+//! Not raised: an output without a customer (not checked at all: an
+//! unresolved event is checked when a link resolves it, a revision up);
+//! and, counted in `alerts_suppressed_total`, a customer who asked not to
+//! be contacted (`do_not_contact`, on the event or the customer) and a
+//! rule still in its quiet period. `rules` holds the configuration and the
+//! conditions.
 
 pub mod rules;
 
