@@ -90,6 +90,24 @@ fn scan_array(body: &[u8]) -> Vec<Result<&[u8], Record>> {
                     if let Some(s) = start.take() {
                         out.push(Ok(body[s..i].trim_ascii()));
                     }
+                    // Closed early (a stray bracket in an element) or
+                    // followed by more (a second array): what follows is
+                    // refused, never dropped unread.
+                    let rest = body[i + 1..].trim_ascii();
+                    if !rest.is_empty() {
+                        out.push(Err(Record::undecodable(
+                            rest.to_vec(),
+                            JSON,
+                            Violation::new(
+                                "",
+                                Reason::Decode,
+                                format!(
+                                    "{} bytes after the JSON array ended at byte {i}",
+                                    rest.len()
+                                ),
+                            ),
+                        )));
+                    }
                     return out;
                 }
             }
@@ -237,6 +255,23 @@ mod tests {
                 Some(&br#""s""#[..])
             ]
         );
+        // A stray closing bracket ends the array early, a second array
+        // follows the first: the rest is refused as a record of its own
+        // (before, it was dropped unread and the request answered 200).
+        for (body, first_ok) in [
+            (&br#"[{"a":1}, {bad}}, {"c":3}]"#[..], 2),
+            (&b"[{\"a\":1}]\n[{\"b\":2}]"[..], 1),
+        ] {
+            let got = split_records(body, false);
+            assert_eq!(got.len(), first_ok + 1, "{}", String::from_utf8_lossy(body));
+            assert!(got[..first_ok].iter().all(Result::is_ok));
+            let Err(rest) = &got[first_ok] else {
+                panic!("the rest refused")
+            };
+            let raw = String::from_utf8_lossy(rest.original.as_deref().unwrap_or_default());
+            assert!(raw.contains("\"b\":2") || raw.contains("\"c\":3"), "{raw}");
+            assert!(rest.decode_error.is_some());
+        }
     }
 
     #[test]

@@ -56,7 +56,10 @@ async fn read_all(body: Body, headers: &HeaderMap, max: usize) -> Result<Vec<u8>
         return Ok(raw);
     }
     let mut out = Vec::with_capacity(raw.len() * 4);
-    flate2::read::GzDecoder::new(&raw[..])
+    // Every member: files gzipped apart and sent one after the other
+    // (`cat a.gz b.gz`) are one valid gzip stream, of which `GzDecoder`
+    // reads the first member only and the rest was dropped unread.
+    flate2::read::MultiGzDecoder::new(&raw[..])
         .take(max as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| IngestError::BadRequest(format!("the gzip body cannot be read: {e}")))?;
@@ -83,4 +86,37 @@ pub(crate) fn non_empty(bytes: Vec<u8>) -> Result<Vec<u8>, IngestError> {
         return Err(IngestError::EmptyBody);
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        w.write_all(data).expect("gzip");
+        w.finish().expect("gzip")
+    }
+
+    /// Two files gzipped apart and sent as one body are read whole: with
+    /// `GzDecoder` the second member's records were dropped, and the
+    /// request answered as if the body held only the first.
+    #[tokio::test]
+    async fn every_member_of_a_gzip_body_is_read() {
+        let mut body = gzip(b"{\"a\":1}\n");
+        body.extend(gzip(b"{\"b\":2}\n"));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, "gzip".parse().expect("value"));
+        let read = read(
+            Body::from(body),
+            &headers,
+            1 << 20,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .expect("read");
+        assert_eq!(read, b"{\"a\":1}\n{\"b\":2}\n");
+    }
 }

@@ -291,6 +291,27 @@ mod tests {
         assert_eq!(e.received_at, Some(xoflow_proto::from_unix_millis(NOW)));
     }
 
+    /// A click's path is masked like its URL's: a path given apart from
+    /// the URL (Segment's `context.page.path`) reached Kafka raw while the
+    /// URL beside it was masked.
+    #[test]
+    fn a_click_path_is_masked_like_its_url() {
+        let mut e = order();
+        e.payload = Some(Payload::Click(xoflow_proto::v1::ClickEvent {
+            action: xoflow_proto::v1::ClickAction::View as i32,
+            url: "https://shop.example.cn/u/wang.xm@example.cn?ref=mail".into(),
+            path: "/u/wang.xm@example.cn".into(),
+            session_id: "s-1".into(),
+            ..Default::default()
+        }));
+        normaliser().normalise(&mut e, NOW).expect("valid");
+        let Some(Payload::Click(c)) = &e.payload else {
+            panic!("a click")
+        };
+        assert!(!c.url.contains("wang.xm"), "{}", c.url);
+        assert_eq!(c.path, "/u/[EMAIL]");
+    }
+
     #[test]
     fn every_fault_is_reported_with_its_field() {
         let mut e = order();

@@ -97,6 +97,9 @@ pub(super) fn mask_free_text(e: &mut Event, names: &[String], masked: &mut MaskC
                     *u = m;
                 }
             }
+            // The path is the URL's, given apart (or taken from it): masked
+            // as the URL's path is.
+            pii::mask_in_place(&mut c.path, &[], masked);
         }
         Some(Payload::Order(o)) => {
             for item in &mut o.items {
