@@ -70,6 +70,29 @@ pub const MAX_ECHOED_ID_BYTES: usize = 128;
 /// for the record's key and headers. A larger one is cut to this.
 pub const MAX_DEAD_LETTER_BYTES: usize = 900 * 1024;
 
+/// Largest encoded event accepted: what one Kafka record holds with the
+/// same room as a dead letter ([`MAX_DEAD_LETTER_BYTES`]). A larger one
+/// (a transcript of many long segments, an order of thousands of lines)
+/// would be refused by the producer after the batch's other events were
+/// sent, and the caller answered an internal error for a batch partly
+/// written.
+pub const MAX_EVENT_BYTES: usize = MAX_DEAD_LETTER_BYTES;
+
+/// Refuses a valid event too large for one Kafka record, naming its size.
+fn fits_a_record(e: &Event) -> Result<(), Vec<Violation>> {
+    let len = e.encoded_len();
+    if len <= MAX_EVENT_BYTES {
+        return Ok(());
+    }
+    Err(vec![Violation::new(
+        "",
+        Reason::TooLong,
+        format!(
+            "the event encodes to {len} bytes, over the {MAX_EVENT_BYTES} one record may hold: split it (fewer segments, answers or items per event)"
+        ),
+    )])
+}
+
 /// `id` as it may be echoed: whole when it is no longer than any valid id,
 /// else its first bytes (on a character boundary) and how long it was.
 pub fn echoed_id(id: String) -> String {
@@ -165,7 +188,7 @@ pub fn handle_batch(
                         authorise(e, p, &mut auth);
                     }
                     match n.normalise_record(e, now_ms, &r.names, &mut v.masked) {
-                        Ok(()) if auth.is_empty() => Ok(()),
+                        Ok(()) if auth.is_empty() => fits_a_record(e),
                         Ok(()) => Err(auth),
                         Err(more) => {
                             auth.extend(more);
@@ -281,5 +304,65 @@ fn refuse_duplicates(outcomes: &mut [Judged]) {
             Reason::Duplicate,
             format!("event_id {id:?} appears earlier in this request"),
         )]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use xoflow_proto::v1::{CallTranscript, Speaker, TranscriptSegment, event::Payload};
+
+    use super::*;
+
+    const NOW: i64 = 1_763_000_000_000;
+
+    fn call(id: &str, segments: usize, chars: usize) -> Record {
+        Record::event(Event {
+            event_id: id.into(),
+            tenant: "acme".into(),
+            source: "cc".into(),
+            occurred_at: Some(xoflow_proto::from_unix_millis(NOW - 1000)),
+            payload: Some(Payload::Call(CallTranscript {
+                call_id: format!("c-{id}"),
+                segments: (0..segments)
+                    .map(|i| TranscriptSegment {
+                        speaker: Speaker::Customer as i32,
+                        start_ms: i as u32 * 1000,
+                        end_ms: i as u32 * 1000 + 900,
+                        text: "好".repeat(chars / 3),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+    }
+
+    /// An event valid field by field but too large for one Kafka record
+    /// (20 segments of 60 KB: each within its own bound) is refused alone,
+    /// `TOO_LONG`, with a dead letter, and the batch's other events are
+    /// accepted. Before, it was accepted here, the producer refused it
+    /// after queueing the others, and the caller got an internal error
+    /// for a batch partly written.
+    #[test]
+    fn an_event_too_large_for_one_record_is_refused_alone() {
+        let n = Normaliser::new(
+            b"0123456789abcdef",
+            Duration::from_secs(300),
+            Duration::from_secs(400 * 86_400),
+        )
+        .expect("key");
+        let records = vec![call("small", 3, 300), call("large", 20, 60_000)];
+        let v = handle_batch(&n, records, 0, None, NOW);
+        assert!(v.results[0].accepted);
+        assert!(!v.results[1].accepted);
+        let why = &v.results[1].violations;
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert_eq!(why[0].reason, "TOO_LONG");
+        assert!(why[0].description.contains("encodes to"), "{why:?}");
+        assert_eq!(v.dead_letters.len(), 1);
+        assert!(v.dead_letters[0].encoded_len() <= MAX_DEAD_LETTER_BYTES);
     }
 }
