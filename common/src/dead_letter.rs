@@ -21,6 +21,9 @@ pub const PROTOBUF_EVENT: &str = "application/x-protobuf; messageType=xoflow.v1.
 pub const PROTOBUF_ALERT: &str = "application/x-protobuf; messageType=xoflow.v1.Alert";
 /// Content type of a payload holding JSON as a source sent it.
 pub const JSON: &str = "application/json";
+/// Content type of a payload holding one CSV row of an import as the file
+/// had it (not replayed: the file is mended and imported again).
+pub const CSV: &str = "text/csv";
 
 /// The stage that refused a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

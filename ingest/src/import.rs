@@ -21,11 +21,14 @@ use std::{
 use serde_json::{Map, Value};
 use xoflow_proto::EventKind;
 
+use xoflow_common::dead_letter::{self, Reason};
+
 use crate::{
     IngestError,
     core::{Ingestor, Record},
     delivery::Lane,
     framing::decode_events,
+    normalise::Violation,
     sources::{self, Origin},
     telemetry,
 };
@@ -172,10 +175,9 @@ pub async fn run(
             let kind = opts.kind.unwrap_or(EventKind::Order);
             let mut csv = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
             let headers = csv.headers()?.clone();
-            for row in csv.records() {
-                let row = row?;
-                let value = csv_row(kind, &headers, &row);
-                pending.push(sources::from_value(kind, value, origin));
+            let mut row = csv::ByteRecord::new();
+            while csv.read_byte_record(&mut row)? {
+                pending.push(csv_record(kind, &headers, &row, origin));
                 if pending.len() >= chunk {
                     send(ingestor, &mut pending, &mut report, &bar).await?;
                 }
@@ -238,6 +240,56 @@ async fn send(
     Ok(())
 }
 
+/// One CSV row as a record of `kind`. A row that cannot be read whole (a
+/// cell that is not UTF-8, more cells than the header names) is refused
+/// alone, `DECODE` naming its column, with the row as the file had it in
+/// its dead letter: it neither stops the import nor loses cells.
+fn csv_record(
+    kind: EventKind,
+    headers: &csv::StringRecord,
+    row: &csv::ByteRecord,
+    origin: Origin<'_>,
+) -> Record {
+    let fault = if row.len() > headers.len() {
+        Some(Violation::new(
+            "",
+            Reason::Decode,
+            format!(
+                "{} cells, the header names {}: quote a cell holding a comma",
+                row.len(),
+                headers.len()
+            ),
+        ))
+    } else {
+        row.iter().enumerate().find_map(|(i, cell)| {
+            std::str::from_utf8(cell).err().map(|e| {
+                Violation::new(
+                    headers.get(i).unwrap_or_default(),
+                    Reason::Decode,
+                    format!(
+                        "not UTF-8 at byte {} of the cell: save the file as UTF-8",
+                        e.valid_up_to()
+                    ),
+                )
+            })
+        })
+    };
+    if let Some(v) = fault {
+        let mut line = csv::Writer::from_writer(Vec::new());
+        let original = line
+            .write_byte_record(row)
+            .ok()
+            .and_then(|()| line.into_inner().ok())
+            .unwrap_or_default();
+        return Record::undecodable(original, dead_letter::CSV, v);
+    }
+    let row: csv::StringRecord = row
+        .iter()
+        .map(|cell| std::str::from_utf8(cell).unwrap_or_default())
+        .collect();
+    sources::from_value(kind, csv_row(kind, headers, &row), origin)
+}
+
 /// A CSV row as the native JSON of `kind`: dotted names nest, numeric
 /// columns are numbers, empty cells are absent, survey score columns become
 /// answers.
@@ -288,4 +340,51 @@ fn csv_row(kind: EventKind, headers: &csv::StringRecord, row: &csv::StringRecord
         root.insert("answers".into(), Value::Array(answers));
     }
     Value::Object(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row whose cell is not UTF-8 (a name saved in GBK) or that has
+    /// more cells than the header (an unquoted comma) is refused alone,
+    /// naming its column, with the row in its dead letter; the rows around
+    /// it are read as usual. Before, the first stopped the whole import
+    /// ("CSV: invalid UTF-8") and the second lost its last cells silently.
+    #[test]
+    fn a_row_that_cannot_be_read_whole_is_refused_alone() {
+        let origin = Origin {
+            tenant: "acme",
+            source: "erp",
+        };
+        let mut csv = csv::ReaderBuilder::new().flexible(true).from_reader(
+            &b"order_id,status,updated_at,note\n\
+               o-1,paid,2026-11-20T10:00:00Z,fine\n\
+               o-2,paid,2026-11-20T10:00:00Z,\xcd\xf5\xd0\xa1\xc3\xf7\n\
+               o-3,paid,2026-11-20T10:00:00Z,late, again\n"[..],
+        );
+        let headers = csv.headers().expect("headers").clone();
+        let mut row = csv::ByteRecord::new();
+        let mut records = Vec::new();
+        while csv.read_byte_record(&mut row).expect("row") {
+            records.push(csv_record(EventKind::Order, &headers, &row, origin));
+        }
+        assert_eq!(records.len(), 3);
+        assert!(records[0].event.is_some(), "{:?}", records[0].decode_error);
+        let gbk = records[1].decode_error.as_ref().expect("refused");
+        assert_eq!((gbk.field.as_str(), gbk.reason), ("note", Reason::Decode));
+        assert_eq!(records[1].content_type, dead_letter::CSV);
+        assert!(
+            records[1]
+                .original
+                .as_ref()
+                .is_some_and(|o| o.starts_with(b"o-2,"))
+        );
+        let extra = records[2].decode_error.as_ref().expect("refused");
+        assert!(extra.description.contains("5 cells"), "{extra:?}");
+        assert_eq!(
+            records[2].original.as_deref(),
+            Some(&b"o-3,paid,2026-11-20T10:00:00Z,late, again\n"[..])
+        );
+    }
 }
