@@ -44,6 +44,7 @@ use xoflow_ingest::{
     core::Record,
     delivery::Lane,
     framing::decode_events,
+    normalise::pii::PiiKind,
     sources::{self, Origin},
 };
 use xoflow_proto::{EventKind, Message, v1::Event};
@@ -362,9 +363,7 @@ fn record(l: &Letter, opts: &ReplayOptions) -> Option<Record> {
     } else {
         serde_json::to_value(Event::decode(bytes.as_slice()).ok()?).ok()?
     };
-    if opts.kind.is_none() {
-        drop_masked_identifiers(&mut v);
-    }
+    drop_masked_identifiers(&mut v);
     for f in &opts.fixups {
         f.apply(&mut v);
     }
@@ -382,14 +381,23 @@ fn record(l: &Letter, opts: &ReplayOptions) -> Option<Record> {
     })
 }
 
-/// Identifiers ingest masked in the dead letter (`[EMAIL]`): unrecoverable,
-/// dropped so the record is judged on the rest.
+/// Values ingest masked whole in the dead letter (`"email": "[EMAIL]"`):
+/// unrecoverable, dropped wherever they are (a canonical event's
+/// `customer`, a native record's `respondent`, `caller` or top-level
+/// `email`), so that the record is judged on the rest. Text with a
+/// placeholder inside it stays as it is.
 fn drop_masked_identifiers(v: &mut Value) {
-    if let Some(Value::Object(c)) = v.get_mut("customer") {
-        c.retain(|_, x| {
-            !x.as_str()
-                .is_some_and(|s| s.starts_with('[') && s.ends_with(']'))
-        });
+    let masked = |x: &Value| {
+        x.as_str()
+            .is_some_and(|s| PiiKind::ALL.iter().any(|k| k.placeholder() == s) || s == "[HANDLE]")
+    };
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !masked(x));
+            m.values_mut().for_each(drop_masked_identifiers);
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_masked_identifiers),
+        _ => {}
     }
 }
 
@@ -503,6 +511,15 @@ mod tests {
             v,
             json!({"eventId": "e1", "order": {"currency": "CNY", "amountMinor": 200},
                    "customer": {}, "location": {"store_id": "sz-01"}})
+        );
+        // A native record's masked identifiers too, wherever they are;
+        // text with a placeholder inside it stays.
+        let mut native = json!({"respondent": {"id": "r1", "email": "[EMAIL]", "phone": "[PHONE]"},
+                                "answers": [{"text": "call me at [PHONE]"}], "email": "[EMAIL]"});
+        drop_masked_identifiers(&mut native);
+        assert_eq!(
+            native,
+            json!({"respondent": {"id": "r1"}, "answers": [{"text": "call me at [PHONE]"}]})
         );
         assert!(Fixup::parse_set("no-equals").is_err());
         assert!(Fixup::parse_map("a=b").is_err());
