@@ -377,7 +377,20 @@ fn record(l: &Letter, opts: &ReplayOptions) -> Option<Record> {
                 source: &l.source,
             },
         ),
-        None => decode_events(&json, true).pop()?,
+        None => {
+            let mut r = decode_events(&json, true).pop()?;
+            // A canonical event sent with an API key may leave its tenant
+            // and source to the key; the dead letter recorded them, and
+            // the replay, which has no key, takes them from there.
+            if let Some(e) = r.event.as_mut() {
+                for (field, recorded) in [(&mut e.tenant, &l.tenant), (&mut e.source, &l.source)] {
+                    if field.is_empty() {
+                        field.clone_from(recorded);
+                    }
+                }
+            }
+            r
+        }
     })
 }
 

@@ -21,6 +21,10 @@ pub struct Record {
     /// Personal names the source marked (respondent, caller), masked in
     /// every free-text field of this record.
     pub names: Vec<String>,
+    /// The tenant and source the record was sent for, when it holds no
+    /// event to say so (a native record that did not decode): its dead
+    /// letter carries them, so that a replay for the tenant finds it.
+    pub origin: Option<(String, String)>,
 }
 
 impl Record {
@@ -47,6 +51,7 @@ impl Record {
             original: Some(original),
             content_type,
             names,
+            origin: None,
         }
     }
 
@@ -58,6 +63,13 @@ impl Record {
             original: Some(original),
             content_type,
             names: Vec::new(),
+            origin: None,
         }
+    }
+
+    /// The record, sent for `tenant` and `source` (see [`Record::origin`]).
+    pub fn sent_for(mut self, tenant: &str, source: &str) -> Self {
+        self.origin = Some((tenant.to_owned(), source.to_owned()));
+        self
     }
 }

@@ -222,11 +222,16 @@ pub fn handle_batch(
                 });
             }
             Err(violations) => {
-                let (tenant, source, event_id) = r
-                    .event
-                    .as_ref()
-                    .map(|e| (e.tenant.clone(), e.source.clone(), e.event_id.clone()))
-                    .unwrap_or_default();
+                let (tenant, source, event_id) = match (&r.event, &r.origin) {
+                    (Some(e), _) => (e.tenant.clone(), e.source.clone(), e.event_id.clone()),
+                    (None, Some((tenant, source))) => {
+                        (tenant.clone(), source.clone(), String::new())
+                    }
+                    // Bytes that are no event, sent with a key: the key's.
+                    (None, None) => principal
+                        .map(|p| (p.tenant.to_string(), p.source.to_string(), String::new()))
+                        .unwrap_or_default(),
+                };
                 let (payload, content_type) = dead_letter_payload(r, &mut v.masked);
                 let first = &violations[0];
                 v.count_rejection(first.reason);
@@ -338,6 +343,44 @@ mod tests {
             })),
             ..Default::default()
         })
+    }
+
+    /// A record that is no event still names the tenant and source it was
+    /// sent for in its dead letter: a native record's from the request, a
+    /// canonical one's from the caller's key. Before, both were empty, and
+    /// `xoflow replay --tenant` never found them.
+    #[test]
+    fn a_dead_letter_without_an_event_names_its_tenant_and_source() {
+        let n = Normaliser::new(
+            b"0123456789abcdef",
+            Duration::from_secs(300),
+            Duration::from_secs(400 * 86_400),
+        )
+        .expect("key");
+        let native = crate::sources::decode(
+            xoflow_proto::EventKind::Call,
+            br#"{"call_id": "c1", "segments": [{"speaker": "robot"}]}"#,
+            crate::sources::Origin {
+                tenant: "acme",
+                source: "cc",
+            },
+        );
+        let canonical = crate::framing::decode_events(b"{not json", false)
+            .pop()
+            .expect("record");
+        let key = Principal {
+            tenant: "acme".into(),
+            source: "web".into(),
+        };
+        let v = handle_batch(&n, vec![native, canonical], 0, Some(&key), NOW);
+        let origins: Vec<(&str, &str)> = v
+            .dead_letters
+            .iter()
+            .map(|d| (d.tenant.as_str(), d.source.as_str()))
+            .collect();
+        assert_eq!(origins, [("acme", "cc"), ("acme", "web")]);
+        // Neither held an event: the names came from elsewhere.
+        assert!(v.dead_letters.iter().all(|d| d.event_id.is_empty()));
     }
 
     /// An event valid field by field but too large for one Kafka record

@@ -95,7 +95,7 @@ fn from_converted(
             e.source = origin.source.to_owned();
             Record::decoded(e, original, JSON, names)
         }
-        Err(v) => Record::undecodable(original, JSON, v),
+        Err(v) => Record::undecodable(original, JSON, v).sent_for(origin.tenant, origin.source),
     }
 }
 
