@@ -257,3 +257,74 @@ async fn the_sink_rides_out_a_proxy_answering_for_an_absent_server() {
     assert!(format!("{error:#}").contains("413"), "{error:#}");
     assert_eq!(counts(&ch).await.map(|c| c.events), Some(3_000));
 }
+
+/// The value of `series` (name and labels as written) in a scrape of
+/// `/metrics` from `admin`; 0 when absent.
+async fn scraped(admin: &str, series: &str) -> f64 {
+    let (_, body) = common::http_get(admin, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A sink that retries ClickHouse without polling Kafka longer than
+/// `max.poll.interval.ms` (6 s here, 300 s by default) is taken out of its
+/// group by librdkafka, and another member may be given its partitions
+/// and write them from the positions stored in ClickHouse. It then makes
+/// no further attempt with its batch (an attempt could store the rows
+/// beside the new owner's: see the unit test
+/// `no_attempt_is_made_once_the_partitions_are_taken`): it leaves the
+/// batch, counted as a rebalance error, polls, rejoins, reads its
+/// positions again once ClickHouse answers, and every row is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_out_of_its_group_leaves_its_batch_and_loses_nothing() {
+    let (mut cfg, id) = common::config(
+        r#"
+[kafka.options]
+"max.poll.interval.ms" = "6000"
+"session.timeout.ms" = "6000"
+"#,
+    );
+    let ch = cfg.clickhouse.client();
+    let proxy = StallingProxy::start(&cfg.clickhouse.url).await;
+    cfg.clickhouse.url = proxy.url();
+    let running = started_on_first_events(&mut cfg, &id, &ch, 1_000).await;
+    let admin = running.admin_addr.to_string();
+    let left = r#"xoflow_sink_errors_total{error="rebalance"}"#;
+    assert_eq!(scraped(&admin, left).await, 0.0);
+
+    proxy.answer(Gateway {
+        status: "502 Bad Gateway",
+        body: "",
+        only: None,
+    });
+    let more: Vec<_> = (1_000..3_000).map(|i| enriched(&id, i)).collect();
+    common::produce_enriched(&cfg, &more).await;
+    common::wait_for(
+        "the sink to leave its batch once out of its group",
+        Duration::from_secs(60),
+        || {
+            let admin = admin.clone();
+            async move { scraped(&admin, left).await >= 1.0 }
+        },
+    )
+    .await;
+    assert!(
+        !running.shutdown.token.is_cancelled(),
+        "the sink goes on after leaving its batch"
+    );
+
+    proxy.resume();
+    wait_counted(&ch, "every row", 3_000, Duration::from_secs(90)).await;
+    // Whatever it was still retrying had its chance to land twice.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        counts(&ch).await,
+        Some(Counts {
+            events: 3_000,
+            distinct_events: 3_000,
+            aggregated: 3_000,
+        })
+    );
+    running.shutdown.token.cancel();
+}

@@ -223,9 +223,7 @@ where
                 );
                 tracing::warn!(attempt, error = %e, "{what} failed; retrying");
                 ErrorKind::ClickHouse.count(Metric::Errors.name());
-                if !policy.sleep(attempt, retrying.stop).await {
-                    return Err(SinkError::Stopped);
-                }
+                retrying.wait(&policy, attempt).await?;
             }
             Err(e) => return Err(e),
         }
@@ -239,7 +237,11 @@ async fn consume(
     readiness: &Readiness,
     stop: &CancellationToken,
 ) -> Result<(), SinkError> {
-    let retrying = Retrying { stop, readiness };
+    let retrying = Retrying {
+        stop,
+        readiness,
+        lost: &|| false,
+    };
     with_retry(cfg, retrying, "migration", || migrate(ch)).await?;
     let topics = &kafka.topics;
     // Started during a broker outage: wait for it, not ready, rather than
@@ -292,6 +294,11 @@ async fn consume(
         watch_stop,
     ));
 
+    let lost = || consumer.assignment_lost();
+    let retrying = Retrying {
+        lost: &lost,
+        ..retrying
+    };
     let mut positions = Positions::default();
     let mut batch = Batch::default();
     let look_ahead = look_ahead_rows(cfg);
@@ -352,10 +359,24 @@ async fn consume(
                     } else {
                         Input::Enriched
                     };
-                    let state = with_retry(cfg, retrying, "reading a partition's position", || {
-                        position::load(&client, input, m.topic(), m.partition(), cfg.dedup_window)
-                    })
-                    .await?;
+                    let state =
+                        match with_retry(cfg, retrying, "reading a partition's position", || {
+                            position::load(
+                                &client,
+                                input,
+                                m.topic(),
+                                m.partition(),
+                                cfg.dedup_window,
+                            )
+                        })
+                        .await
+                        {
+                            Err(SinkError::AssignmentLost) => {
+                                abandon(&mut batch, &mut positions);
+                                continue;
+                            }
+                            state => state?,
+                        };
                     tracing::info!(
                         topic = m.topic(),
                         partition = m.partition(),
@@ -476,7 +497,7 @@ async fn consume(
         }
         let write_began = Instant::now();
         let wrote = batch.records > 0;
-        flush(
+        match flush(
             &client,
             &ids,
             &consumer,
@@ -485,7 +506,14 @@ async fn consume(
             &mut positions,
             retrying,
         )
-        .await?;
+        .await
+        {
+            Err(SinkError::AssignmentLost) => {
+                abandon(&mut batch, &mut positions);
+                continue;
+            }
+            flushed => flushed?,
+        }
         written_from = wrote.then_some(write_began);
         if stop.is_cancelled() {
             break;
@@ -494,7 +522,7 @@ async fn consume(
     // Draining: write what is buffered and commit it before returning.
     readiness.set(false);
     drop_revoked(&consumer, &mut positions, &mut batch);
-    flush(
+    match flush(
         &client,
         &ids,
         &consumer,
@@ -503,9 +531,27 @@ async fn consume(
         &mut positions,
         retrying,
     )
-    .await?;
+    .await
+    {
+        Err(SinkError::AssignmentLost) => abandon(&mut batch, &mut positions),
+        flushed => flushed?,
+    }
     tracing::info!("sink stopped");
     Ok(())
+}
+
+/// Leaves the batch to the partitions' new owner once the group took them
+/// while ClickHouse was retried ([`SinkError::AssignmentLost`]): nothing of
+/// it is written or committed here, and every position is read again from
+/// ClickHouse when a partition comes back (the next poll rejoins).
+fn abandon(batch: &mut Batch, positions: &mut Positions) {
+    tracing::warn!(
+        records = batch.records,
+        "the group took this sink's partitions while it retried ClickHouse: its batch is left to their new owner"
+    );
+    ErrorKind::Rebalance.count(Metric::Errors.name());
+    batch.reset();
+    positions.retain(|_| false);
 }
 
 /// Forgets the partitions revoked since the last call: their positions and

@@ -43,11 +43,33 @@ pub(super) fn retry_policy(cfg: &SinkConfig) -> RetryPolicy {
 }
 
 /// What a retry loop needs besides the call: shutdown interrupts its
-/// waits, and readiness says why no progress is made meanwhile.
+/// waits, readiness says why no progress is made meanwhile, and `lost`
+/// tells whether the group has taken this member's partitions.
 #[derive(Clone, Copy)]
 pub(super) struct Retrying<'a> {
     pub stop: &'a CancellationToken,
     pub readiness: &'a Readiness,
+    /// The consumer's `assignment_lost`: true once librdkafka left the
+    /// group because the sink did not poll for `max.poll.interval.ms`
+    /// (it does not poll while it retries ClickHouse). The partitions'
+    /// new owner writes from the positions stored in ClickHouse; an
+    /// attempt made here after that could store the same rows beside its
+    /// own, so none is.
+    pub lost: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl Retrying<'_> {
+    /// Waits before the attempt after `attempt`: `Stopped` once shutdown
+    /// came meanwhile, `AssignmentLost` once the partitions were taken.
+    pub(super) async fn wait(&self, policy: &RetryPolicy, attempt: u32) -> Result<(), SinkError> {
+        if !policy.sleep(attempt, self.stop).await {
+            return Err(SinkError::Stopped);
+        }
+        if (self.lost)() {
+            return Err(SinkError::AssignmentLost);
+        }
+        Ok(())
+    }
 }
 
 /// A row's lineage, for the already-stored check on retry.
@@ -226,9 +248,7 @@ async fn drop_stored_anywhere(
                     error: &e.to_string(),
                 }
                 .emit();
-                if !policy.sleep(attempt, retrying.stop).await {
-                    return Err(SinkError::Stopped);
-                }
+                retrying.wait(&policy, attempt).await?;
             }
             Err(e) => {
                 telemetry::insert_error("event_ids", "permanent");
@@ -354,9 +374,7 @@ where
                     error: &e.to_string(),
                 }
                 .emit();
-                if !policy.sleep(attempt, retrying.stop).await {
-                    return Err(SinkError::Stopped);
-                }
+                retrying.wait(&policy, attempt).await?;
             }
             Err(e) => {
                 if !e.is_refused_data() {
@@ -419,6 +437,42 @@ mod tests {
 
     use super::{super::event_ids::Stored, *};
 
+    /// Once the group took the partitions (librdkafka left the group: no
+    /// poll for `max.poll.interval.ms` while ClickHouse was away), no
+    /// further attempt is made: the rows are their new owner's to write,
+    /// and an attempt here could store them beside its own.
+    #[tokio::test]
+    async fn no_attempt_is_made_once_the_partitions_are_taken() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let client = crate::ClickHouseConfig {
+            url: "http://127.0.0.1:9".into(),
+            database: "d".into(),
+            user: "default".into(),
+            password: String::new(),
+            cluster: None,
+            compression: Default::default(),
+        }
+        .client();
+        let stop = CancellationToken::new();
+        let readiness = xoflow_common::admin::Health::new().register("sink");
+        let checks = AtomicU32::new(0);
+        // Held for two retries, taken before the third.
+        let lost = || checks.fetch_add(1, Ordering::AcqRel) >= 2;
+        let retrying = Retrying {
+            stop: &stop,
+            readiness: &readiness,
+            lost: &lost,
+        };
+        let rows = [super::super::event_ids::testing::row(0, 1)];
+        let out = insert_with_retry(&client, "events", &rows, &config(), retrying).await;
+        assert!(matches!(out, Err(SinkError::AssignmentLost)), "{out:?}");
+        assert_eq!(
+            checks.load(Ordering::Acquire),
+            3,
+            "asked after each failed attempt"
+        );
+    }
+
     fn config() -> SinkConfig {
         SinkConfig {
             group_id: "g".into(),
@@ -456,6 +510,7 @@ mod tests {
         let retrying = Retrying {
             stop: &stop,
             readiness: &readiness,
+            lost: &|| false,
         };
         let out = drop_stored_anywhere(
             &unreachable(),

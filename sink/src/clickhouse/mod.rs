@@ -63,6 +63,11 @@ pub enum SinkError {
     /// past what was written is committed.
     #[error("stopped while retrying ClickHouse")]
     Stopped,
+    /// The group took this member's partitions while it retried
+    /// ClickHouse without polling (`max.poll.interval.ms`): its batch is
+    /// left to their new owner, and the loop polls again to rejoin.
+    #[error("partitions taken by the group while retrying ClickHouse")]
+    AssignmentLost,
     #[error("insert into {table} failed after {attempts} attempts: {source}")]
     InsertFailed {
         table: &'static str,
@@ -97,6 +102,7 @@ impl SinkError {
             | SinkError::MigrationChanged { .. }
             | SinkError::Task(_)
             | SinkError::Stopped
+            | SinkError::AssignmentLost
             | SinkError::InsertFailed { .. } => false,
         }
     }
