@@ -328,3 +328,108 @@ async fn a_sink_out_of_its_group_leaves_its_batch_and_loses_nothing() {
     );
     running.shutdown.token.cancel();
 }
+
+/// A retried insert into `dead_letters` is taken for landed only when
+/// every partition's last row of it is stored. The sink's `DECODE` row of
+/// an enriched record it could not read is written again when a restart
+/// reads that record again; if such a row was the highest offset of a
+/// failed insert, the check found its earlier copy, took the insert for
+/// landed, and the dead letters beside it were never written, their
+/// offsets committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_insert_is_not_taken_for_landed_on_an_older_row() {
+    use xoflow_proto::{Message as _, v1::DeadLetter};
+    let (mut cfg, id) = common::config("");
+    let ch = cfg.clickhouse.client();
+    // Five events, then a record that is no EnrichedEvent, at offset 5 of
+    // one partition; stored by a first run of the sink.
+    let key = "c-landed".to_owned();
+    let mut first: Vec<_> = (0..5)
+        .map(|i| {
+            let bytes = common::enriched_click(format!("{id}-{i}"), "shop", &key, "s1");
+            (bytes, key.clone())
+        })
+        .collect();
+    first.push((b"\xff\xff not an enriched event".to_vec(), key.clone()));
+    let running = started_on_first_events(&mut cfg, &id, &ch, 0).await;
+    common::produce_enriched(&cfg, &first).await;
+    let decode_rows = "SELECT count() FROM dead_letters WHERE reason = 'DECODE'";
+    common::wait_for(
+        "the first run's DECODE row",
+        Duration::from_secs(60),
+        || {
+            let ch = ch.clone();
+            async move {
+                ch.query(decode_rows)
+                    .fetch_one::<u64>()
+                    .await
+                    .is_ok_and(|n| n >= 1)
+            }
+        },
+    )
+    .await;
+    running.shutdown.token.cancel();
+    running.wait().await.expect("the sink stops");
+
+    // One more event (offset 6: the second run reads the partition again
+    // from its stored position, the DECODE record with it), two dead
+    // letters (offsets 0 and 1 of the dead-letter topic, lower than 5),
+    // then a second run whose first inserts fail.
+    let letters: Vec<Vec<u8>> = (0..2)
+        .map(|i| {
+            DeadLetter {
+                payload: b"{}".to_vec(),
+                content_type: "application/json".into(),
+                stage: "ingest".into(),
+                reason: "INVALID".into(),
+                field: "order.currency".into(),
+                event_id: format!("{id}-dl-{i}"),
+                tenant: "shop".into(),
+                at: Some(xoflow_proto::from_unix_millis(common::now_ms())),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        })
+        .collect();
+    let more = common::enriched_click(format!("{id}-5"), "shop", &key, "s1");
+    common::produce_enriched(&cfg, &[(more, key.clone())]).await;
+    let out: Vec<_> = letters
+        .iter()
+        .map(|l| xoflow_common::kafka::Outgoing::keyed(key.as_bytes(), l))
+        .collect();
+    cfg.kafka
+        .batch_producer()
+        .expect("producer")
+        .send_all(&cfg.kafka.topics.dead_letters, &out)
+        .await
+        .expect("produce");
+    let proxy = StallingProxy::start(&cfg.clickhouse.url).await;
+    proxy.answer(Gateway {
+        status: "502 Bad Gateway",
+        body: "",
+        only: Some("query=INSERT"),
+    });
+    let mut second = cfg.clone();
+    second.clickhouse.url = proxy.url();
+    let running = common::start(&second, Stages::SINK).await;
+    common::wait_for("a failed insert", Duration::from_secs(60), || {
+        let answered = proxy.answered();
+        async move { answered >= 1 }
+    })
+    .await;
+    proxy.resume();
+    let letters_stored =
+        format!("SELECT count() FROM dead_letters WHERE event_id IN ('{id}-dl-0', '{id}-dl-1')");
+    common::wait_for("both dead letters", Duration::from_secs(60), || {
+        let (ch, sql) = (ch.clone(), letters_stored.clone());
+        async move {
+            ch.query(&sql)
+                .fetch_one::<u64>()
+                .await
+                .is_ok_and(|n| n == 2)
+        }
+    })
+    .await;
+    running.shutdown.token.cancel();
+    running.wait().await.expect("the sink stops");
+}

@@ -398,23 +398,31 @@ pub(super) fn recovered(readiness: &Readiness, attempts: u32) {
     readiness.clear(Reason::ClickHouseUnreachable);
 }
 
-/// Whether the highest-offset row of `rows` is already in `table`.
+/// Whether the block `rows` is already in `table`: the highest-offset row
+/// of each (topic, partition) in it is. An insert is one block, so one
+/// row would tell, were it sure to be this block's; but a row can be
+/// stored already from an earlier block (the sink's `DECODE` row of an
+/// enriched record read again after a restart), and taken for this one
+/// it left the block's other rows unwritten, and committed.
 async fn landed<T: Lineaged>(client: &Client, table: &str, rows: &[T]) -> Result<bool, SinkError> {
-    let Some((topic, partition, offset)) = rows.iter().map(Lineaged::position).max_by_key(|p| p.2)
-    else {
+    let mut last: std::collections::BTreeMap<(&str, i32), i64> = Default::default();
+    for (topic, partition, offset) in rows.iter().map(Lineaged::position) {
+        let o = last.entry((topic, partition)).or_insert(offset);
+        *o = (*o).max(offset);
+    }
+    if last.is_empty() {
         return Ok(false);
-    };
-    let n: u64 = client
-        .query(&format!(
-            "SELECT count() FROM {table} WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset = ?"
-        ))
-        .bind(topic)
-        .bind(partition)
-        .bind(offset)
-        .fetch_one()
-        .await
-        .map_err(SinkError::clickhouse)?;
-    Ok(n > 0)
+    }
+    let which = vec!["(kafka_topic = ? AND kafka_partition = ? AND kafka_offset = ?)"; last.len()]
+        .join(" OR ");
+    let mut query = client.query(&format!(
+        "SELECT uniqExact(kafka_topic, kafka_partition, kafka_offset) FROM {table} WHERE {which}"
+    ));
+    for ((topic, partition), offset) in &last {
+        query = query.bind(*topic).bind(*partition).bind(*offset);
+    }
+    let n: u64 = query.fetch_one().await.map_err(SinkError::clickhouse)?;
+    Ok(n == last.len() as u64)
 }
 
 async fn insert_once<T>(client: &Client, table: &str, rows: &[T]) -> Result<(), SinkError>
