@@ -38,7 +38,9 @@ pub enum IngestError {
     #[error("unauthenticated: {0}")]
     Unauthenticated(&'static str),
     /// Kafka did not acknowledge accepted records in time.
-    #[error("the event log is unavailable ({class}); nothing in this request is acknowledged")]
+    #[error(
+        "the event log is unavailable ({class}); this batch is not acknowledged; retry with the same event ids (on a stream, its earlier batches may already be written: sent again with the same ids, each event is stored once)"
+    )]
     Unavailable { class: &'static str },
     /// Judging and delivering took longer than the request deadline;
     /// nothing in the request is acknowledged.
