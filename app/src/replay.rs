@@ -394,19 +394,33 @@ fn record(l: &Letter, opts: &ReplayOptions) -> Option<Record> {
     })
 }
 
-/// Values ingest masked whole in the dead letter (`"email": "[EMAIL]"`):
-/// unrecoverable, dropped wherever they are (a canonical event's
-/// `customer`, a native record's `respondent`, `caller` or top-level
-/// `email`), so that the record is judged on the rest. Text with a
-/// placeholder inside it stays as it is.
+/// Identifiers ingest masked whole in the dead letter (`"email":
+/// "[EMAIL]"`): unrecoverable, dropped wherever they are (a canonical
+/// event's `customer`, a native record's `respondent`, `caller` or
+/// top-level `email`), so that the record is judged on the rest. Only
+/// identifier fields: free text masked whole (a comment that was only a
+/// phone number) stays, as it was accepted live.
 fn drop_masked_identifiers(v: &mut Value) {
+    /// Identifier fields, by their snake-case names (camel case is matched
+    /// too, as the fix-ups match it).
+    const IDENTIFIERS: [&str; 8] = [
+        "email",
+        "phone",
+        "mobile",
+        "social_handle",
+        "handle",
+        "device_id",
+        "name",
+        "id_number",
+    ];
+    let identifier = |key: &str| IDENTIFIERS.iter().any(|i| key == *i || key == camel(i));
     let masked = |x: &Value| {
         x.as_str()
             .is_some_and(|s| PiiKind::ALL.iter().any(|k| k.placeholder() == s) || s == "[HANDLE]")
     };
     match v {
         Value::Object(m) => {
-            m.retain(|_, x| !masked(x));
+            m.retain(|k, x| !(identifier(k) && masked(x)));
             m.values_mut().for_each(drop_masked_identifiers);
         }
         Value::Array(a) => a.iter_mut().for_each(drop_masked_identifiers),
@@ -526,13 +540,15 @@ mod tests {
                    "customer": {}, "location": {"store_id": "sz-01"}})
         );
         // A native record's masked identifiers too, wherever they are;
-        // text with a placeholder inside it stays.
+        // free text stays, masked whole or not.
         let mut native = json!({"respondent": {"id": "r1", "email": "[EMAIL]", "phone": "[PHONE]"},
-                                "answers": [{"text": "call me at [PHONE]"}], "email": "[EMAIL]"});
+                                "answers": [{"text": "call me at [PHONE]"}], "comment": "[PHONE]",
+                                "caller": {"deviceId": "[PHONE]"}, "email": "[EMAIL]"});
         drop_masked_identifiers(&mut native);
         assert_eq!(
             native,
-            json!({"respondent": {"id": "r1"}, "answers": [{"text": "call me at [PHONE]"}]})
+            json!({"respondent": {"id": "r1"}, "answers": [{"text": "call me at [PHONE]"}],
+                   "comment": "[PHONE]", "caller": {}})
         );
         assert!(Fixup::parse_set("no-equals").is_err());
         assert!(Fixup::parse_map("a=b").is_err());

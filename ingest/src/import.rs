@@ -163,7 +163,15 @@ pub async fn run(
                 }
                 let record = match opts.kind {
                     Some(kind) => sources::decode(kind, l, origin),
-                    None => decode_events(l, true).pop().unwrap_or_default(),
+                    // A line that is no event is the import's tenant's.
+                    None => {
+                        let r = decode_events(l, true).pop().unwrap_or_default();
+                        if r.event.is_none() && !origin.tenant.is_empty() {
+                            r.sent_for(origin.tenant, origin.source)
+                        } else {
+                            r
+                        }
+                    }
                 };
                 pending.push(record);
                 if pending.len() >= chunk {
@@ -241,16 +249,19 @@ async fn send(
 }
 
 /// One CSV row as a record of `kind`. A row that cannot be read whole (a
-/// cell that is not UTF-8, more cells than the header names) is refused
-/// alone, `DECODE` naming its column, with the row as the file had it in
-/// its dead letter: it neither stops the import nor loses cells.
+/// cell that is not UTF-8, a non-empty cell past the header's last column)
+/// is refused alone, `DECODE` naming its column, with its cells written
+/// back as a CSV line in its dead letter: it neither stops the import nor
+/// loses cells. Empty cells past the header (a trailing comma, as some
+/// exports write) lose nothing and are read as usual.
 fn csv_record(
     kind: EventKind,
     headers: &csv::StringRecord,
     row: &csv::ByteRecord,
     origin: Origin<'_>,
 ) -> Record {
-    let fault = if row.len() > headers.len() {
+    let past_header = row.iter().skip(headers.len()).any(|c| !c.is_empty());
+    let fault = if past_header {
         Some(Violation::new(
             "",
             Reason::Decode,
@@ -281,7 +292,8 @@ fn csv_record(
             .ok()
             .and_then(|()| line.into_inner().ok())
             .unwrap_or_default();
-        return Record::undecodable(original, dead_letter::CSV, v);
+        return Record::undecodable(original, dead_letter::CSV, v)
+            .sent_for(origin.tenant, origin.source);
     }
     let row: csv::StringRecord = row
         .iter()
@@ -361,7 +373,8 @@ mod tests {
             &b"order_id,status,updated_at,note\n\
                o-1,paid,2026-11-20T10:00:00Z,fine\n\
                o-2,paid,2026-11-20T10:00:00Z,\xcd\xf5\xd0\xa1\xc3\xf7\n\
-               o-3,paid,2026-11-20T10:00:00Z,late, again\n"[..],
+               o-3,paid,2026-11-20T10:00:00Z,late, again\n\
+               o-4,paid,2026-11-20T10:00:00Z,fine,,\n"[..],
         );
         let headers = csv.headers().expect("headers").clone();
         let mut row = csv::ByteRecord::new();
@@ -369,7 +382,7 @@ mod tests {
         while csv.read_byte_record(&mut row).expect("row") {
             records.push(csv_record(EventKind::Order, &headers, &row, origin));
         }
-        assert_eq!(records.len(), 3);
+        assert_eq!(records.len(), 4);
         assert!(records[0].event.is_some(), "{:?}", records[0].decode_error);
         let gbk = records[1].decode_error.as_ref().expect("refused");
         assert_eq!((gbk.field.as_str(), gbk.reason), ("note", Reason::Decode));
@@ -386,5 +399,12 @@ mod tests {
             records[2].original.as_deref(),
             Some(&b"o-3,paid,2026-11-20T10:00:00Z,late, again\n"[..])
         );
+        assert_eq!(
+            records[2].origin,
+            Some(("acme".to_owned(), "erp".to_owned())),
+            "the import's tenant and source"
+        );
+        // Empty cells past the header (a trailing comma) lose nothing.
+        assert!(records[3].event.is_some(), "{:?}", records[3].decode_error);
     }
 }

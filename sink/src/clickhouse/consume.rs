@@ -210,6 +210,7 @@ where
     let policy = retry_policy(cfg);
     let mut attempt = 0;
     loop {
+        retrying.held()?;
         attempt += 1;
         match call().await {
             Ok(v) => {
@@ -533,6 +534,8 @@ async fn consume(
     )
     .await
     {
+        // Taken out of the group just before stopping: the batch is the
+        // new owner's.
         Err(SinkError::AssignmentLost) => abandon(&mut batch, &mut positions),
         flushed => flushed?,
     }
@@ -551,7 +554,7 @@ fn abandon(batch: &mut Batch, positions: &mut Positions) {
     );
     ErrorKind::Rebalance.count(Metric::Errors.name());
     batch.reset();
-    positions.retain(|_| false);
+    positions.clear();
 }
 
 /// Forgets the partitions revoked since the last call: their positions and

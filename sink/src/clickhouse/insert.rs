@@ -59,14 +59,21 @@ pub(super) struct Retrying<'a> {
 }
 
 impl Retrying<'_> {
+    /// Before every attempt, the first included: `AssignmentLost` once the
+    /// partitions were taken (a call that hung past `max.poll.interval.ms`
+    /// and then answered must not lead to the next one).
+    pub(super) fn held(&self) -> Result<(), SinkError> {
+        if (self.lost)() {
+            return Err(SinkError::AssignmentLost);
+        }
+        Ok(())
+    }
+
     /// Waits before the attempt after `attempt`: `Stopped` once shutdown
-    /// came meanwhile, `AssignmentLost` once the partitions were taken.
+    /// came meanwhile.
     pub(super) async fn wait(&self, policy: &RetryPolicy, attempt: u32) -> Result<(), SinkError> {
         if !policy.sleep(attempt, self.stop).await {
             return Err(SinkError::Stopped);
-        }
-        if (self.lost)() {
-            return Err(SinkError::AssignmentLost);
         }
         Ok(())
     }
@@ -227,6 +234,7 @@ async fn drop_stored_anywhere(
     let policy = retry_policy(cfg);
     let mut attempt = 0;
     while from < rows.len() {
+        retrying.held()?;
         attempt += 1;
         match ids.stored(rows[from..].iter().map(key)).await {
             Ok(found) => {
@@ -344,6 +352,7 @@ where
     // Whether the last attempt's fate is unknown (checked before the next).
     let mut unknown = false;
     loop {
+        retrying.held()?;
         attempt += 1;
         let result = if unknown {
             match landed(client, table, rows).await {
@@ -452,8 +461,11 @@ mod tests {
     #[tokio::test]
     async fn no_attempt_is_made_once_the_partitions_are_taken() {
         use std::sync::atomic::{AtomicU32, Ordering};
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a port, released");
         let client = crate::ClickHouseConfig {
-            url: "http://127.0.0.1:9".into(),
+            url: format!("http://{closed}"),
             database: "d".into(),
             user: "default".into(),
             password: String::new(),
@@ -464,7 +476,7 @@ mod tests {
         let stop = CancellationToken::new();
         let readiness = xoflow_common::admin::Health::new().register("sink");
         let checks = AtomicU32::new(0);
-        // Held for two retries, taken before the third.
+        // Held for two attempts, taken before the third.
         let lost = || checks.fetch_add(1, Ordering::AcqRel) >= 2;
         let retrying = Retrying {
             stop: &stop,
@@ -472,12 +484,17 @@ mod tests {
             lost: &lost,
         };
         let rows = [super::super::event_ids::testing::row(0, 1)];
-        let out = insert_with_retry(&client, "events", &rows, &config(), retrying).await;
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            insert_with_retry(&client, "events", &rows, &config(), retrying),
+        )
+        .await
+        .expect("no attempt once the partitions are taken");
         assert!(matches!(out, Err(SinkError::AssignmentLost)), "{out:?}");
         assert_eq!(
             checks.load(Ordering::Acquire),
             3,
-            "asked after each failed attempt"
+            "asked before each attempt"
         );
     }
 

@@ -337,6 +337,12 @@ impl Positions {
             .retain(|(t, p, _)| !(*p == partition && t == topic));
     }
 
+    /// Forgets every partition: each is read again from ClickHouse when a
+    /// record of it comes.
+    pub fn clear(&mut self) {
+        self.parts.clear();
+    }
+
     pub fn retain(&mut self, mut keep: impl FnMut(&PartitionState) -> bool) {
         self.parts.retain(|(_, _, s)| keep(s));
     }
