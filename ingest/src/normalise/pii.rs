@@ -73,7 +73,7 @@ pub fn mask_in_place(text: &mut String, names: &[String], counts: &mut MaskCount
 /// The masked text, or `None` when there is nothing to mask.
 pub fn mask(text: &str, names: &[String], counts: &mut MaskCounts) -> Option<String> {
     let b = text.as_bytes();
-    let has_at = b.contains(&b'@');
+    let has_at = b.contains(&b'@') || b.windows(3).any(|w| w.eq_ignore_ascii_case(b"%40"));
     let has_digit = b.iter().any(u8::is_ascii_digit);
     if !has_at && !has_digit && names.is_empty() {
         return None;
@@ -210,21 +210,34 @@ fn is_domain_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-')
 }
 
+/// Addresses, their `@` as written or percent-encoded (`%40`): a URL or
+/// JSON text that carries one encoded (`email=wang%40example.cn`, a path
+/// `/u/wang%40example.cn`) is masked as plain text would be.
 fn find_emails(b: &[u8], spans: &mut Vec<(usize, usize, PiiKind)>) {
-    for (at, _) in b.iter().enumerate().filter(|(_, c)| **c == b'@') {
+    let ats = b.iter().enumerate().filter_map(|(i, c)| match c {
+        b'@' => Some((i, 1)),
+        b'%' if b
+            .get(i + 1..i + 3)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"40")) =>
+        {
+            Some((i, 3))
+        }
+        _ => None,
+    });
+    for (at, len) in ats {
         let mut start = at;
         while start > 0 && is_local_char(b[start - 1]) {
             start -= 1;
         }
-        let mut end = at + 1;
+        let mut end = at + len;
         while end < b.len() && is_domain_char(b[end]) {
             end += 1;
         }
         // A sentence may end right after the address.
-        while end > at + 1 && matches!(b[end - 1], b'.' | b'-') {
+        while end > at + len && matches!(b[end - 1], b'.' | b'-') {
             end -= 1;
         }
-        let domain = &b[at + 1..end];
+        let domain = &b[at + len..end];
         let tld_ok = domain
             .rsplit(|c| *c == b'.')
             .next()
@@ -471,6 +484,12 @@ mod tests {
             ("座机 010-62345678", "座机 [PHONE]"),
             ("mail me at Li.Lei@Example.com.", "mail me at [EMAIL]."),
             ("邮箱wang_xm@qq.com谢谢", "邮箱[EMAIL]谢谢"),
+            // Percent-encoded, as in a URL kept in a dead letter's JSON.
+            (
+                r#"{"url": "https://x.example/u/wang%40example.cn?m=emily.clarke%40example.co.uk"}"#,
+                r#"{"url": "https://x.example/u/[EMAIL]?m=[EMAIL]"}"#,
+            ),
+            ("discount 100%40 off", "discount 100%40 off"),
             ("card 4111 1111 1111 1111 declined", "card [CARD] declined"),
             ("卡号4111-1111-1111-1111", "卡号[CARD]"),
             ("身份证号11010519491231002X", "身份证号[ID_NUMBER]"),
