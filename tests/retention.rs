@@ -15,8 +15,8 @@ use xoflow_common::kafka::Outgoing;
 use xoflow_proto::{
     Message,
     v1::{
-        CustomerIdentity, DeadLetter, EnrichedEvent, Event, MetricKind, SurveyAnswer,
-        SurveyResponse, Touchpoint, event::Payload,
+        CustomerIdentity, EnrichedEvent, Event, MetricKind, SurveyAnswer, SurveyResponse,
+        Touchpoint, event::Payload,
     },
 };
 
@@ -75,22 +75,6 @@ fn survey(id: String, tenant: &str, at: i64) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn dead_letter(id: String, tenant: &str, at: i64) -> Vec<u8> {
-    DeadLetter {
-        payload: b"{}".to_vec(),
-        content_type: "application/json".into(),
-        stage: "ingest".into(),
-        reason: "INVALID".into(),
-        field: "order.currency".into(),
-        description: "test".into(),
-        tenant: tenant.into(),
-        source: "test".into(),
-        event_id: id,
-        at: Some(xoflow_proto::from_unix_millis(at)),
-    }
-    .encode_to_vec()
-}
-
 async fn count(ch: &clickhouse::Client, sql: &str) -> u64 {
     ch.query(sql)
         .fetch_one::<u64>()
@@ -120,7 +104,10 @@ async fn rows_past_the_tenant_retention_go_and_the_rest_stay() {
                 events.push((key.clone(), survey(key.clone(), tenant, now - age * DAY)));
                 // Dead letters 20 days old (past acme's 10) and 1 day old.
                 let dl_age = if tag == "old" { 20 } else { 1 };
-                dead.push((key.clone(), dead_letter(key, tenant, now - dl_age * DAY)));
+                dead.push((
+                    key.clone(),
+                    common::dead_letter(key, tenant, now - dl_age * DAY),
+                ));
             }
         }
     }
@@ -138,7 +125,7 @@ async fn rows_past_the_tenant_retention_go_and_the_rest_stay() {
             p,
             key.clone(),
             survey(key.clone(), "beta", now - DAY),
-            dead_letter(key, "beta", now - DAY),
+            common::dead_letter(key, "beta", now - DAY),
         ));
     }
     for (p, key, ev, dl) in &last {

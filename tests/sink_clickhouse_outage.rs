@@ -47,6 +47,19 @@ async fn counts(ch: &clickhouse::Client) -> Option<Counts> {
     .ok()
 }
 
+/// ClickHouse holds `n` events, each once, and counts each once in the
+/// aggregates.
+async fn assert_stored_once(ch: &clickhouse::Client, n: u64) {
+    assert_eq!(
+        counts(ch).await,
+        Some(Counts {
+            events: n,
+            distinct_events: n,
+            aggregated: n,
+        })
+    );
+}
+
 /// Waits until ClickHouse (asked through `ch`) counts `n` events in the
 /// aggregates.
 async fn wait_counted(ch: &clickhouse::Client, what: &str, n: u64, limit: Duration) {
@@ -144,14 +157,7 @@ async fn the_sink_rides_out_a_clickhouse_outage_and_says_so() {
     .await;
     common::wait_ready(&running, "readiness to return", Duration::from_secs(30)).await;
     assert_eq!(common::http_get(&admin, "/health/ready").await.0, 200);
-    assert_eq!(
-        counts(&ch).await,
-        Some(Counts {
-            events: 4_000,
-            distinct_events: 4_000,
-            aggregated: 4_000,
-        })
-    );
+    assert_stored_once(&ch, 4_000).await;
     assert!(!running.shutdown.token.is_cancelled());
     running.stop();
     running.wait().await.expect("clean shutdown");
@@ -232,14 +238,7 @@ async fn the_sink_rides_out_a_proxy_answering_for_an_absent_server() {
     proxy.resume();
     wait_counted(&ch, "every row", 3_000, Duration::from_secs(90)).await;
     common::wait_ready(&running, "readiness to return", Duration::from_secs(30)).await;
-    assert_eq!(
-        counts(&ch).await,
-        Some(Counts {
-            events: 3_000,
-            distinct_events: 3_000,
-            aggregated: 3_000,
-        })
-    );
+    assert_stored_once(&ch, 3_000).await;
 
     // A status no retry mends (the proxy's limit on a body's size): the
     // sink stops, with the error, and commits nothing past what it wrote.
@@ -318,14 +317,7 @@ async fn a_sink_out_of_its_group_leaves_its_batch_and_loses_nothing() {
     wait_counted(&ch, "every row", 3_000, Duration::from_secs(90)).await;
     // Whatever it was still retrying had its chance to land twice.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        counts(&ch).await,
-        Some(Counts {
-            events: 3_000,
-            distinct_events: 3_000,
-            aggregated: 3_000,
-        })
-    );
+    assert_stored_once(&ch, 3_000).await;
     running.shutdown.token.cancel();
 }
 
@@ -338,7 +330,6 @@ async fn a_sink_out_of_its_group_leaves_its_batch_and_loses_nothing() {
 /// offsets committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_insert_is_not_taken_for_landed_on_an_older_row() {
-    use xoflow_proto::{Message as _, v1::DeadLetter};
     let (mut cfg, id) = common::config("");
     let ch = cfg.clickhouse.client();
     // Five events, then a record that is no EnrichedEvent, at offset 5 of
@@ -376,20 +367,7 @@ async fn a_retried_insert_is_not_taken_for_landed_on_an_older_row() {
     // letters (offsets 0 and 1 of the dead-letter topic, lower than 5),
     // then a second run whose first inserts fail.
     let letters: Vec<Vec<u8>> = (0..2)
-        .map(|i| {
-            DeadLetter {
-                payload: b"{}".to_vec(),
-                content_type: "application/json".into(),
-                stage: "ingest".into(),
-                reason: "INVALID".into(),
-                field: "order.currency".into(),
-                event_id: format!("{id}-dl-{i}"),
-                tenant: "shop".into(),
-                at: Some(xoflow_proto::from_unix_millis(common::now_ms())),
-                ..Default::default()
-            }
-            .encode_to_vec()
-        })
+        .map(|i| common::dead_letter(format!("{id}-dl-{i}"), "shop", common::now_ms()))
         .collect();
     let more = common::enriched_click(format!("{id}-5"), "shop", &key, "s1");
     common::produce_enriched(&cfg, &[(more, key.clone())]).await;

@@ -413,19 +413,25 @@ fn drop_masked_identifiers(v: &mut Value) {
         "name",
         "id_number",
     ];
-    let identifier = |key: &str| IDENTIFIERS.iter().any(|i| key == *i || key == camel(i));
-    let masked = |x: &Value| {
-        x.as_str()
-            .is_some_and(|s| PiiKind::ALL.iter().any(|k| k.placeholder() == s) || s == "[HANDLE]")
-    };
-    match v {
-        Value::Object(m) => {
-            m.retain(|k, x| !(identifier(k) && masked(x)));
-            m.values_mut().for_each(drop_masked_identifiers);
+    let camels = IDENTIFIERS.map(camel);
+    let identifier =
+        |key: &str| IDENTIFIERS.contains(&key) || camels.iter().any(|c| c.as_str() == key);
+    fn walk(v: &mut Value, identifier: &dyn Fn(&str) -> bool) {
+        let masked = |x: &Value| {
+            x.as_str().is_some_and(|s| {
+                PiiKind::ALL.iter().any(|k| k.placeholder() == s) || s == "[HANDLE]"
+            })
+        };
+        match v {
+            Value::Object(m) => {
+                m.retain(|k, x| !(identifier(k) && masked(x)));
+                m.values_mut().for_each(|x| walk(x, identifier));
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, identifier)),
+            _ => {}
         }
-        Value::Array(a) => a.iter_mut().for_each(drop_masked_identifiers),
-        _ => {}
     }
+    walk(v, &identifier);
 }
 
 /// Marks the rows tried, by their lineage, and waits until ClickHouse has

@@ -598,11 +598,14 @@ mod tests {
         c
     }
 
-    /// A partition sent back with `resume_at` reads on from that offset:
-    /// the records the rewound seek brings back before it are dropped, none
-    /// after it is missing.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_partition_sent_back_resumes_at_the_offset_given() {
+    /// A mock cluster whose topic `t` has one partition holding `n`
+    /// records (offsets 0..n), and its bootstrap address.
+    fn one_partition_of(
+        n: u64,
+    ) -> (
+        MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        String,
+    ) {
         let mock = MockCluster::new(1).expect("mock cluster");
         mock.create_topic("t", 1, 1).expect("topic");
         let bootstrap = mock.bootstrap_servers();
@@ -610,13 +613,22 @@ mod tests {
             .set("bootstrap.servers", &bootstrap)
             .create()
             .expect("producer");
-        for n in 0u64..100 {
+        for n in 0..n {
             let payload = n.to_be_bytes();
             producer
                 .send(BaseRecord::<(), _>::to("t").partition(0).payload(&payload))
                 .expect("queued");
         }
         producer.flush(Duration::from_secs(5)).expect("flushed");
+        (mock, bootstrap)
+    }
+
+    /// A partition sent back with `resume_at` reads on from that offset:
+    /// the records the rewound seek brings back before it are dropped, none
+    /// after it is missing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_sent_back_resumes_at_the_offset_given() {
+        let (_mock, bootstrap) = one_partition_of(100);
 
         let c: StreamConsumer<RebalanceLog> = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
@@ -672,20 +684,7 @@ mod tests {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let mock = MockCluster::new(1).expect("mock cluster");
-            mock.create_topic("t", 1, 1).expect("topic");
-            let bootstrap = mock.bootstrap_servers();
-            let producer: BaseProducer = ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
-                .create()
-                .expect("producer");
-            for n in 0u64..10 {
-                let payload = n.to_be_bytes();
-                producer
-                    .send(BaseRecord::<(), _>::to("t").partition(0).payload(&payload))
-                    .expect("queued");
-            }
-            producer.flush(Duration::from_secs(5)).expect("flushed");
+            let (mock, bootstrap) = one_partition_of(10);
             // The stages' consumer settings: with no logger installed, as
             // here, rdkafka would ask librdkafka for errors only.
             let c = crate::kafka::KafkaConfig::with_brokers(bootstrap.clone())

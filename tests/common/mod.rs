@@ -505,6 +505,25 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// An ingest dead letter of `tenant` (a refused order, JSON), as the
+/// dead-letter topic carries it: the sink tests' other input.
+pub fn dead_letter(event_id: String, tenant: &str, at_ms: i64) -> Vec<u8> {
+    use xoflow_proto::{Message, v1::DeadLetter};
+    DeadLetter {
+        payload: b"{}".to_vec(),
+        content_type: "application/json".into(),
+        stage: "ingest".into(),
+        reason: "INVALID".into(),
+        field: "order.currency".into(),
+        description: "test".into(),
+        tenant: tenant.into(),
+        source: "test".into(),
+        event_id,
+        at: Some(xoflow_proto::from_unix_millis(at_ms)),
+    }
+    .encode_to_vec()
+}
+
 /// An enriched click of `customer` in `session`, as enrich would write it:
 /// the sink tests' input, produced straight onto the enriched topic.
 pub fn enriched_click(event_id: String, tenant: &str, customer: &str, session: &str) -> Vec<u8> {

@@ -78,19 +78,16 @@ pub const MAX_DEAD_LETTER_BYTES: usize = 900 * 1024;
 /// written.
 pub const MAX_EVENT_BYTES: usize = MAX_DEAD_LETTER_BYTES;
 
-/// Refuses a valid event too large for one Kafka record, naming its size.
-fn fits_a_record(e: &Event) -> Result<(), Vec<Violation>> {
-    let len = e.encoded_len();
-    if len <= MAX_EVENT_BYTES {
-        return Ok(());
-    }
-    Err(vec![Violation::new(
+/// Why a valid event too large for one Kafka record is refused, naming
+/// its size.
+fn too_long(len: usize) -> Violation {
+    Violation::new(
         "",
         Reason::TooLong,
         format!(
             "the event encodes to {len} bytes, over the {MAX_EVENT_BYTES} one record may hold: split it (fewer segments, answers or items per event)"
         ),
-    )])
+    )
 }
 
 /// `id` as it may be echoed: whole when it is no longer than any valid id,
@@ -188,7 +185,7 @@ pub fn handle_batch(
                         authorise(e, p, &mut auth);
                     }
                     match n.normalise_record(e, now_ms, &r.names, &mut v.masked) {
-                        Ok(()) if auth.is_empty() => fits_a_record(e),
+                        Ok(()) if auth.is_empty() => Ok(()),
                         Ok(()) => Err(auth),
                         Err(more) => {
                             auth.extend(more);
@@ -207,13 +204,22 @@ pub fn handle_batch(
     v.accepted = EncodedBatch::with_capacity(outcomes.len());
     for (i, (r, outcome)) in outcomes.into_iter().enumerate() {
         let index = first_index.saturating_add(i as u32);
+        // Encoded here, once: an event larger than a record holds is
+        // refused as its encoding shows (after the in-batch duplicates:
+        // a later copy of its id is a duplicate all the same).
+        let outcome = match (outcome, &r.event) {
+            (Ok(()), Some(e)) => v
+                .accepted
+                .push(e, MAX_EVENT_BYTES)
+                .map_err(|len| vec![too_long(len)]),
+            (outcome, _) => outcome,
+        };
         match outcome {
             Ok(()) => {
                 let Some(e) = r.event else { continue };
                 if let Some(kind) = e.kind() {
                     v.accepted_per_kind[kind as usize] += 1;
                 }
-                v.accepted.push(&e);
                 v.results.push(RecordResult {
                     index,
                     event_id: e.event_id,
@@ -327,6 +333,15 @@ mod tests {
 
     const NOW: i64 = 1_763_000_000_000;
 
+    fn normaliser() -> Normaliser {
+        Normaliser::new(
+            b"0123456789abcdef",
+            Duration::from_secs(300),
+            Duration::from_secs(400 * 86_400),
+        )
+        .expect("key")
+    }
+
     fn call(id: &str, segments: usize, chars: usize) -> Record {
         Record::event(Event {
             event_id: id.into(),
@@ -355,12 +370,7 @@ mod tests {
     /// `xoflow replay --tenant` never found them.
     #[test]
     fn a_dead_letter_without_an_event_names_its_tenant_and_source() {
-        let n = Normaliser::new(
-            b"0123456789abcdef",
-            Duration::from_secs(300),
-            Duration::from_secs(400 * 86_400),
-        )
-        .expect("key");
+        let n = normaliser();
         let native = crate::sources::decode(
             xoflow_proto::EventKind::Call,
             br#"{"call_id": "c1", "segments": [{"speaker": "robot"}]}"#,
@@ -393,12 +403,7 @@ mod tests {
     /// raw. The caller's own answer keeps the value.
     #[test]
     fn a_dead_letter_description_quotes_no_personal_value() {
-        let n = Normaliser::new(
-            b"0123456789abcdef",
-            Duration::from_secs(300),
-            Duration::from_secs(400 * 86_400),
-        )
-        .expect("key");
+        let n = normaliser();
         let records = crate::framing::decode_events(
             br#"{"event_id": "e1", "tenant": "acme", "customer": {"phone": 13800138000}}"#,
             false,
@@ -433,12 +438,7 @@ mod tests {
     /// for a batch partly written.
     #[test]
     fn an_event_too_large_for_one_record_is_refused_alone() {
-        let n = Normaliser::new(
-            b"0123456789abcdef",
-            Duration::from_secs(300),
-            Duration::from_secs(400 * 86_400),
-        )
-        .expect("key");
+        let n = normaliser();
         let records = vec![call("small", 3, 300), call("large", 20, 60_000)];
         let v = handle_batch(&n, records, 0, None, NOW);
         assert!(v.results[0].accepted);

@@ -69,15 +69,24 @@ impl EncodedBatch {
         }
     }
 
-    /// Appends `e`, keyed by its strongest customer key.
-    pub fn push(&mut self, e: &Event) {
+    /// Appends `e`, keyed by its strongest customer key, unless it encodes
+    /// to more than `max` bytes: then nothing is kept, and the length is
+    /// returned. Measured from the encoding itself, so that the event is
+    /// not sized a second time before it.
+    pub fn push(&mut self, e: &Event, max: usize) -> Result<(), usize> {
         let key = e.partition_key().as_bytes();
         let k0 = self.buf.len();
         self.buf.extend_from_slice(key);
         let p0 = self.buf.len();
         // Encoding into a Vec cannot fail: it grows as needed.
         let _ = e.encode(&mut self.buf);
+        let len = self.buf.len() - p0;
+        if len > max {
+            self.buf.truncate(k0);
+            return Err(len);
+        }
         self.records.push((k0..p0, p0..self.buf.len()));
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
