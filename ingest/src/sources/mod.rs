@@ -66,7 +66,7 @@ pub fn decode(kind: EventKind, bytes: &[u8], origin: Origin<'_>) -> Record {
             EventKind::Click => parse::<TrackCall>(bytes).and_then(TrackCall::into_event),
         },
     };
-    from_converted(converted, bytes.to_vec(), origin)
+    from_converted(kind, converted, bytes.to_vec(), origin)
 }
 
 /// Decodes one native record already read into a typed row (CSV import).
@@ -81,10 +81,11 @@ pub fn from_value(kind: EventKind, value: Value, origin: Origin<'_>) -> Record {
         EventKind::Order => order_row(value).and_then(OrderRow::into_event),
         EventKind::Click => parse_value::<TrackCall>(value).and_then(TrackCall::into_event),
     };
-    from_converted(converted, original, origin)
+    from_converted(kind, converted, original, origin)
 }
 
 fn from_converted(
+    kind: EventKind,
     converted: Result<(Event, Vec<String>), Violation>,
     original: Vec<u8>,
     origin: Origin<'_>,
@@ -95,8 +96,35 @@ fn from_converted(
             e.source = origin.source.to_owned();
             Record::decoded(e, original, JSON, names)
         }
-        Err(v) => Record::undecodable(original, JSON, v).sent_for(origin.tenant, origin.source),
+        Err(v) => {
+            // Refused before or after its fields were read, it keeps its
+            // marked names masked in its dead letter: read again from the
+            // JSON as it is (refused records only).
+            let names = serde_json::from_slice::<Value>(&original)
+                .map(|value| marked_names(kind, &value))
+                .unwrap_or_default();
+            let mut r =
+                Record::undecodable(original, JSON, v).sent_for(origin.tenant, origin.source);
+            r.names = names;
+            r
+        }
     }
+}
+
+/// The name a record of `kind` marks personal (the field its decoder
+/// reads into the names to mask), read from any JSON.
+fn marked_names(kind: EventKind, value: &Value) -> Vec<String> {
+    let pointer = match kind {
+        EventKind::Survey => "/respondent/name",
+        EventKind::Call => "/caller/name",
+        EventKind::Social => "/author/display_name",
+        EventKind::Order | EventKind::Click => return Vec::new(),
+    };
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .map(|n| name_list(n.to_owned()))
+        .unwrap_or_default()
 }
 
 pub(super) fn required(field: &str, s: &str) -> Result<(), Violation> {
@@ -153,6 +181,58 @@ mod tests {
         tenant: "acme",
         source: "test",
     };
+
+    /// A native record refused (a field of the wrong type, a required one
+    /// missing) keeps the name its source marks, so that its dead letter
+    /// masks it; before, a refused record had no names and its dead letter
+    /// kept the respondent's, caller's or author's name in clear.
+    #[test]
+    fn a_refused_record_keeps_its_marked_names_for_its_dead_letter() {
+        let cases: [(EventKind, &str, &str); 4] = [
+            (
+                EventKind::Survey,
+                r#"{"response_id":"r1","survey_id":"s","submitted_at":"2025-11-14T10:02:00+08:00",
+                    "respondent":{"name":"Li Lei"},"answers":[{"question_id":"nps","type":"nps","value":"nine"}],
+                    "comment":"Li Lei again"}"#,
+                "Li Lei",
+            ),
+            (
+                EventKind::Call,
+                r#"{"call_id":"c1","caller":{"name":"Han Meimei"},"segments":"none"}"#,
+                "Han Meimei",
+            ),
+            (
+                EventKind::Social,
+                r#"{"author":{"display_name":"王小明"},"text":"王小明 says hi"}"#,
+                "王小明",
+            ),
+            (
+                EventKind::Survey,
+                r#"{"survey_id":"s","submitted_at":"2025-11-14T10:02:00+08:00","respondent":{"name":"Li Lei"}}"#,
+                "Li Lei",
+            ),
+        ];
+        for (kind, bytes, name) in cases {
+            let r = decode(kind, bytes.as_bytes(), ORIGIN);
+            assert!(r.event.is_none(), "{kind:?} refused");
+            assert_eq!(r.names, vec![name.to_string()], "{kind:?}");
+            let masked = crate::normalise::pii::mask(bytes, &r.names, &mut Default::default())
+                .expect("masked");
+            assert!(!masked.contains(name), "{masked}");
+        }
+        // CSV rows read into a value take the same path.
+        let row = serde_json::json!({"call_id": "c2", "caller": {"name": "Li Lei"}});
+        assert_eq!(
+            from_value(EventKind::Call, row, ORIGIN).names,
+            vec!["Li Lei".to_string()]
+        );
+        // Not JSON: nothing to read.
+        assert!(
+            decode(EventKind::Survey, b"{not json", ORIGIN)
+                .names
+                .is_empty()
+        );
+    }
 
     #[test]
     fn a_survey_webhook_becomes_a_survey_response() {
