@@ -3,7 +3,8 @@
 //! webhooks, signed, in each format; copies are stored and delivered once;
 //! a failing receiver is retried with growing gaps while a dead one slows
 //! nobody else; a stage dropped mid-way loses nothing; reading pauses while
-//! a department holds its most pending alerts.
+//! a department holds its most pending alerts; an alert whose partition
+//! moves to another instance is given up by its new owner alone.
 
 mod alert_support;
 mod common;
@@ -639,5 +640,144 @@ async fn reading_pauses_while_a_department_holds_its_most_pending_alerts() {
     assert_eq!((c.rows, c.ids), (20, 20));
     println!("at most {most} of 20 alerts read while the receiver failed (bound 3, batches of 2)");
     running.shutdown().await;
+    common::drop_database(&cfg).await;
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct DeadRows {
+    alert_id: String,
+    rows: u64,
+}
+
+/// Two instances of the stage and a receiver that always fails. The first
+/// takes every alert and retries them; when the second joins, the alerts
+/// of the partitions it takes are withdrawn from the first's workers, so
+/// each alert is retried by one instance and given up once, with one
+/// `dead` row and one dead letter. Before, the first went on retrying the
+/// alerts it no longer owned until its own `give_up_after`: the moved
+/// alerts were given up twice (60 `dead` rows for 40 alerts). About 40 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_whose_partition_moves_is_given_up_by_its_new_owner_alone() {
+    let (cfg, id) = alert_support::setup().await;
+    let down = Receiver::start(Format::Generic, Some("d"), Behaviour::Status(500)).await;
+    let mut acfg = alert_support::alert_config(&id);
+    acfg.retry_backoff = Duration::from_millis(200);
+    acfg.retry_max_backoff = Duration::from_secs(1);
+    // Far longer than a rebalance takes, so that it comes first.
+    acfg.give_up_after = Duration::from_secs(30);
+    alert_support::webhook(
+        &mut acfg,
+        "acme",
+        "care",
+        down.url(),
+        Format::Generic,
+        Some("d"),
+    );
+    let alerts = specs(&id, "acme", "care", 40, common::now_ms());
+    let want: BTreeSet<String> = alerts.iter().map(|a| a.alert_id.clone()).collect();
+    alert_support::produce(&cfg, &alerts, &[]).await;
+
+    let first = alert_support::start(&cfg, &acfg, ApiKeys::default()).await;
+    let (d, w) = (down.clone(), want.clone());
+    common::wait_for(
+        "every alert attempted by the first instance",
+        Duration::from_secs(30),
+        move || {
+            let got: BTreeSet<String> = d
+                .received()
+                .iter()
+                .map(|x| x.header("idempotency-key").to_owned())
+                .collect();
+            let done = got == w;
+            async move { done }
+        },
+    )
+    .await;
+    let joined = tokio::time::Instant::now();
+    let second = alert_support::start(&cfg, &acfg, ApiKeys::default()).await;
+
+    let c = cfg.clone();
+    common::wait_for("every alert given up", Duration::from_secs(90), move || {
+        let c = c.clone();
+        async move {
+            alert_support::one::<Counts>(
+                &c,
+                "SELECT count() AS rows, uniqExact(alert_id) AS ids FROM alert_deliveries \
+                     WHERE outcome = 'dead'",
+            )
+            .await
+            .ids >= 40
+        }
+    })
+    .await;
+    wait_all_committed(&cfg, &acfg.group_id).await;
+    let given_up = joined.elapsed();
+    // The last of the second instance's alerts: given up `give_up_after`
+    // after its first attempt, which came after the rebalance. (Had the
+    // rebalance come after the first gave every alert up, the second would
+    // have found them final: nothing would have been withdrawn.)
+    assert!(
+        given_up >= Duration::from_secs(30),
+        "the moved alerts were given up by the second instance ({given_up:?} after it joined)"
+    );
+    let dead: Vec<DeadRows> = alert_support::all(
+        &cfg,
+        "SELECT alert_id, count() AS rows FROM alert_deliveries WHERE outcome = 'dead' \
+         GROUP BY alert_id ORDER BY alert_id",
+    )
+    .await;
+    let twice: Vec<&DeadRows> = dead.iter().filter(|r| r.rows != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "alerts given up more than once: {twice:?}"
+    );
+    assert_eq!(
+        dead.iter()
+            .map(|r| r.alert_id.clone())
+            .collect::<BTreeSet<_>>(),
+        want
+    );
+    // One dead letter per alert: every one is produced before the offsets
+    // it makes final are committed.
+    let letters: Vec<(Vec<u8>, Vec<u8>)> = common::read_topic(
+        &cfg,
+        &format!("g-{id}-read-dead"),
+        &cfg.kafka.topics.dead_letters,
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+        |read: &mut Vec<(Vec<u8>, Vec<u8>)>, m| {
+            use rdkafka::Message as _;
+            read.push((
+                m.key().unwrap_or_default().to_vec(),
+                m.payload().unwrap_or_default().to_vec(),
+            ));
+        },
+        |read| read.len() >= 40,
+    )
+    .await;
+    let letters = ingest_support::dead_letters(&letters);
+    let per_alert: BTreeSet<String> = letters
+        .iter()
+        .map(|d| {
+            assert_eq!(
+                (d.stage.as_str(), d.reason.as_str()),
+                ("alert", "UNDELIVERABLE")
+            );
+            Alert::decode(d.payload.as_slice())
+                .expect("alert payload")
+                .alert_id
+        })
+        .collect();
+    assert_eq!(letters.len(), 40, "one dead letter per alert");
+    assert_eq!(per_alert, want);
+    println!(
+        "40 alerts, the second instance joined once the first had attempted all; \
+         given up {:.1} s after the join; {} dead rows, {} dead letters",
+        given_up.as_secs_f64(),
+        dead.iter().map(|r| r.rows).sum::<u64>(),
+        letters.len()
+    );
+    first.shutdown().await;
+    second.shutdown().await;
     common::drop_database(&cfg).await;
 }

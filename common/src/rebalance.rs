@@ -56,8 +56,20 @@ const BROKER_WAIT: Duration = Duration::from_secs(10);
 /// One partition given to or taken from this consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Assigned { topic: String, partition: i32 },
-    Revoked { topic: String, partition: i32 },
+    Assigned {
+        topic: String,
+        partition: i32,
+    },
+    Revoked {
+        topic: String,
+        partition: i32,
+    },
+    /// After the `Assigned` of one assignment, also of one that assigns
+    /// nothing ([`Keep::Both`] only): a partition revoked before and not
+    /// assigned since is another member's now. (The eager protocol
+    /// revokes every partition and then assigns the new share, often the
+    /// same partitions again.)
+    AssignmentEnd,
 }
 
 /// A consumer context that records rebalances for the stage's loop.
@@ -548,10 +560,15 @@ impl ConsumerContext for RebalanceLog {
                 self.name
             );
             if self.keep == Keep::Both {
-                self.record(tpl.elements().iter().map(|e| Change::Assigned {
-                    topic: e.topic().to_owned(),
-                    partition: e.partition(),
-                }));
+                self.record(
+                    tpl.elements()
+                        .iter()
+                        .map(|e| Change::Assigned {
+                            topic: e.topic().to_owned(),
+                            partition: e.partition(),
+                        })
+                        .chain([Change::AssignmentEnd]),
+                );
             }
         }
     }
@@ -846,6 +863,7 @@ mod tests {
                         revoked += 1;
                         held.remove(&partition);
                     }
+                    Change::AssignmentEnd => {}
                 }
             }
             for m in &batch {

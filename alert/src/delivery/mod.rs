@@ -26,6 +26,17 @@
 //! department holds fewer than `max_pending_per_department` alerts. Alerts
 //! waiting for a retry wait in a timer heap, not in front of the queue: a
 //! receiver answering 500 delays its own alerts only by their backoff.
+//!
+//! An alert whose partition went to another instance in a rebalance is
+//! [`Withdrawal::withdraw`]n by the stage loop once the rebalance ends:
+//! its worker starts no further attempt of it (queued, waiting for a
+//! retry, or due), reports no settlement, and logs an attempt that was
+//! already on the wire as `retry` unless it delivered. The partition's new
+//! owner reads the alert again, asks the delivery log, and decides alone
+//! about the webhooks not final there, on its own `give_up_after`. The dead
+//! letters of webhooks already final here (refused, given up) are reported
+//! at once ([`Report::DeadLetters`]): their `dead` rows tell the new owner
+//! not to try them again, so nobody else would.
 
 pub mod offsets;
 
@@ -34,7 +45,10 @@ use std::{
     collections::{BinaryHeap, HashMap, VecDeque},
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -74,6 +88,30 @@ pub struct Department {
 pub struct Job {
     pub alert: Arc<Alert>,
     pub targets: Vec<u16>,
+    /// Set by the stage loop once the alert's partition was revoked.
+    pub withdrawal: Withdrawal,
+}
+
+/// Shared by the stage loop and the worker holding one reading of an
+/// alert: the loop withdraws the alert when its partition goes to another
+/// instance, and the worker drops it at its next step (see the module
+/// doc). A later reading of the same alert gets a new one.
+#[derive(Debug, Clone, Default)]
+pub struct Withdrawal(Arc<AtomicBool>);
+
+impl Withdrawal {
+    pub fn withdraw(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_withdrawn(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Whether both are the same reading's.
+    pub fn same(&self, other: &Withdrawal) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// What a worker tells the stage loop.
@@ -82,11 +120,17 @@ pub enum Report {
     /// One attempt (its row of the delivery log).
     Attempt(DeliveryRow),
     /// Every webhook of the alert reached a final outcome; the dead letters
-    /// of those that were not delivered.
+    /// of those that were not delivered. `reading` tells which reading of
+    /// the alert this was, so that a settlement reported just before its
+    /// reading was withdrawn does not settle a later reading.
     Settled {
         alert_id: String,
         dead_letters: Vec<DeadLetter>,
+        reading: Withdrawal,
     },
+    /// A withdrawn alert's dead letters of webhooks already final here:
+    /// produced, nothing settled.
+    DeadLetters(Vec<DeadLetter>),
 }
 
 /// `retry` rows of the delivery log reported and not stored yet (waiting
@@ -214,12 +258,34 @@ struct Task {
     attempts: u32,
     /// When the first attempt began.
     first: Option<Instant>,
+    withdrawal: Withdrawal,
 }
 
 /// An alert whose webhooks are not all final yet.
 struct Open {
     remaining: usize,
     dead_letters: Vec<DeadLetter>,
+    withdrawal: Withdrawal,
+}
+
+/// Forgets `open`'s entry for `task`'s withdrawn alert when it is that
+/// reading's (a later reading of the alert may have taken its place).
+fn forget(open: &mut HashMap<String, Open>, task: &Task, reports: &Reports) {
+    if open
+        .get(&task.alert.alert_id)
+        .is_some_and(|o| o.withdrawal.same(&task.withdrawal))
+        && let Some(o) = open.remove(&task.alert.alert_id)
+    {
+        withdrawn(o, reports);
+    }
+}
+
+/// A withdrawn reading leaves: the dead letters of its webhooks already
+/// final go out (their `dead` rows keep the new owner from them).
+fn withdrawn(o: Open, reports: &Reports) {
+    if !o.dead_letters.is_empty() {
+        reports.push(Report::DeadLetters(o.dead_letters));
+    }
 }
 
 type Attempting = Pin<Box<dyn Future<Output = (Task, Attempt, i64)> + Send>>;
@@ -257,6 +323,10 @@ pub async fn work(
         }
         while in_flight.len() < policy.max_in_flight {
             let Some(task) = ready.pop_front() else { break };
+            if task.withdrawal.is_withdrawn() {
+                forget(&mut open, &task, &reports);
+                continue;
+            }
             in_flight.push(attempt(&dept, &client, task));
         }
         if closed && in_flight.is_empty() && ready.is_empty() && waiting.is_empty() {
@@ -272,7 +342,17 @@ pub async fn work(
             Some((mut task, a, at_ms)) = in_flight.next(), if !in_flight.is_empty() => {
                 task.attempts += 1;
                 let elapsed = task.first.map_or(Duration::ZERO, |f| f.elapsed());
-                let step = next_step(a.verdict, task.attempts, elapsed, &policy, rand_unit());
+                let mut step = next_step(a.verdict, task.attempts, elapsed, &policy, rand_unit());
+                if task.withdrawal.is_withdrawn() {
+                    // The new owner decides: only a delivery is final here,
+                    // and nothing is settled or dead-lettered.
+                    if step != Step::Delivered {
+                        step = Step::Retry(Duration::ZERO);
+                    }
+                    report(&dept, &reports, &task, &a, &step, at_ms);
+                    forget(&mut open, &task, &reports);
+                    continue;
+                }
                 let id = task.alert.alert_id.clone();
                 let final_ = report(&dept, &reports, &task, &a, &step, at_ms);
                 match step {
@@ -288,7 +368,11 @@ pub async fn work(
                             if o.remaining == 0
                                 && let Some(o) = open.remove(&id)
                             {
-                                reports.push(Report::Settled { alert_id: id, dead_letters: o.dead_letters });
+                                reports.push(Report::Settled {
+                                    alert_id: id,
+                                    dead_letters: o.dead_letters,
+                                    reading: o.withdrawal,
+                                });
                             }
                         }
                     }
@@ -298,13 +382,31 @@ pub async fn work(
             job = jobs.recv(), if take => match job {
                 Some(job) => {
                     let id = job.alert.alert_id.clone();
-                    if job.targets.is_empty() || open.contains_key(&id) {
-                        // Nothing to do (the stage loop never sends these).
+                    let taken = open.get(&id).is_some_and(|o| !o.withdrawal.is_withdrawn());
+                    if job.targets.is_empty() || taken || job.withdrawal.is_withdrawn() {
+                        // Nothing to do: the stage loop sends an alert again
+                        // only once its earlier reading was withdrawn.
                         continue;
                     }
-                    open.insert(id, Open { remaining: job.targets.len(), dead_letters: Vec::new() });
+                    // A withdrawn reading's tasks still queued or parked
+                    // are dropped when they come up (`forget` leaves this
+                    // entry alone).
+                    let earlier = open.insert(id, Open {
+                        remaining: job.targets.len(),
+                        dead_letters: Vec::new(),
+                        withdrawal: job.withdrawal.clone(),
+                    });
+                    if let Some(o) = earlier {
+                        withdrawn(o, &reports);
+                    }
                     for w in job.targets {
-                        ready.push_back(Task { alert: job.alert.clone(), webhook: w, attempts: 0, first: None });
+                        ready.push_back(Task {
+                            alert: job.alert.clone(),
+                            webhook: w,
+                            attempts: 0,
+                            first: None,
+                            withdrawal: job.withdrawal.clone(),
+                        });
                     }
                 }
                 None => closed = true,
@@ -466,6 +568,7 @@ mod tests {
         reports.push(Report::Settled {
             alert_id: "a0".into(),
             dead_letters: Vec::new(),
+            reading: Withdrawal::default(),
         });
         let taken = reports.take();
         assert_eq!(taken.len(), MAX_BUFFERED_RETRY_ROWS + 2);
@@ -561,31 +664,269 @@ mod tests {
         ));
     }
 
+    /// Webhook `index` of department acme/logistics at `url`.
+    fn hook(index: usize, url: String, format: crate::config::Format) -> Webhook {
+        Webhook::new(
+            &crate::config::WebhookConfig {
+                url,
+                format,
+                secret: None,
+            },
+            index,
+            format!("alert.tenants.acme.departments.logistics.webhooks[{index}]"),
+        )
+        .expect("hook")
+    }
+
+    fn logistics(webhooks: Vec<Webhook>) -> Arc<Department> {
+        Arc::new(Department {
+            tenant: "acme".into(),
+            name: "logistics".into(),
+            webhooks,
+        })
+    }
+
+    /// A port nobody listens on.
+    fn closed_port() -> std::net::SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+    }
+
+    /// A department whose one webhook is a closed port.
+    fn unreachable() -> (Arc<Department>, std::net::SocketAddr) {
+        let closed = closed_port();
+        let url = format!("http://{closed}/hook");
+        (
+            logistics(vec![hook(0, url, crate::config::Format::Wecom)]),
+            closed,
+        )
+    }
+
+    /// An alert with two webhooks, one refusing it for good (400) and one
+    /// unreachable, withdrawn while the second waits for its retry: the
+    /// first's dead letter goes out at once, unsettled (its `dead` row
+    /// keeps the new owner from that webhook, so nobody else would send
+    /// it), and the second is attempted no more. Before, the worker kept
+    /// the dead letter until the second was final; dropped with the
+    /// withdrawn reading, it was never sent.
+    #[tokio::test]
+    async fn a_withdrawn_alert_sends_the_dead_letters_of_its_final_webhooks() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("port");
+        let refusing = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let app = axum::Router::new()
+                .fallback(|| async { (axum::http::StatusCode::BAD_REQUEST, "no such recipient") });
+            let _ = axum::serve(listener, app).await;
+        });
+        let dept = logistics(vec![
+            hook(
+                0,
+                format!("http://{refusing}/hook"),
+                crate::config::Format::Generic,
+            ),
+            hook(
+                1,
+                format!("http://{}/hook", closed_port()),
+                crate::config::Format::Generic,
+            ),
+        ]);
+        let policy = Policy {
+            // Long enough that the withdrawal comes first on a busy
+            // machine: it follows the second report by a few ms.
+            retry: RetryPolicy::exponential(Duration::from_secs(2), Duration::from_secs(2))
+                .with_jitter(0.0),
+            give_up_after: Duration::from_secs(60),
+            max_in_flight: 2,
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let reports = Reports::default();
+        let worker = tokio::spawn(work(
+            dept,
+            rx,
+            WebhookClient::new(Duration::from_secs(5)).expect("client"),
+            policy,
+            reports.clone(),
+            CancellationToken::new(),
+        ));
+        let w = Withdrawal::default();
+        tx.send(Job {
+            alert: Arc::new(Alert {
+                alert_id: "a2".into(),
+                tenant: "acme".into(),
+                department: "logistics".into(),
+                ..Default::default()
+            }),
+            targets: vec![0, 1],
+            withdrawal: w.clone(),
+        })
+        .await
+        .expect("send");
+        // Both attempted once: webhook 0 refused for good, 1 to retry.
+        let mut got = Vec::new();
+        let first_two = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                got.extend(reports.take());
+                let outcomes: Vec<(u16, i8)> = got
+                    .iter()
+                    .filter_map(|r| match r {
+                        Report::Attempt(row) => Some((row.webhook, row.outcome)),
+                        _ => None,
+                    })
+                    .collect();
+                if outcomes.len() >= 2 {
+                    return outcomes;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("both webhooks attempted");
+        assert!(
+            first_two.contains(&(0, Outcome::Dead as i8)),
+            "{first_two:?}"
+        );
+        assert!(
+            first_two.contains(&(1, Outcome::Retry as i8)),
+            "{first_two:?}"
+        );
+        w.withdraw();
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(10), worker)
+            .await
+            .expect("the worker ends once its queue is closed and nothing is left")
+            .expect("worker");
+        server.abort();
+        got.extend(reports.take());
+        let attempts = got
+            .iter()
+            .filter(|r| matches!(r, Report::Attempt(_)))
+            .count();
+        assert_eq!(attempts, 2, "no attempt after the withdrawal: {got:?}");
+        assert!(
+            !got.iter().any(|r| matches!(r, Report::Settled { .. })),
+            "{got:?}"
+        );
+        let letters: Vec<&DeadLetter> = got
+            .iter()
+            .filter_map(|r| match r {
+                Report::DeadLetters(d) => Some(d),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(letters.len(), 1, "{got:?}");
+        assert_eq!(
+            letters[0].field,
+            "alert.tenants.acme.departments.logistics.webhooks[0]"
+        );
+        assert_eq!(letters[0].reason, "UNDELIVERABLE");
+    }
+
+    /// A reading withdrawn while it waits for its retry gets no further
+    /// attempt, no settlement and no dead letter; a later reading of the
+    /// same alert is taken at once (the withdrawn one's parked retry does
+    /// not block it) and runs to its end alone. Without the withdrawal the
+    /// first reading would be retried to `give_up_after` and the second
+    /// ignored as a copy.
+    #[tokio::test(start_paused = true)]
+    async fn a_withdrawn_alert_is_attempted_no_more_and_not_settled() {
+        let (dept, _closed) = unreachable();
+        let policy = Policy {
+            retry: RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(4))
+                .with_jitter(0.0),
+            give_up_after: Duration::from_secs(10),
+            max_in_flight: 2,
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let reports = Reports::default();
+        let worker = tokio::spawn(work(
+            dept,
+            rx,
+            WebhookClient::new(Duration::from_secs(1)).expect("client"),
+            policy,
+            reports.clone(),
+            CancellationToken::new(),
+        ));
+        let alert = Arc::new(Alert {
+            alert_id: "a1".into(),
+            tenant: "acme".into(),
+            department: "logistics".into(),
+            ..Default::default()
+        });
+        let first = Withdrawal::default();
+        tx.send(Job {
+            alert: alert.clone(),
+            targets: vec![0],
+            withdrawal: first.clone(),
+        })
+        .await
+        .expect("send");
+        let mut got = Vec::new();
+        while got.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            got.extend(reports.take());
+        }
+        // Parked for its retry, 1 s away: withdrawn meanwhile, and read
+        // again.
+        first.withdraw();
+        tx.send(Job {
+            alert,
+            targets: vec![0],
+            withdrawal: Withdrawal::default(),
+        })
+        .await
+        .expect("send");
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(120), worker)
+            .await
+            .expect("the worker ends once the queue is closed and all is final")
+            .expect("worker");
+        got.extend(reports.take());
+        let rows: Vec<&DeliveryRow> = got
+            .iter()
+            .filter_map(|r| match r {
+                Report::Attempt(row) => Some(row),
+                Report::Settled { .. } | Report::DeadLetters(_) => None,
+            })
+            .collect();
+        let settled: Vec<usize> = got
+            .iter()
+            .filter_map(|r| match r {
+                Report::Settled { dead_letters, .. } => Some(dead_letters.len()),
+                Report::Attempt(_) | Report::DeadLetters(_) => None,
+            })
+            .collect();
+        assert_eq!(settled, [1], "settled once, by the second reading: {got:?}");
+        // The first reading's one attempt, then the second's from 1 to the
+        // last, given up.
+        let attempts: Vec<u32> = rows.iter().map(|r| r.attempt).collect();
+        assert_eq!(attempts[..2], [1, 1], "{attempts:?}");
+        assert!(
+            attempts[1..]
+                .iter()
+                .enumerate()
+                .all(|(i, a)| *a == i as u32 + 1),
+            "{attempts:?}"
+        );
+        assert_eq!(
+            rows.iter()
+                .filter(|r| r.outcome == Outcome::Dead as i8)
+                .count(),
+            1
+        );
+        assert_eq!(rows.last().map(|r| r.outcome), Some(Outcome::Dead as i8));
+    }
+
     /// A worker against a receiver that is never there: it keeps retrying
     /// on the schedule, reports every attempt, and gives up once
     /// `give_up_after` has passed, with a dead letter. Paused time: the
     /// test waits for nothing real.
     #[tokio::test(start_paused = true)]
     async fn a_worker_retries_then_dead_letters_with_the_alert() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port");
-        let dept = Arc::new(Department {
-            tenant: "acme".into(),
-            name: "logistics".into(),
-            webhooks: vec![
-                Webhook::new(
-                    &crate::config::WebhookConfig {
-                        url: format!("http://{closed}/hook"),
-                        format: crate::config::Format::Wecom,
-                        secret: None,
-                    },
-                    0,
-                    "alert.tenants.acme.departments.logistics.webhooks[0]".into(),
-                )
-                .expect("hook"),
-            ],
-        });
+        let (dept, closed) = unreachable();
         let policy = Policy {
             retry: RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(4))
                 .with_jitter(0.0),
@@ -613,6 +954,7 @@ mod tests {
         tx.send(Job {
             alert: Arc::new(alert.clone()),
             targets: vec![0],
+            withdrawal: Withdrawal::default(),
         })
         .await
         .expect("send");
@@ -626,7 +968,7 @@ mod tests {
             .iter()
             .filter_map(|r| match r {
                 Report::Attempt(row) => Some(row),
-                Report::Settled { .. } => None,
+                Report::Settled { .. } | Report::DeadLetters(_) => None,
             })
             .collect();
         // Attempts about 0, 1, 3, 7 and 11 s after the first (a paused
@@ -648,6 +990,7 @@ mod tests {
         let Some(Report::Settled {
             alert_id,
             dead_letters,
+            ..
         }) = got.last()
         else {
             panic!("settled last: {got:?}")

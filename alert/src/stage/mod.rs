@@ -23,14 +23,22 @@
 //!    department holds `max_pending_per_department` alerts.
 //!
 //! ClickHouse and Kafka failures that pass are retried with backoff while
-//! readiness says why; nothing is committed meanwhile. On stop (or when the
+//! readiness says why; nothing is committed meanwhile. The alerts of a
+//! partition revoked and not assigned back in the same rebalance are
+//! withdrawn from their workers ([`delivery::Withdrawal`]); the new owner
+//! reads them again. The loop does not poll while it retries
+//! ClickHouse: past `max.poll.interval.ms` librdkafka takes its partitions
+//! away, and from then on a failed call is not retried: the alerts of the
+//! batch in hand are dropped without being handed to a worker, the
+//! delivery log waits for the next flush, and the loop polls, rejoins and
+//! withdraws the alerts of partitions not assigned back. On stop (or when the
 //! future is dropped), workers stop at once: attempts in flight are
 //! abandoned, their alerts not committed, and delivered again (same
 //! idempotency key) by whoever reads them next. What is final is stored
 //! and committed before `run` returns.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
     sync::Arc,
     time::Duration,
@@ -63,7 +71,9 @@ use xoflow_proto::{
 use crate::{
     AlertConfig, AlertError,
     api::{self, ApiKeys},
-    delivery::{self, Department, DepartmentKey, Job, Policy, Report, Reports, offsets::Offsets},
+    delivery::{
+        self, Department, DepartmentKey, Job, Policy, Report, Reports, Withdrawal, offsets::Offsets,
+    },
     store::{AlertRow, DeliveryRow, Outcome, Store, StoreError, is_valid_id, row::FORMAT_NONE},
     telemetry::{self, Metric},
     webhook::{Webhook, WebhookClient},
@@ -255,6 +265,9 @@ pub async fn run(
 enum Interrupted {
     /// `stop` came during a wait.
     Stopped,
+    /// The group took this instance's partitions (it did not poll for
+    /// `max.poll.interval.ms` while it retried).
+    Lost,
     Failed(AlertError),
 }
 
@@ -264,20 +277,34 @@ impl From<AlertError> for Interrupted {
     }
 }
 
+/// What a retried ClickHouse call needs besides the call: shutdown
+/// interrupts its waits, readiness says why no progress is made, and
+/// `lost` (the consumer's `assignment_lost`) tells whether the group took
+/// the partitions meanwhile.
+#[derive(Clone, Copy)]
+struct Retrying<'a> {
+    readiness: &'a Readiness,
+    stop: &'a CancellationToken,
+    lost: &'a (dyn Fn() -> bool + Sync),
+}
+
 /// Retries a ClickHouse call through failures that pass — an outage, and
 /// a schema that went missing (waited for like at start) — while
 /// readiness says why. The first attempt is always made, also when
-/// stopping.
-async fn store_retry<T, F, Fut>(
-    readiness: &Readiness,
-    stop: &CancellationToken,
-    what: &str,
-    mut call: F,
-) -> Result<T, Interrupted>
+/// stopping; a failed one is retried until the partitions were taken:
+/// then `Lost`, so that the loop polls and rejoins. (What the calls write
+/// is harmless whoever owns the partitions: alerts keyed by id, attempts
+/// made. What is not, handing alerts to workers, the loop checks itself.)
+async fn store_retry<T, F, Fut>(r: Retrying<'_>, what: &str, mut call: F) -> Result<T, Interrupted>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
+    let Retrying {
+        readiness,
+        stop,
+        lost,
+    } = r;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -299,6 +326,9 @@ where
                 format_args!("{what}, attempt {attempt}: {e}"),
             ),
             Err(e) => return Err(Interrupted::Failed(e.into())),
+        }
+        if lost() {
+            return Err(Interrupted::Lost);
         }
         tracing::warn!(attempt, "{what} failed; retrying");
         ErrorKind::ClickHouse.count(Metric::Errors.name());
@@ -381,12 +411,13 @@ async fn consume(
         .batch_producer()
         .map_err(AlertError::Kafka)?
         .reporting_queue(Metric::ProducerQueue.name());
-    // Revocations only: a revoked partition's offsets are forgotten. Each
-    // partition resumes at the group's committed offset, checked.
+    // Both: a revoked partition's offsets are forgotten, and its alerts
+    // withdrawn unless the same rebalance assigns it back. Each partition
+    // resumes at the group's committed offset, checked.
     let consumer: Arc<StreamConsumer<RebalanceLog>> = kafka
         .consumer(
             &cfg.group_id,
-            RebalanceLog::new("alert", Keep::Revoked)
+            RebalanceLog::new("alert", Keep::Both)
                 .resuming_at_commits()
                 .counting_errors(Metric::Errors.name()),
         )
@@ -439,10 +470,12 @@ async fn consume(
         departments = departments.len(),
         "alert stage started"
     );
+    let lost = || consumer.assignment_lost();
     let mut l = Loop {
         cfg,
         kafka,
         consumer: &consumer,
+        lost: &lost,
         producer,
         store,
         departments,
@@ -457,11 +490,12 @@ async fn consume(
         log: Vec::new(),
         dead: Vec::new(),
         after_flush: Vec::new(),
+        revoked: HashSet::new(),
         last_flush: Instant::now(),
         paused: false,
     };
     match l.run().await {
-        Ok(()) | Err(Interrupted::Stopped) => Ok(()),
+        Ok(()) | Err(Interrupted::Stopped | Interrupted::Lost) => Ok(()),
         Err(Interrupted::Failed(e)) => Err(e),
     }
 }
@@ -472,6 +506,9 @@ struct InFlight {
     department: Option<DepartmentKey>,
     /// Every offset it was read at: the first, and copies read meanwhile.
     offsets: Vec<(i32, i64)>,
+    /// Shared with the worker's job: set when every partition it was read
+    /// from is revoked.
+    withdrawal: Withdrawal,
 }
 
 /// The stage loop's state.
@@ -486,6 +523,8 @@ struct Loop<'a> {
     reports: Reports,
     readiness: &'a Readiness,
     stop: &'a CancellationToken,
+    /// The consumer's `assignment_lost`.
+    lost: &'a (dyn Fn() -> bool + Sync),
     offsets: Offsets,
     /// Alert id → where it was read, while not final.
     in_flight: HashMap<String, InFlight>,
@@ -500,6 +539,9 @@ struct Loop<'a> {
     dead: Vec<DeadLetter>,
     /// Offsets final once `log` and `dead` are stored.
     after_flush: Vec<(i32, i64)>,
+    /// Partitions revoked and not assigned again yet: their alerts are
+    /// withdrawn at the end of the next assignment unless it holds them.
+    revoked: HashSet<i32>,
     last_flush: Instant,
     paused: bool,
 }
@@ -539,8 +581,17 @@ impl Loop<'_> {
                 }
             };
             for change in changes {
-                if let Change::Revoked { partition, .. } = change {
-                    self.offsets.drop_partition(partition);
+                match change {
+                    Change::Revoked { partition, .. } => {
+                        // Its records are read again from the group's
+                        // commit, whoever gets it.
+                        self.offsets.drop_partition(partition);
+                        self.revoked.insert(partition);
+                    }
+                    Change::Assigned { partition, .. } => {
+                        self.revoked.remove(&partition);
+                    }
+                    Change::AssignmentEnd => self.withdraw_revoked(),
                 }
             }
             if !batch.is_empty() {
@@ -561,17 +612,89 @@ impl Loop<'_> {
                 Report::Settled {
                     alert_id,
                     dead_letters,
+                    reading,
                 } => {
-                    for d in &dead_letters {
-                        if d.reason == dead_letter::Reason::Undeliverable.as_str() {
-                            telemetry::dead_letters(dead_letter::Reason::Undeliverable.as_str(), 1);
-                        }
+                    self.dead_letters(dead_letters);
+                    // A reading withdrawn meanwhile (the partition moved,
+                    // maybe back): its dead letters are facts, its offsets
+                    // are not this reading's to settle.
+                    if self
+                        .in_flight
+                        .get(&alert_id)
+                        .is_some_and(|f| f.withdrawal.same(&reading))
+                    {
+                        self.settle_after_flush(&alert_id);
                     }
-                    self.dead.extend(dead_letters);
-                    self.settle_after_flush(&alert_id);
                 }
+                Report::DeadLetters(dead_letters) => self.dead_letters(dead_letters),
             }
         }
+    }
+
+    fn dead_letters(&mut self, dead_letters: Vec<DeadLetter>) {
+        for d in &dead_letters {
+            if d.reason == dead_letter::Reason::Undeliverable.as_str() {
+                telemetry::dead_letters(dead_letter::Reason::Undeliverable.as_str(), 1);
+            }
+        }
+        self.dead.extend(dead_letters);
+    }
+
+    fn retrying(&self) -> Retrying<'_> {
+        Retrying {
+            readiness: self.readiness,
+            stop: self.stop,
+            lost: self.lost,
+        }
+    }
+
+    /// The partitions revoked and not assigned back went to other
+    /// instances: the alerts read only from them are withdrawn from their
+    /// workers, and their new owners read them again. Their attempts
+    /// already made stay in the delivery log, which a new owner asks
+    /// before delivering. (An alert of a partition assigned back stays
+    /// with its worker, and the copies read again join it.)
+    fn withdraw_revoked(&mut self) {
+        if self.revoked.is_empty() {
+            return;
+        }
+        let revoked = std::mem::take(&mut self.revoked);
+        let pending = &mut self.pending;
+        let mut withdrawn = 0usize;
+        self.in_flight.retain(|_, f| {
+            f.offsets.retain(|(p, _)| !revoked.contains(p));
+            if !f.offsets.is_empty() {
+                return true;
+            }
+            f.withdrawal.withdraw();
+            withdrawn += 1;
+            if let Some(k) = &f.department
+                && let Some(n) = pending.get_mut(k)
+            {
+                *n = n.saturating_sub(1);
+            }
+            false
+        });
+        self.overflow
+            .retain(|(_, job)| !job.withdrawal.is_withdrawn());
+        if withdrawn > 0 {
+            tracing::info!(
+                partitions = ?revoked,
+                withdrawn,
+                "alerts of partitions now another instance's withdrawn from the workers"
+            );
+        }
+    }
+
+    /// The group took the partitions while ClickHouse was retried. The
+    /// revocations come with the next poll, and the alerts in hand are
+    /// withdrawn unless the rejoin assigns their partitions back.
+    fn note_lost(&self, what: &str) {
+        tracing::warn!(
+            alerts = self.in_flight.len(),
+            "{what}: partitions taken by the group while ClickHouse was retried (no poll for max.poll.interval.ms); rejoining"
+        );
+        ErrorKind::Rebalance.count(Metric::Errors.name());
     }
 
     /// The alert's offsets become final with the next flush.
@@ -602,13 +725,21 @@ impl Loop<'_> {
         }
         if !self.log.is_empty() {
             let (store, log) = (&self.store, &self.log);
-            store_retry(
-                self.readiness,
-                self.stop,
-                "writing alert_deliveries",
-                || store.insert_deliveries(log),
-            )
-            .await?;
+            match store_retry(self.retrying(), "writing alert_deliveries", || {
+                store.insert_deliveries(log)
+            })
+            .await
+            {
+                Ok(()) => {}
+                // The rows are facts whoever owns the alerts now: they
+                // stay for the next flush, and so do the offsets they make
+                // final.
+                Err(Interrupted::Lost) => {
+                    self.note_lost("delivery log not stored yet");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
             let retry_rows = self
                 .log
                 .iter()
@@ -793,6 +924,7 @@ impl Loop<'_> {
                 InFlight {
                     department: None,
                     offsets: vec![(p, o)],
+                    withdrawal: Withdrawal::default(),
                 },
             );
             fresh.push(Arc::new(alert));
@@ -809,7 +941,7 @@ impl Loop<'_> {
         // round trip less between an alert's arrival and its delivery.
         let (write, finals) = {
             let (store, fresh, ids) = (&self.store, &fresh, &ids);
-            let write = store_retry(self.readiness, self.stop, "writing alerts", || async move {
+            let write = store_retry(self.retrying(), "writing alerts", || async move {
                 let stored = store.stored_alerts(ids).await?;
                 let rows: Vec<AlertRow> = fresh
                     .iter()
@@ -819,16 +951,36 @@ impl Loop<'_> {
                 store.insert_alerts(&rows).await?;
                 Ok((rows.len() as u64, stored.len() as u64))
             });
-            let finals = store_retry(
-                self.readiness,
-                self.stop,
-                "reading alert_deliveries",
-                || store.final_deliveries(ids),
-            );
+            let finals = store_retry(self.retrying(), "reading alert_deliveries", || {
+                store.final_deliveries(ids)
+            });
             tokio::join!(write, finals)
         };
-        let (written, stored) = write?;
-        let finals = finals?;
+        let (write, finals) = match (write, finals) {
+            (Ok(w), Ok(f)) => (w, f),
+            // Nothing of this batch was handed to a worker: it is read
+            // again from the group's commit, by whoever gets it.
+            (Err(Interrupted::Lost), _) | (_, Err(Interrupted::Lost)) => {
+                for a in &fresh {
+                    self.in_flight.remove(&a.alert_id);
+                }
+                self.note_lost("batch dropped unwritten");
+                stats.emit();
+                return Ok(());
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
+        if (self.lost)() {
+            // A call that hung past `max.poll.interval.ms` and answered:
+            // the alerts are no longer this instance's to hand out.
+            for a in &fresh {
+                self.in_flight.remove(&a.alert_id);
+            }
+            self.note_lost("batch written, not handed out");
+            stats.emit();
+            return Ok(());
+        }
+        let (written, stored) = write;
         stats.written = written;
         stats.skipped_stored = stored;
         for alert in fresh {
@@ -854,11 +1006,20 @@ impl Loop<'_> {
                 self.settle_after_flush(&id);
                 continue;
             }
-            if let Some(f) = self.in_flight.get_mut(&id) {
-                f.department = Some(key.clone());
-            }
+            let Some(f) = self.in_flight.get_mut(&id) else {
+                continue;
+            };
+            f.department = Some(key.clone());
+            let withdrawal = f.withdrawal.clone();
             *self.pending.entry(key.clone()).or_default() += 1;
-            self.dispatch(key, Job { alert, targets })?;
+            self.dispatch(
+                key,
+                Job {
+                    alert,
+                    targets,
+                    withdrawal,
+                },
+            )?;
         }
         stats.emit();
         Ok(())
@@ -919,6 +1080,47 @@ fn decode(payload: &[u8]) -> Result<Alert, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Once the group took the partitions (no poll for
+    /// `max.poll.interval.ms` while ClickHouse was away), a failed call is
+    /// not retried: the loop goes back to polling, and rejoins.
+    #[tokio::test]
+    async fn a_failed_call_is_not_retried_once_the_partitions_are_taken() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let stop = CancellationToken::new();
+        let readiness = xoflow_common::admin::Health::new().register("alert");
+        let checks = AtomicU32::new(0);
+        // Held after the first two failures, taken after the third.
+        let lost = || checks.fetch_add(1, Ordering::AcqRel) >= 2;
+        let calls = AtomicU32::new(0);
+        let r = Retrying {
+            readiness: &readiness,
+            stop: &stop,
+            lost: &lost,
+        };
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            store_retry(r, "test", || {
+                calls.fetch_add(1, Ordering::AcqRel);
+                async {
+                    Err::<(), _>(StoreError {
+                        message: "unreachable".into(),
+                        code: None,
+                        transient: true,
+                    })
+                }
+            }),
+        )
+        .await
+        .expect("no retry once the partitions are taken");
+        assert!(matches!(out, Err(Interrupted::Lost)));
+        assert_eq!(calls.load(Ordering::Acquire), 3);
+        assert_eq!(
+            checks.load(Ordering::Acquire),
+            3,
+            "asked after each failure"
+        );
+    }
 
     #[test]
     fn only_alerts_with_a_usable_id_are_taken() {

@@ -605,6 +605,7 @@ impl Joiner<'_> {
                         self.joins.insert(partition, join);
                     }
                 }
+                Change::AssignmentEnd => {}
             }
         }
         if !dropped.is_empty() {
