@@ -292,14 +292,40 @@ fn csv_record(
             .ok()
             .and_then(|()| line.into_inner().ok())
             .unwrap_or_default();
-        return Record::undecodable(original, dead_letter::CSV, v)
+        let mut r = Record::undecodable(original, dead_letter::CSV, v)
             .sent_for(origin.tenant, origin.source);
+        r.names = refused_row_names(kind, headers, row);
+        return r;
     }
     let row: csv::StringRecord = row
         .iter()
         .map(|cell| std::str::from_utf8(cell).unwrap_or_default())
         .collect();
     sources::from_value(kind, csv_row(kind, headers, &row), origin)
+}
+
+/// The marked name of a row refused before it was read (see
+/// [`sources::marked_name_field`]), for its dead letter: the cell under the
+/// name's column, and, in a row with more cells than the header (an
+/// unquoted comma shifts the cells after it), the cells it may have moved
+/// to. A cell masked there that was no name costs the dead letter that
+/// word; a name left in clear would cost more.
+fn refused_row_names(
+    kind: EventKind,
+    headers: &csv::StringRecord,
+    row: &csv::ByteRecord,
+) -> Vec<String> {
+    let Some(at) =
+        sources::marked_name_field(kind).and_then(|field| headers.iter().position(|h| h == field))
+    else {
+        return Vec::new();
+    };
+    let shifted = row.len().saturating_sub(headers.len());
+    row.iter()
+        .skip(at)
+        .take(shifted + 1)
+        .flat_map(|cell| sources::name_list(String::from_utf8_lossy(cell).trim().to_owned()))
+        .collect()
 }
 
 /// A CSV row as the native JSON of `kind`: dotted names nest, numeric
@@ -406,5 +432,37 @@ mod tests {
         );
         // Empty cells past the header (a trailing comma) lose nothing.
         assert!(records[3].event.is_some(), "{:?}", records[3].decode_error);
+    }
+
+    /// A survey row refused before it was read (a cell that is not UTF-8,
+    /// an unquoted comma) still has its respondent's name masked in its
+    /// dead letter: the cell under `respondent.name`, and where a comma
+    /// before it shifted the cells, the cells it may have moved to.
+    #[test]
+    fn a_refused_rows_marked_name_is_masked_in_its_dead_letter() {
+        let origin = Origin {
+            tenant: "acme",
+            source: "survey-export",
+        };
+        let mut csv = csv::ReaderBuilder::new().flexible(true).from_reader(
+            &b"response_id,survey_id,submitted_at,respondent.name,comment\n\
+               r1,s,2026-11-20T10:00:00Z,Li Lei,Li Lei was late\xcd\xf5\n\
+               r2,s,2026-11-20T10:00:00Z,Han Meimei,late, again Han Meimei\n\
+               r3,s,2026,11,Wang Fang,nice to meet Wang Fang\n"[..],
+        );
+        let headers = csv.headers().expect("headers").clone();
+        let mut row = csv::ByteRecord::new();
+        let mut records = Vec::new();
+        while csv.read_byte_record(&mut row).expect("row") {
+            records.push(csv_record(EventKind::Survey, &headers, &row, origin));
+        }
+        for (r, name) in records.iter().zip(["Li Lei", "Han Meimei", "Wang Fang"]) {
+            assert!(r.event.is_none(), "refused");
+            assert!(r.names.iter().any(|n| n == name), "{:?}", r.names);
+            let line = String::from_utf8_lossy(r.original.as_deref().expect("line"));
+            let masked = crate::normalise::pii::mask(&line, &r.names, &mut Default::default())
+                .expect("masked");
+            assert!(!masked.contains(name), "{masked}");
+        }
     }
 }

@@ -111,17 +111,24 @@ fn from_converted(
     }
 }
 
-/// The name a record of `kind` marks personal (the field its decoder
-/// reads into the names to mask), read from any JSON.
+/// Where a record of `kind` marks a personal name: the dotted path its
+/// decoder reads into the names to mask (a CSV import's column).
+pub(crate) fn marked_name_field(kind: EventKind) -> Option<&'static str> {
+    match kind {
+        EventKind::Survey => Some("respondent.name"),
+        EventKind::Call => Some("caller.name"),
+        EventKind::Social => Some("author.display_name"),
+        EventKind::Order | EventKind::Click => None,
+    }
+}
+
+/// The name a record of `kind` marks personal, read from any JSON.
 fn marked_names(kind: EventKind, value: &Value) -> Vec<String> {
-    let pointer = match kind {
-        EventKind::Survey => "/respondent/name",
-        EventKind::Call => "/caller/name",
-        EventKind::Social => "/author/display_name",
-        EventKind::Order | EventKind::Click => return Vec::new(),
+    let Some(field) = marked_name_field(kind) else {
+        return Vec::new();
     };
     value
-        .pointer(pointer)
+        .pointer(&format!("/{}", field.replace('.', "/")))
         .and_then(Value::as_str)
         .map(|n| name_list(n.to_owned()))
         .unwrap_or_default()
@@ -146,7 +153,7 @@ pub(super) fn location(store_id: Option<String>, region: Option<String>) -> Opti
     })
 }
 
-pub(super) fn name_list(name: String) -> Vec<String> {
+pub(crate) fn name_list(name: String) -> Vec<String> {
     if name.trim().is_empty() {
         Vec::new()
     } else {
