@@ -10,7 +10,8 @@
 //!      │                                                              │ retry_max_backoff, with jitter,
 //!      │                                                              │ until give_up_after
 //!      └──────────── Reports: one DeliveryRow per attempt, ◄──────────┘
-//!                    Settled(alert id, dead letters) once every webhook is final
+//!                    DeadLetters as webhooks are given up,
+//!                    Settled(alert id) once every webhook is final
 //! ```
 //!
 //! In: [`Job`]s on the department's queue. Out: [`Report`]s, which the
@@ -33,10 +34,11 @@
 //! retry, or due), reports no settlement, and logs an attempt that was
 //! already on the wire as `retry` unless it delivered. The partition's new
 //! owner reads the alert again, asks the delivery log, and decides alone
-//! about the webhooks not final there, on its own `give_up_after`. The dead
-//! letters of webhooks already final here (refused, given up) are reported
-//! at once ([`Report::DeadLetters`]): their `dead` rows tell the new owner
-//! not to try them again, so nobody else would.
+//! about the webhooks not final there, on its own `give_up_after`. A
+//! webhook's dead letter is reported as soon as it is given up
+//! ([`Report::DeadLetters`]), not held until the alert is settled: its
+//! `dead` row tells a new owner, or this instance after a restart, not to
+//! try that webhook again, so nobody else would send it.
 
 pub mod offsets;
 
@@ -119,18 +121,18 @@ impl Withdrawal {
 pub enum Report {
     /// One attempt (its row of the delivery log).
     Attempt(DeliveryRow),
-    /// Every webhook of the alert reached a final outcome; the dead letters
-    /// of those that were not delivered. `reading` tells which reading of
-    /// the alert this was, so that a settlement reported just before its
-    /// reading was withdrawn does not settle a later reading.
+    /// A webhook was given up (refused for good, or failing past
+    /// `give_up_after`): its dead letter, reported before the row of the
+    /// attempt is stored.
+    DeadLetters(Vec<DeadLetter>),
+    /// Every webhook of the alert reached a final outcome (the dead letters
+    /// of those given up were reported before). `reading` tells which
+    /// reading of the alert this was, so that a settlement reported just
+    /// before its reading was withdrawn does not settle a later reading.
     Settled {
         alert_id: String,
-        dead_letters: Vec<DeadLetter>,
         reading: Withdrawal,
     },
-    /// A withdrawn alert's dead letters of webhooks already final here:
-    /// produced, nothing settled.
-    DeadLetters(Vec<DeadLetter>),
 }
 
 /// `retry` rows of the delivery log reported and not stored yet (waiting
@@ -264,27 +266,17 @@ struct Task {
 /// An alert whose webhooks are not all final yet.
 struct Open {
     remaining: usize,
-    dead_letters: Vec<DeadLetter>,
     withdrawal: Withdrawal,
 }
 
 /// Forgets `open`'s entry for `task`'s withdrawn alert when it is that
 /// reading's (a later reading of the alert may have taken its place).
-fn forget(open: &mut HashMap<String, Open>, task: &Task, reports: &Reports) {
+fn forget(open: &mut HashMap<String, Open>, task: &Task) {
     if open
         .get(&task.alert.alert_id)
         .is_some_and(|o| o.withdrawal.same(&task.withdrawal))
-        && let Some(o) = open.remove(&task.alert.alert_id)
     {
-        withdrawn(o, reports);
-    }
-}
-
-/// A withdrawn reading leaves: the dead letters of its webhooks already
-/// final go out (their `dead` rows keep the new owner from them).
-fn withdrawn(o: Open, reports: &Reports) {
-    if !o.dead_letters.is_empty() {
-        reports.push(Report::DeadLetters(o.dead_letters));
+        open.remove(&task.alert.alert_id);
     }
 }
 
@@ -324,7 +316,7 @@ pub async fn work(
         while in_flight.len() < policy.max_in_flight {
             let Some(task) = ready.pop_front() else { break };
             if task.withdrawal.is_withdrawn() {
-                forget(&mut open, &task, &reports);
+                forget(&mut open, &task);
                 continue;
             }
             in_flight.push(attempt(&dept, &client, task));
@@ -350,11 +342,13 @@ pub async fn work(
                         step = Step::Retry(Duration::ZERO);
                     }
                     report(&dept, &reports, &task, &a, &step, at_ms);
-                    forget(&mut open, &task, &reports);
+                    forget(&mut open, &task);
                     continue;
                 }
                 let id = task.alert.alert_id.clone();
-                let final_ = report(&dept, &reports, &task, &a, &step, at_ms);
+                if let Some(letter) = report(&dept, &reports, &task, &a, &step, at_ms) {
+                    reports.push(Report::DeadLetters(vec![letter]));
+                }
                 match step {
                     Step::Retry(wait) => {
                         seq += 1;
@@ -364,13 +358,11 @@ pub async fn work(
                     Step::Delivered | Step::Dead(_) => {
                         if let Some(o) = open.get_mut(&id) {
                             o.remaining = o.remaining.saturating_sub(1);
-                            o.dead_letters.extend(final_);
                             if o.remaining == 0
                                 && let Some(o) = open.remove(&id)
                             {
                                 reports.push(Report::Settled {
                                     alert_id: id,
-                                    dead_letters: o.dead_letters,
                                     reading: o.withdrawal,
                                 });
                             }
@@ -391,14 +383,10 @@ pub async fn work(
                     // A withdrawn reading's tasks still queued or parked
                     // are dropped when they come up (`forget` leaves this
                     // entry alone).
-                    let earlier = open.insert(id, Open {
+                    open.insert(id, Open {
                         remaining: job.targets.len(),
-                        dead_letters: Vec::new(),
                         withdrawal: job.withdrawal.clone(),
                     });
-                    if let Some(o) = earlier {
-                        withdrawn(o, &reports);
-                    }
                     for w in job.targets {
                         ready.push_back(Task {
                             alert: job.alert.clone(),
@@ -567,7 +555,6 @@ mod tests {
         reports.push(row(0, Outcome::Delivered));
         reports.push(Report::Settled {
             alert_id: "a0".into(),
-            dead_letters: Vec::new(),
             reading: Withdrawal::default(),
         });
         let taken = reports.take();
@@ -705,13 +692,13 @@ mod tests {
 
     /// An alert with two webhooks, one refusing it for good (400) and one
     /// unreachable, withdrawn while the second waits for its retry: the
-    /// first's dead letter goes out at once, unsettled (its `dead` row
-    /// keeps the new owner from that webhook, so nobody else would send
-    /// it), and the second is attempted no more. Before, the worker kept
-    /// the dead letter until the second was final; dropped with the
-    /// withdrawn reading, it was never sent.
+    /// first's dead letter was reported as soon as it was given up,
+    /// unsettled (its `dead` row keeps the new owner from that webhook, so
+    /// nobody else would send it), and the second is attempted no more.
+    /// Held until the alert was settled, the dead letter was dropped with
+    /// the withdrawn reading (or with the worker, on a stop), never sent.
     #[tokio::test]
-    async fn a_withdrawn_alert_sends_the_dead_letters_of_its_final_webhooks() {
+    async fn a_webhook_given_up_sends_its_dead_letter_even_if_the_alert_is_withdrawn() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("port");
@@ -892,14 +879,19 @@ mod tests {
                 Report::Settled { .. } | Report::DeadLetters(_) => None,
             })
             .collect();
-        let settled: Vec<usize> = got
+        let settled = got
+            .iter()
+            .filter(|r| matches!(r, Report::Settled { .. }))
+            .count();
+        assert_eq!(settled, 1, "settled once, by the second reading: {got:?}");
+        let letters = got
             .iter()
             .filter_map(|r| match r {
-                Report::Settled { dead_letters, .. } => Some(dead_letters.len()),
-                Report::Attempt(_) | Report::DeadLetters(_) => None,
+                Report::DeadLetters(d) => Some(d.len()),
+                _ => None,
             })
-            .collect();
-        assert_eq!(settled, [1], "settled once, by the second reading: {got:?}");
+            .sum::<usize>();
+        assert_eq!(letters, 1, "one dead letter, the second reading's: {got:?}");
         // The first reading's one attempt, then the second's from 1 to the
         // last, given up.
         let attempts: Vec<u32> = rows.iter().map(|r| r.attempt).collect();
@@ -987,13 +979,14 @@ mod tests {
             rows.iter()
                 .all(|r| r.host == closed.to_string() && r.format == 4)
         );
-        let Some(Report::Settled {
-            alert_id,
-            dead_letters,
-            ..
-        }) = got.last()
+        // The dead letter as the webhook was given up, then the settlement.
+        let [
+            ..,
+            Report::DeadLetters(dead_letters),
+            Report::Settled { alert_id, .. },
+        ] = got.as_slice()
         else {
-            panic!("settled last: {got:?}")
+            panic!("dead letter, then settled, last: {got:?}")
         };
         assert_eq!(alert_id, "a1");
         assert_eq!(dead_letters.len(), 1);

@@ -552,7 +552,10 @@ impl Loop<'_> {
         loop {
             self.take_reports();
             self.dispatch_overflow()?;
-            if self.flush_due() {
+            // Not between a revocation and the end of the rebalance: a
+            // flush retrying ClickHouse would not poll, and the assignment
+            // that withdraws the moved alerts would wait for ClickHouse.
+            if self.flush_due() && self.revoked.is_empty() {
                 self.flush(CommitMode::Async).await?;
             }
             self.pause_or_resume();
@@ -609,15 +612,10 @@ impl Loop<'_> {
         for r in self.reports.take() {
             match r {
                 Report::Attempt(row) => self.log.push(row),
-                Report::Settled {
-                    alert_id,
-                    dead_letters,
-                    reading,
-                } => {
-                    self.dead_letters(dead_letters);
+                Report::Settled { alert_id, reading } => {
                     // A reading withdrawn meanwhile (the partition moved,
-                    // maybe back): its dead letters are facts, its offsets
-                    // are not this reading's to settle.
+                    // maybe back): its offsets are not this reading's to
+                    // settle.
                     if self
                         .in_flight
                         .get(&alert_id)
