@@ -472,6 +472,32 @@ async fn a_failing_receiver_is_retried_with_backoff_and_a_dead_one_slows_no_one_
 
 /// Waits until `department` has `n` delivered rows in the log (its final
 /// rows are stored with the next flush).
+/// Waits until `receiver` got a request for each alert of `want`, by its
+/// `Idempotency-Key`: answered 2xx when `delivered`, any answer otherwise.
+async fn wait_for_keys(
+    what: &str,
+    receiver: &Receiver,
+    want: &BTreeSet<String>,
+    delivered: bool,
+    within: Duration,
+) {
+    let (r, w) = (receiver.clone(), want.clone());
+    common::wait_for(what, within, move || {
+        let requests = if delivered {
+            r.delivered()
+        } else {
+            r.received()
+        };
+        let got: BTreeSet<String> = requests
+            .iter()
+            .map(|x| x.header("idempotency-key").to_owned())
+            .collect();
+        let done = got == w;
+        async move { done }
+    })
+    .await;
+}
+
 async fn wait_for_log(cfg: &xoflow::Config, department: &str, n: u64) {
     let (c, sql) = (
         cfg.clone(),
@@ -530,20 +556,12 @@ async fn a_stage_dropped_mid_way_loses_nothing_and_stores_each_alert_once() {
     alert_support::produce(&cfg, &alerts[..5], &[]).await;
     let second = alert_support::start(&cfg, &acfg, ApiKeys::default()).await;
     let want: BTreeSet<String> = alerts.iter().map(|a| a.alert_id.clone()).collect();
-    let s = slow.clone();
-    let w = want.clone();
-    common::wait_for(
+    wait_for_keys(
         "every alert delivered",
+        &slow,
+        &want,
+        true,
         Duration::from_secs(90),
-        move || {
-            let got: BTreeSet<String> = s
-                .delivered()
-                .iter()
-                .map(|x| x.header("idempotency-key").to_owned())
-                .collect();
-            let done = got == w;
-            async move { done }
-        },
     )
     .await;
     wait_all_committed(&cfg, &acfg.group_id).await;
@@ -616,19 +634,12 @@ async fn reading_pauses_while_a_department_holds_its_most_pending_alerts() {
         "alerts read while the department was full: {most}"
     );
     let ids: BTreeSet<String> = alerts.iter().map(|a| a.alert_id.clone()).collect();
-    let d = down.clone();
-    common::wait_for(
+    wait_for_keys(
         "every alert delivered",
+        &down,
+        &ids,
+        true,
         Duration::from_secs(60),
-        move || {
-            let got: BTreeSet<String> = d
-                .delivered()
-                .iter()
-                .map(|x| x.header("idempotency-key").to_owned())
-                .collect();
-            let done = got == ids;
-            async move { done }
-        },
     )
     .await;
     wait_all_committed(&cfg, &acfg.group_id).await;
@@ -678,19 +689,12 @@ async fn an_alert_whose_partition_moves_is_given_up_by_its_new_owner_alone() {
     alert_support::produce(&cfg, &alerts, &[]).await;
 
     let first = alert_support::start(&cfg, &acfg, ApiKeys::default()).await;
-    let (d, w) = (down.clone(), want.clone());
-    common::wait_for(
+    wait_for_keys(
         "every alert attempted by the first instance",
+        &down,
+        &want,
+        false,
         Duration::from_secs(30),
-        move || {
-            let got: BTreeSet<String> = d
-                .received()
-                .iter()
-                .map(|x| x.header("idempotency-key").to_owned())
-                .collect();
-            let done = got == w;
-            async move { done }
-        },
     )
     .await;
     let joined = tokio::time::Instant::now();

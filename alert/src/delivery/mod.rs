@@ -673,6 +673,37 @@ mod tests {
         })
     }
 
+    /// A worker for `dept`, its queue and its reports; requests time out
+    /// after `timeout`. It ends once the queue is closed and all is final.
+    fn spawn_worker(
+        dept: Arc<Department>,
+        policy: Policy,
+        timeout: Duration,
+    ) -> (mpsc::Sender<Job>, Reports, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(4);
+        let reports = Reports::default();
+        let worker = tokio::spawn(work(
+            dept,
+            rx,
+            WebhookClient::new(timeout).expect("client"),
+            policy,
+            reports.clone(),
+            CancellationToken::new(),
+        ));
+        (tx, reports, worker)
+    }
+
+    /// Retries 1, 2, 4, 4… s apart without jitter, given up after 10 s
+    /// (the paused-clock tests' schedule).
+    fn short_policy() -> Policy {
+        Policy {
+            retry: RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(4))
+                .with_jitter(0.0),
+            give_up_after: Duration::from_secs(10),
+            max_in_flight: 2,
+        }
+    }
+
     /// A port nobody listens on.
     fn closed_port() -> std::net::SocketAddr {
         std::net::TcpListener::bind("127.0.0.1:0")
@@ -728,16 +759,7 @@ mod tests {
             give_up_after: Duration::from_secs(60),
             max_in_flight: 2,
         };
-        let (tx, rx) = mpsc::channel(4);
-        let reports = Reports::default();
-        let worker = tokio::spawn(work(
-            dept,
-            rx,
-            WebhookClient::new(Duration::from_secs(5)).expect("client"),
-            policy,
-            reports.clone(),
-            CancellationToken::new(),
-        ));
+        let (tx, reports, worker) = spawn_worker(dept, policy, Duration::from_secs(5));
         let w = Withdrawal::default();
         tx.send(Job {
             alert: Arc::new(Alert {
@@ -821,22 +843,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_withdrawn_alert_is_attempted_no_more_and_not_settled() {
         let (dept, _closed) = unreachable();
-        let policy = Policy {
-            retry: RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(4))
-                .with_jitter(0.0),
-            give_up_after: Duration::from_secs(10),
-            max_in_flight: 2,
-        };
-        let (tx, rx) = mpsc::channel(4);
-        let reports = Reports::default();
-        let worker = tokio::spawn(work(
-            dept,
-            rx,
-            WebhookClient::new(Duration::from_secs(1)).expect("client"),
-            policy,
-            reports.clone(),
-            CancellationToken::new(),
-        ));
+        let (tx, reports, worker) = spawn_worker(dept, short_policy(), Duration::from_secs(1));
         let alert = Arc::new(Alert {
             alert_id: "a1".into(),
             tenant: "acme".into(),
@@ -919,24 +926,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_worker_retries_then_dead_letters_with_the_alert() {
         let (dept, closed) = unreachable();
-        let policy = Policy {
-            retry: RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(4))
-                .with_jitter(0.0),
-            give_up_after: Duration::from_secs(10),
-            max_in_flight: 2,
-        };
-        let (tx, rx) = mpsc::channel(4);
-        let reports = Reports::default();
-        let stop = CancellationToken::new();
-        let client = WebhookClient::new(Duration::from_secs(1)).expect("client");
-        let worker = tokio::spawn(work(
-            dept,
-            rx,
-            client,
-            policy,
-            reports.clone(),
-            stop.clone(),
-        ));
+        let (tx, reports, worker) = spawn_worker(dept, short_policy(), Duration::from_secs(1));
         let alert = Alert {
             alert_id: "a1".into(),
             tenant: "acme".into(),
