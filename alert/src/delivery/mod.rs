@@ -693,6 +693,39 @@ mod tests {
         (tx, reports, worker)
     }
 
+    /// Sends `alert` (webhook 0) as the queue's last job, then waits for
+    /// the worker to end with everything final: the reports left.
+    async fn last_job(
+        tx: mpsc::Sender<Job>,
+        alert: Arc<Alert>,
+        worker: tokio::task::JoinHandle<()>,
+        reports: &Reports,
+    ) -> Vec<Report> {
+        tx.send(Job {
+            alert,
+            targets: vec![0],
+            withdrawal: Withdrawal::default(),
+        })
+        .await
+        .expect("send");
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(120), worker)
+            .await
+            .expect("the worker ends once the queue is closed and all is final")
+            .expect("worker");
+        reports.take()
+    }
+
+    /// The delivery log rows among `got`.
+    fn attempt_rows(got: &[Report]) -> Vec<&DeliveryRow> {
+        got.iter()
+            .filter_map(|r| match r {
+                Report::Attempt(row) => Some(row),
+                Report::Settled { .. } | Report::DeadLetters(_) => None,
+            })
+            .collect()
+    }
+
     /// Retries 1, 2, 4, 4… s apart without jitter, given up after 10 s
     /// (the paused-clock tests' schedule).
     fn short_policy() -> Policy {
@@ -809,11 +842,11 @@ mod tests {
             .expect("worker");
         server.abort();
         got.extend(reports.take());
-        let attempts = got
-            .iter()
-            .filter(|r| matches!(r, Report::Attempt(_)))
-            .count();
-        assert_eq!(attempts, 2, "no attempt after the withdrawal: {got:?}");
+        assert_eq!(
+            attempt_rows(&got).len(),
+            2,
+            "no attempt after the withdrawal: {got:?}"
+        );
         assert!(
             !got.iter().any(|r| matches!(r, Report::Settled { .. })),
             "{got:?}"
@@ -866,26 +899,8 @@ mod tests {
         // Parked for its retry, 1 s away: withdrawn meanwhile, and read
         // again.
         first.withdraw();
-        tx.send(Job {
-            alert,
-            targets: vec![0],
-            withdrawal: Withdrawal::default(),
-        })
-        .await
-        .expect("send");
-        drop(tx);
-        tokio::time::timeout(Duration::from_secs(120), worker)
-            .await
-            .expect("the worker ends once the queue is closed and all is final")
-            .expect("worker");
-        got.extend(reports.take());
-        let rows: Vec<&DeliveryRow> = got
-            .iter()
-            .filter_map(|r| match r {
-                Report::Attempt(row) => Some(row),
-                Report::Settled { .. } | Report::DeadLetters(_) => None,
-            })
-            .collect();
+        got.extend(last_job(tx, alert, worker, &reports).await);
+        let rows = attempt_rows(&got);
         let settled = got
             .iter()
             .filter(|r| matches!(r, Report::Settled { .. }))
@@ -933,26 +948,8 @@ mod tests {
             department: "logistics".into(),
             ..Default::default()
         };
-        tx.send(Job {
-            alert: Arc::new(alert.clone()),
-            targets: vec![0],
-            withdrawal: Withdrawal::default(),
-        })
-        .await
-        .expect("send");
-        drop(tx);
-        tokio::time::timeout(Duration::from_secs(120), worker)
-            .await
-            .expect("the worker ends once the queue is closed and all is final")
-            .expect("worker");
-        let got = reports.take();
-        let rows: Vec<&DeliveryRow> = got
-            .iter()
-            .filter_map(|r| match r {
-                Report::Attempt(row) => Some(row),
-                Report::Settled { .. } | Report::DeadLetters(_) => None,
-            })
-            .collect();
+        let got = last_job(tx, Arc::new(alert.clone()), worker, &reports).await;
+        let rows = attempt_rows(&got);
         // Attempts about 0, 1, 3, 7 and 11 s after the first (a paused
         // clock may also time a refused connection out first, which only
         // shifts the schedule): retried until give_up_after, then dead.

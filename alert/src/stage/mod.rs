@@ -955,29 +955,21 @@ impl Loop<'_> {
             tokio::join!(write, finals)
         };
         let (write, finals) = match (write, finals) {
-            (Ok(w), Ok(f)) => (w, f),
-            // Nothing of this batch was handed to a worker: it is read
-            // again from the group's commit, by whoever gets it.
-            (Err(Interrupted::Lost), _) | (_, Err(Interrupted::Lost)) => {
+            (Ok(w), Ok(f)) if !(self.lost)() => (w, f),
+            // The group took the partitions: a call failed after that, or
+            // one that hung past `max.poll.interval.ms` answered. Nothing
+            // of this batch goes to a worker: it is read again from the
+            // group's commit, by whoever gets it.
+            (Ok(_), Ok(_)) | (Err(Interrupted::Lost), _) | (_, Err(Interrupted::Lost)) => {
                 for a in &fresh {
                     self.in_flight.remove(&a.alert_id);
                 }
-                self.note_lost("batch dropped unwritten");
+                self.note_lost("batch not handed to the workers");
                 stats.emit();
                 return Ok(());
             }
             (Err(e), _) | (_, Err(e)) => return Err(e),
         };
-        if (self.lost)() {
-            // A call that hung past `max.poll.interval.ms` and answered:
-            // the alerts are no longer this instance's to hand out.
-            for a in &fresh {
-                self.in_flight.remove(&a.alert_id);
-            }
-            self.note_lost("batch written, not handed out");
-            stats.emit();
-            return Ok(());
-        }
         let (written, stored) = write;
         stats.written = written;
         stats.skipped_stored = stored;
