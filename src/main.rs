@@ -152,6 +152,12 @@ enum Command {
         /// Only these measurements (comma-separated); all by default.
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<xoflow::bench::Part>,
+        /// Keep every record the whole pipeline consumed until its
+        /// measurement ends (the method before 2026-12-06); by default
+        /// what every group reading a topic committed is deleted every 2 s,
+        /// as a broker's retention would.
+        #[arg(long)]
+        keep_consumed: bool,
     },
     /// Bulk-import history from a file onto the backfill lane; idempotent on
     /// re-run (event ids derive from natural ids).
@@ -319,6 +325,7 @@ async fn main() -> anyhow::Result<()> {
             overload_seconds,
             out,
             only,
+            keep_consumed,
         } => {
             let opts = xoflow::bench::Options {
                 events,
@@ -326,6 +333,7 @@ async fn main() -> anyhow::Result<()> {
                 half_secs: seconds,
                 overload_secs: overload_seconds,
                 only,
+                keep_consumed,
             };
             xoflow::bench::run(cfg, &opts, &out).await?;
             return Ok(());

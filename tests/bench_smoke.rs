@@ -90,5 +90,13 @@ fn every_measurement_runs_to_its_end_and_reports_a_figure() {
     )
     .expect("results-runs.json parses");
     assert_eq!(runs.as_array().map(Vec::len), Some(1), "one run's rows");
+    // P and A delete what the pipeline's groups committed, as a broker's
+    // retention would (BENCHMARKS.md, "Consumed records deleted"): at
+    // least one of their phases, 5 s or more each, cut a topic.
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        stdout.contains("[bench] consumed records deleted, partition cuts per topic: {\""),
+        "no consumed record deleted: {stdout}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -130,6 +130,11 @@ impl KafkaConfig {
         c
     }
 
+    /// An admin client of the configured brokers (topics, records).
+    pub fn admin_client(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+        self.with_options(self.base()).create()
+    }
+
     fn with_options(&self, mut c: ClientConfig) -> ClientConfig {
         for (k, v) in &self.options {
             c.set(k, v);
@@ -331,7 +336,7 @@ impl KafkaConfig {
     /// benchmark, whose millions of records would otherwise stay in a
     /// broker that keeps them in memory), never for the stages' topics.
     pub async fn delete_topics_containing(&self, part: &str) -> Result<Vec<String>, KafkaError> {
-        let admin: AdminClient<DefaultClientContext> = self.with_options(self.base()).create()?;
+        let admin = self.admin_client()?;
         let names: Vec<String> = admin
             .inner()
             .fetch_metadata(None, Duration::from_secs(10))?
@@ -360,7 +365,7 @@ impl KafkaConfig {
         names: &[&str],
         configs: &[(&str, &str)],
     ) -> Result<(), KafkaError> {
-        let admin: AdminClient<DefaultClientContext> = self.with_options(self.base()).create()?;
+        let admin = self.admin_client()?;
         let topics: Vec<NewTopic<'_>> = names
             .iter()
             .map(|n| {

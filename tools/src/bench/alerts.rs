@@ -27,7 +27,10 @@ use anyhow::Context;
 use xoflow_app::Config;
 use xoflow_proto::v1::Event;
 
-use super::support::{Rows, latency_histogram, own_pipeline, round_of, started, wait_rows};
+use super::{
+    retention::Consumed,
+    support::{Rows, latency_histogram, own_pipeline, round_of, started, wait_rows},
+};
 use crate::{
     datagen::{alerts::DemoConfig, load},
     demo::{self, Receiver},
@@ -55,6 +58,7 @@ pub(super) async fn measure(
     events: &[Event],
     peak: f64,
     secs: f64,
+    consumed: Consumed,
 ) -> anyhow::Result<AlertsResult> {
     const BATCH: usize = 100;
     let mut cfg = own_pipeline(cfg, "al");
@@ -62,7 +66,7 @@ pub(super) async fn measure(
     demo::apply_demo_config(&mut cfg, &demo)?;
     let receiver = Receiver::start("xoflow-bench-webhook-secret".into()).await?;
     demo::route_alerts(&mut cfg, &receiver, &demo.departments())?;
-    let (running, ch) = started(&cfg).await?;
+    let (running, ch, retention) = started(&cfg, consumed).await?;
     let addr = format!("http://{}", running.grpc_addr.context("no collector")?);
 
     // Warm-up: consumer-group joins are not latency.
@@ -100,6 +104,7 @@ pub(super) async fn measure(
     )
     .await?;
     let deliveries = receiver.deliveries();
+    retention.stop().await;
     running.stop();
     running.wait().await?;
     receiver.stop().await;

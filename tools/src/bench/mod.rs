@@ -61,6 +61,7 @@ mod open_loop;
 mod pipeline;
 mod process;
 mod report;
+mod retention;
 mod sink;
 mod support;
 
@@ -102,6 +103,10 @@ pub struct Options {
     pub overload_secs: f64,
     /// Only these measurements; all when empty.
     pub only: Vec<Part>,
+    /// P and A keep every record consumed until they end (the method
+    /// before 2026-12-06) instead of deleting what was committed
+    /// ([`retention`]).
+    pub keep_consumed: bool,
 }
 
 /// Runs the benchmark (`opts.runs` times the measurements in `opts.only`,
@@ -143,6 +148,11 @@ async fn run_once(
     opts: &Options,
 ) -> anyhow::Result<Vec<Row>> {
     let wanted = |p: Part| opts.only.is_empty() || opts.only.contains(&p);
+    let consumed = if opts.keep_consumed {
+        retention::Consumed::Kept
+    } else {
+        retention::Consumed::Deleted
+    };
     let id = xoflow_common::clock::now_unix_millis();
     cfg.kafka.topics.suffix(&format!(".bench-{id}"));
     cfg.enrich.group_id = format!("bench-{id}-enrich");
@@ -264,14 +274,14 @@ async fn run_once(
         && !wanted(Part::Pipeline)
     {
         rows.extend(alert_rows(
-            alerts::measure(&cfg, events, peak, opts.half_secs).await?,
+            alerts::measure(&cfg, events, peak, opts.half_secs, consumed).await?,
             peak,
         ));
         done(&cfg).await;
         let _ = cfg.clickhouse.drop_database().await;
         return Ok(rows);
     }
-    let p = pipeline::measure(&cfg, events.to_vec()).await?;
+    let p = pipeline::measure(&cfg, events.to_vec(), consumed).await?;
     done(&cfg).await;
     rows.push(compared(
         "P whole pipeline gRPC→ClickHouse",
@@ -311,7 +321,7 @@ async fn run_once(
     let peak = fixed_peak().unwrap_or(p.rate.value);
     if wanted(Part::Alerts) {
         rows.extend(alert_rows(
-            alerts::measure(&cfg, events, peak, opts.half_secs).await?,
+            alerts::measure(&cfg, events, peak, opts.half_secs, consumed).await?,
             peak,
         ));
         done(&cfg).await;
@@ -321,7 +331,15 @@ async fn run_once(
         return Ok(rows);
     }
 
-    let o = open_loop::measure(&cfg, events, peak, opts.half_secs, opts.overload_secs).await?;
+    let o = open_loop::measure(
+        &cfg,
+        events,
+        peak,
+        opts.half_secs,
+        opts.overload_secs,
+        consumed,
+    )
+    .await?;
     done(&cfg).await;
     rows.push(
         row("P open loop at half peak, rate sent", o.rate, "events/s")

@@ -14,6 +14,7 @@ use xoflow_proto::v1::Event;
 
 use super::{
     process::rss_mib,
+    retention::Consumed,
     support::{Rows, count, latency_histogram, own_pipeline, round_of, started, wait_rows},
 };
 use crate::datagen::load;
@@ -80,10 +81,11 @@ pub(super) async fn measure(
     peak: f64,
     half_secs: f64,
     overload_secs: f64,
+    consumed: Consumed,
 ) -> anyhow::Result<OpenLoopResult> {
     const BATCH: usize = 100;
     let cfg = own_pipeline(cfg, "ol");
-    let (running, ch) = started(&cfg).await?;
+    let (running, ch, retention) = started(&cfg, consumed).await?;
     let addr = format!("http://{}", running.grpc_addr.context("no collector")?);
 
     // Warm-up, so that consumer-group joins (seconds on the local broker)
@@ -229,6 +231,7 @@ pub(super) async fn measure(
     stop_sampling.cancel();
     let samples = sampler.await?;
     let parts_twice = parts_twice.await?;
+    retention.stop().await;
     running.stop();
     running.wait().await?;
     let _ = cfg.clickhouse.drop_database().await;

@@ -14,6 +14,7 @@ use xoflow_proto::v1::Event;
 use super::{
     process::{cpu_seconds, myself, peak_rss_mib, servers},
     report::Figure,
+    retention::Consumed,
     support::{Flow, Rows, follow_rows, own_pipeline, send_apart, started},
 };
 use crate::datagen::load;
@@ -32,9 +33,13 @@ pub(super) struct PipelineResult {
     pub(super) rss_mib: f64,
 }
 
-pub(super) async fn measure(cfg: &Config, events: Vec<Event>) -> anyhow::Result<PipelineResult> {
+pub(super) async fn measure(
+    cfg: &Config,
+    events: Vec<Event>,
+    consumed: Consumed,
+) -> anyhow::Result<PipelineResult> {
     let cfg = own_pipeline(cfg, "p");
-    let (running, ch) = started(&cfg).await?;
+    let (running, ch, retention) = started(&cfg, consumed).await?;
     let servers = servers();
     let me = myself();
     let cpu = || me.as_ref().and_then(cpu_seconds).unwrap_or(0.0);
@@ -84,6 +89,7 @@ pub(super) async fn measure(cfg: &Config, events: Vec<Event>) -> anyhow::Result<
     };
     let cpu = cpu() - cpu0;
     let srv = servers_cpu();
+    retention.stop().await;
     running.stop();
     running.wait().await?;
     let _ = cfg.clickhouse.drop_database().await;

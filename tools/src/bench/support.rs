@@ -10,7 +10,11 @@ use xoflow_app::{Config, Running, Stages};
 use xoflow_common::kafka::Outgoing;
 use xoflow_common::shutdown::Shutdown;
 
-use super::{process::thread_cpu_seconds, report::Figure};
+use super::{
+    process::thread_cpu_seconds,
+    report::Figure,
+    retention::{Consumed, Retention},
+};
 use crate::datagen::load;
 
 /// What a follower counts in a pipeline's ClickHouse database.
@@ -361,12 +365,16 @@ pub(super) fn own_pipeline(cfg: &Config, tag: &str) -> Config {
 /// Starts every stage of `cfg` in this process, waits until they report
 /// ready, then adds the view the row followers read ([`count_visible`]):
 /// the pipeline a measurement feeds, and a client of its database.
-pub(super) async fn started(cfg: &Config) -> anyhow::Result<(Running, clickhouse::Client)> {
+pub(super) async fn started(
+    cfg: &Config,
+    consumed: Consumed,
+) -> anyhow::Result<(Running, clickhouse::Client, Retention)> {
     let ch = cfg.clickhouse.client();
     let running = xoflow_app::start(cfg.clone(), Stages::ALL, Shutdown::new()).await?;
     ready(&running).await?;
     count_visible(&ch, &cfg.clickhouse.database).await?;
-    Ok((running, ch))
+    let retention = Retention::start(cfg, consumed)?;
+    Ok((running, ch, retention))
 }
 
 /// Waits until every started stage reports ready.
