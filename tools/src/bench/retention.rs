@@ -14,12 +14,18 @@
 //! records deleted").
 //!
 //! Only what the pipeline has read and committed goes: the topics read by
-//! a consumer group (events and backfill by both enrich groups, the
-//! repartition topic by the join's, enriched by the sink's, alerts by the
-//! alert stage's), each partition cut at the lowest offset its groups
-//! committed, and never while one of them has committed nothing there.
-//! The enrich stage's state topics (links, changelog), read again on a
-//! restart, and the dead letters are left whole. What crosses the
+//! a consumer group (events by both enrich groups, backfill by resolve's,
+//! the repartition topic by the join's, enriched by the sink's, alerts by
+//! the alert stage's), each partition cut at the lowest offset its groups
+//! committed, and never while one of them has committed nothing there or
+//! could not be read. The enrich stage's state topics (links, changelog),
+//! read again on a restart, and the dead letters (read by the sink too)
+//! are left whole. No stage commits past what it has stored or handed on
+//! (enrich's held events wait in its changelog), so a restart finds what
+//! it needs; a sink that takes a partition over mid-run may seek below the
+//! cut to a position kept in ClickHouse and log records as missing that
+//! it had stored. The bench restarts nothing while it measures. What
+//! crosses the
 //! boundary: the pipeline's [`Config`] in, a [`Retention`] handle out,
 //! whose [`Retention::stop`] ends the task.
 
@@ -30,11 +36,10 @@ use rdkafka::{
     TopicPartitionList,
     admin::{AdminClient, AdminOptions},
     client::DefaultClientContext,
-    consumer::{BaseConsumer, DefaultConsumerContext},
+    consumer::{BaseConsumer, Consumer as _, DefaultConsumerContext},
 };
 use tokio_util::sync::CancellationToken;
 use xoflow_app::Config;
-use xoflow_common::kafka::watch::{PartitionOffsets, group_offsets_with};
 
 /// How often the committed records are deleted.
 pub(super) const EVERY: Duration = Duration::from_secs(2);
@@ -52,7 +57,7 @@ pub(super) enum Consumed {
 /// The running task; [`Retention::stop`] ends it.
 pub(super) struct Retention {
     stop: CancellationToken,
-    task: Option<tokio::task::JoinHandle<BTreeMap<String, u64>>>,
+    task: Option<tokio::task::JoinHandle<Cuts>>,
 }
 
 impl Retention {
@@ -89,13 +94,15 @@ impl Retention {
         })
     }
 
-    /// Ends the task and prints how many cuts it made per topic (a
-    /// partition's start moved in one round counts once).
+    /// Ends the task and prints what it cut ([`Cuts`]).
     pub(super) async fn stop(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             let cuts = task.await.unwrap_or_default();
-            println!("[bench] consumed records deleted, partition cuts per topic: {cuts:?}");
+            println!(
+                "[bench] consumed records deleted, partition cuts per topic: {:?}, not cut: {}",
+                cuts.per_topic, cuts.refused
+            );
         }
     }
 }
@@ -106,20 +113,30 @@ impl Drop for Retention {
     }
 }
 
+/// A consumer group of the pipeline (a client of it that never joins) and
+/// the topics it reads.
 type Group = (BaseConsumer<DefaultConsumerContext>, Vec<String>);
+
+/// One partition a group reads, and the offset it committed there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Committed {
+    topic: String,
+    partition: i32,
+    offset: Option<i64>,
+}
 
 async fn run(
     groups: Vec<Group>,
     admin: AdminClient<DefaultClientContext>,
     stop: CancellationToken,
-) -> BTreeMap<String, u64> {
+) -> Cuts {
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let mut groups = groups;
-    let mut cut: HashMap<(String, i32), i64> = HashMap::new();
-    let mut cuts = BTreeMap::new();
+    let mut done: HashMap<(String, i32), i64> = HashMap::new();
+    let mut cuts = Cuts::default();
     loop {
         tokio::select! {
-            () = stop.cancelled() => return cuts,
+            () = stop.cancelled() => break,
             () = tokio::time::sleep(EVERY) => {}
         }
         // The offsets are read with blocking calls: off the async workers.
@@ -134,54 +151,121 @@ async fn run(
         groups = back;
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in lowest {
-            let done = cut.get(&(topic.clone(), partition)).copied().unwrap_or(0);
-            if offset > done {
+            if done
+                .get(&(topic.clone(), partition))
+                .is_none_or(|d| offset > *d)
+            {
                 let _ =
                     tpl.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(offset));
-                cut.insert((topic, partition), offset);
             }
         }
         if tpl.count() == 0 {
             continue;
         }
+        // Each partition answers for itself: only those cut are counted
+        // and remembered, the others are asked again next round.
         match admin.delete_records(&tpl, &opts).await {
-            Ok(_) => {
-                for e in tpl.elements() {
-                    *cuts.entry(e.topic().to_owned()).or_default() += 1;
+            Ok(answered) => {
+                for e in answered.elements() {
+                    let asked = tpl.find_partition(e.topic(), e.partition());
+                    match (e.error(), asked.map(|a| a.offset())) {
+                        (Ok(()), Some(rdkafka::Offset::Offset(at))) => {
+                            done.insert((e.topic().to_owned(), e.partition()), at);
+                            *cuts.per_topic.entry(e.topic().to_owned()).or_default() += 1;
+                        }
+                        _ => cuts.refused += 1,
+                    }
                 }
             }
-            Err(e) => println!("[bench] could not delete consumed records: {e}"),
+            Err(e) => {
+                cuts.refused += tpl.count() as u64;
+                println!("[bench] could not delete consumed records: {e}");
+            }
         }
     }
+    // Dropping a group's client waits for its queue to close.
+    let _ = tokio::task::spawn_blocking(move || drop(groups)).await;
+    cuts
+}
+
+/// What [`run`] did: partitions cut per topic (a partition's start moved
+/// in one round counts once), and partitions the broker did not cut.
+#[derive(Debug, Default)]
+struct Cuts {
+    per_topic: BTreeMap<String, u64>,
+    refused: u64,
 }
 
 /// Per partition of every topic read, the lowest offset its groups
-/// committed; a partition some group has committed nothing in is left out.
+/// committed; a partition is left out unless every group reading its topic
+/// has committed in it.
 fn lowest_committed(groups: &[Group]) -> HashMap<(String, i32), i64> {
-    let read: Result<Vec<_>, _> = groups
+    let read: anyhow::Result<Vec<_>> = groups
         .iter()
-        .map(|(consumer, topics)| group_offsets_with(consumer, topics))
+        .map(|(consumer, topics)| Ok((topics.clone(), committed(consumer, topics)?)))
         .collect();
     // A topic not created yet, or a broker busy past the timeout: nothing
     // is cut this round.
     read.map(lowest).unwrap_or_default()
 }
 
-/// [`lowest_committed`] from what each group read.
-fn lowest(groups: Vec<Vec<PartitionOffsets>>) -> HashMap<(String, i32), i64> {
-    let mut lowest: HashMap<(String, i32), Option<i64>> = HashMap::new();
-    for offsets in groups {
-        for p in offsets {
-            let entry = lowest.entry((p.topic, p.partition)).or_insert(p.committed);
-            *entry = match (*entry, p.committed) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                _ => None,
-            };
+/// The offsets `consumer`'s group committed in every partition of `topics`
+/// (blocking). A topic the broker names no partition of is an error, so
+/// that a group that cannot be read holds every cut back.
+fn committed(
+    consumer: &BaseConsumer<DefaultConsumerContext>,
+    topics: &[String],
+) -> anyhow::Result<Vec<Committed>> {
+    let timeout = Duration::from_secs(10);
+    let mut tpl = TopicPartitionList::new();
+    for topic in topics {
+        let md = consumer.fetch_metadata(Some(topic), timeout)?;
+        let partitions = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions())
+            .map(|p| p.id())
+            .collect::<Vec<_>>();
+        anyhow::ensure!(!partitions.is_empty(), "no partitions of {topic}");
+        for p in partitions {
+            tpl.add_partition(topic, p);
         }
     }
-    lowest
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, v?)))
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| Committed {
+            topic: e.topic().to_owned(),
+            partition: e.partition(),
+            offset: match e.offset() {
+                rdkafka::Offset::Offset(o) => Some(o),
+                _ => None,
+            },
+        })
+        .collect())
+}
+
+/// [`lowest_committed`] from what each group read: its topics, and what
+/// it committed in each of their partitions.
+fn lowest(groups: Vec<(Vec<String>, Vec<Committed>)>) -> HashMap<(String, i32), i64> {
+    let mut readers: HashMap<String, usize> = HashMap::new();
+    for topic in groups.iter().flat_map(|(topics, _)| topics) {
+        *readers.entry(topic.clone()).or_default() += 1;
+    }
+    // Per partition: how many groups committed in it, and the lowest.
+    let mut seen: HashMap<(String, i32), (usize, i64)> = HashMap::new();
+    for c in groups.into_iter().flat_map(|(_, committed)| committed) {
+        if let Some(offset) = c.offset {
+            let entry = seen.entry((c.topic, c.partition)).or_insert((0, offset));
+            entry.0 += 1;
+            entry.1 = entry.1.min(offset);
+        }
+    }
+    seen.into_iter()
+        .filter(|((topic, _), (n, _))| readers.get(topic) == Some(n))
+        .map(|(k, (_, offset))| (k, offset))
         .collect()
 }
 
@@ -189,23 +273,32 @@ fn lowest(groups: Vec<Vec<PartitionOffsets>>) -> HashMap<(String, i32), i64> {
 mod tests {
     use super::*;
 
-    fn at(topic: &str, partition: i32, committed: Option<i64>) -> PartitionOffsets {
-        PartitionOffsets {
+    fn at(topic: &str, partition: i32, offset: Option<i64>) -> Committed {
+        Committed {
             topic: topic.into(),
             partition,
-            high: 100,
-            committed,
+            offset,
         }
+    }
+
+    fn reads(topics: &[&str], committed: Vec<Committed>) -> (Vec<String>, Vec<Committed>) {
+        (topics.iter().map(|t| t.to_string()).collect(), committed)
     }
 
     #[test]
     fn a_partition_is_cut_at_the_lowest_commit_of_the_groups_reading_it() {
-        let resolve = vec![at("events", 0, Some(40)), at("events", 1, Some(70))];
-        let join = vec![
-            at("events", 0, Some(55)),
-            at("events", 1, Some(20)),
-            at("repartition", 0, Some(9)),
-        ];
+        let resolve = reads(
+            &["events"],
+            vec![at("events", 0, Some(40)), at("events", 1, Some(70))],
+        );
+        let join = reads(
+            &["events", "repartition"],
+            vec![
+                at("events", 0, Some(55)),
+                at("events", 1, Some(20)),
+                at("repartition", 0, Some(9)),
+            ],
+        );
         let cut = lowest(vec![resolve, join]);
         assert_eq!(cut.get(&("events".into(), 0)), Some(&40));
         assert_eq!(cut.get(&("events".into(), 1)), Some(&20));
@@ -215,11 +308,30 @@ mod tests {
 
     #[test]
     fn a_partition_one_group_has_not_committed_in_is_not_cut() {
-        let resolve = vec![at("events", 0, Some(40)), at("events", 1, None)];
-        let join = vec![at("events", 0, None), at("events", 1, Some(20))];
-        let sink = vec![at("enriched", 0, Some(5))];
+        let resolve = reads(
+            &["events"],
+            vec![at("events", 0, Some(40)), at("events", 1, None)],
+        );
+        let join = reads(
+            &["events"],
+            vec![at("events", 0, None), at("events", 1, Some(20))],
+        );
+        let sink = reads(&["enriched"], vec![at("enriched", 0, Some(5))]);
         let cut = lowest(vec![resolve, join, sink]);
         assert_eq!(cut.len(), 1, "{cut:?}");
         assert_eq!(cut.get(&("enriched".into(), 0)), Some(&5));
+    }
+
+    #[test]
+    fn a_partition_missing_from_one_groups_reading_is_not_cut() {
+        // The join's reading of the events topic named partition 0 only.
+        let resolve = reads(
+            &["events"],
+            vec![at("events", 0, Some(40)), at("events", 1, Some(70))],
+        );
+        let join = reads(&["events"], vec![at("events", 0, Some(30))]);
+        let cut = lowest(vec![resolve, join]);
+        assert_eq!(cut.len(), 1, "{cut:?}");
+        assert_eq!(cut.get(&("events".into(), 0)), Some(&30));
     }
 }
