@@ -384,6 +384,18 @@ fn csv_row(kind: EventKind, headers: &csv::StringRecord, row: &csv::StringRecord
 mod tests {
     use super::*;
 
+    /// Every row of `csv` as the import reads it.
+    fn csv_records(kind: EventKind, csv: &[u8], origin: Origin<'_>) -> Vec<Record> {
+        let mut csv = csv::ReaderBuilder::new().flexible(true).from_reader(csv);
+        let headers = csv.headers().expect("headers").clone();
+        let mut row = csv::ByteRecord::new();
+        let mut records = Vec::new();
+        while csv.read_byte_record(&mut row).expect("row") {
+            records.push(csv_record(kind, &headers, &row, origin));
+        }
+        records
+    }
+
     /// A row whose cell is not UTF-8 (a name saved in GBK) or that has
     /// more cells than the header (an unquoted comma) is refused alone,
     /// naming its column, with the row in its dead letter; the rows around
@@ -395,19 +407,15 @@ mod tests {
             tenant: "acme",
             source: "erp",
         };
-        let mut csv = csv::ReaderBuilder::new().flexible(true).from_reader(
-            &b"order_id,status,updated_at,note\n\
+        let records = csv_records(
+            EventKind::Order,
+            b"order_id,status,updated_at,note\n\
                o-1,paid,2026-11-20T10:00:00Z,fine\n\
                o-2,paid,2026-11-20T10:00:00Z,\xcd\xf5\xd0\xa1\xc3\xf7\n\
                o-3,paid,2026-11-20T10:00:00Z,late, again\n\
-               o-4,paid,2026-11-20T10:00:00Z,fine,,\n"[..],
+               o-4,paid,2026-11-20T10:00:00Z,fine,,\n",
+            origin,
         );
-        let headers = csv.headers().expect("headers").clone();
-        let mut row = csv::ByteRecord::new();
-        let mut records = Vec::new();
-        while csv.read_byte_record(&mut row).expect("row") {
-            records.push(csv_record(EventKind::Order, &headers, &row, origin));
-        }
         assert_eq!(records.len(), 4);
         assert!(records[0].event.is_some(), "{:?}", records[0].decode_error);
         let gbk = records[1].decode_error.as_ref().expect("refused");
@@ -444,18 +452,14 @@ mod tests {
             tenant: "acme",
             source: "survey-export",
         };
-        let mut csv = csv::ReaderBuilder::new().flexible(true).from_reader(
-            &b"response_id,survey_id,submitted_at,respondent.name,comment\n\
+        let records = csv_records(
+            EventKind::Survey,
+            b"response_id,survey_id,submitted_at,respondent.name,comment\n\
                r1,s,2026-11-20T10:00:00Z,Li Lei,Li Lei was late\xcd\xf5\n\
                r2,s,2026-11-20T10:00:00Z,Han Meimei,late, again Han Meimei\n\
-               r3,s,2026,11,Wang Fang,nice to meet Wang Fang\n"[..],
+               r3,s,2026,11,Wang Fang,nice to meet Wang Fang\n",
+            origin,
         );
-        let headers = csv.headers().expect("headers").clone();
-        let mut row = csv::ByteRecord::new();
-        let mut records = Vec::new();
-        while csv.read_byte_record(&mut row).expect("row") {
-            records.push(csv_record(EventKind::Survey, &headers, &row, origin));
-        }
         for (r, name) in records.iter().zip(["Li Lei", "Han Meimei", "Wang Fang"]) {
             assert!(r.event.is_none(), "refused");
             assert!(r.names.iter().any(|n| n == name), "{:?}", r.names);

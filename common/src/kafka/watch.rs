@@ -129,15 +129,11 @@ pub fn held<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(consumer: &C)
     let Ok(tpl) = consumer.position() else {
         return Vec::new();
     };
-    tpl.elements()
-        .iter()
-        .map(|e| Held {
-            topic: e.topic().to_owned(),
-            partition: e.partition(),
-            position: match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            },
+    offsets(&tpl)
+        .map(|(topic, partition, position)| Held {
+            topic,
+            partition,
+            position,
         })
         .collect()
 }
@@ -300,39 +296,69 @@ pub fn group_offsets_with(
     consumer: &BaseConsumer<DefaultConsumerContext>,
     topics: &[String],
 ) -> Result<Vec<PartitionOffsets>, KafkaError> {
-    let timeout = Duration::from_secs(10);
+    committed_offsets_with(consumer, topics)?
+        .into_iter()
+        .map(|c| {
+            let (_, high) = consumer.fetch_watermarks(&c.topic, c.partition, WAIT)?;
+            Ok(PartitionOffsets {
+                topic: c.topic,
+                partition: c.partition,
+                high,
+                committed: c.offset,
+            })
+        })
+        .collect()
+}
+
+/// One partition of a topic a group reads, and the offset the group
+/// committed there, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: Option<i64>,
+}
+
+/// The group's committed offsets in every partition the broker names of
+/// `topics` (blocking), without the watermarks [`group_offsets_with`]
+/// reads too. A topic the broker names no partition of is left out.
+pub fn committed_offsets_with(
+    consumer: &BaseConsumer<DefaultConsumerContext>,
+    topics: &[String],
+) -> Result<Vec<Committed>, KafkaError> {
     let mut tpl = TopicPartitionList::new();
-    let mut highs = Vec::new();
     for topic in topics {
-        let md = consumer.fetch_metadata(Some(topic), timeout)?;
+        let md = consumer.fetch_metadata(Some(topic), WAIT)?;
         for t in md.topics() {
             for p in t.partitions() {
-                let (_, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
-                highs.push((topic.clone(), p.id(), high));
                 tpl.add_partition(topic, p.id());
             }
         }
     }
-    let committed = consumer.committed_offsets(tpl, timeout)?;
-    Ok(highs
-        .into_iter()
-        .map(|(topic, partition, high)| {
-            let committed =
-                committed
-                    .find_partition(&topic, partition)
-                    .and_then(|e| match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    });
-            PartitionOffsets {
-                topic,
-                partition,
-                high,
-                committed,
-            }
+    let committed = consumer.committed_offsets(tpl, WAIT)?;
+    Ok(offsets(&committed)
+        .map(|(topic, partition, offset)| Committed {
+            topic,
+            partition,
+            offset,
         })
         .collect())
 }
+
+/// Each partition of `tpl` with its offset, when it is one (not a logical
+/// offset such as "none stored").
+fn offsets(tpl: &TopicPartitionList) -> impl Iterator<Item = (String, i32, Option<i64>)> + '_ {
+    tpl.elements().into_iter().map(|e| {
+        let offset = match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        };
+        (e.topic().to_owned(), e.partition(), offset)
+    })
+}
+
+/// How long each of the broker calls above may take.
+const WAIT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

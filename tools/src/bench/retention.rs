@@ -36,10 +36,11 @@ use rdkafka::{
     TopicPartitionList,
     admin::{AdminClient, AdminOptions},
     client::DefaultClientContext,
-    consumer::{BaseConsumer, Consumer as _, DefaultConsumerContext},
+    consumer::{BaseConsumer, DefaultConsumerContext},
 };
 use tokio_util::sync::CancellationToken;
 use xoflow_app::Config;
+use xoflow_common::kafka::watch::{Committed, committed_offsets_with};
 
 /// How often the committed records are deleted.
 pub(super) const EVERY: Duration = Duration::from_secs(2);
@@ -116,14 +117,6 @@ impl Drop for Retention {
 /// A consumer group of the pipeline (a client of it that never joins) and
 /// the topics it reads.
 type Group = (BaseConsumer<DefaultConsumerContext>, Vec<String>);
-
-/// One partition a group reads, and the offset it committed there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Committed {
-    topic: String,
-    partition: i32,
-    offset: Option<i64>,
-}
 
 async fn run(
     groups: Vec<Group>,
@@ -210,41 +203,21 @@ fn lowest_committed(groups: &[Group]) -> HashMap<(String, i32), i64> {
 }
 
 /// The offsets `consumer`'s group committed in every partition of `topics`
-/// (blocking). A topic the broker names no partition of is an error, so
-/// that a group that cannot be read holds every cut back.
+/// (blocking). A topic the broker names no partition of (not created yet,
+/// or answered with an error) is an error here, so that a group that
+/// cannot be read holds every cut back.
 fn committed(
     consumer: &BaseConsumer<DefaultConsumerContext>,
     topics: &[String],
 ) -> anyhow::Result<Vec<Committed>> {
-    let timeout = Duration::from_secs(10);
-    let mut tpl = TopicPartitionList::new();
+    let committed = committed_offsets_with(consumer, topics)?;
     for topic in topics {
-        let md = consumer.fetch_metadata(Some(topic), timeout)?;
-        let partitions = md
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions())
-            .map(|p| p.id())
-            .collect::<Vec<_>>();
-        anyhow::ensure!(!partitions.is_empty(), "no partitions of {topic}");
-        for p in partitions {
-            tpl.add_partition(topic, p);
-        }
+        anyhow::ensure!(
+            committed.iter().any(|c| &c.topic == topic),
+            "no partitions of {topic}"
+        );
     }
-    let committed = consumer.committed_offsets(tpl, timeout)?;
-    Ok(committed
-        .elements()
-        .iter()
-        .map(|e| Committed {
-            topic: e.topic().to_owned(),
-            partition: e.partition(),
-            offset: match e.offset() {
-                rdkafka::Offset::Offset(o) => Some(o),
-                _ => None,
-            },
-        })
-        .collect())
+    Ok(committed)
 }
 
 /// [`lowest_committed`] from what each group read: its topics, and what
