@@ -90,14 +90,16 @@ impl EventIds {
     pub fn new(ch: &ClickHouseConfig) -> Self {
         // By the hour in `event_ids_hourly`, fed since migration 16; by the
         // day in `event_ids` too, for the ids stored before it, only when a
-        // key falls before `hourly_from`: asking both builds a second set
+        // key falls before `hourly_from`: asking both builds more sets
         // from the keys (17 ms of the server's CPU for 5,000 keys against
-        // 9) and reads the days' granules again.
+        // 9, measured before the `PREWHERE` below) and reads the days'
+        // granules again.
         //
         // The tuple `IN` of `WHERE` picks the granules (the sorting key's
-        // prefix); `PREWHERE` then reads the event id alone and tests it
-        // against a set of single strings, and only the few rows it passes
-        // are read whole and tested against the tuples. A batch's repairs
+        // prefix); `PREWHERE` then reads the event id first and tests it
+        // against a set of single strings: the other columns are read only
+        // for granules with a row that passes, and the tuple test runs only
+        // on the rows that pass. A batch's repairs
         // are events of up to the order window before it, so its keys fall
         // in many hours, and where those are dense the look-up reads every
         // granule of them: the tuple test on every row read was nearly
