@@ -99,12 +99,11 @@ impl EventIds {
         // prefix); `PREWHERE` then reads the event id first and tests it
         // against a set of single strings: the other columns are read only
         // for granules with a row that passes, and the tuple test runs only
-        // on the rows that pass. A batch's repairs
-        // are events of up to the order window before it, so its keys fall
-        // in many hours, and where those are dense the look-up reads every
-        // granule of them: the tuple test on every row read was nearly
-        // half of a look-up's CPU (BENCHMARKS.md, "The dedup look-up's
-        // test on every row read").
+        // on the rows that pass. A batch's repairs are events of up to the
+        // order window before it, so its keys fall in many hours, and where
+        // those are dense the look-up reads every granule of them: the
+        // tuple test on every row read was nearly half of a look-up's CPU
+        // (BENCHMARKS.md, "The dedup look-up's test on every row read").
         let by_hour = format!(
             "SELECT tenant, event_id, revision FROM event_ids_hourly \
              PREWHERE event_id IN (SELECT event_id FROM {KEYS}) \
