@@ -15,7 +15,7 @@
 //! speaks to the HTTP interface itself, with the crate's credentials
 //! headers, over the same plain-HTTP connection pool kind.
 
-use std::{io::Write as _, sync::Arc};
+use std::{io::Write as _, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -33,6 +33,15 @@ const KEYS: &str = "batch_keys";
 
 /// The multipart boundary around the keys' file part.
 const BOUNDARY: &str = "xoflow-event-ids-5c0f3b7e9a1d4e26";
+
+/// How long an idle connection is kept for the next look-up: under the
+/// server's `keep_alive_timeout` (3 s in ClickHouse 18.16's default
+/// config, which `deploy/local` runs), as the `clickhouse` crate's own
+/// client keeps its connections 2 s. With hyper's default of 90 s a
+/// look-up could be written into a connection the server was closing, and
+/// fail (`SendRequest`, seen once in a run of P): the batch was then
+/// looked up again, whole, at its flush.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Looks batches up in the dedup index on one server (or, on a cluster, through
 /// its `Distributed` table: ClickHouse sends external data on to every
@@ -76,6 +85,14 @@ pub(super) type Stored = Vec<(String, String, u32)>;
 
 /// A look-up running on a task of its own.
 pub(super) type Pending = tokio::task::JoinHandle<Result<Stored, SinkError>>;
+
+/// The look-ups' connection pool: a connection idle longer than `idle` is
+/// not used again.
+fn http_client(idle: Duration) -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(idle)
+        .build_http()
+}
 
 /// A row's key in the index.
 pub(super) fn key(r: &EventRow) -> Key<'_> {
@@ -141,7 +158,7 @@ impl EventIds {
             uri
         };
         EventIds {
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            http: http_client(POOL_IDLE_TIMEOUT),
             by_hour: uri(&format!("{by_hour} FORMAT RowBinary")),
             both: uri(&format!("{by_hour} UNION ALL {by_day} FORMAT RowBinary")),
             client: ch.client(),
@@ -379,6 +396,64 @@ pub(super) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that keeps every connection open and answers each request
+    /// with an empty 200; counts the connections it accepted.
+    async fn counting_server() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        // Requests without a body: one per blank line.
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                            if conn.write_all(ok).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_past_the_pool_timeout_is_not_used_again() {
+        // ClickHouse closes a connection idle for its keep_alive_timeout;
+        // one the pool kept longer could take a look-up as it closes.
+        let (addr, accepted) = counting_server().await;
+        let client = http_client(Duration::from_millis(100));
+        let get = || async {
+            let req = Request::get(format!("http://{addr}/"))
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let res = client.request(req).await.expect("answer");
+            assert_eq!(res.status(), StatusCode::OK);
+            res.into_body().collect().await.expect("body");
+        };
+        get().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        get().await;
+        // hyper's default (90 s) would have sent both on one connection.
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn keys_are_escaped_as_tab_separated_fields() {
