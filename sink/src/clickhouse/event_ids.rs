@@ -439,7 +439,7 @@ mod tests {
         // ClickHouse closes a connection idle for its keep_alive_timeout;
         // one the pool kept longer could take a look-up as it closes.
         let (addr, accepted) = counting_server().await;
-        let client = http_client(Duration::from_millis(100));
+        let client = http_client(Duration::from_millis(50));
         let get = || async {
             let req = Request::get(format!("http://{addr}/"))
                 .body(Full::new(Bytes::new()))
@@ -449,7 +449,10 @@ mod tests {
             res.into_body().collect().await.expect("body");
         };
         get().await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The connection goes back to the pool from a task of hyper's,
+        // soon after the answer: a second ahead of the next request is a
+        // margin no loaded machine eats.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         get().await;
         // hyper's default (90 s) would have sent both on one connection.
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
