@@ -13,7 +13,8 @@
 //! answer against an empty table; as external data the same look-up takes
 //! 0.07 s. The `clickhouse` crate sends no file parts, so this module
 //! speaks to the HTTP interface itself, with the crate's credentials
-//! headers, over the same plain-HTTP connection pool kind.
+//! headers, over the same plain-HTTP connection pool kind, whose idle
+//! connections it keeps as briefly ([`POOL_IDLE_TIMEOUT`]).
 
 use std::{io::Write as _, sync::Arc, time::Duration};
 
