@@ -1,9 +1,9 @@
 //! The sink: enriched events and dead letters from Kafka into ClickHouse.
 //!
 //! ```text
-//! enriched, dead-letter topics ──► consume: decode ──► EventRow / DeadLetterRow ──► insert: INSERT events, dead_letters
-//!                                          │ undecodable                                  │ acknowledged
-//!                                          └──► a DECODE row of dead_letters              └──► commit offsets
+//! enriched, dead-letter topics ──► consume: transcode / decode ──► EventRows / DeadLetterRow ──► insert: INSERT events, dead_letters
+//!                                          │ undecodable                                             │ acknowledged
+//!                                          └──► a DECODE row of dead_letters                         └──► commit offsets
 //! ```
 //!
 //! The schema is created and evolved by versioned migrations

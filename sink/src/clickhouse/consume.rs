@@ -42,10 +42,7 @@ use xoflow_common::{
     resume,
     telemetry::ErrorKind,
 };
-use xoflow_proto::{
-    Message as _,
-    v1::{DeadLetter, EnrichedEvent},
-};
+use xoflow_proto::{Message as _, v1::DeadLetter};
 
 use super::{
     ClickHouseConfig, SinkConfig, SinkError,
@@ -53,7 +50,7 @@ use super::{
     insert::{Retrying, flush, recovered, retry_policy},
     migrate,
     position::{self, Input, Positions, Resume},
-    row::{DeadLetterRow, EventRow, Lineage},
+    row::{DeadLetterRow, EventRows, Lineage},
 };
 use crate::telemetry::{self, Metric};
 
@@ -63,7 +60,7 @@ const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Rows waiting to be written, and the offsets they cover.
 #[derive(Default)]
 pub(super) struct Batch {
-    pub events: Vec<EventRow>,
+    pub events: EventRows,
     pub dead_letters: Vec<DeadLetterRow>,
     /// Encoded bytes taken in, for the memory bound.
     pub bytes: usize,
@@ -118,7 +115,7 @@ impl Batch {
     /// Forgets everything read from a partition this sink no longer owns.
     fn drop_partition(&mut self, topic: &str, partition: i32) {
         self.events
-            .retain(|r| !(r.kafka_topic == topic && r.kafka_partition == partition));
+            .retain(|r| !(r.topic == topic && r.partition == partition));
         self.dead_letters
             .retain(|r| !(r.kafka_topic == topic && r.kafka_partition == partition));
         // The rows moved: the flush looks the whole batch up.
@@ -150,7 +147,7 @@ impl Batch {
         if self.events.len() - self.looked_up < rows {
             return false;
         }
-        let body = EventIds::body(self.events[self.looked_up..].iter().map(key));
+        let body = EventIds::body(self.events.iter_from(self.looked_up).map(key));
         self.looked_up = self.events.len();
         let ids = ids.clone();
         self.ahead
@@ -433,32 +430,18 @@ async fn consume(
                         batch.dead_letter_bytes += payload.len();
                         batch.dead_letters.push(row);
                     } else {
-                        let row = EnrichedEvent::decode(payload)
-                            .map_err(|e| e.to_string())
-                            .and_then(|en| {
-                                let received = en
-                                    .event
-                                    .as_ref()
-                                    .and_then(|e| e.received_at.as_ref())
-                                    .map_or(0, xoflow_proto::to_unix_millis);
-                                EventRow::from_record(en, payload, lineage)
-                                    .map(|row| (row, received))
-                                    .ok_or_else(|| {
-                                        "no event, or an event without a payload".to_owned()
-                                    })
-                            });
-                        match row {
-                            Ok((row, received)) => {
-                                if state
-                                    .recent
-                                    .first_time(&row.tenant, &row.event_id, row.revision)
-                                {
+                        match batch.events.push(payload, lineage) {
+                            Ok(row) => {
+                                let first =
+                                    state
+                                        .recent
+                                        .first_time(row.tenant, row.event_id, row.revision);
+                                let stored = (row.revision == 0)
+                                    .then_some((row.occurred_ms, row.received_ms));
+                                if first {
                                     *rows += 1;
-                                    if row.revision == 0 {
-                                        batch.first_stored.push((row.occurred_ms, received));
-                                    }
+                                    batch.first_stored.extend(stored);
                                     batch.event_bytes += payload.len();
-                                    batch.events.push(row);
                                     if cfg.dedup_index && batch.look_up_ahead(&ids, look_ahead) {
                                         // A task spawned from a worker
                                         // waits in that worker's LIFO slot,
@@ -470,6 +453,7 @@ async fn consume(
                                         tokio::task::yield_now().await;
                                     }
                                 } else {
+                                    batch.events.pop();
                                     batch.skipped_duplicates += 1;
                                 }
                             }
@@ -612,13 +596,13 @@ mod tests {
         let ids = unreachable();
         let mut batch = Batch::default();
         for offset in 0..2 {
-            batch.events.push(row(0, offset));
+            push(&mut batch.events, 0, offset);
         }
         assert!(!batch.look_up_ahead(&ids, 3), "two rows of three");
-        batch.events.push(row(1, 2));
+        push(&mut batch.events, 1, 2);
         assert!(batch.look_up_ahead(&ids, 3));
         assert_eq!((batch.looked_up, batch.ahead.len()), (3, 1));
-        batch.events.push(row(1, 3));
+        push(&mut batch.events, 1, 3);
         assert!(!batch.look_up_ahead(&ids, 3), "one row since the last");
         let first = batch.ahead[0].abort_handle();
 
@@ -630,15 +614,15 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(first.is_finished());
 
-        batch.events.push(row(0, 4));
+        push(&mut batch.events, 0, 4);
         assert!(batch.look_up_ahead(&ids, 3));
         let second = batch.ahead[0].abort_handle();
         batch.reset();
         assert_eq!((batch.looked_up, batch.ahead.len()), (0, 0));
 
-        batch.events.push(row(0, 5));
-        batch.events.push(row(0, 6));
-        batch.events.push(row(0, 7));
+        for offset in 5..8 {
+            push(&mut batch.events, 0, offset);
+        }
         assert!(batch.look_up_ahead(&ids, 3));
         let third = batch.ahead[0].abort_handle();
         drop(batch);

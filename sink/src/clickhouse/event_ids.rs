@@ -27,7 +27,7 @@ use hyper_util::{
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use super::{ClickHouseConfig, SinkError, row::EventRow};
+use super::{ClickHouseConfig, SinkError, row::RowRef};
 
 /// The table name the keys take inside the query.
 const KEYS: &str = "batch_keys";
@@ -96,11 +96,11 @@ fn http_client(idle: Duration) -> Client<HttpConnector, Full<Bytes>> {
 }
 
 /// A row's key in the index.
-pub(super) fn key(r: &EventRow) -> Key<'_> {
+pub(super) fn key(r: RowRef<'_>) -> Key<'_> {
     Key {
-        tenant: &r.tenant,
+        tenant: r.tenant,
         occurred_at: r.occurred_at,
-        event_id: &r.event_id,
+        event_id: r.event_id,
     }
 }
 
@@ -357,11 +357,14 @@ fn parse_rows(mut data: &[u8]) -> Option<Vec<(String, String, u32)>> {
 pub(super) mod testing {
     use xoflow_proto::v1::{EnrichedEvent, Event, SurveyResponse, event::Payload};
 
-    use super::{super::row::Lineage, *};
+    use super::{
+        super::row::{EventRows, Lineage},
+        *,
+    };
 
-    /// A row of `partition` at `offset` (event `e-<offset>` of tenant
-    /// "shop").
-    pub fn row(partition: i32, offset: i64) -> EventRow {
+    /// Appends the row of `partition` at `offset` (event `e-<offset>` of
+    /// tenant "shop").
+    pub fn push(rows: &mut EventRows, partition: i32, offset: i64) {
         let en = EnrichedEvent {
             event: Some(Event {
                 event_id: format!("e-{offset}"),
@@ -377,7 +380,17 @@ pub(super) mod testing {
             partition,
             offset,
         };
-        EventRow::from_enriched(en, lineage).expect("a row")
+        rows.push(&xoflow_proto::Message::encode_to_vec(&en), lineage)
+            .expect("a row");
+    }
+
+    /// The rows of `partition` at `offsets`.
+    pub fn rows(partition: i32, offsets: impl IntoIterator<Item = i64>) -> EventRows {
+        let mut rows = EventRows::default();
+        for offset in offsets {
+            push(&mut rows, partition, offset);
+        }
+        rows
     }
 
     /// A client of a port nothing listens on: every look-up fails as

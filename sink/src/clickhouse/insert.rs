@@ -1,8 +1,9 @@
 //! The insert half of the sink loop: write a filled batch to ClickHouse,
 //! then commit its offsets.
 //!
-//! In: a [`Batch`] of rows with their lineage, and the positions of the
-//! partitions they came from. Out: the rows stored (dead letters first, then
+//! In: a [`Batch`] of rows with their lineage (the `events` rows as the
+//! RowBinary bytes `transcode` wrote, sent as they are), and the positions
+//! of the partitions they came from. Out: the rows stored (dead letters first, then
 //! events), the partitions' positions advanced, their offsets committed, and
 //! the batch emptied for reuse. Transient failures (ClickHouse unreachable,
 //! overloaded) are retried without a bound, with capped exponential backoff
@@ -11,12 +12,13 @@
 //! committed or skipped. Rows ClickHouse refuses one by one become
 //! `CLICKHOUSE_REFUSED` dead letters.
 
+use std::ops::Range;
+
 use clickhouse::{Client, Row};
 use rdkafka::{
     Offset, TopicPartitionList,
     consumer::{CommitMode, Consumer, StreamConsumer},
 };
-use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use xoflow_common::{
@@ -32,7 +34,7 @@ use super::{
     consume::Batch,
     event_ids::{EventIds, Pending, key},
     position::Positions,
-    row::{DeadLetterRow, EventRow},
+    row::{DeadLetterRow, EventRow, EventRows},
 };
 use crate::telemetry::{self, Metric};
 
@@ -79,20 +81,79 @@ impl Retrying<'_> {
     }
 }
 
-/// A row's lineage, for the already-stored check on retry.
-pub(super) trait Lineaged {
-    fn position(&self) -> (&str, i32, i64);
+/// The rows of one insert, as [`insert_with_retry`] sends them.
+pub(super) trait Block: Sync {
+    fn is_empty(&self) -> bool;
+
+    /// Each row's lineage, for the already-stored check on retry.
+    fn positions(&self) -> impl Iterator<Item = (&str, i32, i64)>;
+
+    /// One attempt, as one block.
+    fn insert_once(
+        &self,
+        client: &Client,
+        table: &str,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
-impl Lineaged for EventRow {
-    fn position(&self) -> (&str, i32, i64) {
-        (&self.kafka_topic, self.kafka_partition, self.kafka_offset)
+impl Block for [DeadLetterRow] {
+    fn is_empty(&self) -> bool {
+        <[DeadLetterRow]>::is_empty(self)
+    }
+
+    fn positions(&self) -> impl Iterator<Item = (&str, i32, i64)> {
+        self.iter()
+            .map(|r| (r.kafka_topic.as_str(), r.kafka_partition, r.kafka_offset))
+    }
+
+    async fn insert_once(&self, client: &Client, table: &str) -> Result<(), SinkError> {
+        let mut insert = client
+            .insert::<DeadLetterRow>(table)
+            .await
+            .map_err(SinkError::clickhouse)?;
+        for r in self {
+            insert.write(r).await.map_err(SinkError::clickhouse)?;
+        }
+        insert.end().await.map_err(SinkError::clickhouse)
     }
 }
 
-impl Lineaged for DeadLetterRow {
-    fn position(&self) -> (&str, i32, i64) {
-        (&self.kafka_topic, self.kafka_partition, self.kafka_offset)
+/// Rows `range` of a batch's `events`, sent as the bytes they are.
+pub(super) struct EventBlock<'a> {
+    pub rows: &'a EventRows,
+    pub range: Range<usize>,
+}
+
+/// The bytes per chunk of an insert's body: the `clickhouse` crate's own
+/// (each chunk is compressed on its own as it is sent).
+const CHUNK: usize = 256 * 1024;
+
+impl Block for EventBlock<'_> {
+    fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+
+    fn positions(&self) -> impl Iterator<Item = (&str, i32, i64)> {
+        self.rows
+            .iter_from(self.range.start)
+            .take(self.range.len())
+            .map(|r| (r.topic, r.partition, r.offset))
+    }
+
+    async fn insert_once(&self, client: &Client, table: &str) -> Result<(), SinkError> {
+        let sql = format!(
+            "INSERT INTO {table}({}) FORMAT RowBinary",
+            EventRow::COLUMN_NAMES.join(",")
+        );
+        let mut insert = client
+            .insert_formatted_with(sql)
+            .buffered_with_capacity(CHUNK);
+        let mut data = self.rows.bytes(self.range.clone());
+        while !data.is_empty() {
+            let n = insert.write(data).await.map_err(SinkError::clickhouse)?;
+            data = &data[n..];
+        }
+        insert.end().await.map_err(SinkError::clickhouse)
     }
 }
 
@@ -115,7 +176,14 @@ pub(super) async fn flush(
     // Dead letters first: they are not part of the enriched topic's
     // position, so a crash between the two inserts re-delivers (and may
     // repeat) dead letters, never skips events.
-    insert_with_retry(client, "dead_letters", &batch.dead_letters, cfg, retrying).await?;
+    insert_with_retry(
+        client,
+        "dead_letters",
+        batch.dead_letters.as_slice(),
+        cfg,
+        retrying,
+    )
+    .await?;
     let ahead = LookedUp {
         answers: std::mem::take(&mut batch.ahead),
         rows: std::mem::take(&mut batch.looked_up),
@@ -203,7 +271,7 @@ pub(super) struct LookedUp {
 async fn drop_stored_anywhere(
     ids: &EventIds,
     ahead: LookedUp,
-    rows: &mut Vec<EventRow>,
+    rows: &mut EventRows,
     positions: &mut Positions,
     cfg: &SinkConfig,
     retrying: Retrying<'_>,
@@ -236,7 +304,7 @@ async fn drop_stored_anywhere(
     while from < rows.len() {
         retrying.held()?;
         attempt += 1;
-        match ids.stored(rows[from..].iter().map(key)).await {
+        match ids.stored(rows.iter_from(from).map(key)).await {
             Ok(found) => {
                 recovered(retrying.readiness, attempt);
                 stored.extend(found);
@@ -274,9 +342,9 @@ async fn drop_stored_anywhere(
         .collect();
     let before = rows.len();
     rows.retain(|r| {
-        let copy = stored.contains(&(r.tenant.as_str(), r.event_id.as_str(), r.revision));
+        let copy = stored.contains(&(r.tenant, r.event_id, r.revision));
         if copy {
-            positions.uncount(&r.kafka_topic, r.kafka_partition);
+            positions.uncount(r.topic, r.partition);
         }
         !copy
     });
@@ -290,7 +358,7 @@ async fn drop_stored_anywhere(
 /// accounted for whenever the sink stops. Returns how many were refused.
 async fn insert_events(
     client: &Client,
-    rows: &[EventRow],
+    rows: &EventRows,
     cfg: &SinkConfig,
     retrying: Retrying<'_>,
 ) -> Result<u64, SinkError> {
@@ -298,8 +366,11 @@ async fn insert_events(
     // Ranges still to insert, the next one last.
     let mut todo = vec![(0, rows.len())];
     while let Some((lo, hi)) = todo.pop() {
-        let chunk = &rows[lo..hi];
-        let e = match insert_with_retry(client, "events", chunk, cfg, retrying).await {
+        let chunk = EventBlock {
+            rows,
+            range: lo..hi,
+        };
+        let e = match insert_with_retry(client, "events", &chunk, cfg, retrying).await {
             Ok(()) => continue,
             Err(SinkError::InsertFailed { source, .. }) if source.is_refused_data() => {
                 telemetry::insert_error("events", "refused");
@@ -307,7 +378,8 @@ async fn insert_events(
             }
             Err(e) => return Err(e),
         };
-        if let [row] = chunk {
+        if hi - lo == 1 {
+            let row = rows.get(lo);
             let dead = DeadLetterRow::refused(row, clock::now_unix_millis(), e.to_string());
             tracing::warn!(event_id = %row.event_id, error = %e, "row refused by ClickHouse; dead-lettered");
             insert_with_retry(
@@ -320,8 +392,8 @@ async fn insert_events(
             .await?;
             refused += 1;
         } else {
-            tracing::warn!(rows = chunk.len(), error = %e, "insert refused; bisecting");
-            let mid = lo + chunk.len() / 2;
+            tracing::warn!(rows = hi - lo, error = %e, "insert refused; bisecting");
+            let mid = lo + (hi - lo) / 2;
             todo.push((mid, hi));
             todo.push((lo, mid));
         }
@@ -334,16 +406,13 @@ async fn insert_events(
 /// attempt, the next one is made only once ClickHouse answered that the
 /// failed one did not land (its answer may have been lost): an insert is
 /// one block, so one stored row means all are.
-async fn insert_with_retry<T>(
+async fn insert_with_retry<B: Block + ?Sized>(
     client: &Client,
     table: &'static str,
-    rows: &[T],
+    rows: &B,
     cfg: &SinkConfig,
     retrying: Retrying<'_>,
-) -> Result<(), SinkError>
-where
-    T: Serialize + Lineaged + for<'a> Row<Value<'a> = T>,
-{
+) -> Result<(), SinkError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -357,11 +426,11 @@ where
         let result = if unknown {
             match landed(client, table, rows).await {
                 Ok(true) => Ok(()),
-                Ok(false) => insert_once(client, table, rows).await,
+                Ok(false) => rows.insert_once(client, table).await,
                 Err(e) => Err(e),
             }
         } else {
-            insert_once(client, table, rows).await
+            rows.insert_once(client, table).await
         };
         match result {
             Ok(()) => {
@@ -413,9 +482,13 @@ pub(super) fn recovered(readiness: &Readiness, attempts: u32) {
 /// stored already from an earlier block (the sink's `DECODE` row of an
 /// enriched record read again after a restart), and taken for this one
 /// it left the block's other rows unwritten, and committed.
-async fn landed<T: Lineaged>(client: &Client, table: &str, rows: &[T]) -> Result<bool, SinkError> {
+async fn landed<B: Block + ?Sized>(
+    client: &Client,
+    table: &str,
+    rows: &B,
+) -> Result<bool, SinkError> {
     let mut last: std::collections::BTreeMap<(&str, i32), i64> = Default::default();
-    for (topic, partition, offset) in rows.iter().map(Lineaged::position) {
+    for (topic, partition, offset) in rows.positions() {
         let o = last.entry((topic, partition)).or_insert(offset);
         *o = (*o).max(offset);
     }
@@ -432,20 +505,6 @@ async fn landed<T: Lineaged>(client: &Client, table: &str, rows: &[T]) -> Result
     }
     let n: u64 = query.fetch_one().await.map_err(SinkError::clickhouse)?;
     Ok(n == last.len() as u64)
-}
-
-async fn insert_once<T>(client: &Client, table: &str, rows: &[T]) -> Result<(), SinkError>
-where
-    T: Serialize + for<'a> Row<Value<'a> = T>,
-{
-    let mut insert = client
-        .insert::<T>(table)
-        .await
-        .map_err(SinkError::clickhouse)?;
-    for r in rows {
-        insert.write(r).await.map_err(SinkError::clickhouse)?;
-    }
-    insert.end().await.map_err(SinkError::clickhouse)
 }
 
 #[cfg(test)]
@@ -483,10 +542,14 @@ mod tests {
             readiness: &readiness,
             lost: &lost,
         };
-        let rows = [super::super::event_ids::testing::row(0, 1)];
+        let rows = super::super::event_ids::testing::rows(0, [1]);
+        let block = EventBlock {
+            rows: &rows,
+            range: 0..1,
+        };
         let out = tokio::time::timeout(
             Duration::from_secs(30),
-            insert_with_retry(&client, "events", &rows, &config(), retrying),
+            insert_with_retry(&client, "events", &block, &config(), retrying),
         )
         .await
         .expect("no attempt once the partitions are taken");
@@ -521,7 +584,7 @@ mod tests {
         covered: usize,
     ) -> (Result<u64, SinkError>, usize) {
         use super::super::event_ids::testing::*;
-        let mut rows = vec![row(0, 1), row(0, 2), row(0, 3)];
+        let mut rows = rows(0, 1..=3);
         let ahead = LookedUp {
             answers: answers
                 .into_iter()

@@ -4,11 +4,13 @@
 //! Wire format: `INSERT INTO events (<columns>) FORMAT RowBinary`, one insert
 //! per flushed batch per table. Row layout: [`row::EventRow`] and
 //! [`row::DeadLetterRow`], named against the migrations in
-//! `sink/migrations/`.
+//! `sink/migrations/`; a batch holds its `events` rows as the RowBinary
+//! bytes `transcode` writes straight from the records ([`row::EventRows`]).
 //!
 //! Modules: `config` (`[sink]`, `[clickhouse]`), `consume` (the loop: fill a
 //! batch from Kafka, its `run`), `insert` (write a batch, retry, bisect
-//! refused rows, commit), `event_ids` (the look-up of a batch's stored event
+//! refused rows, commit), `transcode` (a record's `events` row as RowBinary:
+//! the per-row hot path), `event_ids` (the look-up of a batch's stored event
 //! ids, with the keys sent as external data), [`position`] (where each partition stands, read
 //! from ClickHouse), [`row`] (the rows), [`migrate`](mod@migrate) (the schema),
 //! [`status`] (`xoflow sink-status`), [`retention`] (`xoflow retention`), `cluster` (the migrations rewritten
@@ -26,6 +28,7 @@ pub mod position;
 pub mod retention;
 pub mod row;
 pub mod status;
+mod transcode;
 
 pub use config::{ClickHouseConfig, ConfigError, SinkConfig};
 pub use consume::run;

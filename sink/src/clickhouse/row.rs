@@ -1,10 +1,15 @@
 //! The ClickHouse rows and their construction from protobuf records.
 //!
-//! Field names and types mirror the migrations: the insert names its columns
-//! (`INSERT INTO events (<fields>) FORMAT RowBinary`), so order need not
-//! match the table, but with validation off (needed for ClickHouse 18.16)
-//! types are not checked by the client; the end-to-end tests read every
-//! field back. Strings are moved out of the decoded protobuf, not copied.
+//! [`EventRow`] is the typed definition of an `events` row; the sink's batch
+//! holds its rows as RowBinary bytes instead ([`EventRows`], written by
+//! `transcode` straight from the records, equal to the `clickhouse`
+//! crate's serialization of `EventRow`). Field names and types mirror the
+//! migrations: the insert names its columns (`INSERT INTO events
+//! (<fields>) FORMAT RowBinary`), so order need not match the table, but
+//! with validation off (needed for ClickHouse 18.16) types are not checked
+//! by the client; the end-to-end tests read every field back.
+
+use std::ops::Range;
 
 use clickhouse::Row;
 use serde::Serialize;
@@ -14,8 +19,179 @@ use xoflow_proto::{
     v1::{DeadLetter, EnrichedEvent, event::Payload},
 };
 
+use super::transcode::{self, Scratch, Span, Unusual, Written};
+
+/// Why a record has no row: it has no event, or its event no payload.
+pub const NO_PAYLOAD: &str = "no event, or an event without a payload";
+
+/// The `events` rows of a batch: their RowBinary bytes, in the order the
+/// insert sends them, and what the sink needs of each row besides (its
+/// dedup key, lineage and a refused row's dead letter: [`RowRef`]).
+/// Emptied, not dropped, between batches: its memory is reused.
+#[derive(Default)]
+pub struct EventRows {
+    bytes: Vec<u8>,
+    rows: Vec<Entry>,
+    scratch: Scratch,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    at: usize,
+    end: usize,
+    written: Written,
+    partition: i32,
+    offset: i64,
+}
+
+/// One row of [`EventRows`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowRef<'a> {
+    pub tenant: &'a str,
+    pub event_id: &'a str,
+    pub source: &'a str,
+    /// The event as protobuf (the `event_proto` column).
+    pub event_proto: &'a [u8],
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub revision: u32,
+    /// `occurred_at`, seconds, and the same in milliseconds.
+    pub occurred_at: u32,
+    pub occurred_ms: i64,
+    /// When ingest received the event, Unix milliseconds (0 when unknown).
+    pub received_ms: i64,
+}
+
+impl EventRows {
+    /// Appends the row of an encoded `EnrichedEvent`, read at `lineage`,
+    /// and returns it; or says why the record has none (it is then
+    /// dead-lettered as undecodable). A record one pass cannot read as
+    /// prost would (`transcode::Unusual`) is decoded with prost and its
+    /// canonical encoding written.
+    pub fn push(&mut self, record: &[u8], lineage: Lineage<'_>) -> Result<RowRef<'_>, String> {
+        let at = self.bytes.len();
+        let written =
+            match transcode::write(record, None, lineage, &mut self.bytes, &mut self.scratch) {
+                Ok(w) => w,
+                Err(Unusual) => {
+                    let en = EnrichedEvent::decode(record).map_err(|e| e.to_string())?;
+                    let canonical = en.encode_to_vec();
+                    transcode::write(
+                        &canonical,
+                        event_field(record),
+                        lineage,
+                        &mut self.bytes,
+                        &mut self.scratch,
+                    )
+                    .map_err(|Unusual| {
+                        "a record prost reads but its canonical encoding does not transcode"
+                            .to_owned()
+                    })?
+                }
+            };
+        let Some(written) = written else {
+            return Err(NO_PAYLOAD.to_owned());
+        };
+        self.rows.push(Entry {
+            at,
+            end: self.bytes.len(),
+            written,
+            partition: lineage.partition,
+            offset: lineage.offset,
+        });
+        Ok(self.get(self.rows.len() - 1))
+    }
+
+    /// Removes the last row pushed.
+    pub fn pop(&mut self) {
+        if let Some(e) = self.rows.pop() {
+            self.bytes.truncate(e.at);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Empties it, keeping its memory.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.rows.clear();
+    }
+
+    /// Row `i`; panics past the end, as indexing does.
+    pub fn get(&self, i: usize) -> RowRef<'_> {
+        self.view(&self.rows[i])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = RowRef<'_>> {
+        self.iter_from(0)
+    }
+
+    /// The rows from `from` on.
+    pub fn iter_from(&self, from: usize) -> impl Iterator<Item = RowRef<'_>> {
+        self.rows[from..].iter().map(|e| self.view(e))
+    }
+
+    /// The RowBinary bytes of `rows`, as one insert sends them.
+    pub fn bytes(&self, rows: Range<usize>) -> &[u8] {
+        if rows.is_empty() {
+            return &[];
+        }
+        &self.bytes[self.rows[rows.start].at..self.rows[rows.end - 1].end]
+    }
+
+    /// Keeps the rows `keep` says to, in order, moving their bytes
+    /// together.
+    pub fn retain(&mut self, mut keep: impl FnMut(RowRef<'_>) -> bool) {
+        let (mut kept, mut to) = (0, 0);
+        for i in 0..self.rows.len() {
+            let e = self.rows[i];
+            if !keep(self.view(&e)) {
+                continue;
+            }
+            let len = e.end - e.at;
+            self.bytes.copy_within(e.at..e.end, to);
+            self.rows[kept] = Entry {
+                at: to,
+                end: to + len,
+                ..e
+            };
+            (kept, to) = (kept + 1, to + len);
+        }
+        self.rows.truncate(kept);
+        self.bytes.truncate(to);
+    }
+
+    fn view(&self, e: &Entry) -> RowRef<'_> {
+        let row = &self.bytes[e.at..e.end];
+        // Every string was checked for UTF-8 as it was written.
+        let str = |s: Span| std::str::from_utf8(s.of(row)).unwrap_or_default();
+        let w = &e.written;
+        RowRef {
+            tenant: str(w.tenant),
+            event_id: str(w.event_id),
+            source: str(w.source),
+            event_proto: w.event_proto.of(row),
+            topic: str(w.topic),
+            partition: e.partition,
+            offset: e.offset,
+            revision: w.revision,
+            occurred_at: w.occurred_at,
+            occurred_ms: w.occurred_ms,
+            received_ms: w.received_ms,
+        }
+    }
+}
+
 /// One row of `events`.
 #[derive(Debug, Clone, Default, PartialEq, Row, Serialize)]
+#[cfg_attr(test, derive(serde::Deserialize))]
 pub struct EventRow {
     pub event_id: String,
     pub tenant: String,
@@ -151,7 +327,7 @@ fn millis(ts: &Option<xoflow_proto::Timestamp>) -> Option<i64> {
 }
 
 /// Narrows a protobuf enum value to the Enum8 code; unknown values become 0.
-fn enum8(v: i32) -> i8 {
+pub(super) fn enum8(v: i32) -> i8 {
     i8::try_from(v).unwrap_or(0)
 }
 
@@ -302,7 +478,7 @@ impl EventRow {
             Some(Payload::Call(c)) => {
                 r.call_duration_s = match (millis(&c.started_at), millis(&c.ended_at)) {
                     (Some(s), Some(e)) if e >= s => {
-                        u32::try_from((e - s) / 1000).unwrap_or(u32::MAX)
+                        u32::try_from(e.saturating_sub(s) / 1000).unwrap_or(u32::MAX)
                     }
                     _ => 0,
                 };
@@ -334,7 +510,11 @@ impl EventRow {
             Some(Payload::Order(o)) => {
                 r.order_status = enum8(o.status);
                 r.amount_minor = o.amount_minor;
-                r.item_count = o.items.iter().map(|i| i.quantity).sum();
+                // Saturated: a sum past UInt32 is not a count to wrap.
+                r.item_count = o
+                    .items
+                    .iter()
+                    .fold(0u32, |n, i| n.saturating_add(i.quantity));
                 r.promised_delivery_ms = millis(&o.promised_delivery_at);
                 r.delivered_ms = millis(&o.delivered_at);
                 r.order_id = o.order_id;
@@ -421,16 +601,16 @@ impl DeadLetterRow {
     /// The dead letter for an `events` row ClickHouse refused: the event as
     /// protobuf (replayable through `xoflow import`), the server's reason,
     /// and the row's own lineage.
-    pub fn refused(row: &EventRow, at_unix_millis: i64, error: String) -> Self {
+    pub fn refused(row: RowRef<'_>, at_unix_millis: i64, error: String) -> Self {
         let d = Builder::new(Stage::Sink, Reason::ClickHouseRefused, at_unix_millis)
-            .payload(row.event_proto.clone(), PROTOBUF_EVENT)
+            .payload(row.event_proto.to_vec(), PROTOBUF_EVENT)
             .description(error)
-            .origin(&row.tenant, &row.source, &row.event_id)
+            .origin(row.tenant, row.source, row.event_id)
             .build();
         let lineage = Lineage {
-            topic: &row.kafka_topic,
-            partition: row.kafka_partition,
-            offset: row.kafka_offset,
+            topic: row.topic,
+            partition: row.partition,
+            offset: row.offset,
         };
         DeadLetterRow {
             refused: 1,
@@ -585,8 +765,9 @@ mod tests {
 
     #[test]
     fn a_refused_row_keeps_its_revision() {
-        let row = EventRow::from_enriched(survey(1), LINEAGE).expect("row");
-        let dead = DeadLetterRow::refused(&row, 0, "Code: 691".into());
+        let mut rows = EventRows::default();
+        let row = rows.push(&survey(1).encode_to_vec(), LINEAGE).expect("row");
+        let dead = DeadLetterRow::refused(row, 0, "Code: 691".into());
         assert_eq!(
             (dead.refused, dead.revision, dead.event_id.as_str()),
             (1, 1, "ev-1")
