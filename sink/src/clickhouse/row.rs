@@ -156,7 +156,10 @@ impl EventRows {
                 continue;
             }
             let len = e.end - e.at;
-            self.bytes.copy_within(e.at..e.end, to);
+            // Rows before the first one dropped stay where they are.
+            if to != e.at {
+                self.bytes.copy_within(e.at..e.end, to);
+            }
             self.rows[kept] = Entry {
                 at: to,
                 end: to + len,
