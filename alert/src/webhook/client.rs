@@ -6,7 +6,8 @@
 //! container without one works the same). One client and connection pool
 //! for the process: hyper opens a new connection whenever none is idle, so
 //! a receiver that holds its connections open without answering never
-//! makes another webhook wait; each attempt is bounded by
+//! makes another webhook wait, and keeps an idle one only 2 s, less than
+//! receivers keep theirs; each attempt is bounded by
 //! `alert.request_timeout`, connecting included.
 //!
 //! The verdict ([`classify`], pure): a 2xx is delivered, unless a chat
@@ -34,6 +35,11 @@ use crate::config::Format;
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Most characters of an error kept in the delivery log.
 const MAX_ERROR_CHARS: usize = 300;
+/// How long a connection idle in the pool is kept for the next attempt:
+/// less than receivers keep theirs (Node's 5 s by default), so that an
+/// attempt is not written into a connection the receiver is closing. That
+/// attempt would fail and the delivery wait for its next retry.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What to do after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +92,7 @@ impl WebhookClient {
         let tls = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
             .map_err(ClientError)?;
-        Ok(Self::with_tls(timeout, tls))
+        Ok(Self::with_tls(timeout, tls, POOL_IDLE_TIMEOUT))
     }
 
     /// The same trusting `roots` only: for tests against a local CA.
@@ -102,12 +108,14 @@ impl WebhookClient {
         Ok(Self::with_tls(
             timeout,
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
+            POOL_IDLE_TIMEOUT,
         ))
     }
 
     fn with_tls(
         timeout: Duration,
         tls: hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsSchemes>,
+        idle: Duration,
     ) -> Self {
         let mut http = HttpConnector::new();
         // The https connector below takes both schemes.
@@ -116,7 +124,7 @@ impl WebhookClient {
         http.set_nodelay(true);
         let https = tls.https_or_http().enable_http1().wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(idle)
             .pool_max_idle_per_host(8)
             .build(https);
         WebhookClient { client, timeout }
@@ -513,6 +521,79 @@ mod tests {
         let got = String::from_utf8(server.await.expect("server")).expect("utf-8");
         assert!(got.starts_with("POST /hook HTTP/1.1\r\n"), "{got}");
         assert!(got.ends_with("{\"summary\":\"配送晚了\"}"), "{got}");
+    }
+
+    /// A plain HTTP receiver that keeps every connection open and answers
+    /// each request 200 `ok`; counts the connections it accepted.
+    async fn counting_receiver() -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("port");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                        // Every whole request (head and body) is answered.
+                        while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                            let len = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if got.len() < end + 4 + len {
+                                break;
+                            }
+                            got.drain(..end + 4 + len);
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if conn.write_all(ok).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_past_the_pool_timeout_is_not_used_again() {
+        // A receiver closes a connection idle for its keep-alive; one the
+        // pool kept longer could take an attempt as it closes.
+        let (addr, accepted) = counting_receiver().await;
+        let tls = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .expect("roots");
+        let client =
+            WebhookClient::with_tls(Duration::from_secs(5), tls, Duration::from_millis(50));
+        let url = format!("http://{addr}/hook");
+        let first = client.send(Format::Generic, request(url.clone())).await;
+        assert_eq!(first.verdict, Verdict::Delivered, "{}", first.error);
+        // The connection goes back to the pool from a task of hyper's,
+        // soon after the answer: a second ahead of the next attempt is a
+        // margin no loaded machine eats.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let second = client.send(Format::Generic, request(url)).await;
+        assert_eq!(second.verdict, Verdict::Delivered, "{}", second.error);
+        // A pool keeping idle connections longer would have sent both on
+        // one connection.
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
