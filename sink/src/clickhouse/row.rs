@@ -319,13 +319,13 @@ pub struct Lineage<'a> {
     pub offset: i64,
 }
 
-fn secs(ts: &Option<xoflow_proto::Timestamp>) -> u32 {
+pub(super) fn secs(ts: &Option<xoflow_proto::Timestamp>) -> u32 {
     ts.as_ref()
         .map(|t| t.seconds.clamp(0, i64::from(u32::MAX)) as u32)
         .unwrap_or(0)
 }
 
-fn millis(ts: &Option<xoflow_proto::Timestamp>) -> Option<i64> {
+pub(super) fn millis(ts: &Option<xoflow_proto::Timestamp>) -> Option<i64> {
     ts.as_ref().map(xoflow_proto::to_unix_millis)
 }
 

@@ -29,7 +29,7 @@
 
 use prost::encoding::{WireType, decode_key, decode_varint};
 
-use super::row::{Lineage, enum8};
+use super::row::{Lineage, enum8, millis, secs};
 
 /// A record one pass cannot read as prost would (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,28 +84,9 @@ struct Answer {
     text: Span,
 }
 
-#[derive(Clone, Copy, Default)]
-struct Ts {
-    seconds: i64,
-    nanos: i32,
-}
-
-impl Ts {
-    /// As `row::secs`: seconds, clamped to a `DateTime`.
-    fn secs(t: Option<Ts>) -> u32 {
-        t.map(|t| t.seconds.clamp(0, i64::from(u32::MAX)) as u32)
-            .unwrap_or(0)
-    }
-
-    /// As `xoflow_proto::to_unix_millis`.
-    fn millis(t: Option<Ts>) -> Option<i64> {
-        t.map(|t| {
-            t.seconds
-                .saturating_mul(1000)
-                .saturating_add(i64::from(t.nanos) / 1_000_000)
-        })
-    }
-}
+/// A timestamp as read; its columns are `row`'s `secs` and `millis` of it,
+/// as for an `EventRow`.
+type Ts = xoflow_proto::Timestamp;
 
 /// Which `oneof payload` an event carries.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -884,9 +865,9 @@ pub(super) fn write(
         bytes,
     };
     let mut w = Written {
-        occurred_at: Ts::secs(r.occurred_at),
-        occurred_ms: Ts::millis(r.occurred_at).unwrap_or(0),
-        received_ms: Ts::millis(r.received_at).unwrap_or(0),
+        occurred_at: secs(&r.occurred_at),
+        occurred_ms: millis(&r.occurred_at).unwrap_or(0),
+        received_ms: millis(&r.received_at).unwrap_or(0),
         revision: r.revision,
         ..Written::default()
     };
@@ -904,8 +885,8 @@ pub(super) fn write(
     o.u32(w.occurred_at);
     o.i64(w.occurred_ms);
     o.i32(r.utc_offset_s);
-    o.u32(Ts::secs(r.received_at));
-    o.u32(Ts::secs(r.enriched_at));
+    o.u32(secs(&r.received_at));
+    o.u32(secs(&r.enriched_at));
     // The resolved customer, else the one the event named.
     o.str(rec(
         if r.resolved_customer_id.start == r.resolved_customer_id.end {
@@ -1001,14 +982,12 @@ pub(super) fn write(
     ] {
         o.str(rec(s));
     }
-    o.u32(
-        match (Ts::millis(r.call_started), Ts::millis(r.call_ended)) {
-            (Some(s), Some(e)) if e >= s => {
-                u32::try_from(e.saturating_sub(s) / 1000).unwrap_or(u32::MAX)
-            }
-            _ => 0,
-        },
-    );
+    o.u32(match (millis(&r.call_started), millis(&r.call_ended)) {
+        (Some(s), Some(e)) if e >= s => {
+            u32::try_from(e.saturating_sub(s) / 1000).unwrap_or(u32::MAX)
+        }
+        _ => 0,
+    });
     for s in [
         r.call_disposition,
         r.social_platform,
@@ -1024,8 +1003,8 @@ pub(super) fn write(
     o.i64(r.amount_minor);
     o.str(rec(r.currency));
     o.u32(r.item_count);
-    o.nullable(Ts::millis(r.promised_delivery), Out::i64);
-    o.nullable(Ts::millis(r.delivered), Out::i64);
+    o.nullable(millis(&r.promised_delivery), Out::i64);
+    o.nullable(millis(&r.delivered), Out::i64);
     for s in [r.session_id, r.url, r.path] {
         o.str(rec(s));
     }
