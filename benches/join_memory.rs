@@ -9,17 +9,23 @@
 //! Not a criterion bench: it reports bytes, not time: resident memory from
 //! `/proc/self/status`, with mimalloc as the binary runs it. Run with
 //! `cargo bench --bench join_memory -- [passes] [budget MiB] [links]
-//! [memory]`: `links` measures the identity table alone, so that the
-//! join's share is the difference, and the time it takes per event;
-//! `memory` keeps the table in the heap instead of the stage's default
-//! store on disk (`[enrich.link_table]`). It also reports the time the
+//! [memory] [cold-memory]`: `links` measures the identity table alone, so
+//! that the join's share is the difference, and the time it takes per
+//! event; `memory` keeps the table in the heap instead of the stage's
+//! default store on disk (`[enrich.link_table]`); `cold-memory` keeps the
+//! join's cold customers in the heap instead of the stage's default, the
+//! recent ones in memory and the rest on disk (`[enrich.cold_customers]`,
+//! this partition's share of `recent_customers` as an instance holding
+//! four partitions gives it). It also reports the time the
 //! join takes per event (offer, release, the changelog taken) and the
 //! events its history budget shed: at a small budget, what shedding
 //! costs.
 
 use xoflow_enrich::{
+    config::ColdCustomersConfig,
     identity::{LinkStore, LinkTableConfig, Links},
-    join::Join,
+    join::{ColdStore, Join},
+    local_store::{LocalStore, StoreSizes},
 };
 use xoflow_proto::Message as _;
 
@@ -56,12 +62,28 @@ fn main() {
     } else {
         LinkStore::Disk
     };
+    let cold_on_disk = !args.iter().skip(2).any(|a| a == "cold-memory");
 
     let g = join_support::generated(1.0);
     let normaliser = join_support::normaliser();
     let now = join_support::NOW;
     let cfg = join_support::join_config();
     let mut join = Join::new(cfg);
+    let cold = ColdCustomersConfig::default();
+    let cold_store = LocalStore::open(
+        "cold customers' store",
+        "xoflow-bench-customers-",
+        None,
+        StoreSizes {
+            cache_mib: cold.cache_mib,
+            memtable_mib: cold.memtable_mib,
+        },
+    )
+    .expect("the cold customers' store opens");
+    if cold_on_disk {
+        let table = ColdStore::open(&cold_store, cold.recent_customers / 4).expect("a table");
+        join = join.with_cold_store(table);
+    }
     join.set_history_budget(budget_mib << 20);
     // Customers a pass brings, for the identity table alone.
     let per_pass = g
@@ -85,8 +107,13 @@ fn main() {
     let mut since_batch = 0usize;
 
     println!(
-        "{} events a pass, {passes} passes, history budget {budget_mib} MiB, link table {store:?}{}",
+        "{} events a pass, {passes} passes, history budget {budget_mib} MiB, link table {store:?}, cold customers {}{}",
         g.events.len(),
+        if cold_on_disk {
+            "past the recent ones on disk"
+        } else {
+            "in memory"
+        },
         if links_only {
             ", identity table only"
         } else {
@@ -94,7 +121,7 @@ fn main() {
         }
     );
     println!(
-        "pass | customers | links | waiting for a link | history MiB | RSS growth MiB | RSS bytes per new customer (last 10 passes) | link table ns per event | join ns per event | events shed"
+        "pass | customers | on disk | links | waiting for a link | history MiB | RSS growth MiB | RSS bytes per new customer (last 10 passes) | link table ns per event | join ns per event | events shed"
     );
     let start = resident();
     let mut mark = (0usize, start);
@@ -139,8 +166,9 @@ fn main() {
             };
             let per = rss.saturating_sub(mark.1) as f64 / (customers - mark.0).max(1) as f64;
             println!(
-                "{:>4} | {customers:>9} | {:>9} | {:>18} | {:>11.0} | {:>14.0} | {per:.0} | {:.0} | {:.0} | {shed}",
+                "{:>4} | {customers:>9} | {:>7} | {:>9} | {:>18} | {:>11.0} | {:>14.0} | {per:.0} | {:.0} | {:.0} | {shed}",
                 pass + 1,
+                join.customers_on_disk(),
                 links.len(),
                 join.waiting_for_link(),
                 join.history_bytes() as f64 / MIB,

@@ -34,7 +34,6 @@ use std::{
 use rand::Rng;
 use rdkafka::{consumer::StreamConsumer, message::Message as _};
 use tokio::process::{Child, Command};
-use xoflow_common::kafka::Outgoing;
 use xoflow_proto::{
     Message,
     v1::{EnrichedEvent, Event},
@@ -137,31 +136,6 @@ async fn settled(t: &Topics, logs: &[&PathBuf]) {
     }
 }
 
-/// Keyed by the strongest key the event carries, as ingest keys them.
-async fn produce(cfg: &xoflow::Config, topic: &str, events: &[Event]) {
-    let encoded: Vec<(String, Vec<u8>)> = events
-        .iter()
-        .map(|e| {
-            let c = e.customer.clone().unwrap_or_default();
-            let key = [c.customer_id, c.email_hash, c.social_handle_hash]
-                .into_iter()
-                .find(|k| !k.is_empty())
-                .unwrap_or_default();
-            (key, e.encode_to_vec())
-        })
-        .collect();
-    let records: Vec<Outgoing<'_>> = encoded
-        .iter()
-        .map(|(k, b)| Outgoing::keyed(k.as_bytes(), b))
-        .collect();
-    cfg.kafka
-        .batch_producer()
-        .expect("producer")
-        .send_all(topic, &records)
-        .await
-        .expect("produce");
-}
-
 /// Reads `topic` from the start, keeping the first copy of each event
 /// (without its wall-clock `enriched_at`), until `want` ids are seen.
 struct Reader {
@@ -238,12 +212,12 @@ async fn a_killed_instance_restarted_restores_its_partitions_with_the_same_outpu
         .expect("topics");
     let (mut only, only_log) = spawn_enrich(&kafka, &single, Some("only"));
     settled(&single, &[&only_log]).await;
-    produce(&cfg, &single.events, &wave1).await;
+    common::produce_events(&cfg, &single.events, &wave1).await;
     let mut reference = Reader::new(&cfg, &single.enriched);
     reference.until(&all1, Duration::from_secs(120)).await;
-    produce(&cfg, &single.events, &wave2).await;
+    common::produce_events(&cfg, &single.events, &wave2).await;
     reference.until(&all, Duration::from_secs(120)).await;
-    produce(&cfg, &single.events, &wave3).await;
+    common::produce_events(&cfg, &single.events, &wave3).await;
     reference.until(&every, Duration::from_secs(120)).await;
     only.start_kill().expect("stop");
 
@@ -256,10 +230,10 @@ async fn a_killed_instance_restarted_restores_its_partitions_with_the_same_outpu
     let (mut a, a_log) = spawn_enrich(&kafka, &pair, Some("a"));
     let (mut b, b_log) = spawn_enrich(&kafka, &pair, Some("b"));
     settled(&pair, &[&a_log, &b_log]).await;
-    produce(&cfg, &pair.events, &wave1).await;
+    common::produce_events(&cfg, &pair.events, &wave1).await;
     let mut out = Reader::new(&cfg, &pair.enriched);
     out.until(&all1, Duration::from_secs(120)).await;
-    produce(&cfg, &pair.events, &wave2).await;
+    common::produce_events(&cfg, &pair.events, &wave2).await;
     let delay = rand::rng().random_range(500..2_500);
     tokio::time::sleep(Duration::from_millis(delay)).await;
     a.start_kill().expect("SIGKILL");
@@ -270,7 +244,7 @@ async fn a_killed_instance_restarted_restores_its_partitions_with_the_same_outpu
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (mut a, _) = spawn_enrich(&kafka, &pair, Some("a"));
     out.until(&all, Duration::from_secs(180)).await;
-    produce(&cfg, &pair.events, &wave3).await;
+    common::produce_events(&cfg, &pair.events, &wave3).await;
     out.until(&every, Duration::from_secs(180)).await;
     assert_eq!(out.first.len(), reference.first.len());
     let mut differing = Vec::new();

@@ -419,31 +419,6 @@ async fn sink_settled(run: &Run, members: &[&Proc]) -> Instant {
     }
 }
 
-/// Keyed by the strongest key the event carries, as ingest keys them.
-async fn produce(cfg: &xoflow::Config, events: &[Event]) {
-    let encoded: Vec<(String, Vec<u8>)> = events
-        .iter()
-        .map(|e| {
-            let c = e.customer.clone().unwrap_or_default();
-            let key = [c.customer_id, c.email_hash, c.social_handle_hash]
-                .into_iter()
-                .find(|k| !k.is_empty())
-                .unwrap_or_default();
-            (key, e.encode_to_vec())
-        })
-        .collect();
-    let records: Vec<Outgoing<'_>> = encoded
-        .iter()
-        .map(|(k, b)| Outgoing::keyed(k.as_bytes(), b))
-        .collect();
-    cfg.kafka
-        .batch_producer()
-        .expect("producer")
-        .send_all(&cfg.kafka.topics.events, &records)
-        .await
-        .expect("produce");
-}
-
 fn ids(events: &[Event]) -> BTreeSet<String> {
     events.iter().map(|e| e.event_id.clone()).collect()
 }
@@ -669,11 +644,11 @@ async fn enrich_run(members: usize, waves: &[Vec<Event>; 3]) -> (Reader, Option<
 
     let mut out = Reader::new(&cfg, &run.enrich_group);
     let mut want = ids(&waves[0]);
-    produce(&cfg, &waves[0]).await;
+    common::produce_events(&cfg, &cfg.kafka.topics.events, &waves[0]).await;
     out.until(&want).await;
 
     want.extend(ids(&waves[1]));
-    produce(&cfg, &waves[1]).await;
+    common::produce_events(&cfg, &cfg.kafka.topics.events, &waves[1]).await;
     let mut handover = None;
     if members > 1 {
         let victim = rand::rng().random_range(0..members);
@@ -764,7 +739,7 @@ async fn enrich_run(members: usize, waves: &[Vec<Event>; 3]) -> (Reader, Option<
     }
     out.until(&want).await;
     want.extend(ids(&waves[2]));
-    produce(&cfg, &waves[2]).await;
+    common::produce_events(&cfg, &cfg.kafka.topics.events, &waves[2]).await;
     out.until(&want).await;
     out.settle(Duration::from_secs(5)).await;
     for p in &mut procs {
@@ -1029,7 +1004,7 @@ async fn pipeline_run(n: usize, waves: &[Vec<Event>; 3]) -> (Contents, Run) {
     let ch = cfg.clickhouse.client();
     let mut sent = 0;
     for wave in &waves[..2] {
-        produce(&cfg, wave).await;
+        common::produce_events(&cfg, &cfg.kafka.topics.events, wave).await;
         sent += wave.len() as u64;
         common::wait_for(
             &format!("{sent} events stored ({n} instances)"),

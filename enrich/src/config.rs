@@ -35,6 +35,9 @@ pub struct EnrichConfig {
     /// Where the global link table is kept.
     #[serde(default)]
     pub link_table: LinkTableConfig,
+    /// Where the join keeps the customers it holds no history for.
+    #[serde(default)]
+    pub cold_customers: ColdCustomersConfig,
     /// Topic rules per tenant, checked when the configuration is read.
     #[serde(default)]
     pub topics: TopicsConfig,
@@ -56,7 +59,7 @@ pub struct LinkTableConfig {
     /// `disk`: a local store whose memory is bounded by the settings
     /// below, whatever the number of links; `memory`: every link in the
     /// heap (some 100 bytes each, growing with every identifier seen).
-    pub store: LinkStore,
+    pub store: StoreKind,
     /// The directory the store's own directory is made in (default: the
     /// system's temporary directory). It needs about 120 bytes per link (measured, journal included).
     pub directory: Option<PathBuf>,
@@ -70,10 +73,10 @@ pub struct LinkTableConfig {
     pub recent_links: usize,
 }
 
-/// See [`LinkTableConfig::store`].
+/// See [`LinkTableConfig::store`] and [`ColdCustomersConfig::store`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum LinkStore {
+pub enum StoreKind {
     Disk,
     Memory,
 }
@@ -81,11 +84,50 @@ pub enum LinkStore {
 impl Default for LinkTableConfig {
     fn default() -> Self {
         LinkTableConfig {
-            store: LinkStore::Disk,
+            store: StoreKind::Disk,
             directory: None,
             cache_mib: 32,
             memtable_mib: 16,
             recent_links: 100_000,
+        }
+    }
+}
+
+/// Where the join keeps its cold customers (`[enrich.cold_customers]`,
+/// docs/enrich.md "The memory bound"): those whose whole history left for
+/// their base state, kept until their next event (or until idle for
+/// `value_window`). Every start rebuilds them from the changelog.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ColdCustomersConfig {
+    /// `disk`: the recent ones in memory, the rest in a local store whose
+    /// memory is bounded by the settings below, whatever the number of
+    /// customers; `memory`: every one in the heap (some 300 bytes each,
+    /// growing with every customer seen).
+    pub store: StoreKind,
+    /// The directory the store's own directory is made in (default: the
+    /// system's temporary directory). It needs about the size of the
+    /// customers' base states in the changelog.
+    pub directory: Option<PathBuf>,
+    /// The store's block cache.
+    pub cache_mib: u64,
+    /// The store's write buffer (customers not yet written out to its
+    /// files); up to four more, sealed, wait for their flush.
+    pub memtable_mib: u64,
+    /// Cold customers kept in memory in front of the store, per instance:
+    /// split evenly over the join partitions it holds, in two generations
+    /// each (some 300 bytes a customer).
+    pub recent_customers: usize,
+}
+
+impl Default for ColdCustomersConfig {
+    fn default() -> Self {
+        ColdCustomersConfig {
+            store: StoreKind::Disk,
+            directory: None,
+            cache_mib: 16,
+            memtable_mib: 16,
+            recent_customers: 400_000,
         }
     }
 }

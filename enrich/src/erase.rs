@@ -92,7 +92,7 @@ impl Eraser {
         more_identifiers.sort();
         more_identifiers.dedup();
         match self.links.take_error() {
-            Some(e) => Err(EnrichError::LinkStore(e.into())),
+            Some(e) => Err(EnrichError::LinkStore(e)),
             None => Ok((more_customers, more_identifiers)),
         }
     }
@@ -127,7 +127,7 @@ impl Eraser {
             .filter(|h| self.links.get(h).is_some())
             .collect();
         if let Some(e) = self.links.take_error() {
-            return Err(EnrichError::LinkStore(e.into()));
+            return Err(EnrichError::LinkStore(e));
         }
         let tombstones: Vec<Outgoing<'_>> = linked
             .iter()

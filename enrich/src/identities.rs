@@ -87,7 +87,7 @@ impl Seeder {
         }
         // A link store that failed may have read a known link as new.
         if let Some(e) = self.links.take_error() {
-            return Err(EnrichError::LinkStore(e.into()));
+            return Err(EnrichError::LinkStore(e));
         }
         if out.is_empty() {
             return Ok(());

@@ -6,9 +6,10 @@
 //! global table: every instance reads the whole links topic at start-up and
 //! follows it, and writes the links it learns there (see [`crate::stage`]).
 
-use std::{borrow::Cow, collections::HashMap, path::PathBuf};
+use std::{borrow::Cow, collections::HashMap};
 
-pub use crate::config::{LinkStore, LinkTableConfig};
+pub use crate::config::{LinkTableConfig, StoreKind as LinkStore};
+use crate::local_store::{LocalStore, LocalStoreError, StoreSizes, Table};
 
 use xoflow_proto::v1::{CustomerIdentity, Event, IdentityResolution};
 
@@ -151,19 +152,11 @@ impl Recent {
     }
 }
 
-/// The store on disk, its directory (removed when dropped, after the
-/// store), the links used lately, and the links it holds.
+/// The store on disk, the links used lately, and the links it holds.
 struct Disk {
-    table: fjall::Keyspace,
-    /// Its background workers live as long as this does.
-    db: fjall::Database,
-    _dir: tempfile::TempDir,
+    table: Table,
     recent: Recent,
     len: usize,
-    /// Bytes written since the write buffer was last sealed, counted as the
-    /// store counts them or more (see [`Disk::written`]), and the bound.
-    unsealed: u64,
-    write_buffer: u64,
     /// The first failure since [`Links::take_error`]: behind a lock only
     /// so that a read through `&self` can record it (taken with
     /// `get_mut`, no lock).
@@ -183,42 +176,20 @@ impl Disk {
         // Only this table writes it, and only from `&str`s.
         Ok(self
             .table
-            .get(key.stored())?
+            .get(key.stored().as_ref())?
             .map(|v| String::from_utf8_lossy(&v).into()))
     }
 
     fn set(&mut self, key: &Key<'_>, customer_id: &str) -> Result<(), fjall::Error> {
-        let stored = key.stored();
-        self.table.insert(stored.as_ref(), customer_id.as_bytes())?;
+        self.table
+            .insert(key.stored().as_ref(), customer_id.as_bytes())?;
         self.recent.keep(key, customer_id.into());
-        self.written(stored.as_ref().len() + customer_id.len())
+        Ok(())
     }
 
     fn remove(&mut self, key: &Key<'_>) -> Result<(), fjall::Error> {
-        let stored = key.stored();
-        self.table.remove(stored.as_ref())?;
+        self.table.remove(key.stored().as_ref())?;
         self.recent.forget(key);
-        self.written(stored.as_ref().len())
-    }
-
-    /// Seals the write buffer (and has it flushed) once `write_buffer`
-    /// bytes were written into it. The store would seal it itself, but it
-    /// asks its one background worker to, once per write while the buffer
-    /// is over its size, on a queue that worker also posts its own flush
-    /// to: under a steady stream of new links the requests fill the queue
-    /// while the worker is busy, the worker blocks posting its flush, and
-    /// nothing is flushed again — the buffer then grows with every link
-    /// (fjall 3.1, seen at twice the peak: 16 MiB to 235 MiB in three
-    /// minutes; fjall-rs/fjall#323). Sealing it here, before the store's
-    /// own bound (twice this one) is reached, never asks the worker. Each
-    /// entry is counted at more than the store counts it (key, value and a
-    /// 64-byte entry header), so its bound is never the first reached.
-    fn written(&mut self, bytes: usize) -> Result<(), fjall::Error> {
-        self.unsealed += bytes as u64 + 128;
-        if self.unsealed >= self.write_buffer {
-            self.unsealed = 0;
-            self.table.rotate_memtable()?;
-        }
         Ok(())
     }
 
@@ -338,54 +309,14 @@ impl AsRef<[u8]> for Stored {
     }
 }
 
-/// The link store could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum LinkStoreError {
-    #[error("creating the link store's directory under {dir} failed: {source}")]
-    Directory {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the link store failed: {0}")]
-    Store(#[from] fjall::Error),
-}
+/// The link store could not be opened, or failed.
+pub type LinkStoreError = LocalStoreError;
 
 /// Directories of link stores start with this; what follows is random.
 const DIR_PREFIX: &str = "xoflow-links-";
 
-/// Removes the link stores under `parent` that no process has open: left
-/// by a process that was killed (a store is locked while open; its lock
-/// file is the store's own, `fjall`'s `lock`). One that has no lock file
-/// yet is left alone unless it is an hour old: it may be opening.
-fn remove_abandoned(parent: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
-            continue;
-        }
-        let dir = entry.path();
-        let abandoned = match std::fs::File::open(dir.join("lock")) {
-            Ok(lock) => lock.try_lock().is_ok(),
-            Err(_) => entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > std::time::Duration::from_secs(3600)),
-        };
-        if abandoned {
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => tracing::info!(dir = %dir.display(), "removed an abandoned link store"),
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "an abandoned link store could not be removed")
-                }
-            }
-        }
-    }
-}
+/// What the link store's errors and logs call it.
+const WHAT: &str = "link store";
 
 impl Links {
     /// An empty table kept as `cfg` says.
@@ -400,44 +331,23 @@ impl Links {
     }
 
     fn open_disk(cfg: &LinkTableConfig) -> Result<Disk, LinkStoreError> {
-        let parent = cfg.directory.clone().unwrap_or_else(std::env::temp_dir);
-        let directory = |source| LinkStoreError::Directory {
-            dir: parent.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&parent).map_err(directory)?;
-        remove_abandoned(&parent);
-        let dir = tempfile::Builder::new()
-            .prefix(DIR_PREFIX)
-            .tempdir_in(&parent)
-            .map_err(directory)?;
-        // No fsync and no write per insert (the journal is buffered): the
-        // directory is rebuilt from the links topic on every start.
-        let db = fjall::Database::builder(dir.path())
-            .cache_size(cfg.cache_mib * 1024 * 1024)
-            .max_journaling_size(64 * 1024 * 1024)
-            .manual_journal_persist(true)
-            .worker_threads(1)
-            .open()?;
-        let write_buffer = cfg.memtable_mib * 1024 * 1024;
-        let table = db.keyspace("links", || {
-            fjall::KeyspaceCreateOptions::default()
-                .manual_journal_persist(true)
-                // Sealed by `Disk::written` before this is reached.
-                .max_memtable_size(2 * write_buffer)
-        })?;
+        let store = LocalStore::open(
+            WHAT,
+            DIR_PREFIX,
+            cfg.directory.as_deref(),
+            StoreSizes {
+                cache_mib: cfg.cache_mib,
+                memtable_mib: cfg.memtable_mib,
+            },
+        )?;
         Ok(Disk {
-            table,
-            db,
-            _dir: dir,
+            table: store.table("links")?,
             recent: Recent {
                 young: Memory::default(),
                 old: Memory::default(),
                 per_generation: cfg.recent_links,
             },
             len: 0,
-            unsealed: 0,
-            write_buffer,
             error: std::sync::Mutex::new(None),
         })
     }
@@ -458,16 +368,19 @@ impl Links {
     pub fn write_buffer_bytes(&self) -> u64 {
         match &self.store {
             Store::Memory(_) => 0,
-            Store::Disk(d) => d.db.write_buffer_size(),
+            Store::Disk(d) => d.table.store().write_buffer_bytes(),
         }
     }
 
     /// The first failure of the store since the last call, if any: what
     /// was read since may have missed links.
-    pub fn take_error(&mut self) -> Option<fjall::Error> {
+    pub fn take_error(&mut self) -> Option<LinkStoreError> {
         match &mut self.store {
             Store::Memory(_) => None,
-            Store::Disk(d) => d.error.get_mut().ok().and_then(Option::take),
+            Store::Disk(d) => {
+                let e = d.error.get_mut().ok().and_then(Option::take)?;
+                Some(d.table.store().failed(e))
+            }
         }
     }
 
@@ -549,7 +462,7 @@ impl Links {
             Store::Disk(d) => {
                 let mut out = Vec::new();
                 for kv in d.table.iter() {
-                    match kv.into_inner() {
+                    match kv {
                         Ok((k, v)) if *v == *customer_id.as_bytes() => {
                             out.extend(Key::identifier(&k));
                         }
@@ -895,7 +808,7 @@ mod tests {
 
     /// A steady stream of new links keeps the store's write buffer within
     /// its bound (four sealed buffers waiting for the flush and the one
-    /// being written). The stall this guards against (see `Disk::written`)
+    /// being written). The stall this guards against (see `local_store::Table::written`)
     /// needs a worker slower than the writer, as on a saturated machine;
     /// here it shows only if the sealing stops keeping the bound.
     #[test]

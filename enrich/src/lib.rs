@@ -8,7 +8,9 @@
 //!              │ identity::Links ◄── links topic                 │ state ◄──► changelog topic
 //! ```
 //!
-//! [`join`] and [`identity`] are pure operators (no I/O); [`stage`] owns the
+//! [`join`] and [`identity`] are operators without network I/O (their
+//! largest tables, the links and the cold customers, go to a
+//! [`local_store`] on disk when given one); [`stage`] owns the
 //! Kafka loops, the global link table, partition-local state and its
 //! changelog. Offsets are committed only after every output of a batch is
 //! acknowledged (at-least-once); outputs carry the input's `event_id`, which
@@ -22,6 +24,7 @@ pub mod erase;
 pub mod identities;
 pub mod identity;
 pub mod join;
+pub mod local_store;
 pub mod sentiment;
 pub mod stage;
 mod telemetry;

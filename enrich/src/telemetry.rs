@@ -63,6 +63,9 @@ pub(crate) enum Metric {
     /// Customers whose state the join partitions hold (gauge; over
     /// `max_customers` in a partition, the idle ones are dropped).
     JoinCustomers,
+    /// Of those, the cold customers in the local store, out of memory
+    /// (gauge; `[enrich.cold_customers]`).
+    JoinCustomersOnDisk,
     /// Links the join partitions forgot, beyond `max_links`.
     JoinLinksForgotten,
     /// Events waiting in the lateness buffers (gauge).
@@ -93,7 +96,7 @@ pub(crate) enum Metric {
 
 impl Metric {
     #[cfg(test)]
-    pub(crate) const ALL: [Metric; 30] = [
+    pub(crate) const ALL: [Metric; 31] = [
         Metric::EventsResolved,
         Metric::EventsDirect,
         Metric::JoinRecordsIn,
@@ -114,6 +117,7 @@ impl Metric {
         Metric::JoinWaiting,
         Metric::JoinLinks,
         Metric::JoinCustomers,
+        Metric::JoinCustomersOnDisk,
         Metric::JoinLinksForgotten,
         Metric::EventsHeld,
         Metric::EventsWaiting,
@@ -148,6 +152,7 @@ impl Metric {
             Metric::JoinWaiting => "xoflow_enrich_join_waiting",
             Metric::JoinLinks => "xoflow_enrich_join_links",
             Metric::JoinCustomers => "xoflow_enrich_join_customers",
+            Metric::JoinCustomersOnDisk => "xoflow_enrich_join_customers_on_disk",
             Metric::JoinLinksForgotten => "xoflow_enrich_join_links_forgotten_total",
             Metric::EventsHeld => "xoflow_enrich_events_held",
             Metric::EventsWaiting => "xoflow_enrich_events_waiting",
@@ -233,8 +238,10 @@ pub(crate) struct BatchEnriched {
     pub waiting_for_link: u64,
     /// Links the join partitions remember, afterwards.
     pub links_remembered: u64,
-    /// Customers the join partitions hold, afterwards.
+    /// Customers the join partitions hold, afterwards, and of those the
+    /// ones in the local store.
     pub customers: u64,
+    pub customers_on_disk: u64,
     /// Alerts raised and suppressed in the batch.
     pub alerts: crate::alert::AlertStats,
 }
@@ -278,6 +285,7 @@ impl BatchEnriched {
             .set(self.waiting_for_link as f64);
         gauge!(Metric::JoinLinks.name()).set(self.links_remembered as f64);
         gauge!(Metric::JoinCustomers.name()).set(self.customers as f64);
+        gauge!(Metric::JoinCustomersOnDisk.name()).set(self.customers_on_disk as f64);
         counter!(Metric::JoinLinksForgotten.name()).increment(self.stats.forgotten_links);
         counter!(Metric::AlertsRaised.name()).increment(self.alerts.raised);
         for (reason, n) in [
@@ -355,6 +363,7 @@ mod tests {
                         | Metric::JoinWaiting
                         | Metric::JoinLinks
                         | Metric::JoinCustomers
+                        | Metric::JoinCustomersOnDisk
                         | Metric::ConsumerLag
                         | Metric::ProducerQueue
                 ),

@@ -596,6 +596,34 @@ pub fn parse_http_response(buf: &str) -> (u16, String) {
     (code, body)
 }
 
+/// Produces `events` onto `topic`, each keyed by the strongest key it
+/// carries (customer id, hashed e-mail, hashed handle), as ingest keys
+/// them: enrich's input, without the collectors.
+pub async fn produce_events(cfg: &Config, topic: &str, events: &[Event]) {
+    use xoflow_proto::Message as _;
+    let encoded: Vec<(String, Vec<u8>)> = events
+        .iter()
+        .map(|e| {
+            let c = e.customer.clone().unwrap_or_default();
+            let key = [c.customer_id, c.email_hash, c.social_handle_hash]
+                .into_iter()
+                .find(|k| !k.is_empty())
+                .unwrap_or_default();
+            (key, e.encode_to_vec())
+        })
+        .collect();
+    let records: Vec<xoflow_common::kafka::Outgoing<'_>> = encoded
+        .iter()
+        .map(|(k, b)| xoflow_common::kafka::Outgoing::keyed(k.as_bytes(), b))
+        .collect();
+    cfg.kafka
+        .batch_producer()
+        .expect("producer")
+        .send_all(topic, &records)
+        .await
+        .expect("produce");
+}
+
 /// Produces encoded `EnrichedEvent`s, each under its key, onto the
 /// enriched topic: the sink tests' input.
 pub async fn produce_enriched(cfg: &Config, records: &[(Vec<u8>, String)]) {

@@ -482,7 +482,7 @@ impl Alerter {
     }
 }
 
-/// "<severity> <rule>: customer <id> at <touchpoint> (<store>) — <reasons>".
+/// `"<severity> <rule>: customer <id> at <touchpoint> (<store>) — <reasons>"`.
 fn summary(rule: &Rule, customer: &str, o: &EnrichedEvent, reasons: &[String]) -> String {
     let severity = match rule.severity {
         AlertSeverity::Critical => "CRITICAL",

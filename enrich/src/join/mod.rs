@@ -2,8 +2,10 @@
 //! of 3 from a customer whose order arrived two days late after two support
 //! calls" — whatever order the events arrive in.
 //!
-//! A pure, synchronous operator: events in, `EnrichedEvent`s out; no I/O,
-//! so the stage decides batching and the tests drive it directly.
+//! A synchronous operator: events in, `EnrichedEvent`s out; no network
+//! I/O, so the stage decides batching and the tests drive it directly (its
+//! cold customers past the recent ones go to a local store on disk when
+//! given one: `cold`, [`Join::with_cold_store`]).
 //!
 //! Each output is what the customer's events up to the event's own time
 //! say (a fold in event-time order, `state`). Three mechanisms keep it so
@@ -50,8 +52,8 @@
 //!
 //! This module is the operator and its lateness buffer; `config` holds its
 //! settings (`[enrich.join]`, [`JoinConfig::new`] for tests and tools),
-//! `state` the fold, `history` a customer's repairable events, `unresolved`
-//! the events waiting for a link.
+//! `state` the fold, `history` a customer's repairable events, `cold` the
+//! customers without any, `unresolved` the events waiting for a link.
 
 mod cold;
 mod config;
@@ -73,6 +75,7 @@ use xoflow_proto::{
 };
 
 use cold::ColdCustomers;
+pub use cold::ColdStore;
 pub use config::{JoinConfig, Owners};
 use history::{Activity, Customer, Entry, Outputs, Place};
 use state::CustomerState;
@@ -352,9 +355,35 @@ impl Join {
         self
     }
 
+    /// Keeps the cold customers past the recent ones in `store` (see
+    /// `cold`), instead of all of them in the heap.
+    pub fn with_cold_store(mut self, store: ColdStore) -> Self {
+        self.cold = ColdCustomers::with_store(store);
+        self
+    }
+
+    /// Keeps `recent` cold customers in memory in front of the store (see
+    /// [`Join::with_cold_store`]; the stage splits
+    /// `enrich.cold_customers.recent_customers` over its partitions).
+    pub fn set_recent_cold(&mut self, recent: usize) {
+        self.cold.set_recent(recent);
+    }
+
+    /// The first failure of the cold customers' store since the last call:
+    /// what this partition read or wrote since may be wrong, so none of it
+    /// may be sent or committed.
+    pub fn take_store_error(&mut self) -> Option<crate::local_store::LocalStoreError> {
+        self.cold.take_error()
+    }
+
     /// Customers currently held.
     pub fn customers(&self) -> usize {
         self.customers.len() + self.cold.len()
+    }
+
+    /// Of those, the cold ones in the store, out of memory.
+    pub fn customers_on_disk(&self) -> usize {
+        self.cold.on_disk()
     }
 
     /// Events waiting in the lateness buffer.
@@ -593,11 +622,12 @@ impl Join {
     /// Returns whether anything was held.
     pub fn erase_customer(&mut self, tenant: &str, customer_id: &str) -> bool {
         let keys: Vec<String> = if tenant.is_empty() {
+            let cold_ids = self.cold.ids();
             let mut keys: Vec<String> = self
                 .customers
                 .keys()
                 .map(String::as_str)
-                .chain(self.cold.iter().map(|c| c.id()))
+                .chain(cold_ids.iter().map(String::as_str))
                 .chain(
                     self.held
                         .values()
@@ -836,11 +866,7 @@ impl Join {
         for id in self.dirty_bases.drain() {
             let value = match self.customers.get(&id) {
                 Some(c) => c.base_proto().encode_to_vec(),
-                None => self
-                    .cold
-                    .get(&id)
-                    .map(|c| c.base().to_vec())
-                    .unwrap_or_default(),
+                None => self.cold.base(&id).unwrap_or_default(),
             };
             out.push((id.into_bytes(), value));
         }
@@ -2779,6 +2805,22 @@ last_nps_at_most = 6
         )
     }
 
+    /// Batch `batch` of the budget tests: 25 new customers, each a survey
+    /// and two clicks, ten minutes apart, and from the sixth batch on a late
+    /// order for the first customer of five batches before (a re-fold).
+    fn offer_new_customers_and_a_late_order(j: &mut Join, links: &Links, batch: i64) {
+        for i in 0..25 {
+            let at = DAY_MS + (batch * 25 + i) * 600_000;
+            for e in survey_then_clicks(&format!("c{batch}-{i}"), at, 2) {
+                j.offer(e.clone(), links.resolve(&e), 0, 0);
+            }
+        }
+        if batch >= 5 {
+            let o = late_order(&format!("c{}-0", batch - 5), DAY_MS + batch * 25 * 600_000);
+            j.offer(o.clone(), links.resolve(&o), 0, 0);
+        }
+    }
+
     impl Join {
         /// [`Join::history_bytes`] counted again from every entry.
         fn recount_history_bytes(&self) -> usize {
@@ -2800,16 +2842,7 @@ last_nps_at_most = 6
         let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         let (mut shed, mut peak) = (0, 0);
         for batch in 0..40_i64 {
-            for i in 0..25 {
-                let at = DAY_MS + (batch * 25 + i) * 600_000;
-                for e in survey_then_clicks(&format!("c{batch}-{i}"), at, 2) {
-                    j.offer(e.clone(), links.resolve(&e), 0, 0);
-                }
-            }
-            if batch >= 5 {
-                let o = late_order(&format!("c{}-0", batch - 5), DAY_MS + batch * 25 * 600_000);
-                j.offer(o.clone(), links.resolve(&o), 0, 0);
-            }
+            offer_new_customers_and_a_late_order(&mut j, &links, batch);
             j.drain(0, &mut out);
             peak = peak.max(j.history_bytes());
             assert!(
@@ -2872,6 +2905,102 @@ last_nps_at_most = 6
             got.into_iter().map(without_time).collect::<Vec<_>>(),
             want.into_iter().map(without_time).collect::<Vec<_>>()
         );
+    }
+
+    /// With the cold customers past the recent few in a store on disk,
+    /// the join emits and records exactly what it does with all of them in
+    /// memory: customers shed cold and thawed again by a late order, read
+    /// back from the changelog, erased and evicted as idle.
+    #[test]
+    fn cold_customers_on_disk_change_no_output_and_no_record() {
+        let dir = tempfile::tempdir().expect("a test directory");
+        let sizes = crate::local_store::StoreSizes {
+            cache_mib: 1,
+            memtable_mib: 1,
+        };
+        let store = crate::local_store::LocalStore::open(
+            "test store",
+            "xoflow-test-",
+            Some(dir.path()),
+            sizes,
+        )
+        .expect("a store opens");
+        let on_disk = |cfg: JoinConfig| {
+            Join::new(cfg).with_cold_store(ColdStore::open(&store, 4).expect("a table"))
+        };
+        let cfg = JoinConfig {
+            max_history_bytes: 64 * 1024,
+            max_customers: 900,
+            ..cfg()
+        };
+        let links = Links::default();
+        let (mut memory, mut disk) = (Join::new(cfg.clone()), on_disk(cfg.clone()));
+        let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let batch_of = |j: &mut Join, batch: i64| {
+            let mut out = Vec::new();
+            // The late order's customer was shed long ago: thawed, from
+            // disk for one of the two.
+            offer_new_customers_and_a_late_order(j, &links, batch);
+            j.drain(0, &mut out);
+            let out: Vec<_> = out.into_iter().map(|r| without_time(r.enriched)).collect();
+            (out, j.take_changes())
+        };
+        for batch in 0..40_i64 {
+            let (want, want_changes) = batch_of(&mut memory, batch);
+            let (got, got_changes) = batch_of(&mut disk, batch);
+            assert_eq!(got, want, "batch {batch}");
+            assert_eq!(got_changes, want_changes, "batch {batch}");
+            changelog.extend(want_changes);
+        }
+        assert!(
+            disk.customers_on_disk() > 500,
+            "{}",
+            disk.customers_on_disk()
+        );
+        assert_eq!(disk.customers(), memory.customers());
+        assert!(disk.take_store_error().is_none());
+
+        // Read back from the changelog into a store: alike again.
+        let mut restored = on_disk(cfg.clone());
+        assert_eq!(restored.restore_records(changelog, 0), Skipped::default());
+        assert_eq!(restored.customers(), memory.customers());
+        assert!(restored.customers_on_disk() > 500);
+        let end = DAY_MS + 40 * 25 * 600_000;
+        let next = [late_order("c2-7", end), late_order("c30-3", end)];
+        let want = feed(&mut memory, &next, &links, 0);
+        for j in [&mut disk, &mut restored] {
+            assert_eq!(
+                feed(j, &next, &links, 0)
+                    .into_iter()
+                    .map(without_time)
+                    .collect::<Vec<_>>(),
+                want.iter().cloned().map(without_time).collect::<Vec<_>>()
+            );
+        }
+
+        // Erased: its base deleted, wherever it was kept.
+        let erased = tenancy::customer_part(&tenancy::scoped("", "c3-4")).to_owned();
+        let mut tombstones = Vec::new();
+        for j in [&mut memory, &mut disk, &mut restored] {
+            drop(j.take_changes());
+            assert!(j.erase_customer("", &erased));
+            tombstones.push(j.take_changes());
+        }
+        assert!(tombstones[0].iter().any(|(_, v)| v.is_empty()));
+        assert!(tombstones.iter().all(|t| *t == tombstones[0]));
+
+        // Idle past the value window: evicted from memory and disk alike.
+        let later = end + cfg.value_window.as_millis() as i64 + DAY_MS;
+        let last = survey_then_clicks("late-comer", later, 0);
+        for j in [&mut memory, &mut disk, &mut restored] {
+            drop(feed(j, &last, &links, 0));
+        }
+        assert!(memory.customers() < 10, "{}", memory.customers());
+        for j in [&mut disk, &mut restored] {
+            assert_eq!(j.customers(), memory.customers());
+            assert_eq!(j.customers_on_disk(), 0);
+            assert!(j.take_store_error().is_none());
+        }
     }
 
     /// Shedding moves events into the base, which the current state already

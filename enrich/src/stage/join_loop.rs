@@ -57,6 +57,7 @@ use crate::{
     alert::AlertStats,
     identity::Resolved,
     join::{ChangelogRecords, Input, Join, JoinStats, Released},
+    local_store::LocalStore,
     telemetry::{self, Metric},
 };
 
@@ -69,6 +70,9 @@ pub(super) struct Joiner<'a> {
     /// One operator per assigned partition: a customer's state lives with
     /// its partition.
     pub joins: HashMap<i32, Join>,
+    /// Where the join partitions keep their cold customers past the recent
+    /// ones (`[enrich.cold_customers]`; none: in the heap).
+    pub cold_store: Option<Arc<LocalStore>>,
     /// Per input topic and assigned partition, the offset after the
     /// highest one read, and the offset last committed (or to be, once the
     /// outputs in flight are acknowledged).
@@ -384,6 +388,11 @@ impl Joiner<'_> {
             stats.shed_customers += s.shed_customers;
             stats.forgotten_links += s.forgotten_links;
             let c = j.take_changes();
+            // A customer read or written wrong: nothing of this batch
+            // goes out; the restart reads the state back.
+            if let Some(e) = j.take_store_error() {
+                return Err(EnrichError::CustomerStore(e));
+            }
             if !c.is_empty() {
                 changes.push((*p, c));
             }
@@ -530,6 +539,11 @@ impl Joiner<'_> {
                 .map(|j| j.links_remembered() as u64)
                 .sum(),
             customers: self.joins.values().map(|j| j.customers() as u64).sum(),
+            customers_on_disk: self
+                .joins
+                .values()
+                .map(|j| j.customers_on_disk() as u64)
+                .sum(),
         }
         .emit();
         Ok(())
@@ -666,13 +680,19 @@ impl Joiner<'_> {
     /// partition over its new share sheds at its next batch.
     fn split_history_budget(&mut self) {
         let share = self.cfg.join.max_history_bytes / self.joins.len().max(1);
+        let recent = self.cfg.cold_customers.recent_customers / self.joins.len().max(1);
         for j in self.joins.values_mut() {
             j.set_history_budget(share);
+            j.set_recent_cold(recent);
         }
     }
 
     async fn restore(&self, partition: i32) -> Result<Join, EnrichError> {
-        restore::join_state(self.kafka, self.cfg, self.internal, partition).await
+        // Its share of the recent cold customers, until the rebalance
+        // ends and the shares are split again.
+        let recent = self.cfg.cold_customers.recent_customers / (self.joins.len() + 1);
+        let cold = self.cold_store.as_ref().map(|s| (s, recent));
+        restore::join_state(self.kafka, self.cfg, self.internal, partition, cold).await
     }
 
     /// Which input a record of `topic` came from.

@@ -15,12 +15,12 @@
 //! bytes keyed by customer id, so that every event of a customer reaches the
 //! same join partition (unresolved events are keyed `\0<identifier>`, or
 //! `\0<event id>` without one) — every event but the *direct* ones
-//! ([`is_direct`]: on the events topic, keyed by their own customer id, as
+//! (`is_direct`: on the events topic, keyed by their own customer id, as
 //! the collectors key every event that carries one): those are in their
 //! customer's partition already, and the join reads them there. Links it
 //! learns go to the links topic, which every instance reads whole at
 //! start-up and then follows: a global table, and are announced on the
-//! repartition topic as link notices (see [`link_notice`]). An event known
+//! repartition topic as link notices (see `link_notice`). An event known
 //! only by weak identifiers that no link resolves yet waits up to the
 //! join's `max_hold` for one ([`Waiting`]); after that, in the join, until a
 //! link notice comes.
@@ -118,6 +118,11 @@ pub enum EnrichError {
     /// builds it again from the links topic.
     #[error("{0}")]
     LinkStore(#[source] crate::identity::LinkStoreError),
+    /// The cold customers' local store failed (docs/enrich.md, "The memory
+    /// bound"): nothing of the batch was sent or committed, and a restart
+    /// reads the partitions' state back from the changelog.
+    #[error("{0}")]
+    CustomerStore(#[source] crate::local_store::LocalStoreError),
     #[error("reading or seeding the join group's offsets on {topic} failed: {source}")]
     Offsets {
         topic: String,
@@ -134,7 +139,8 @@ impl EnrichError {
             EnrichError::Setup(_)
             | EnrichError::Stopped
             | EnrichError::NotCoPartitioned { .. }
-            | EnrichError::LinkStore(_) => false,
+            | EnrichError::LinkStore(_)
+            | EnrichError::CustomerStore(_) => false,
             EnrichError::Produce { source, .. }
             | EnrichError::Commit(source)
             | EnrichError::Restore { source, .. }
@@ -376,6 +382,9 @@ pub async fn run(
     // The global link table: read whole before resolving anything.
     let (follower, links) = restore::link_table(kafka, cfg, &internal).await?;
     tracing::info!(links = links.len(), "link table read");
+    // Where the join partitions keep their cold customers past the recent
+    // ones (each partition a table of its own, gone with its state).
+    let cold_store = restore::cold_store(&cfg.cold_customers)?;
 
     // The resolve loop forgets a revoked partition's waiting events (its
     // next owner reads them again). The join loop restores an assigned
@@ -466,6 +475,7 @@ pub async fn run(
                 cfg: &s.cfg,
                 internal: &s.internal,
                 joins: HashMap::new(),
+                cold_store: cold_store.clone(),
                 read: HashMap::new(),
                 committed: HashMap::new(),
                 readiness: &s.readiness,

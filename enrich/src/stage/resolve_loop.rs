@@ -199,7 +199,7 @@ impl Resolver<'_> {
             // A link store that failed may have read as no link: nothing
             // of this batch goes out, nor is committed.
             if let Some(e) = self.links.take_error() {
-                return Err(EnrichError::LinkStore(e.into()));
+                return Err(EnrichError::LinkStore(e));
             }
             // The events and link notices before the links: a link is
             // announced (notice) only when it is new to the table, so a crash

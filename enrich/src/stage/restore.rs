@@ -1,5 +1,6 @@
 //! Reading a compacted topic back: the link table at start-up, a join
-//! partition's state when it is assigned; and the start-up checks of the
+//! partition's state when it is assigned (its cold customers past the
+//! recent ones into the instance's local store); and the start-up checks of the
 //! join's two inputs (equal partition counts, a committed offset on the
 //! events topic).
 //!
@@ -8,7 +9,7 @@
 //! watermarks — on a blocking thread, since rdkafka's `BaseConsumer` polls
 //! synchronously. Failures are [`EnrichError::Restore`].
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use rdkafka::{
     Offset, TopicPartitionList,
@@ -19,7 +20,14 @@ use rdkafka::{
 use xoflow_common::{kafka::KafkaConfig, telemetry::ErrorKind};
 
 use super::{EnrichError, InternalTopics};
-use crate::{EnrichConfig, identity::Links, join::Join, telemetry::Metric};
+use crate::{
+    EnrichConfig,
+    config::{ColdCustomersConfig, StoreKind},
+    identity::Links,
+    join::{ColdStore, Join},
+    local_store::{LocalStore, StoreSizes},
+    telemetry::Metric,
+};
 
 /// How long reading a topic back may wait for each fetch.
 const READ_BACK_POLL: Duration = Duration::from_secs(10);
@@ -52,9 +60,33 @@ pub(super) async fn link_table(
     for (k, v) in records {
         links.insert(k, v);
     }
-    links.take_error().map_or(Ok((follower, links)), |e| {
-        Err(EnrichError::LinkStore(e.into()))
-    })
+    links
+        .take_error()
+        .map_or(Ok((follower, links)), |e| Err(EnrichError::LinkStore(e)))
+}
+
+/// Directories of the cold customers' stores start with this.
+const COLD_DIR_PREFIX: &str = "xoflow-customers-";
+
+/// The store the join partitions keep their cold customers in, as `cfg`
+/// says (none: in the heap).
+pub(super) fn cold_store(
+    cfg: &ColdCustomersConfig,
+) -> Result<Option<Arc<LocalStore>>, EnrichError> {
+    if cfg.store == StoreKind::Memory {
+        return Ok(None);
+    }
+    LocalStore::open(
+        "cold customers' store",
+        COLD_DIR_PREFIX,
+        cfg.directory.as_deref(),
+        StoreSizes {
+            cache_mib: cfg.cache_mib,
+            memtable_mib: cfg.memtable_mib,
+        },
+    )
+    .map(Some)
+    .map_err(EnrichError::CustomerStore)
 }
 
 /// Every key of one changelog partition whose latest record holds a value
@@ -89,6 +121,7 @@ pub(super) async fn join_state(
     cfg: &EnrichConfig,
     internal: &InternalTopics,
     partition: i32,
+    cold: Option<(&Arc<LocalStore>, usize)>,
 ) -> Result<Join, EnrichError> {
     let started = std::time::Instant::now();
     let reader = kafka
@@ -106,7 +139,14 @@ pub(super) async fn join_state(
     let mut join = Join::new(cfg.join.clone())
         .with_topics(cfg.topics.clone())
         .with_alerts(cfg.alerts.clone());
+    if let Some((store, recent)) = cold {
+        let table = ColdStore::open(store, recent).map_err(EnrichError::CustomerStore)?;
+        join = join.with_cold_store(table);
+    }
     let skipped = join.restore_records(latest, xoflow_common::clock::now_unix_millis());
+    if let Some(e) = join.take_store_error() {
+        return Err(EnrichError::CustomerStore(e));
+    }
 
     if skipped.undecodable > 0 {
         ErrorKind::ReadBack.emit(
@@ -132,6 +172,7 @@ pub(super) async fn join_state(
         partition,
         records = n,
         customers = join.customers(),
+        customers_on_disk = join.customers_on_disk(),
         history = join.history_events(),
         history_bytes = join.history_bytes(),
         waiting_for_link = join.waiting_for_link(),
