@@ -121,7 +121,7 @@ fn main() {
         }
     );
     println!(
-        "pass | customers | on disk | links | waiting for a link | history MiB | RSS growth MiB | RSS bytes per new customer (last 10 passes) | link table ns per event | join ns per event | events shed"
+        "pass | customers | on disk | its write buffer MiB | links | waiting for a link | history MiB | RSS growth MiB | RSS bytes per new customer (last 10 passes) | link table ns per event | join ns per event | events shed"
     );
     let start = resident();
     let mut mark = (0usize, start);
@@ -166,9 +166,10 @@ fn main() {
             };
             let per = rss.saturating_sub(mark.1) as f64 / (customers - mark.0).max(1) as f64;
             println!(
-                "{:>4} | {customers:>9} | {:>7} | {:>9} | {:>18} | {:>11.0} | {:>14.0} | {per:.0} | {:.0} | {:.0} | {shed}",
+                "{:>4} | {customers:>9} | {:>7} | {:>5.1} | {:>9} | {:>18} | {:>11.0} | {:>14.0} | {per:.0} | {:.0} | {:.0} | {shed}",
                 pass + 1,
                 join.customers_on_disk(),
+                cold_store.write_buffer_bytes() as f64 / MIB,
                 links.len(),
                 join.waiting_for_link(),
                 join.history_bytes() as f64 / MIB,
