@@ -612,14 +612,24 @@ pub async fn produce_events(cfg: &Config, topic: &str, events: &[Event]) {
             (key, e.encode_to_vec())
         })
         .collect();
-    let records: Vec<xoflow_common::kafka::Outgoing<'_>> = encoded
+    let records: Vec<(&[u8], &[u8])> = encoded
         .iter()
-        .map(|(k, b)| xoflow_common::kafka::Outgoing::keyed(k.as_bytes(), b))
+        .map(|(k, b)| (k.as_bytes(), b.as_slice()))
+        .collect();
+    produce_keyed(cfg, topic, &records).await;
+}
+
+/// Produces (key, value) records onto `topic` and waits for their
+/// acknowledgement.
+pub async fn produce_keyed(cfg: &Config, topic: &str, records: &[(&[u8], &[u8])]) {
+    let out: Vec<xoflow_common::kafka::Outgoing<'_>> = records
+        .iter()
+        .map(|(k, v)| xoflow_common::kafka::Outgoing::keyed(k, v))
         .collect();
     cfg.kafka
         .batch_producer()
         .expect("producer")
-        .send_all(topic, &records)
+        .send_all(topic, &out)
         .await
         .expect("produce");
 }
@@ -627,16 +637,11 @@ pub async fn produce_events(cfg: &Config, topic: &str, events: &[Event]) {
 /// Produces encoded `EnrichedEvent`s, each under its key, onto the
 /// enriched topic: the sink tests' input.
 pub async fn produce_enriched(cfg: &Config, records: &[(Vec<u8>, String)]) {
-    let out: Vec<xoflow_common::kafka::Outgoing<'_>> = records
+    let records: Vec<(&[u8], &[u8])> = records
         .iter()
-        .map(|(b, k)| xoflow_common::kafka::Outgoing::keyed(k.as_bytes(), b))
+        .map(|(b, k)| (k.as_bytes(), b.as_slice()))
         .collect();
-    cfg.kafka
-        .batch_producer()
-        .expect("producer")
-        .send_all(&cfg.kafka.topics.enriched, &out)
-        .await
-        .expect("produce");
+    produce_keyed(cfg, &cfg.kafka.topics.enriched, &records).await;
 }
 
 /// A consumer of `topic` in a consumer group of its own (named after

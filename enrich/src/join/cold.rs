@@ -164,6 +164,14 @@ impl ColdStore {
         self.error.get_or_insert(e);
     }
 
+    /// Deletes `key` from the table, which holds it.
+    fn delete(&mut self, key: &[u8]) {
+        match self.table.remove(key) {
+            Ok(()) => self.len -= 1,
+            Err(e) => self.failed(e),
+        }
+    }
+
     /// `id`'s bytes, if the table holds it.
     fn get(&mut self, id: &str) -> Option<fjall::Slice> {
         match self.table.get(id.as_bytes()) {
@@ -285,10 +293,7 @@ impl ColdCustomers {
         }
         let store = self.store.as_mut()?;
         let stored = store.get(id)?;
-        match store.table.remove(id.as_bytes()) {
-            Ok(()) => store.len -= 1,
-            Err(e) => store.failed(e),
-        }
+        store.delete(id.as_bytes());
         View::checked(&stored).map(|_| Frozen(stored.to_vec().into_boxed_slice()))
     }
 
@@ -313,10 +318,7 @@ impl ColdCustomers {
             return;
         }
         for k in gone {
-            match store.table.remove(&k) {
-                Ok(()) => store.len -= 1,
-                Err(e) => store.failed(e),
-            }
+            store.delete(&k);
         }
     }
 
