@@ -19,6 +19,9 @@ pub(crate) enum Metric {
     InputBytes,
     /// How long writing and committing one batch took.
     FlushDuration,
+    /// Of a flush, the wait for its `event_ids` look-ups (histogram; only
+    /// with `sink.dedup_index` on).
+    LookUpDuration,
     /// Insert attempts that failed transiently, by `table`.
     InsertRetries,
     /// Records not written again, by `reason`.
@@ -64,10 +67,11 @@ pub(crate) enum Metric {
 
 impl Metric {
     #[cfg(test)]
-    pub(crate) const ALL: [Metric; 19] = [
+    pub(crate) const ALL: [Metric; 20] = [
         Metric::RowsWritten,
         Metric::InputBytes,
         Metric::FlushDuration,
+        Metric::LookUpDuration,
         Metric::InsertRetries,
         Metric::RecordsSkipped,
         Metric::RowsRefused,
@@ -91,6 +95,7 @@ impl Metric {
             Metric::RowsWritten => "xoflow_sink_rows_written_total",
             Metric::InputBytes => "xoflow_sink_input_bytes_total",
             Metric::FlushDuration => "xoflow_sink_flush_duration_seconds",
+            Metric::LookUpDuration => "xoflow_sink_look_up_duration_seconds",
             Metric::InsertRetries => "xoflow_sink_insert_retries_total",
             Metric::RecordsSkipped => "xoflow_sink_records_skipped_total",
             Metric::RowsRefused => "xoflow_sink_rows_refused_total",
@@ -139,8 +144,9 @@ pub(crate) struct BatchWritten<'a> {
     pub bytes: u64,
     pub seconds: f64,
     /// Of `seconds`, the wait for the `event_ids` look-ups (those sent
-    /// ahead and the rest's).
-    pub look_up_seconds: f64,
+    /// ahead and the rest's); `None` when the batch was not looked up
+    /// (`sink.dedup_index` off, or no `events` rows).
+    pub look_up_seconds: Option<f64>,
 }
 
 impl BatchWritten<'_> {
@@ -161,6 +167,11 @@ impl BatchWritten<'_> {
         counter!(skipped, "reason" => "already_stored").increment(self.skipped_stored);
         counter!(skipped, "reason" => "duplicate_event_id").increment(self.skipped_duplicates);
         histogram!(Metric::FlushDuration.name()).record(self.seconds);
+        // Apart from the insert: at half the peak a flush was mostly the
+        // insert (BENCHMARKS.md, "What an insert costs ClickHouse").
+        if let Some(s) = self.look_up_seconds {
+            histogram!(Metric::LookUpDuration.name()).record(s);
+        }
         counter!(Metric::RecordsIn.name()).increment(self.records);
         counter!(Metric::RecordsOut.name())
             .increment(self.events + self.dead_letters + self.refused);
@@ -305,6 +316,7 @@ mod tests {
                     | Metric::PartitionRowsStored
                     | Metric::PartitionDedupPairs
                     | Metric::FlushDuration
+                    | Metric::LookUpDuration
                     | Metric::OccurredToStored
                     | Metric::ReceivedToStored
                     | Metric::ConsumerLag

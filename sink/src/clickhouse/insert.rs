@@ -189,9 +189,10 @@ pub(super) async fn flush(
         rows: std::mem::take(&mut batch.looked_up),
     };
     let look_up_began = Instant::now();
+    let looked_up = cfg.dedup_index && !batch.events.is_empty();
     let copies =
         drop_stored_anywhere(ids, ahead, &mut batch.events, positions, cfg, retrying).await?;
-    let look_up_seconds = look_up_began.elapsed().as_secs_f64();
+    let look_up_seconds = looked_up.then(|| look_up_began.elapsed().as_secs_f64());
     batch.skipped_duplicates += copies;
     let refused = insert_events(client, &batch.events, cfg, retrying).await?;
     let mut tpl = TopicPartitionList::new();
