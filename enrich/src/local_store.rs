@@ -149,6 +149,7 @@ impl LocalStore {
         self.db.write_buffer_size()
     }
 
+    /// `source`, as a failure of this store (named by what it holds).
     pub fn failed(&self, source: fjall::Error) -> LocalStoreError {
         LocalStoreError::Store {
             what: self.what,
@@ -190,7 +191,8 @@ impl Table {
         self.keyspace.iter().map(|kv| kv.into_inner())
     }
 
-    /// What the store's errors name.
+    /// The store the table is in: its write buffer, and the name its
+    /// errors carry.
     pub fn store(&self) -> &LocalStore {
         &self.store
     }

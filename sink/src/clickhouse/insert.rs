@@ -189,7 +189,7 @@ pub(super) async fn flush(
         rows: std::mem::take(&mut batch.looked_up),
     };
     let look_up_began = Instant::now();
-    let looked_up = cfg.dedup_index && !batch.events.is_empty();
+    let looked_up = looks_up(&batch.events, cfg);
     let copies =
         drop_stored_anywhere(ids, ahead, &mut batch.events, positions, cfg, retrying).await?;
     let look_up_seconds = looked_up.then(|| look_up_began.elapsed().as_secs_f64());
@@ -258,6 +258,11 @@ pub(super) struct LookedUp {
     pub rows: usize,
 }
 
+/// Whether a flush looks `rows` up in the dedup index at all.
+fn looks_up(rows: &EventRows, cfg: &SinkConfig) -> bool {
+    cfg.dedup_index && !rows.is_empty()
+}
+
 /// Drops from `rows` every (tenant, event id, revision) the dedup index
 /// holds: copies of revisions stored at any time, beyond the in-memory
 /// window of recent pairs (`sink.dedup_window`). The rows `ahead` covers
@@ -277,7 +282,7 @@ async fn drop_stored_anywhere(
     cfg: &SinkConfig,
     retrying: Retrying<'_>,
 ) -> Result<u64, SinkError> {
-    if rows.is_empty() || !cfg.dedup_index {
+    if !looks_up(rows, cfg) {
         return Ok(0);
     }
     let mut stored = Vec::new();
