@@ -158,6 +158,12 @@ enum Command {
         /// as a broker's retention would.
         #[arg(long)]
         keep_consumed: bool,
+        /// First day of the generated week (YYYY-MM-DD, UTC); default: the
+        /// seven days before today, or the last seven days of last month
+        /// when those would reach into this one (BENCHMARKS.md, "The
+        /// generated week in one month").
+        #[arg(long)]
+        start: Option<String>,
     },
     /// Bulk-import history from a file onto the backfill lane; idempotent on
     /// re-run (event ids derive from natural ids).
@@ -326,6 +332,7 @@ async fn main() -> anyhow::Result<()> {
             out,
             only,
             keep_consumed,
+            start,
         } => {
             let opts = xoflow::bench::Options {
                 events,
@@ -334,6 +341,10 @@ async fn main() -> anyhow::Result<()> {
                 overload_secs: overload_seconds,
                 only,
                 keep_consumed,
+                start_ms: start
+                    .as_deref()
+                    .map(xoflow::datagen::parse_date)
+                    .transpose()?,
             };
             xoflow::bench::run(cfg, &opts, &out).await?;
             return Ok(());

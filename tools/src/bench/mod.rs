@@ -107,15 +107,45 @@ pub struct Options {
     /// before 2026-12-06) instead of deleting what was committed
     /// ([`retention`]).
     pub keep_consumed: bool,
+    /// The first instant of the generated week (Unix ms, UTC); `None`:
+    /// [`week_in_one_month`].
+    pub start_ms: Option<i64>,
+}
+
+/// The start of the generated week: the seven whole days before today,
+/// unless they reach into this month from the last; then the last seven
+/// days of the last month. The sink's tables are partitioned by month,
+/// and an insert writes a part per month its rows fall in: with the week
+/// across a month's start, ClickHouse took 10 % more CPU per event in P
+/// (BENCHMARKS.md, "The generated week in one month"). Live traffic
+/// crosses a month's start once a month, not in every measurement.
+pub fn week_in_one_month(now_ms: i64) -> i64 {
+    use chrono::{DateTime, Datelike};
+    const DAY: i64 = 86_400_000;
+    let today = now_ms - now_ms.rem_euclid(DAY);
+    let start = today - 7 * DAY;
+    let month = |ms: i64| DateTime::from_timestamp_millis(ms).map(|d| (d.year(), d.month()));
+    // Yesterday, the week's last day.
+    let last = today - DAY;
+    if month(start) == month(last) {
+        return start;
+    }
+    // Yesterday is day `d` of this month, which began `d - 1` days before it.
+    let Some(d) = DateTime::from_timestamp_millis(last).map(|t| i64::from(t.day())) else {
+        return start;
+    };
+    last - (d - 1) * DAY - 7 * DAY
 }
 
 /// Runs the benchmark (`opts.runs` times the measurements in `opts.only`,
 /// or all) and writes the results under `out`: every run's rows and each
 /// row's median and spread.
 pub async fn run(cfg: Config, opts: &Options, out: &Path) -> anyhow::Result<Vec<Summary>> {
-    let now = xoflow_common::clock::now_unix_millis();
+    let start_ms = opts
+        .start_ms
+        .unwrap_or_else(|| week_in_one_month(xoflow_common::clock::now_unix_millis()));
     let g = datagen::generate(&GenConfig {
-        start_ms: now - now.rem_euclid(86_400_000) - 7 * 86_400_000,
+        start_ms,
         invalid_share: 0.0,
         scale: (opts.events as f64 / 146_000.0).max(0.01),
         ..GenConfig::default()
@@ -458,4 +488,38 @@ fn alert_rows(a: alerts::AlertsResult, peak: f64) -> Vec<Row> {
         "ms",
     ));
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::week_in_one_month;
+    use crate::datagen::parse_date;
+
+    fn at(day: &str, hour: i64) -> i64 {
+        parse_date(day).expect("a test date") + hour * 3_600_000
+    }
+
+    #[test]
+    fn the_generated_week_stays_in_one_month() {
+        for (today, start) in [
+            // The seven days before today are in one month: they are the week.
+            ("2026-12-15", "2026-12-08"),
+            ("2026-12-08", "2026-12-01"),
+            ("2026-12-01", "2026-11-24"),
+            // They would reach into this month: the last month's last week.
+            ("2026-12-07", "2026-11-24"),
+            ("2026-12-02", "2026-11-24"),
+            ("2027-01-03", "2026-12-25"),
+            ("2027-03-05", "2027-02-22"),
+            ("2028-03-05", "2028-02-23"),
+        ] {
+            for hour in [0, 13, 23] {
+                assert_eq!(
+                    week_in_one_month(at(today, hour)),
+                    parse_date(start).expect("a test date"),
+                    "today {today} {hour}:00"
+                );
+            }
+        }
+    }
 }
