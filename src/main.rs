@@ -276,13 +276,12 @@ struct GenArgs {
 
 impl GenArgs {
     fn config(&self) -> anyhow::Result<xoflow::datagen::GenConfig> {
-        const DAY: i64 = 86_400_000;
         let start_ms = match &self.start {
             Some(date) => xoflow::datagen::parse_date(date)?,
-            None => {
-                let now = xoflow_common::clock::now_unix_millis();
-                now - now.rem_euclid(DAY) - i64::from(self.days) * DAY
-            }
+            None => xoflow::datagen::days_before_today(
+                xoflow_common::clock::now_unix_millis(),
+                self.days,
+            ),
         };
         Ok(xoflow::datagen::GenConfig {
             seed: self.seed,

@@ -360,7 +360,7 @@ async fn clickhouse_26_9_returns_the_same_figures_as_18_16() {
             days: 6,
             // Ends at today's midnight (UTC): inside the doc's "this week"
             // and "last 7 days" windows on both servers.
-            start_ms: now - now.rem_euclid(86_400_000) - 6 * 86_400_000,
+            start_ms: xoflow::datagen::days_before_today(now, 6),
             ..GenConfig::default()
         },
         batch: 1_000,

@@ -24,7 +24,7 @@ async fn the_demo_figures_equal_the_ground_truth() {
             seed: 7,
             scale: 0.3,
             days: 6,
-            start_ms: now - now.rem_euclid(86_400_000) - 6 * 86_400_000,
+            start_ms: xoflow::datagen::days_before_today(now, 6),
             ..GenConfig::default()
         },
         batch: 1_000,

@@ -40,7 +40,7 @@ async fn an_import_lands_once_even_when_run_twice() {
         seed: 3,
         scale: 0.05,
         days: 2,
-        start_ms: now - now.rem_euclid(86_400_000) - 2 * 86_400_000,
+        start_ms: datagen::days_before_today(now, 2),
         invalid_share: 0.0,
         ..GenConfig::default()
     });

@@ -68,8 +68,7 @@ fn week(seed: u64, scale: f64, order: ArrivalOrder, start_ms: i64) -> GenConfig 
 }
 
 fn start_of_the_week() -> i64 {
-    let now = common::now_ms();
-    now - now.rem_euclid(86_400_000) - 6 * 86_400_000
+    xoflow::datagen::days_before_today(common::now_ms(), 6)
 }
 
 /// What one run left in ClickHouse.

@@ -108,44 +108,49 @@ pub struct Options {
     /// ([`retention`]).
     pub keep_consumed: bool,
     /// The first instant of the generated week (Unix ms, UTC); `None`:
-    /// [`week_in_one_month`].
+    /// [`span_in_one_month`].
     pub start_ms: Option<i64>,
 }
 
-/// The start of the generated week: the seven whole days before today,
-/// unless they reach into this month from the last; then the last seven
-/// days of the last month. The sink's tables are partitioned by month,
-/// and an insert writes a part per month its rows fall in: with the week
-/// across a month's start, ClickHouse took 10 % more CPU per event in P
-/// (BENCHMARKS.md, "The generated week in one month"). Live traffic
+/// The start of the generated span of `days` whole days: the days before
+/// today, unless they reach into this month from the last; then the last
+/// `days` days of the last month. The sink's tables are partitioned by
+/// month, and an insert writes a part per month its rows fall in: with the
+/// week across a month's start, ClickHouse took 10 % more CPU per event in
+/// P (BENCHMARKS.md, "The generated week in one month"). Live traffic
 /// crosses a month's start once a month, not in every measurement.
-pub fn week_in_one_month(now_ms: i64) -> i64 {
-    use chrono::{DateTime, Datelike};
-    const DAY: i64 = 86_400_000;
-    let today = now_ms - now_ms.rem_euclid(DAY);
-    let start = today - 7 * DAY;
-    let month = |ms: i64| DateTime::from_timestamp_millis(ms).map(|d| (d.year(), d.month()));
-    // Yesterday, the week's last day.
-    let last = today - DAY;
-    if month(start) == month(last) {
-        return start;
-    }
-    // Yesterday is day `d` of this month, which began `d - 1` days before it.
-    let Some(d) = DateTime::from_timestamp_millis(last).map(|t| i64::from(t.day())) else {
+pub fn span_in_one_month(now_ms: i64, days: u32) -> i64 {
+    use chrono::{DateTime, Datelike, Days, NaiveTime};
+    let start = datagen::days_before_today(now_ms, days);
+    let month_of =
+        |ms: i64| DateTime::from_timestamp_millis(ms).and_then(|t| t.date_naive().with_day(1));
+    // The span ends with yesterday, in the month that holds yesterday.
+    let (Some(starts_in), Some(ends_in)) = (
+        month_of(start),
+        month_of(start + i64::from(days) * 86_400_000 - 1),
+    ) else {
         return start;
     };
-    last - (d - 1) * DAY - 7 * DAY
+    if starts_in == ends_in {
+        return start;
+    }
+    (ends_in - Days::new(days.into()))
+        .and_time(NaiveTime::MIN)
+        .and_utc()
+        .timestamp_millis()
 }
 
 /// Runs the benchmark (`opts.runs` times the measurements in `opts.only`,
 /// or all) and writes the results under `out`: every run's rows and each
 /// row's median and spread.
 pub async fn run(cfg: Config, opts: &Options, out: &Path) -> anyhow::Result<Vec<Summary>> {
+    let days = GenConfig::default().days;
     let start_ms = opts
         .start_ms
-        .unwrap_or_else(|| week_in_one_month(xoflow_common::clock::now_unix_millis()));
+        .unwrap_or_else(|| span_in_one_month(xoflow_common::clock::now_unix_millis(), days));
     let g = datagen::generate(&GenConfig {
         start_ms,
+        days,
         invalid_share: 0.0,
         scale: (opts.events as f64 / 146_000.0).max(0.01),
         ..GenConfig::default()
@@ -492,7 +497,7 @@ fn alert_rows(a: alerts::AlertsResult, peak: f64) -> Vec<Row> {
 
 #[cfg(test)]
 mod tests {
-    use super::week_in_one_month;
+    use super::span_in_one_month;
     use crate::datagen::parse_date;
 
     fn at(day: &str, hour: i64) -> i64 {
@@ -515,7 +520,7 @@ mod tests {
         ] {
             for hour in [0, 13, 23] {
                 assert_eq!(
-                    week_in_one_month(at(today, hour)),
+                    span_in_one_month(at(today, hour), 7),
                     parse_date(start).expect("a test date"),
                     "today {today} {hour}:00"
                 );

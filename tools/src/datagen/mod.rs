@@ -162,6 +162,14 @@ pub fn parse_date(s: &str) -> anyhow::Result<i64> {
         .timestamp_millis())
 }
 
+/// The start (UTC midnight, Unix milliseconds) of the day `days` days
+/// before the day of `now_ms`: where a span of `days` whole days ending
+/// today begins.
+pub fn days_before_today(now_ms: i64, days: u32) -> i64 {
+    const DAY: i64 = 86_400_000;
+    now_ms - now_ms.rem_euclid(DAY) - i64::from(days) * DAY
+}
+
 /// `xoflow gen`: writes files, or sends to a collector.
 pub async fn cli(
     cfg: GenConfig,
