@@ -2,7 +2,9 @@
 # Stops the broker and ClickHouse started by up.sh: SIGTERM, then SIGKILL if
 # one has not exited within XOFLOW_DOWN_TIMEOUT seconds (20). Removes the pid
 # files. `--purge` also deletes the scratch directory ($XOFLOW_SCRATCH: data,
-# logs, env). Only processes recorded in the pid files are touched.
+# logs, env) and ClickHouse's tables in memory (the tmpfs directory
+# $XOFLOW_SCRATCH/clickhouse links to). Only processes recorded in the pid
+# files are touched.
 set -euo pipefail
 # shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -45,6 +47,10 @@ if [ -d "$scratch" ]; then
   stop clickhouse "$ch_sig"
 fi
 if $purge; then
+  if [ -L "$scratch/clickhouse" ]; then
+    rm -rf "$(readlink "$scratch/clickhouse")"
+    say "removed $(readlink "$scratch/clickhouse")"
+  fi
   rm -rf "$scratch"
   say "removed $scratch"
 fi

@@ -14,6 +14,7 @@
 #   XOFLOW_CLICKHOUSE_HTTP_PORT         ClickHouse HTTP              (18123)
 #   XOFLOW_CLICKHOUSE_TCP_PORT          ClickHouse native            (19000)
 #   XOFLOW_CLICKHOUSE_INTERSERVER_PORT  ClickHouse interserver       (19009)
+#   XOFLOW_CLICKHOUSE_STORAGE           memory (tmpfs) or disk       (memory)
 #   XOFLOW_UP_TIMEOUT                   seconds to wait per server   (60)
 set -euo pipefail
 # shellcheck source=deploy/local/lib.sh
@@ -65,12 +66,47 @@ if ! broker_ok; then
   exec 8>&-
 fi
 
+# --- where ClickHouse keeps its tables -------------------------------------------
+# memory: $scratch/clickhouse links to a tmpfs directory of this scratch
+# dir's own (recreated after a reboot emptied /dev/shm); disk: it is a
+# directory. A scratch dir already holding tables in the other place keeps
+# them there, and says so: nothing is moved or deleted here.
+place_clickhouse() {
+  local d=$scratch/clickhouse
+  case "$ch_storage" in
+    memory)
+      if [ -d "$d" ] && [ ! -L "$d" ]; then
+        say "ClickHouse keeps its tables on disk in $d, as an earlier up.sh left them (down.sh --purge, then up.sh, to keep them in memory)"
+        return
+      fi
+      if [ ! -L "$d" ]; then
+        local room
+        room=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 { print $4 }')
+        if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" != tmpfs ] || [ "${room:-0}" -lt 2097152 ]; then
+          say "/dev/shm is not a tmpfs with 2 GiB free: ClickHouse keeps its tables on disk in $d"
+          return
+        fi
+        ln -s "$ch_memory_dir" "$d"
+      fi
+      mkdir -p "$(readlink "$d")"
+      ;;
+    disk)
+      if [ -L "$d" ]; then
+        die "ClickHouse keeps its tables in memory ($d links to $(readlink "$d")); run deploy/local/down.sh --purge first to keep them on disk"
+      fi
+      ;;
+    *) die "XOFLOW_CLICKHOUSE_STORAGE must be memory or disk, not '$ch_storage'" ;;
+  esac
+}
+
 # --- start (or reuse) the servers -----------------------------------------------
-mkdir -p "$scratch/logs" "$scratch/clickhouse/tmp"
+mkdir -p "$scratch/logs"
 # One up.sh at a time per scratch directory. The servers must not inherit
 # the lock's descriptors (8, 9), or they would hold the lock for ever.
 exec 9>"$scratch/up.lock"
 flock -w $((up_timeout * 3)) 9 || die "another up.sh holds $scratch/up.lock"
+place_clickhouse
+mkdir -p "$scratch/clickhouse/tmp"
 
 broker_log=$scratch/logs/broker.log
 ch_log=$scratch/logs/clickhouse.err.log
@@ -124,8 +160,9 @@ start_broker() {
 
 start_clickhouse() {
   ensure_free ClickHouse "$ch_http" "$ch_tcp" "$ch_inter"
-  say "starting ClickHouse on 127.0.0.1:$ch_http (HTTP), :$ch_tcp (native)"
-  local d=$scratch/clickhouse
+  local d=$scratch/clickhouse where="on disk"
+  [ -L "$d" ] && where="in memory ($(readlink "$d"))"
+  say "starting ClickHouse on 127.0.0.1:$ch_http (HTTP), :$ch_tcp (native), tables $where"
   # A copy of the packaged config (with users.xml beside it) whose paths point
   # into the scratch dir: the server writes its preprocessed config under the
   # config file's own <path> before command-line overrides apply, so with

@@ -270,7 +270,7 @@ impl BatchEnriched {
         gauge!(Metric::HistoryBytes.name()).set(self.history_bytes as f64);
         counter!(Metric::HistoryShedEvents.name()).increment(self.stats.shed_events);
         if self.stats.shed_events > 0 {
-            // Once per fifth of the budget admitted, not per batch.
+            // Once per twentieth of the budget admitted, not per batch.
             tracing::info!(
                 events = self.stats.shed_events,
                 customers = self.stats.shed_customers,
