@@ -48,8 +48,9 @@ if [ -d "$scratch" ]; then
 fi
 if $purge; then
   if [ -L "$scratch/clickhouse" ]; then
-    rm -rf "$(readlink "$scratch/clickhouse")"
-    say "removed $(readlink "$scratch/clickhouse")"
+    tables=$(readlink "$scratch/clickhouse")
+    rm -rf "$tables"
+    say "removed $tables"
   fi
   rm -rf "$scratch"
   say "removed $scratch"

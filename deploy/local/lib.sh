@@ -20,13 +20,9 @@ broker_root=$cache/nisshi
 broker=$broker_root/bin/nisshi
 ch_etc=/etc/clickhouse-server
 # Where the local ClickHouse keeps its tables: `memory` (a tmpfs directory
-# under /dev/shm, linked from $scratch/clickhouse, as the broker keeps its
-# log in memory) or `disk` ($scratch/clickhouse itself). Memory by default:
-# on a disk formatted as ext4 without a journal (these machines' root file
-# system), every file the server creates skips, one by one, each inode
-# deleted in the last minutes, and ClickHouse creates and deletes hundreds
-# of files per insert and merge (BENCHMARKS.md, "The local ClickHouse's
-# tables in memory").
+# under /dev/shm, linked from $scratch/clickhouse) or `disk`
+# ($scratch/clickhouse itself). Why memory by default: deploy/local/README.md,
+# "Facts we rely on".
 ch_storage=${XOFLOW_CLICKHOUSE_STORAGE:-memory}
 ch_memory_dir=/dev/shm/xoflow-clickhouse-$(printf '%s' "$scratch" | sha256sum | cut -c1-12)
 

@@ -1375,13 +1375,14 @@ impl Join {
     ///
     /// Down to the low-water mark, not just below the budget: the pass over
     /// every customer then comes once per twentieth of the budget admitted,
-    /// not once per batch. No lower: what a shedding moves (the events
-    /// folded into their bases, the bases frozen, the entries deleted from
-    /// the changelog) is work done in the batch that crossed the budget,
-    /// and at 80 % the first crossing held every event behind it for
-    /// seconds (BENCHMARKS.md, "The local ClickHouse's tables in memory;
-    /// shedding in twentieths"). The pass itself is O(customers), well
-    /// under a millisecond per partition.
+    /// not once per batch. Not lower than 95 %: what a shedding moves (the
+    /// events folded into their bases, the bases frozen, the entries
+    /// deleted from the changelog) is work done in the batch that crossed
+    /// the budget, and down to 80 % the first crossing held every event
+    /// behind it for seconds (BENCHMARKS.md, "The local ClickHouse's tables
+    /// in memory; shedding in twentieths"). The pass itself is a
+    /// quickselect over the partition's customers ([`Cut::at`]), not a
+    /// sort.
     #[inline(never)]
     fn shed(&mut self) {
         let target = self.history_budget / 100 * SHED_TO_PERCENT;
