@@ -4,7 +4,7 @@
 //! rules, dedup, protobuf encoding). Kafka is not involved.
 //!
 //! `cargo bench --bench ingest_normalise`; criterion reports elements/s,
-//! i.e. events per second per core.
+//! i.e. events (or, in `keyed_hash`, identifiers) per second per core.
 
 use std::sync::Arc;
 
@@ -108,6 +108,22 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+
+    // The keyed hash alone: every weak identifier of every event pays it.
+    let mut g = c.benchmark_group("keyed_hash");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let emails: Vec<String> = (0..BATCH)
+        .map(|i| format!("customer{i}@example.com"))
+        .collect();
+    g.bench_function("email", |b| {
+        b.iter(|| {
+            emails
+                .iter()
+                .map(|e| n.hash("acme", "email", e).len())
+                .sum::<usize>()
+        })
+    });
     g.finish();
 }
 

@@ -214,6 +214,48 @@ impl JoinRead {
     }
 }
 
+/// What the join loop shed since its last log line. At the budget every
+/// batch sheds (a twentieth of the budget at a time: every 0.3-1.5 s in
+/// BENCHMARKS.md's runs), so the line is written at the first shedding and
+/// then at most once per [`SHED_LOG_EVERY_MS`], summing every partition's
+/// sheddings since; `xoflow_enrich_history_shed_events_total` counts each.
+#[derive(Debug, Default)]
+pub(crate) struct ShedLog {
+    /// When the last line was written; `None` before the first.
+    logged_ms: Option<i64>,
+    events: u64,
+    customers: u64,
+}
+
+const SHED_LOG_EVERY_MS: i64 = 60_000;
+
+/// A shedding line's figures: events and customers shed since the line
+/// before, `over_ms` after it (`None` for the first).
+#[derive(Debug, PartialEq, Eq)]
+struct Shed {
+    events: u64,
+    customers: u64,
+    over_ms: Option<i64>,
+}
+
+impl ShedLog {
+    /// Adds a batch's sheddings; the figures to log when a line is due.
+    fn add(&mut self, events: u64, customers: u64, now_ms: i64) -> Option<Shed> {
+        self.events += events;
+        self.customers += customers;
+        let over_ms = self.logged_ms.map(|t| now_ms - t);
+        if self.events == 0 || over_ms.is_some_and(|ms| ms < SHED_LOG_EVERY_MS) {
+            return None;
+        }
+        self.logged_ms = Some(now_ms);
+        Some(Shed {
+            events: std::mem::take(&mut self.events),
+            customers: std::mem::take(&mut self.customers),
+            over_ms,
+        })
+    }
+}
+
 /// One join batch enriched, produced and committed.
 pub(crate) struct BatchEnriched {
     pub records: u64,
@@ -247,7 +289,9 @@ pub(crate) struct BatchEnriched {
 }
 
 impl BatchEnriched {
-    pub fn emit(&self) {
+    /// Its metrics, its debug line, and the shedding line when `shed_log`
+    /// says one is due.
+    pub fn emit(&self, shed_log: &mut ShedLog) {
         tracing::debug!(
             records = self.records,
             dead_letters = self.dead_letters,
@@ -269,11 +313,13 @@ impl BatchEnriched {
         gauge!(Metric::HistoryEvents.name()).set(self.history as f64);
         gauge!(Metric::HistoryBytes.name()).set(self.history_bytes as f64);
         counter!(Metric::HistoryShedEvents.name()).increment(self.stats.shed_events);
-        if self.stats.shed_events > 0 {
-            // Once per twentieth of the budget admitted, not per batch.
+        let now_ms = xoflow_common::clock::now_unix_millis();
+        if let Some(shed) = shed_log.add(self.stats.shed_events, self.stats.shed_customers, now_ms)
+        {
             tracing::info!(
-                events = self.stats.shed_events,
-                customers = self.stats.shed_customers,
+                events = shed.events,
+                customers = shed.customers,
+                over_seconds = shed.over_ms.map(|ms| ms / 1000),
                 history_bytes = self.history_bytes,
                 budget = self.history_budget,
                 "join histories over their memory budget: the least recently active customers' shed"
@@ -370,5 +416,38 @@ mod tests {
                 "{n}"
             );
         }
+    }
+
+    #[test]
+    fn shedding_is_logged_at_first_then_once_a_minute_with_the_sum() {
+        let mut s = ShedLog::default();
+        assert_eq!(s.add(0, 0, 1_000), None, "nothing shed, nothing logged");
+        let first = Shed {
+            events: 100,
+            customers: 10,
+            over_ms: None,
+        };
+        assert_eq!(s.add(100, 10, 2_000), Some(first));
+        assert_eq!(s.add(50, 5, 3_000), None);
+        assert_eq!(s.add(70, 7, 2_000 + SHED_LOG_EVERY_MS - 1), None);
+        let summed = Shed {
+            events: 120,
+            customers: 12,
+            over_ms: Some(SHED_LOG_EVERY_MS),
+        };
+        assert_eq!(s.add(0, 0, 2_000 + SHED_LOG_EVERY_MS), Some(summed));
+        assert_eq!(
+            s.add(0, 0, 4_000 + 2 * SHED_LOG_EVERY_MS),
+            None,
+            "none since"
+        );
+        assert_eq!(
+            s.add(1, 1, 5_000 + 2 * SHED_LOG_EVERY_MS),
+            Some(Shed {
+                events: 1,
+                customers: 1,
+                over_ms: Some(3_000 + SHED_LOG_EVERY_MS),
+            })
+        );
     }
 }

@@ -86,6 +86,8 @@ pub(super) struct Joiner<'a> {
     /// The last batch's outputs, queued but not yet acknowledged, and its
     /// offsets to commit once they are (see [`InFlight`]).
     pub in_flight: Option<InFlight>,
+    /// When the join last logged its shedding, and what it shed since.
+    pub shed_log: telemetry::ShedLog,
 }
 
 /// A batch whose state is in the changelog and whose outputs (enriched
@@ -545,7 +547,7 @@ impl Joiner<'_> {
                 .map(|j| j.customers_on_disk() as u64)
                 .sum(),
         }
-        .emit();
+        .emit(&mut self.shed_log);
         Ok(())
     }
 

@@ -481,6 +481,7 @@ pub async fn run(
                 readiness: &s.readiness,
                 outputs: Vec::new(),
                 in_flight: None,
+                shed_log: Default::default(),
             }
             .run(&s.stop)
             .await

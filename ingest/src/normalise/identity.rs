@@ -98,7 +98,15 @@ fn keyed_hash(t: &Tenant, tenant: &str, kind: &str, value: &str) -> String {
     mac.update(kind.as_bytes());
     mac.update(&[0]);
     mac.update(value.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    // `hex::encode` builds its string a char at a time; this is one
+    // table look-up per byte and one allocation, on every event's every
+    // weak identifier.
+    let mut digits = [0u8; 64];
+    hex::encode_to_slice(mac.finalize().into_bytes(), &mut digits)
+        .expect("64 hex digits for a 32-byte digest");
+    std::str::from_utf8(&digits)
+        .expect("hex digits are ASCII")
+        .to_owned()
 }
 
 /// The event id derived from a source's natural record id, when it has one:

@@ -122,6 +122,14 @@ pub(super) async fn measure(
             seen
         })
     };
+    // When the phase starts (its per-second lines below count from its
+    // first acknowledgement, moments later), so that what samples the
+    // servers from outside (CPU, merges) can be read beside those lines.
+    if let Some(t) =
+        chrono::DateTime::from_timestamp_millis(xoflow_common::clock::now_unix_millis())
+    {
+        println!("[bench] half peak from {} UTC", t.format("%H:%M:%S%.3f"));
+    }
     let sent = load::send(
         &addr,
         batch,
