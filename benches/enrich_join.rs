@@ -188,6 +188,7 @@ fn through_buffer<T>(
         if i % 1024 == 1023 {
             join.release(now, &mut out);
             n += released(&mut join, &mut out);
+            join.shed_if_over();
         }
     }
     join.drain(now, &mut out);

@@ -150,6 +150,7 @@ fn main() {
             if since_batch == BATCH {
                 since_batch = 0;
                 join.drain(now, &mut out);
+                join.shed_if_over();
                 out.clear();
                 drop(join.take_changes());
                 drop(join.take_moves());

@@ -26,7 +26,9 @@
 //!
 //! The instance's memory budget for the customers' histories
 //! (`max_history_bytes`) is split evenly over the partitions it holds, again
-//! at every rebalance; each partition's join keeps within its share.
+//! at every rebalance; each partition's join keeps within its share,
+//! shedding after a batch's outputs are sent, in the time the next batch
+//! is gathered ([`Join::shed_if_over`]).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -176,6 +178,8 @@ impl Joiner<'_> {
         let tick = (self.cfg.join.max_hold / 4).max(Duration::from_millis(50));
         let rescore_every = self.cfg.alerts.rescore_interval();
         let mut rescored = tokio::time::Instant::now();
+        // How long the shedding after the last batch took.
+        let mut shed_took = Duration::ZERO;
         loop {
             // Held events are due by wall-clock time even when no input
             // arrives: wake up after `tick` without a message then; and in
@@ -199,7 +203,9 @@ impl Joiner<'_> {
             let batch = batches
                 .next(
                     self.cfg.batch_max_records,
-                    self.cfg.batch_max_wait,
+                    self.cfg
+                        .batch_max_wait
+                        .saturating_sub(std::mem::take(&mut shed_took)),
                     wake,
                     stop,
                     crate::telemetry::Metric::Errors.name(),
@@ -337,6 +343,18 @@ impl Joiner<'_> {
                 }
             }
             self.flush(now, stopping, dead, stop).await?;
+            // The batch's outputs are on their way: histories over their
+            // budget are shed now, not before the outputs were sent
+            // (`Join::shed_if_over`); their changelog records go with the
+            // next batch's. The time it takes comes out of the next
+            // batch's wait, where the events it held up are gathered.
+            if !stopping {
+                let started = std::time::Instant::now();
+                for j in self.joins.values_mut() {
+                    j.shed_if_over();
+                }
+                shed_took = started.elapsed();
+            }
             if batch.is_empty() && stopping {
                 return Ok(());
             }
