@@ -342,7 +342,7 @@ impl Joiner<'_> {
                     j.rescore(now);
                 }
             }
-            self.flush(now, stopping, dead, stop).await?;
+            let mut flushed = self.flush(now, stopping, dead, stop).await?;
             // The batch's outputs are on their way: histories over their
             // budget are shed now, not before the outputs were sent
             // (`Join::shed_if_over`); their changelog records go with the
@@ -350,11 +350,10 @@ impl Joiner<'_> {
             // batch's wait, where the events it held up are gathered.
             if !stopping {
                 let started = std::time::Instant::now();
-                for j in self.joins.values_mut() {
-                    j.shed_if_over();
-                }
+                self.shed(&mut flushed);
                 shed_took = started.elapsed();
             }
+            self.emit(flushed);
             if batch.is_empty() && stopping {
                 return Ok(());
             }
@@ -371,7 +370,7 @@ impl Joiner<'_> {
         all: bool,
         dead: Vec<Vec<u8>>,
         stop: &CancellationToken,
-    ) -> Result<(), EnrichError> {
+    ) -> Result<Flushed, EnrichError> {
         let Outputs {
             mut released,
             mut values,
@@ -400,13 +399,7 @@ impl Joiner<'_> {
             alert_stats.repeated += a.repeated;
             alert_stats.quiet += a.quiet;
             alert_stats.do_not_contact += a.do_not_contact;
-            let s = j.take_stats();
-            stats.repairs += s.repairs;
-            stats.expired_link += s.expired_link;
-            stats.expired_reference += s.expired_reference;
-            stats.shed_events += s.shed_events;
-            stats.shed_customers += s.shed_customers;
-            stats.forgotten_links += s.forgotten_links;
+            add_stats(&mut stats, j.take_stats());
             let c = j.take_changes();
             // A customer read or written wrong: nothing of this batch
             // goes out; the restart reads the state back.
@@ -531,15 +524,38 @@ impl Joiner<'_> {
         if all || records + dead_letters == 0 {
             self.land(stop).await?;
         }
-        let history_bytes = self.joins.values().map(|j| j.history_bytes() as u64).sum();
-        telemetry::BatchEnriched {
+        Ok(Flushed {
             records,
             dead_letters,
             state_changes: changelog.iter().map(|(_, c)| c.len() as u64).sum(),
-            held: self.joins.values().map(|j| j.held() as u64).sum(),
             moved: moved_out.len() as u64,
             stats,
             alerts: alert_stats,
+        })
+    }
+
+    /// Sheds what is over the histories' budget (see [`Join::shed_if_over`])
+    /// once a batch's outputs are sent, and adds what it shed to the
+    /// batch's counts.
+    fn shed(&mut self, flushed: &mut Flushed) {
+        for j in self.joins.values_mut() {
+            j.shed_if_over();
+            add_stats(&mut flushed.stats, j.take_stats());
+        }
+    }
+
+    /// The batch's telemetry: what it sent, and the state as its shedding
+    /// left it.
+    fn emit(&mut self, f: Flushed) {
+        let history_bytes = self.joins.values().map(|j| j.history_bytes() as u64).sum();
+        telemetry::BatchEnriched {
+            records: f.records,
+            dead_letters: f.dead_letters,
+            state_changes: f.state_changes,
+            held: self.joins.values().map(|j| j.held() as u64).sum(),
+            moved: f.moved,
+            stats: f.stats,
+            alerts: f.alerts,
             history: self.joins.values().map(|j| j.history_events() as u64).sum(),
             history_bytes,
             history_budget: self.cfg.join.max_history_bytes as u64,
@@ -566,7 +582,6 @@ impl Joiner<'_> {
                 .sum(),
         }
         .emit(&mut self.shed_log);
-        Ok(())
     }
 
     /// Waits for the outputs in flight, if any; sends them again (with
@@ -730,6 +745,26 @@ impl Joiner<'_> {
             Input::Repartition => &self.internal.repartition,
         }
     }
+}
+
+/// What a flush sent, for its batch's telemetry ([`Joiner::emit`]).
+struct Flushed {
+    records: u64,
+    dead_letters: u64,
+    state_changes: u64,
+    moved: u64,
+    stats: JoinStats,
+    alerts: AlertStats,
+}
+
+/// Adds a partition's join counts to the batch's.
+fn add_stats(into: &mut JoinStats, s: JoinStats) {
+    into.repairs += s.repairs;
+    into.expired_link += s.expired_link;
+    into.expired_reference += s.expired_reference;
+    into.shed_events += s.shed_events;
+    into.shed_customers += s.shed_customers;
+    into.forgotten_links += s.forgotten_links;
 }
 
 /// The partitions of `assignment` whose join partition was `dropped` and
