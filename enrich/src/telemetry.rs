@@ -214,9 +214,9 @@ impl JoinRead {
     }
 }
 
-/// What the join loop shed since its last log line. At the budget every
-/// batch sheds (a twentieth of the budget at a time: every 0.3-1.5 s in
-/// BENCHMARKS.md's runs), so the line is written at the first shedding and
+/// What the join loop shed since its last log line. At the budget nearly
+/// every batch sheds (a part of what the last pass chose: see
+/// `Join::shed_if_over`), so the line is written at the first shedding and
 /// then at most once per [`SHED_LOG_EVERY_MS`], summing every partition's
 /// sheddings since; `xoflow_enrich_history_shed_events_total` counts each.
 #[derive(Debug, Default)]
