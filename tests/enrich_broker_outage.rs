@@ -2,7 +2,8 @@
 //! `kafka_unreachable` while the broker is away (liveness stays up: a
 //! restart would meet the same outage), and once the broker is back on its
 //! storage enrich turns ready by itself and enriches what was sent before
-//! and after; a shutdown during a second outage does not hang. On a broker
+//! and after; a shutdown during a second outage does not hang; an outage
+//! that begins as it starts is waited out too. On a broker
 //! of this test's own that keeps its data (SQLite); the shared broker is
 //! never touched.
 //!
@@ -148,6 +149,70 @@ async fn enrich_rides_out_a_broker_outage_and_says_so() {
     tokio::time::timeout(Duration::from_secs(60), running.wait())
         .await
         .expect("shutdown during an outage ends within the drain budget")
+        .expect("clean shutdown");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The broker goes away as soon as enrich is ready, before or while its
+/// partitions are assigned and their state read back (timing decides
+/// which). Enrich waits, not ready, instead of exiting; once the broker is
+/// back it enriches what is sent, and it stops at once. (A kill timed into
+/// the read-back itself ended the stage before those reads were retried,
+/// "reading ….changelog back failed: Broker transport failure"; that
+/// window is too narrow to hit on purpose here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrich_waits_out_an_outage_that_begins_as_it_starts() {
+    let dir = std::env::temp_dir().join(format!("xoflow-enrich-outage-{}", common::unique()));
+    let mut broker = common::OwnBroker::start_persistent(&dir);
+    broker.wait_listening().await;
+    let (mut cfg, id) = common::config("");
+    cfg.kafka.brokers = broker.addr();
+    cfg.kafka.message_timeout = Duration::from_secs(3);
+    xoflow_enrich::stage::ensure_topics(&cfg.kafka, &cfg.enrich)
+        .await
+        .expect("topics");
+    let running = common::start(&cfg, Stages::ENRICH).await;
+    broker.kill();
+    let since = tokio::time::Instant::now();
+    common::wait_not_ready(
+        &running,
+        "enrich: kafka_unreachable",
+        Duration::from_secs(60),
+    )
+    .await;
+    common::wait_for(
+        "the outage to outlast a few read retries",
+        Duration::from_secs(60),
+        || {
+            let long = since.elapsed() >= Duration::from_secs(10);
+            async move { long }
+        },
+    )
+    .await;
+    assert!(
+        !running.shutdown.token.is_cancelled(),
+        "enrich must not exit"
+    );
+
+    broker.revive().await;
+    common::wait_ready(
+        &running,
+        "enrich to turn ready once the broker is back",
+        Duration::from_secs(120),
+    )
+    .await;
+    let events = sample::events(5, 50, "acme", &format!("{id}-s"), common::now_ms());
+    produce(&cfg, &events).await;
+    enriched(&cfg, &format!("g-{id}-check-s"), &events).await;
+    assert!(
+        !running.shutdown.token.is_cancelled(),
+        "enrich must not exit"
+    );
+    running.stop();
+    tokio::time::timeout(Duration::from_secs(60), running.wait())
+        .await
+        .expect("shutdown within the drain budget")
         .expect("clean shutdown");
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);

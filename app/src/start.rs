@@ -104,9 +104,16 @@ impl Running {
     pub async fn wait(self) -> anyhow::Result<()> {
         self.shutdown.token.cancelled().await;
         self.health.start_draining();
+        let began = tokio::time::Instant::now();
         if !self.shutdown.wait(DRAIN_BUDGET).await {
             tracing::warn!(budget = ?DRAIN_BUDGET, "drain budget exceeded; exiting with work in flight (it stays in Kafka)");
         }
+        // The stages' consumers leave their groups on threads of their own
+        // (`xoflow_common::kafka::close`): at once with the broker there,
+        // so their partitions move on without waiting for their sessions
+        // to expire; with it away, not waited for past the budget.
+        xoflow_common::kafka::close::wait_closed(DRAIN_BUDGET.saturating_sub(began.elapsed()))
+            .await;
         match self.failure.lock().ok().and_then(|mut f| f.take()) {
             Some(e) => Err(e),
             None => Ok(()),

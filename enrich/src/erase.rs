@@ -187,10 +187,7 @@ impl Eraser {
     }
 
     fn changelog_partitions(&self) -> Result<Vec<i32>, EnrichError> {
-        let consumer = self
-            .kafka
-            .base_consumer(&format!("{}.changelog-reader", self.cfg.group_id))
-            .map_err(EnrichError::Setup)?;
+        let consumer = self.kafka.reader().map_err(EnrichError::Setup)?;
         let md = consumer
             .fetch_metadata(
                 Some(&self.internal.changelog),

@@ -57,6 +57,7 @@ use xoflow_common::{
     dead_letter::{self, Stage},
     kafka::{
         ErrorClass, KafkaConfig, Outgoing,
+        close::Closing,
         watch::{self, Watched},
     },
     rebalance::{Batch, Batches, Change, Keep, RebalanceLog},
@@ -414,14 +415,16 @@ async fn consume(
     // Both: a revoked partition's offsets are forgotten, and its alerts
     // withdrawn unless the same rebalance assigns it back. Each partition
     // resumes at the group's committed offset, checked.
-    let consumer: Arc<StreamConsumer<RebalanceLog>> = kafka
+    // Dropped, it leaves its group on a thread of its own: a broker that
+    // is away holds up no worker (`xoflow_common::kafka::close`).
+    let consumer: Arc<Closing<StreamConsumer<RebalanceLog>>> = kafka
         .consumer(
             &cfg.group_id,
             RebalanceLog::new("alert", Keep::Both)
                 .resuming_at_commits()
                 .counting_errors(Metric::Errors.name()),
         )
-        .map(Arc::new)
+        .map(|c| Arc::new(Closing::new(c)))
         .map_err(AlertError::Kafka)?;
     consumer
         .subscribe(&[&topics.alerts])
@@ -455,7 +458,7 @@ async fn consume(
             vec![Watched {
                 group: cfg.group_id.clone(),
                 topics: vec![topics.alerts.clone()],
-                held: Box::new(move || watch::held(c.as_ref())),
+                held: Box::new(move || watch::held(&**c)),
                 lag_metric: Metric::ConsumerLag.name(),
             }],
             cfg.stall_timeout,

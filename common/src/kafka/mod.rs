@@ -13,9 +13,11 @@
 //! `batch` how a consumed batch is gathered and committed ([`recv_batch`],
 //! [`next_offsets`]), `error` the bounded [`ErrorClass`], [`probe`] the
 //! broker reachability probe behind readiness, [`watch`] the consuming
-//! stages' stall watchdog.
+//! stages' stall watchdog, [`close`] how group clients are closed without
+//! holding up a shutdown during an outage.
 
 pub(crate) mod batch;
+pub mod close;
 mod error;
 pub mod probe;
 mod producer;
@@ -211,8 +213,22 @@ impl KafkaConfig {
         self.static_consumer(group, None, context)
     }
 
+    /// A client outside any group: for metadata and watermarks (librdkafka
+    /// assigns partitions only in a group). With no group to leave, it is
+    /// dropped at once even while the broker is away ([`close`]).
+    pub fn reader(
+        &self,
+    ) -> Result<
+        rdkafka::consumer::BaseConsumer<rdkafka::consumer::DefaultConsumerContext>,
+        KafkaError,
+    > {
+        self.with_options(self.base()).create()
+    }
+
     /// A group client that never subscribes: for reading the group's
-    /// committed offsets and the topics' watermarks.
+    /// committed offsets and the topics' watermarks, or committing the
+    /// group's offsets. Closed with [`close::close_within`] (or
+    /// [`close::close_in_background`]) when the broker may be away.
     pub fn base_consumer(
         &self,
         group: &str,

@@ -31,14 +31,13 @@ pub async fn probe(
     readiness: Readiness,
     stop: CancellationToken,
 ) {
-    let client: BaseConsumer<DefaultConsumerContext> =
-        match kafka.base_consumer("xoflow-readiness-probe") {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "kafka probe not started");
-                return;
-            }
-        };
+    let client: BaseConsumer<DefaultConsumerContext> = match kafka.reader() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "kafka probe not started");
+            return;
+        }
+    };
     let client = Arc::new(client);
     let mut holding = false;
     loop {

@@ -38,7 +38,10 @@ use rdkafka::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::KafkaConfig;
+use super::{
+    KafkaConfig,
+    close::{self, Closing},
+};
 use crate::admin::{Readiness, Reason};
 
 /// What one look at a group says. Pure input of [`Stall::observe`].
@@ -176,13 +179,15 @@ pub async fn watch(
         .collect();
     // One reading client per group for the whole run (a client per look
     // would start librdkafka threads and connections every few seconds);
-    // built again after a failure.
-    let mut clients: Vec<Option<Arc<BaseConsumer<DefaultConsumerContext>>>> =
+    // built again after a failure. Group clients: closed off the async
+    // workers whoever drops them last (a look cut short by `stop` may be
+    // last; see [`close`]).
+    let mut clients: Vec<Option<Arc<Closing<BaseConsumer<DefaultConsumerContext>>>>> =
         watched.iter().map(|_| None).collect();
-    loop {
+    'looks: loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
         }
         // The worst verdict over the groups, with the group it is about.
         let mut worst = (Verdict::Progressing, "");
@@ -191,7 +196,7 @@ pub async fn watch(
             let c = match client {
                 Some(c) => c.clone(),
                 None => match kafka.base_consumer(&w.group) {
-                    Ok(c) => client.insert(Arc::new(c)).clone(),
+                    Ok(c) => client.insert(Arc::new(Closing::new(c))).clone(),
                     Err(e) => {
                         unreachable = Some(e);
                         break;
@@ -200,7 +205,11 @@ pub async fn watch(
             };
             let t = w.topics.clone();
             // librdkafka's metadata calls block: off the async workers.
-            let offsets = tokio::task::spawn_blocking(move || group_offsets_with(&c, &t)).await;
+            // A look of up to 10 s does not hold up a shutdown.
+            let offsets = tokio::select! {
+                r = tokio::task::spawn_blocking(move || group_offsets_with(&c, &t)) => r,
+                () = stop.cancelled() => break 'looks,
+            };
             let offsets = match offsets {
                 Ok(Ok(o)) => o,
                 Ok(Err(e)) => {
@@ -288,7 +297,10 @@ pub fn group_offsets(
     group: &str,
     topics: &[String],
 ) -> Result<Vec<PartitionOffsets>, KafkaError> {
-    group_offsets_with(&kafka.base_consumer(group)?, topics)
+    let client = kafka.base_consumer(group)?;
+    let offsets = group_offsets_with(&client, topics);
+    drop(close::close_in_background(client));
+    offsets
 }
 
 /// [`group_offsets`] through a client of the group already built.

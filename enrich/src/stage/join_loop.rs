@@ -231,7 +231,7 @@ impl Joiner<'_> {
                 // outputs already acknowledged.
                 self.land(stop).await?;
             }
-            self.rebalance(changes).await?;
+            self.rebalance(changes, stop).await?;
             let now = clock::now_unix_millis();
             let mut dead = Vec::new();
             let mut read = telemetry::JoinRead::default();
@@ -630,7 +630,11 @@ impl Joiner<'_> {
     /// back: it starts at its committed offset already, checked (the eager
     /// protocol revokes every partition and assigns the new share, often
     /// the same partitions again).
-    async fn rebalance(&mut self, changes: Vec<Change>) -> Result<(), EnrichError> {
+    async fn rebalance(
+        &mut self,
+        changes: Vec<Change>,
+        stop: &CancellationToken,
+    ) -> Result<(), EnrichError> {
         let mut dropped: Vec<i32> = Vec::new();
         let mut assigned: Vec<(String, i32)> = Vec::new();
         for change in changes {
@@ -650,7 +654,13 @@ impl Joiner<'_> {
                 Change::Assigned { topic, partition } => {
                     assigned.push((topic, partition));
                     if !self.joins.contains_key(&partition) {
-                        let join = self.restore(partition).await?;
+                        // A broker gone during the read is waited for: the
+                        // partition's state is read again once it is back.
+                        let what = format!("reading partition {partition}'s state back");
+                        let join = output::read_retrying(&what, self.readiness, stop, || {
+                            self.restore(partition)
+                        })
+                        .await?;
                         self.joins.insert(partition, join);
                     }
                 }

@@ -65,6 +65,7 @@ use xoflow_common::{
     admin::Readiness,
     kafka::{
         BatchProducer, ErrorClass, KafkaConfig, Outgoing,
+        close::Closing,
         watch::{self, Watched},
     },
     rebalance::{Keep, RebalanceLog},
@@ -258,7 +259,13 @@ pub async fn read_link_table(
     kafka: &KafkaConfig,
     cfg: &EnrichConfig,
     internal: &InternalTopics,
-) -> Result<(rdkafka::consumer::BaseConsumer, crate::identity::Links), EnrichError> {
+) -> Result<
+    (
+        xoflow_common::kafka::close::Closing<rdkafka::consumer::BaseConsumer>,
+        crate::identity::Links,
+    ),
+    EnrichError,
+> {
     restore::link_table(kafka, cfg, internal).await
 }
 
@@ -376,11 +383,30 @@ pub async fn run(
     // repartition partition p: refuse to start when that cannot hold, and
     // give the join group a start on the events topic before the resolve
     // group commits anything there.
-    let partitions = restore::co_partitioned(kafka, &t.events, &internal.repartition).await?;
-    restore::seed_direct_offsets(kafka, cfg, &t.events, partitions).await?;
-
-    // The global link table: read whole before resolving anything.
-    let (follower, links) = restore::link_table(kafka, cfg, &internal).await?;
+    // Each read waits out a broker gone meanwhile, as topic creation did.
+    let started = async {
+        let partitions = output::read_retrying("counting partitions", &readiness, &stop, || {
+            restore::co_partitioned(kafka, &t.events, &internal.repartition)
+        })
+        .await?;
+        output::read_retrying(
+            "seeding the join group's offsets",
+            &readiness,
+            &stop,
+            || restore::seed_direct_offsets(kafka, cfg, &t.events, partitions),
+        )
+        .await?;
+        // The global link table: read whole before resolving anything.
+        output::read_retrying("reading the link table", &readiness, &stop, || {
+            restore::link_table(kafka, cfg, &internal)
+        })
+        .await
+    };
+    let (follower, links) = match started.await {
+        Ok(read) => read,
+        Err(EnrichError::Stopped) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     tracing::info!(links = links.len(), "link table read");
     // Where the join partitions keep their cold customers past the recent
     // ones (each partition a table of its own, gone with its state).
@@ -389,6 +415,8 @@ pub async fn run(
     // The resolve loop forgets a revoked partition's waiting events (its
     // next owner reads them again). The join loop restores an assigned
     // partition's state and drops a revoked one's.
+    // Dropped, the members leave their groups on threads of their own: a
+    // broker that is away holds up no worker (`xoflow_common::kafka::close`).
     let resolve_instance = cfg.instance_id.as_ref().map(|i| format!("{i}.resolve"));
     let resolve_consumer = kafka
         .static_consumer(
@@ -398,6 +426,7 @@ pub async fn run(
                 .resuming_at_commits()
                 .counting_errors(Metric::Errors.name()),
         )
+        .map(Closing::new)
         .map_err(EnrichError::Setup)?;
     resolve_consumer
         .subscribe(&[&t.events, &t.backfill])
@@ -410,6 +439,7 @@ pub async fn run(
                 .resuming_at_commits()
                 .counting_errors(Metric::Errors.name()),
         )
+        .map(Closing::new)
         .map_err(EnrichError::Setup)?;
     // Partition p of both topics goes to the same member: the range
     // assignor hands out each topic's partitions in the same order to the
@@ -494,13 +524,13 @@ pub async fn run(
         Watched {
             group: format!("{}.resolve", cfg.group_id),
             topics: vec![t.events.clone(), t.backfill.clone()],
-            held: Box::new(|| watch::held(&*resolve_consumer)),
+            held: Box::new(|| watch::held(&**resolve_consumer)),
             lag_metric: Metric::ConsumerLag.name(),
         },
         Watched {
             group: cfg.group_id.clone(),
             topics: vec![t.events.clone(), internal.repartition.clone()],
-            held: Box::new(|| watch::held(&*join_consumer)),
+            held: Box::new(|| watch::held(&**join_consumer)),
             lag_metric: Metric::ConsumerLag.name(),
         },
     ];
@@ -524,6 +554,7 @@ pub async fn run(
         // One loop failed: stop the other too.
         stop.cancel();
     }
+
     match result {
         Err(EnrichError::Stopped) => tracing::warn!(
             "enrich stopped while the broker was unreachable; the batch in flight was not committed and will be handled again"

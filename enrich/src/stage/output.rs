@@ -12,6 +12,8 @@
 //! [`EnrichError::Stopped`] when shutdown comes during a retry wait (nothing
 //! of the batch is committed then). Commit failures are only logged and
 //! counted, because a missed commit only means records are handled again.
+//! Reads the loops depend on are retried the same way
+//! ([`read_retrying`]).
 
 use std::time::Duration;
 
@@ -97,6 +99,54 @@ pub(super) async fn produce_batch(
                     source: e.first,
                 });
             }
+        }
+    }
+}
+
+/// Reads from the broker that a loop cannot go on without (a partition's
+/// state, the link table, the join group's offsets at start-up): a
+/// transient failure (the broker away) holds readiness at
+/// `kafka_unreachable` and is tried again as produces are
+/// ([`PRODUCE_RETRY`]), for as long as it lasts; a permanent one is the
+/// stage's error. [`EnrichError::Stopped`] when shutdown comes first.
+pub(super) async fn read_retrying<T, F, Fut>(
+    what: &str,
+    readiness: &Readiness,
+    stop: &CancellationToken,
+    mut read: F,
+) -> Result<T, EnrichError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, EnrichError>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let e = tokio::select! {
+            r = read() => match r {
+                Ok(v) => {
+                    if attempt > 1 {
+                        tracing::info!(what, attempts = attempt, "the broker answers again");
+                        readiness.clear(Reason::KafkaUnreachable);
+                    }
+                    return Ok(v);
+                }
+                Err(e) => e,
+            },
+            () = stop.cancelled() => return Err(EnrichError::Stopped),
+        };
+        if !e.is_transient() {
+            return Err(e);
+        }
+        readiness.fail(
+            Reason::KafkaUnreachable,
+            format_args!("{what}, attempt {attempt}: {e}"),
+        );
+        tracing::warn!(what, attempt, error = %e, kind = ErrorKind::ReadBack.as_str(), "read failed; retrying");
+        metrics::counter!(Metric::Errors.name(), "error" => ErrorKind::ReadBack.as_str())
+            .increment(1);
+        if !PRODUCE_RETRY.sleep(attempt, stop).await {
+            return Err(EnrichError::Stopped);
         }
     }
 }

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use xoflow_common::{
     admin::Readiness,
     clock,
-    kafka::{BatchProducer, KafkaConfig, Outgoing, next_offsets},
+    kafka::{BatchProducer, KafkaConfig, Outgoing, close::Closing, next_offsets},
     rebalance::{Batch, Batches, Change, RebalanceLog},
     telemetry::ErrorKind,
 };
@@ -48,7 +48,7 @@ use crate::{
 pub(super) struct Resolver<'a> {
     pub consumer: &'a StreamConsumer<RebalanceLog>,
     /// Assigned to every links partition, positioned after the read-back.
-    pub follower: BaseConsumer,
+    pub follower: Closing<BaseConsumer>,
     pub links: Links,
     /// Events waiting for the link that resolves them.
     pub waiting: Waiting,

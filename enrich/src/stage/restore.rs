@@ -17,7 +17,13 @@ use rdkafka::{
     error::KafkaError,
     message::Message,
 };
-use xoflow_common::{kafka::KafkaConfig, telemetry::ErrorKind};
+use xoflow_common::{
+    kafka::{
+        KafkaConfig,
+        close::{self, Closing},
+    },
+    telemetry::ErrorKind,
+};
 
 use super::{EnrichError, InternalTopics};
 use crate::{
@@ -51,10 +57,12 @@ pub(super) async fn link_table(
     kafka: &KafkaConfig,
     cfg: &EnrichConfig,
     internal: &InternalTopics,
-) -> Result<(BaseConsumer, Links), EnrichError> {
-    let reader = kafka
-        .base_consumer(&format!("{}.links-reader", cfg.group_id))
-        .map_err(EnrichError::Setup)?;
+) -> Result<(Closing<BaseConsumer>, Links), EnrichError> {
+    let reader = Closing::new(
+        kafka
+            .base_consumer(&format!("{}.links-reader", cfg.group_id))
+            .map_err(EnrichError::Setup)?,
+    );
     let (follower, records) = read_back(reader, internal.links.clone(), None, links_record).await?;
     let mut links = Links::open(&cfg.link_table).map_err(EnrichError::LinkStore)?;
     for (k, v) in records {
@@ -89,6 +97,19 @@ pub(super) fn cold_store(
     .map_err(EnrichError::CustomerStore)
 }
 
+/// A client that reads changelog partitions it assigns itself. librdkafka
+/// assigns only in a group, though it never joins it: closed off the async
+/// workers ([`close`]).
+fn changelog_reader(
+    kafka: &KafkaConfig,
+    cfg: &EnrichConfig,
+) -> Result<Closing<BaseConsumer>, EnrichError> {
+    kafka
+        .base_consumer(&format!("{}.changelog-reader", cfg.group_id))
+        .map(Closing::new)
+        .map_err(EnrichError::Setup)
+}
+
 /// Every key of one changelog partition whose latest record holds a value
 /// (deleted keys left out): what `xoflow erase` looks through.
 pub(crate) async fn changelog_keys(
@@ -97,9 +118,7 @@ pub(crate) async fn changelog_keys(
     internal: &InternalTopics,
     partition: i32,
 ) -> Result<Vec<Vec<u8>>, EnrichError> {
-    let reader = kafka
-        .base_consumer(&format!("{}.changelog-reader", cfg.group_id))
-        .map_err(EnrichError::Setup)?;
+    let reader = changelog_reader(kafka, cfg)?;
     let (_, records) = read_back(
         reader,
         internal.changelog.clone(),
@@ -124,9 +143,7 @@ pub(super) async fn join_state(
     cold: Option<(&Arc<LocalStore>, usize)>,
 ) -> Result<Join, EnrichError> {
     let started = std::time::Instant::now();
-    let reader = kafka
-        .base_consumer(&format!("{}.changelog-reader", cfg.group_id))
-        .map_err(EnrichError::Setup)?;
+    let reader = changelog_reader(kafka, cfg)?;
     let (_, records) = read_back(
         reader,
         internal.changelog.clone(),
@@ -188,11 +205,11 @@ pub(super) async fn join_state(
 /// the consumer, left assigned and positioned after what it read, so the
 /// caller can keep following.
 async fn read_back<T: Send + 'static>(
-    consumer: BaseConsumer,
+    consumer: Closing<BaseConsumer>,
     topic: String,
     partition: Option<i32>,
     decode: impl Fn(Option<&[u8]>, Option<&[u8]>) -> Option<T> + Send + 'static,
-) -> Result<(BaseConsumer, Vec<T>), EnrichError> {
+) -> Result<(Closing<BaseConsumer>, Vec<T>), EnrichError> {
     let restore_err = {
         let topic = topic.clone();
         move |source| EnrichError::Restore {
@@ -278,9 +295,7 @@ pub(super) async fn co_partitioned(
     events: &str,
     repartition: &str,
 ) -> Result<i32, EnrichError> {
-    let consumer = kafka
-        .base_consumer("xoflow-metadata")
-        .map_err(EnrichError::Setup)?;
+    let consumer = kafka.reader().map_err(EnrichError::Setup)?;
     let (events, repartition) = (events.to_owned(), repartition.to_owned());
     tokio::task::spawn_blocking(move || {
         let count = |topic: &str| -> Result<usize, EnrichError> {
@@ -347,57 +362,67 @@ pub(super) async fn seed_direct_offsets(
         .map_err(EnrichError::Setup)?;
     let topic = events.to_owned();
     tokio::task::spawn_blocking(move || {
-        let err = |source| EnrichError::Offsets {
-            topic: topic.clone(),
-            source,
-        };
-        let mut all = TopicPartitionList::new();
-        for p in 0..partitions {
-            all.add_partition(&topic, p);
-        }
-        let missing = |join: &BaseConsumer| -> Result<TopicPartitionList, EnrichError> {
-            let mine = join
-                .committed_offsets(all.clone(), START_WAIT)
-                .map_err(err)?;
-            let mut missing = TopicPartitionList::new();
-            for e in mine.elements() {
-                if !matches!(e.offset(), Offset::Offset(_)) {
-                    missing.add_partition(&topic, e.partition());
-                }
-            }
-            Ok(missing)
-        };
-        let todo = missing(&join)?;
-        if todo.count() == 0 {
-            return Ok(());
-        }
-        let theirs = resolve
-            .committed_offsets(todo, START_WAIT)
-            .map_err(err)?;
-        let mut seed = TopicPartitionList::new();
-        for e in theirs.elements() {
-            let p = e.partition();
-            let (at, why) = match e.offset() {
-                Offset::Offset(o) => (o, "upgrade: the resolve group forwarded everything below"),
-                _ => (
-                    join.fetch_watermarks(&topic, p, START_WAIT)
-                        .map_err(err)?
-                        .0,
-                    "nothing read yet",
-                ),
-            };
-            tracing::info!(topic = %topic, partition = p, offset = at, reason = why, "join starts the events topic here");
-            seed.add_partition_offset(&topic, p, Offset::Offset(at))
-                .map_err(err)?;
-        }
-        if let Err(e) = join.commit(&seed, CommitMode::Sync) {
-            // Refused while another member holds the group: it seeded them.
-            if missing(&join)?.count() > 0 {
-                return Err(err(e));
-            }
-        }
-        Ok(())
+        let seeded = seed(&join, &resolve, &topic, partitions);
+        // Group clients: closed where a broker gone meanwhile cannot hold
+        // this thread (`xoflow_common::kafka::close`).
+        drop(close::close_in_background((join, resolve)));
+        seeded
     })
     .await
     .map_err(|_| EnrichError::Setup(KafkaError::Canceled))?
+}
+
+/// The blocking part of [`seed_direct_offsets`].
+fn seed(
+    join: &BaseConsumer,
+    resolve: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), EnrichError> {
+    let err = |source| EnrichError::Offsets {
+        topic: topic.to_owned(),
+        source,
+    };
+    let mut all = TopicPartitionList::new();
+    for p in 0..partitions {
+        all.add_partition(topic, p);
+    }
+    let missing = |join: &BaseConsumer| -> Result<TopicPartitionList, EnrichError> {
+        let mine = join
+            .committed_offsets(all.clone(), START_WAIT)
+            .map_err(err)?;
+        let mut missing = TopicPartitionList::new();
+        for e in mine.elements() {
+            if !matches!(e.offset(), Offset::Offset(_)) {
+                missing.add_partition(topic, e.partition());
+            }
+        }
+        Ok(missing)
+    };
+    let todo = missing(join)?;
+    if todo.count() == 0 {
+        return Ok(());
+    }
+    let theirs = resolve.committed_offsets(todo, START_WAIT).map_err(err)?;
+    let mut seed = TopicPartitionList::new();
+    for e in theirs.elements() {
+        let p = e.partition();
+        let (at, why) = match e.offset() {
+            Offset::Offset(o) => (o, "upgrade: the resolve group forwarded everything below"),
+            _ => (
+                join.fetch_watermarks(topic, p, START_WAIT).map_err(err)?.0,
+                "nothing read yet",
+            ),
+        };
+        tracing::info!(topic = %topic, partition = p, offset = at, reason = why, "join starts the events topic here");
+        seed.add_partition_offset(topic, p, Offset::Offset(at))
+            .map_err(err)?;
+    }
+    if let Err(e) = join.commit(&seed, CommitMode::Sync) {
+        // Refused while another member holds the group: it seeded them.
+        if missing(join)?.count() > 0 {
+            return Err(err(e));
+        }
+    }
+    Ok(())
 }

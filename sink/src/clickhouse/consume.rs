@@ -36,6 +36,7 @@ use xoflow_common::{
     dead_letter::{self, Stage},
     kafka::{
         KafkaConfig,
+        close::Closing,
         watch::{self, Watched},
     },
     rebalance::{Change, Keep, RebalanceLog},
@@ -260,12 +261,14 @@ async fn consume(
     let ids = EventIds::new(ch);
     // Keeps revocations only: an assigned partition's position is read on
     // its first record.
-    let consumer: std::sync::Arc<StreamConsumer<RebalanceLog>> = kafka
+    // Dropped, it leaves its group on a thread of its own: a broker that
+    // is away holds up no worker (`xoflow_common::kafka::close`).
+    let consumer: std::sync::Arc<Closing<StreamConsumer<RebalanceLog>>> = kafka
         .consumer(
             &cfg.group_id,
             RebalanceLog::new("sink", Keep::Revoked).counting_errors(Metric::Errors.name()),
         )
-        .map(std::sync::Arc::new)
+        .map(|c| std::sync::Arc::new(Closing::new(c)))
         .map_err(SinkError::Kafka)?;
     consumer
         .subscribe(&[&topics.enriched, &topics.dead_letters])
@@ -280,7 +283,7 @@ async fn consume(
         Watched {
             group: cfg.group_id.clone(),
             topics: vec![topics.enriched.clone(), topics.dead_letters.clone()],
-            held: Box::new(move || watch::held(consumer.as_ref())),
+            held: Box::new(move || watch::held(&**consumer)),
             lag_metric: Metric::ConsumerLag.name(),
         }
     };

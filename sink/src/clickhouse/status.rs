@@ -32,6 +32,7 @@ use rdkafka::{
 };
 use xoflow_common::kafka::{
     KafkaConfig,
+    close::Closing,
     watch::{PartitionOffsets, group_offsets},
 };
 use xoflow_proto::{Message as _, v1::EnrichedEvent};
@@ -221,8 +222,10 @@ fn read_ids(
     from: i64,
     to: i64,
 ) -> Result<ReadBack, SinkError> {
-    let consumer: BaseConsumer<DefaultConsumerContext> =
-        kafka.base_consumer(group).map_err(SinkError::Kafka)?;
+    // Closed off this thread: a broker gone meanwhile holds up nothing
+    // (`xoflow_common::kafka::close`).
+    let consumer: Closing<BaseConsumer<DefaultConsumerContext>> =
+        Closing::new(kafka.base_consumer(group).map_err(SinkError::Kafka)?);
     let mut tpl = TopicPartitionList::new();
     // Starts a rewind before `from`: Tansu 0.6 answers a fetch inside a
     // record batch from the next batch, and may report a high watermark
