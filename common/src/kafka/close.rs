@@ -5,9 +5,9 @@
 //! until then. While the broker is away that wait can last for ever
 //! (confluentinc/librdkafka#3740: the coordinator query is retried without
 //! end). Dropped on an async worker, such a consumer holds the worker, and
-//! the tokio runtime, so the process never ends: a shutdown during a broker
-//! outage hung so about once in fifty (`tests/enrich_broker_outage.rs`
-//! once held CI for 70 minutes).
+//! the tokio runtime, so the process never ends: stops during a broker
+//! outage, repeated in a loop, hung so once in 10 to 20
+//! (`tests/enrich_broker_outage.rs` once held CI for 70 minutes).
 //!
 //! So group clients are dropped on a thread of their own
 //! ([`close_in_background`]; [`Closing`] does it when it is dropped), which

@@ -227,8 +227,8 @@ impl KafkaConfig {
 
     /// A group client that never subscribes: for reading the group's
     /// committed offsets and the topics' watermarks, or committing the
-    /// group's offsets. Closed with [`close::close_within`] (or
-    /// [`close::close_in_background`]) when the broker may be away.
+    /// group's offsets. Dropped through [`close::Closing`] (or
+    /// [`close::close_in_background`]): the broker may be away by then.
     pub fn base_consumer(
         &self,
         group: &str,
