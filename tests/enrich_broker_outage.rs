@@ -73,10 +73,17 @@ async fn enriched(cfg: &xoflow::Config, group: &str, events: &[Event]) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enrich_rides_out_a_broker_outage_and_says_so() {
+/// Enrich alone, started on a broker of the test's own that keeps its data
+/// under the returned directory.
+async fn enrich_on_its_own_broker() -> (
+    std::path::PathBuf,
+    common::OwnBroker,
+    xoflow::Config,
+    String,
+    xoflow::Running,
+) {
     let dir = std::env::temp_dir().join(format!("xoflow-enrich-outage-{}", common::unique()));
-    let mut broker = common::OwnBroker::start_persistent(&dir);
+    let broker = common::OwnBroker::start_persistent(&dir);
     broker.wait_listening().await;
     let (mut cfg, id) = common::config("");
     cfg.kafka.brokers = broker.addr();
@@ -85,6 +92,39 @@ async fn enrich_rides_out_a_broker_outage_and_says_so() {
         .await
         .expect("topics");
     let running = common::start(&cfg, Stages::ENRICH).await;
+    (dir, broker, cfg, id, running)
+}
+
+/// Returns once 10 s have passed since `since`: an outage's length is the
+/// fault itself, not a condition to await.
+async fn lasts(since: tokio::time::Instant, what: &str) {
+    common::wait_for(what, Duration::from_secs(60), || {
+        let long = since.elapsed() >= Duration::from_secs(10);
+        async move { long }
+    })
+    .await;
+}
+
+/// Stops enrich (within 60 s, or fails with `what`), then its broker, and
+/// removes the broker's data.
+async fn stop(
+    running: xoflow::Running,
+    broker: common::OwnBroker,
+    dir: &std::path::Path,
+    what: &str,
+) {
+    running.stop();
+    tokio::time::timeout(Duration::from_secs(60), running.wait())
+        .await
+        .expect(what)
+        .expect("clean shutdown");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrich_rides_out_a_broker_outage_and_says_so() {
+    let (dir, mut broker, cfg, id, running) = enrich_on_its_own_broker().await;
 
     let before = sample::events(5, 50, "acme", &format!("{id}-a"), common::now_ms());
     produce(&cfg, &before).await;
@@ -107,16 +147,10 @@ async fn enrich_rides_out_a_broker_outage_and_says_so() {
         "enrich must not exit"
     );
 
-    // The outage lasts well past the old produce budget (5 attempts, ~6 s):
-    // its length is the fault itself, not a condition to await.
-    let since = tokio::time::Instant::now();
-    common::wait_for(
+    // The outage lasts well past the old produce budget (5 attempts, ~6 s).
+    lasts(
+        tokio::time::Instant::now(),
         "the outage to outlast the old budget",
-        Duration::from_secs(60),
-        || {
-            let long = since.elapsed() >= Duration::from_secs(10);
-            async move { long }
-        },
     )
     .await;
     assert!(
@@ -145,13 +179,13 @@ async fn enrich_rides_out_a_broker_outage_and_says_so() {
         Duration::from_secs(60),
     )
     .await;
-    running.stop();
-    tokio::time::timeout(Duration::from_secs(60), running.wait())
-        .await
-        .expect("shutdown during an outage ends within the drain budget")
-        .expect("clean shutdown");
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
+    stop(
+        running,
+        broker,
+        &dir,
+        "shutdown during an outage ends within the drain budget",
+    )
+    .await;
 }
 
 /// The broker goes away as soon as enrich is ready, before or while its
@@ -163,16 +197,7 @@ async fn enrich_rides_out_a_broker_outage_and_says_so() {
 /// window is too narrow to hit on purpose here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrich_waits_out_an_outage_that_begins_as_it_starts() {
-    let dir = std::env::temp_dir().join(format!("xoflow-enrich-outage-{}", common::unique()));
-    let mut broker = common::OwnBroker::start_persistent(&dir);
-    broker.wait_listening().await;
-    let (mut cfg, id) = common::config("");
-    cfg.kafka.brokers = broker.addr();
-    cfg.kafka.message_timeout = Duration::from_secs(3);
-    xoflow_enrich::stage::ensure_topics(&cfg.kafka, &cfg.enrich)
-        .await
-        .expect("topics");
-    let running = common::start(&cfg, Stages::ENRICH).await;
+    let (dir, mut broker, cfg, id, running) = enrich_on_its_own_broker().await;
     broker.kill();
     let since = tokio::time::Instant::now();
     common::wait_not_ready(
@@ -181,15 +206,7 @@ async fn enrich_waits_out_an_outage_that_begins_as_it_starts() {
         Duration::from_secs(60),
     )
     .await;
-    common::wait_for(
-        "the outage to outlast a few read retries",
-        Duration::from_secs(60),
-        || {
-            let long = since.elapsed() >= Duration::from_secs(10);
-            async move { long }
-        },
-    )
-    .await;
+    lasts(since, "the outage to outlast a few read retries").await;
     assert!(
         !running.shutdown.token.is_cancelled(),
         "enrich must not exit"
@@ -209,11 +226,5 @@ async fn enrich_waits_out_an_outage_that_begins_as_it_starts() {
         !running.shutdown.token.is_cancelled(),
         "enrich must not exit"
     );
-    running.stop();
-    tokio::time::timeout(Duration::from_secs(60), running.wait())
-        .await
-        .expect("shutdown within the drain budget")
-        .expect("clean shutdown");
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
+    stop(running, broker, &dir, "shutdown within the drain budget").await;
 }

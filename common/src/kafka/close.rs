@@ -9,9 +9,9 @@
 //! outage, repeated in a loop, hung so once in 10 to 20
 //! (`tests/enrich_broker_outage.rs` once held CI for 70 minutes).
 //!
-//! So group clients are dropped on a thread of their own
-//! ([`close_in_background`]; [`Closing`] does it when it is dropped), which
-//! neither the runtime nor the process waits for. The process waits for
+//! So group clients are wrapped in [`Closing`], which drops them on a
+//! thread of its own, whoever drops it last: neither the runtime nor the
+//! process waits for that thread. The process waits for
 //! those closes within what is left of its drain budget ([`wait_closed`]):
 //! with the broker there, a member leaves its group at once and its
 //! partitions move on without waiting for its session to expire; with the
@@ -34,9 +34,9 @@ static CLOSING: AtomicUsize = AtomicUsize::new(0);
 /// Told whenever one of them ends.
 static CLOSED: Notify = Notify::const_new();
 
-/// Drops `clients` (a client, or a tuple or `Vec` of them) on a thread of
-/// their own, without waiting. The receiver is told once they are dropped.
-pub fn close_in_background<T: Send + 'static>(clients: T) -> tokio::sync::oneshot::Receiver<()> {
+/// Drops `clients` on a thread of their own, without waiting. The receiver
+/// is told once they are dropped.
+fn close_in_background<T: Send + 'static>(clients: T) -> tokio::sync::oneshot::Receiver<()> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     CLOSING.fetch_add(1, Ordering::AcqRel);
     let spawned = std::thread::Builder::new()
@@ -55,7 +55,7 @@ pub fn close_in_background<T: Send + 'static>(clients: T) -> tokio::sync::onesho
     rx
 }
 
-/// Waits until every close begun by [`close_in_background`] ended, at most
+/// Waits until every close begun by a [`Closing`] ended, at most
 /// `budget`. Returns false when some still run (a warning says how many).
 pub async fn wait_closed(budget: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + budget;
@@ -76,8 +76,8 @@ pub async fn wait_closed(budget: Duration) -> bool {
     }
 }
 
-/// A group client that is closed on a thread of its own when dropped
-/// ([`close_in_background`]), wherever its last owner drops it.
+/// A group client that is closed on a thread of its own when dropped,
+/// wherever its last owner drops it.
 #[derive(Debug)]
 pub struct Closing<T: Send + 'static>(Option<T>);
 

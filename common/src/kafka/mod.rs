@@ -227,8 +227,8 @@ impl KafkaConfig {
 
     /// A group client that never subscribes: for reading the group's
     /// committed offsets and the topics' watermarks, or committing the
-    /// group's offsets. Dropped through [`close::Closing`] (or
-    /// [`close::close_in_background`]): the broker may be away by then.
+    /// group's offsets. Wrap it in [`close::Closing`]: the broker may be
+    /// away when it is dropped.
     pub fn base_consumer(
         &self,
         group: &str,

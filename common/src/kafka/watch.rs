@@ -38,10 +38,7 @@ use rdkafka::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    KafkaConfig,
-    close::{self, Closing},
-};
+use super::{KafkaConfig, close::Closing};
 use crate::admin::{Readiness, Reason};
 
 /// What one look at a group says. Pure input of [`Stall::observe`].
@@ -181,7 +178,7 @@ pub async fn watch(
     // would start librdkafka threads and connections every few seconds);
     // built again after a failure. Group clients: closed off the async
     // workers whoever drops them last (a look cut short by `stop` may be
-    // last; see [`close`]).
+    // last; see `super::close`).
     let mut clients: Vec<Option<Arc<Closing<BaseConsumer<DefaultConsumerContext>>>>> =
         watched.iter().map(|_| None).collect();
     'looks: loop {
@@ -297,10 +294,7 @@ pub fn group_offsets(
     group: &str,
     topics: &[String],
 ) -> Result<Vec<PartitionOffsets>, KafkaError> {
-    let client = kafka.base_consumer(group)?;
-    let offsets = group_offsets_with(&client, topics);
-    drop(close::close_in_background(client));
-    offsets
+    group_offsets_with(&Closing::new(kafka.base_consumer(group)?), topics)
 }
 
 /// [`group_offsets`] through a client of the group already built.

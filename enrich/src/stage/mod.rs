@@ -414,9 +414,9 @@ pub async fn run(
 
     // The resolve loop forgets a revoked partition's waiting events (its
     // next owner reads them again). The join loop restores an assigned
-    // partition's state and drops a revoked one's.
-    // Dropped, the members leave their groups on threads of their own: a
-    // broker that is away holds up no worker (`xoflow_common::kafka::close`).
+    // partition's state and drops a revoked one's. Dropped, the members
+    // leave their groups on threads of their own: a broker that is away
+    // holds up no worker (`xoflow_common::kafka::close`).
     let resolve_instance = cfg.instance_id.as_ref().map(|i| format!("{i}.resolve"));
     let resolve_consumer = kafka
         .static_consumer(
@@ -554,7 +554,6 @@ pub async fn run(
         // One loop failed: stop the other too.
         stop.cancel();
     }
-
     match result {
         Err(EnrichError::Stopped) => tracing::warn!(
             "enrich stopped while the broker was unreachable; the batch in flight was not committed and will be handled again"

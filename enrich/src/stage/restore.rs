@@ -18,10 +18,7 @@ use rdkafka::{
     message::Message,
 };
 use xoflow_common::{
-    kafka::{
-        KafkaConfig,
-        close::{self, Closing},
-    },
+    kafka::{KafkaConfig, close::Closing},
     telemetry::ErrorKind,
 };
 
@@ -99,7 +96,7 @@ pub(super) fn cold_store(
 
 /// A client that reads changelog partitions it assigns itself. librdkafka
 /// assigns only in a group, though it never joins it: closed off the async
-/// workers ([`close`]).
+/// workers (`xoflow_common::kafka::close`).
 fn changelog_reader(
     kafka: &KafkaConfig,
     cfg: &EnrichConfig,
@@ -354,22 +351,22 @@ pub(super) async fn seed_direct_offsets(
     events: &str,
     partitions: i32,
 ) -> Result<(), EnrichError> {
-    let join = kafka
-        .base_consumer(&cfg.group_id)
-        .map_err(EnrichError::Setup)?;
-    let resolve = kafka
-        .base_consumer(&format!("{}.resolve", cfg.group_id))
-        .map_err(EnrichError::Setup)?;
+    // Group clients: closed where a broker gone meanwhile cannot hold the
+    // blocking thread (`xoflow_common::kafka::close`).
+    let join = Closing::new(
+        kafka
+            .base_consumer(&cfg.group_id)
+            .map_err(EnrichError::Setup)?,
+    );
+    let resolve = Closing::new(
+        kafka
+            .base_consumer(&format!("{}.resolve", cfg.group_id))
+            .map_err(EnrichError::Setup)?,
+    );
     let topic = events.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let seeded = seed(&join, &resolve, &topic, partitions);
-        // Group clients: closed where a broker gone meanwhile cannot hold
-        // this thread (`xoflow_common::kafka::close`).
-        drop(close::close_in_background((join, resolve)));
-        seeded
-    })
-    .await
-    .map_err(|_| EnrichError::Setup(KafkaError::Canceled))?
+    tokio::task::spawn_blocking(move || seed(&join, &resolve, &topic, partitions))
+        .await
+        .map_err(|_| EnrichError::Setup(KafkaError::Canceled))?
 }
 
 /// The blocking part of [`seed_direct_offsets`].
