@@ -5,7 +5,8 @@
 //! aggregates, `survey_answers` and `revenue_metrics` count each event once;
 //! a third pass read by a restarted sink stores nothing either. Ids stored
 //! before migration 16, in `event_ids` by their day alone, still count as
-//! stored.
+//! stored. Revisions enrich vouched for as new are not looked up, unless
+//! `sink.look_up_new_revisions` says to.
 
 mod common;
 
@@ -27,10 +28,17 @@ async fn count(ch: &clickhouse::Client, sql: &str) -> u64 {
 
 /// Each event as the enrich stage would emit it, keyed by its id.
 fn enriched(events: &[Event]) -> Vec<(Vec<u8>, String)> {
+    revisions(events, 0, false)
+}
+
+/// Each event at `revision`, vouched for as new (`new_revision`) or not.
+fn revisions(events: &[Event], revision: u32, new_revision: bool) -> Vec<(Vec<u8>, String)> {
     events
         .iter()
         .map(|e| {
             let en = EnrichedEvent {
+                revision,
+                new_revision,
                 cx: Some(xoflow_enrich::derive::cx_fields(e)),
                 resolved_customer_id: e
                     .customer
@@ -216,5 +224,70 @@ async fn ids_stored_before_the_hourly_index_still_count() {
         before.len() as u64 + after.len() as u64 + 1,
         "event_ids is still fed"
     );
+    common::drop_database(&cfg).await;
+}
+
+/// Revisions enrich vouches for as new (`EnrichedEvent.new_revision`) are
+/// written without asking the dedup index; a copy not vouched for is
+/// looked up and dropped as before. Shown by what a vouch that is wrong
+/// (an enrich whose state was discarded) does: its copies far beyond the
+/// window are stored again, unless `sink.look_up_new_revisions` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revisions_vouched_for_as_new_are_not_looked_up() {
+    let (mut cfg, id) = common::config("");
+    cfg.sink.dedup_window = 10;
+    cfg.sink.batch_rows = 500;
+    let t = &cfg.kafka.topics;
+    cfg.kafka
+        .ensure_topics(&[&t.enriched, &t.dead_letters])
+        .await
+        .expect("topics");
+    let events: Vec<Event> = sample::events(31, EVENTS, "acme", &id, common::now_ms());
+    let n = events.len() as u64;
+    let ch = cfg.clickhouse.client();
+    let rows = || count(&ch, "SELECT count() FROM events");
+    // A copy stored twice has its original's sorting key: a merge would
+    // collapse the two and hide it from `count()`.
+    xoflow_sink::migrate(&cfg.clickhouse)
+        .await
+        .expect("migrations");
+    ch.query(&format!(
+        "SYSTEM STOP MERGES {}.events",
+        cfg.clickhouse.database
+    ))
+    .execute()
+    .await
+    .expect("merges stopped");
+
+    // Every event at revision 0, then a repair of each at revision 1,
+    // vouched for; then the repairs again as a replay emits them, not
+    // vouched for: far beyond the window, the look-up drops them.
+    produce(&cfg, &enriched(&events)).await;
+    produce(&cfg, &revisions(&events, 1, true)).await;
+    produce(&cfg, &revisions(&events, 1, false)).await;
+    let running = common::start(&cfg, xoflow::Stages::SINK).await;
+    common::sink_drained(&cfg, &cfg.sink.group_id).await;
+    running.stop();
+    running.wait().await.expect("clean stop");
+    assert_eq!(rows().await, 2 * n, "each revision once");
+
+    // A wrong vouch: the same repairs, vouched for again, read by a
+    // restarted sink (its window loaded afresh: the last 10 offsets of
+    // each partition). Not looked up, so stored again.
+    produce(&cfg, &revisions(&events, 1, true)).await;
+    let running = common::start(&cfg, xoflow::Stages::SINK).await;
+    common::sink_drained(&cfg, &cfg.sink.group_id).await;
+    running.stop();
+    running.wait().await.expect("clean stop");
+    assert_eq!(rows().await, 3 * n, "vouched rows are not looked up");
+
+    // With `look_up_new_revisions`, vouched rows are asked for too.
+    cfg.sink.look_up_new_revisions = true;
+    produce(&cfg, &revisions(&events, 1, true)).await;
+    let running = common::start(&cfg, xoflow::Stages::SINK).await;
+    common::sink_drained(&cfg, &cfg.sink.group_id).await;
+    running.stop();
+    running.wait().await.expect("clean stop");
+    assert_eq!(rows().await, 3 * n, "every row looked up");
     common::drop_database(&cfg).await;
 }

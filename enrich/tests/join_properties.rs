@@ -117,6 +117,19 @@ proptest! {
     }
 }
 
+/// Repairs are vouched for as new (`EnrichedEvent::new_revision`, which
+/// the sink does not look up) and none of them has a copy, whatever the
+/// arrival order: `run_repairing` checks every output, and here that it
+/// met some to check.
+#[test]
+fn repairs_vouched_for_as_new_are_emitted_once() {
+    let events = scenario::journeys(11, 0..8, join_support::START);
+    for order in [Order::Shuffled, Order::XFirst, Order::NewestFirst] {
+        join_support::run_repairing(&arrange(&events, order, 11), Duration::from_secs(60), 7);
+    }
+    assert!(join_support::VOUCHED.load(std::sync::atomic::Ordering::Relaxed) > 0);
+}
+
 /// The rule's edge, in wall-clock time: a survey that arrives before its
 /// order's delivery event is held; the delivery arriving within the bound
 /// is applied first, and the survey meets it at once. Arriving later, it

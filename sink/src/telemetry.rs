@@ -22,6 +22,9 @@ pub(crate) enum Metric {
     /// Of a flush, the wait for its `event_ids` look-ups (histogram; only
     /// with `sink.dedup_index` on).
     LookUpDuration,
+    /// Rows not looked up in the dedup index: enrich vouched for them as
+    /// new revisions.
+    RowsVouched,
     /// Insert attempts that failed transiently, by `table`.
     InsertRetries,
     /// Records not written again, by `reason`.
@@ -67,11 +70,12 @@ pub(crate) enum Metric {
 
 impl Metric {
     #[cfg(test)]
-    pub(crate) const ALL: [Metric; 20] = [
+    pub(crate) const ALL: [Metric; 21] = [
         Metric::RowsWritten,
         Metric::InputBytes,
         Metric::FlushDuration,
         Metric::LookUpDuration,
+        Metric::RowsVouched,
         Metric::InsertRetries,
         Metric::RecordsSkipped,
         Metric::RowsRefused,
@@ -96,6 +100,7 @@ impl Metric {
             Metric::InputBytes => "xoflow_sink_input_bytes_total",
             Metric::FlushDuration => "xoflow_sink_flush_duration_seconds",
             Metric::LookUpDuration => "xoflow_sink_look_up_duration_seconds",
+            Metric::RowsVouched => "xoflow_sink_rows_vouched_new_total",
             Metric::InsertRetries => "xoflow_sink_insert_retries_total",
             Metric::RecordsSkipped => "xoflow_sink_records_skipped_total",
             Metric::RowsRefused => "xoflow_sink_rows_refused_total",
@@ -147,6 +152,9 @@ pub(crate) struct BatchWritten<'a> {
     /// ahead and the rest's); `None` when the batch was not looked up
     /// (`sink.dedup_index` off, or no `events` rows).
     pub look_up_seconds: Option<f64>,
+    /// Rows written without a look-up: enrich vouched for them as new
+    /// revisions (0 when the batch was not looked up).
+    pub vouched: u64,
 }
 
 impl BatchWritten<'_> {
@@ -172,6 +180,7 @@ impl BatchWritten<'_> {
         if let Some(s) = self.look_up_seconds {
             histogram!(Metric::LookUpDuration.name()).record(s);
         }
+        counter!(Metric::RowsVouched.name()).increment(self.vouched);
         counter!(Metric::RecordsIn.name()).increment(self.records);
         counter!(Metric::RecordsOut.name())
             .increment(self.events + self.dead_letters + self.refused);

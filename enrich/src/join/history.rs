@@ -509,6 +509,36 @@ impl Customer {
         self.base.as_ref().is_some_and(|b| b.folded(event_id))
     }
 
+    /// The event time after which what this customer's history emits at a
+    /// revision above its entry's first is new ([`Emission::new_revision`]):
+    /// after every event its base folded in and no longer recognises, and
+    /// no earlier than `recent_from` (see [`Outputs::recent_from`]).
+    ///
+    /// Why that proves it: an entry's revision is the last it emitted, and
+    /// the changelog records it before the outputs are sent, so a restored
+    /// entry never mints a revision it emitted before; a moved event's
+    /// first output here is one revision above what it was emitted at
+    /// while it waited. The same event can only have been emitted at that
+    /// revision by an *earlier* entry of it, which then left the history:
+    /// folded into the base, which recognises the last 64 it folded (a
+    /// replay of one of them is no new entry) and, past those, only knows
+    /// that they were at or before its `last_seen_ms`; or dropped with its
+    /// whole customer, idle past `value_window` (its time is then before
+    /// `recent_from`). A client re-sending such an event makes a new entry
+    /// at revision 0, whose repairs would mint revisions stored long ago:
+    /// those are not vouched for, and the sink looks them up. (Nor is an
+    /// entry of the same event in another customer's history, which only a
+    /// replay after a crash can make, when the event's identifier was
+    /// linked to another customer in between: docs/clickhouse.md,
+    /// "Revisions enrich vouches for".)
+    pub(super) fn vouch_after(&self, recent_from: i64) -> i64 {
+        let folded = match &self.base {
+            Some(b) if b.forgot_some() => b.last_seen_ms,
+            _ => i64::MIN,
+        };
+        folded.max(recent_from.saturating_sub(1))
+    }
+
     /// Where `(at, event_id)` belongs. An event's time comes from the
     /// event itself, so a replay lands on its own entry.
     pub fn place(&self, at: i64, event_id: &str) -> Place {
@@ -544,10 +574,12 @@ impl Customer {
         event: &Event,
         o: &mut EnrichedEvent,
         output: impl FnOnce(&CustomerState, &Entry, &Event, &mut EnrichedEvent),
+        recent_from: i64,
     ) -> Option<Emission> {
+        let vouch_after = self.vouch_after(recent_from);
         self.current.update(event, entry.cx(), entry.at, cfg);
         output(&self.current, &entry, event, o);
-        let emission = emit(&mut entry, event, &self.current, o);
+        let emission = emit(&mut entry, event, &self.current, o, vouch_after);
         self.held += entry.held_bytes();
         self.history.push_back(entry);
         emission
@@ -570,6 +602,7 @@ impl Customer {
         let Some(from) = self.dirty_from.take() else {
             return false;
         };
+        let vouch_after = self.vouch_after(outputs.recent_from);
         if from + 1 == self.history.len() && !self.history[from].emitted {
             let entry = &mut self.history[from];
             let held = entry.held_bytes();
@@ -577,7 +610,7 @@ impl Customer {
             self.current.update(&event, entry.cx(), entry.at, cfg);
             let o = outputs.slot();
             output(&self.current, entry, &event, o);
-            let emission = emit(entry, &event, &self.current, o);
+            let emission = emit(entry, &event, &self.current, o, vouch_after);
             match emission {
                 Some(emission) => {
                     outputs
@@ -602,7 +635,7 @@ impl Customer {
             if index >= from {
                 let o = outputs.slot();
                 output(&state, entry, &event, o);
-                match emit(entry, &event, &state, o) {
+                match emit(entry, &event, &state, o, vouch_after) {
                     Some(emission) => {
                         outputs
                             .event()
@@ -738,6 +771,14 @@ pub(super) struct Outputs<'a> {
     /// The input offset that caused them.
     pub offset: i64,
     pub stats: &'a mut JoinStats,
+    /// The earliest event time whose repairs are vouched for as new
+    /// ([`Customer::vouch_after`]): a customer idle past `value_window` may
+    /// have been dropped whole (`Join::evict_if_full`), and a customer made
+    /// afresh later knows nothing of its events. Its drop needed an event
+    /// `value_window` past its latest; no event is more than
+    /// [`super::FUTURE_MARGIN`] past the wall clock, so every event of a
+    /// dropped customer is before `now - value_window + FUTURE_MARGIN`.
+    pub recent_from: i64,
 }
 
 impl Outputs<'_> {
@@ -777,12 +818,14 @@ impl Outputs<'_> {
     pub fn keep(&mut self, emission: Emission) {
         let last = self.out.last_mut().expect("a slot");
         last.enriched.revision = emission.revision;
+        last.enriched.new_revision = emission.new_revision;
         self.stats.repairs += u64::from(emission.repaired);
         if let Some((revision, repaired)) = emission.before {
             // The copy comes first: the slot becomes it, and the output
             // follows it.
             let after = last.clone();
             last.enriched.revision = revision;
+            last.enriched.new_revision = false;
             self.stats.repairs += u64::from(repaired);
             self.out.push(after);
         }
@@ -798,6 +841,11 @@ pub(super) struct Emission {
     pub before: Option<(u32, bool)>,
     pub revision: u32,
     pub repaired: bool,
+    /// The output at `revision` is a repair minted now, or a moved event's
+    /// first output here, of an entry later than
+    /// [`Customer::vouch_after`]: no copy of it was ever emitted
+    /// (`EnrichedEvent::new_revision`).
+    pub new_revision: bool,
 }
 
 impl Emission {
@@ -822,6 +870,7 @@ fn emit(
     event: &Event,
     state: &CustomerState,
     enriched: &EnrichedEvent,
+    vouch_after: i64,
 ) -> Option<Emission> {
     let hash = context_hash(enriched);
     entry.unmet = state.unmet_reference(event);
@@ -837,6 +886,8 @@ fn emit(
         entry.revision += 1;
     }
     let forced = entry.force && entry.emitted;
+    // A moved event's first output, one revision above its unresolved one.
+    let moved = !entry.emitted && entry.revision > 0 && !entry.twice;
     let emit = !entry.emitted || repaired || entry.force;
     entry.force = false;
     if !emit {
@@ -861,6 +912,7 @@ fn emit(
         before,
         revision: entry.revision,
         repaired,
+        new_revision: (repaired || moved) && entry.at > vouch_after,
     })
 }
 

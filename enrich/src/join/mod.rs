@@ -197,6 +197,19 @@ pub struct Moved {
     pub revision: u32,
 }
 
+/// How far past the wall clock an event's time can be, at most: ingest
+/// refuses events more than `ingest.max_future_skew` ahead (60 s by
+/// default). A margin for [`recent_from`], wide enough for any skew an
+/// operator would allow.
+pub(super) const FUTURE_MARGIN: i64 = 86_400_000;
+
+/// The earliest event time at `now_ms` whose repairs a customer can vouch
+/// for as new ([`history::Outputs::recent_from`]).
+fn recent_from(cfg: &JoinConfig, now_ms: i64) -> i64 {
+    let idle = i64::try_from(cfg.value_window.as_millis()).unwrap_or(i64::MAX);
+    now_ms.saturating_sub(idle).saturating_add(FUTURE_MARGIN)
+}
+
 /// Changelog records [`Join::restore_records`] left out.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Skipped {
@@ -1098,8 +1111,9 @@ impl Join {
                     };
                     // Built where it goes: in the caller's own output, or in
                     // a new slot at the end of `out`.
+                    let recent = recent_from(cfg, now_ms);
                     let emission = match own.as_deref_mut() {
-                        Some(o) => c.push_last(cfg, entry, &e, o, fill),
+                        Some(o) => c.push_last(cfg, entry, &e, o, fill, recent),
                         None => {
                             out.push(Released {
                                 offset,
@@ -1107,7 +1121,7 @@ impl Join {
                                 event_bytes: None,
                             });
                             let o = &mut out.last_mut().expect("just pushed").enriched;
-                            c.push_last(cfg, entry, &e, o, fill)
+                            c.push_last(cfg, entry, &e, o, fill, recent)
                         }
                     };
                     self.unmet += usize::from(c.history.back().is_some_and(|x| x.unmet));
@@ -1142,10 +1156,12 @@ impl Join {
                             last.event.get_or_insert(e);
                             tenancy::unscope(&mut id);
                             last.resolved_customer_id = id;
+                            // The emission says what is vouched for.
                             let mut outputs = Outputs {
                                 out,
                                 offset,
                                 stats: &mut self.stats,
+                                recent_from: i64::MAX,
                             };
                             outputs.keep(emission);
                         }
@@ -1248,6 +1264,7 @@ impl Join {
             out,
             offset,
             stats: &mut self.stats,
+            recent_from: recent_from(cfg, now_ms),
         };
         let emitted = c.settle(cfg, &mut outputs, |state, entry, event, o| {
             fill_output(
@@ -1983,8 +2000,8 @@ mod tests {
         assert_eq!(b.restore_records(a.take_changes(), now), Skipped::default());
         let again = feed(&mut b, &events[half - replayed..half], &links, now);
         assert!(
-            again.iter().all(|o| o.revision == 0),
-            "a replay is no repair"
+            again.iter().all(|o| o.revision == 0 && !o.new_revision),
+            "a replay is no repair, and vouches for nothing"
         );
         assert_continue_alike(&mut a, &mut b, &events[half..], &links, now, with);
     }
@@ -2431,6 +2448,134 @@ mod tests {
         assert_eq!(out.iter().filter(|r| r.enriched.revision == 0).count(), 2);
     }
 
+    /// Which outputs enrich vouches for as never emitted before
+    /// (`EnrichedEvent::new_revision`, which the sink does not look up in
+    /// its dedup index): repairs it mints, of events its history has held
+    /// without a gap since their time. Not a first output, and not a repair
+    /// of an event that could be a client's re-send the history no longer
+    /// knows: one at or before what the customer's base folded in and no
+    /// longer recognises, or one older than a customer dropped whole for
+    /// idling could have had. (A moved event's first output:
+    /// `an_unresolved_event_moves_to_its_customer_when_a_link_comes`.)
+    #[test]
+    fn a_repair_is_vouched_new_only_where_no_copy_of_it_can_exist() {
+        let links = Links::default();
+        let who = |c: &str| CustomerIdentity {
+            customer_id: c.into(),
+            ..Default::default()
+        };
+        let marks = |out: &[EnrichedEvent], id: &str| -> Vec<(u32, bool)> {
+            out.iter()
+                .filter(|o| o.event.as_ref().is_some_and(|e| e.event_id == id))
+                .map(|o| (o.revision, o.new_revision))
+                .collect()
+        };
+        let now = 10 * DAY_MS;
+
+        // Live: the survey's first output is not vouched for, the late
+        // order's repair of it is; the order's own output is a first one.
+        let mut j = Join::new(cfg());
+        let survey = event("a-s", 9 * DAY_MS, who("a"), survey_about_order("a-o"));
+        let out = feed(&mut j, &[survey], &links, now);
+        assert_eq!(marks(&out, "a-s"), [(0, false)]);
+        let out = feed(
+            &mut j,
+            &[paid("a-paid", 8 * DAY_MS, "a", "a-o", 100)],
+            &links,
+            now,
+        );
+        assert_eq!(marks(&out, "a-s"), [(1, true)]);
+        assert_eq!(marks(&out, "a-paid"), [(0, false)]);
+
+        // The same, with the wall clock just past the survey's time plus
+        // `value_window` less the future margin: a customer that idle may
+        // have been dropped whole and made afresh, knowing nothing of what
+        // it emitted. A millisecond earlier, it is vouched for.
+        let edge = 9 * DAY_MS + j.cfg.value_window.as_millis() as i64 - FUTURE_MARGIN;
+        let mut j = Join::new(cfg());
+        let survey = event("e-s", 9 * DAY_MS, who("e"), survey_about_order("e-o"));
+        feed(&mut j, &[survey], &links, edge);
+        let out = feed(
+            &mut j,
+            &[paid("e-paid", 8 * DAY_MS, "e", "e-o", 100)],
+            &links,
+            edge,
+        );
+        assert_eq!(marks(&out, "e-s"), [(1, true)]);
+        let later = edge + 1;
+        let mut j = Join::new(cfg());
+        let survey = event("b-s", 9 * DAY_MS, who("b"), survey_about_order("b-o"));
+        feed(&mut j, &[survey], &links, later);
+        let out = feed(
+            &mut j,
+            &[paid("b-paid", 8 * DAY_MS, "b", "b-o", 100)],
+            &links,
+            later,
+        );
+        assert_eq!(marks(&out, "b-s"), [(1, false)]);
+
+        // Behind the base: every event shed into it after each one (a
+        // budget of one byte), `clicks` of them spread over a day, the
+        // latest at two days; then a survey of a day and a half the
+        // history does not know, a click at two and a half, and the order
+        // the survey is about, without shedding in between.
+        let behind_the_base = |name: &str, clicks: i64| {
+            let mut j = budgeted(1);
+            let clicks: Vec<Event> = (1..=clicks)
+                .map(|k| {
+                    event(
+                        &format!("{name}-k{k}"),
+                        DAY_MS + k * DAY_MS / clicks,
+                        who(name),
+                        Payload::Click(Default::default()),
+                    )
+                })
+                .collect();
+            feed(&mut j, &clicks, &links, now);
+            let mut out = Vec::new();
+            let survey = event(
+                &format!("{name}-s"),
+                3 * DAY_MS / 2,
+                who(name),
+                survey_about_order(format!("{name}-o")),
+            );
+            let click = event(
+                &format!("{name}-late"),
+                5 * DAY_MS / 2,
+                who(name),
+                Payload::Click(Default::default()),
+            );
+            let order = paid(
+                &format!("{name}-paid"),
+                DAY_MS,
+                name,
+                &format!("{name}-o"),
+                100,
+            );
+            for (i, e) in [survey, click, order].into_iter().enumerate() {
+                j.offer(e.clone(), links.resolve(&e), 1000 + i as i64, now);
+                j.drain(now, &mut out);
+            }
+            let out: Vec<EnrichedEvent> = out.into_iter().map(|r| r.enriched).collect();
+            (
+                marks(&out, &format!("{name}-s")),
+                marks(&out, &format!("{name}-late")),
+            )
+        };
+        // More folded in than the base recognises (64): the survey's
+        // repair is not vouched for, since a re-sent event folded long ago
+        // would look the same. The click after the base, its customer's
+        // value raised by the order, is.
+        let (survey, late) = behind_the_base("c", 70);
+        assert_eq!(survey, [(0, false), (1, false)]);
+        assert_eq!(late, [(0, false), (1, true)]);
+        // Every event folded in still recognised: a replay of one would be
+        // no new entry, so the unknown survey is new, its repair too.
+        let (survey, late) = behind_the_base("d", 3);
+        assert_eq!(survey, [(0, false), (1, true)]);
+        assert_eq!(late, [(0, false), (1, true)]);
+    }
+
     /// `[enrich.alerts]` rules from TOML, read like the configuration.
     fn alert_rules(toml: &str) -> AlertRules {
         AlertRules::compile(&toml_settings(toml)).expect("valid rules")
@@ -2697,6 +2842,8 @@ last_nps_at_most = 6
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].enriched.revision, 1);
         assert_eq!(out[0].enriched.resolved_customer_id, "c9");
+        // No other output of it has that revision: vouched for as new.
+        assert!(out[0].enriched.new_revision);
         // A later event of the same identifier moves at once.
         let mut later = post.clone();
         later.event_id = "p2".into();

@@ -180,6 +180,12 @@ impl CustomerState {
         !self.applied.is_empty() && self.applied.contains(&fingerprint(event_id.as_bytes()))
     }
 
+    /// Whether it folded in more events than it recognises ([`Self::folded`]):
+    /// a replay of one of the others is taken for a new event.
+    pub(super) fn forgot_some(&self) -> bool {
+        self.applied.len() >= APPLIED_IDS
+    }
+
     /// Remembers that `event_id` was folded in, so that a replay of it is
     /// recognised once its history entry is gone.
     pub(super) fn forget(&mut self, event_id: &[u8]) {

@@ -14,8 +14,15 @@ use xoflow_proto::v1::Event;
 /// Wall-clock "now" of every test call: fixed, so that only event time
 /// decides what is released.
 pub const NOW: i64 = 1_900_000_000_000;
+/// The same for [`run_repairing`]: within `value_window` of the scenario,
+/// so that its repairs are vouched for as new
+/// (`EnrichedEvent::new_revision`), which it checks.
+const REPAIRING_NOW: i64 = START + 30 * 86_400_000;
 /// Where the scenario starts (event time).
 pub const START: i64 = 1_800_000_000_000;
+
+/// Outputs [`run_repairing`] saw vouched for as new, in this process.
+pub static VOUCHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub fn config(lateness: Duration) -> JoinConfig {
     JoinConfig {
@@ -56,8 +63,9 @@ pub fn run(arrivals: &[Event], lateness: Duration) -> Vec<(String, Vec<u8>)> {
 /// batch that taught it, and events a link resolved are offered back at
 /// their revision. Events arrive in batches of `batch`. Returns the latest
 /// revision of every event's output, keyed by event id, without its
-/// processing time and revision number (what must not depend on arrival
-/// order), and the number of outputs emitted in all.
+/// processing time, revision number and `new_revision` (what must not
+/// depend on arrival order), and the number of outputs emitted in all.
+/// Panics if an output vouched for as new has a copy.
 pub fn run_repairing(
     arrivals: &[Event],
     lateness: Duration,
@@ -77,7 +85,7 @@ pub fn run_repairing(
         }
         for e in chunk {
             offset += 1;
-            join.offer(e.clone(), links.resolve(e), offset, NOW);
+            join.offer(e.clone(), links.resolve(e), offset, REPAIRING_NOW);
         }
         for (h, c) in learnt {
             join.link(&h, &c);
@@ -89,6 +97,28 @@ pub fn run_repairing(
     // Whatever is still held, and the moves that causes.
     settle(&mut join, &mut offset, &mut out, true);
     let emitted = out.len();
+    // An output vouched for as new (`new_revision`) is the only one of its
+    // (event id, revision): the sink does not look it up.
+    let mut copies = std::collections::HashMap::<(String, u32), usize>::new();
+    for r in &out {
+        let e = &r.enriched;
+        let id = e.event.as_ref().expect("event").event_id.clone();
+        *copies.entry((id, e.revision)).or_default() += 1;
+    }
+    for r in &out {
+        let e = &r.enriched;
+        let id = e.event.as_ref().expect("event").event_id.clone();
+        let n = copies[&(id.clone(), e.revision)];
+        VOUCHED.fetch_add(
+            u64::from(e.new_revision),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        assert!(
+            !e.new_revision || n == 1,
+            "{id} revision {} vouched for as new, emitted {n} times",
+            e.revision
+        );
+    }
     let mut latest = std::collections::BTreeMap::new();
     for r in out {
         let mut e = r.enriched;
@@ -96,6 +126,7 @@ pub fn run_repairing(
         let revision = e.revision;
         e.enriched_at = None;
         e.revision = 0;
+        e.new_revision = false;
         match latest.get(&id) {
             Some((r, _)) if *r > revision => {}
             _ => {
@@ -116,9 +147,9 @@ fn settle(join: &mut Join, offset: &mut i64, out: &mut Vec<Released>, drain: boo
     use xoflow_proto::v1::IdentityResolution;
     loop {
         if drain {
-            join.drain(NOW, out);
+            join.drain(REPAIRING_NOW, out);
         } else {
-            join.release(NOW, out);
+            join.release(REPAIRING_NOW, out);
         }
         let moves = join.take_moves();
         if moves.is_empty() {
@@ -130,7 +161,7 @@ fn settle(join: &mut Join, offset: &mut i64, out: &mut Vec<Released>, drain: boo
                 customer_id: Some(m.customer_id),
                 resolution: IdentityResolution::Linked,
             };
-            join.offer_moved(m.event, who, m.revision, *offset, NOW);
+            join.offer_moved(m.event, who, m.revision, *offset, REPAIRING_NOW);
         }
     }
 }

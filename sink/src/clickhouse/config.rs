@@ -70,6 +70,14 @@ pub struct SinkConfig {
     /// at the flush (docs/clickhouse.md, "Exactly once"); off: copies
     /// beyond the window are written again, as before.
     pub dedup_index: bool,
+    /// Look up the rows enrich vouched for as new revisions too
+    /// (`EnrichedEvent.new_revision`: repairs no copy of which can be
+    /// stored). Off by default; on after enrich's state was discarded or
+    /// restored from an older copy of its changelog, whose repairs can
+    /// mint revisions stored before (docs/clickhouse.md, "Revisions enrich
+    /// vouches for").
+    #[serde(default)]
+    pub look_up_new_revisions: bool,
     /// Former bound on insert retries. Retries are unbounded now; the key
     /// is still accepted so that existing configuration files load, and
     /// the stage warns that it is ignored.

@@ -47,7 +47,7 @@ use xoflow_proto::{Message as _, v1::DeadLetter};
 
 use super::{
     ClickHouseConfig, SinkConfig, SinkError,
-    event_ids::{EventIds, Pending, key},
+    event_ids::{EventIds, Pending},
     insert::{Retrying, flush, recovered, retry_policy},
     migrate,
     position::{self, Input, Positions, Resume},
@@ -148,7 +148,7 @@ impl Batch {
         if self.events.len() - self.looked_up < rows {
             return false;
         }
-        let body = EventIds::body(self.events.iter_from(self.looked_up).map(key));
+        let body = EventIds::body(ids.keys(self.events.iter_from(self.looked_up)));
         self.looked_up = self.events.len();
         let ids = ids.clone();
         self.ahead
@@ -258,7 +258,7 @@ async fn consume(
         return Ok(());
     }
     let client = ch.client();
-    let ids = EventIds::new(ch);
+    let ids = EventIds::new(ch, cfg.look_up_new_revisions);
     // Keeps revocations only: an assigned partition's position is read on
     // its first record.
     // Dropped, it leaves its group on a thread of its own: a broker that

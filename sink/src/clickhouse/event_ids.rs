@@ -4,8 +4,9 @@
 //! hour of each event and, for a batch reaching back before migration 16,
 //! in `event_ids` by its day too.
 //!
-//! In: the batch's keys (tenant, event time in seconds, event id). Out: the
-//! (tenant, event id, revision) triples the index holds for them. The
+//! In: the batch's keys (tenant, event time in seconds, event id), less
+//! the rows enrich vouched for as new revisions ([`EventIds::keys`]). Out:
+//! the (tenant, event id, revision) triples the index holds for them. The
 //! keys travel as HTTP *external data*: a tab-separated file part of a
 //! multipart request that ClickHouse reads as a temporary table. Sent as a
 //! string literal inside the query instead, 50,000 keys made a 2.4 MB
@@ -62,6 +63,9 @@ pub(super) struct EventIds {
     /// asked: read once, at the first look-up (see
     /// [`EventIds::hourly_from`]).
     hourly_from: Arc<tokio::sync::OnceCell<u32>>,
+    /// Ask for rows enrich vouched for as new revisions too
+    /// (`sink.look_up_new_revisions`).
+    new_revisions: bool,
 }
 
 /// A look-up's request body ([`EventIds::body`]) and the earliest event
@@ -69,6 +73,8 @@ pub(super) struct EventIds {
 pub(super) struct Lookup {
     body: Vec<u8>,
     earliest: u32,
+    /// How many keys it holds: none, and nothing is sent.
+    keys: usize,
 }
 
 /// One key of a batch: what the index is sorted by.
@@ -95,17 +101,10 @@ fn http_client(idle: Duration) -> Client<HttpConnector, Full<Bytes>> {
         .build_http()
 }
 
-/// A row's key in the index.
-pub(super) fn key(r: RowRef<'_>) -> Key<'_> {
-    Key {
-        tenant: r.tenant,
-        occurred_at: r.occurred_at,
-        event_id: r.event_id,
-    }
-}
-
 impl EventIds {
-    pub fn new(ch: &ClickHouseConfig) -> Self {
+    /// `new_revisions`: look up the rows enrich vouched for as new
+    /// revisions too (`sink.look_up_new_revisions`).
+    pub fn new(ch: &ClickHouseConfig, new_revisions: bool) -> Self {
         // By the hour in `event_ids_hourly`, fed since migration 16; by the
         // day in `event_ids` too, for the ids stored before it, only when a
         // key falls before `hourly_from`: asking both builds more sets
@@ -166,7 +165,37 @@ impl EventIds {
             user: ch.user.clone(),
             password: ch.password.clone(),
             hourly_from: Arc::new(tokio::sync::OnceCell::new()),
+            new_revisions,
         }
+    }
+
+    /// The keys of `rows` to look up: all but those enrich vouched for as
+    /// new revisions (`EnrichedEvent.new_revision`), unless told to ask for
+    /// them too. A vouched row is a revision enrich raised now (a repair,
+    /// or a moved event's first output) of an event its history held
+    /// without a gap since the event's time, so no copy of it can be
+    /// stored (docs/clickhouse.md, "Revisions enrich vouches for"). Those
+    /// are what made a look-up read every hour they touch, each in an hour
+    /// of its own (BENCHMARKS.md, "Revisions enrich vouches for are not
+    /// looked up").
+    pub fn keys<'a>(
+        &self,
+        rows: impl Iterator<Item = RowRef<'a>>,
+    ) -> impl Iterator<Item = Key<'a>> {
+        let all = self.new_revisions;
+        rows.filter(move |r| all || !r.new_revision).map(|r| Key {
+            tenant: r.tenant,
+            occurred_at: r.occurred_at,
+            event_id: r.event_id,
+        })
+    }
+
+    /// How many of `rows` [`EventIds::keys`] leaves out.
+    pub fn vouched<'a>(&self, rows: impl Iterator<Item = RowRef<'a>>) -> u64 {
+        if self.new_revisions {
+            return 0;
+        }
+        rows.filter(|r| r.new_revision).count() as u64
     }
 
     /// Unix seconds of event time from which every stored id is in
@@ -214,8 +243,9 @@ impl EventIds {
             )
             .as_bytes(),
         );
-        let mut earliest = u32::MAX;
+        let (mut earliest, mut n) = (u32::MAX, 0);
         for k in keys {
+            n += 1;
             earliest = earliest.min(k.occurred_at);
             push_escaped(&mut body, k.tenant);
             body.push(b'\t');
@@ -228,12 +258,19 @@ impl EventIds {
         // The escaped keys hold no CR, so no line of them can be the
         // boundary.
         body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
-        Lookup { body, earliest }
+        Lookup {
+            body,
+            earliest,
+            keys: n,
+        }
     }
 
     /// Sends a look-up built by [`Self::body`]: in `event_ids` too when a
     /// key falls before [`Self::hourly_from`].
     pub async fn send(&self, lookup: Lookup) -> Result<Stored, SinkError> {
+        if lookup.keys == 0 {
+            return Ok(Vec::new());
+        }
         let uri = if lookup.earliest < self.hourly_from().await? {
             &self.both
         } else {
@@ -396,14 +433,17 @@ pub(super) mod testing {
     /// A client of a port nothing listens on: every look-up fails as
     /// transient (connection refused).
     pub fn unreachable() -> EventIds {
-        EventIds::new(&ClickHouseConfig {
-            url: "http://127.0.0.1:9".into(),
-            database: "d".into(),
-            user: "default".into(),
-            password: String::new(),
-            cluster: None,
-            compression: Default::default(),
-        })
+        EventIds::new(
+            &ClickHouseConfig {
+                url: "http://127.0.0.1:9".into(),
+                database: "d".into(),
+                user: "default".into(),
+                password: String::new(),
+                cluster: None,
+                compression: Default::default(),
+            },
+            false,
+        )
     }
 }
 
@@ -470,6 +510,58 @@ mod tests {
         get().await;
         // hyper's default (90 s) would have sent both on one connection.
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// The rows of `(event id, revision, vouched for as new)`.
+    fn vouched_rows(rows: &[(&str, u32, bool)]) -> super::super::row::EventRows {
+        use xoflow_proto::v1::{EnrichedEvent, Event, SurveyResponse, event::Payload};
+        let mut out = super::super::row::EventRows::default();
+        for (i, &(id, revision, new_revision)) in rows.iter().enumerate() {
+            let en = EnrichedEvent {
+                event: Some(Event {
+                    event_id: id.into(),
+                    tenant: "shop".into(),
+                    occurred_at: Some(xoflow_proto::from_unix_millis(1_700_000_000_000)),
+                    payload: Some(Payload::Survey(SurveyResponse::default())),
+                    ..Default::default()
+                }),
+                revision,
+                new_revision,
+                ..Default::default()
+            };
+            let lineage = super::super::row::Lineage {
+                topic: "enriched",
+                partition: 0,
+                offset: i as i64,
+            };
+            out.push(&xoflow_proto::Message::encode_to_vec(&en), lineage)
+                .expect("a row");
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn rows_vouched_for_as_new_revisions_are_not_asked_for() {
+        let rows = vouched_rows(&[("a", 0, false), ("a", 1, true), ("b", 2, false)]);
+        let ids = testing::unreachable();
+        let asked: Vec<&str> = ids.keys(rows.iter()).map(|k| k.event_id).collect();
+        assert_eq!(asked, ["a", "b"]);
+        assert_eq!(ids.vouched(rows.iter()), 1);
+        // A look-up of vouched rows alone sends nothing: this client's
+        // server is unreachable, and it answers all the same.
+        let vouched = vouched_rows(&[("c", 1, true), ("d", 3, true)]);
+        assert_eq!(
+            ids.stored(ids.keys(vouched.iter())).await.ok(),
+            Some(vec![])
+        );
+        // `sink.look_up_new_revisions`: every row is asked for.
+        let all = EventIds {
+            new_revisions: true,
+            ..ids
+        };
+        assert_eq!(all.keys(rows.iter()).count(), 3);
+        assert_eq!(all.vouched(rows.iter()), 0);
+        assert!(all.stored(all.keys(vouched.iter())).await.is_err());
     }
 
     #[test]

@@ -32,7 +32,7 @@ use xoflow_common::{
 use super::{
     SinkConfig, SinkError,
     consume::Batch,
-    event_ids::{EventIds, Pending, key},
+    event_ids::{EventIds, Pending},
     position::Positions,
     row::{DeadLetterRow, EventRow, EventRows},
 };
@@ -193,6 +193,11 @@ pub(super) async fn flush(
     let copies =
         drop_stored_anywhere(ids, ahead, &mut batch.events, positions, cfg, retrying).await?;
     let look_up_seconds = looked_up.then(|| look_up_began.elapsed().as_secs_f64());
+    let vouched = if looked_up {
+        ids.vouched(batch.events.iter())
+    } else {
+        0
+    };
     batch.skipped_duplicates += copies;
     let refused = insert_events(client, &batch.events, cfg, retrying).await?;
     let mut tpl = TopicPartitionList::new();
@@ -245,6 +250,7 @@ pub(super) async fn flush(
         bytes: batch.bytes as u64,
         seconds: started.elapsed().as_secs_f64(),
         look_up_seconds,
+        vouched,
     }
     .emit();
     batch.reset();
@@ -265,7 +271,9 @@ fn looks_up(rows: &EventRows, cfg: &SinkConfig) -> bool {
 
 /// Drops from `rows` every (tenant, event id, revision) the dedup index
 /// holds: copies of revisions stored at any time, beyond the in-memory
-/// window of recent pairs (`sink.dedup_window`). The rows `ahead` covers
+/// window of recent pairs (`sink.dedup_window`), less the rows enrich
+/// vouched for as new revisions, which are not asked for
+/// ([`EventIds::keys`]). The rows `ahead` covers
 /// were looked up while the batch filled; the rest are looked up now, by
 /// the index's primary key (tenant, hour, event id): the keys travel as
 /// external data ([`EventIds`]), and the `IN` set prunes the index to the
@@ -310,7 +318,7 @@ async fn drop_stored_anywhere(
     while from < rows.len() {
         retrying.held()?;
         attempt += 1;
-        match ids.stored(rows.iter_from(from).map(key)).await {
+        match ids.stored(ids.keys(rows.iter_from(from))).await {
             Ok(found) => {
                 recovered(retrying.readiness, attempt);
                 stored.extend(found);
@@ -578,6 +586,7 @@ mod tests {
             stall_timeout: Duration::from_secs(60),
             dedup_window: 1,
             dedup_index: true,
+            look_up_new_revisions: false,
             insert_retries: None,
         }
     }

@@ -56,6 +56,10 @@ pub struct RowRef<'a> {
     pub partition: i32,
     pub offset: i64,
     pub revision: u32,
+    /// Enrich vouched for this revision as never emitted before: the
+    /// dedup index is not asked for it (docs/clickhouse.md, "Revisions
+    /// enrich vouches for").
+    pub new_revision: bool,
     /// `occurred_at`, seconds, and the same in milliseconds.
     pub occurred_at: u32,
     pub occurred_ms: i64,
@@ -185,6 +189,7 @@ impl EventRows {
             partition: e.partition,
             offset: e.offset,
             revision: w.revision,
+            new_revision: w.new_revision,
             occurred_at: w.occurred_at,
             occurred_ms: w.occurred_ms,
             received_ms: w.received_ms,

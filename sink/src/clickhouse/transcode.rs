@@ -62,6 +62,9 @@ pub(super) struct Written {
     pub occurred_ms: i64,
     pub received_ms: i64,
     pub revision: u32,
+    /// Enrich vouched for this revision as never emitted before
+    /// (`EnrichedEvent.new_revision`).
+    pub new_revision: bool,
 }
 
 /// Per-row lists, kept between rows so that a row allocates nothing.
@@ -111,6 +114,7 @@ struct Fields {
     owner_department: Span,
     enriched_at: Option<Ts>,
     revision: u32,
+    new_revision: bool,
 
     // Event
     event_id: Span,
@@ -357,6 +361,7 @@ fn read(record: &[u8], r: &mut Fields, scratch: &mut Scratch) -> Result<bool, Un
             9 => v.once(&mut enriched_at)?,
             10 => r.revision = v.uint32()?,
             11 => v.once(&mut call)?,
+            12 => r.new_revision = v.bool()?,
             _ => {}
         }
     }
@@ -869,6 +874,7 @@ pub(super) fn write(
         occurred_ms: millis(&r.occurred_at).unwrap_or(0),
         received_ms: millis(&r.received_at).unwrap_or(0),
         revision: r.revision,
+        new_revision: r.new_revision,
         ..Written::default()
     };
     w.event_id = o.str(rec(r.event_id));
@@ -1358,6 +1364,7 @@ mod tests {
                     disposition: g.string(),
                     sentiment_label: g.i32(),
                 }),
+                new_revision: self.chance(),
             }
         }
     }
@@ -1406,6 +1413,8 @@ mod tests {
                 )
             );
             assert_eq!(new.occurred_ms, old.occurred_ms);
+            let vouched = EnrichedEvent::decode(record.as_slice()).map(|en| en.new_revision);
+            assert_eq!(Ok(new.new_revision), vouched, "record {i}");
             expected.push(old);
         }
         let mock = Mock::new();
