@@ -5,8 +5,9 @@
 //! aggregates, `survey_answers` and `revenue_metrics` count each event once;
 //! a third pass read by a restarted sink stores nothing either. Ids stored
 //! before migration 16, in `event_ids` by their day alone, still count as
-//! stored. Revisions enrich vouched for as new are not looked up, unless
-//! `sink.look_up_new_revisions` says to.
+//! stored, and so do ids stored before migration 17, in
+//! `event_ids_hourly` by their hour. Revisions enrich vouched for as new
+//! are not looked up, unless `sink.look_up_new_revisions` says to.
 
 mod common;
 
@@ -129,14 +130,23 @@ async fn copies_far_beyond_the_dedup_window_count_nothing_twice() {
     common::drop_database(&cfg).await;
 }
 
-/// A database upgraded to migration 16 keeps in `event_ids` the ids stored
-/// before it, by their day only (their hours were never recorded), and the
-/// migration records where they end: a copy of one of them, far beyond the
-/// window, is still dropped; a batch entirely after that bound asks
-/// `event_ids_hourly` alone; `event_ids` is still fed, for a sink of the
-/// previous version running beside this one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ids_stored_before_the_hourly_index_still_count() {
+/// An index a later migration replaced, and where its ids end.
+#[derive(Clone, Copy)]
+enum Older {
+    /// `event_ids`, by the day (before migration 16).
+    ByDay,
+    /// `event_ids_hourly`, by the hour (before migration 17).
+    ByHour,
+}
+
+/// A database upgraded past the migration that replaced `older` keeps
+/// there the ids stored before it, by their day or hour only (their
+/// seconds were never recorded), and the migrations record where they end:
+/// a copy of one of them, far beyond the window, is still dropped; a batch
+/// entirely after those bounds asks `event_ids_by_time` alone; the older
+/// indexes are still fed, for a sink of a previous version running beside
+/// this one.
+async fn ids_stored_before_an_index_still_count(older: Older) {
     let (mut cfg, id) = common::config("");
     cfg.sink.dedup_window = 10;
     let t = &cfg.kafka.topics;
@@ -156,35 +166,51 @@ async fn ids_stored_before_the_hourly_index_still_count() {
     }
     let (before, after) = events.split_at(100);
     let ch = cfg.clickhouse.client();
-    let stored_in_event_ids = |events: &[Event]| {
+    let stored_in_older = |events: &[Event]| {
         let values: Vec<String> = events
             .iter()
             .map(|e| {
                 let secs = e.occurred_at.as_ref().expect("time").seconds;
-                format!(
-                    "('{}', toDate(toDateTime({secs})), '{}', 0)",
-                    e.tenant, e.event_id
-                )
+                let time = match older {
+                    Older::ByDay => format!("toDate(toDateTime({secs}))"),
+                    Older::ByHour => format!("toStartOfHour(toDateTime({secs}))"),
+                };
+                format!("('{}', {time}, '{}', 0)", e.tenant, e.event_id)
             })
             .collect();
+        let (table, time) = match older {
+            Older::ByDay => ("event_ids", "day"),
+            Older::ByHour => ("event_ids_hourly", "hour"),
+        };
         format!(
-            "INSERT INTO event_ids (tenant, day, event_id, revision) VALUES {}",
+            "INSERT INTO {table} (tenant, {time}, event_id, revision) VALUES {}",
             values.join(", ")
         )
     };
-    // What a sink before migration 16 left, and what the migration would
-    // have recorded of it.
-    ch.query(&stored_in_event_ids(before))
+    // What a sink before the migration left, and what the migrations
+    // would have recorded of it (the start of the second day after the
+    // last id: both bounds, for the day table, the later one alone for
+    // the hour table).
+    ch.query(&stored_in_older(before))
         .execute()
         .await
         .expect("ids stored before the upgrade");
-    ch.query(
-        "INSERT INTO event_ids_hourly_from (k, at) \
-         SELECT 0, toUInt32(toDateTime(max(day) + 2)) FROM event_ids",
-    )
-    .execute()
-    .await
-    .expect("the bound");
+    let (table, time) = match older {
+        Older::ByDay => ("event_ids", "toDate(max(day))"),
+        Older::ByHour => ("event_ids_hourly", "toDate(max(hour))"),
+    };
+    let bounds: &[&str] = match older {
+        Older::ByDay => &["event_ids_hourly_from", "event_ids_by_time_from"],
+        Older::ByHour => &["event_ids_by_time_from"],
+    };
+    for bound in bounds {
+        ch.query(&format!(
+            "INSERT INTO {bound} (k, at) SELECT 0, toUInt32(toDateTime({time} + 2)) FROM {table}"
+        ))
+        .execute()
+        .await
+        .expect("the bound");
+    }
 
     produce(&cfg, &enriched(&events)).await;
     let running = common::start(&cfg, xoflow::Stages::SINK).await;
@@ -194,10 +220,10 @@ async fn ids_stored_before_the_hourly_index_still_count() {
         after.len() as u64,
         "the events stored before the upgrade are copies"
     );
-    // An id only `event_ids` holds, of a time after the bound (no sink
-    // leaves one: since migration 16 every id is in `event_ids_hourly`
-    // too): a batch of such times does not ask `event_ids`.
-    ch.query(&stored_in_event_ids(std::slice::from_ref(&stray)))
+    // An id only the older index holds, of a time after the bound (no
+    // sink leaves one: since the migration every id is in
+    // `event_ids_by_time` too): a batch of such times does not ask it.
+    ch.query(&stored_in_older(std::slice::from_ref(&stray)))
         .execute()
         .await
         .expect("a stray id");
@@ -209,22 +235,36 @@ async fn ids_stored_before_the_hourly_index_still_count() {
     assert_eq!(
         count(&ch, "SELECT count() FROM events").await,
         after.len() as u64 + 1,
-        "a batch after the bound asks event_ids_hourly alone"
+        "a batch after the bound asks event_ids_by_time alone"
     );
     assert_eq!(
-        count(&ch, "SELECT count() FROM event_ids_hourly").await,
+        count(&ch, "SELECT count() FROM event_ids_by_time").await,
         after.len() as u64 + 1
     );
-    assert_eq!(
-        count(
-            &ch,
-            "SELECT uniqExact(tenant, event_id, revision) FROM event_ids"
-        )
-        .await,
-        before.len() as u64 + after.len() as u64 + 1,
-        "event_ids is still fed"
-    );
+    // Each still fed with every stored event, beside the ids left there.
+    for fed in ["event_ids_hourly", "event_ids"] {
+        let left = if fed == table { before.len() as u64 } else { 0 };
+        assert_eq!(
+            count(
+                &ch,
+                &format!("SELECT uniqExact(tenant, event_id, revision) FROM {fed}")
+            )
+            .await,
+            after.len() as u64 + 1 + left,
+            "{fed} is still fed"
+        );
+    }
     common::drop_database(&cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_stored_before_the_hourly_index_still_count() {
+    ids_stored_before_an_index_still_count(Older::ByDay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_stored_before_the_index_by_time_still_count() {
+    ids_stored_before_an_index_still_count(Older::ByHour).await;
 }
 
 /// Revisions enrich vouches for as new (`EnrichedEvent.new_revision`) are

@@ -233,7 +233,9 @@ mod tests {
                 "erasure_receipts",
                 "event_ids",
                 "event_ids_hourly",
-                "event_ids_hourly_from"
+                "event_ids_hourly_from",
+                "event_ids_by_time",
+                "event_ids_by_time_from"
             ]
         );
         let schema = cluster_schema();

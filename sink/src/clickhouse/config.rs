@@ -63,7 +63,7 @@ pub struct SinkConfig {
     /// clients re-sending). Bounds the dedup memory.
     pub dedup_window: i64,
     /// Look every batch's (tenant, event id, revision) up in the dedup
-    /// index (`event_ids_hourly`) before inserting, so that a copy arriving beyond `dedup_window` (a
+    /// index (`event_ids_by_time`) before inserting, so that a copy arriving beyond `dedup_window` (a
     /// re-run import months later) is dropped too: idempotency without a
     /// horizon for everything the aggregates count. Costs a lookup per
     /// fifth of `batch_rows`, sent as the batch fills, and one for the rest

@@ -1,8 +1,9 @@
 //! The `event_ids` look-up: which of a batch's (tenant, event id,
 //! revision) ClickHouse already stores (docs/clickhouse.md, "Exactly
-//! once", idempotency without a horizon), in `event_ids_hourly` by the
-//! hour of each event and, for a batch reaching back before migration 16,
-//! in `event_ids` by its day too.
+//! once", idempotency without a horizon), in `event_ids_by_time` by the
+//! second of each event; for a batch reaching back before migration 17, in
+//! `event_ids_hourly` by its hour too, and before migration 16 in
+//! `event_ids` by its day as well.
 //!
 //! In: the batch's keys (tenant, event time in seconds, event id), less
 //! the rows enrich vouched for as new revisions ([`EventIds::keys`]). Out:
@@ -33,6 +34,11 @@ use super::{ClickHouseConfig, SinkError, row::RowRef};
 /// The table name the keys take inside the query.
 const KEYS: &str = "batch_keys";
 
+/// Where migrations 17 and 16 recorded the event time from which the
+/// index they added holds every id ([`EventIds::bound`]).
+const BY_TIME_FROM: &str = "event_ids_by_time_from";
+const HOURLY_FROM: &str = "event_ids_hourly_from";
+
 /// The multipart boundary around the keys' file part.
 const BOUNDARY: &str = "xoflow-event-ids-5c0f3b7e9a1d4e26";
 
@@ -51,25 +57,29 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub(super) struct EventIds {
     http: Client<HttpConnector, Full<Bytes>>,
-    /// The look-up in `event_ids_hourly` alone.
-    by_hour: String,
-    /// The look-up in `event_ids_hourly` and `event_ids`.
-    both: String,
-    /// Reads [`EventIds::hourly_from`]: a plain query, no keys.
+    /// The look-up in `event_ids_by_time` alone.
+    by_time: String,
+    /// The look-up in `event_ids_by_time` and `event_ids_hourly`.
+    since_hourly: String,
+    /// The look-up in `event_ids_by_time`, `event_ids_hourly` and
+    /// `event_ids`.
+    all: String,
+    /// Reads the bounds ([`EventIds::bound`]): plain queries, no keys.
     client: clickhouse::Client,
     user: String,
     password: String,
     /// Unix seconds of event time from which `event_ids` need not be
-    /// asked: read once, at the first look-up (see
-    /// [`EventIds::hourly_from`]).
+    /// asked, and from which `event_ids_hourly` need not be: each read
+    /// once, at the first look-up that needs it (see [`EventIds::bound`]).
     hourly_from: Arc<tokio::sync::OnceCell<u32>>,
+    by_time_from: Arc<tokio::sync::OnceCell<u32>>,
     /// Ask for rows enrich vouched for as new revisions too
     /// (`sink.look_up_new_revisions`).
     new_revisions: bool,
 }
 
 /// A look-up's request body ([`EventIds::body`]) and the earliest event
-/// time among its keys, which says whether `event_ids` is asked too.
+/// time among its keys, which says which indexes are asked.
 pub(super) struct Lookup {
     body: Vec<u8>,
     earliest: u32,
@@ -105,22 +115,32 @@ impl EventIds {
     /// `new_revisions`: look up the rows enrich vouched for as new
     /// revisions too (`sink.look_up_new_revisions`).
     pub fn new(ch: &ClickHouseConfig, new_revisions: bool) -> Self {
-        // By the hour in `event_ids_hourly`, fed since migration 16; by the
-        // day in `event_ids` too, for the ids stored before it, only when a
-        // key falls before `hourly_from`: asking both builds more sets
-        // from the keys (17 ms of the server's CPU for 5,000 keys against
-        // 9, measured before the `PREWHERE` below) and reads the days'
-        // granules again.
+        // By the second in `event_ids_by_time`, fed since migration 17; by
+        // the hour in `event_ids_hourly` (migration 16) and by the day in
+        // `event_ids` too, for the ids stored before each, only when a key
+        // falls before the bound its successor recorded: asking more tables
+        // builds more sets from the keys (17 ms of the server's CPU for
+        // 5,000 keys against 9, measured before the `PREWHERE` below) and
+        // reads their granules as well.
         //
         // The tuple `IN` of `WHERE` picks the granules (the sorting key's
         // prefix); `PREWHERE` then reads the event id first and tests it
         // against a set of single strings: the other columns are read only
         // for granules with a row that passes, and the tuple test runs only
-        // on the rows that pass. A batch's repairs are events of up to the
-        // order window before it, so its keys fall in many hours, and where
-        // those are dense the look-up reads every granule of them: the
-        // tuple test on every row read was nearly half of a look-up's CPU
-        // (BENCHMARKS.md, "The dedup look-up's test on every row read").
+        // on the rows that pass. By the second, a batch's live keys fall in
+        // the granules of a few seconds; by the hour they fell in most of
+        // their hour's, and a look-up of 5,000 live keys against an hour
+        // of 20 million ids took 0.40-0.46 s where by the second it takes
+        // 9-11 ms (BENCHMARKS.md, "The dedup index by the second"). The
+        // repairs of a batch, events of up to the order window before, fall
+        // in a granule each, where they are asked for at all (most are
+        // vouched for as new, [`EventIds::keys`]).
+        let by_time = format!(
+            "SELECT tenant, event_id, revision FROM event_ids_by_time \
+             PREWHERE event_id IN (SELECT event_id FROM {KEYS}) \
+             WHERE (tenant, occurred_at, event_id) IN \
+             (SELECT tenant, toDateTime(occurred_at), event_id FROM {KEYS})"
+        );
         let by_hour = format!(
             "SELECT tenant, event_id, revision FROM event_ids_hourly \
              PREWHERE event_id IN (SELECT event_id FROM {KEYS}) \
@@ -159,12 +179,16 @@ impl EventIds {
         };
         EventIds {
             http: http_client(POOL_IDLE_TIMEOUT),
-            by_hour: uri(&format!("{by_hour} FORMAT RowBinary")),
-            both: uri(&format!("{by_hour} UNION ALL {by_day} FORMAT RowBinary")),
+            by_time: uri(&format!("{by_time} FORMAT RowBinary")),
+            since_hourly: uri(&format!("{by_time} UNION ALL {by_hour} FORMAT RowBinary")),
+            all: uri(&format!(
+                "{by_time} UNION ALL {by_hour} UNION ALL {by_day} FORMAT RowBinary"
+            )),
             client: ch.client(),
             user: ch.user.clone(),
             password: ch.password.clone(),
             hourly_from: Arc::new(tokio::sync::OnceCell::new()),
+            by_time_from: Arc::new(tokio::sync::OnceCell::new()),
             new_revisions,
         }
     }
@@ -198,28 +222,32 @@ impl EventIds {
         rows.filter(|r| r.new_revision).count() as u64
     }
 
-    /// Unix seconds of event time from which every stored id is in
-    /// `event_ids_hourly`: what migration 16 recorded (which every sink
-    /// runs before it reads). Read until it is there, then kept: on a
-    /// cluster the migration's row goes through a `Distributed` table and
-    /// may reach its shard after this sink migrated, and until then every
-    /// look-up asks both tables.
-    async fn hourly_from(&self) -> Result<u32, SinkError> {
-        if let Some(bound) = self.hourly_from.get() {
+    /// Unix seconds of event time from which every stored id is in the
+    /// index a migration added: what it recorded in `table` (16:
+    /// `event_ids_hourly_from`, 17: `event_ids_by_time_from`; every sink
+    /// runs the migrations before it reads). Read until it is there, then
+    /// kept in `cell`: on a cluster the migration's row goes through a
+    /// `Distributed` table and may reach its shard after this sink
+    /// migrated, and until then every look-up asks the older index too.
+    async fn bound(
+        &self,
+        cell: &tokio::sync::OnceCell<u32>,
+        table: &str,
+    ) -> Result<u32, SinkError> {
+        if let Some(bound) = cell.get() {
             return Ok(*bound);
         }
-        // Recorded by migration 16; the latest, should two sinks have
-        // migrated at once.
+        // The latest, should two sinks have migrated at once.
         let (rows, at) = self
             .client
-            .query("SELECT count(), max(at) FROM event_ids_hourly_from")
+            .query(&format!("SELECT count(), max(at) FROM {table}"))
             .fetch_one::<(u64, u32)>()
             .await
             .map_err(SinkError::clickhouse)?;
         if rows == 0 {
             return Ok(u32::MAX);
         }
-        Ok(*self.hourly_from.get_or_init(|| async { at }).await)
+        Ok(*cell.get_or_init(|| async { at }).await)
     }
 
     /// The stored (tenant, event id, revision) of `keys`' events.
@@ -265,16 +293,19 @@ impl EventIds {
         }
     }
 
-    /// Sends a look-up built by [`Self::body`]: in `event_ids` too when a
-    /// key falls before [`Self::hourly_from`].
+    /// Sends a look-up built by [`Self::body`]: in `event_ids_by_time`,
+    /// and in the older indexes too when a key falls before the bound
+    /// their successor recorded ([`Self::bound`]).
     pub async fn send(&self, lookup: Lookup) -> Result<Stored, SinkError> {
         if lookup.keys == 0 {
             return Ok(Vec::new());
         }
-        let uri = if lookup.earliest < self.hourly_from().await? {
-            &self.both
+        let uri = if lookup.earliest >= self.bound(&self.by_time_from, BY_TIME_FROM).await? {
+            &self.by_time
+        } else if lookup.earliest >= self.bound(&self.hourly_from, HOURLY_FROM).await? {
+            &self.since_hourly
         } else {
-            &self.by_hour
+            &self.all
         };
         let answer = self.request(uri, lookup.body).await?;
         // A whole 200 answer (`wait_end_of_query`) that does not read is no

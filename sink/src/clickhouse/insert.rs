@@ -220,7 +220,7 @@ pub(super) async fn flush(
     // Bound the dedup memory: a partition whose id set holds the window
     // forgets it before the next batch could grow its table
     // (`Written::bound`). Nothing is lost: every pair written is in the
-    // dedup index (`event_ids_hourly`), which each flush looks up. (Dropping the whole
+    // dedup index (`event_ids_by_time`), which each flush looks up. (Dropping the whole
     // partition state instead, to reload it, would re-read from the stored
     // position; after a long run of copies, which store nothing, that
     // position stays behind and the re-read would never end.)

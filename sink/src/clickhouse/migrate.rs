@@ -157,6 +157,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0016_event_ids_by_hour.sql"),
         requires: &[],
     },
+    Migration {
+        version: 17,
+        name: "event_ids_by_time",
+        sql: include_str!("../../migrations/0017_event_ids_by_time.sql"),
+        requires: &[],
+    },
 ];
 
 impl Migration {
