@@ -766,14 +766,16 @@ async fn enrich_survivors_take_over_a_sigkilled_member() {
         enrich_run(3, &waves)
     );
     assert_eq!(reference.first.len(), total);
-    // The latest revision of each event, whatever its number: how many
-    // revisions an event took depends on when its inputs reached the join
-    // (a survey released by `max_hold` before an order delayed by a loaded
-    // machine is repaired when the order comes), what the latest says does
-    // not.
+    // The latest revision of each event, whatever its number and whether
+    // enrich vouched for it as new (a repair is, a first output is not):
+    // how many revisions an event took depends on when its inputs reached
+    // the join (a survey released by `max_hold` before an order delayed by
+    // a loaded machine is repaired when the order comes), what the latest
+    // says does not.
     let latest = |r: &Reader, id: &str| {
         r.latest.get(id).cloned().map(|mut e| {
             e.revision = 0;
+            e.new_revision = false;
             e
         })
     };
