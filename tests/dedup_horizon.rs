@@ -66,16 +66,24 @@ async fn produce(cfg: &xoflow::Config, encoded: &[(Vec<u8>, String)]) {
         .expect("produce");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copies_far_beyond_the_dedup_window_count_nothing_twice() {
+/// A configuration of its own for a sink fed directly on the enriched
+/// topic (created), its dedup window forced down to 10 offsets; and the
+/// run's id.
+async fn sink_alone() -> (xoflow::Config, String) {
     let (mut cfg, id) = common::config("");
     cfg.sink.dedup_window = 10;
-    cfg.sink.batch_rows = 500;
     let t = &cfg.kafka.topics;
     cfg.kafka
         .ensure_topics(&[&t.enriched, &t.dead_letters])
         .await
         .expect("topics");
+    (cfg, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_far_beyond_the_dedup_window_count_nothing_twice() {
+    let (mut cfg, id) = sink_alone().await;
+    cfg.sink.batch_rows = 500;
     let events: Vec<Event> = sample::events(23, EVENTS, "acme", &id, common::now_ms());
     let encoded = enriched(&events);
     let answers: u64 = events
@@ -147,13 +155,7 @@ enum Older {
 /// indexes are still fed, for a sink of a previous version running beside
 /// this one.
 async fn ids_stored_before_an_index_still_count(older: Older) {
-    let (mut cfg, id) = common::config("");
-    cfg.sink.dedup_window = 10;
-    let t = &cfg.kafka.topics;
-    cfg.kafka
-        .ensure_topics(&[&t.enriched, &t.dead_letters])
-        .await
-        .expect("topics");
+    let (cfg, id) = sink_alone().await;
     xoflow_sink::migrate(&cfg.clickhouse)
         .await
         .expect("migrations");
@@ -274,14 +276,8 @@ async fn ids_stored_before_the_index_by_time_still_count() {
 /// window are stored again, unless `sink.look_up_new_revisions` is set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revisions_vouched_for_as_new_are_not_looked_up() {
-    let (mut cfg, id) = common::config("");
-    cfg.sink.dedup_window = 10;
+    let (mut cfg, id) = sink_alone().await;
     cfg.sink.batch_rows = 500;
-    let t = &cfg.kafka.topics;
-    cfg.kafka
-        .ensure_topics(&[&t.enriched, &t.dead_letters])
-        .await
-        .expect("topics");
     let events: Vec<Event> = sample::events(31, EVENTS, "acme", &id, common::now_ms());
     let n = events.len() as u64;
     let ch = cfg.clickhouse.client();

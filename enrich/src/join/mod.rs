@@ -2472,47 +2472,42 @@ mod tests {
         };
         let now = 10 * DAY_MS;
 
+        // A survey of day 9, then the order it is about, of day 8, each in
+        // a batch of its own with the wall clock at `now`: the marks of
+        // the survey's outputs and of the order's.
+        let late_order = |name: &str, now: i64| {
+            let mut j = Join::new(cfg());
+            let (s, o) = (format!("{name}-s"), format!("{name}-o"));
+            let first = feed(
+                &mut j,
+                &[event(&s, 9 * DAY_MS, who(name), survey_about_order(&o))],
+                &links,
+                now,
+            );
+            let paid_id = format!("{name}-paid");
+            let out = feed(
+                &mut j,
+                &[paid(&paid_id, 8 * DAY_MS, name, &o, 100)],
+                &links,
+                now,
+            );
+            (marks(&first, &s), marks(&out, &s), marks(&out, &paid_id))
+        };
+
         // Live: the survey's first output is not vouched for, the late
         // order's repair of it is; the order's own output is a first one.
-        let mut j = Join::new(cfg());
-        let survey = event("a-s", 9 * DAY_MS, who("a"), survey_about_order("a-o"));
-        let out = feed(&mut j, &[survey], &links, now);
-        assert_eq!(marks(&out, "a-s"), [(0, false)]);
-        let out = feed(
-            &mut j,
-            &[paid("a-paid", 8 * DAY_MS, "a", "a-o", 100)],
-            &links,
-            now,
+        assert_eq!(
+            late_order("a", now),
+            (vec![(0, false)], vec![(1, true)], vec![(0, false)])
         );
-        assert_eq!(marks(&out, "a-s"), [(1, true)]);
-        assert_eq!(marks(&out, "a-paid"), [(0, false)]);
 
         // The same, with the wall clock just past the survey's time plus
         // `value_window` less the future margin: a customer that idle may
         // have been dropped whole and made afresh, knowing nothing of what
         // it emitted. A millisecond earlier, it is vouched for.
-        let edge = 9 * DAY_MS + j.cfg.value_window.as_millis() as i64 - FUTURE_MARGIN;
-        let mut j = Join::new(cfg());
-        let survey = event("e-s", 9 * DAY_MS, who("e"), survey_about_order("e-o"));
-        feed(&mut j, &[survey], &links, edge);
-        let out = feed(
-            &mut j,
-            &[paid("e-paid", 8 * DAY_MS, "e", "e-o", 100)],
-            &links,
-            edge,
-        );
-        assert_eq!(marks(&out, "e-s"), [(1, true)]);
-        let later = edge + 1;
-        let mut j = Join::new(cfg());
-        let survey = event("b-s", 9 * DAY_MS, who("b"), survey_about_order("b-o"));
-        feed(&mut j, &[survey], &links, later);
-        let out = feed(
-            &mut j,
-            &[paid("b-paid", 8 * DAY_MS, "b", "b-o", 100)],
-            &links,
-            later,
-        );
-        assert_eq!(marks(&out, "b-s"), [(1, false)]);
+        let edge = 9 * DAY_MS + cfg().value_window.as_millis() as i64 - FUTURE_MARGIN;
+        assert_eq!(late_order("e", edge).1, [(1, true)]);
+        assert_eq!(late_order("b", edge + 1).1, [(1, false)]);
 
         // Behind the base: every event shed into it after each one (a
         // budget of one byte), `clicks` of them spread over a day, the
